@@ -1,0 +1,206 @@
+"""Host harness: compile exported C with the host's gcc through cffi and run it on numpy data.
+
+``load(DIR)`` builds one extension module for one exported model; ``load_many(DIRS)`` builds
+one module for many (one compile for a whole test table). Builds are cached by the hash of
+the sources and flags, under ``$TINYRNN_CACHE`` (default ``~/.cache/tinyrnn``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TinyRNNError
+from .io import assemble_outputs, split_inputs
+
+CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+
+
+def read_manifest(model_dir: str | Path) -> dict:
+    """The manifest of the single exported model in ``model_dir``."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise TinyRNNError(f"{model_dir} is not a directory; pass the folder tinyrnn export wrote")
+    manifests = sorted(model_dir.glob("*.json"))
+    manifests = [m for m in manifests if (m.with_suffix(".c")).exists()]
+    if len(manifests) != 1:
+        raise TinyRNNError(
+            f"{model_dir} should hold exactly one exported model (NAME.json, NAME.c, NAME.h); "
+            f"found {len(manifests)}"
+        )
+    try:
+        return json.loads(manifests[0].read_text())
+    except json.JSONDecodeError as exc:
+        raise TinyRNNError(f"{manifests[0]} is not valid JSON: {exc}") from None
+
+
+def _cdef(manifest: dict) -> str:
+    p = manifest["name"]
+    api = manifest["interface"]
+    set_args = "".join(f", const float *{a}" for a in api["set_state_args"])
+    outs = "".join(f", float *out{i}" for i in range(len(api["outputs"])))
+    return (
+        f"typedef struct {{ ...; }} {p}_state_t;\n"
+        f"void {p}_reset({p}_state_t *s);\n"
+        f"int {p}_set_state({p}_state_t *s{set_args});\n"
+        f"int {p}_step({p}_state_t *s, const float *x_t, float *y_t);\n"
+        f"int {p}_run({p}_state_t *s, const float *x, int T{outs});\n"
+    )
+
+
+def _cache_root() -> Path:
+    root = Path(os.environ.get("TINYRNN_CACHE", Path.home() / ".cache" / "tinyrnn"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def compile_object(source: Path, out_dir: Path) -> Path:
+    """Compile one generated .c with the strict flags; a failure shows gcc's message."""
+    obj = out_dir / (source.stem + ".o")
+    cmd = ["gcc", *CFLAGS, "-fPIC", "-c", str(source), "-o", str(obj)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise TinyRNNError(
+            f"gcc rejected {source}:\n{result.stderr.strip()}\n(command: {' '.join(cmd)})"
+        )
+    return obj
+
+
+def _build(dirs: Sequence[Path], manifests: Sequence[dict]):
+    import cffi
+
+    digest = hashlib.sha256(" ".join(CFLAGS).encode())
+    for d, m in zip(dirs, manifests):
+        for suffix in (".h", ".c"):
+            digest.update((d / f"{m['name']}{suffix}").read_bytes())
+    module_name = "_tinyrnn_" + digest.hexdigest()[:20]
+    build_dir = _cache_root() / module_name
+    existing = list(build_dir.glob(f"{module_name}*.so")) if build_dir.exists() else []
+    if not existing:
+        tmp = Path(tempfile.mkdtemp(prefix="build-", dir=_cache_root()))
+        objects = [compile_object(d / f"{m['name']}.c", tmp) for d, m in zip(dirs, manifests)]
+        ffi = cffi.FFI()
+        ffi.cdef("".join(_cdef(m) for m in manifests))
+        ffi.set_source(
+            module_name,
+            "".join(f'#include "{m["name"]}.h"\n' for m in manifests),
+            include_dirs=sorted({str(d.resolve()) for d in dirs}),
+            extra_objects=[str(o) for o in objects],
+            libraries=["m"],
+        )
+        try:
+            built = Path(ffi.compile(tmpdir=str(tmp), verbose=False))
+        except Exception as exc:  # cffi wraps the compiler's failure
+            raise TinyRNNError(f"compiling the generated C failed:\n{exc}") from None
+        build_dir.mkdir(exist_ok=True)
+        target = build_dir / built.name
+        os.replace(built, target)
+        existing = [target]
+    spec = importlib.util.spec_from_file_location(module_name, existing[0])
+    assert spec is not None and spec.loader is not None
+    module = sys.modules.get(module_name) or importlib.util.module_from_spec(spec)
+    if module_name not in sys.modules:
+        spec.loader.exec_module(module)
+        sys.modules[module_name] = module
+    return module
+
+
+class CompiledModel:
+    """One exported model compiled for the host; runs batches in torch's layout."""
+
+    def __init__(self, module, manifest: dict):
+        self.ffi = module.ffi
+        self.lib = module.lib
+        self.manifest = manifest
+        self.interface = manifest["interface"]
+        self.name = manifest["name"]
+
+    def _fn(self, suffix: str):
+        return getattr(self.lib, f"{self.name}_{suffix}")
+
+    def new_state(self):
+        state = self.ffi.new(f"{self.name}_state_t *")
+        self._fn("reset")(state)
+        return state
+
+    def _floats(self, array: np.ndarray):
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        return self.ffi.from_buffer("float[]", array), array
+
+    def set_state(self, state, sample: dict[str, np.ndarray]) -> None:
+        args = [self._floats(sample[a])[0] for a in self.interface["set_state_args"]]
+        self._check(self._fn("set_state")(state, *args), "set_state")
+
+    def _check(self, status: int, what: str) -> None:
+        if status != 0:
+            meaning = {-1: "a NULL pointer", -2: "a sequence length outside 1..max_seq_len",
+                       -3: "an unsupported call", -4: "a selected time step outside the sequence"}
+            max_t = self.interface.get("max_seq_len")
+            hint = f" (this export's --max-seq-len is {max_t})" if status == -2 and max_t else ""
+            raise TinyRNNError(
+                f"{self.name}_{what} returned {status}: {meaning.get(status, 'an error')}{hint}"
+            )
+
+    def run_sample(self, sample: dict[str, np.ndarray], state=None) -> list[np.ndarray]:
+        """Run one sample from reset (or from ``state``); returns flat per-sample outputs."""
+        if state is None:
+            state = self.new_state()
+            if "h0" in sample:
+                self.set_state(state, sample)
+        x = sample["x"]
+        T = x.shape[0]
+        outs = []
+        for spec in self.interface["outputs"]:
+            if spec["role"] == "sequence":
+                n = T * spec["features"]
+            elif spec["role"] == "vector":
+                n = spec["features"]
+            else:
+                n = spec["size"]
+            outs.append(np.zeros(n, dtype=np.float32))
+        x_buf, _keep = self._floats(x)
+        out_bufs = [self.ffi.from_buffer("float[]", o) for o in outs]
+        self._check(self._fn("run")(state, x_buf, T, *out_bufs), "run")
+        return outs
+
+    def step(self, state, x_t: np.ndarray) -> np.ndarray:
+        """The streaming API: one step from ``state``; returns the step's output."""
+        y = np.zeros(self.interface["step_output_size"], dtype=np.float32)
+        x_buf, _keep = self._floats(x_t)
+        self._check(self._fn("step")(state, x_buf, self.ffi.from_buffer("float[]", y)), "step")
+        return y
+
+    def run(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        """Run a batch given as the torch forward's arguments; returns its outputs."""
+        samples = split_inputs(self.interface, arrays)
+        per_sample = [self.run_sample(s) for s in samples]
+        return assemble_outputs(self.interface, per_sample, samples[0]["x"].shape[0])
+
+
+def load(model_dir: str | Path) -> CompiledModel:
+    """Compile the exported model in ``model_dir`` for the host."""
+    return load_many([model_dir])[0]
+
+
+def load_many(model_dirs: Sequence[str | Path]) -> list[CompiledModel]:
+    """Compile many exported models (distinct names) into one host module."""
+    dirs = [Path(d) for d in model_dirs]
+    manifests = [read_manifest(d) for d in dirs]
+    names = [m["name"] for m in manifests]
+    if len(set(names)) != len(names):
+        raise TinyRNNError("models compiled together need distinct names (--name)")
+    for m in manifests:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", m["name"]):
+            raise TinyRNNError(f"manifest name {m['name']!r} is not a C identifier")
+    module = _build(dirs, manifests)
+    return [CompiledModel(module, m) for m in manifests]

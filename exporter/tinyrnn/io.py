@@ -1,0 +1,128 @@
+"""Arrays in torch's layout <-> per-sample C buffers, and the .npy/.npz file contract.
+
+``run-host`` and ``run`` (QEMU) read X as a ``.npy`` (the single forward argument) or a ``.npz``
+with ``in0, in1, ...`` (forward arguments in order, nested tuples such as (h0, c0) flattened),
+and write Y.npz with ``out0, out1, ...`` (the forward's return values, flattened).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TinyRNNError
+
+
+def load_inputs(path: str | Path) -> list[np.ndarray]:
+    """Read the forward's arguments from a .npy or .npz file."""
+    path = Path(path)
+    if not path.is_file():
+        raise TinyRNNError(f"input file {path} does not exist")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise TinyRNNError(f"{path} is not a .npy or .npz file ({exc})") from None
+    if isinstance(loaded, np.ndarray):
+        return [loaded]
+    with loaded:
+        names = sorted(loaded.files, key=lambda n: (len(n), n))
+        expected = [f"in{i}" for i in range(len(names))]
+        if names != expected:
+            raise TinyRNNError(
+                f"{path} holds arrays {names}; an input .npz must hold in0, in1, ... "
+                "(the forward's arguments in order)"
+            )
+        return [loaded[n] for n in expected]
+
+
+def save_outputs(path: str | Path, outputs: Sequence[np.ndarray]) -> None:
+    """Write the forward's return values as out0, out1, ... into a .npz file."""
+    np.savez(Path(path), **{f"out{i}": np.asarray(o) for i, o in enumerate(outputs)})
+
+
+def _expected(shape: Sequence[int], batch_axis: int, time_axis: int | None) -> str:
+    dims = [str(d) for d in shape]
+    dims[batch_axis] = "B"
+    if time_axis is not None:
+        dims[time_axis] = "T"
+    return "(" + ", ".join(dims) + ")"
+
+
+def split_inputs(interface: dict, arrays: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Check the forward's arguments against the model and cut them into samples.
+
+    Each sample is ``{"x": (T, I) float32, "h0": flat float32, "c0": ...}``.
+    """
+    specs = interface["forward_inputs"]
+    if len(arrays) != len(specs):
+        roles = ", ".join(s["role"] for s in specs)
+        raise TinyRNNError(
+            f"the model takes {len(specs)} input(s) ({roles}) but {len(arrays)} were given"
+        )
+    batch = None
+    per_role: dict[str, np.ndarray] = {}
+    for i, (spec, array) in enumerate(zip(specs, arrays)):
+        array = np.asarray(array)
+        want = spec["torch_shape"]
+        axis, time_axis = spec["batch_axis"], spec.get("time_axis")
+        shape_ok = array.ndim == len(want) and all(
+            a == w for k, (a, w) in enumerate(zip(array.shape, want))
+            if k not in (axis, time_axis)
+        )
+        if not shape_ok:
+            raise TinyRNNError(
+                f"input in{i} ({spec['role']}) has shape {tuple(array.shape)}; expected "
+                f"{_expected(want, axis, time_axis)}"
+            )
+        if not np.issubdtype(array.dtype, np.floating):
+            raise TinyRNNError(f"input in{i} ({spec['role']}) has dtype {array.dtype}; "
+                               "expected floating point")
+        if not np.all(np.isfinite(array)):
+            raise TinyRNNError(f"input in{i} ({spec['role']}) contains NaN or Inf")
+        if batch is None:
+            batch = array.shape[axis]
+        elif array.shape[axis] != batch:
+            raise TinyRNNError(
+                f"input in{i} has batch size {array.shape[axis]} but in0 has {batch}"
+            )
+        moved = np.moveaxis(array, axis, 0)
+        if spec["role"] == "x":
+            moved = np.moveaxis(moved, time_axis + (1 if time_axis < axis else 0), 1)
+            if moved.shape[1] < 1:
+                raise TinyRNNError("input x has zero time steps")
+        per_role[spec["role"]] = moved.astype(np.float32)
+    assert batch is not None
+    samples = []
+    for b in range(batch):
+        sample = {"x": np.ascontiguousarray(per_role["x"][b])}
+        for role in ("h0", "c0"):
+            if role in per_role:
+                sample[role] = np.ascontiguousarray(per_role[role][b].reshape(-1))
+        samples.append(sample)
+    return samples
+
+
+def assemble_outputs(
+    interface: dict, per_sample: Sequence[Sequence[np.ndarray]], seq_len: int
+) -> list[np.ndarray]:
+    """Stack per-sample C outputs into arrays in the torch forward's layout."""
+    outputs = []
+    batch = len(per_sample)
+    for k, spec in enumerate(interface["outputs"]):
+        shape = list(spec["torch_shape"])
+        shape[spec["batch_axis"]] = batch
+        if spec["role"] == "sequence":
+            shape[spec["time_axis"]] = seq_len
+            parts = [np.reshape(s[k], (seq_len, spec["features"])) for s in per_sample]
+            stacked = np.stack(parts, axis=0)  # (B, T, F)
+            if spec["time_axis"] < spec["batch_axis"]:
+                stacked = stacked.transpose(1, 0, 2)
+        elif spec["role"] == "vector":
+            stacked = np.stack([np.reshape(s[k], (-1,)) for s in per_sample], axis=0)
+        else:  # h_n / c_n: (rows, B, W)
+            rows = shape[0]
+            stacked = np.stack([np.reshape(s[k], (rows, -1)) for s in per_sample], axis=1)
+        outputs.append(np.ascontiguousarray(stacked.reshape(shape)))
+    return outputs
