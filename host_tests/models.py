@@ -1,0 +1,105 @@
+"""Test models and the case table shared by the host tests (cases are data)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+CELLS = ("rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru")
+
+
+@dataclass(frozen=True)
+class Case:
+    cell: str
+    bidirectional: bool
+    layers: int
+    batch_first: bool
+    bias: bool
+    initial_state: bool
+    input_size: int = 5
+    hidden: int = 7
+    seq_len: int = 9
+    batch: int = 3
+
+    @property
+    def id(self) -> str:
+        return "-".join([
+            self.cell,
+            "bi" if self.bidirectional else "uni",
+            f"L{self.layers}",
+            "bf" if self.batch_first else "tf",
+            "bias" if self.bias else "nobias",
+            "h0" if self.initial_state else "zero",
+        ])
+
+    @property
+    def name(self) -> str:
+        return "m_" + self.id.replace("-", "_")
+
+    @property
+    def seed(self) -> int:
+        return sum(ord(c) * (i + 1) for i, c in enumerate(self.id)) % 100_000
+
+
+def table() -> list[Case]:
+    """cell x direction x layers x batch_first x bias x initial state."""
+    return [
+        Case(cell, bidi, layers, bf, bias, init)
+        for cell, bidi, layers, bf, bias, init in itertools.product(
+            CELLS, (False, True), (1, 2, 3), (True, False), (True, False), (False, True)
+        )
+    ]
+
+
+class Recurrent(nn.Module):
+    """One torch recurrent module returning what it returns, optionally given initial state."""
+
+    def __init__(self, case: Case):
+        super().__init__()
+        kw = dict(num_layers=case.layers, bias=case.bias, batch_first=case.batch_first,
+                  bidirectional=case.bidirectional)
+        if case.cell.startswith("lstm"):
+            proj = 4 if case.cell == "lstm_proj" else 0
+            self.rnn: nn.Module = nn.LSTM(case.input_size, case.hidden, proj_size=proj, **kw)
+        elif case.cell == "gru":
+            self.rnn = nn.GRU(case.input_size, case.hidden, **kw)
+        else:
+            self.rnn = nn.RNN(case.input_size, case.hidden, nonlinearity=case.cell[4:], **kw)
+
+    def forward(self, x, state=None):  # noqa: D401 - torch signature
+        return self.rnn(x, state)
+
+
+def build(case: Case) -> tuple[nn.Module, tuple]:
+    """The module with its seeded weights, and example inputs in the forward's form."""
+    torch.manual_seed(case.seed)
+    model = Recurrent(case).eval()
+    gen = torch.Generator().manual_seed(case.seed + 1)
+    shape = (case.batch, case.seq_len, case.input_size)
+    if not case.batch_first:
+        shape = (case.seq_len, case.batch, case.input_size)
+    x = torch.randn(*shape, generator=gen)
+    if not case.initial_state:
+        return model, (x,)
+    rows = case.layers * (2 if case.bidirectional else 1)
+    h_size = 4 if case.cell == "lstm_proj" else case.hidden
+    h0 = 0.5 * torch.randn(rows, case.batch, h_size, generator=gen)
+    if case.cell.startswith("lstm"):
+        c0 = 0.5 * torch.randn(rows, case.batch, case.hidden, generator=gen)
+        return model, (x, (h0, c0))
+    return model, (x, h0)
+
+
+def flat_numpy(args) -> list[np.ndarray]:
+    """Flatten nested tuples of tensors into numpy arrays in order (the in0, in1 contract)."""
+    flat, _ = torch.utils._pytree.tree_flatten(args)
+    return [t.detach().numpy() for t in flat]
+
+
+def torch_run(model: nn.Module, args: tuple) -> list[np.ndarray]:
+    with torch.no_grad():
+        return flat_numpy(model(*args))

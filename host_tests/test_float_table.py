@@ -1,0 +1,73 @@
+"""End to end, float32: every case of the table exported, compiled once on the host with
+strict gcc flags through cffi, and compared with torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from models import Case, build, flat_numpy, table, torch_run
+
+from tinyrnn.api import export_program
+from tinyrnn.frontend import capture
+from tinyrnn.host import load_many
+
+CASES = table()
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """Export every case into its own folder, then build all of them in one host module."""
+    root = tmp_path_factory.mktemp("float_table")
+    dirs = []
+    for case in CASES:
+        model, args = build(case)
+        export_program(capture(model, args), root / case.name, name=case.name)
+        dirs.append(root / case.name)
+    return {case.id: c for case, c in zip(CASES, load_many(dirs))}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_float_equals_torch(case: Case, compiled):
+    model, args = build(case)
+    expected = torch_run(model, args)
+    got = compiled[case.id].run(*flat_numpy(args))
+    assert len(got) == len(expected)
+    scale = max(float(np.max(np.abs(e))) for e in expected)
+    assert 0.05 < scale < 20, "outputs should be of order 1 for the tolerance to mean anything"
+    for k, (g, e) in enumerate(zip(got, expected)):
+        assert g.shape == e.shape, f"out{k}"
+        np.testing.assert_allclose(g, e, rtol=0, atol=TOL, err_msg=f"out{k} of {case.id}")
+
+
+STREAM_CASES = [c for c in CASES if not c.bidirectional and c.initial_state and c.bias]
+
+
+@pytest.mark.parametrize("case", STREAM_CASES, ids=[c.id for c in STREAM_CASES])
+def test_streaming_step_equals_run(case: Case, compiled):
+    """Feeding one step at a time through NAME_step gives the whole-sequence result."""
+    model, args = build(case)
+    c = compiled[case.id]
+    arrays = flat_numpy(args)
+    whole = c.run(*arrays)[0]
+    x = arrays[0] if case.batch_first else arrays[0].transpose(1, 0, 2)
+    for b in range(case.batch):
+        state = c.new_state()
+        c.set_state(state, {"h0": arrays[1][:, b].reshape(-1),
+                            **({"c0": arrays[2][:, b].reshape(-1)} if len(arrays) > 2 else {})})
+        steps = np.stack([c.step(state, x[b, t]) for t in range(case.seq_len)])
+        per_sample = whole[b] if case.batch_first else whole[:, b]
+        np.testing.assert_array_equal(steps, per_sample)
+
+
+def test_bidirectional_rejects_step_and_long_sequences(compiled):
+    case = next(c for c in CASES if c.bidirectional)
+    c = compiled[case.id]
+    state = c.new_state()
+    from tinyrnn.errors import TinyRNNError
+
+    with pytest.raises(TinyRNNError, match="unsupported"):
+        c.step(state, np.zeros(case.input_size, np.float32))
+    too_long = {"x": np.zeros((case.seq_len + 1, case.input_size), np.float32)}
+    with pytest.raises(TinyRNNError, match="max-seq-len is 9"):
+        c.run_sample(too_long)
