@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from models import Case, build, flat_numpy, table, torch_run
 
+from models import Case, build, flat_numpy, table, torch_run
 from tinyrnn.api import export_program
 from tinyrnn.frontend import capture
 from tinyrnn.host import load_many
@@ -22,7 +22,7 @@ def compiled(tmp_path_factory):
     dirs = []
     for case in CASES:
         model, args = build(case)
-        export_program(capture(model, args), root / case.name, name=case.name)
+        export_program(capture(model, args), root / case.name, name=case.name, format="float32")
         dirs.append(root / case.name)
     return {case.id: c for case, c in zip(CASES, load_many(dirs))}
 
