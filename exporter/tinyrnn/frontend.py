@@ -79,6 +79,11 @@ _VIEWS = {
     aten.unsqueeze.default,
 }
 _ZEROS = {aten.zeros.default, aten.zeros_like.default, aten.new_zeros.default}
+_KNOWN = {
+    *_RECURRENT, *_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_ZEROS,
+    operator.getitem, aten.linear.default, aten.select.int, aten.slice.Tensor,
+    aten.transpose.int,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,6 +202,9 @@ class _Zeros:
     pass
 
 
+_FAILED = object()  # the value of a node already reported; its users are not reported again
+
+
 @dataclass(frozen=True)
 class _Const:
     name: str
@@ -254,6 +262,7 @@ class _Reader:
     # -- helpers -------------------------------------------------------------------------------
     def fail(self, node: torch.fx.Node, why: str) -> None:
         self.problems.append(f"{node.target} ({why}) at {_user_line(node)}")
+        self.values[node] = _FAILED
 
     def const(self, node: Any) -> _Const | None:
         value = self.values.get(node) if isinstance(node, torch.fx.Node) else None
@@ -338,6 +347,10 @@ class _Reader:
     def call(self, node: torch.fx.Node) -> None:
         target = node.target
         args = node.args
+        known = target in _KNOWN
+        if known and any(self.values.get(n) is _FAILED for n in node.all_input_nodes):
+            self.values[node] = _FAILED  # fed by a reported node: one report is enough
+            return
         if target in _RECURRENT:
             self.recurrent(node, _RECURRENT[target])
         elif target is operator.getitem:
@@ -654,6 +667,8 @@ class _Reader:
         outputs = []
         for out in node.args[0]:
             value = self.values.get(out)
+            if value is _FAILED:
+                continue
             shape = _shape(out)
             if isinstance(value, _Data):
                 if value.depth != len(self.layers):
