@@ -81,6 +81,7 @@ def main(out_dir: Path) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     model, seconds = train()
     x_test, y_test = make_task(256, seed=1)
+    np.save(out_dir / "x_test.npy", x_test)
     archive = out_dir / "gesture.pt2"
     program = torch.export.export(model, (torch.from_numpy(x_test[:2]),))
     torch.export.save(program, str(archive))
