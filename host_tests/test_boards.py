@@ -1,0 +1,281 @@
+"""Exported models cross-compiled for the Cortex-M boards and run under QEMU.
+
+Needs arm-none-eabi-gcc (with newlib) and qemu-system-arm, which tools/setup.sh installs.
+To keep CI short, every model of RUNS is linked into ONE image per board, and each emulated
+board runs once; the tests then pick their model's outputs out of that run. The
+reference is the same C compiled on the host (tinyrnn.host), which test_float_table.py
+checks against torch.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import tinyrnn
+from models import Case, build, flat_numpy
+from tinyrnn import cross
+from tinyrnn.api import FORMATS
+from tinyrnn.boards import list_boards, load_board, load_board_file
+from tinyrnn.cli import main as cli_main
+from tinyrnn.errors import TinyRNNError
+from tinyrnn.host import load_many
+from tinyrnn.io import assemble_outputs, split_inputs
+
+EMULATED = [board.name for board in list_boards() if board.qemu_machine]
+NO_FPU_NO_DSP = ["microbit", "mps2-an385"]  # Cortex-M0 and Cortex-M3
+
+# cell, bidirectional, layers, batch_first, bias, initial state: every cell kind, both
+# directions, stacks of 1-3 layers, both layouts, with and without initial state.
+BOARD_CASES = [
+    Case("rnn_tanh", False, 1, True, True, False),
+    Case("rnn_relu", True, 2, False, True, True),
+    Case("lstm", False, 2, True, True, True),
+    Case("lstm", True, 1, False, False, False),
+    Case("lstm_proj", True, 2, True, True, True),
+    Case("gru", False, 3, False, True, True),
+    Case("gru", True, 2, True, False, False),
+]
+# Every format the exporter offers, in the same image; float32 may differ from the host
+# build by the last bits of libm's expf/tanhf, integer formats must match exactly.
+RUNS = [(case, fmt) for fmt in FORMATS for case in BOARD_CASES]
+RUN_IDS = [f"{fmt}-{case.id}" for case, fmt in RUNS]
+
+
+def tolerance(fmt: str) -> float:
+    return 1e-6 if fmt == "float32" else 0.0
+
+
+def model_name(case: Case, fmt: str) -> str:
+    return f"{case.name}_{fmt}"
+
+
+# Distinctive mnemonics of the DSP extension (ARMv7E-M), absent from ARMv6-M and ARMv7-M.
+DSP = re.compile(
+    r"^(smla[dlbtw]\w*|smlsl?d\w*|smuad\w*|smusd\w*|smm(la|ls|ul)\w*|smul[bt][bt]|smulw[bt]"
+    r"|[su]xtab16|[su]xtb16|sxta[bh]|uxta[bh]|[su]sat16|q(d?add|d?sub)\w*|[us]h?(add|sub)(8|16)"
+    r"|[us]q(add|sub)(8|16)|[us]h?(asx|sax)|[us]q(asx|sax)|usada?8|pkh(bt|tb)|sel)$")
+
+
+# ---------------------------------------------------------------------------------------------
+# One image per board, shared by all tests of this file
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    """Every (case, format) exported into its own folder: model name -> folder."""
+    root = tmp_path_factory.mktemp("board_models")
+    folders = {}
+    for case, fmt in RUNS:
+        model, args = build(case)
+        name = model_name(case, fmt)
+        tinyrnn.export(model, args, root / name, format=fmt, name=name)
+        folders[name] = root / name
+    return folders
+
+
+@pytest.fixture(scope="module")
+def host_outputs(exported) -> dict[str, list[np.ndarray]]:
+    """The host build's outputs for every model, in torch layout: model name -> outputs."""
+    compiled = load_many([exported[model_name(case, fmt)] for case, fmt in RUNS])
+    return {model_name(case, fmt): c.run(*flat_numpy(build(case)[1]))
+            for (case, fmt), c in zip(RUNS, compiled)}
+
+
+@pytest.fixture(scope="module")
+def board_run(exported, tmp_path_factory):
+    """board name -> (firmware, QEMU run) of the image holding every model; built once each."""
+    done: dict[str, tuple[cross.Firmware, cross.QemuRun]] = {}
+
+    def get(name: str) -> tuple[cross.Firmware, cross.QemuRun]:
+        if name not in done:
+            jobs = []
+            for case, fmt in RUNS:
+                model = cross.ExportedModel.load(exported[model_name(case, fmt)])
+                samples = split_inputs(model.interface, flat_numpy(build(case)[1]))
+                jobs.append(cross.ModelInputs(model, tuple(samples)))
+            firmware = cross.build(jobs, load_board(name), tmp_path_factory.mktemp(name))
+            done[name] = (firmware, cross.run_qemu(firmware, timeout=60))
+        return done[name]
+
+    return get
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+@pytest.mark.parametrize(("case", "fmt"), RUNS, ids=RUN_IDS)
+@pytest.mark.parametrize("board", EMULATED)
+def test_board_equals_host(board: str, case: Case, fmt: str, board_run, host_outputs):
+    firmware, result = board_run(board)
+    index = RUNS.index((case, fmt))
+    interface = firmware.jobs[index].model.interface
+    got = assemble_outputs(interface, result.outputs[index], case.seq_len)
+    expected = host_outputs[model_name(case, fmt)]
+    assert len(got) == len(expected)
+    for k, (g, e) in enumerate(zip(got, expected)):
+        assert g.shape == e.shape, f"out{k}"
+        np.testing.assert_allclose(g, e, rtol=0, atol=tolerance(fmt),
+                                   err_msg=f"out{k} of {fmt} {case.id} on {board}")
+
+
+@pytest.mark.parametrize("board", EMULATED)
+def test_image_fits_and_reports_sizes(board: str, board_run):
+    firmware, result = board_run(board)
+    sizes = firmware.sizes
+    assert sizes.flash_used <= firmware.board.flash.length
+    assert sizes.ram_static + sizes.heap <= firmware.board.ram.length
+    assert sizes.weights > 0 and sizes.model_code > 0 and sizes.state > 0
+    assert 0 < result.stack_peak < firmware.board.stack_size
+    assert f"board {board}" in sizes.format()
+
+
+@pytest.mark.parametrize("board", NO_FPU_NO_DSP)
+def test_no_dsp_or_fpu_instructions_without_them(board: str, board_run):
+    """M0/M3 images hold no DSP or FPU instruction, and float math goes through soft float."""
+    firmware, _ = board_run(board)
+    listing = subprocess.run(["arm-none-eabi-objdump", "-d", "--no-show-raw-insn",
+                              str(firmware.elf)], capture_output=True, text=True, check=True)
+    mnemonics = set()
+    for line in listing.stdout.splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 2 and re.match(r"^\s*[0-9a-f]+:$", fields[0]):
+            mnemonics.add(fields[1].split(".")[0].strip())
+    assert mnemonics, "objdump printed no instruction"
+    assert sorted(m for m in mnemonics if DSP.match(m)) == []
+    assert sorted(m for m in mnemonics if m.startswith("v")) == []
+    # soft float: libgcc's routines (objdump may show an alias, __mulsf3 for __aeabi_fmul)
+    assert re.search(r"\bbl\s+[0-9a-f]+ <__(aeabi_fmul|mulsf3)>", listing.stdout)
+    assert re.search(r"\bbl\s+[0-9a-f]+ <__(aeabi_fadd|addsf3)>", listing.stdout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures a user can meet
+
+
+def test_too_big_for_microbit_fails_before_linking(tmp_path):
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(16, 160).eval()           # 4 * 160 * (16 + 160) floats: 440 KiB
+    x = torch.randn(4, 1, 16)
+    tinyrnn.export(lstm, (x,), tmp_path / "big", name="big")
+    model = cross.ExportedModel.load(tmp_path / "big")
+    job = cross.ModelInputs(model, tuple(split_inputs(model.interface, [x.numpy()])))
+    work = tmp_path / "work"
+    with pytest.raises(TinyRNNError) as error:
+        cross.build([job], load_board("microbit"), work)
+    message = str(error.value)
+    assert "'big' does not fit board microbit" in message
+    assert re.search(r"needs 4\d\d\.\d KiB of flash .*weights 4\d\d\.\d KiB", message)
+    assert "the board has 256.0 KiB" in message
+    assert not (work / "app.map").exists(), "the size check must come before linking"
+
+
+def test_fault_exits_with_status_and_names_function(exported, tmp_path):
+    """A model that traps: the fault handler exits with 243 and the report names the function."""
+    source_dir = exported[model_name(*RUNS[0])]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in source_dir.iterdir():
+        (broken / path.name).write_bytes(path.read_bytes())
+    name = model_name(*RUNS[0])
+    c_file = broken / f"{name}.c"
+    code, count = re.subn(rf"(\nint {name}_run\([^)]*\)\n{{\n)", r"\1    __builtin_trap();\n",
+                          c_file.read_text())
+    assert count == 1, "could not find the definition of NAME_run to break"
+    c_file.write_text(code)
+    model = cross.ExportedModel.load(broken)
+    firmware = cross.build([cross.ModelInputs(model, (model.zero_sample(),))],
+                           load_board("mps2-an385"), tmp_path / "work")
+    with pytest.raises(TinyRNNError, match=rf"HardFault at pc 0x[0-9a-f]{{8}} in {name}_run\+"):
+        cross.run_qemu(firmware, timeout=30)
+
+
+def test_unknown_board_lists_known_ones():
+    with pytest.raises(TinyRNNError, match=r"unknown board 'nucleo-f999'; known boards: .*mps2"):
+        load_board("nucleo-f999")
+
+
+def test_every_board_file_is_valid():
+    boards = list_boards()
+    assert {"mps2-an385", "mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547", "microbit",
+            "nucleo-f446re", "nucleo-l476rg", "nucleo-h743zi", "nrf52840-dk",
+            "rpi-pico"} <= {b.name for b in boards}
+    assert all(b.qemu_machine or b.pyocd_target for b in boards)
+
+
+def test_board_file_mistakes_are_all_named(tmp_path):
+    text = load_board("mps2-an386").path.read_text().replace("stack_size", "stack_bytes")
+    path = tmp_path / "mps2-an386.toml"
+    path.write_text(text)
+    with pytest.raises(TinyRNNError) as error:
+        load_board_file(path)
+    message = str(error.value)
+    assert "missing field 'stack_size'" in message and "unknown field 'stack_bytes'" in message
+
+
+def test_board_file_fpu_and_flags_checked(tmp_path):
+    text = (load_board("mps2-an386").path.read_text()
+            .replace('fpu = "fpv4-sp-d16"', 'fpu = "fpv5-d16"')
+            .replace("clock_hz = 25_000_000", "clock_hz = -1"))
+    path = tmp_path / "mps2-an386.toml"
+    path.write_text(text)
+    with pytest.raises(TinyRNNError) as error:
+        load_board_file(path)
+    message = str(error.value)
+    assert "fpu 'fpv5-d16' does not exist on cortex-m4" in message
+    assert "cpu_flags lack '-mfpu=fpv5-d16'" in message
+    assert "'clock_hz' must be a positive integer" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def test_cli_run_writes_what_run_host_writes(exported, tmp_path, capsys):
+    case, fmt = RUNS[2]                          # stacked LSTM with (h0, c0)
+    inputs = tmp_path / "x.npz"
+    np.savez(inputs, **{f"in{i}": a for i, a in enumerate(flat_numpy(build(case)[1]))})
+    folder = str(exported[model_name(case, fmt)])
+    assert cli_main(["run-host", folder, "--input", str(inputs),
+                     "--output", str(tmp_path / "host.npz")]) == 0
+    assert cli_main(["run", folder, "--board", "mps2-an386", "--input", str(inputs),
+                     "--output", str(tmp_path / "board.npz")]) == 0
+    assert "stack used" in capsys.readouterr().out
+    with np.load(tmp_path / "host.npz") as host, np.load(tmp_path / "board.npz") as board:
+        assert host.files == board.files
+        for name in host.files:
+            np.testing.assert_allclose(board[name], host[name], rtol=0, atol=tolerance(fmt))
+
+
+def test_cli_boards_and_build(exported, tmp_path, capsys):
+    assert cli_main(["boards"]) == 0
+    listing = capsys.readouterr().out
+    assert "qemu -M mps2-an505" in listing and "pyocd --target stm32f446retx" in listing
+    elf = tmp_path / "app.elf"
+    folder = str(exported[model_name(*RUNS[0])])
+    assert cli_main(["build", folder, "--board", "nucleo-f446re", "-o", str(elf)]) == 0
+    assert elf.is_file() and "weights" in capsys.readouterr().out
+
+
+def test_cli_flash_dry_run_and_user_errors(exported, tmp_path, capsys, monkeypatch):
+    folder = str(exported[model_name(*RUNS[0])])
+    elf = tmp_path / "app.elf"
+    assert cli_main(["flash", folder, "--board", "nrf52840-dk", "-o", str(elf),
+                     "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip() == f"pyocd flash --no-wait --target nrf52840 {elf}"
+    for board, message in [("mps2-an385", "has no pyocd_target"),
+                           ("rpi-pico", "second-stage bootloader")]:
+        assert cli_main(["flash", folder, "--board", board, "-o", str(elf), "--dry-run"]) == 2
+        assert message in capsys.readouterr().err
+    monkeypatch.setattr(cross, "PYOCD", "pyocd-not-installed-here")
+    assert cli_main(["flash", folder, "--board", "nrf52840-dk", "-o", str(elf)]) == 2
+    assert "pyocd-not-installed-here was not found on PATH" in capsys.readouterr().err
+    assert cli_main(["run", folder, "--board", "nucleo-h743zi", "--input", str(elf),
+                     "--output", str(tmp_path / "y.npz")]) == 2
+    assert "board nucleo-h743zi is not emulated; run on one of" in capsys.readouterr().err
