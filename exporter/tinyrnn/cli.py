@@ -61,7 +61,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _example(args: argparse.Namespace) -> int:
     from .example import main as example_main
 
-    return example_main(Path(args.out))
+    return example_main(Path(args.out), board=args.board)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("example", help="train, export, compile and verify the built-in example")
     p.add_argument("--out", default="tinyrnn-example", help="working directory")
+    p.add_argument("--board", default="mps2-an386", help="emulated board to run on (QEMU)")
     p.set_defaults(func=_example)
 
     try:
