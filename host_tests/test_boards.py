@@ -268,11 +268,14 @@ def test_cli_flash_dry_run_and_user_errors(exported, tmp_path, capsys, monkeypat
     elf = tmp_path / "app.elf"
     assert cli_main(["flash", folder, "--board", "nrf52840-dk", "-o", str(elf),
                      "--dry-run"]) == 0
-    assert capsys.readouterr().out.strip() == f"pyocd flash --no-wait --target nrf52840 {elf}"
+    assert capsys.readouterr().out.strip() == f"{cross.PYOCD} flash --no-wait --target nrf52840 {elf}"
     for board, message in [("mps2-an385", "has no pyocd_target"),
                            ("rpi-pico", "second-stage bootloader")]:
         assert cli_main(["flash", folder, "--board", board, "-o", str(elf), "--dry-run"]) == 2
         assert message in capsys.readouterr().err
+    # pyOCD is installed (a dependency) and CI has no probe: a clear error, exit 2
+    assert cli_main(["flash", folder, "--board", "nrf52840-dk", "-o", str(elf)]) == 2
+    assert "no debug probe found: connect nrf52840-dk" in capsys.readouterr().err
     monkeypatch.setattr(cross, "PYOCD", "pyocd-not-installed-here")
     assert cli_main(["flash", folder, "--board", "nrf52840-dk", "-o", str(elf)]) == 2
     assert "pyocd-not-installed-here was not found on PATH" in capsys.readouterr().err

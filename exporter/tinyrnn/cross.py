@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -39,7 +40,9 @@ from .resources import resource_dir
 
 GCC = "arm-none-eabi-gcc"
 QEMU = "qemu-system-arm"
-PYOCD = "pyocd"
+# pyOCD is a dependency: prefer the one installed beside this Python (a venv need not be on PATH)
+_BESIDE = Path(sys.executable).parent / "pyocd"
+PYOCD = str(_BESIDE) if _BESIDE.exists() else "pyocd"
 CFLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-O2",
           "-ffunction-sections", "-fdata-sections")
 # newlib-nano: 2 KiB less RAM and 4 KiB less flash than full newlib for the same harness;
