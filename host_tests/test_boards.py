@@ -268,7 +268,8 @@ def test_cli_flash_dry_run_and_user_errors(exported, tmp_path, capsys, monkeypat
     elf = tmp_path / "app.elf"
     assert cli_main(["flash", folder, "--board", "nrf52840-dk", "-o", str(elf),
                      "--dry-run"]) == 0
-    assert capsys.readouterr().out.strip() == f"{cross.PYOCD} flash --no-wait --target nrf52840 {elf}"
+    expected = f"{cross.PYOCD} flash --no-wait --target nrf52840 {elf}"
+    assert capsys.readouterr().out.strip() == expected
     for board, message in [("mps2-an385", "has no pyocd_target"),
                            ("rpi-pico", "second-stage bootloader")]:
         assert cli_main(["flash", folder, "--board", board, "-o", str(elf), "--dry-run"]) == 2
