@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +50,21 @@ def _cdef(manifest: dict) -> str:
     api = manifest["interface"]
     set_args = "".join(f", const float *{a}" for a in api["set_state_args"])
     outs = "".join(f", float *out{i}" for i in range(len(api["outputs"])))
-    return (
+    text = (
         f"typedef struct {{ ...; }} {p}_state_t;\n"
         f"void {p}_reset({p}_state_t *s);\n"
         f"int {p}_set_state({p}_state_t *s{set_args});\n"
         f"int {p}_step({p}_state_t *s, const float *x_t, float *y_t);\n"
         f"int {p}_run({p}_state_t *s, const float *x, int T{outs});\n"
     )
+    if manifest.get("format", "float32") != "float32":  # the int16 API of integer formats
+        text += (
+            f"int {p}_set_state_q({p}_state_t *s{set_args.replace('float', 'int16_t')});\n"
+            f"int {p}_step_q({p}_state_t *s, const int16_t *x_t, int16_t *y_t);\n"
+            f"int {p}_run_q({p}_state_t *s, const int16_t *x, int T"
+            f"{outs.replace('float', 'int16_t')});\n"
+        )
+    return text
 
 
 def _cache_root() -> Path:
@@ -88,7 +97,9 @@ def _build(dirs: Sequence[Path], manifests: Sequence[dict]):
     existing = list(build_dir.glob(f"{module_name}*.so")) if build_dir.exists() else []
     if not existing:
         tmp = Path(tempfile.mkdtemp(prefix="build-", dir=_cache_root()))
-        objects = [compile_object(d / f"{m['name']}.c", tmp) for d, m in zip(dirs, manifests)]
+        sources = [d / f"{m['name']}.c" for d, m in zip(dirs, manifests)]
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # gcc runs in parallel
+            objects = list(pool.map(lambda src: compile_object(src, tmp), sources))
         ffi = cffi.FFI()
         ffi.cdef("".join(_cdef(m) for m in manifests))
         ffi.set_source(
@@ -178,6 +189,34 @@ class CompiledModel:
         y = np.zeros(self.interface["step_output_size"], dtype=np.float32)
         x_buf, _keep = self._floats(x_t)
         self._check(self._fn("step")(state, x_buf, self.ffi.from_buffer("float[]", y)), "step")
+        return y
+
+    def run_sample_q(self, sample: dict[str, np.ndarray], state=None) -> list[np.ndarray]:
+        """``run_sample`` through the int16 API (integer formats): int16 in, int16 out."""
+        if state is None:
+            state = self.new_state()
+            if "h0" in sample:
+                args = [self.ffi.from_buffer("int16_t[]", np.ascontiguousarray(
+                    sample[a], dtype=np.int16)) for a in self.interface["set_state_args"]]
+                self._check(self._fn("set_state_q")(state, *args), "set_state_q")
+        x = np.ascontiguousarray(sample["x"], dtype=np.int16)
+        T = x.shape[0]
+        outs = []
+        for spec in self.interface["outputs"]:
+            n = {"sequence": T * spec.get("features", 0), "vector": spec.get("features", 0)}.get(
+                spec["role"], spec.get("size", 0))
+            outs.append(np.zeros(n, dtype=np.int16))
+        bufs = [self.ffi.from_buffer("int16_t[]", o) for o in outs]
+        self._check(self._fn("run_q")(state, self.ffi.from_buffer("int16_t[]", x), T, *bufs),
+                    "run_q")
+        return outs
+
+    def step_q(self, state, x_t: np.ndarray) -> np.ndarray:
+        """``step`` through the int16 API (integer formats)."""
+        y = np.zeros(self.interface["step_output_size"], dtype=np.int16)
+        x = np.ascontiguousarray(x_t, dtype=np.int16)
+        self._check(self._fn("step_q")(state, self.ffi.from_buffer("int16_t[]", x),
+                                       self.ffi.from_buffer("int16_t[]", y)), "step_q")
         return y
 
     def run(self, *arrays: np.ndarray) -> list[np.ndarray]:

@@ -6,6 +6,7 @@ numbers); the Jinja2 templates only print it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -40,7 +41,9 @@ def check_name(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
+    """One environment per process: each template is compiled once."""
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(resource_dir("templates"))),
         undefined=jinja2.StrictUndefined,
@@ -112,95 +115,228 @@ class _Plan:
     result: str
 
 
-def _direction_view(p: str, index: int, layer: RecurrentLayer, d_index: int) -> dict:
+def c_ints(array: np.ndarray, indent: str = "    ", per_line: int = 12) -> str:
+    """A C initializer body for integers (rows of a matrix in braces, like :func:`c_floats`)."""
+    flat = np.asarray(array, dtype=np.int64)
+    rows = []
+    for row in (flat[None, :] if flat.ndim == 1 else flat):
+        items = [str(int(v)) for v in row]
+        chunks = [", ".join(items[k:k + per_line]) for k in range(0, len(items), per_line)]
+        body = (",\n" + indent + "  ").join(chunks)
+        rows.append(indent + ("{ " + body + " }" if flat.ndim > 1 else body))
+    return ",\n".join(rows)
+
+
+def _hex_scale(frac: int) -> str:
+    """The exact float32 literal ``2**frac`` (C99 hexadecimal floating constant)."""
+    return f"0x1p{frac}f"
+
+
+WEIGHT_CTYPE = {8: "int8_t", 16: "int16_t"}
+ACC_CTYPE = {32: "int32_t", 64: "int64_t"}
+CTYPE_BYTES = {"float": 4, "int8_t": 1, "int16_t": 2, "int32_t": 4, "int64_t": 8, "uint8_t": 1}
+
+
+class _Arrays:
+    """The constant arrays of one function, in print order, with their sizes."""
+
+    def __init__(self) -> None:
+        self.items: list[dict] = []
+
+    def add(self, ctype: str, name: str, data: np.ndarray, comment: str) -> str:
+        dims = "".join(f"[{n}]" for n in data.shape)
+        text = c_floats(data) if ctype == "float" else c_ints(data)
+        self.items.append(dict(ctype=ctype, name=name, dims=dims, text=text, comment=comment,
+                               bytes=CTYPE_BYTES[ctype] * int(data.size)))
+        return name
+
+
+def _float_part(arrays: _Arrays, fn: str, w_name: str, offset: int, n: int,
+                bias: Any, bias_name: str) -> dict:
+    b = ""
+    if bias is not None:
+        b = arrays.add("float", bias_name, bias.data, f"{bias.source}, float32")
+    return dict(w=w_name, off=f" + {offset}" if offset else "", n=n, bias=b, dot="dot",
+                acc_t="float")
+
+
+def _fixed_acc(arrays: _Arrays, fn: str, acc: Any, w_name: str, suffix: str,
+               part_names: list[str]) -> dict:
+    """A view of a QAccumulator whose parts' weights live in the (already added) array
+    ``w_name``; adds the bias, multiplier and shift arrays of each part."""
+    parts = []
+    for part, pname in zip(acc.parts, part_names):
+        acc_t = ACC_CTYPE[part.acc_bits]
+        b = ""
+        if part.bias is not None:
+            b = arrays.add(acc_t, f"{fn}_b_{suffix}", part.bias,
+                           f"{part.bias_source}, {acc_t} in accumulator units")
+        m = arrays.add("int16_t", f"{fn}_m_{suffix}{pname}", part.mult,
+                       f"requant multipliers of {part.source}")
+        sh = arrays.add("uint8_t", f"{fn}_s_{suffix}{pname}", part.shift,
+                        f"requant shifts of {part.source}")
+        parts.append(dict(w=w_name, off=f" + {part.offset}" if part.offset else "",
+                          n=part.cols, bias=b, dot=f"dot_w{acc.bits}_acc{part.acc_bits}",
+                          acc_t=acc_t, m=m, sh=sh))
+    return dict(parts=parts, wide=acc.out.bits != 16)
+
+
+def _weights(acc_parts: list, bits: int) -> np.ndarray:
+    return np.concatenate([part.weights for part in acc_parts], axis=1)
+
+
+def _direction_view(p: str, index: int, layer: RecurrentLayer, d_index: int, q: Any) -> dict:
+    """Everything one cell template prints for one direction; ``q`` is the quantized layer
+    (None for float32)."""
     d = layer.directions[d_index]
     tag = "rev" if d.reverse else "fwd"
-    gates = []
-    for g in d.gates:
-        w = np.concatenate([g.w_x.data, g.w_h.data], axis=1)
-        gates.append(
-            dict(
-                name=g.name,
-                w_text=c_floats(w),
-                w_source=f"{g.w_x.source} | {g.w_h.source}",
-                b_text=c_floats(g.bias.data) if g.bias is not None else "",
-                b_source=g.bias.source if g.bias is not None else "",
-                bh_text=c_floats(g.bias_h.data) if g.bias_h is not None else "",
-                bh_source=g.bias_h.source if g.bias_h is not None else "",
-            )
-        )
+    fn = f"{p}_l{index}_{tag}"
+    arrays = _Arrays()
+    accs: dict[str, dict] = {}
+    I, P = layer.input_size, layer.state_size
+    extra: dict[str, Any] = {}
+    if q is None:
+        for g in d.gates:
+            w = np.concatenate([g.w_x.data, g.w_h.data], axis=1)
+            w_name = arrays.add("float", f"{fn}_w_{g.name}", w,
+                                f"{g.w_x.source} | {g.w_h.source}, float32")
+            if layer.kind == "gru" and g.name == "n":
+                accs["n"] = dict(parts=[_float_part(arrays, fn, w_name, 0, I, g.bias,
+                                                    f"{fn}_b_n")])
+                accs["nh"] = dict(parts=[_float_part(arrays, fn, w_name, I, P, g.bias_h,
+                                                     f"{fn}_bh_n")])
+            else:
+                accs[g.name] = dict(parts=[_float_part(arrays, fn, w_name, 0, I + P, g.bias,
+                                                       f"{fn}_b_{g.name}")])
+        if d.w_proj is not None:
+            w_name = arrays.add("float", f"{fn}_w_proj", d.w_proj.data,
+                                f"{d.w_proj.source}, float32")
+            accs["proj"] = dict(parts=[dict(w=w_name, off="", n=layer.hidden_size, bias="",
+                                            dot="dot", acc_t="float")])
+    else:
+        qd = q.directions[d_index]
+        wtype = WEIGHT_CTYPE[q.directions[0].accs[0].bits]
+        for g in d.gates:
+            names = ("n", "nh") if layer.kind == "gru" and g.name == "n" else (g.name,)
+            q_accs = [qd.acc(n) for n in names]
+            parts = [part for a in q_accs for part in a.parts]
+            w_name = arrays.add(
+                wtype, f"{fn}_w_{g.name}", _weights(parts, q_accs[0].bits),
+                f"{g.w_x.source} | {g.w_h.source}, {wtype}, per-row scale for each of the "
+                "x and h columns")
+            if len(names) == 2:
+                accs["n"] = _fixed_acc(arrays, fn, q_accs[0], w_name, "n", [""])
+                accs["nh"] = _fixed_acc(arrays, fn, q_accs[1], w_name, "nh", [""])
+            else:
+                accs[g.name] = _fixed_acc(arrays, fn, q_accs[0], w_name, g.name, ["_x", "_h"])
+        if qd.proj is not None:
+            w_name = arrays.add(wtype, f"{fn}_w_proj", qd.proj.parts[0].weights,
+                                f"{d.w_proj.source}, {wtype}, per-row scale")
+            accs["proj"] = _fixed_acc(arrays, fn, qd.proj, w_name, "proj", [""])
+        extra = {k: v for k, v in vars(q).items()
+                 if isinstance(v, int) and not isinstance(v, bool)}
+        formats = [f"x {q.x}", f"h {q.h}"]
+        if layer.kind == "lstm":
+            formats.append(f"c {q.c}")
+            if layer.proj_size:
+                formats.append(f"o*tanh(c) {q.hc}")
+        extra["formats"] = ", ".join(formats)
     module = layer.module or "rnn"
     return dict(
-        fn=f"{p}_l{index}_{tag}",
+        fn=fn,
         title=f"{module} layer {layer.layer}, {'reverse' if d.reverse else 'forward'} direction",
-        I=layer.input_size,
+        I=I,
         H=layer.hidden_size,
-        P=layer.state_size,
-        gates=gates,
+        P=P,
+        arrays=arrays.items,
+        acc=accs,
         proj=d.w_proj is not None,
-        proj_text=c_floats(d.w_proj.data) if d.w_proj is not None else "",
-        proj_source=d.w_proj.source if d.w_proj is not None else "",
         nonlinearity=getattr(layer, "nonlinearity", ""),
         state=[f"s->l{index}_{tag}_h"] + ([f"s->l{index}_{tag}_c"] if layer.kind == "lstm" else []),
+        **extra,
     )
+
+
+def _dense_view(p: str, index: int, layer: Dense, q: Any) -> dict:
+    fn = f"{p}_dense{index}"
+    arrays = _Arrays()
+    if q is None:
+        w_name = arrays.add("float", f"{fn}_w", layer.weight.data,
+                            f"{layer.weight.source}, float32")
+        acc = dict(parts=[_float_part(arrays, fn, w_name, 0, layer.in_features, layer.bias,
+                                      f"{fn}_b")])
+        formats = ""
+    else:
+        wtype = WEIGHT_CTYPE[q.acc.bits]
+        w_name = arrays.add(wtype, f"{fn}_w", q.acc.parts[0].weights,
+                            f"{layer.weight.source}, {wtype}, per-row scale")
+        acc = _fixed_acc(arrays, fn, q.acc, w_name, "", [""])
+        formats = f"x {q.x}, y {q.out}"
+    return dict(kind="dense", fn=fn, source=layer.name, rows=layer.out_features,
+                cols=layer.in_features, bias=layer.bias is not None, arrays=arrays.items,
+                acc=acc, formats=formats)
+
+
+def _activation_view(p: str, index: int, layer: Activation, q: Any) -> dict:
+    view = dict(kind="activation", fn=f"{p}_{layer.kind}{index}", op=layer.kind,
+                features=layer.features, arrays=[], formats="")
+    if q is not None:
+        view.update(in_shift=q.in_shift, out_shift=q.out_shift,
+                    formats=f"x {q.x}, y {q.out}")
+        if q.softmax is not None:
+            view["softmax"] = vars(q.softmax)
+    return view
 
 
 class _Builder:
     """Assigns buffers and names and builds the template context for one model."""
 
-    def __init__(self, model: Model, name: str):
+    def __init__(self, model: Model, name: str, q: Any = None):
         self.model = model
+        self.q = q
         self.p = name
+        self.T = "int16_t" if q is not None else "float"
         self.layer_views: list[dict] = []
         self.state_vars: list[dict] = []
         self.scratch_sizes = dict(xh=1, tmp=1, va=1, vb=1)
+        if q is not None:
+            self.scratch_sizes["x"] = model.input_size
+
+    def qlayer(self, index: int) -> Any:
+        return self.q.layers[index] if self.q is not None else None
 
     def views(self) -> None:
         p = self.p
         for index, layer in enumerate(self.model.layers):
             if isinstance(layer, RecurrentLayer):
-                dirs = [_direction_view(p, index, layer, k) for k in range(layer.num_directions)]
+                dirs = [_direction_view(p, index, layer, k, self.qlayer(index))
+                        for k in range(layer.num_directions)]
                 self.layer_views.append(dict(kind="recurrent", cell=layer.kind, directions=dirs))
                 for view, d in zip(dirs, layer.directions):
                     side = "reverse" if d.reverse else "forward"
                     what = f"{layer.module} layer {layer.layer} {side}"
+                    q = self.qlayer(index)
                     self.state_vars.append(
-                        dict(ctype="float", name=view["state"][0][3:], size=layer.state_size,
-                             comment=f"h, {what}")
+                        dict(ctype=self.T, name=view["state"][0][3:], size=layer.state_size,
+                             comment=f"h, {what}" + (f", {q.h}" if q is not None else ""))
                     )
                     if layer.kind == "lstm":
                         self.state_vars.append(
-                            dict(ctype="float", name=view["state"][1][3:], size=layer.hidden_size,
-                                 comment=f"c, {what}")
+                            dict(ctype=self.T, name=view["state"][1][3:], size=layer.hidden_size,
+                                 comment=f"c, {what}" + (f", {q.c}" if q is not None else ""))
                         )
                 self.scratch_sizes["xh"] = max(
                     self.scratch_sizes["xh"], layer.input_size + layer.state_size
                 )
                 self.scratch_sizes["tmp"] = max(self.scratch_sizes["tmp"], layer.hidden_size)
             elif isinstance(layer, Dense):
-                self.layer_views.append(
-                    dict(
-                        kind="dense",
-                        fn=f"{p}_dense{index}",
-                        source=layer.name,
-                        rows=layer.out_features,
-                        cols=layer.in_features,
-                        w_text=c_floats(layer.weight.data),
-                        w_source=f"{layer.weight.source}, float32",
-                        bias=layer.bias is not None,
-                        b_text=c_floats(layer.bias.data) if layer.bias is not None else "",
-                        b_source=f"{layer.bias.source}, float32" if layer.bias is not None else "",
-                    )
-                )
+                self.layer_views.append(_dense_view(p, index, layer, self.qlayer(index)))
                 for key in ("va", "vb"):
                     self.scratch_sizes[key] = max(
                         self.scratch_sizes[key], layer.out_features, layer.in_features
                     )
             elif isinstance(layer, Activation):
-                self.layer_views.append(
-                    dict(kind="activation", fn=f"{p}_{layer.kind}{index}", op=layer.kind,
-                         features=layer.features)
-                )
+                self.layer_views.append(_activation_view(p, index, layer, self.qlayer(index)))
                 for key in ("va", "vb"):
                     self.scratch_sizes[key] = max(self.scratch_sizes[key], layer.features)
             else:
@@ -286,9 +422,15 @@ class _Builder:
         for index in group.layers:
             layer = self.model.layers[index]
             size = layer.state_size if k == 0 else layer.hidden_size
+            q = self.qlayer(index)
+            fmt = (q.h if k == 0 else q.c) if q is not None else None
             for dview in self.layer_views[index]["directions"]:
-                rows.append(dict(var=dview["state"][k][3:], offset=offset, size=size,
-                                 comment=f"row {len(rows)}: {dview['title']}"))
+                row = dict(var=dview["state"][k][3:], offset=offset, size=size,
+                           comment=f"row {len(rows)}: {dview['title']}")
+                if fmt is not None:
+                    row.update(scale=_hex_scale(-fmt.frac), qscale=_hex_scale(fmt.frac),
+                               comment=f"{row['comment']}, {fmt}")
+                rows.append(row)
                 offset += size
         return rows
 
@@ -309,12 +451,14 @@ class _Builder:
             if out.role in ("h_n", "c_n")
             for row in self.state_rows(model.groups[out.group], 0 if out.role == "h_n" else 1)
         ]
+        final = self.q.final_format if self.q is not None else None
+        final_scale = _hex_scale(-final.frac) if final is not None else ""
         seq_results = [
-            dict(out=i, width=o.features) for i, o in enumerate(model.outputs)
+            dict(out=i, width=o.features, scale=final_scale) for i, o in enumerate(model.outputs)
             if o.role == "sequence"
         ]
         vec_results = [
-            dict(out=i, width=o.features) for i, o in enumerate(model.outputs)
+            dict(out=i, width=o.features, scale=final_scale) for i, o in enumerate(model.outputs)
             if o.role == "vector"
         ]
         select = next((lay.index for lay in model.layers if isinstance(lay, SelectStep)), None)
@@ -323,20 +467,21 @@ class _Builder:
             pre, pre_result, post, post_result, sel_w, widest = self.layer_major()
             step_plan = None
             self.state_vars += [
-                dict(ctype="float", name="seq_a", size=max_seq_len * widest,
+                dict(ctype=self.T, name="seq_a", size=max_seq_len * widest,
                      comment=f"scratch: {max_seq_len} steps x {widest} features"),
-                dict(ctype="float", name="seq_b", size=max_seq_len * widest,
+                dict(ctype=self.T, name="seq_b", size=max_seq_len * widest,
                      comment=f"scratch: {max_seq_len} steps x {widest} features"),
             ]
             self.scratch_sizes["va"] = max(self.scratch_sizes["va"], sel_w)
         else:
             pre, pre_result, post, post_result, sel_w = self.time_major(
-                f"x + (size_t)t * {model.input_size}", model.input_size
+                "x_t" if self.q is not None else f"x + (size_t)t * {model.input_size}",
+                model.input_size
             )
             step_pre, _, step_post, step_result, _ = self.time_major("x_t", model.input_size)
             step_plan = _Plan(step_pre + step_post, step_result)
         self.state_vars += [
-            dict(ctype="float", name="scratch_" + key, size=size, comment="scratch")
+            dict(ctype=self.T, name="scratch_" + key, size=size, comment="scratch")
             for key, size in self.scratch_sizes.items()
         ]
         run_plan = dict(
@@ -354,11 +499,14 @@ class _Builder:
         out_doc = []
         for out in model.outputs:
             if out.role == "sequence":
-                out_doc.append(f"sequence, T x {out.features} floats")
+                out_doc.append(f"sequence, T x {out.features} values")
             elif out.role == "vector":
-                out_doc.append(f"vector, {out.features} floats")
+                out_doc.append(f"vector, {out.features} values")
             else:
-                out_doc.append(f"{out.role}, {out.size} floats (layers*directions, H)")
+                out_doc.append(f"{out.role}, {out.size} values (layers*directions, H)")
+        fixed: dict[str, Any] = dict(fixed=self.q is not None, T=self.T)
+        if self.q is not None:
+            fixed.update(self.fixed_context())
         return dict(
             p=self.p,
             P=self.p.upper(),
@@ -375,6 +523,37 @@ class _Builder:
             step_plan=step_plan,
             run_plan=run_plan,
             out_doc=out_doc,
+            **fixed,
+        )
+
+    def fixed_context(self) -> dict:
+        """Names and numbers only the integer formats print."""
+        from .fixedpoint import qmath_context
+        from .qfunctions import numeric_context
+
+        q = self.q
+        kinds = {layer.kind for layer in self.model.layers if isinstance(layer, Activation)}
+        numeric = dict(numeric_context(), softmax=bool(kinds & {"softmax", "log_softmax"}),
+                       softmax_kinds={k: k in kinds for k in ("softmax", "log_softmax")})
+        out_fracs = []
+        for k, (role, fmts, _) in enumerate(q.output_row_formats()):
+            if len(fmts) == 1:
+                out_fracs.append(dict(out=k, role=role, frac=fmts[0].frac, text=str(fmts[0])))
+            else:
+                text = ", ".join(str(f) for f in fmts)
+                out_fracs.append(dict(out=k, role=role, frac=None, text=f"per row: {text}"))
+        return dict(
+            q=numeric,
+            qmath_text=_environment().get_template("qmath.h.j2").render(
+                **qmath_context(self.p + "_")),
+            input_format=str(q.input),
+            input_frac=q.input.frac,
+            input_qscale=_hex_scale(q.input.frac),
+            final_format=str(q.final_format),
+            final_frac=q.final_format.frac,
+            final_scale=_hex_scale(-q.final_format.frac),
+            out_fracs=out_fracs,
+            weight_format=q.format,
         )
 
 
@@ -401,30 +580,47 @@ def interface(model: Model, context: dict) -> dict:
     )
 
 
-def render(model: Model, out_dir: Path, name: str, fmt: str, options: dict) -> dict:
-    """Write NAME.h, NAME.c and NAME.json into ``out_dir``; returns the manifest."""
+def render(model: Model, out_dir: Path, name: str, fmt: str, options: dict,
+           quantized: Any = None) -> dict:
+    """Write NAME.h, NAME.c and NAME.json into ``out_dir``; returns the manifest.
+
+    ``quantized``: the :class:`tinyrnn.quantize.QModel` of an integer format (None for float32).
+    """
     import torch
 
     check_name(name)
     digest = weights_hash(model)
     opts = ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
+    quant_line = ""
+    if quantized is not None:
+        from .quantize import manifest_section
+
+        section = json.dumps(manifest_section(quantized), sort_keys=True).encode()
+        quant_line = (f" * {fmt} formats and integers sha256: "
+                      f"{hashlib.sha256(section).hexdigest()}\n")
     provenance = (
         f"/* Generated by tinyrnn {__version__} from a torch {torch.__version__} model.\n"
         f" * weights sha256: {digest}\n"
+        f"{quant_line}"
         f" * options: {opts}\n"
         f" * Do not edit: re-run tinyrnn export instead. */"
     )
-    context = _Builder(model, name).context(provenance, name)
+    context = _Builder(model, name, quantized).context(provenance, name)
     env = _environment()
     header = env.get_template("model.h.j2").render(**context)
     source = env.get_template("model.c.j2").render(**context)
-    state_bytes = 4 * sum(
+    width = CTYPE_BYTES[context["T"]]
+    state_bytes = width * sum(
         v["size"] for v in context["state_vars"] if not v["name"].startswith(("scratch", "seq"))
     )
-    scratch_bytes = 4 * sum(
+    scratch_bytes = width * sum(
         v["size"] for v in context["state_vars"] if v["name"].startswith(("scratch", "seq"))
     )
-    weight_bytes = 4 * sum(t.data.size for layer in model.layers for t in _tensors(layer))
+    weight_bytes = sum(
+        a["bytes"] for view in context["layers"]
+        for a in (view["arrays"] if "arrays" in view
+                  else [x for d in view.get("directions", []) for x in d["arrays"]])
+    )
     manifest = dict(
         name=name,
         format=fmt,
@@ -438,6 +634,15 @@ def render(model: Model, out_dir: Path, name: str, fmt: str, options: dict) -> d
         ),
         layers=[_layer_summary(layer) for layer in model.layers],
     )
+    if quantized is not None:
+        from .qfunctions import table_bytes
+        from .quantize import interface_section, manifest_section
+
+        kinds = context["q"]["softmax_kinds"]
+        manifest["sizes"]["tables_bytes"] = table_bytes(kinds["softmax"], kinds["log_softmax"])
+
+        manifest["interface"]["quantized"] = interface_section(quantized)
+        manifest["quantization"] = manifest_section(quantized)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.h").write_text(header)
     (out_dir / f"{name}.c").write_text(source)
