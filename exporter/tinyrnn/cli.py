@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,13 +20,26 @@ EXIT_MISMATCH = 1
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .api import export_program
+    from .api import CalibrationWarning, export_program
     from .frontend import load_program
+    from .io import load_inputs
 
     program = load_program(args.model)
-    manifest = export_program(
-        program, args.out, format=args.format, name=args.name, max_seq_len=args.max_seq_len
-    )
+    calibration = load_inputs(args.calibration) if args.calibration else None
+    if calibration is not None and args.format == "float32":
+        raise TinyRNNError("--calibration applies to the integer formats (w8a16, w16a16), "
+                           "not float32; drop it or choose an integer --format")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationWarning)
+        manifest = export_program(
+            program, args.out, format=args.format, name=args.name, max_seq_len=args.max_seq_len,
+            calibration=calibration,
+        )
+    for w in caught:
+        if issubclass(w.category, CalibrationWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     sizes = manifest["sizes"]
     print(
         f"wrote {args.out}/{args.name}.h, {args.name}.c, {args.name}.json "
@@ -51,11 +66,22 @@ def _verify(args: argparse.Namespace) -> int:
 
     report = verify(args.model, args.dir, args.input, tolerance=args.tolerance)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(_finite(report), indent=2))
     else:
         for line in report["lines"]:
             print(line)
     return 0 if report["ok"] else EXIT_MISMATCH
+
+
+def _finite(value):
+    """JSON has no infinity: an exact match's SQNR (inf) is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items() if k != "lines"}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _example(args: argparse.Namespace) -> int:
@@ -75,7 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write NAME.h/.c/.json from a torch.export archive")
     p.add_argument("model", help="a .pt2 archive written by torch.export.save")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--format", default="float32", help="number format (float32)")
+    p.add_argument("--format", default="w8a16", choices=("w8a16", "w16a16", "float32"),
+                   help="number format: int8 weights / int16 activations (default), int16 "
+                        "weights, or float32")
+    p.add_argument("--calibration", default=None, metavar="X",
+                   help="representative inputs for the integer formats' ranges: .npy (one "
+                        "argument) or .npz (in0, in1, ...) as for run-host; without it the "
+                        "example input saved with the model is used (with a warning)")
     p.add_argument("--name", default="model", help="C symbol prefix and file name")
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="sequence buffer capacity for bidirectional models "
@@ -88,12 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help=".npz to write (out0, out1, ...)")
     p.set_defaults(func=_run_host)
 
-    p = sub.add_parser("verify", help="compare the exported C with torch")
+    p = sub.add_parser("verify", help="compare the exported C with torch and, for integer "
+                                      "formats, with the bit-exact reference")
     p.add_argument("model", help="the .pt2 archive that was exported")
     p.add_argument("dir", help="directory written by tinyrnn export")
     p.add_argument("--input", required=True, help=".npy (one argument) or .npz (in0, in1, ...)")
     p.add_argument("--tolerance", type=float, default=None,
-                   help="max absolute error allowed (default: 1e-5 for float32)")
+                   help="float32 only: max absolute error allowed (default 1e-5); integer "
+                        "formats must equal the reference exactly")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_verify)
 
@@ -102,12 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--board", default="mps2-an386", help="emulated board to run on (QEMU)")
     p.set_defaults(func=_example)
 
-    try:
-        from . import cross
-    except ImportError:
-        cross = None  # type: ignore[assignment]
-    if cross is not None and hasattr(cross, "register_cli"):
-        cross.register_cli(sub)
+    # the board (cross.py) and measurement (profile.py, report.py) commands
+    from . import cross, profile, report
+
+    for module in (cross, profile, report):
+        module.register_cli(sub)
     return parser
 
 
