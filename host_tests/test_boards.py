@@ -56,8 +56,10 @@ def model_name(case: Case, fmt: str) -> str:
 
 
 # Distinctive mnemonics of the DSP extension (ARMv7E-M), absent from ARMv6-M and ARMv7-M.
+# (Plain smlal/smull/umlal are base ARMv7-M and allowed on the M3.)
 DSP = re.compile(
-    r"^(smla[dlbtw]\w*|smlsl?d\w*|smuad\w*|smusd\w*|smm(la|ls|ul)\w*|smul[bt][bt]|smulw[bt]"
+    r"^(smla(dx?|[bt][bt]|w[bt]|l[bt][bt]|ldx?)|smlsl?d\w*|smuad\w*|smusd\w*|smm(la|ls|ul)\w*"
+    r"|smul[bt][bt]|smulw[bt]"
     r"|[su]xtab16|[su]xtb16|sxta[bh]|uxta[bh]|[su]sat16|q(d?add|d?sub)\w*|[us]h?(add|sub)(8|16)"
     r"|[us]q(add|sub)(8|16)|[us]h?(asx|sax)|[us]q(asx|sax)|usada?8|pkh(bt|tb)|sel)$")
 
@@ -163,7 +165,7 @@ def test_too_big_for_microbit_fails_before_linking(tmp_path):
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(16, 160).eval()           # 4 * 160 * (16 + 160) floats: 440 KiB
     x = torch.randn(4, 1, 16)
-    tinyrnn.export(lstm, (x,), tmp_path / "big", name="big")
+    tinyrnn.export(lstm, (x,), tmp_path / "big", name="big", format="float32")
     model = cross.ExportedModel.load(tmp_path / "big")
     job = cross.ModelInputs(model, tuple(split_inputs(model.interface, [x.numpy()])))
     work = tmp_path / "work"
