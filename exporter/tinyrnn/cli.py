@@ -87,7 +87,7 @@ def _finite(value):
 def _example(args: argparse.Namespace) -> int:
     from .example import main as example_main
 
-    return example_main(Path(args.out), board=args.board)
+    return example_main(Path(args.out), board=args.board, fmt=args.format)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("example", help="train, export, compile and verify the built-in example")
     p.add_argument("--out", default="tinyrnn-example", help="working directory")
     p.add_argument("--board", default="mps2-an386", help="emulated board to run on (QEMU)")
+    p.add_argument("--format", default="w8a16", choices=("w8a16", "w16a16", "float32"),
+                   help="number format of the export")
     p.set_defaults(func=_example)
 
     # the board (cross.py) and measurement (profile.py, report.py) commands

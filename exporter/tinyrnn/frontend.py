@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import pickle
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -157,7 +158,10 @@ def capture(model: torch.nn.Module, example_inputs: tuple) -> torch.export.Expor
     was_training = model.training
     model.eval()
     try:
-        return torch.export.export(model, example_inputs)
+        with warnings.catch_warnings():
+            # torch notes that nn.RNN's flat weight list is re-assigned while tracing: harmless
+            warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned")
+            return torch.export.export(model, example_inputs)
     except Exception as exc:
         raise TinyRNNError(
             f"torch.export could not capture the model ({type(exc).__name__}): {exc}"
