@@ -698,3 +698,40 @@ __all__ = [
     "WEIGHT_BITS", "calibrate", "choose_formats", "formats_from_manifest", "interface_section",
     "manifest_section", "quantize", "state_rows",
 ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Weight layout of the recurrent kernels
+# ----------------------------------------------------------------------------------------------
+
+KERNEL_GROUP = 4
+"""Columns one step of a recurrent kernel reads: two 32-bit words of int16 activations."""
+
+SXTB16_ORDER = (0, 2, 1, 3)
+"""Byte order of four int8 weights in one word: SXTB16 sign-extends bytes 0 and 2 into a
+halfword pair (columns 0, 1: the first activation word), SXTB16 of the word rotated by 8
+bytes 1 and 3 (columns 2, 3: the second)."""
+
+
+def padded(cols: int) -> int:
+    """``cols`` rounded up to a multiple of :data:`KERNEL_GROUP`."""
+    return -(-cols // KERNEL_GROUP) * KERNEL_GROUP
+
+
+def kernel_layout(gates: Sequence[np.ndarray], bits: int) -> np.ndarray:
+    """The weights of one input part (x or h) of all gates, in the order the kernel reads them.
+
+    ``gates``: one ``(units, cols)`` integer matrix per gate (LSTM i f g o, GRU r z n, RNN h).
+    Returns ``(units, groups, gates, 4)``: for each unit, for each group of 4 columns (the last
+    one padded with zero weights), the 4 weights of each gate's row. 8-bit weights are stored
+    in :data:`SXTB16_ORDER` within each group. A zero weight makes the padded columns'
+    activations irrelevant, and the sums stay the same integers (exact, any order).
+    """
+    units, cols = gates[0].shape
+    w = np.zeros((units, len(gates), padded(cols)), dtype=np.int64)
+    for g, matrix in enumerate(gates):
+        w[:, g, :cols] = matrix
+    w = w.reshape(units, len(gates), -1, KERNEL_GROUP).transpose(0, 2, 1, 3)
+    if bits == 8:
+        w = w[..., list(SXTB16_ORDER)]
+    return np.ascontiguousarray(w)

@@ -20,6 +20,7 @@ import numpy as np
 from . import __version__
 from .errors import TinyRNNError
 from .ir import Activation, Dense, Model, RecurrentLayer, SelectStep
+from .quantize import padded
 from .resources import resource_dir
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -181,13 +182,10 @@ def _fixed_acc(arrays: _Arrays, fn: str, acc: Any, w_name: str, suffix: str,
     return dict(parts=parts, wide=acc.out.bits != 16)
 
 
-def _weights(acc_parts: list, bits: int) -> np.ndarray:
-    return np.concatenate([part.weights for part in acc_parts], axis=1)
-
-
-def _direction_view(p: str, index: int, layer: RecurrentLayer, d_index: int, q: Any) -> dict:
+def _direction_view(p: str, index: int, layer: RecurrentLayer, d_index: int, q: Any,
+                    kernels: set | None = None) -> dict:
     """Everything one cell template prints for one direction; ``q`` is the quantized layer
-    (None for float32)."""
+    (None for float32). The integer formats add the kernels they call to ``kernels``."""
     d = layer.directions[d_index]
     tag = "rev" if d.reverse else "fwd"
     fn = f"{p}_l{index}_{tag}"
@@ -216,25 +214,13 @@ def _direction_view(p: str, index: int, layer: RecurrentLayer, d_index: int, q: 
     else:
         qd = q.directions[d_index]
         wtype = WEIGHT_CTYPE[q.directions[0].accs[0].bits]
-        for g in d.gates:
-            names = ("n", "nh") if layer.kind == "gru" and g.name == "n" else (g.name,)
-            q_accs = [qd.acc(n) for n in names]
-            parts = [part for a in q_accs for part in a.parts]
-            w_name = arrays.add(
-                wtype, f"{fn}_w_{g.name}", _weights(parts, q_accs[0].bits),
-                f"{g.w_x.source} | {g.w_h.source}, {wtype}, per-row scale for each of the "
-                "x and h columns")
-            if len(names) == 2:
-                accs["n"] = _fixed_acc(arrays, fn, q_accs[0], w_name, "n", [""])
-                accs["nh"] = _fixed_acc(arrays, fn, q_accs[1], w_name, "nh", [""])
-            else:
-                accs[g.name] = _fixed_acc(arrays, fn, q_accs[0], w_name, g.name, ["_x", "_h"])
+        extra["kernel"] = _kernel_view(p, fn, arrays, layer, d, qd, kernels)
         if qd.proj is not None:
             w_name = arrays.add(wtype, f"{fn}_w_proj", qd.proj.parts[0].weights,
                                 f"{d.w_proj.source}, {wtype}, per-row scale")
             accs["proj"] = _fixed_acc(arrays, fn, qd.proj, w_name, "proj", [""])
-        extra = {k: v for k, v in vars(q).items()
-                 if isinstance(v, int) and not isinstance(v, bool)}
+        extra.update({k: v for k, v in vars(q).items()
+                      if isinstance(v, int) and not isinstance(v, bool)})
         formats = [f"x {q.x}", f"h {q.h}"]
         if layer.kind == "lstm":
             formats.append(f"c {q.c}")
@@ -246,6 +232,7 @@ def _direction_view(p: str, index: int, layer: RecurrentLayer, d_index: int, q: 
         fn=fn,
         title=f"{module} layer {layer.layer}, {'reverse' if d.reverse else 'forward'} direction",
         I=I,
+        I4=padded(I),
         H=layer.hidden_size,
         P=P,
         arrays=arrays.items,
@@ -255,6 +242,107 @@ def _direction_view(p: str, index: int, layer: RecurrentLayer, d_index: int, q: 
         state=[f"s->l{index}_{tag}_h"] + ([f"s->l{index}_{tag}_c"] if layer.kind == "lstm" else []),
         **extra,
     )
+
+
+# The gates of one unit, in kernel order, as (name, x part, h part, kind): "sum" rows add the
+# rescaled parts into one pre-activation; GRU's n keeps W_in x and W_hn h apart.
+_KERNEL_GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"), "rnn": ("h",)}
+
+FAST_SHIFTS = range(16, 33)
+"""Requant shifts n that fold into one 32-bit multiplier M * 2**(32 - n) < 2**31: then
+``rshift_round(acc * M, n)`` is the rounded high word of ``acc * M * 2**(32 - n)``."""
+
+
+def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any, qd: Any,
+                 kernels: set | None) -> dict:
+    """The interleaved weights and per-unit constants of one direction's gate rows (see
+    :func:`tinyrnn.quantize.kernel_layout`) and the C expression of each pre-activation."""
+    from .quantize import kernel_layout
+
+    kind = "rnn" if layer.kind.startswith("rnn") else layer.kind
+    names = _KERNEL_GATES[kind]
+    sides: list[list] = [[], []]  # the x part and the h part of each gate
+    for name in names:
+        if kind == "gru" and name == "n":
+            sides[0].append(qd.acc("n").parts[0])
+            sides[1].append(qd.acc("nh").parts[0])
+        else:
+            x_part, h_part = qd.acc(name).parts
+            sides[0].append(x_part)
+            sides[1].append(h_part)
+    bits = qd.accs[0].bits
+    wtype = WEIGHT_CTYPE[bits]
+    stream = np.concatenate(
+        [kernel_layout([part.weights for part in side], bits).reshape(layer.hidden_size, -1)
+         for side in sides], axis=1)
+    sources = ", ".join(part.source for part in sides[0] + sides[1])
+    order = "bytes of each 4-column group in SXTB16 order 0,2,1,3" if bits == 8 else \
+        "4-column groups"
+    w_name = arrays.add(wtype, f"{fn}_w", stream,
+                        f"per unit: {'/'.join(names)} rows interleaved, x columns then h "
+                        f"columns, each padded to a multiple of 4 with zeros, {order}; "
+                        f"{wtype}, per-row scale for each part; from {sources}")
+    G = len(names)
+    views = []
+    for k, (side, tag) in enumerate(zip(sides, ("x", "h"))):
+        acc_bits = max(part.acc_bits for part in side)
+        acc_t = ACC_CTYPE[acc_bits]
+        fast = acc_bits == 32 and all(int(n) in FAST_SHIFTS for part in side
+                                      for n in part.shift)
+        bias = ""
+        if any(part.bias is not None for part in side):
+            b = np.stack([part.bias if part.bias is not None else
+                          np.zeros(layer.hidden_size, np.int64) for part in side], axis=1)
+            bias = arrays.add(acc_t, f"{fn}_b{tag}", b,
+                              f"biases of the {tag} parts, {acc_t} in accumulator units: "
+                              + ", ".join(part.bias_source for part in side
+                                          if part.bias is not None))
+        mult = np.stack([part.mult for part in side], axis=1)
+        shift = np.stack([part.shift for part in side], axis=1)
+        if fast:
+            m = arrays.add("int32_t", f"{fn}_m{tag}", mult << (32 - shift),
+                           f"requant of the {tag} parts: M * 2^(32 - n), the high word of "
+                           "acc times it, rounded, is rshift_round(acc * M, n)")
+            s_name = ""
+        else:
+            m = arrays.add("int16_t", f"{fn}_m{tag}", mult,
+                           f"requant multipliers M of the {tag} parts")
+            s_name = arrays.add("uint8_t", f"{fn}_s{tag}", shift,
+                                f"requant shifts n of the {tag} parts")
+        mac = f"{p}_mac{G}_w{bits}_acc{acc_bits}"
+        if kernels is not None:
+            kernels.add((G, bits, acc_bits))
+        views.append(dict(acc_t=acc_t, bias=bias, m=m, s=s_name, fast=fast, mac=mac,
+                          groups=padded(layer.input_size if k == 0 else layer.state_size) // 4))
+
+    def rescaled(k: int, g: int, add: str = "") -> str:
+        v = views[k]
+        acc = f"a{'xh'[k]}[{g}]"
+        if v["fast"]:
+            return (f"{p}_mmlar({acc}, {v['m']}[j][{g}], {add})" if add
+                    else f"{p}_mmulr({acc}, {v['m']}[j][{g}])")
+        term = f"{p}_rescale({acc}, {v['m']}[j][{g}], {v['s']}[j][{g}])"
+        return f"{add} + {term}" if add else term
+
+    def sat(expr: str, wide64: bool) -> str:
+        return f"{p}_sat24({expr})" if wide64 else f"{p}_sat24_32({expr})"
+
+    pre = {}
+    for g, name in enumerate(names):
+        if kind == "gru" and name == "n":
+            pre["n"] = sat(rescaled(0, g), not views[0]["fast"])
+            pre["nh"] = sat(rescaled(1, g), not views[1]["fast"])
+        else:
+            both = views[0]["fast"] and views[1]["fast"]
+            if both:
+                pre[name] = sat(rescaled(1, g, rescaled(0, g)), False)
+            else:
+                x = rescaled(0, g)
+                x = x if not views[0]["fast"] else f"(int64_t){x}"
+                h = rescaled(1, g)
+                h = h if not views[1]["fast"] else f"(int64_t){h}"
+                pre[name] = sat(f"{x} + {h}", True)
+    return dict(G=G, w=w_name, wtype=wtype, x=views[0], h=views[1], pre=pre)
 
 
 def _dense_view(p: str, index: int, layer: Dense, q: Any) -> dict:
@@ -299,6 +387,7 @@ class _Builder:
         self.layer_views: list[dict] = []
         self.state_vars: list[dict] = []
         self.scratch_sizes = dict(xh=1, tmp=1, va=1, vb=1)
+        self.kernels: set[tuple[int, int, int]] = set()
         if q is not None:
             self.scratch_sizes["x"] = model.input_size
 
@@ -309,7 +398,7 @@ class _Builder:
         p = self.p
         for index, layer in enumerate(self.model.layers):
             if isinstance(layer, RecurrentLayer):
-                dirs = [_direction_view(p, index, layer, k, self.qlayer(index))
+                dirs = [_direction_view(p, index, layer, k, self.qlayer(index), self.kernels)
                         for k in range(layer.num_directions)]
                 self.layer_views.append(dict(kind="recurrent", cell=layer.kind, directions=dirs))
                 for view, d in zip(dirs, layer.directions):
@@ -325,9 +414,10 @@ class _Builder:
                             dict(ctype=self.T, name=view["state"][1][3:], size=layer.hidden_size,
                                  comment=f"c, {what}" + (f", {q.c}" if q is not None else ""))
                         )
-                self.scratch_sizes["xh"] = max(
-                    self.scratch_sizes["xh"], layer.input_size + layer.state_size
-                )
+                xh = layer.input_size + layer.state_size
+                if self.q is not None:  # the kernels read x and h in groups of 4 columns
+                    xh = padded(layer.input_size) + padded(layer.state_size)
+                self.scratch_sizes["xh"] = max(self.scratch_sizes["xh"], xh)
                 self.scratch_sizes["tmp"] = max(self.scratch_sizes["tmp"], layer.hidden_size)
             elif isinstance(layer, Dense):
                 self.layer_views.append(_dense_view(p, index, layer, self.qlayer(index)))
@@ -543,6 +633,9 @@ class _Builder:
                 text = ", ".join(str(f) for f in fmts)
                 out_fracs.append(dict(out=k, role=role, frac=None, text=f"per row: {text}"))
         return dict(
+            kernels=[dict(G=G, bits=bits, acc_bits=acc_bits, wtype=WEIGHT_CTYPE[bits],
+                          acc_t=ACC_CTYPE[acc_bits], name=f"{self.p}_mac{G}_w{bits}_acc{acc_bits}")
+                     for G, bits, acc_bits in sorted(self.kernels)],
             q=numeric,
             qmath_text=_environment().get_template("qmath.h.j2").render(
                 **qmath_context(self.p + "_")),
