@@ -26,6 +26,7 @@ its limits; :func:`qemu_cross_check` measures the same step a second way (SysTic
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import re
 import subprocess
@@ -310,6 +311,10 @@ class Count:
     taken_branches: int
     mix: dict[str, int]  # instructions per class of M4_COSTS
     mix_cycles: dict[str, int]  # estimated cycles per class, corrections included
+    functions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """(instructions, estimated cycles) per function of the image, corrections included: a
+    taken conditional branch's refill goes to the function of the branch, inlined code to the
+    function it was inlined into."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,9 +474,13 @@ class Emulator:
                     uc.mem_write(section["sh_addr"], section.data())
             symtab = elf.get_section_by_name(".symtab")
             assert isinstance(symtab, SymbolTableSection), "the linker always writes .symtab"
+            self._objects: set[str] = set()
             for sym in symtab.iter_symbols():
                 if sym.name and sym["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT"):
                     self.symbols[sym.name] = _Symbol(sym["st_value"], sym["st_size"])
+                    if sym["st_info"]["type"] == "STT_OBJECT":
+                        self._objects.add(sym.name)
+        self._functions: list[tuple[int, int, str]] | None = None
         # unicorn's M-profile cores reset with CPACR granting CP10/CP11 full access (QEMU's
         # user-mode reset), which is what a start-up file's CPACR |= 0xF << 20 does.
         self.uc = uc
@@ -589,6 +598,8 @@ class Emulator:
         instructions = cycles = taken = pipelined = 0
         mix: Counter[str] = Counter()
         mix_cycles: Counter[str] = Counter()
+        fn_ins: Counter[str] = Counter()
+        fn_cycles: Counter[str] = Counter()
         flow = list(pairs.items())
         if last is not None:  # the call returned to STOP_ADDRESS after the last block
             flow.append(((last, (STOP_ADDRESS, 0)), 1))
@@ -597,11 +608,15 @@ class Emulator:
             if previous is not None and previous.ends_conditional \
                     and key[0] != previous.fallthrough:
                 taken += times
+                fn_cycles[self.function_at(before[0])] += TAKEN_BRANCH_CYCLES * times
             if key[0] == STOP_ADDRESS:
                 continue
             block = self._block(key)
+            where = self.function_at(key[0])
             instructions += times * len(block.instructions)
             cycles += times * block.cycles
+            fn_ins[where] += times * len(block.instructions)
+            fn_cycles[where] += times * block.cycles
             taken += times * block.always_taken
             pipelined += times * block.pipelined_loads
             for insn in block.instructions:
@@ -609,15 +624,33 @@ class Emulator:
                 mix_cycles[insn.cls] += times * insn.cycles
             if previous is not None and previous.last_is_load_store and block.first_is_load:
                 cycles -= times * _PIPELINE_SAVING
+                fn_cycles[where] -= times * _PIPELINE_SAVING
                 pipelined += times
         always = sum(times * self._block(key).always_taken for (_, key), times in pairs.items())
         cycles += TAKEN_BRANCH_CYCLES * (taken - always)  # the conditional ones
         mix_cycles["load"] -= _PIPELINE_SAVING * pipelined
         mix_cycles["taken branch refill"] = TAKEN_BRANCH_CYCLES * taken
         assert sum(mix_cycles.values()) == cycles, "cycle bookkeeping is inconsistent"
+        assert sum(fn_cycles.values()) == cycles, "per-function bookkeeping is inconsistent"
+        functions = {name: (fn_ins[name], fn_cycles[name])
+                     for name in sorted(fn_ins, key=lambda n: -fn_cycles[n])}
         return Count(instructions=instructions, cycles=cycles, taken_branches=taken,
                      mix=dict(sorted(mix.items())),
-                     mix_cycles={k: v for k, v in sorted(mix_cycles.items()) if v})
+                     mix_cycles={k: v for k, v in sorted(mix_cycles.items()) if v},
+                     functions=functions)
+
+    def function_at(self, address: int) -> str:
+        """The name of the function whose code holds ``address`` ("?" outside any)."""
+        if self._functions is None:
+            self._functions = sorted((sym.address & ~1, sym.size, name)
+                                     for name, sym in self.symbols.items()
+                                     if name not in self._objects and sym.size)
+        k = bisect.bisect_right(self._functions, (address, float("inf"), "")) - 1
+        if k >= 0:
+            start, size, name = self._functions[k]
+            if start <= address < start + size:
+                return name
+        return "?"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -800,6 +833,14 @@ class Profile:
             lines.append(f"  int16 API (step_q)    {d['instructions_per_step_q']:,} instructions"
                          + (f", {d['cycles_per_step_q']:,} cycles"
                             if d.get("cycles_per_step_q") is not None else ""))
+        functions = d.get("functions") or {}
+        if functions:
+            total = sum(f["instructions"] for f in functions.values()) or 1
+            key = "cycles" if self.cycles_per_step is not None else "instructions"
+            lines.append(f"  {key} by function  " + ", ".join(
+                f"{name} {f[key]:,}" for name, f in list(functions.items())[:5])
+                + (f" (of the counted {'step' if not self.bidirectional else 'run'}; inlined "
+                   "helpers count in their caller)" if total else ""))
         mix = d.get("instruction_mix", {})
         if mix:
             total = sum(mix.values())
@@ -938,6 +979,8 @@ def _measure(image: ProfileImage, core: Core, warmup: int, measure_run: bool) ->
                                     else round(counted.taken_branches / RUN_STEPS)),
         "instruction_mix": counted.mix,
         "cycle_mix": counted.mix_cycles if core.cycle_model else None,
+        "functions": {name: {"instructions": ins, "cycles": cyc if core.cycle_model else None}
+                      for name, (ins, cyc) in counted.functions.items()},
         "flash_model_code_bytes": model_code,
         "flash_library_bytes": library,
         "ram_library_bytes": sections.get(".data", 0) + sections.get(".bss", 0),
