@@ -70,7 +70,8 @@ def clib(tmp_path_factory):
     numeric = dict(qf.numeric_context(), softmax=True,
                    softmax_kinds={"softmax": True, "log_softmax": True})
     text = env.get_template("numeric_fixed.c.j2").render(
-        p="t", q=numeric, qmath_text=env.get_template("qmath.h.j2").render(**qmath_context("t_")))
+        p="t", P="T", q=numeric, kernels=[],  # the matrix kernels are tested in the tables
+        qmath_text=env.get_template("qmath.h.j2").render(**qmath_context("t_")))
     (build / "h.c").write_text("#include <stdint.h>\n" + text + _wrappers())
     cmd = ["gcc", *CFLAGS, "-fPIC", "-shared", "h.c", "-o", "libh.so"]
     result = subprocess.run(cmd, cwd=build, capture_output=True, text=True)

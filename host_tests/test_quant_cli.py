@@ -55,8 +55,9 @@ def test_verify_names_the_first_mismatch_of_a_tampered_export(files, capsys):
           "--calibration", str(root / "cal.npz")])
     source = root / "t" / "lstm2.c"
     text = source.read_text()
-    # flip the sign of the first weight of layer 0's cell gate
-    start = text.index("lstm2_l0_fwd_w_g[")
+    # flip the sign of the first weight of layer 0 (unit 0's input gate, column 0, in the
+    # interleaved kernel layout)
+    start = text.index("lstm2_l0_fwd_w[")
     line_start = text.index("\n", start) + 1
     match = re.compile(r"-?\d+").search(text, line_start)
     value = int(match.group())
