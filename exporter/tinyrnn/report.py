@@ -28,6 +28,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from .errors import TinyRNNError
+from .metrics import sqnr_db
 
 DEFAULT_BOARD = "mps2-an386"
 TRACE_SAMPLES = 3     # sequences drawn in the traces plot
@@ -95,19 +96,6 @@ class Progress:
 
 # ---------------------------------------------------------------------------------------------
 # Numbers
-
-
-def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio of ``test`` against ``reference``, in dB (inf: equal)."""
-    ref = np.asarray(reference, dtype=np.float64).ravel()
-    noise = np.asarray(test, dtype=np.float64).ravel() - ref
-    signal_power = float(np.sum(ref * ref))
-    noise_power = float(np.sum(noise * noise))
-    if noise_power == 0.0:
-        return math.inf
-    if signal_power == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal_power / noise_power)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from .errors import TinyRNNError
 from .frontend import load_program
 from .host import load, read_manifest
 from .io import load_inputs
+from .metrics import sqnr_db
 
 DEFAULT_TOLERANCE = {"float32": 1e-5}
 
@@ -62,19 +63,6 @@ def torch_outputs(
         joined = np.concatenate([c[k] for c in chunks], axis=axis)
         outputs.append(np.take(joined, np.arange(batch), axis=axis))
     return outputs
-
-
-def sqnr_db(reference: np.ndarray, value: np.ndarray) -> float:
-    """10 log10(sum ref^2 / sum (value - ref)^2) in dB; inf when equal, -inf for a zero signal."""
-    ref = np.asarray(reference, dtype=np.float64)
-    err = np.asarray(value, dtype=np.float64) - ref
-    noise = float(np.sum(err * err))
-    signal = float(np.sum(ref * ref))
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
 
 
 def _where(spec: dict, flat_index: int, shape: tuple[int, ...]) -> dict:
