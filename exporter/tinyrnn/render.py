@@ -18,6 +18,7 @@ import jinja2
 import numpy as np
 
 from . import __version__
+from .dspasm import UNROLL_SIZE, UNROLL_SPEED, UnitKernel
 from .errors import TinyRNNError
 from .ir import Activation, Dense, Model, RecurrentLayer, SelectStep
 from .quantize import padded
@@ -327,6 +328,13 @@ def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any
     def sat(expr: str, wide64: bool) -> str:
         return f"{p}_sat24({expr})" if wide64 else f"{p}_sat24_32({expr})"
 
+    unit = ""
+    if bits == 8 and all(v["acc_t"] == "int32_t" for v in views):
+        kernel = UnitKernel(G, views[0]["groups"], views[1]["groups"], bool(views[0]["bias"]),
+                            bool(views[1]["bias"]))
+        unit = kernel.name(p)
+        if kernels is not None:
+            kernels.add(kernel)
     pre = {}
     for g, name in enumerate(names):
         if kind == "gru" and name == "n":
@@ -342,7 +350,7 @@ def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any
                 h = rescaled(1, g)
                 h = h if not views[1]["fast"] else f"(int64_t){h}"
                 pre[name] = sat(f"{x} + {h}", True)
-    return dict(G=G, w=w_name, wtype=wtype, x=views[0], h=views[1], pre=pre)
+    return dict(G=G, w=w_name, wtype=wtype, x=views[0], h=views[1], pre=pre, unit=unit)
 
 
 def _dense_view(p: str, index: int, layer: Dense, q: Any) -> dict:
@@ -387,7 +395,7 @@ class _Builder:
         self.layer_views: list[dict] = []
         self.state_vars: list[dict] = []
         self.scratch_sizes = dict(xh=1, tmp=1, va=1, vb=1)
-        self.kernels: set[tuple[int, int, int]] = set()
+        self.kernels: set = set()  # (G, bits, acc_bits) of the C kernels, and UnitKernels
         if q is not None:
             self.scratch_sizes["x"] = model.input_size
 
@@ -635,7 +643,11 @@ class _Builder:
         return dict(
             kernels=[dict(G=G, bits=bits, acc_bits=acc_bits, wtype=WEIGHT_CTYPE[bits],
                           acc_t=ACC_CTYPE[acc_bits], name=f"{self.p}_mac{G}_w{bits}_acc{acc_bits}")
-                     for G, bits, acc_bits in sorted(self.kernels)],
+                     for G, bits, acc_bits in sorted(k for k in self.kernels
+                                                     if not isinstance(k, UnitKernel))],
+            units=[dict(G=u.G, name=u.name(self.p), xg=u.xg, hg=u.hg,
+                        speed=u.assembly(UNROLL_SPEED), size=u.assembly(UNROLL_SIZE))
+                   for u in sorted(k for k in self.kernels if isinstance(k, UnitKernel))],
             q=numeric,
             qmath_text=_environment().get_template("qmath.h.j2").render(
                 **qmath_context(self.p + "_")),
