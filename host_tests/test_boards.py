@@ -157,6 +157,26 @@ def test_no_dsp_or_fpu_instructions_without_them(board: str, board_run):
     assert re.search(r"\bbl\s+[0-9a-f]+ <__(aeabi_fadd|addsf3)>", listing.stdout)
 
 
+DSP_BOARDS = [b for b in EMULATED if b not in NO_FPU_NO_DSP]
+
+
+@pytest.mark.parametrize("board", DSP_BOARDS)
+def test_dsp_boards_run_the_assembly_unit_kernels(board: str, board_run):
+    """On the DSP cores the w8a16 recurrent layers go through the generated SMLAD unit kernels
+    (so test_board_equals_host above checks them bit for bit), one per cell shape."""
+    firmware, _ = board_run(board)
+    listing = subprocess.run(["arm-none-eabi-objdump", "-d", "--no-show-raw-insn",
+                              str(firmware.elf)], capture_output=True, text=True, check=True)
+    bodies = re.findall(r"^[0-9a-f]+ <(\w+_unit(\d)_x\d+_h\d+\w*)>:\n(.*?)(?:\n\n|\Z)",
+                        listing.stdout, re.M | re.S)
+    gates = {int(g) for _, g, _ in bodies}
+    assert gates == {1, 3, 4}, f"unit kernels for G in {sorted(gates)}"
+    for name, _, body in bodies:
+        assert "smlad" in body and "sxtb16" in body, name
+    called = set(re.findall(r"\bbl\s+[0-9a-f]+ <(\w+_unit\d_x\d+_h\d+\w*)>", listing.stdout))
+    assert called == {name for name, _, _ in bodies}
+
+
 # ---------------------------------------------------------------------------------------------
 # Failures a user can meet
 

@@ -249,9 +249,45 @@ def _direction_view(p: str, index: int, layer: RecurrentLayer, d_index: int, q: 
 # rescaled parts into one pre-activation; GRU's n keeps W_in x and W_hn h apart.
 _KERNEL_GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"), "rnn": ("h",)}
 
-FAST_SHIFTS = range(16, 33)
-"""Requant shifts n that fold into one 32-bit multiplier M * 2**(32 - n) < 2**31: then
-``rshift_round(acc * M, n)`` is the rounded high word of ``acc * M * 2**(32 - n)``."""
+INT16_MAX_ABS = 32768
+"""The largest |value| of an int16 activation: the accumulator bounds assume every input."""
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """The requantization of one 32-bit part folded into one rounded high-word multiply:
+    ``rshift_round(acc * M, n) == c * acc + mmulr(acc, k)`` with ``k + c * 2**32 = M * 2**(32 - n)``
+    (exact: ``c * acc * 2**32`` is a multiple of 2**32), ``-2**31 <= k < 2**31``."""
+
+    k: np.ndarray       # int64 (rows, gates), in int32 range
+    c: np.ndarray       # int64 (rows, gates)
+    bound: np.ndarray   # int64 (rows, gates): largest |rescaled sum| over all int16 inputs
+
+
+def _fold(side: list, rows: int) -> _Fold | None:
+    """The folded multipliers of one part of every gate, or None when a shift is above 32 or
+    ``c * acc`` could leave int32 for some input."""
+    from .fixedpoint import acc_bound
+
+    ks, cs, bounds = [], [], []
+    for part in side:
+        mult = np.asarray(part.mult, dtype=np.int64)
+        shift = np.asarray(part.shift, dtype=np.int64)
+        if (shift > 32).any() or (shift < 0).any():
+            return None
+        acc = acc_bound(part.weights, INT16_MAX_ABS, part.bias).astype(object)
+        full = [int(m) << (32 - int(n)) for m, n in zip(mult, shift)]
+        c = [(f + (1 << 31)) >> 32 for f in full]
+        if any(abs(ci) * int(a) >= 1 << 31 for ci, a in zip(c, acc)):
+            return None
+        ks.append([f - ci * (1 << 32) for f, ci in zip(full, c)])
+        cs.append(c)
+        bounds.append([(int(a) * int(m) >> int(n)) + 1 for a, m, n in zip(acc, mult, shift)])
+        if max(bounds[-1]) >= 1 << 31:
+            return None
+    return _Fold(k=np.array(ks, dtype=np.int64).T.reshape(rows, -1),
+                 c=np.array(cs, dtype=np.int64).T.reshape(rows, -1),
+                 bound=np.array(bounds, dtype=np.int64).T.reshape(rows, -1))
 
 
 def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any, qd: Any,
@@ -288,8 +324,7 @@ def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any
     for k, (side, tag) in enumerate(zip(sides, ("x", "h"))):
         acc_bits = max(part.acc_bits for part in side)
         acc_t = ACC_CTYPE[acc_bits]
-        fast = acc_bits == 32 and all(int(n) in FAST_SHIFTS for part in side
-                                      for n in part.shift)
+        fold = _fold(side, layer.hidden_size) if acc_bits == 32 else None
         bias = ""
         if any(part.bias is not None for part in side):
             b = np.stack([part.bias if part.bias is not None else
@@ -298,14 +333,17 @@ def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any
                               f"biases of the {tag} parts, {acc_t} in accumulator units: "
                               + ", ".join(part.bias_source for part in side
                                           if part.bias is not None))
-        mult = np.stack([part.mult for part in side], axis=1)
-        shift = np.stack([part.shift for part in side], axis=1)
-        if fast:
-            m = arrays.add("int32_t", f"{fn}_m{tag}", mult << (32 - shift),
-                           f"requant of the {tag} parts: M * 2^(32 - n), the high word of "
-                           "acc times it, rounded, is rshift_round(acc * M, n)")
-            s_name = ""
+        c_name = s_name = ""
+        if fold is not None:
+            m = arrays.add("int32_t", f"{fn}_m{tag}", fold.k,
+                           f"requant of the {tag} parts: k with k + c * 2^32 = M * 2^(32 - n); "
+                           "c * acc + the rounded high word of acc * k is rshift_round(acc * M, n)")
+            if fold.c.any():
+                c_name = arrays.add("int32_t", f"{fn}_c{tag}", fold.c,
+                                    f"requant of the {tag} parts: c (see {fn}_m{tag})")
         else:
+            mult = np.stack([part.mult for part in side], axis=1)
+            shift = np.stack([part.shift for part in side], axis=1)
             m = arrays.add("int16_t", f"{fn}_m{tag}", mult,
                            f"requant multipliers M of the {tag} parts")
             s_name = arrays.add("uint8_t", f"{fn}_s{tag}", shift,
@@ -313,13 +351,16 @@ def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any
         mac = f"{p}_mac{G}_w{bits}_acc{acc_bits}"
         if kernels is not None:
             kernels.add((G, bits, acc_bits))
-        views.append(dict(acc_t=acc_t, bias=bias, m=m, s=s_name, fast=fast, mac=mac,
+        views.append(dict(acc_t=acc_t, bias=bias, m=m, c=c_name, s=s_name, fold=fold,
+                          fast=fold is not None, mac=mac,
                           groups=padded(layer.input_size if k == 0 else layer.state_size) // 4))
 
     def rescaled(k: int, g: int, add: str = "") -> str:
         v = views[k]
         acc = f"a{'xh'[k]}[{g}]"
         if v["fast"]:
+            if v["c"]:
+                add = f"{acc} * {v['c']}[j][{g}]" + (f" + {add}" if add else "")
             return (f"{p}_mmlar({acc}, {v['m']}[j][{g}], {add})" if add
                     else f"{p}_mmulr({acc}, {v['m']}[j][{g}])")
         term = f"{p}_rescale({acc}, {v['m']}[j][{g}], {v['s']}[j][{g}])"
@@ -341,7 +382,8 @@ def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any
             pre["n"] = sat(rescaled(0, g), not views[0]["fast"])
             pre["nh"] = sat(rescaled(1, g), not views[1]["fast"])
         else:
-            both = views[0]["fast"] and views[1]["fast"]
+            both = views[0]["fast"] and views[1]["fast"] and int(
+                (views[0]["fold"].bound[:, g] + views[1]["fold"].bound[:, g]).max()) < 1 << 31
             if both:
                 pre[name] = sat(rescaled(1, g, rescaled(0, g)), False)
             else:
