@@ -162,19 +162,24 @@ DSP_BOARDS = [b for b in EMULATED if b not in NO_FPU_NO_DSP]
 
 @pytest.mark.parametrize("board", DSP_BOARDS)
 def test_dsp_boards_run_the_assembly_unit_kernels(board: str, board_run):
-    """On the DSP cores the w8a16 recurrent layers go through the generated SMLAD unit kernels
-    (so test_board_equals_host above checks them bit for bit), one per cell shape."""
+    """On the DSP cores the w8a16 and w16a16 recurrent layers go through the generated
+    SMLAD/SMLALD unit kernels (so test_board_equals_host above checks them bit for bit), one
+    per cell shape."""
     firmware, _ = board_run(board)
     listing = subprocess.run(["arm-none-eabi-objdump", "-d", "--no-show-raw-insn",
                               str(firmware.elf)], capture_output=True, text=True, check=True)
-    bodies = re.findall(r"^[0-9a-f]+ <(\w+_unit(\d)_x\d+_h\d+\w*)>:\n(.*?)(?:\n\n|\Z)",
+    bodies = re.findall(r"^[0-9a-f]+ <(\w+_unit(\d)(_w16)?_x\d+_h\d+\w*)>:\n(.*?)(?:\n\n|\Z)",
                         listing.stdout, re.M | re.S)
-    gates = {int(g) for _, g, _ in bodies}
-    assert gates == {1, 3, 4}, f"unit kernels for G in {sorted(gates)}"
-    for name, _, body in bodies:
-        assert "smlad" in body and "sxtb16" in body, name
-    called = set(re.findall(r"\bbl\s+[0-9a-f]+ <(\w+_unit\d_x\d+_h\d+\w*)>", listing.stdout))
-    assert called == {name for name, _, _ in bodies}
+    for wide, mac in (("", "smlad"), ("_w16", "smlald")):
+        kernels = [(name, body) for name, _, w, body in bodies if w == wide]
+        gates = {int(g) for _, g, w, _ in bodies if w == wide}
+        assert gates == {1, 3, 4}, f"unit kernels{wide} for G in {sorted(gates)}"
+        for name, body in kernels:
+            assert re.search(rf"\b{mac}\b", body), name
+            assert ("sxtb16" in body) == (wide == ""), name
+    called = set(re.findall(r"\bbl\s+[0-9a-f]+ <(\w+_unit\d(?:_w16)?_x\d+_h\d+\w*)>",
+                            listing.stdout))
+    assert called == {name for name, _, _, _ in bodies}
 
 
 # ---------------------------------------------------------------------------------------------

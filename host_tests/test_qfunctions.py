@@ -29,7 +29,8 @@ void w_tanh(const int32_t *x, int32_t *y, int n);
 void w_dot2(const int16_t *a, const int16_t *b, int64_t ka, const int16_t *c, const int32_t *d,
             int64_t kc, int shift, int16_t *y, int n);
 void w_mul_q30(const int16_t *a, const int32_t *t, int shift, int16_t *y, int n);
-void w_from_float(const float *v, float scale, int16_t *y, int n);
+void w_from_float(const float *v, int frac, int16_t *y, int n);
+void w_mmulr(const int32_t *a, const int32_t *m, int32_t *y, int n);
 void w_softmax(const int16_t *x, int16_t *y, int rows, int n, int32_t dclamp, int32_t mult,
                int shift);
 void w_log_softmax(const int16_t *x, int16_t *y, int rows, int n, int32_t dclamp, int32_t mult,
@@ -41,7 +42,8 @@ _BODIES = {
     "w_tanh": "for (k = 0; k < n; ++k) y[k] = t_tanh_wide(x[k]);",
     "w_dot2": "for (k = 0; k < n; ++k) y[k] = t_dot2_q(a[k], b[k], ka, c[k], d[k], kc, shift);",
     "w_mul_q30": "for (k = 0; k < n; ++k) y[k] = t_mul_q30(a[k], t[k], shift);",
-    "w_from_float": "for (k = 0; k < n; ++k) y[k] = t_from_float(v[k], scale);",
+    "w_from_float": "for (k = 0; k < n; ++k) y[k] = t_from_float(v[k], frac);",
+    "w_mmulr": "for (k = 0; k < n; ++k) y[k] = t_mmulr(a[k], m[k]);",
     "w_softmax": "for (k = 0; k < rows; ++k)\n"
                  "    t_softmax_q(x + k * n, y + k * n, n, dclamp, mult, shift);",
     "w_log_softmax": "for (k = 0; k < rows; ++k)\n"
@@ -61,8 +63,10 @@ def _wrappers() -> str:
     return "\n".join(out)
 
 
-@pytest.fixture(scope="module")
-def clib(tmp_path_factory):
+@pytest.fixture(scope="module", params=["host", "armv6m"])
+def clib(request, tmp_path_factory):
+    """The helpers compiled for the host, and once more with ``__ARM_ARCH_6M__`` defined, which
+    selects the ARMv6-M branches (mmulr without a 64-bit product) in the same host build."""
     from tinyrnn.fixedpoint import qmath_context
 
     build = tmp_path_factory.mktemp("qfunctions")
@@ -70,10 +74,11 @@ def clib(tmp_path_factory):
     numeric = dict(qf.numeric_context(), softmax=True,
                    softmax_kinds={"softmax": True, "log_softmax": True})
     text = env.get_template("numeric_fixed.c.j2").render(
-        p="t", P="T", q=numeric, kernels=[],  # the matrix kernels are tested in the tables
+        p="t", P="T", q=numeric, kernels=[], units=[], v6m=[],  # kernels: tested in the tables
         qmath_text=env.get_template("qmath.h.j2").render(**qmath_context("t_")))
-    (build / "h.c").write_text("#include <stdint.h>\n" + text + _wrappers())
-    cmd = ["gcc", *CFLAGS, "-fPIC", "-shared", "h.c", "-o", "libh.so"]
+    (build / "h.c").write_text("#include <stdint.h>\n#include <string.h>\n" + text + _wrappers())
+    defines = ["-D__ARM_ARCH_6M__=1"] if request.param == "armv6m" else []
+    cmd = ["gcc", *CFLAGS, *defines, "-fPIC", "-shared", "h.c", "-o", "libh.so"]
     result = subprocess.run(cmd, cwd=build, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     ffi = cffi.FFI()
@@ -134,12 +139,28 @@ def test_dot2_and_mul_q30_in_c(clib):
         assert np.array_equal(y, qf.mul_q30(a, d, shift))
 
 
+def test_mmulr_is_the_rounded_high_word(clib):
+    """mmulr(a, m) = (a * m + 2^31) >> 32 exactly, on the extremes and 200,000 random pairs."""
+    ffi, lib = clib
+    rng = np.random.default_rng(7)
+    edges = np.array([0, 1, -1, 2, -2, 2**31 - 1, -2**31, 2**15, -2**15, 2**16 - 1, -(2**16 - 1),
+                      2**16, -2**16, 0x12345678, -0x12345678], np.int64)
+    a = np.concatenate([np.repeat(edges, edges.size), rng.integers(-2**31, 2**31, 200_000),
+                        rng.integers(-2**20, 2**20, 100_000)]).astype(np.int32)
+    m = np.concatenate([np.tile(edges, edges.size),
+                        rng.integers(-2**31, 2**31, 300_000)]).astype(np.int32)
+    y = np.zeros(a.size, np.int32)
+    lib.w_mmulr(_buf(ffi, "int32_t", a), _buf(ffi, "int32_t", m), _buf(ffi, "int32_t", y), a.size)
+    expected = [(int(x) * int(k) + 2**31) >> 32 for x, k in zip(a, m)]
+    assert y.tolist() == expected
+
+
 def test_from_float_is_round_half_up_with_saturation(clib):
     """Ties, their float neighbours, huge values, infinities and subnormals, for several
     formats: the C equals QFormat.quantize of the float32 value."""
     ffi, lib = clib
     rng = np.random.default_rng(1)
-    for frac in (-3, 0, 5, 12, 15, 20):
+    for frac in (-20, -3, 0, 5, 12, 15, 20, 40, 140):
         step = 2.0**-frac
         ties = ((np.arange(-300, 300) + 0.5) * step).astype(np.float32)
         v = np.concatenate([
@@ -149,9 +170,13 @@ def test_from_float_is_round_half_up_with_saturation(clib):
                       32767.5 * step, -32768.5 * step, 32766.5 * step], np.float32)]
         ).astype(np.float32)
         y = np.zeros(v.size, np.int16)
-        lib.w_from_float(_buf(ffi, "float", v), np.float32(2.0**frac), _buf(ffi, "int16_t", y),
+        lib.w_from_float(_buf(ffi, "float", v), frac, _buf(ffi, "int16_t", y),
                          v.size)
         assert np.array_equal(y, QFormat(16, frac).quantize(v)), frac
+    nan = np.array([np.nan, -np.nan], np.float32)  # the C maps NaN to 0 (quantize refuses it)
+    y = np.ones(2, np.int16)
+    lib.w_from_float(_buf(ffi, "float", nan), 5, _buf(ffi, "int16_t", y), 2)
+    assert y.tolist() == [0, 0]
 
 
 @pytest.mark.parametrize("frac", [2, 8, 11, 13, 15, 20])

@@ -23,6 +23,11 @@ The C prototype of a unit kernel (AAPCS; the fifth argument on the stack)::
 
 ``acc[0..G)`` receives the x-part sums (started from ``bx[0..G)`` or zero), ``acc[G..2G)``
 the h-part sums (from ``bh``); it returns the weights of the next unit.
+
+16-bit weights with 64-bit sums (w16a16) take ``const int16_t *w`` and ``int64_t`` sums and
+biases. A 64-bit sum needs two registers, so the kernel makes passes of 2 rows over
+``[x, h]``: per group 2 activation loads, 4 weight loads (rows r and r + 1, 2 words each; the
+last one post-indexed to the next group), 4 ``SMLALD``: 11 cycles for 8 MACs.
 """
 
 from __future__ import annotations
@@ -52,17 +57,22 @@ class UnitKernel:
     hg: int
     bx: bool
     bh: bool
+    bits: int = 8
 
     def __post_init__(self) -> None:
-        if not 1 <= self.G <= len(_SUMS) or self.xg < 1 or self.hg < 1:
+        if not 1 <= self.G <= len(_SUMS) or self.xg < 1 or self.hg < 1 \
+                or self.bits not in (8, 16):
             raise ValueError(f"no DSP unit kernel for {self}")
 
     def name(self, prefix: str) -> str:
         flags = ("_bx" if self.bx else "") + ("_bh" if self.bh else "")
-        return f"{prefix}_unit{self.G}_x{self.xg}_h{self.hg}{flags}"
+        wide = "_w16" if self.bits == 16 else ""
+        return f"{prefix}_unit{self.G}{wide}_x{self.xg}_h{self.hg}{flags}"
 
     def assembly(self, unroll: int) -> list[str]:
         """The function body, one instruction or label per line."""
+        if self.bits == 16:
+            return self._assembly16(unroll)
         sums = _SUMS[:self.G]
         reglist = "{" + ", ".join(sums) + "}"
         lines = [f"push {_SAVED}"]
@@ -106,3 +116,90 @@ class UnitKernel:
         for _ in range(rest):
             lines += self._group()
         return lines
+
+    # -----------------------------------------------------------------------------------------
+    # 16-bit weights, 64-bit sums
+
+    def _assembly16(self, unroll: int) -> list[str]:
+        G = self.G
+        stride = 8 * G  # bytes of one group: G rows x 4 int16 weights
+        # saved: r0 (w), r1 (xh), r2 (acc), r3 (bx), r4-r11, lr: 13 words; bh at [sp, #52]
+        lines = ["push {r0-r11, lr}"]
+        for first in range(0, G, 2):
+            rows = min(2, G - first)
+            sums = _SUMS[:2 * rows]
+            reglist = "{" + ", ".join(sums) + "}"
+            for part, groups, bias, bias_at, label in (
+                    ("x", self.xg, self.bx, "[sp, #12]", "1"),
+                    ("h", self.hg, self.bh, "[sp, #52]", "2")):
+                if bias:
+                    lines += [f"ldr {_T}, {bias_at}", f"add {_T}, {_T}, #{8 * first}",
+                              f"ldm {_T}, {reglist}"]
+                else:
+                    lines += [f"movs {s}, #0" for s in sums]
+                w_offset = 8 * first + (stride * self.xg if part == "h" else 0)
+                lines += ["ldr r0, [sp]"] + _add_constant("r0", w_offset, _T)
+                if part == "x":
+                    lines.append("ldr r1, [sp, #4]")
+                lines += self._part16(groups, rows, stride, unroll, label)
+                acc_offset = 8 * first + (8 * G if part == "h" else 0)
+                lines += [f"ldr {_T}, [sp, #8]"] + _add_constant(_T, acc_offset, _N)
+                lines.append(f"stm {_T}, {reglist}")
+        lines += ["ldr r0, [sp]"] + _add_constant("r0", stride * (self.xg + self.hg), _T)
+        lines += ["add sp, sp, #4", "pop {r1-r11, pc}"]
+        return lines
+
+    @staticmethod
+    def _group16(rows: int, stride: int) -> list[str]:
+        lines = [f"ldr {_X01}, [{_V}], #4", f"ldr {_X23}, [{_V}], #4"]
+        words = _WORDS[:2 * rows]
+        lines += [f"ldr {q}, [{_W}, #{4 * k}]" for k, q in enumerate(words) if k]
+        lines.append(f"ldr {words[0]}, [{_W}], #{stride}")
+        for r in range(rows):
+            lo, hi = _SUMS[2 * r], _SUMS[2 * r + 1]
+            lines += [f"smlald {lo}, {hi}, {words[2 * r]}, {_X01}",
+                      f"smlald {lo}, {hi}, {words[2 * r + 1]}, {_X23}"]
+        return lines
+
+    def _part16(self, groups: int, rows: int, stride: int, unroll: int,
+                label: str) -> list[str]:
+        iterations, rest = divmod(groups, unroll)
+        lines: list[str] = []
+        if iterations >= 2:
+            mov = "movs" if iterations < 256 else "movw"
+            lines += [f"{mov} {_N}, #{iterations}", f"{label}:"]
+            for _ in range(unroll):
+                lines += self._group16(rows, stride)
+            lines += [f"subs {_N}, {_N}, #1", f"bne {label}b"]
+        elif iterations == 1:
+            rest += unroll
+        for _ in range(rest):
+            lines += self._group16(rows, stride)
+        return lines
+
+
+def _add_constant(reg: str, value: int, scratch: str) -> list[str]:
+    """``reg += value`` for 0 <= value < 2**32, through ``scratch`` when it needs a MOVW."""
+    if value == 0:
+        return []
+    if value < 4096:
+        return [f"addw {reg}, {reg}, #{value}"]
+    lines = [f"movw {scratch}, #{value & 0xFFFF}"]
+    if value >> 16:
+        lines.append(f"movt {scratch}, #{value >> 16}")
+    return lines + [f"add {reg}, {reg}, {scratch}"]
+
+
+def steady_cycles(G: int, bits: int, groups: int) -> int:
+    """Cycles the unit kernel's inner loops take for one unit over ``groups`` groups of 4
+    columns on the static Cortex-M4 table (a load after a load costs 1), without the loop
+    branches, the call and the per-unit work: the floor of this kernel design.
+
+    int8 weights: 2 + 1 cycles for the activation loads, G for the weight loads, 4G for the
+    SXTB16 and SMLAD pairs. int16 weights: per pass of 2 rows 3 + 4 load cycles and 4 SMLALD,
+    per pass of 1 row 3 + 2 and 2.
+    """
+    if bits == 8:
+        return groups * (3 + 5 * G)
+    pairs, single = divmod(G, 2)
+    return groups * (11 * pairs + 7 * single)

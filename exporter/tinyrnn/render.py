@@ -136,7 +136,8 @@ def _hex_scale(frac: int) -> str:
 
 WEIGHT_CTYPE = {8: "int8_t", 16: "int16_t"}
 ACC_CTYPE = {32: "int32_t", 64: "int64_t"}
-CTYPE_BYTES = {"float": 4, "int8_t": 1, "int16_t": 2, "int32_t": 4, "int64_t": 8, "uint8_t": 1}
+CTYPE_BYTES = {"float": 4, "int8_t": 1, "int16_t": 2, "int32_t": 4, "int64_t": 8, "uint8_t": 1,
+               "uint32_t": 4}
 
 
 class _Arrays:
@@ -255,30 +256,39 @@ INT16_MAX_ABS = 32768
 
 @dataclass(frozen=True)
 class _Fold:
-    """The requantization of one 32-bit part folded into one rounded high-word multiply:
-    ``rshift_round(acc * M, n) == c * acc + mmulr(acc, k)`` with ``k + c * 2**32 = M * 2**(32 - n)``
-    (exact: ``c * acc * 2**32`` is a multiple of 2**32), ``-2**31 <= k < 2**31``."""
+    """The requantization of one part folded into one rounded high-word multiply.
 
-    k: np.ndarray       # int64 (rows, gates), in int32 range
+    32-bit sums: ``rshift_round(acc * M, n) == c * acc + mmulr(acc, k)`` with
+    ``k + c * 2**32 = M * 2**(32 - n)``, ``-2**31 <= k < 2**31`` (exact: ``c * acc * 2**32`` is a
+    multiple of 2**32). 64-bit sums (``wide``): ``mmulr64(acc, k)`` with ``k = M * 2**(32 - n)``,
+    ``0 <= k < 2**32`` and c = 0; the result must fit int32."""
+
+    k: np.ndarray       # int64 (rows, gates)
     c: np.ndarray       # int64 (rows, gates)
     bound: np.ndarray   # int64 (rows, gates): largest |rescaled sum| over all int16 inputs
+    wide: bool
 
 
-def _fold(side: list, rows: int) -> _Fold | None:
-    """The folded multipliers of one part of every gate, or None when a shift is above 32 or
-    ``c * acc`` could leave int32 for some input."""
+def _fold(side: list, rows: int, acc_bits: int) -> _Fold | None:
+    """The folded multipliers of one part of every gate, or None when a shift is out of range
+    or a product could leave int32 for some input."""
     from .fixedpoint import acc_bound
 
     ks, cs, bounds = [], [], []
     for part in side:
         mult = np.asarray(part.mult, dtype=np.int64)
         shift = np.asarray(part.shift, dtype=np.int64)
-        if (shift > 32).any() or (shift < 0).any():
+        if (shift > 32).any() or (shift < 0).any() or (mult <= 0).any():
             return None
         acc = acc_bound(part.weights, INT16_MAX_ABS, part.bias).astype(object)
         full = [int(m) << (32 - int(n)) for m, n in zip(mult, shift)]
-        c = [(f + (1 << 31)) >> 32 for f in full]
-        if any(abs(ci) * int(a) >= 1 << 31 for ci, a in zip(c, acc)):
+        if acc_bits == 32:
+            c = [(f + (1 << 31)) >> 32 for f in full]
+            if any(abs(ci) * int(a) >= 1 << 31 for ci, a in zip(c, acc)):
+                return None
+        elif max(full) < 1 << 32:
+            c = [0] * len(full)
+        else:
             return None
         ks.append([f - ci * (1 << 32) for f, ci in zip(full, c)])
         cs.append(c)
@@ -287,7 +297,8 @@ def _fold(side: list, rows: int) -> _Fold | None:
             return None
     return _Fold(k=np.array(ks, dtype=np.int64).T.reshape(rows, -1),
                  c=np.array(cs, dtype=np.int64).T.reshape(rows, -1),
-                 bound=np.array(bounds, dtype=np.int64).T.reshape(rows, -1))
+                 bound=np.array(bounds, dtype=np.int64).T.reshape(rows, -1),
+                 wide=acc_bits == 64)
 
 
 def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any, qd: Any,
@@ -324,7 +335,7 @@ def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any
     for k, (side, tag) in enumerate(zip(sides, ("x", "h"))):
         acc_bits = max(part.acc_bits for part in side)
         acc_t = ACC_CTYPE[acc_bits]
-        fold = _fold(side, layer.hidden_size) if acc_bits == 32 else None
+        fold = _fold(side, layer.hidden_size, acc_bits)
         bias = ""
         if any(part.bias is not None for part in side):
             b = np.stack([part.bias if part.bias is not None else
@@ -334,7 +345,11 @@ def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any
                               + ", ".join(part.bias_source for part in side
                                           if part.bias is not None))
         c_name = s_name = ""
-        if fold is not None:
+        if fold is not None and fold.wide:
+            m = arrays.add("uint32_t", f"{fn}_m{tag}", fold.k,
+                           f"requant of the {tag} parts: k = M * 2^(32 - n); the rounded high "
+                           "word of acc times it is rshift_round(acc * M, n)")
+        elif fold is not None:
             m = arrays.add("int32_t", f"{fn}_m{tag}", fold.k,
                            f"requant of the {tag} parts: k with k + c * 2^32 = M * 2^(32 - n); "
                            "c * acc + the rounded high word of acc * k is rshift_round(acc * M, n)")
@@ -361,6 +376,9 @@ def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any
         if v["fast"]:
             if v["c"]:
                 add = f"{acc} * {v['c']}[j][{g}]" + (f" + {add}" if add else "")
+            if v["fold"].wide:
+                term = f"{p}_mmulr64({acc}, {v['m']}[j][{g}])"
+                return f"{add} + {term}" if add else term
             return (f"{p}_mmlar({acc}, {v['m']}[j][{g}], {add})" if add
                     else f"{p}_mmulr({acc}, {v['m']}[j][{g}])")
         term = f"{p}_rescale({acc}, {v['m']}[j][{g}], {v['s']}[j][{g}])"
@@ -370,12 +388,31 @@ def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any
         return f"{p}_sat24({expr})" if wide64 else f"{p}_sat24_32({expr})"
 
     unit = ""
-    if bits == 8 and all(v["acc_t"] == "int32_t" for v in views):
+    if all(v["acc_t"] == {8: "int32_t", 16: "int64_t"}[bits] for v in views):
         kernel = UnitKernel(G, views[0]["groups"], views[1]["groups"], bool(views[0]["bias"]),
-                            bool(views[1]["bias"]))
+                            bool(views[1]["bias"]), bits)
         unit = kernel.name(p)
         if kernels is not None:
             kernels.add(kernel)
+    v6m: dict = {}  # the ARMv6-M unit kernel and its copy of the weights (tinyrnn/v6masm.py)
+    if bits == 8 and all(v["acc_t"] == "int32_t" for v in views):  # int8 weights, 32-bit sums
+        from . import v6masm
+
+        m0 = v6masm.V6MUnitKernel(G, layer.input_size, layer.state_size,
+                                  padded(layer.input_size), bool(views[0]["bias"]),
+                                  bool(views[1]["bias"]))
+        rows = [np.stack([part.weights for part in side], axis=1) for side in sides]
+        data = m0.layout(*rows)
+        v6m = dict(name=m0.name(p), G=G, nx=m0.nx, nh=m0.nh,
+                   speed=m0.assembly(v6masm.UNROLL_SPEED),
+                   size=m0.assembly(v6masm.UNROLL_SIZE),
+                   array=dict(ctype="int8_t", name=f"{fn}_w_v6m",
+                              dims="".join(f"[{n}]" for n in data.shape), text=c_ints(data),
+                              comment=f"{w_name} for the ARMv6-M unit kernel: per unit, "
+                              f"each {'/'.join(names)} row of the x part, then of the h part, "
+                              "at a stride of 2 bytes per column, two rows to a block "
+                              f"{'(the last rows of x and h share one) ' if G % 2 else ''}"
+                              "(tinyrnn/v6masm.py); int8_t"))
     pre = {}
     for g, name in enumerate(names):
         if kind == "gru" and name == "n":
@@ -392,7 +429,8 @@ def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any
                 h = rescaled(1, g)
                 h = h if not views[1]["fast"] else f"(int64_t){h}"
                 pre[name] = sat(f"{x} + {h}", True)
-    return dict(G=G, w=w_name, wtype=wtype, x=views[0], h=views[1], pre=pre, unit=unit)
+    return dict(G=G, w=w_name, wtype=wtype, x=views[0], h=views[1], pre=pre, unit=unit,
+                v6m=v6m)
 
 
 def _dense_view(p: str, index: int, layer: Dense, q: Any) -> dict:
@@ -568,7 +606,7 @@ class _Builder:
                 row = dict(var=dview["state"][k][3:], offset=offset, size=size,
                            comment=f"row {len(rows)}: {dview['title']}")
                 if fmt is not None:
-                    row.update(scale=_hex_scale(-fmt.frac), qscale=_hex_scale(fmt.frac),
+                    row.update(scale=_hex_scale(-fmt.frac), frac=fmt.frac,
                                comment=f"{row['comment']}, {fmt}")
                 rows.append(row)
                 offset += size
@@ -688,14 +726,16 @@ class _Builder:
                      for G, bits, acc_bits in sorted(k for k in self.kernels
                                                      if not isinstance(k, UnitKernel))],
             units=[dict(G=u.G, name=u.name(self.p), xg=u.xg, hg=u.hg,
+                        wtype=WEIGHT_CTYPE[u.bits], acc_t=ACC_CTYPE[4 * u.bits],
                         speed=u.assembly(UNROLL_SPEED), size=u.assembly(UNROLL_SIZE))
                    for u in sorted(k for k in self.kernels if isinstance(k, UnitKernel))],
+            v6m=[d["kernel"]["v6m"] for view in self.layer_views if view["kind"] == "recurrent"
+                 for d in view["directions"] if d["kernel"]["v6m"]],
             q=numeric,
             qmath_text=_environment().get_template("qmath.h.j2").render(
                 **qmath_context(self.p + "_")),
             input_format=str(q.input),
             input_frac=q.input.frac,
-            input_qscale=_hex_scale(q.input.frac),
             final_format=str(q.final_format),
             final_frac=q.final_format.frac,
             final_scale=_hex_scale(-q.final_format.frac),
