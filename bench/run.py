@@ -168,10 +168,15 @@ def run_cost_suite(formats: Sequence[str], shapes: Sequence[tuple[int, int]],
             "cell": case.cell, "input": case.input_size, "hidden": case.hidden,
             "format": case.fmt, "macs": case.macs, "bound_cycles": case.bound_cycles,
             "instructions": {cpu: p["instructions_per_step"] for cpu, p in per_core.items()},
+            "functions": {cpu: {name: f["cycles"] if f["cycles"] is not None else
+                                f["instructions"] for name, f in
+                                (p.get("functions") or {}).items()}
+                          for cpu, p in per_core.items()},
         }
         if m4 is not None:
             row.update({
                 "m4_cycles": m4["cycles_per_step"], "m4_macs_per_cycle": m4["macs_per_cycle"],
+                "m4_cycles_q": m4.get("cycles_per_step_q"),
                 "ratio_to_bound": m4["cycles_per_step"] / case.bound_cycles,
                 "flash_code": m4["flash_code_bytes"], "flash_model_code":
                 m4["flash_model_code_bytes"], "flash_weights": m4["flash_weights_bytes"],
@@ -255,12 +260,15 @@ def targets(cost: list[dict[str, Any]], work: Path) -> list[dict[str, Any]]:
     for what, cell, i, h, fmt, cpu, target, bound, unit in TARGETS:
         match = [r for r in cost if (r["cell"], r["input"], r["hidden"], r["format"])
                  == (cell, i, h, fmt)]
+        value_q = None
         if match and cpu == "cortex-m4":
             value = match[0]["m4_cycles"]
+            value_q = match[0].get("m4_cycles_q")
             split = match[0].get("m4_functions", {})
         elif match:
             value = match[0]["instructions"][cpu] / match[0]["macs"]
-            split = {}
+            split = {name: round(n / match[0]["macs"], 2)
+                     for name, n in match[0]["functions"][cpu].items()}
         else:
             torch.manual_seed(SEED)
             case = CostCase(cell, i, h, fmt)
@@ -270,9 +278,12 @@ def targets(cost: list[dict[str, Any]], work: Path) -> list[dict[str, Any]]:
             prof = profile(work / f"t_{case.id}", cpu=cpu, measure_run=False).to_json()
             value = (prof["cycles_per_step"] if unit == "cycles"
                      else prof["instructions_per_step"] / case.macs)
-            split = {n: f["cycles"] if f["cycles"] is not None else f["instructions"]
+            value_q = prof.get("cycles_per_step_q") if unit == "cycles" else None
+            split = {n: f["cycles"] if f["cycles"] is not None else
+                     round(f["instructions"] / case.macs, 2)
                      for n, f in (prof.get("functions") or {}).items()}
-        rows.append({"what": f"{what} {fmt} on {cpu}", "measured": value, "target": target,
+        rows.append({"what": f"{what} {fmt} on {cpu}", "measured": value, "measured_q": value_q,
+                     "target": target,
                      "bound": bound, "floor": kernel_floor(cell, i, h, fmt, cpu),
                      "unit": unit, "met": value <= target,
                      "anchor": ANCHORS.get((cell, i, h, fmt), "") if cpu == "cortex-m4" else "",
@@ -281,6 +292,7 @@ def targets(cost: list[dict[str, Any]], work: Path) -> list[dict[str, Any]]:
     size["met"] = size["measured"] <= size["target"]
     size["bound"] = None
     size["floor"] = None
+    size["measured_q"] = None
     size["anchor"] = ""
     size["functions"] = {}
     rows.append(size)
@@ -617,16 +629,19 @@ def write_report(out: Path, env: dict[str, str], formats: Sequence[str],
             "LDR + 2 SXTB16 + 2 SMLAD. *Where the cycles go*: the M4 estimate per function of "
             "the counted step (`NAME_unit*` the generated assembly kernels; `NAME_lK_fwd` the "
             "per-unit work: requantization, sigmoid/tanh, cell update; `NAME_load` the float "
-            "API's input conversion).", "",
-            "| target | measured | target | bound | kernel floor | met | measured elsewhere "
-            "(same method) | where the cycles go |",
-            "|---|---|---|---|---|---|---|---|"]
+            "API's input conversion; for the Cortex-M0 instructions per MAC). *int16 API*: the "
+            "same step through `NAME_step_q`, which takes and returns int16 like the kernels "
+            "measured elsewhere (no float conversion).", "",
+            "| target | measured | int16 API | target | bound | kernel floor | met "
+            "| measured elsewhere (same method) | where the cycles go |",
+            "|---|---|---|---|---|---|---|---|---|"]
         for g in goals:
             fmt = ".2f" if isinstance(g["measured"], float) and g["measured"] < 100 else ","
             split = ", ".join(f"{n} {v:,}" for n, v in list(g["functions"].items())[:4]
                               if v is not None)
             lines.append(
                 f"| {g['what']} | {format(g['measured'], fmt)} {g['unit']} | "
+                f"{_num(g.get('measured_q'))} | "
                 f"{format(g['target'], ',') if g['target'] >= 100 else g['target']} | "
                 f"{_num(g['bound'])} | {_floor(g.get('floor'))} | "
                 f"{'yes' if g['met'] else 'no'} | {g['anchor']} | "
