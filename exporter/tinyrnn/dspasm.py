@@ -103,19 +103,7 @@ class UnitKernel:
         return lines
 
     def _part(self, groups: int, unroll: int, label: str) -> list[str]:
-        iterations, rest = divmod(groups, unroll)
-        lines: list[str] = []
-        if iterations >= 2:
-            mov = "movs" if iterations < 256 else "movw"
-            lines += [f"{mov} {_N}, #{iterations}", f"{label}:"]
-            for _ in range(unroll):
-                lines += self._group()
-            lines += [f"subs {_N}, {_N}, #1", f"bne {label}b"]
-        elif iterations == 1:
-            rest += unroll
-        for _ in range(rest):
-            lines += self._group()
-        return lines
+        return _loop(groups, unroll, label, self._group())
 
     # -----------------------------------------------------------------------------------------
     # 16-bit weights, 64-bit sums
@@ -163,19 +151,22 @@ class UnitKernel:
 
     def _part16(self, groups: int, rows: int, stride: int, unroll: int,
                 label: str) -> list[str]:
-        iterations, rest = divmod(groups, unroll)
-        lines: list[str] = []
-        if iterations >= 2:
-            mov = "movs" if iterations < 256 else "movw"
-            lines += [f"{mov} {_N}, #{iterations}", f"{label}:"]
-            for _ in range(unroll):
-                lines += self._group16(rows, stride)
-            lines += [f"subs {_N}, {_N}, #1", f"bne {label}b"]
-        elif iterations == 1:
-            rest += unroll
-        for _ in range(rest):
-            lines += self._group16(rows, stride)
-        return lines
+        return _loop(groups, unroll, label, self._group16(rows, stride))
+
+
+def _loop(groups: int, unroll: int, label: str, group: list[str]) -> list[str]:
+    """``group`` (the code of one group of 4 columns) ``groups`` times: a counted loop of
+    ``unroll`` groups per iteration (count in r2, numeric ``label``), then the rest straight."""
+    iterations, rest = divmod(groups, unroll)
+    lines: list[str] = []
+    if iterations >= 2:
+        mov = "movs" if iterations < 256 else "movw"
+        lines += [f"{mov} {_N}, #{iterations}", f"{label}:"]
+        lines += group * unroll
+        lines += [f"subs {_N}, {_N}, #1", f"bne {label}b"]
+    elif iterations == 1:
+        rest += unroll
+    return lines + group * rest
 
 
 def _add_constant(reg: str, value: int, scratch: str) -> list[str]:
