@@ -182,6 +182,21 @@ def test_dsp_boards_run_the_assembly_unit_kernels(board: str, board_run):
     assert called == {name for name, _, _, _ in bodies}
 
 
+@pytest.mark.parametrize("flags", [["-marm", "-mcpu=cortex-a7", "-mfloat-abi=soft"],
+                                   ["-mthumb", "-mcpu=cortex-m23"]], ids=["arm-a7", "m23"])
+@pytest.mark.parametrize("fmt", ["w8a16", "w16a16"])
+def test_other_arm_builds_compile_with_the_c_kernels(exported, tmp_path, flags, fmt):
+    """The assembly is Thumb code for M-profile cores: an ARM-state build of a DSP core and an
+    ARMv8-M Baseline build compile cleanly and keep the C kernels."""
+    name = model_name(BOARD_CASES[2], fmt)  # a stacked LSTM
+    obj = tmp_path / "m.o"
+    subprocess.run([cross.GCC, *flags, *cross.CFLAGS, "-c", str(exported[name] / f"{name}.c"),
+                    "-o", str(obj)], check=True, capture_output=True, text=True)
+    symbols = subprocess.run([cross.GCC.replace("gcc", "nm"), str(obj)], check=True,
+                             capture_output=True, text=True).stdout
+    assert "_step" in symbols and "_unit" not in symbols
+
+
 # ---------------------------------------------------------------------------------------------
 # Failures a user can meet
 
