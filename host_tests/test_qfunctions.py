@@ -126,17 +126,18 @@ def test_dot2_and_mul_q30_in_c(clib):
                for _ in range(3))
     d = np.concatenate([np.array([-(2**30) + 1, -1, 0, 1, 2**30 - 1, 5, 7]),
                         rng.integers(-(2**30) + 1, 2**30, n)]).astype(np.int32)
-    for ka, kc, shift in [(2**30, 1, 45), (2**15, 1, 30), (1, 2**16, 61), (2**31, 1, 46)]:
+    for ka, kc, shift in [(2**30, 1, 45), (2**15, 1, 30), (1, 2**16, 61), (2**31, 1, 46),
+                          (2**17, 1, 32), (2**16, 1, 31)]:
         y = np.zeros(a.size, np.int16)
         lib.w_dot2(_buf(ffi, "int16_t", a), _buf(ffi, "int16_t", b), ka,
                    _buf(ffi, "int16_t", c), _buf(ffi, "int32_t", d), kc, shift,
                    _buf(ffi, "int16_t", y), a.size)
         assert np.array_equal(y, qf.dot2_q(a, b, ka, c, d, kc, shift)), (ka, kc, shift)
-    for shift in (15, 30, 45):
+    for shift in (15, 16, 17, 24, 30, 31, 32, 33, 45):
         y = np.zeros(a.size, np.int16)
         lib.w_mul_q30(_buf(ffi, "int16_t", a), _buf(ffi, "int32_t", d), shift,
                       _buf(ffi, "int16_t", y), a.size)
-        assert np.array_equal(y, qf.mul_q30(a, d, shift))
+        assert np.array_equal(y, qf.mul_q30(a, d, shift)), shift
 
 
 def test_mmulr_is_the_rounded_high_word(clib):
