@@ -185,7 +185,7 @@ def _fixed_acc(arrays: _Arrays, fn: str, acc: Any, w_name: str, suffix: str,
 
 
 def _direction_view(p: str, index: int, layer: RecurrentLayer, d_index: int, q: Any,
-                    kernels: set | None = None) -> dict:
+                    kernels: _Kernels | None = None) -> dict:
     """Everything one cell template prints for one direction; ``q`` is the quantized layer
     (None for float32). The integer formats add the kernels they call to ``kernels``."""
     d = layer.directions[d_index]
@@ -250,6 +250,18 @@ def _direction_view(p: str, index: int, layer: RecurrentLayer, d_index: int, q: 
 # rescaled parts into one pre-activation; GRU's n keeps W_in x and W_hn h apart.
 _KERNEL_GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"), "rnn": ("h",)}
 
+@dataclass
+class _Kernels:
+    """The matrix-vector kernels one model's cells call, each once: the C kernels as
+    (G, bits, acc_bits), the DSP unit kernels, and the ARMv6-M unit kernels (by name) with the
+    copies of the weights they read."""
+
+    c: set = field(default_factory=set)
+    units: set = field(default_factory=set)
+    v6m_units: dict = field(default_factory=dict)
+    v6m_arrays: list = field(default_factory=list)
+
+
 INT16_MAX_ABS = 32768
 """The largest |value| of an int16 activation: the accumulator bounds assume every input."""
 
@@ -302,7 +314,7 @@ def _fold(side: list, rows: int, acc_bits: int) -> _Fold | None:
 
 
 def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any, qd: Any,
-                 kernels: set | None) -> dict:
+                 kernels: _Kernels | None) -> dict:
     """The interleaved weights and per-unit constants of one direction's gate rows (see
     :func:`tinyrnn.quantize.kernel_layout`) and the C expression of each pre-activation."""
     from .quantize import kernel_layout
@@ -365,15 +377,14 @@ def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any
                                 f"requant shifts n of the {tag} parts")
         mac = f"{p}_mac{G}_w{bits}_acc{acc_bits}"
         if kernels is not None:
-            kernels.add((G, bits, acc_bits))
-        views.append(dict(acc_t=acc_t, bias=bias, m=m, c=c_name, s=s_name, fold=fold,
-                          fast=fold is not None, mac=mac,
+            kernels.c.add((G, bits, acc_bits))
+        views.append(dict(acc_t=acc_t, bias=bias, m=m, c=c_name, s=s_name, fold=fold, mac=mac,
                           groups=padded(layer.input_size if k == 0 else layer.state_size) // 4))
 
     def rescaled(k: int, g: int, add: str = "") -> str:
         v = views[k]
         acc = f"a{'xh'[k]}[{g}]"
-        if v["fast"]:
+        if v["fold"] is not None:
             if v["c"]:
                 add = f"{acc} * {v['c']}[j][{g}]" + (f" + {add}" if add else "")
             if v["fold"].wide:
@@ -393,7 +404,7 @@ def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any
                             bool(views[1]["bias"]), bits)
         unit = kernel.name(p)
         if kernels is not None:
-            kernels.add(kernel)
+            kernels.units.add(kernel)
     v6m: dict = {}  # the ARMv6-M unit kernel and its copy of the weights (tinyrnn/v6masm.py)
     if bits == 8 and all(v["acc_t"] == "int32_t" for v in views):  # int8 weights, 32-bit sums
         from . import v6masm
@@ -403,34 +414,40 @@ def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any
                                   bool(views[1]["bias"]))
         rows = [np.stack([part.weights for part in side], axis=1) for side in sides]
         data = m0.layout(*rows)
-        v6m = dict(name=m0.name(p), G=G, nx=m0.nx, nh=m0.nh,
-                   speed=m0.assembly(v6masm.UNROLL_SPEED),
-                   size=m0.assembly(v6masm.UNROLL_SIZE),
-                   array=dict(ctype="int8_t", name=f"{fn}_w_v6m",
-                              dims="".join(f"[{n}]" for n in data.shape), text=c_ints(data),
-                              comment=f"{w_name} for the ARMv6-M unit kernel: per unit, "
-                              f"each {'/'.join(names)} row of the x part, then of the h part, "
-                              "at a stride of 2 bytes per column, two rows to a block "
-                              f"{'(the last rows of x and h share one) ' if G % 2 else ''}"
-                              "(tinyrnn/v6masm.py); int8_t"))
+        v6m = dict(name=m0.name(p), array=f"{fn}_w_v6m")
+        if kernels is not None:
+            kernels.v6m_units.setdefault(v6m["name"], dict(
+                name=v6m["name"], G=G, nx=m0.nx, nh=m0.nh, ret="void ", wtype="int8_t",
+                acc_t="int32_t", speed=m0.assembly(v6masm.UNROLL_SPEED),
+                size=m0.assembly(v6masm.UNROLL_SIZE)))
+            kernels.v6m_arrays.append(dict(
+                ctype="int8_t", name=v6m["array"], dims="".join(f"[{n}]" for n in data.shape),
+                text=c_ints(data),
+                comment=f"{w_name} for the ARMv6-M unit kernel: per unit, "
+                f"each {'/'.join(names)} row of the x part, then of the h part, "
+                "at a stride of 2 bytes per column, two rows to a block "
+                f"{'(the last rows of x and h share one) ' if G % 2 else ''}"
+                "(tinyrnn/v6masm.py); int8_t"))
+    bias_args = ", ".join(f"{v['bias']}[j]" if v["bias"] else "0" for v in views)
+    folds = [v["fold"] for v in views]
     pre = {}
     for g, name in enumerate(names):
         if kind == "gru" and name == "n":
-            pre["n"] = sat(rescaled(0, g), not views[0]["fast"])
-            pre["nh"] = sat(rescaled(1, g), not views[1]["fast"])
+            pre["n"] = sat(rescaled(0, g), folds[0] is None)
+            pre["nh"] = sat(rescaled(1, g), folds[1] is None)
         else:
-            both = views[0]["fast"] and views[1]["fast"] and int(
-                (views[0]["fold"].bound[:, g] + views[1]["fold"].bound[:, g]).max()) < 1 << 31
+            both = folds[0] is not None and folds[1] is not None and int(
+                (folds[0].bound[:, g] + folds[1].bound[:, g]).max()) < 1 << 31
             if both:
                 pre[name] = sat(rescaled(1, g, rescaled(0, g)), False)
             else:
                 x = rescaled(0, g)
-                x = x if not views[0]["fast"] else f"(int64_t){x}"
+                x = x if folds[0] is None else f"(int64_t){x}"
                 h = rescaled(1, g)
-                h = h if not views[1]["fast"] else f"(int64_t){h}"
+                h = h if folds[1] is None else f"(int64_t){h}"
                 pre[name] = sat(f"{x} + {h}", True)
     return dict(G=G, w=w_name, wtype=wtype, x=views[0], h=views[1], pre=pre, unit=unit,
-                v6m=v6m)
+                v6m=v6m, bias_args=bias_args)
 
 
 def _dense_view(p: str, index: int, layer: Dense, q: Any) -> dict:
@@ -475,7 +492,7 @@ class _Builder:
         self.layer_views: list[dict] = []
         self.state_vars: list[dict] = []
         self.scratch_sizes = dict(xh=1, tmp=1, va=1, vb=1)
-        self.kernels: set = set()  # (G, bits, acc_bits) of the C kernels, and UnitKernels
+        self.kernels = _Kernels()
         if q is not None:
             self.scratch_sizes["x"] = model.input_size
 
@@ -723,14 +740,14 @@ class _Builder:
         return dict(
             kernels=[dict(G=G, bits=bits, acc_bits=acc_bits, wtype=WEIGHT_CTYPE[bits],
                           acc_t=ACC_CTYPE[acc_bits], name=f"{self.p}_mac{G}_w{bits}_acc{acc_bits}")
-                     for G, bits, acc_bits in sorted(k for k in self.kernels
-                                                     if not isinstance(k, UnitKernel))],
+                     for G, bits, acc_bits in sorted(self.kernels.c)],
             units=[dict(G=u.G, name=u.name(self.p), xg=u.xg, hg=u.hg,
-                        wtype=WEIGHT_CTYPE[u.bits], acc_t=ACC_CTYPE[4 * u.bits],
+                        ret=f"const {WEIGHT_CTYPE[u.bits]} *", wtype=WEIGHT_CTYPE[u.bits],
+                        acc_t=ACC_CTYPE[4 * u.bits],
                         speed=u.assembly(UNROLL_SPEED), size=u.assembly(UNROLL_SIZE))
-                   for u in sorted(k for k in self.kernels if isinstance(k, UnitKernel))],
-            v6m=[d["kernel"]["v6m"] for view in self.layer_views if view["kind"] == "recurrent"
-                 for d in view["directions"] if d["kernel"]["v6m"]],
+                   for u in sorted(self.kernels.units)],
+            v6m_units=list(self.kernels.v6m_units.values()),
+            v6m_arrays=self.kernels.v6m_arrays,
             q=numeric,
             qmath_text=_environment().get_template("qmath.h.j2").render(
                 **qmath_context(self.p + "_")),
