@@ -103,3 +103,53 @@ def flat_numpy(args) -> list[np.ndarray]:
 def torch_run(model: nn.Module, args: tuple) -> list[np.ndarray]:
     with torch.no_grad():
         return flat_numpy(model(*args))
+
+
+# ---------------------------------------------------------------------------------------------
+# Single recurrent layers run on an emulated board against the host build
+
+
+class SingleLayer(nn.Module):
+    """One batch-first LSTM/GRU/RNN layer returning its output sequence."""
+
+    def __init__(self, kind: str, input_size: int, hidden: int, bias: bool):
+        super().__init__()
+        cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[kind]
+        self.rnn = cls(input_size, hidden, batch_first=True, bias=bias)
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+def assert_board_equals_host(board: str, layers: list[tuple[str, int, int, bool, str]],
+                             tmp_path, kernel_marker: str) -> None:
+    """Export each (kind, input, hidden, bias, format) layer, link them all into one image for
+    ``board``, run it under QEMU and require every output equal to the host build, bit for bit.
+    Each generated C file must contain ``kernel_marker`` (the kernel under test)."""
+    import tinyrnn
+    from tinyrnn import cross
+    from tinyrnn.boards import load_board
+    from tinyrnn.host import load_many
+    from tinyrnn.io import assemble_outputs, split_inputs
+
+    steps = 5
+    jobs, inputs, folders = [], [], []
+    for kind, i, h, bias, fmt in layers:
+        torch.manual_seed(i + h)
+        model = SingleLayer(kind, i, h, bias).eval()
+        x = torch.randn(2, steps, i)
+        name = f"{kind}_{i}_{h}_{fmt}"
+        tinyrnn.export(model, (x,), tmp_path / name, format=fmt, name=name)
+        assert kernel_marker in (tmp_path / name / f"{name}.c").read_text(), name
+        folders.append(tmp_path / name)
+        inputs.append([x.numpy()])
+        exported = cross.ExportedModel.load(tmp_path / name)
+        jobs.append(cross.ModelInputs(exported, tuple(split_inputs(exported.interface,
+                                                                   inputs[-1]))))
+    firmware = cross.build(jobs, load_board(board), tmp_path / "image")
+    result = cross.run_qemu(firmware, timeout=60)
+    for k, compiled in enumerate(load_many(folders)):
+        expected = compiled.run(*inputs[k])
+        got = assemble_outputs(firmware.jobs[k].model.interface, result.outputs[k], steps)
+        for g, e in zip(got, expected):
+            np.testing.assert_array_equal(g, e, err_msg=str(layers[k]))

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import tinyrnn
-from models import Case, build, flat_numpy
+from models import Case, assert_board_equals_host, build, flat_numpy
 from tinyrnn import cross
 from tinyrnn.api import FORMATS
 from tinyrnn.boards import list_boards, load_board, load_board_file
@@ -184,16 +184,6 @@ def test_dsp_boards_run_the_assembly_unit_kernels(board: str, board_run):
     assert called == {name for name, _, _, _ in bodies}
 
 
-class _Cell(torch.nn.Module):
-    def __init__(self, kind: str, i: int, h: int, bias: bool):
-        super().__init__()
-        cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
-        self.rnn = cls(i, h, batch_first=True, bias=bias)
-
-    def forward(self, x):
-        return self.rnn(x)[0]
-
-
 # Sizes that run the unit kernels' counted loops (two or more iterations of 8 groups of 4
 # columns, with and without a rest), a part whose offset needs MOVW (I = 520 at 16 bits), and
 # every G; the small BOARD_CASES only reach the straight-line code.
@@ -209,26 +199,7 @@ def test_large_models_run_the_dsp_kernel_loops_bit_exact(board, tmp_path):
              for n in (i, h)]
     assert {(k, rest > 0) for k, (it, rest) in parts if it >= 2} >= \
         {("lstm", False), ("lstm", True), ("gru", False), ("gru", True), ("rnn", True)}
-    jobs, inputs, folders = [], [], []
-    for kind, i, h, bias, fmt in LARGE_DSP:
-        torch.manual_seed(i + h)
-        model = _Cell(kind, i, h, bias).eval()
-        x = torch.randn(2, 5, i)
-        name = f"dsp_{kind}_{i}_{h}_{fmt}"
-        tinyrnn.export(model, (x,), tmp_path / name, format=fmt, name=name)
-        assert "_unit" in (tmp_path / name / f"{name}.c").read_text()
-        folders.append(tmp_path / name)
-        inputs.append([x.numpy()])
-        exported = cross.ExportedModel.load(tmp_path / name)
-        jobs.append(cross.ModelInputs(exported, tuple(split_inputs(exported.interface,
-                                                                   inputs[-1]))))
-    firmware = cross.build(jobs, load_board(board), tmp_path / "image")
-    result = cross.run_qemu(firmware, timeout=60)
-    for k, compiled in enumerate(load_many(folders)):
-        expected = compiled.run(*inputs[k])
-        got = assemble_outputs(firmware.jobs[k].model.interface, result.outputs[k], 5)
-        for g, e in zip(got, expected):
-            np.testing.assert_array_equal(g, e, err_msg=str(LARGE_DSP[k]))
+    assert_board_equals_host(board, LARGE_DSP, tmp_path, "_unit")
 
 
 @pytest.mark.parametrize("flags", [["-marm", "-mcpu=cortex-a7", "-mfloat-abi=soft"],

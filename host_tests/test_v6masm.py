@@ -9,27 +9,17 @@ under QEMU against the host build, is test_boards.py and the large models below.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+import unicorn
+from unicorn import arm_const
 
-import tinyrnn
-from tinyrnn import cross
-from tinyrnn.boards import load_board
-from tinyrnn.host import load_many
-from tinyrnn.io import assemble_outputs, split_inputs
+from models import assert_board_equals_host
 from tinyrnn.quantize import padded
 from tinyrnn.v6masm import UNROLL_SIZE, UNROLL_SPEED, V6MUnitKernel
-
-unicorn = pytest.importorskip("unicorn")
-from unicorn import arm_const  # noqa: E402
-
-needs_gcc = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None,
-                               reason="needs arm-none-eabi-gcc")
 
 CODE, DATA, STOP = 0x0000_0000, 0x2000_0000, 0x0F00_0000
 
@@ -132,7 +122,6 @@ def _case(kernel: V6MUnitKernel, rng: np.random.Generator, extreme: bool):
     return wx, wh, xh, bx, bh
 
 
-@needs_gcc
 @pytest.mark.parametrize("unroll", [UNROLL_SPEED, UNROLL_SIZE], ids=["speed", "size"])
 @pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: k.name("m"))
 def test_unit_kernel_sums_exactly(kernel: V6MUnitKernel, unroll: int, tmp_path):
@@ -170,39 +159,10 @@ def test_layout_puts_each_weight_once():
 # Whole models large enough for the kernels' loops, on the micro:bit (Cortex-M0) under QEMU
 
 
-class _Cell(torch.nn.Module):
-    def __init__(self, kind: str, i: int, h: int, bias: bool):
-        super().__init__()
-        cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
-        self.rnn = cls(i, h, batch_first=True, bias=bias)
-
-    def forward(self, x):
-        return self.rnn(x)[0]
+# Sizes that run the kernel's loops in whole models, every G
+LARGE = [("lstm", 37, 70, True, "w8a16"), ("gru", 64, 33, False, "w8a16"),
+         ("rnn", 65, 64, True, "w8a16")]
 
 
-LARGE = [("lstm", 37, 70, True), ("gru", 64, 33, False), ("rnn", 65, 64, True)]
-
-
-@needs_gcc
-@pytest.mark.skipif(shutil.which("qemu-system-arm") is None, reason="needs qemu-system-arm")
 def test_large_models_on_microbit_equal_host(tmp_path):
-    jobs, inputs, folders = [], [], []
-    for kind, i, h, bias in LARGE:
-        torch.manual_seed(i + h)
-        model = _Cell(kind, i, h, bias).eval()
-        x = torch.randn(2, 5, i)
-        name = f"v6m_{kind}"
-        tinyrnn.export(model, (x,), tmp_path / name, format="w8a16", name=name)
-        folders.append(tmp_path / name)
-        inputs.append([x.numpy()])
-        exported = cross.ExportedModel.load(tmp_path / name)
-        assert "_v6m_unit" in (tmp_path / name / f"{name}.c").read_text()
-        jobs.append(cross.ModelInputs(exported, tuple(split_inputs(exported.interface,
-                                                                   inputs[-1]))))
-    firmware = cross.build(jobs, load_board("microbit"), tmp_path / "image")
-    result = cross.run_qemu(firmware, timeout=60)
-    for k, compiled in enumerate(load_many(folders)):
-        expected = compiled.run(*inputs[k])
-        got = assemble_outputs(firmware.jobs[k].model.interface, result.outputs[k], 5)
-        for g, e in zip(got, expected):
-            np.testing.assert_array_equal(g, e, err_msg=LARGE[k][0])
+    assert_board_equals_host("microbit", LARGE, tmp_path, "_v6m_unit")
