@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import subprocess
 from collections.abc import Callable
 from fractions import Fraction
@@ -625,17 +624,6 @@ int main(void)
 
 
 def test_c_has_no_undefined_behaviour_on_domain_corners(tmp_path: Path) -> None:
-    probe = tmp_path / "probe.c"
-    probe.write_text("int main(void) { return 0; }\n")
-    if (
-        subprocess.run(
-            ["gcc", "-fsanitize=undefined", "probe.c", "-o", "probe"],
-            cwd=tmp_path,
-            capture_output=True,
-        ).returncode
-        != 0
-    ):
-        pytest.skip("gcc has no UBSan runtime here")
     (tmp_path / "ub.c").write_text("\n".join([_render("ta_"), _UBSAN_MAIN]))
     _gcc(
         [*CFLAGS, "-O1", "-fsanitize=undefined", "-fno-sanitize-recover=all", "ub.c", "-o", "ub"],
@@ -646,8 +634,6 @@ def test_c_has_no_undefined_behaviour_on_domain_corners(tmp_path: Path) -> None:
 
 
 def test_c_compiles_for_cortex_m4(tmp_path: Path) -> None:
-    if shutil.which("arm-none-eabi-gcc") is None:
-        pytest.skip("arm-none-eabi-gcc not installed")
     (tmp_path / "m4.c").write_text(
         _render("m_") + "\nint16_t use(int16_t x)\n{\n"
         "    return m_add_sat16(m_sigmoid_q(x), m_tanh_q(x));\n}\n"

@@ -17,12 +17,9 @@ import torch
 from torch import nn
 
 import tinyrnn
-from tinyrnn import api
 from tinyrnn import profile as prof
 from tinyrnn.errors import TinyRNNError
 
-needs_fixed_point = pytest.mark.skipif("w8a16" not in api.FORMATS,
-                                       reason="the exporter offers no w8a16 yet")
 JSON_KEYS = ("cpu", "instructions_per_step", "cycles_per_step", "macs_per_step",
              "macs_per_cycle", "flash_code_bytes", "flash_weights_bytes", "ram_state_bytes",
              "ram_scratch_bytes", "stack_bytes")
@@ -231,7 +228,6 @@ def test_cli_json(models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -
 # Report
 
 
-@needs_fixed_point
 def test_fixed_point_profiles_the_int16_api_too(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = Cell("lstm", 8, 16).eval()
@@ -246,7 +242,7 @@ def test_fixed_point_profiles_the_int16_api_too(tmp_path: Path) -> None:
     assert data["flash_weights_bytes"] >= 4 * 16 * (8 + 16)  # int8 weights, then tables
 
 
-@pytest.mark.parametrize("fmt", ["float32", pytest.param("w8a16", marks=needs_fixed_point)])
+@pytest.mark.parametrize("fmt", ["float32", "w8a16"])
 def test_report_holds_its_plots_and_numbers(models: dict[str, Path], tmp_path: Path,
                                             fmt: str) -> None:
     from tinyrnn.report import make_report
