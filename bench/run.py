@@ -51,6 +51,7 @@ from tinyrnn.dspasm import steady_cycles  # noqa: E402
 from tinyrnn.profile import lower_bound_cycles, profile  # noqa: E402
 from tinyrnn.quantize import padded  # noqa: E402
 from tinyrnn.report import Progress, save_figure, sqnr_db  # noqa: E402
+from tinyrnn.v6masm import steady_instructions_per_mac  # noqa: E402
 
 ALL_FORMATS = ("float32", "w8a16", "w16a16")
 CELLS = ("lstm", "gru", "rnn")
@@ -246,10 +247,10 @@ def code_size_os(work: Path) -> dict[str, Any]:
 def kernel_floor(cell: str, input_size: int, hidden: int, fmt: str, cpu: str) -> float:
     """What the matrix-vector kernels alone cost at their steady rate, before loop, call and
     per-unit work: M4 cycles per step (tinyrnn.dspasm.steady_cycles), or for the Cortex-M0
-    the 3 + 2/G instructions per MAC of the ARMv6-M unit kernel (tinyrnn.v6masm)."""
+    the instructions per MAC of the ARMv6-M unit kernel (tinyrnn.v6masm)."""
     G = GATES[cell]
     if cpu == "cortex-m0":
-        return 3 + 2 / G
+        return steady_instructions_per_mac(G)
     groups = padded(input_size) // 4 + padded(hidden) // 4
     return hidden * steady_cycles(G, 8 if fmt == "w8a16" else 16, groups)
 
@@ -622,12 +623,12 @@ def write_report(out: Path, env: dict[str, str], formats: Sequence[str],
             "same method** (unicorn block counts + the static Cortex-M4 table, gcc 12.2 -O2; the "
             "figures quoted in issue 6, not re-measured here). *Kernel floor*: what the "
             "matrix-vector kernels alone cost at their steady rate, before loop, call and "
-            "per-unit work (`tinyrnn.dspasm.steady_cycles`: 3 + 5G cycles per group of 4 "
-            "columns for int8 weights, 11 per 2-row pass for int16; the ARMv6-M kernel's "
-            "3 + 2/G instructions per MAC): the 14 registers of the M4 limit a block to 4 rows, "
-            "so 2 activation loads and a load-use cycle come on top of the bound's "
-            "LDR + 2 SXTB16 + 2 SMLAD. *Where the cycles go*: the M4 estimate per function of "
-            "the counted step (`NAME_unit*` the generated assembly kernels; `NAME_lK_fwd` the "
+            "per-unit work (`tinyrnn.dspasm.steady_cycles`: 3 + 5G cycles per group of 4 columns "
+            "for int8 weights, 11 per 2-row pass for int16; the ARMv6-M kernel's 3 + 2/G "
+            "instructions per MAC, 4.5 for one row): the 14 registers of the M4 limit a block to "
+            "4 rows, so 2 activation loads and a load-use cycle come on top of the bound's LDR + "
+            "2 SXTB16 + 2 SMLAD. *Where the cycles go*: the M4 estimate per function of the "
+            "counted step (`NAME_unit*` the generated assembly kernels; `NAME_lK_fwd` the "
             "per-unit work: requantization, sigmoid/tanh, cell update; `NAME_load` the float "
             "API's input conversion; for the Cortex-M0 instructions per MAC). *int16 API*: the "
             "same step through `NAME_step_q`, which takes and returns int16 like the kernels "

@@ -276,3 +276,11 @@ class V6MUnitKernel:
         elif iterations == 1:
             lines += step * unroll
         return lines
+
+
+def steady_instructions_per_mac(G: int) -> float:
+    """Instructions per MAC of the unit kernel's inner loop for G gate rows, without loop,
+    call and per-unit overhead: per step of S columns (S = 2 for a single row, else 1) S LDRSH,
+    then LDRSB, MULS and ADD per row and column, then one ADDS of the index."""
+    S = 2 if G == 1 else 1
+    return (S + 3 * S * G + 1) / (S * G)
