@@ -13,6 +13,7 @@ import torch
 from .errors import TinyRNNError
 from .frontend import capture, read_program
 from .ir import Model
+from .pt2 import Program
 from .render import check_name, render
 
 FORMATS = ("w8a16", "w16a16", "float32")
@@ -32,16 +33,14 @@ def _flat_arrays(value: Any) -> list[np.ndarray]:
     return [np.asarray(value)]
 
 
-def example_arrays(program: torch.export.ExportedProgram) -> list[np.ndarray]:
-    """The example inputs torch.export recorded with the program, as flat arrays."""
-    example = getattr(program, "example_inputs", None)
-    if not example:
+def example_arrays(program: Program) -> list[np.ndarray]:
+    """The example inputs saved with the program, as flat arrays."""
+    if not program.example_inputs:
         raise TinyRNNError(
             "the model archive holds no example inputs and no calibration data was given; "
             "pass --calibration X.npy (or calibration= in the API)"
         )
-    args, kwargs = example
-    return _flat_arrays(args) + _flat_arrays(tuple(kwargs.values()))
+    return list(program.example_inputs)
 
 
 def quantize_model(
@@ -75,7 +74,7 @@ def quantize_model(
 
 
 def export_program(
-    program: torch.export.ExportedProgram,
+    program: Program,
     out_dir: str | Path,
     *,
     format: str = DEFAULT_FORMAT,
@@ -83,7 +82,7 @@ def export_program(
     max_seq_len: int | None = None,
     calibration: Any = None,
 ) -> dict:
-    """Export an already captured program; returns the manifest.
+    """Export a program (read from an archive, or captured); returns the manifest.
 
     ``calibration``: for the integer formats, representative inputs in the forward's form
     (one array, or a list/tuple such as ``[x, h0, c0]``), usually many sequences.

@@ -74,7 +74,7 @@ def train(seed: int = 0, steps: int = 300) -> tuple[GestureLSTM, float]:
 def main(out_dir: Path, board: str = "mps2-an386", fmt: str = "w8a16") -> int:
     """Train, save as .pt2, export, compile on the host, verify, run on a board; report."""
     from .api import export_program
-    from .frontend import capture, load_program
+    from .frontend import archive_bytes, load_program, trace
     from .host import load
     from .verify import torch_outputs, verify
 
@@ -85,8 +85,7 @@ def main(out_dir: Path, board: str = "mps2-an386", fmt: str = "w8a16") -> int:
     np.save(out_dir / "x_test.npy", x_test)
     np.save(out_dir / "x_calibration.npy", x_calib)
     archive = out_dir / "gesture.pt2"
-    program = capture(model, (torch.from_numpy(x_test[:2]),))
-    torch.export.save(program, str(archive))
+    archive.write_bytes(archive_bytes(trace(model, (torch.from_numpy(x_test[:2]),))))
     print(f"trained GestureLSTM (LSTM 3->16, Linear 16->4, softmax) in {seconds:.1f} s; "
           f"saved {archive}")
 
