@@ -319,16 +319,15 @@ def make_report(model_path: str | Path, model_dir: str | Path, input_path: str |
     chosen = load_board(board)
     manifest = read_manifest(model_dir)
     interface = manifest["interface"]
+    program = load_program(model_path)  # before anything is written: a bad archive stops here
     inputs = load_inputs(input_path)
     samples = split_inputs(interface, inputs)
     out.mkdir(parents=True, exist_ok=True)
     title = f"{manifest['name']} ({manifest['format']})"
 
-    with Progress(3, "torch", enabled=progress) as bar:
-        program = load_program(model_path)
-        bar.advance()
+    with Progress(1, "torch", enabled=progress) as bar:
         torch_out = torch_outputs(program, inputs, interface)
-        bar.advance(2)
+        bar.advance()
     compiled = load(model_dir)
     per_sample = []
     with Progress(len(samples), "C on the host", enabled=progress) as bar:
