@@ -43,12 +43,15 @@ def compiled(tmp_path_factory):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_torch_reference_equals_the_captured_program(case: Case, compiled):
-    """verify's torch reference (torch modules rebuilt from the IR, tinyrnn.torchref) equals
+    """The example inputs tinyrnn's reader took from the saved archive equal the ones saved;
+    verify's torch reference (torch modules rebuilt from the IR, tinyrnn.torchref) equals
     torch's own ExportedProgram.module() on the example; and, for the two-layer cases (every
     cell, direction, layout, bias and initial state), the eager model at another batch size
     and sequence length (the captured program is specialised to the example's shapes)."""
     model, args = build(case)
     exported, program = CAPTURED[case.id]
+    for saved, read in zip(flat_numpy(args), program.example_inputs, strict=True):
+        assert saved.dtype == read.dtype and np.array_equal(saved, read)  # tinyrnn's reader
     with torch.no_grad():
         expected = flat_numpy(exported.module()(*args))
     got = torchref.run(read_program(program), flat_numpy(args))
