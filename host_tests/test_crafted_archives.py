@@ -839,3 +839,26 @@ def test_a_real_process_prints_one_line(case_id: str, base, tmp_path):
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert case.expect in result.stderr
     assert not sentinel.exists() and not (tmp_path / "c").exists()
+
+
+LIVE_CASES = ["sympify-tensor_size-import", "pickle-weights-use_pickle",
+              "pickle-sample_inputs-os_system"]
+
+
+def test_the_payloads_are_live_against_torchs_own_loader(base, tmp_path):
+    """The sentinel checks above can fail: torch.export.load (in a separate process, outside
+    the tripwires) runs these archives' payloads and creates their sentinels."""
+    script = ["import sys, torch", "for path in sys.argv[1:]:", "    try:",
+              "        torch.export.load(path)", "    except Exception:", "        pass"]
+    archives, sentinels = [], []
+    for case_id in LIVE_CASES:
+        folder = tmp_path / case_id
+        folder.mkdir()
+        sentinels.append(folder / "pwned")
+        archives.append(folder / "model.pt2")
+        archives[-1].write_bytes(BY_ID[case_id].make(base, sentinels[-1]))
+    subprocess.run([sys.executable, "-c", "\n".join(script), *map(str, archives)],
+                   capture_output=True, timeout=300, check=False)
+    assert [s.exists() for s in sentinels] == [True] * len(LIVE_CASES), (
+        "torch's loader no longer runs one of these payloads; pick live ones so that the "
+        "sentinel checks keep meaning something")
