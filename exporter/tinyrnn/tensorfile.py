@@ -94,7 +94,7 @@ def strided_array(storage: bytes, dtype: DType, sizes: Any, strides: Any, offset
     if len(sizes) > MAX_DIMS or len(sizes) != len(strides):
         raise TinyRNNError(f"{what}: {len(sizes)} sizes and {len(strides)} strides; expected "
                            f"as many of each, at most {MAX_DIMS}")
-    shape = tuple(_count(s, f"{what}: size {k}", 0, 1 << 31) for k, s in enumerate(sizes))
+    shape = tuple(_count(s, f"{what}: size {k}", 0, (1 << 31) - 1) for k, s in enumerate(sizes))
     steps = tuple(_count(s, f"{what}: stride {k}") for k, s in enumerate(strides))
     start = _count(offset, f"{what}: storage offset")
     numel = math.prod(shape)
