@@ -20,6 +20,7 @@ every form, and:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -473,6 +474,9 @@ def test_export_with_a_bad_library_name_fails_before_writing(tmp_path, capsys):
                         "ArduinoKws", "--format", "float32", "--package", "arduino")
     assert code == 2 and "reserved for official Arduino libraries" in err
     assert not (tmp_path / "out").exists()
+    code, _, err = _cli(capsys, "export", archive, "--out", tmp_path / "out", "--url", URL)
+    assert code == 2 and "apply to the library of --package FORM" in err
+    assert not (tmp_path / "out").exists()
     code, printed, _ = _cli(capsys, "export", archive, "--out", tmp_path / "out", "--name",
                             "kws", "--format", "float32", "--package", "cmsis-pack")
     assert code == 0 and "tinyrnn.kws.1.0.0.pack" in printed
@@ -513,6 +517,40 @@ def test_out_must_not_hold_the_export(exports, capsys):
                         "--force")
     assert code == 2 and "holds the export folder" in err
     assert (folder / "kws_w8a16.c").is_file()
+
+
+def test_every_generated_file_of_the_model_is_packaged(exports, tmp_path):
+    """An exporter that writes more files (an assembly kernel, another header) gets them all
+    packaged and named in each form's build description; a manifest 'files' list wins."""
+    export = shutil.copytree(exports["kws_w8a16"][0], tmp_path / "export")
+    (export / "kws_w8a16_kernels.S").write_text("/* kernels */\n")
+    (export / "kws_w8a16_tables.h").write_text("/* tables */\n")
+    (export / "other_model.c").write_text("/* not this model's */\n")
+    places = {"cmake": ("src/", "include/"), "zephyr": ("src/", "include/"),
+              "arduino": ("src/", "src/"), "platformio": ("src/", "include/"),
+              "cmsis-pack": ("Source/", "Include/")}
+    for form, (sources, headers) in places.items():
+        files = package(export, form, tmp_path / form).files
+        assert {sources + "kws_w8a16_kernels.S", headers + "kws_w8a16_tables.h"} <= set(files)
+        assert not any("other_model" in f for f in files)
+    assert "src/kws_w8a16_kernels.S" in (tmp_path / "cmake" / "CMakeLists.txt").read_text()
+    assert "LANGUAGES C ASM" in (tmp_path / "cmake" / "CMakeLists.txt").read_text()
+    assert "kws_w8a16_kernels.S" in (tmp_path / "zephyr" / "zephyr" / "CMakeLists.txt").read_text()
+    assert pdsc_problems(tmp_path / "cmsis-pack" / "tinyrnn.kws_w8a16.pdsc") == []
+    assert "Source/kws_w8a16_kernels.S" in pdsc_files(
+        tmp_path / "cmsis-pack" / "tinyrnn.kws_w8a16.pdsc")["source"]
+
+    manifest_path = export / "kws_w8a16.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"] = ["kws_w8a16.json", "kws_w8a16.h", "kws_w8a16.c"]
+    manifest_path.write_text(json.dumps(manifest))
+    files = package(export, "cmake", tmp_path / "listed").files
+    assert [f for f in files if f.startswith(("src/", "include/"))] == [
+        "include/kws_w8a16.h", "src/kws_w8a16.c"]
+    manifest["files"].append("../escape.c")
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(TinyRNNError, match="not this model's generated C: '../escape.c'"):
+        package(export, "cmake", tmp_path / "escape")
 
 
 def test_packaging_again_gives_the_same_bytes(exports, packaged, tmp_path):

@@ -23,11 +23,13 @@ def _export(args: argparse.Namespace) -> int:
     from .api import CalibrationWarning, export_program
     from .frontend import load_program
     from .io import load_inputs
+    from .package import check_library_name, package_options_given
 
     if args.package is not None:  # refuse a form or a name the package cannot take up front
-        from .package import check_library_name
-
         check_library_name(args.name, args.package)
+    elif package_options_given(args):
+        raise TinyRNNError("--input, --lib-version, --url and --force apply to the library of "
+                           "--package FORM; add --package or drop them")
     program = load_program(args.model)
     calibration = load_inputs(args.calibration) if args.calibration else None
     if calibration is not None and args.format == "float32":

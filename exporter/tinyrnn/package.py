@@ -679,6 +679,12 @@ def add_package_options(parser: argparse.ArgumentParser | argparse._ArgumentGrou
                         help="the project's web page, for the library metadata")
 
 
+def package_options_given(args: argparse.Namespace) -> bool:
+    """Whether any option of :func:`add_package_options` differs from its default."""
+    return (args.force or args.input is not None or args.url is not None
+            or args.lib_version != DEFAULT_VERSION)
+
+
 def package_from_args(args: argparse.Namespace, export_dir: Path, form: str,
                       out: Path) -> PackageResult:
     """Run :func:`package` with the options of :func:`add_package_options`."""
