@@ -142,7 +142,7 @@ def check_library_name(name: str, form: str) -> None:
         if not rule.accepts(value):
             broken.append(f"{rule.what} {value!r}: {rule.rule}")
     if broken:
-        raise TinyRNNError(f"model name {name!r} cannot name a {form} package: "
+        raise TinyRNNError(f"model name {name!r} cannot name the {_TITLES[form]}: "
                            + "; ".join(broken) + ". Export again with another --name")
 
 
