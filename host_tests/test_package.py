@@ -497,6 +497,24 @@ def test_not_an_export_and_a_tampered_manifest(exports, tmp_path, capsys):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_manifest_text_cannot_reach_the_generated_files(exports, tmp_path):
+    """The manifest is untrusted: its free text never lands in C, CMake or metadata."""
+    tampered = shutil.copytree(exports["kws_w8a16"][0], tmp_path / "tampered")
+    manifest_path = tampered / "kws_w8a16.json"
+    manifest = json.loads(manifest_path.read_text())
+    evil = "*/ int injected; /*\nadd_subdirectory(/)"
+    manifest["layers"].append({"kind": evil})
+    manifest["layers"][0]["hidden_size"] = evil
+    manifest["torch_version"] = evil
+    manifest["sizes"][evil] = 1
+    manifest_path.write_text(json.dumps(manifest))
+    for form in FORMS:
+        out = package(tampered, form, tmp_path / form).directory
+        for path in out.rglob("*"):
+            if path.is_file() and path.suffix != ".pack":
+                assert "injected" not in path.read_text(errors="replace"), path
+
+
 def test_bad_input_or_version_leaves_nothing_behind(exports, tmp_path, capsys):
     folder, arrays = exports["gru_w16a16"]
     wrong = tmp_path / "wrong.npy"

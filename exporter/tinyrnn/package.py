@@ -353,18 +353,34 @@ def _check_options(options: PackageOptions) -> None:
         raise TinyRNNError(f"--url {options.url!r} is not an http:// or https:// address")
 
 
-def _layer_text(layer: Mapping[str, Any]) -> str | None:
-    kind = layer.get("kind")
-    if kind in ("lstm", "gru", "rnn_tanh", "rnn_relu"):
-        label = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN (tanh)",
-                 "rnn_relu": "RNN (ReLU)"}[kind]
-        bidi = " bidirectional" if layer.get("directions") == 2 else ""
-        return f"{label}{bidi} {layer.get('input_size')}->{layer.get('hidden_size')}"
-    if kind == "dense":
-        return f"dense {layer.get('in_features')}->{layer.get('out_features')}"
-    if kind in (None, "select_step"):
+_RECURRENT = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (ReLU)"}
+_WORD = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_VERSION_TEXT = re.compile(r"[0-9A-Za-z.+_-]{1,40}")
+
+
+def _layer_text(layer: Any) -> str | None:
+    """One layer of the manifest in words, or None. The manifest is untrusted: only known
+    kinds and integer sizes reach the text that the templates put into comments and metadata."""
+    if not isinstance(layer, dict) or not isinstance(layer.get("kind"), str):
         return None
-    return str(kind)
+    kind = layer["kind"]
+    if kind in _RECURRENT:
+        sizes = (layer.get("input_size"), layer.get("hidden_size"))
+        if not all(_count(v) for v in sizes):
+            return None
+        bidi = " bidirectional" if layer.get("directions") == 2 else ""
+        return f"{_RECURRENT[kind]}{bidi} {sizes[0]}->{sizes[1]}"
+    if kind == "dense":
+        sizes = (layer.get("in_features"), layer.get("out_features"))
+        return f"dense {sizes[0]}->{sizes[1]}" if all(_count(v) for v in sizes) else None
+    if kind == "select_step" or not _WORD.fullmatch(kind):
+        return None
+    return kind  # an activation: softmax, tanh, ...
+
+
+def _text(value: Any, pattern: re.Pattern[str], default: str) -> str:
+    """``value`` if it is a string of the expected form (for untrusted manifest text)."""
+    return value if isinstance(value, str) and pattern.fullmatch(value) else default
 
 
 def _context(export: Export, arrays: Sequence[np.ndarray], options: PackageOptions,
@@ -383,8 +399,8 @@ def _context(export: Export, arrays: Sequence[np.ndarray], options: PackageOptio
         outputs.append({"index": k, "role": spec["role"], "length": length, "shape": shape,
                         "features": spec.get("features", length)})
     layers = [t for t in map(_layer_text, export.manifest.get("layers", [])) if t]
-    kinds = sorted({layer.get("kind", "").split("_")[0] for layer in
-                    export.manifest.get("layers", [])} & {"lstm", "gru", "rnn"})
+    kinds = sorted({layer["kind"].split("_")[0] for layer in export.manifest.get("layers", [])
+                    if isinstance(layer, dict) and layer.get("kind") in _RECURRENT})
     sizes = dict(export.manifest["sizes"])
     name = export.name
     summary = ", ".join(layers) or "recurrent network"
@@ -401,10 +417,11 @@ def _context(export: Export, arrays: Sequence[np.ndarray], options: PackageOptio
         "description": f"The recurrent network {name} ({summary}) in {fmt} C, exported from "
                        "PyTorch by tinyrnn",
         "kinds": kinds,
-        "sizes": {k: sizes[k] for k in sorted(sizes) if _count(sizes[k])},
+        "sizes": {k: sizes[k] for k in sorted(sizes)
+                  if isinstance(k, str) and _WORD.fullmatch(k) and _count(sizes[k])},
         "state_total": sizes["state_bytes"] + sizes["scratch_bytes"],
         "tinyrnn_version": __version__,
-        "torch_version": export.manifest.get("torch_version", "unknown"),
+        "torch_version": _text(export.manifest.get("torch_version"), _VERSION_TEXT, "unknown"),
         "version": options.version,
         "url": options.url,
         "sources": export.sources,
