@@ -8,8 +8,9 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # Debian packages: a C compiler for the host harness, the Cortex-M cross compiler,
-# newlib, and QEMU for the emulated boards.
-PKGS="python3 python3-venv python3-dev gcc libc6-dev gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
+# newlib, and QEMU for the emulated boards; CMake, g++ and clang for the package tests
+# (CMake builds, C++ consumers of the generated header).
+PKGS="python3 python3-venv python3-dev gcc libc6-dev gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake g++ clang"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
