@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checks import check_number
 from .errors import TinyRNNError
 from .frontend import load_program
 from .host import load, read_manifest
-from .io import load_inputs
+from .io import load_inputs, split_inputs
 from .metrics import sqnr_db
 
 DEFAULT_TOLERANCE = {"float32": 1e-5}
@@ -96,9 +97,11 @@ def verify(model_path: str | Path, model_dir: str | Path, input_path: str | Path
            tolerance: float | None = None) -> dict:
     """Compare the exported C with torch (and, for integer formats, with the bit-exact
     reference) output by output; returns a report dict with ``lines`` to print and ``ok``."""
+    check_number("--tolerance", tolerance, minimum=0.0)
     manifest = read_manifest(model_dir)
-    program = load_program(model_path)
     inputs = load_inputs(input_path)
+    split_inputs(manifest["interface"], inputs)  # bad input fails before the model loads
+    program = load_program(model_path)
     if manifest["format"] == "float32":
         return _verify_float(manifest, program, inputs, model_dir, model_path, tolerance)
     return _verify_integer(manifest, program, inputs, model_dir, model_path)
