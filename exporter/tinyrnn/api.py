@@ -40,14 +40,13 @@ def warn_constant_features(model: Model, x: np.ndarray, source: str) -> None:
     shown = ", ".join(f"{k} (always {float(flat[0, k]):g})" for k in constant[:6])
     if constant.size > 6:
         shown += f" and {constant.size - 6} more"
-    which = (f"every feature of x (in{position})" if constant.size == flat.shape[1]
-             else f"x (in{position}) feature(s)")
+    every = " (every feature: the data is constant)" if constant.size == flat.shape[1] else ""
     warnings.warn(
-        f"the {source} holds a single value for {which} {shown} over its {x.shape[0]} "
-        f"sequence(s) x {x.shape[1]} step(s), so it cannot set the range of real inputs; the "
-        "integer formats calibrated on it may saturate on them (all-zero data gives about "
-        "14 dB SQNR). Pass representative sequences with --calibration X.npy (or "
-        "calibration= in the API).",
+        f"the {source} has a single value in x (in{position}) feature(s) {shown} over all "
+        f"its {x.shape[0]} sequence(s) x {x.shape[1]} step(s){every}, so it cannot set the "
+        "range of real inputs; the integer formats calibrated on it may saturate on them "
+        "(all-zero data gives about 14 dB SQNR). Pass representative sequences with "
+        "--calibration X.npy (or calibration= in the API).",
         CalibrationRangeWarning,
         stacklevel=4,
     )

@@ -71,13 +71,16 @@ def check_number(option: str, value: float | int | None, *, minimum: float | Non
         raise TinyRNNError(f"{option} must be a finite number, not {value}")
     low = ((minimum is not None and value < minimum) or (above is not None and value <= above))
     if low or (maximum is not None and value > maximum):
+        def show(number: float) -> str:
+            return f"{number:g}" if isinstance(number, float) else str(number)
+
         parts = []
         if minimum is not None:
-            parts.append(f">= {minimum:g}")
+            parts.append(f">= {show(minimum)}")
         if above is not None:
-            parts.append(f"> {above:g}")
+            parts.append(f"> {show(above)}")
         if maximum is not None:
-            parts.append(f"<= {maximum:g}")
-        shown = f"{value:g}" if isinstance(value, float) else str(value)
+            parts.append(f"<= {show(maximum)}")
+        shown = show(value)
         raise TinyRNNError(f"{option} must be {' and '.join(parts)}, not {shown}"
                            + (f" ({why})" if why else ""))

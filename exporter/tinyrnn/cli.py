@@ -54,12 +54,14 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _run_host(args: argparse.Namespace) -> int:
-    from .host import load
-    from .io import load_inputs, save_outputs
+    from .host import load, read_manifest
+    from .io import load_inputs, save_outputs, split_inputs
     from .outputs import check_file, npz_path
 
     check_file(npz_path(args.output), "--output")
+    manifest = read_manifest(args.dir)
     inputs = load_inputs(args.input)
+    split_inputs(manifest["interface"], inputs)  # bad input fails before the compile
     outputs = load(args.dir).run(*inputs)
     written = save_outputs(args.output, outputs)
     shapes = ", ".join(f"out{i} {tuple(o.shape)}" for i, o in enumerate(outputs))

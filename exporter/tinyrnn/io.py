@@ -26,8 +26,10 @@ def load_inputs(path: str | Path) -> list[np.ndarray]:
     try:
         loaded = np.load(path, allow_pickle=False)
     except Exception as exc:  # numpy raises many types for a malformed file
-        raise TinyRNNError(f"{path} is not a .npy or .npz file ({type(exc).__name__}: "
-                           f"{exc})") from None
+        why = f"{type(exc).__name__}: {exc}"
+        if "pickle" in str(exc):  # numpy's fallback for files without an array header
+            why = "no .npy header or .npz archive; tinyrnn never unpickles a file"
+        raise TinyRNNError(f"{path} is not a .npy or .npz file ({why})") from None
     if isinstance(loaded, np.ndarray):
         return [loaded]
     with loaded:

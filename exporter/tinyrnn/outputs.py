@@ -110,15 +110,18 @@ def _merge(stage: Path, target: Path, what: str) -> None:
 
 
 @contextmanager
-def output_folder(target: str | Path, what: str = "--out") -> Iterator[Path]:
+def output_folder(target: str | Path, what: str = "--out",
+                  shown: str | Path | None = None) -> Iterator[Path]:
     """Yield an empty staging folder; when the block ends without an error, its files move
-    into ``target`` (created with any missing parents). On an error nothing is left."""
+    into ``target`` (created with any missing parents). On an error nothing is left.
+    ``shown``: the path the messages name (default ``target``)."""
     target = Path(target)
     anchor = _anchor(target, what)
+    shown = target if shown is None else shown
     try:
         stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=anchor))
     except OSError as exc:
-        raise TinyRNNError(f"cannot write {what} {target}: {_why(exc)}") from None
+        raise TinyRNNError(f"cannot write {what} {shown}: {_why(exc)}") from None
     try:
         if anchor == target:
             yield stage
@@ -132,9 +135,9 @@ def output_folder(target: str | Path, what: str = "--out") -> Iterator[Path]:
             try:
                 os.rename(stage / top, anchor / top)
             except OSError as exc:
-                raise TinyRNNError(f"cannot write {what} {target}: {_why(exc)}") from None
+                raise TinyRNNError(f"cannot write {what} {shown}: {_why(exc)}") from None
     except OSError as exc:
-        raise TinyRNNError(f"cannot write {what} {target}: {_why(exc)}") from None
+        raise TinyRNNError(f"cannot write {what} {shown}: {_why(exc)}") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -144,7 +147,7 @@ def output_file(target: str | Path, what: str = "--output") -> Iterator[Path]:
     """Yield a temporary path to write one file to; it becomes ``target`` at the end."""
     target = Path(target)
     check_file(target, what)
-    with output_folder(target.parent, what) as folder:
+    with output_folder(target.parent, what, shown=target) as folder:
         yield folder / target.name
 
 
