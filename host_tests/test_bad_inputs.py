@@ -155,6 +155,9 @@ ROWS = [
     Row("run-host-float64-1e300", ("run-host", "{f32}", "--input", "{x_1e300}", "--output",
                                    "{out}.npz"), 2,
         r"the first is 1e\+300 \(beyond float32's range\)", process=True),
+    Row("run-host-w8a16-beyond-int16-saturates", ("run-host", "{q8}", "--input", "{x_1e30}",
+                                                  "--output", "{out}.npz"), 0,
+        r"wrote \S+out\.npz: out0 \(2, 2\)"),
     Row("run-host-int-dtype", ("run-host", "{f32}", "--input", "{x_int}", "--output",
                                "{out}.npz"), 2, r"has dtype int32; expected floating point"),
     Row("run-host-missing-input", ("run-host", "{f32}", "--input", "{work}/none.npy",
@@ -308,6 +311,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     big[0, 0, 0] = 1e300  # finite in float64, inf in float32
     save("x_1e300", big)
     save("x_int", np.ones((2, 5, 3), np.int32))
+    save("x_1e30", x * np.float32(1e30))  # finite in float32, far beyond any int16 format
     save("x_zero", np.zeros((8, 5, 3), np.float32))
     const = rng.normal(size=(8, 5, 3)).astype(np.float32)
     const[:, :, 1] = 0.5
@@ -327,6 +331,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
         paths[f"{kind}_pt2"] = root / f"{kind}.pt2"
         paths[f"{kind}_pt2"].write_bytes(data)
     for key, argv in (("f32", ["--format", "float32", "--name", "tiny"]),
+                      ("q8", ["--format", "w8a16", "--name", "tiny", "--calibration",
+                              str(paths["x"])]),
                       ("big", ["--format", "float32", "--name", "wide", "--max-seq-len", "200"])):
         paths[key] = root / key
         model = wide if key == "big" else tiny
@@ -480,3 +486,22 @@ def test_a_failure_while_moving_files_into_place_puts_everything_back(tmp_path, 
         outputs.write_files(target, {"m.h": "new header\n", "m.c": "new source\n"})
     assert len(calls) >= 4
     assert _snapshot(target) == before
+
+
+def test_names_that_differ_only_in_case_are_refused_together(files, tmp_path):
+    """NAME_OK, NAME_H: two models named tiny and TINY cannot share a host module or an
+    image; both builders say so before compiling."""
+    from tinyrnn import cross
+    from tinyrnn.boards import load_board
+    from tinyrnn.errors import TinyRNNError
+    from tinyrnn.host import load_many
+
+    other = tmp_path / "TINY"
+    assert main(["export", str(files["tiny"]), "--out", str(other), "--format", "float32",
+                 "--name", "TINY"]) == 0
+    with pytest.raises(TinyRNNError, match="differ in more than letter case"):
+        load_many([files["f32"], other])
+    models = [cross.ExportedModel.load(d) for d in (files["f32"], other)]
+    jobs = [cross.ModelInputs(m, (m.zero_sample(),)) for m in models]
+    with pytest.raises(TinyRNNError, match="differ in more than letter case; TINY, tiny clash"):
+        cross.build(jobs, load_board("mps2-an386"), tmp_path / "image")

@@ -251,10 +251,11 @@ def _check_jobs(jobs: Sequence[ModelInputs]) -> None:
     if not jobs:
         raise TinyRNNError("no model to build")
     names = [job.model.name for job in jobs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    upper = [n.upper() for n in names]  # the headers' macros and include guards
+    duplicates = sorted({n for n in names if upper.count(n.upper()) > 1})
     if duplicates:
-        raise TinyRNNError(f"models in one image need different names; {', '.join(duplicates)} "
-                           "appears more than once (export with name=...)")
+        raise TinyRNNError(f"models in one image need names that differ in more than letter "
+                           f"case; {', '.join(duplicates)} clash (export with name=...)")
     for job in jobs:
         if not job.samples:
             raise TinyRNNError(f"model {job.model.name!r} has no input sample to run")

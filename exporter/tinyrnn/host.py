@@ -218,8 +218,9 @@ def load_many(model_dirs: Sequence[str | Path]) -> list[CompiledModel]:
     dirs = [Path(d) for d in model_dirs]
     manifests = [read_manifest(d) for d in dirs]
     names = [m["name"] for m in manifests]
-    if len(set(names)) != len(names):
-        raise TinyRNNError("models compiled together need distinct names (--name)")
+    if len({n.upper() for n in names}) != len(names):  # macros and guards are upper case
+        raise TinyRNNError("models compiled together need names that differ in more than "
+                           "letter case (--name)")
     for m in manifests:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", m["name"]):
             raise TinyRNNError(f"manifest name {m['name']!r} is not a C identifier")
