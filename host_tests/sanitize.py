@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,39 +146,48 @@ def _run(command: Sequence[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(list(command), capture_output=True, text=True, check=False, **kw)
 
 
+def compile_model(directory: Path, name: str, work: Path) -> Path:
+    """One exported model's C compiled with the sanitizers (and the strict warnings)."""
+    work.mkdir(parents=True, exist_ok=True)
+    obj = work / f"{name}.o"
+    cmd = ["gcc", *CFLAGS, "-c", str(directory / f"{name}.c"), "-o", str(obj)]
+    result = _run(cmd)
+    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr[-3000:]}"
+    return obj
+
+
 def sanitize(targets: Sequence[Target], work: Path, batches: int = 2,
-             workers: int | None = None) -> Result:
+             workers: int | None = None, objects: Mapping[str, Path] | None = None) -> Result:
     """Compile ``targets`` with the sanitizers into ``batches`` executables (``workers``
-    compilers at a time, default one per core), run them, and return the steps and probe
-    outputs; raise AssertionError on any finding or failure."""
+    compilers at a time, default one per core; ``objects``: models compiled already by
+    :func:`compile_model`), run them, and return the steps and probe outputs; raise
+    AssertionError on any finding or failure."""
     import time
 
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    jobs = [list(targets[k::batches]) for k in range(batches) if targets[k::batches]]
-    compile_cmds = []
+    objects = dict(objects or {})
+    missing = [t for t in targets if t.name not in objects]
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for t, obj in zip(missing, pool.map(
+                lambda t: compile_model(t.directory, t.name, work), missing)):
+            objects[t.name] = obj
     exes = []
-    for b, group in enumerate(jobs):
+    for b in range(batches):
+        group = list(targets[b::batches])
+        if not group:
+            continue
         drv = work / f"driver{b}.c"
         drv.write_text(driver(group))
-        includes = [f"-I{t.directory}" for t in group]
-        objs = []
-        for t in group:
-            obj = work / f"{t.name}.o"
-            compile_cmds.append(["gcc", *CFLAGS, "-c", str(t.directory / f"{t.name}.c"),
-                                 "-o", str(obj)])
-            objs.append(obj)
         obj = work / f"driver{b}.o"
-        compile_cmds.append(["gcc", *DRIVER_FLAGS, *includes, "-c", str(drv), "-o", str(obj)])
-        objs.append(obj)
-        exes.append((work / f"fuzz{b}", objs))
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        done = list(pool.map(_run, compile_cmds))
-    for cmd, result in zip(compile_cmds, done):
-        assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr[-3000:]}"
-    for exe, objs in exes:
-        result = _run(["gcc", *SANITIZE, *map(str, objs), "-lm", "-o", str(exe)])
+        includes = [f"-I{t.directory}" for t in group]
+        result = _run(["gcc", *DRIVER_FLAGS, *includes, "-c", str(drv), "-o", str(obj)])
         assert result.returncode == 0, result.stderr[-3000:]
+        exe = work / f"fuzz{b}"
+        result = _run(["gcc", *SANITIZE, *(str(objects[t.name]) for t in group), str(obj),
+                       "-lm", "-o", str(exe)])
+        assert result.returncode == 0, result.stderr[-3000:]
+        exes.append((exe, group))
     compiled = time.monotonic()
     env = dict(os.environ, **ENV)
     with ThreadPoolExecutor(max_workers=len(exes)) as pool:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from fuzz_models import check_batch, specs
 
-FUZZ_EXAMPLES = 3
+FUZZ_EXAMPLES = 2
 MODELS_PER_BATCH = 6
 SANITIZER_STEPS = 2_000  # per model
 

@@ -23,7 +23,7 @@ from quant_cases import (
     sqnr_db,
     torch_call,
 )
-from sanitize import FINDING, Probe, Target, sanitize
+from sanitize import FINDING, Probe, Target, compile_model, sanitize
 from tinyrnn.api import export_program
 from tinyrnn.frontend import capture
 from tinyrnn.host import load_many
@@ -45,42 +45,53 @@ def exported(tmp_path_factory, request):
     """Capture each case once, export it in both formats (calibrated on 16 random sequences
     drawn apart from the test data) and build all of them in one host module.
 
-    When the sanitizer test is collected, the sanitizer build of every export starts here in
-    a background thread with one compiler at a time, so that it uses the second core while
-    the tests below keep the first one busy."""
+    When the sanitizer test is collected, each export is also compiled with the sanitizers
+    in a background thread as soon as it is written (one compiler at a time), and the
+    sanitizer executables are linked and run there after the host build: that work uses the
+    second core while the exports and the tests below keep the first one busy."""
     root = tmp_path_factory.mktemp("quant_table")
-    dirs, keys, info = [], [], {}
-    for case in CASES:
-        model, args = build(case)
-        program = capture(model, args)
-        calibration = random_inputs(case, model, args, 16, SEQ_LEN, case.seed + 1000)
-        for fmt in FORMATS:
-            name = f"{case.name}_{fmt}"
-            manifest = export_program(program, root / name, name=name, format=fmt,
-                                      max_seq_len=SEQ_LEN, calibration=calibration)
-            dirs.append(root / name)
-            keys.append((case.id, fmt))
-            info[(case.id, fmt)] = (model, args, program, manifest)
-    compiled = dict(zip(keys, load_many(dirs)))
     wanted = any(item.originalname == "test_every_export_is_clean_under_the_sanitizers"
                  for item in request.session.items)
-    if wanted:
-        targets = [_sanitizer_target(d, compiled[key], k) for k, (d, key) in
-                   enumerate(zip(dirs, keys))]
-        pool = ThreadPoolExecutor(max_workers=1)
-        SANITIZED["targets"] = targets
-        SANITIZED["result"] = pool.submit(sanitize, targets, root / "sanitize", 2, 1)
-        pool.shutdown(wait=False)
+    pool = ThreadPoolExecutor(max_workers=1)
+    objects: dict[str, Any] = {}
+    dirs, keys, info = [], [], {}
+    try:
+        for case in CASES:
+            model, args = build(case)
+            program = capture(model, args)
+            calibration = random_inputs(case, model, args, 16, SEQ_LEN, case.seed + 1000)
+            for fmt in FORMATS:
+                name = f"{case.name}_{fmt}"
+                manifest = export_program(program, root / name, name=name, format=fmt,
+                                          max_seq_len=SEQ_LEN, calibration=calibration)
+                dirs.append(root / name)
+                keys.append((case.id, fmt))
+                info[(case.id, fmt)] = (model, args, program, manifest)
+                if wanted:
+                    objects[name] = pool.submit(compile_model, root / name, name,
+                                                root / "sanitize")
+        compiled = dict(zip(keys, load_many(dirs)))
+        if wanted:
+            targets = [_sanitizer_target(d, info[key][3], k) for k, (d, key) in
+                       enumerate(zip(dirs, keys))]
+            SANITIZED["targets"] = targets
+            SANITIZED["result"] = pool.submit(  # after every compile (one worker, in order)
+                lambda: sanitize(targets, root / "sanitize", 2, 1,
+                                 {n: f.result() for n, f in objects.items()}))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=False)
     yield {key: (compiled[key], *info[key]) for key in keys}
     if "result" in SANITIZED:  # do not leave the compilers running past the module
         SANITIZED["result"].exception()
 
 
-def _sanitizer_target(directory, compiled, seed: int) -> Target:
+def _sanitizer_target(directory, manifest: dict, seed: int) -> Target:
     """An export with its sanitizer budget and two probes from reset: int16 values with the
     extremes through run_q, floats with NaN, +-Inf, +-FLT_MAX and denormals through run."""
     rng = np.random.default_rng(10_000 + seed)
-    api = compiled.interface
+    api = manifest["interface"]
     steps = min(SEQ_LEN, api.get("max_seq_len") or SEQ_LEN)
     xq = rng.integers(-32768, 32768, size=(steps, api["input_size"])).astype(np.int16)
     xq.flat[:4] = (-32768, 32767, 0, -1)[: xq.size]
@@ -96,7 +107,7 @@ def _sanitizer_target(directory, compiled, seed: int) -> Target:
     probes = [Probe(xq, states.get("h0"), states.get("c0")),
               Probe(xf, *(None if v is None else (v / 32768.0).astype(np.float32)
                           for v in (states.get("h0"), states.get("c0"))))]
-    return Target(Path(directory), compiled.manifest, SANITIZER_STEPS, probes, seed=seed + 1)
+    return Target(Path(directory), manifest, SANITIZER_STEPS, probes, seed=seed + 1)
 
 
 SQNR: dict[tuple[str, str], float] = {}

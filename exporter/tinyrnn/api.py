@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,7 +118,8 @@ def check_options(format: str, name: str, max_seq_len: int | None) -> None:
     if format not in FORMATS:
         raise TinyRNNError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     check_name(name)
-    if max_seq_len is not None and not isinstance(max_seq_len, int):
+    if max_seq_len is not None and (isinstance(max_seq_len, bool)
+                                    or not isinstance(max_seq_len, numbers.Integral)):
         raise TinyRNNError(f"--max-seq-len must be a whole number, not {max_seq_len!r}")
     check_number("--max-seq-len", max_seq_len, minimum=1, maximum=MAX_SEQ_LEN,
                  why="the C API's sequence length is an int")
