@@ -50,8 +50,7 @@ def main() -> int:
             n = totals["batches"]
             root = Path(tmp) / f"b{n}"
             totals["batches"] += 1
-            steps = check_batch(batch, data, root, seed=1000 * n,
-                                sanitizer_steps=args.sanitizer_steps)
+            steps = check_batch(batch, data, root, sanitizer_steps=args.sanitizer_steps)
             totals["models"] += len(batch)
             totals["steps"] += steps
             counts.update((s.cell, s.fmt) for s in batch)
