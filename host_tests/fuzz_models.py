@@ -32,6 +32,7 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
+from models import recurrent_module
 from sanitize import Probe, Target, sanitize
 from tinyrnn import reference
 from tinyrnn.api import export_program
@@ -86,15 +87,10 @@ class Net(nn.Module):
 
     def __init__(self, spec: Spec):
         super().__init__()
-        kw = dict(num_layers=spec.layers, bias=spec.bias, batch_first=spec.batch_first,
-                  bidirectional=spec.bidirectional)
-        if spec.cell.startswith("lstm"):
-            self.rnn: nn.Module = nn.LSTM(spec.input_size, spec.hidden, proj_size=spec.proj,
-                                          **kw)
-        elif spec.cell == "gru":
-            self.rnn = nn.GRU(spec.input_size, spec.hidden, **kw)
-        else:
-            self.rnn = nn.RNN(spec.input_size, spec.hidden, nonlinearity=spec.cell[4:], **kw)
+        self.rnn = recurrent_module(spec.cell, spec.input_size, spec.hidden, spec.proj,
+                                    num_layers=spec.layers, bias=spec.bias,
+                                    batch_first=spec.batch_first,
+                                    bidirectional=spec.bidirectional)
         width = (spec.proj or spec.hidden) * (2 if spec.bidirectional else 1)
         self.fc1 = nn.Linear(width, 5)
         self.fc2 = nn.Linear(5, 3)
