@@ -55,20 +55,24 @@ def table() -> list[Case]:
     ]
 
 
+def recurrent_module(cell: str, input_size: int, hidden: int, proj: int, **kw) -> nn.Module:
+    """torch's module for one of CELLS (``kw``: num_layers, bias, batch_first, bidirectional)."""
+    if cell.startswith("lstm"):
+        return nn.LSTM(input_size, hidden, proj_size=proj if cell == "lstm_proj" else 0, **kw)
+    if cell == "gru":
+        return nn.GRU(input_size, hidden, **kw)
+    return nn.RNN(input_size, hidden, nonlinearity=cell[4:], **kw)
+
+
 class Recurrent(nn.Module):
     """One torch recurrent module returning what it returns, optionally given initial state."""
 
     def __init__(self, case: Case):
         super().__init__()
-        kw = dict(num_layers=case.layers, bias=case.bias, batch_first=case.batch_first,
-                  bidirectional=case.bidirectional)
-        if case.cell.startswith("lstm"):
-            proj = 4 if case.cell == "lstm_proj" else 0
-            self.rnn: nn.Module = nn.LSTM(case.input_size, case.hidden, proj_size=proj, **kw)
-        elif case.cell == "gru":
-            self.rnn = nn.GRU(case.input_size, case.hidden, **kw)
-        else:
-            self.rnn = nn.RNN(case.input_size, case.hidden, nonlinearity=case.cell[4:], **kw)
+        self.rnn = recurrent_module(case.cell, case.input_size, case.hidden, 4,
+                                    num_layers=case.layers, bias=case.bias,
+                                    batch_first=case.batch_first,
+                                    bidirectional=case.bidirectional)
 
     def forward(self, x, state=None):  # noqa: D401 - torch signature
         return self.rnn(x, state)

@@ -20,21 +20,25 @@ EXIT_MISMATCH = 1
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .api import CalibrationWarning, export_program
+    from .api import CalibrationWarning, check_options, export_program
     from .frontend import load_program
     from .io import load_inputs
+    from .outputs import check_folder
     from .package import check_library_name, package_options_given
 
+    # the options first: a typo fails in a moment, before the model is loaded
+    check_options(args.format, args.name, args.max_seq_len)
+    check_folder(args.out, "--out")
     if args.package is not None:  # refuse a form or a name the package cannot take up front
         check_library_name(args.name, args.package)
     elif package_options_given(args):
         raise TinyRNNError("--input, --lib-version, --url and --force apply to the library of "
                            "--package FORM; add --package or drop them")
-    program = load_program(args.model)
-    calibration = load_inputs(args.calibration) if args.calibration else None
-    if calibration is not None and args.format == "float32":
+    if args.calibration is not None and args.format == "float32":
         raise TinyRNNError("--calibration applies to the integer formats (w8a16, w16a16), "
                            "not float32; drop it or choose an integer --format")
+    calibration = load_inputs(args.calibration) if args.calibration else None
+    program = load_program(args.model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
         manifest = export_program(
@@ -61,14 +65,18 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _run_host(args: argparse.Namespace) -> int:
-    from .host import load
-    from .io import load_inputs, save_outputs
+    from .host import load, read_manifest
+    from .io import load_inputs, save_outputs, split_inputs
+    from .outputs import check_file, npz_path
 
+    check_file(npz_path(args.output), "--output")
+    manifest = read_manifest(args.dir)
     inputs = load_inputs(args.input)
+    split_inputs(manifest["interface"], inputs)  # bad input fails before the compile
     outputs = load(args.dir).run(*inputs)
-    save_outputs(args.output, outputs)
+    written = save_outputs(args.output, outputs)
     shapes = ", ".join(f"out{i} {tuple(o.shape)}" for i, o in enumerate(outputs))
-    print(f"wrote {args.output}: {shapes}")
+    print(f"wrote {written}: {shapes}")
     return 0
 
 

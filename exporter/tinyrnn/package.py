@@ -38,11 +38,12 @@ import numpy as np
 
 from . import __version__
 from .api import FORMATS
+from .checks import check_name
 from .cross import ExportedModel
 from .errors import TinyRNNError
 from .host import read_manifest
 from .io import load_inputs, split_inputs
-from .render import c_floats, check_name
+from .render import c_floats
 from .resources import resource_dir
 
 FORMS = ("cmake", "zephyr", "arduino", "platformio", "cmsis-pack")

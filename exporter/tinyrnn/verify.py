@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 
 from . import torchref
+from .checks import check_number
 from .errors import TinyRNNError
 from .frontend import load_program, read_program
 from .host import load, read_manifest
-from .io import load_inputs
+from .io import load_inputs, split_inputs
 from .metrics import sqnr_db
 from .pt2 import Program
 
@@ -58,9 +59,11 @@ def verify(model_path: str | Path, model_dir: str | Path, input_path: str | Path
            tolerance: float | None = None) -> dict:
     """Compare the exported C with torch (and, for integer formats, with the bit-exact
     reference) output by output; returns a report dict with ``lines`` to print and ``ok``."""
+    check_number("--tolerance", tolerance, minimum=0.0)
     manifest = read_manifest(model_dir)
-    program = load_program(model_path)
     inputs = load_inputs(input_path)
+    split_inputs(manifest["interface"], inputs)  # bad input fails before the model loads
+    program = load_program(model_path)
     model = read_program(program, manifest["interface"].get("max_seq_len"))
     if manifest["format"] == "float32":
         return _verify_float(manifest, model, inputs, model_dir, model_path, tolerance)
