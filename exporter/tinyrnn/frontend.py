@@ -82,12 +82,22 @@ _VIEWS = {
     "aten.squeeze.default",
     "aten.unsqueeze.default",
 }
+_CELLS = {
+    "aten.lstm_cell.default": "lstm",
+    "aten.gru_cell.default": "gru",
+    "aten.rnn_tanh_cell.default": "rnn_tanh",
+    "aten.rnn_relu_cell.default": "rnn_relu",
+}
 _ZEROS = {"aten.zeros.default", "aten.zeros_like.default", "aten.new_zeros.default"}
 _SELECT = {"aten.select.int", "aten.slice.Tensor"}
 _KNOWN = {
-    *_RECURRENT, *_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_ZEROS, *_SELECT,
-    "aten.linear.default", "aten.transpose.int",
+    *_RECURRENT, *_CELLS, *_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_ZEROS, *_SELECT,
+    "aten.linear.default", "aten.transpose.int", "aten.stack.default", "aten.unbind.int",
 }
+_DATA_OPS = {*_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_SELECT, "aten.linear.default",
+             "aten.transpose.int"}
+_CELL_HINT = {"lstm": "(h, c) = cell(x[:, t], (h, c))", "gru": "h = cell(x[:, t], h)",
+              "rnn_tanh": "h = cell(x[:, t], h)", "rnn_relu": "h = cell(x[:, t], h)"}
 MAX_LAYERS = 64
 
 
@@ -129,7 +139,13 @@ def archive_bytes(exported: torch.export.ExportedProgram) -> bytes:
 def from_exported(exported: torch.export.ExportedProgram) -> Program:
     """A program captured in this process, saved into memory and read back by the archive
     reader: the in-process API and the file path share one code path."""
-    return read_archive(archive_bytes(exported), "the captured program")
+    return read_captured(archive_bytes(exported))
+
+
+def read_captured(data: bytes) -> Program:
+    """The archive of a program captured in this process (:func:`archive_bytes`), read as
+    any archive is."""
+    return read_archive(data, "the captured program")
 
 
 def capture(model: torch.nn.Module, example_inputs: tuple) -> Program:
@@ -173,6 +189,46 @@ class _Zeros:
     pass
 
 
+@dataclass(frozen=True)
+class _XStep:
+    """``x[:, t]`` (or ``x[t]``) of the model input x: one time step of the sequence."""
+
+    index: int  # the user input
+    t: int
+    batch_axis: int
+    time_axis: int
+    shape: tuple[int, ...]  # x's shape
+
+
+@dataclass
+class _Chain:
+    """The calls of one cell (nn.LSTMCell/GRUCell/RNNCell) along time: ONE recurrent layer.
+
+    A loop unrolled by torch.export calls the cell once per step with the same weights and
+    the previous step's state; a step module calls it once (``step_module``)."""
+
+    node: Node  # its first call
+    group: int
+    layer: int  # index into the layers
+    weights: tuple[str, ...]  # the parameters' names: the same cell at every step
+    module: str  # the cell's module path and type, for messages
+    step_module: bool
+    source: Any  # what step 0 read: an _XStep, or an _Cell of the chain below; None for a step
+    steps: int = 1
+    closed_by: str = ""  # why no further step may follow (its h was used as data)
+    selected: Any = None  # the _Data of the last step's h, once something used it as data
+    stacked: int = 0  # steps of the chain gathered by torch.stack
+
+
+@dataclass(frozen=True)
+class _Cell:
+    """The h or c a cell call returned at step ``t`` of a chain."""
+
+    chain: int
+    t: int
+    role: str  # "h" or "c"
+
+
 _FAILED = object()  # the value of a node already reported; its users are not reported again
 
 
@@ -200,6 +256,21 @@ def _user_line(node: Node | None) -> str:
             code = "" if code.startswith("File ") else code
             best = f"{text.removeprefix('File ')}: {code}".strip().rstrip(":")
     return printable(best, 240) if best else "(no source line recorded)"
+
+
+def _suggestion(node: Node, weights: dict[str, np.ndarray]) -> str:
+    """A rewrite that tinyrnn supports, for an unsupported operation that has one."""
+    if node.target == "aten.conv1d.default":
+        weight = node.arg("weight", None)
+        shape = weights.get(weight.name) if isinstance(weight, TensorRef) else None
+        if shape is not None and len(shape) == 3 and shape[2] == 1:
+            return ("; a Conv1d with kernel size 1 is a Linear over channels: use "
+                    f"nn.Linear({shape[1]}, {shape[0]}) on the (B, T, C) or (B, C) value")
+    if node.target in ("aten.cat.default", "aten.concatenate.default"):
+        return "; to gather a loop's steps use torch.stack(outs, 1) of the cell outputs"
+    if node.target in ("aten.mm.default", "aten.matmul.default", "aten.addmm.default"):
+        return "; a product with a weight matrix is nn.Linear"
+    return ""
 
 
 def describe_problems(problems: list[_Problem]) -> list[str]:
@@ -244,6 +315,10 @@ class _Reader:
         self.inputs: dict[int, InputSpec] = {}
         self.x_index: int | None = None
         self.seq_len = 0
+        self.chains: list[_Chain] = []
+        self.step_module = False
+        self.cell_outputs: dict[str, _Cell] = {}
+        self.weight_shapes: dict[str, tuple[int, ...]] = {}
 
     # -- helpers -------------------------------------------------------------------------------
     def shape(self, name: str) -> tuple[int, ...]:
@@ -301,12 +376,14 @@ class _Reader:
             if not np.all(np.isfinite(array)):
                 self.bad_weights.append(spec.target)
             self.values[spec.name] = _Const(spec.target, array)
+            self.weight_shapes[spec.name] = array.shape
         for node in self.graph.nodes:
             for out in node.outputs:
                 if out is not None:
                     self.producer[out] = node
             self.call(node)
         outputs = self.read_outputs(self.graph.outputs)
+        self.check_chains()
         if self.bad_weights:
             raise TinyRNNError(
                 "the model has NaN or Inf weights in: " + ", ".join(sorted(self.bad_weights))
@@ -344,6 +421,7 @@ class _Reader:
             input_size=self.inputs[self.x_index].features,
             max_seq_len=self.max_seq_len or self.seq_len,
             state_group=state_groups[0] if state_groups else 0,
+            step_module=self.step_module,
         )
 
     def call(self, node: Node) -> None:
@@ -360,6 +438,8 @@ class _Reader:
 
     def dispatch(self, node: Node) -> None:
         target = node.target
+        if target in _DATA_OPS and not self.cell_as_data(node, node.first()):
+            return
         if target in _RECURRENT:
             self.recurrent(node, _RECURRENT[target])
         elif target in _ZEROS:
@@ -391,8 +471,284 @@ class _Reader:
             self.select(node)
         elif target == "aten.transpose.int":
             self.transpose(node)
+        elif target in _CELLS:
+            self.cell(node, _CELLS[target])
+        elif target == "aten.stack.default":
+            self.stack(node)
+        elif target == "aten.unbind.int":
+            self.unbind(node)
         else:
-            self.fail(node, "unsupported operation")
+            self.fail(node, "unsupported operation" + _suggestion(node, self.weight_shapes))
+
+    # -- cells: a step module, or a loop over time that torch.export unrolled ------------------
+    def cell_as_data(self, node: Node, arg: Any) -> bool:
+        """Where ``arg`` is a cell's h, make it the data path's value: a step module's output
+        at this step, or a loop's last step (a SelectStep(-1) after the layer). False when
+        that is impossible (reported)."""
+        value = self.value(arg)
+        if not isinstance(value, _Cell):
+            return True
+        chain = self.chains[value.chain]
+        hidden = self.layers[chain.layer].output_size
+        if value.role != "h":
+            self.fail(node, f"uses the cell state c of {chain.module} as data; the layer's "
+                            "output is h")
+            return False
+        if chain.step_module:
+            self.values[arg.name] = _Data(chain.layer + 1, hidden, self.shape(arg.name), 0,
+                                          None)
+            return True
+        if value.t != chain.steps - 1:
+            self.fail(node, f"uses h of step {value.t} of {chain.module} after step "
+                            f"{chain.steps - 1} ran; only the last step's h can feed "
+                            "other layers")
+            return False
+        if chain.selected is None:
+            if chain.layer + 1 != len(self.layers):
+                self.fail(node, "branches off the data path at an earlier layer")
+                return False
+            self.layers.append(SelectStep(-1, hidden))
+            chain.selected = _Data(len(self.layers), hidden, self.shape(arg.name), 0, None)
+            chain.closed_by = f"h of step {value.t} feeds {node.target} ({node.name})"
+        self.values[arg.name] = chain.selected
+        return True
+
+    def cell(self, node: Node, cell: str) -> None:
+        """One call of nn.LSTMCell/GRUCell/RNNCell: the first step of a new chain (a loop's
+        step 0, a step module's only step) or the next step of the chain it continues."""
+        x, hx = node.arg("input"), node.arg("hx")
+        params = [node.arg("w_ih"), node.arg("w_hh"), node.arg("b_ih", None),
+                  node.arg("b_hh", None)]
+        parts = list(hx) if isinstance(hx, tuple) else [hx]
+        if (not isinstance(x, TensorRef) or len(parts) != (2 if cell == "lstm" else 1)
+                or not all(isinstance(p, TensorRef) for p in parts)
+                or (params[2] is None) != (params[3] is None)):
+            self.fail(node, "arguments of an unexpected form")
+            return
+        has_biases = params[2] is not None
+        consts = [self.const(p) for p in params if p is not None]
+        if any(c is None for c in consts):
+            self.fail(node, "cell weights that are computed, not parameters")
+            return
+        weights = tuple(c.name for c in consts)
+        module = self.module_text(node)
+        states = [self.value(p) for p in parts]
+        source = self.value(x)
+        previous = [v for v in states if isinstance(v, _Cell)]
+        if previous:
+            self.next_step(node, cell, source, states, weights, module)
+            return
+        # the first step of a chain
+        if isinstance(source, _XStep) and source.t != 0 and any(
+                self.chains[k].weights == weights for k in range(len(self.chains))):
+            self.fail(node, f"{module} starts again from a zero state at step {source.t} "
+                            "(a state reset inside the loop); the C carries the state over "
+                            "the whole sequence: call NAME_reset between sequences instead")
+            return
+        if isinstance(source, _XStep):
+            if source.t != 0:
+                self.fail(node, f"the loop's first step reads x at step {source.t}; read x "
+                                "in order from step 0: for t in range(T): "
+                                + _CELL_HINT[cell])
+                return
+            input_size, batch = source.shape[2], source.shape[source.batch_axis]
+        elif isinstance(source, _Cell) and source.role == "h" and source.t == 0:
+            below = self.chains[source.chain]
+            if below.step_module or below.layer != len(self.layers) - 1:
+                self.fail(node, "its input is another cell's h that is not the layer below "
+                                "at the same step")
+                return
+            input_size = self.layers[below.layer].output_size
+            batch = self.shape(x.name)[0]
+        elif isinstance(source, _Input) and len(self.shape(x.name)) == 2:
+            if self.chains or self.layers:
+                self.fail(node, "a second model input used as a step's input")
+                return
+            input_size, batch = self.shape(x.name)[1], self.shape(x.name)[0]
+        else:
+            self.fail(node, "its input is neither x[:, t] of a model input x (a loop over "
+                            "time) nor a model input x_t of shape (B, I) (a step module: "
+                            "forward(x_t, h, c) -> (y, h, c))")
+            return
+        if isinstance(source, _Input) and not all(isinstance(v, _Input) for v in states):
+            self.fail(node, "a step module takes its state as forward arguments and returns "
+                            "the new state: forward(x_t, h, c) -> (y, h, c) (LSTMCell) or "
+                            "forward(x_t, h) -> (y, h)")
+            return
+        if not (all(isinstance(v, _Zeros) for v in states)
+                or all(isinstance(v, _Input) for v in states)):
+            self.fail(node, "an initial state that is neither model inputs nor zeros")
+            return
+        why = _weight_shapes(cell, consts, has_biases, input_size)
+        if why:
+            self.fail(node, f"weights of {module}: {why}")
+            return
+        direction = self.direction(cell, consts, has_biases, reverse=False)
+        hidden = direction.gates[0].w_x.shape[0]
+        name = consts[0].name
+        common = dict(module=name.rsplit(".", 1)[0] if "." in name else "", layer=0,
+                      input_size=input_size, hidden_size=hidden, directions=(direction,))
+        if cell == "lstm":
+            layer: RecurrentLayer = LSTMLayer(**common)
+        elif cell == "gru":
+            layer = GRULayer(**common)
+        else:
+            layer = RNNLayer(**common, nonlinearity="relu" if cell == "rnn_relu" else "tanh")
+        if not all(self.shape_is(node, out, (batch, hidden)) for out in node.outputs):
+            return
+        if isinstance(source, (_XStep, _Input)):
+            index = source.index
+            if self.x_index is not None and self.x_index != index:
+                self.fail(node, "a second model input used as a sequence")
+                return
+            if self.layers:
+                self.fail(node, "the model input feeds a layer after other layers")
+                return
+            self.x_index = index
+            if isinstance(source, _XStep):
+                self.seq_len = source.shape[source.time_axis]
+                self.inputs[index] = InputSpec("x", source.shape, source.batch_axis,
+                                               source.time_axis, features=input_size)
+            else:
+                self.step_module = True
+                self.seq_len = 1
+                self.inputs[index] = InputSpec("x", (batch, 1, input_size), 0, 1,
+                                               features=input_size)
+        group = len(self.groups)
+        self.layers.append(layer)
+        self.groups.append(StateGroup(module=layer.module, layers=(len(self.layers) - 1,),
+                                      cell=layer.kind, state_size=hidden, hidden_size=hidden,
+                                      rows=1))
+        if isinstance(states[0], _Input):
+            for part, value, role in zip(parts, states, ("h0", "c0")):
+                if self.shape(part.name) != (batch, hidden):
+                    self.fail(node, f"the state {role} has shape "
+                                    f"{list(self.shape(part.name))}; a cell's state is "
+                                    f"{[batch, hidden]} (B, H)")
+                    return
+                self.inputs[value.index] = InputSpec(role, (batch, hidden), batch_axis=0,
+                                                     size=hidden)
+            self.group_inputs[group] = tuple(v.index for v in states)
+        self.chains.append(_Chain(node, group, len(self.layers) - 1, weights, module,
+                                  step_module=isinstance(source, _Input),
+                                  source=None if isinstance(source, _Input) else source))
+        self.set_cell_outputs(node, len(self.chains) - 1, 0)
+
+    def next_step(self, node: Node, cell: str, source: Any, states: list[Any],
+                  weights: tuple[str, ...], module: str) -> None:
+        """A cell call fed by an earlier call's state: the chain's next step, or a problem."""
+        first = states[0]
+        chain = self.chains[first.chain] if isinstance(first, _Cell) else None
+        t = chain.steps if chain else 0
+        roles = ("h", "c")[:len(states)]
+        if chain is None or any(not isinstance(v, _Cell) or v.chain != first.chain
+                                or v.role != role for v, role in zip(states, roles)):
+            self.fail(node, f"its state is not the (h, c) of one earlier step of the cell; "
+                            f"carry it as {_CELL_HINT[cell]}")
+            return
+        if chain.step_module:
+            self.fail(node, "a step module calls its cell once; for a sequence, export the "
+                            "step module and call NAME_step per step (or NAME_run)")
+            return
+        if weights != chain.weights:
+            self.fail(node, f"step {t} runs {module} while step 0 ran {chain.module}: a loop "
+                            "with other weights at each step (e.g. a ModuleList of cells) is "
+                            "not one recurrent layer; use one cell for every step")
+            return
+        if any(v.t != t - 1 for v in states):
+            self.fail(node, f"step {t} starts from the state of step {first.t}, not of the "
+                            f"step before; carry the state from step to step: "
+                            f"{_CELL_HINT[cell]}")
+            return
+        if chain.closed_by:
+            self.fail(node, f"step {t} runs after {chain.closed_by}: a per-step head (e.g. "
+                            "fc(h) inside the loop) is not supported; collect the steps with "
+                            "torch.stack(outs, 1) and apply the head to the stacked sequence, "
+                            "or apply it to the last h after the loop")
+            return
+        below = chain.source
+        expected = (isinstance(source, _XStep) and isinstance(below, _XStep)
+                    and (source.index, source.time_axis) == (below.index, below.time_axis)
+                    and source.t == t) or (
+            isinstance(source, _Cell) and isinstance(below, _Cell)
+            and source.chain == below.chain and source.role == "h" and source.t == t)
+        if not expected:
+            got = f"step {source.t} of x" if isinstance(source, _XStep) else "another value"
+            self.fail(node, f"step {t} of {chain.module} reads {got}; a loop must feed step t "
+                            f"the input's step t, in order: for t in range(T): "
+                            f"{_CELL_HINT[cell]}")
+            return
+        hidden = self.layers[chain.layer].hidden_size
+        batch = self.shape(node.outputs[0])[0] if node.outputs and node.outputs[0] else 0
+        if not all(self.shape_is(node, out, (batch, hidden)) for out in node.outputs):
+            return
+        chain.steps += 1
+        self.set_cell_outputs(node, first.chain, t)
+
+    def set_cell_outputs(self, node: Node, chain: int, t: int) -> None:
+        for out, role in zip(node.outputs, ("h", "c")):
+            if out is not None:
+                self.values[out] = self.cell_outputs[out] = _Cell(chain, t, role)
+
+    def module_text(self, node: Node) -> str:
+        module = node.module
+        return f"{module.path} ({module.short_type})" if module else "the cell"
+
+    def stack(self, node: Node) -> None:
+        """``torch.stack(outs, dim)`` of a loop's h at every step so far: the layer's output
+        sequence."""
+        tensors, dim = node.arg("tensors"), node.arg("dim", 0)
+        values = [self.value(t) for t in tensors] if isinstance(tensors, tuple) else []
+        if not values or not all(isinstance(v, _Cell) for v in values):
+            self.fail(node, "unsupported operation (tinyrnn stacks only a loop's cell "
+                            "outputs h over time)")
+            return
+        chain = self.chains[values[0].chain]
+        out_shape = self.out_shape(node)
+        if (chain.step_module or any(v.chain != values[0].chain or v.role != "h"
+                                     for v in values)
+                or [v.t for v in values] != list(range(len(values)))):
+            self.fail(node, "stacks values other than the h of one cell at steps 0, 1, ...; "
+                            "return a step module's state as separate values (y, h, c)")
+            return
+        if not _is_int(dim) or len(out_shape) != 3 or dim % 3 not in (0, 1):
+            self.fail(node, f"stacks the steps on dim {dim}; stack them on the time axis "
+                            "(1 for batch-first, 0 for time-first)")
+            return
+        if chain.layer + 1 != len(self.layers):
+            self.fail(node, "branches off the data path at an earlier layer")
+            return
+        time_axis = dim % 3
+        chain.stacked = len(values)
+        self.set(node, _Data(len(self.layers), self.layers[chain.layer].output_size,
+                             out_shape, 1 - time_axis, time_axis))
+
+    def unbind(self, node: Node) -> None:
+        """``x.unbind(1)`` (``for x_t in x.unbind(1)``): the steps of the model input."""
+        value, dim = self.value(node.first()), node.arg("dim", 0)
+        shape = self.shape(node.first().name) if isinstance(node.first(), TensorRef) else ()
+        if not (isinstance(value, _Input) and len(shape) == 3 and _is_int(dim)
+                and dim % 3 in (0, 1) and len(node.outputs) == shape[dim % 3]):
+            self.fail(node, "unbinding something other than a model input's time axis")
+            return
+        time_axis = dim % 3
+        for t, out in enumerate(node.outputs):
+            if out is not None:
+                self.values[out] = _XStep(value.index, t, 1 - time_axis, time_axis, shape)
+
+    def check_chains(self) -> None:
+        """Every loop covers the whole sequence, and a stack gathers every step."""
+        for chain in self.chains:
+            if chain.step_module:
+                continue
+            if chain.steps != self.seq_len:
+                self.fail(chain.node, f"the loop over {chain.module} runs {chain.steps} of the "
+                                      f"{self.seq_len} steps of x; run the cell over every "
+                                      "step (the C runs it over all T)")
+            elif chain.stacked and chain.stacked != chain.steps:
+                self.fail(chain.node, f"torch.stack gathers {chain.stacked} of the "
+                                      f"{chain.steps} steps of {chain.module}; stack every "
+                                      "step")
 
     def recurrent(self, node: Node, cell: str) -> None:
         # all four ops share one signature
@@ -663,6 +1019,15 @@ class _Reader:
         if isinstance(value, _State):
             self.select_state(node, value)
             return
+        shape = self.shape(node.first().name) if isinstance(node.first(), TensorRef) else ()
+        if (isinstance(value, _Input) and node.target == "aten.select.int" and len(shape) == 3
+                and _is_int(dim) and -3 <= dim < 3 and dim % 3 in (0, 1)
+                and _is_int(node.arg("index")) and -shape[dim] <= node.arg("index") < shape[dim]):
+            # x[:, t] of a loop over time (a cell reads it); the batch is the other axis
+            time_axis = dim % 3
+            self.set(node, _XStep(value.index, node.arg("index") % shape[dim], 1 - time_axis,
+                                  time_axis, shape))
+            return
         if not isinstance(value, _Data) or value.time_axis is None:
             self.fail(node, "indexing something other than the sequence's time axis")
             return
@@ -740,13 +1105,67 @@ class _Reader:
         else:
             self.problems.append(_Problem(f"output {name}", why, None))
 
+    def cell_state_output(self, out: str, cell: _Cell) -> OutputSpec | None:
+        """A cell's h or c returned by the forward: the new state, ``(B, H)``."""
+        chain = self.chains[cell.chain]
+        if cell.t != chain.steps - 1:
+            self.fail_output(out, f"returns the state of step {cell.t} of {chain.module}, "
+                                  f"not of its last step {chain.steps - 1}")
+            return None
+        size = self.layers[chain.layer].hidden_size
+        return OutputSpec("h_n" if cell.role == "h" else "c_n", self.shape(out), batch_axis=0,
+                          size=size, group=chain.group)
+
+    def step_states(self, names: tuple[str, ...]) -> int:
+        """How many of a step module's outputs are its new state (they come last, in the
+        order of the state inputs); reports a module that breaks the convention."""
+        chain = next(c for c in self.chains if c.step_module)
+        indices = sorted(self.group_inputs.get(chain.group, ()))
+        roles = ["h" if self.inputs[i].role == "h0" else "c" for i in indices]
+        tail = list(names[len(names) - len(roles):]) if len(names) >= len(roles) else []
+        got = [self.cell_outputs.get(n) for n in tail]
+        if not (len(tail) == len(roles) and all(
+                g is not None and g.chain == self.chains.index(chain) and g.role == r
+                for g, r in zip(got, roles))):
+            order = ", ".join(f"new {r}" for r in roles)
+            found = ", ".join(f"{'new ' + g.role if g else 'another value'}" for g in got)
+            self.fail_output(names[-1] if names else "", (
+                f"a step module returns its outputs, then its new state in the order of its "
+                f"state inputs: (..., {order}); it returns ({found}) last"))
+            return -1
+        return len(roles)
+
     def read_outputs(self, names: tuple[str, ...]) -> tuple[OutputSpec, ...]:
         outputs = []
-        for out in names:
+        states = self.step_states(names) if self.step_module else 0
+        if states < 0:
+            return ()
+        for position, out in enumerate(names):
             value = self.values.get(out)
             if value is _FAILED:
                 continue
+            cell = self.cell_outputs.get(out)
+            if cell is not None and (not self.step_module or position >= len(names) - states):
+                spec = self.cell_state_output(out, cell)
+                if spec is not None:
+                    outputs.append(spec)
+                continue
+            if isinstance(value, _Cell):  # a step module's y is its h
+                node = self.producer[out]
+                if not self.cell_as_data(node, TensorRef(out)):
+                    continue
+                value = self.values[out]
             shape = self.shape(out)
+            if self.step_module and isinstance(value, _Data):
+                if value.depth != len(self.layers):
+                    self.fail_output(out, "returns an intermediate value of the data path")
+                elif len(shape) != 2 or value.batch_axis != 0:
+                    self.fail_output(out, f"a step module's output of shape {list(shape)}; "
+                                          "its outputs are (B, F)")
+                else:  # one step of a sequence (B, T, F)
+                    outputs.append(OutputSpec("sequence", (shape[0], 1, shape[1]), 0, 1,
+                                              features=value.features))
+                continue
             if isinstance(value, _Data):
                 if value.depth != len(self.layers):
                     self.fail_output(out, "returns an intermediate value of the data path")

@@ -160,8 +160,9 @@ def assemble_outputs(
                 stacked = stacked.transpose(1, 0, 2)
         elif spec["role"] == "vector":
             stacked = np.stack([np.reshape(s[k], (-1,)) for s in per_sample], axis=0)
-        else:  # h_n / c_n: (rows, B, W)
-            rows = shape[0]
-            stacked = np.stack([np.reshape(s[k], (rows, -1)) for s in per_sample], axis=1)
+        else:  # h_n / c_n: (rows, B, W), or a cell's (B, H)
+            inner = [d for axis, d in enumerate(shape) if axis != spec["batch_axis"]]
+            stacked = np.stack([np.reshape(s[k], inner) for s in per_sample],
+                               axis=spec["batch_axis"])
         outputs.append(np.ascontiguousarray(stacked.reshape(shape)))
     return outputs

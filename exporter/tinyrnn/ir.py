@@ -181,8 +181,8 @@ class InputSpec:
     """One argument of the torch forward (after flattening nested tuples)."""
 
     role: Literal["x", "h0", "c0"]
-    torch_shape: tuple[int, ...]
-    batch_axis: int
+    torch_shape: tuple[int, ...]  # a step module's x: (B, 1, I), the iterated form's shape
+    batch_axis: int  # h0/c0: 1 for torch's (rows, B, H), 0 for a cell's (B, H)
     time_axis: int | None = None  # x only
     features: int = 0  # x only
     size: int = 0  # h0/c0: floats per sample
@@ -197,7 +197,7 @@ class OutputSpec:
     batch_axis: int
     time_axis: int | None = None  # sequence only
     features: int = 0  # sequence/vector
-    size: int = 0  # h_n/c_n: floats per sample
+    size: int = 0  # h_n/c_n: floats per sample; (rows, B, H) or a cell's (B, H)
     group: int = -1  # h_n/c_n: index into Model.groups
 
 
@@ -213,6 +213,11 @@ class Model:
     max_seq_len: int
     state_group: int  # the group NAME_set_state loads (the one taking h0, else 0)
     source_lines: tuple[str, ...] = field(default=())
+    step_module: bool = False
+    """The torch forward is ONE step of a cell, ``forward(x_t, *state) -> (*y, *state)``
+    (docs/c-api.md, "Step modules"). The IR describes it iterated over a sequence: x is
+    ``(B, T, I)`` (``torch_shape`` ``(B, 1, I)``), each y a sequence ``(B, T, F)``, the states
+    ``(B, H)`` in and out; the forward's own x_t is ``(B, I)``."""
 
     @property
     def recurrent(self) -> tuple[RecurrentLayer, ...]:
