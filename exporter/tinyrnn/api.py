@@ -13,8 +13,9 @@ import torch
 
 from .checks import check_name, check_number
 from .errors import TinyRNNError
-from .frontend import capture, read_program
+from .frontend import archive_bytes, read_captured, read_program, trace
 from .ir import Dense, Model, RecurrentLayer, SelectStep
+from .outputs import output_folder
 from .pt2 import Program
 from .render import render
 
@@ -63,14 +64,19 @@ def _flat_arrays(value: Any) -> list[np.ndarray]:
     return [np.asarray(value)]
 
 
-def example_arrays(program: Program) -> list[np.ndarray]:
-    """The example inputs saved with the program, as flat arrays."""
+def example_arrays(program: Program, model: Model | None = None) -> list[np.ndarray]:
+    """The example inputs saved with the program, as flat arrays in the form the exported C
+    takes: a step module's x_t ``(B, I)`` becomes a sequence of one step ``(B, 1, I)``."""
     if not program.example_inputs:
         raise TinyRNNError(
             "the model archive holds no example inputs and no calibration data was given; "
             "pass --calibration X.npy (or calibration= in the API)"
         )
-    return list(program.example_inputs)
+    arrays = list(program.example_inputs)
+    if model is not None and model.step_module:
+        arrays = [a[:, None] if spec.role == "x" and a.ndim == 2 else a
+                  for spec, a in zip(model.inputs, arrays)]
+    return arrays
 
 
 def quantize_model(
@@ -172,7 +178,7 @@ def export_program(
     quantized = None
     if format != "float32":
         cal = _flat_arrays(calibration) if calibration is not None else None
-        example = example_arrays(program) if cal is None else None
+        example = example_arrays(program, model) if cal is None else None
         quantized = quantize_model(model, format, cal, example)
         options["calibration"] = quantized.ranges.source
     return render(model, Path(out_dir), name, format, options, quantized)
@@ -187,17 +193,30 @@ def export(
     name: str = "model",
     max_seq_len: int | None = None,
     calibration: Any = None,
+    save_program: bool = False,
 ) -> dict:
     """Capture ``model`` with torch.export and write NAME.h, NAME.c, NAME.json to ``out_dir``.
 
     ``example_inputs`` are the forward's arguments (a tensor, or a tuple such as
-    ``(x, (h0, c0))``). Bidirectional models get sequence buffers of ``max_seq_len`` steps
-    (default: the example's length). ``format``: ``w8a16`` (default), ``w16a16`` or
-    ``float32``. ``calibration``: representative inputs in the forward's form for the
-    integer formats (without it the example input is used and a CalibrationWarning says so).
-    Returns the manifest as a dict.
+    ``(x, (h0, c0))``; for a step module ``(x_t, h, c)``, see docs/c-api.md). Bidirectional
+    models get sequence buffers of ``max_seq_len`` steps (default: the example's length).
+    ``format``: ``w8a16`` (default), ``w16a16`` or ``float32``. ``calibration``:
+    representative inputs in the form ``tinyrnn run-host`` takes (x as ``(B, T, I)``
+    sequences, then any initial state) for the integer formats (without it the example input
+    is used and a CalibrationWarning says so). ``save_program``: also write the captured
+    program as ``NAME.pt2`` (what ``torch.export.save`` writes) beside the C, so that
+    ``tinyrnn verify``, ``report`` and ``export`` can use it afterwards. Returns the manifest
+    as a dict.
     """
-    program = capture(model, example_inputs if isinstance(example_inputs, tuple)
-                      else (example_inputs,))
-    return export_program(program, out_dir, format=format, name=name, max_seq_len=max_seq_len,
-                          calibration=calibration)
+    exported = trace(model, example_inputs if isinstance(example_inputs, tuple)
+                     else (example_inputs,))
+    data = archive_bytes(exported)
+    program = read_captured(data)
+    options = dict(format=format, name=name, max_seq_len=max_seq_len, calibration=calibration)
+    if not save_program:
+        return export_program(program, out_dir, **options)
+    check_options(format, name, max_seq_len)
+    with output_folder(out_dir) as stage:  # the C and the program appear together or not
+        manifest = export_program(program, stage, **options)
+        (stage / f"{name}.pt2").write_bytes(data)
+    return manifest
