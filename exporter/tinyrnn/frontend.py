@@ -218,6 +218,7 @@ class _Chain:
     closed_by: str = ""  # why no further step may follow (its h was used as data)
     selected: Any = None  # the _Data of the last step's h, once something used it as data
     stacked: int = 0  # steps of the chain gathered by torch.stack
+    broken: bool = False  # a later call of the cell was reported: no more about this chain
 
 
 @dataclass(frozen=True)
@@ -394,7 +395,8 @@ class _Reader:
             raise TinyRNNError(
                 f"the model uses {len(self.problems)} operation(s) tinyrnn cannot export:\n"
                 f"  - {listing}\n"
-                "Supported: nn.LSTM/GRU/RNN (any options), Linear, taking one time step, "
+                "Supported: nn.LSTM/GRU/RNN (any options), nn.LSTMCell/GRUCell/RNNCell (a step "
+                "module or a loop over time, see docs/c-api.md), Linear, taking one time step, "
                 "relu/tanh/sigmoid/softmax/log_softmax, dropout, and views that move no data."
             )
         if self.x_index is None:
@@ -532,15 +534,17 @@ class _Reader:
             return
         weights = tuple(c.name for c in consts)
         module = self.module_text(node)
-        states = [self.value(p) for p in parts]
-        source = self.value(x)
+        # a cell output keeps its meaning even where it also fed a layer as data
+        states = [self.cell_outputs.get(p.name) or self.value(p) for p in parts]
+        source = self.cell_outputs.get(x.name) or self.value(x)
         previous = [v for v in states if isinstance(v, _Cell)]
         if previous:
             self.next_step(node, cell, source, states, weights, module)
             return
         # the first step of a chain
-        if isinstance(source, _XStep) and source.t != 0 and any(
-                self.chains[k].weights == weights for k in range(len(self.chains))):
+        again = [c for c in self.chains if c.weights == weights]
+        if isinstance(source, _XStep) and source.t != 0 and again:
+            again[-1].broken = True
             self.fail(node, f"{module} starts again from a zero state at step {source.t} "
                             "(a state reset inside the loop); the C carries the state over "
                             "the whole sequence: call NAME_reset between sequences instead")
@@ -641,6 +645,8 @@ class _Reader:
         chain = self.chains[first.chain] if isinstance(first, _Cell) else None
         t = chain.steps if chain else 0
         roles = ("h", "c")[:len(states)]
+        if chain is not None:  # whatever is wrong with this call, it is reported once
+            chain.broken = True
         if chain is None or any(not isinstance(v, _Cell) or v.chain != first.chain
                                 or v.role != role for v, role in zip(states, roles)):
             self.fail(node, f"its state is not the (h, c) of one earlier step of the cell; "
@@ -683,6 +689,7 @@ class _Reader:
         if not all(self.shape_is(node, out, (batch, hidden)) for out in node.outputs):
             return
         chain.steps += 1
+        chain.broken = False
         self.set_cell_outputs(node, first.chain, t)
 
     def set_cell_outputs(self, node: Node, chain: int, t: int) -> None:
@@ -698,7 +705,9 @@ class _Reader:
         """``torch.stack(outs, dim)`` of a loop's h at every step so far: the layer's output
         sequence."""
         tensors, dim = node.arg("tensors"), node.arg("dim", 0)
-        values = [self.value(t) for t in tensors] if isinstance(tensors, tuple) else []
+        values = ([self.cell_outputs.get(t.name) or self.value(t) for t in tensors]
+                  if isinstance(tensors, tuple) and all(isinstance(t, TensorRef) for t in tensors)
+                  else [])
         if not values or not all(isinstance(v, _Cell) for v in values):
             self.fail(node, "unsupported operation (tinyrnn stacks only a loop's cell "
                             "outputs h over time)")
@@ -739,7 +748,7 @@ class _Reader:
     def check_chains(self) -> None:
         """Every loop covers the whole sequence, and a stack gathers every step."""
         for chain in self.chains:
-            if chain.step_module:
+            if chain.step_module or chain.broken:
                 continue
             if chain.steps != self.seq_len:
                 self.fail(chain.node, f"the loop over {chain.module} runs {chain.steps} of the "
