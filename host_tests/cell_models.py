@@ -33,7 +33,8 @@ class Form:
     """How a cell is used: a step module, or a Python loop over time."""
 
     kind: str
-    form: str  # "step", "loop", "loop_last" (head on the last h), "loop_h0", "loop_tf"
+    form: str  # "step", "loop", "loop_last" (head on the last h), "loop_h0", "loop_tf",
+    # "stacked" (two cells, the second reading the first's h at each step; x.unbind(1))
     bias: bool = True
 
     @property
@@ -66,15 +67,24 @@ class LoopModule(nn.Module):
         super().__init__()
         self.kind, self.form = f.kind, f.form
         self.cell = make_cell(f.kind, INPUT, HIDDEN, f.bias)
+        if f.form == "stacked":
+            self.cell2 = make_cell(f.kind, HIDDEN, HIDDEN, f.bias)
         self.fc = nn.Linear(HIDDEN, OUT)
 
     def forward(self, x, *h0):
         time_axis = 0 if self.form == "loop_tf" else 1
         batch = x.shape[1 - time_axis]
-        state = h0 or tuple(torch.zeros(batch, HIDDEN) for _ in range(1 + (self.kind == "lstm")))
+        zeros = tuple(torch.zeros(batch, HIDDEN) for _ in range(1 + (self.kind == "lstm")))
+        state, below = h0 or zeros, zeros
         outs = []
-        for t in range(x.shape[time_axis]):
-            state = call_cell(self.kind, self.cell, x[t] if time_axis == 0 else x[:, t], state)
+        for t, x_t in enumerate(x.unbind(1) if self.form == "stacked"
+                               else range(x.shape[time_axis])):
+            if self.form == "stacked":
+                below = call_cell(self.kind, self.cell, x_t, below)
+                state = call_cell(self.kind, self.cell2, below[0], state)
+            else:
+                x_t = x[t] if time_axis == 0 else x[:, t]
+                state = call_cell(self.kind, self.cell, x_t, state)
             outs.append(state[0])
         if self.form == "loop_last":
             return torch.softmax(self.fc(state[0]), dim=-1)
@@ -126,16 +136,20 @@ def torch_sequence(f: Form, module: nn.Module, arrays: list[np.ndarray]) -> list
 class Equivalent(nn.Module):
     """The nn.LSTM/GRU/RNN model computing what a cell form computes, with the cell's weights."""
 
-    def __init__(self, f: Form, cell: nn.Module, fc: nn.Linear):
+    def __init__(self, f: Form, cell: nn.Module, fc: nn.Linear, cell2: nn.Module | None = None):
         super().__init__()
         cls = {"lstm": nn.LSTM, "gru": nn.GRU}.get(f.kind, nn.RNN)
         kw = {} if f.kind in ("lstm", "gru") else {"nonlinearity": f.kind[4:]}
         self.form = f.form
-        self.rnn = cls(INPUT, HIDDEN, bias=f.bias, batch_first=f.form != "loop_tf", **kw)
+        cells = [cell] + ([cell2] if cell2 is not None else [])
+        self.rnn = cls(INPUT, HIDDEN, num_layers=len(cells), bias=f.bias,
+                       batch_first=f.form != "loop_tf", **kw)
         self.fc = fc
         with torch.no_grad():
-            for name in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if f.bias else ()):
-                getattr(self.rnn, name + "_l0").copy_(getattr(cell, name))
+            for layer, one in enumerate(cells):
+                for name in ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if f.bias
+                                                          else ()):
+                    getattr(self.rnn, f"{name}_l{layer}").copy_(getattr(one, name))
 
     def forward(self, x):
         out, _ = self.rnn(x)

@@ -47,7 +47,8 @@ from tinyrnn.pt2 import read_archive
 FORMS = [Form(kind, form) for kind in CELL_KINDS for form in ("step", "loop")]
 FORMS += [Form("lstm", "loop_last"), Form("rnn_relu", "loop_last"), Form("lstm", "loop_h0"),
           Form("gru", "loop_h0"), Form("lstm", "loop_tf"), Form("rnn_tanh", "loop_tf"),
-          Form("lstm", "loop", bias=False), Form("gru", "step", bias=False)]
+          Form("lstm", "loop", bias=False), Form("gru", "step", bias=False),
+          Form("gru", "stacked"), Form("lstm", "stacked")]
 INTEGER_FORMS = [f for f in FORMS if f.form in ("step", "loop") and f.bias]
 TOL = 1e-5
 STEPS = 11  # the archives hold 6 steps: the C and the reference run at another length
@@ -87,11 +88,12 @@ def test_the_ir_equals_the_equivalent_recurrent_modules(f: Form):
     the interface of docs/c-api.md: x a sequence (B, T, I), states (B, H) in and out."""
     module, args = build(f)
     model = read_program(capture(module, args))
-    equivalent = Equivalent(f, module.cell, module.fc).eval()
+    equivalent = Equivalent(f, module.cell, module.fc, getattr(module, "cell2", None)).eval()
     want = read_program(capture(equivalent, (equivalent_example(f),)))
     _assert_same_layers(model.layers, want.layers)
-    assert [(g.cell, g.state_size, g.hidden_size, g.rows) for g in model.groups] == [
-        (g.cell, g.state_size, g.hidden_size, g.rows) for g in want.groups]
+    # each cell is a state group of its own (stacked cells: two), one torch module is one
+    groups = [(g.cell, g.state_size, g.hidden_size, g.rows) for g in model.groups]
+    assert groups == [(want.groups[0].cell, HIDDEN, HIDDEN, 1)] * len(want.recurrent)
     assert model.step_module == (f.form == "step")
     batch = 3
     x = model.inputs[0]
