@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import TinyRNNError
+from .errors import TinyRNNError, TinyRNNWarning
 
 EXIT_USER_ERROR = 2
 EXIT_MISMATCH = 1
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .api import CalibrationWarning, check_options, export_program
+    from .api import check_options, export_program, ignore_calibration_for_float
     from .frontend import load_program
     from .io import load_inputs
     from .outputs import check_folder
@@ -34,19 +34,18 @@ def _export(args: argparse.Namespace) -> int:
     elif package_options_given(args):
         raise TinyRNNError("--input, --lib-version, --url and --force apply to the library of "
                            "--package FORM; add --package or drop them")
-    if args.calibration is not None and args.format == "float32":
-        raise TinyRNNError("--calibration applies to the integer formats (w8a16, w16a16), "
-                           "not float32; drop it or choose an integer --format")
-    calibration = load_inputs(args.calibration) if args.calibration else None
-    program = load_program(args.model)
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CalibrationWarning)
+        warnings.simplefilter("always", TinyRNNWarning)
+        # float32 ignores --calibration (with a warning) without reading the file
+        path = ignore_calibration_for_float(args.format, args.calibration)
+        calibration = load_inputs(path) if path else None
+        program = load_program(args.model)
         manifest = export_program(
             program, args.out, format=args.format, name=args.name, max_seq_len=args.max_seq_len,
             calibration=calibration,
         )
     for w in caught:
-        if issubclass(w.category, CalibrationWarning):
+        if issubclass(w.category, TinyRNNWarning):
             print(f"warning: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
