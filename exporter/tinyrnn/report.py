@@ -19,11 +19,10 @@ import base64
 import html
 import math
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
@@ -37,61 +36,22 @@ FIGURE_DPI = 100
 
 
 # ---------------------------------------------------------------------------------------------
-# A progress bar for terminals (stderr, only when it is a terminal)
+# Progress (stderr, only when it is a terminal)
 
 
-class Progress:
-    """A one-line progress bar on stderr; silent when stderr is not a terminal.
+def progress_bar(total: int, label: str, enabled: bool | None = None) -> Any:
+    """A tqdm progress bar on stderr that clears itself when done. ``enabled=None``: only
+    when stderr is a terminal (never in logs or pipes).
 
-        with Progress(len(samples), "C on host") as bar:
+        with progress_bar(len(samples), "C on host") as bar:
             for s in samples:
                 ...
-                bar.advance()
+                bar.update()
     """
+    from tqdm import tqdm
 
-    def __init__(self, total: int, label: str, stream: TextIO | None = None,
-                 enabled: bool | None = None) -> None:
-        self.total = max(1, total)
-        self.label = label
-        self.done = 0
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = (self.stream.isatty() if enabled is None else enabled)
-        self._started = time.monotonic()
-        self._drawn = -1.0
-
-    def __enter__(self) -> Progress:
-        self._draw(force=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def advance(self, count: int = 1) -> None:
-        """Mark ``count`` more items done."""
-        self.done = min(self.total, self.done + count)
-        self._draw()
-
-    def close(self) -> None:
-        """Draw the final state and end the line."""
-        if self.enabled:
-            self._draw(force=True)
-            self.stream.write("\n")
-            self.stream.flush()
-            self.enabled = False
-
-    def _draw(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._drawn < 0.1 and self.done < self.total:
-            return
-        self._drawn = now
-        width = 28
-        filled = int(width * self.done / self.total)
-        elapsed = now - self._started
-        self.stream.write(f"\r{self.label:<22} [{'#' * filled}{'.' * (width - filled)}] "
-                          f"{self.done}/{self.total} {elapsed:5.1f}s")
-        self.stream.flush()
+    return tqdm(total=total, desc=label, file=sys.stderr, leave=False, dynamic_ncols=True,
+                disable=None if enabled is None else not enabled)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,25 +296,25 @@ def _make_report(model_path: str | Path, model_dir: str | Path, input_path: str 
     samples = split_inputs(interface, inputs)
     title = f"{manifest['name']} ({manifest['format']})"
 
-    with Progress(1, "torch", enabled=progress) as bar:
+    with progress_bar(1, "torch", enabled=progress) as bar:
         torch_out = torch_outputs(program, inputs, interface)
-        bar.advance()
+        bar.update()
     compiled = load(model_dir)
     per_sample = []
-    with Progress(len(samples), "C on the host", enabled=progress) as bar:
+    with progress_bar(len(samples), "C on the host", enabled=progress) as bar:
         for sample in samples:
             per_sample.append(compiled.run_sample(sample))
-            bar.advance()
+            bar.update()
     c_out = assemble_outputs(interface, per_sample, samples[0]["x"].shape[0])
     if len(c_out) != len(torch_out):
         raise TinyRNNError(f"the C returns {len(c_out)} outputs but the model returns "
                            f"{len(torch_out)}; was {model_dir} exported from {model_path}?")
     errors = compare_outputs(interface, torch_out, c_out)
-    with Progress(1, "tinyrnn verify", enabled=progress) as bar:
+    with progress_bar(1, "tinyrnn verify", enabled=progress) as bar:
         layers, verdict = _verification(model_path, model_dir, Path(input_path))
-        bar.advance()
+        bar.update()
 
-    with Progress(1, f"profile {chosen.core}", enabled=progress) as bar:
+    with progress_bar(1, f"profile {chosen.core}", enabled=progress) as bar:
         try:
             resolve_core(chosen.core)
             cost = profile(model_dir, board=chosen)
@@ -362,7 +322,7 @@ def _make_report(model_path: str | Path, model_dir: str | Path, input_path: str 
             cost, cost_error = None, str(exc)
         else:
             cost_error = ""
-        bar.advance()
+        bar.update()
 
     images: list[Path] = []
     trace = plot_traces(out / "traces.png", interface, torch_out, c_out, title)
