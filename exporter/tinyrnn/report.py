@@ -18,6 +18,7 @@ import argparse
 import base64
 import html
 import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -241,7 +242,7 @@ class Report:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
-def _verification(model_path: Path, model_dir: Path, input_path: Path
+def _verification(model_path: Path, model_dir: Path, inputs: Sequence[np.ndarray]
                   ) -> tuple[list[dict] | None, str]:
     """Per-layer SQNR and the verdict from :func:`tinyrnn.verify.verify`, when it offers them.
 
@@ -250,7 +251,7 @@ def _verification(model_path: Path, model_dir: Path, input_path: Path
     """
     from .verify import verify
 
-    result = verify(model_path, model_dir, input_path)
+    result = verify(model_path, model_dir, inputs)
     verdict = str(result.get("lines", [""])[-1])
     layers = result.get("layers")
     if not layers:
@@ -261,10 +262,11 @@ def _verification(model_path: Path, model_dir: Path, input_path: Path
             for layer in layers], verdict
 
 
-def make_report(model_path: str | Path, model_dir: str | Path, input_path: str | Path,
+def make_report(model_path: str | Path, model_dir: str | Path, inputs: Any,
                 out_dir: str | Path = "report", board: str = DEFAULT_BOARD,
                 progress: bool | None = None) -> Report:
-    """Compare torch and the exported C on ``input_path``, profile for ``board``, write a page.
+    """Compare torch and the exported C on ``inputs`` (a .npy/.npz path or the arrays,
+    :func:`tinyrnn.io.read_inputs`), profile for ``board``, write a page.
 
     ``progress``: draw progress bars on stderr (default: when stderr is a terminal). The
     files appear in ``out_dir`` only when the page is complete (:mod:`tinyrnn.outputs`).
@@ -273,17 +275,17 @@ def make_report(model_path: str | Path, model_dir: str | Path, input_path: str |
 
     out = Path(out_dir)
     with output_folder(out, "-o") as stage:
-        made = _make_report(model_path, model_dir, input_path, stage, board, progress)
+        made = _make_report(model_path, model_dir, inputs, stage, board, progress)
     return Report(markdown=out / made.markdown.name, html=out / made.html.name,
                   images=[out / p.name for p in made.images], numbers=made.numbers)
 
 
-def _make_report(model_path: str | Path, model_dir: str | Path, input_path: str | Path,
+def _make_report(model_path: str | Path, model_dir: str | Path, given: Any,
                  out_dir: Path, board: str, progress: bool | None) -> Report:
     from .boards import load_board
     from .frontend import load_program
     from .host import load, read_manifest
-    from .io import assemble_outputs, load_inputs, split_inputs
+    from .io import assemble_outputs, read_inputs, split_inputs
     from .profile import profile, resolve_core
     from .verify import torch_outputs
 
@@ -292,7 +294,9 @@ def _make_report(model_path: str | Path, model_dir: str | Path, input_path: str 
     manifest = read_manifest(model_dir)
     interface = manifest["interface"]
     program = load_program(model_path)  # before anything is written: a bad archive stops here
-    inputs = load_inputs(input_path)
+    inputs = read_inputs(given)
+    source = (f"input `{Path(given).name}`" if isinstance(given, (str, os.PathLike))
+              else "inputs given in Python")
     samples = split_inputs(interface, inputs)
     title = f"{manifest['name']} ({manifest['format']})"
 
@@ -311,7 +315,7 @@ def _make_report(model_path: str | Path, model_dir: str | Path, input_path: str 
                            f"{len(torch_out)}; was {model_dir} exported from {model_path}?")
     errors = compare_outputs(interface, torch_out, c_out)
     with progress_bar(1, "tinyrnn verify", enabled=progress) as bar:
-        layers, verdict = _verification(model_path, model_dir, Path(input_path))
+        layers, verdict = _verification(model_path, model_dir, inputs)
         bar.update()
 
     with progress_bar(1, f"profile {chosen.core}", enabled=progress) as bar:
@@ -349,7 +353,7 @@ def _make_report(model_path: str | Path, model_dir: str | Path, input_path: str 
         numbers["flash_bytes"] = sum(flash.values())
         numbers["ram_bytes"] = sum(ram.values())
     page = _markdown(manifest, chosen, errors, layers, cost, cost_error, numbers,
-                     [p.name for p in images], model_path, input_path)
+                     [p.name for p in images], model_path, source)
     markdown = out / "report.md"
     markdown.write_text(page, encoding="utf-8")
     html_path = out / "report.html"
@@ -364,10 +368,10 @@ def _fmt_db(value: float) -> str:
 def _markdown(manifest: Mapping[str, Any], board: Any, errors: Sequence[OutputError],
               layers: list[dict] | None, cost: Any, cost_error: str,
               numbers: Mapping[str, Any], images: Sequence[str], model_path: Path,
-              input_path: str | Path) -> str:
+              source: str) -> str:
     name = f"{manifest['name']} ({manifest['format']})"
     lines = [f"# tinyrnn report: {name}", "",
-             f"Model `{model_path.name}`, input `{Path(input_path).name}` "
+             f"Model `{model_path.name}`, {source} "
              f"({numbers['samples']} sequence(s)), board **{board.name}** ({board.core}, "
              f"{board.clock_hz / 1e6:g} MHz). The C ran on the host (the same source as on the "
              "board).", "", "## Accuracy: C against torch", "",
