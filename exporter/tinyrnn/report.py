@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import json
 import math
 import os
 import sys
@@ -508,19 +509,15 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--board", default=DEFAULT_BOARD,
                         help=f"board whose capacity and core to show (default {DEFAULT_BOARD}; "
                              "see `tinyrnn boards`)")
+    parser.add_argument("--json", action="store_true", help="print the paths and numbers as "
+                        "JSON")
     parser.set_defaults(func=_cli_report)
 
 
 def _cli_report(args: argparse.Namespace) -> int:
-    result = make_report(args.model, args.dir, args.input, args.output, board=args.board)
-    print(f"wrote {result.html} (self-contained) and {result.markdown} with "
-          f"{len(result.images)} plot(s)")
-    for output in result.numbers["outputs"]:
-        print(f"  out{output['index']}: max abs error {output['max_abs_error']:.3g}, "
-              f"SQNR {_fmt_db(output['sqnr_db'])}")
-    profile = result.numbers.get("profile")
-    if profile:
-        cycles = profile["cycles_per_step"]
-        print(f"  {profile['cpu']}: {profile['instructions_per_step']:,} instructions/step"
-              + (f", ~{cycles:,} cycles/step" if cycles is not None else ""))
+    from .commands import report as report_command
+
+    result = report_command(args.model, args.dir, args.input, output=args.output,
+                            board=args.board)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.text())
     return 0
