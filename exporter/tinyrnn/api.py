@@ -40,7 +40,7 @@ def ignore_calibration_for_float(format: str, calibration: Any) -> Any:
         "--calibration (calibration= in the API) applies to the integer formats (w8a16, "
         "w16a16); float32 has no ranges to calibrate, so it is ignored",
         CalibrationIgnoredWarning,
-        stacklevel=3,
+        stacklevel=4,  # the caller of tinyrnn.export
     )
     return None
 

@@ -14,11 +14,12 @@ the forward's order (:func:`tinyrnn.io.read_inputs`).
 
 from __future__ import annotations
 
+import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -37,7 +38,10 @@ from .report import _fmt_db as _report_db
 from .results import TEXT_ONLY, JsonResult
 from .verify import verify as _verify
 
-Inputs = Any
+if TYPE_CHECKING:
+    import torch
+
+Inputs = Union[str, os.PathLike, np.ndarray, "torch.Tensor", Sequence[Any]]
 """A .npy/.npz path, an array or tensor, or a list/tuple of them (the forward's arguments)."""
 
 __all__ = [
