@@ -50,7 +50,7 @@ from tinyrnn import api  # noqa: E402
 from tinyrnn.dspasm import steady_cycles  # noqa: E402
 from tinyrnn.profile import lower_bound_cycles, profile  # noqa: E402
 from tinyrnn.quantize import padded  # noqa: E402
-from tinyrnn.report import Progress, save_figure, sqnr_db  # noqa: E402
+from tinyrnn.report import progress_bar, save_figure, sqnr_db  # noqa: E402
 from tinyrnn.v6masm import steady_instructions_per_mac  # noqa: E402
 
 ALL_FORMATS = ("float32", "w8a16", "w16a16")
@@ -145,7 +145,7 @@ def run_cost_suite(formats: Sequence[str], shapes: Sequence[tuple[int, int]],
                    cores: Sequence[str], work: Path, jobs: int) -> list[dict[str, Any]]:
     """Export every case, profile it on every core (in parallel); one row per case."""
     cases = [CostCase(cell, i, h, fmt) for cell in CELLS for (i, h) in shapes for fmt in formats]
-    with Progress(len(cases), "export") as bar:
+    with progress_bar(len(cases), "export") as bar:
         for case in cases:
             torch.manual_seed(SEED)
             model = Cell(case.cell, case.input_size, case.hidden).eval()
@@ -153,14 +153,14 @@ def run_cost_suite(formats: Sequence[str], shapes: Sequence[tuple[int, int]],
                                       .manual_seed(SEED))
             export(model, torch.zeros(1, 4, case.input_size), work / case.id, case.fmt,
                    "bench", calibration)
-            bar.advance()
+            bar.update()
     todo = [(str(work / case.id), cpu) for case in cases for cpu in cores]
     results: dict[tuple[str, str], dict[str, Any]] = {}
-    with Progress(len(todo), "profile") as bar, ProcessPoolExecutor(
+    with progress_bar(len(todo), "profile") as bar, ProcessPoolExecutor(
             max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for job, result in zip(todo, pool.map(_profile_job, todo)):
             results[job] = result
-            bar.advance()
+            bar.update()
     rows = []
     for case in cases:
         per_core = {cpu: results[(str(work / case.id), cpu)] for cpu in cores}
@@ -400,7 +400,7 @@ def run_accuracy_suite(formats: Sequence[str], work: Path, epochs: dict[str, int
                 "train": len(data.train), "test": len(data.test),
                 "classes": len(data.classes), "torch_accuracy":
                 float(np.mean(predicted == data.test_y)), "formats": {}}
-            with Progress(len(formats), f"{name} {cell}") as bar:
+            with progress_bar(len(formats), f"{name} {cell}") as bar:
                 for fmt in formats:
                     out = work / f"acc_{name}_{cell}_{fmt}"
                     example = torch.from_numpy(data.test[0])[None]
@@ -412,7 +412,7 @@ def run_accuracy_suite(formats: Sequence[str], work: Path, epochs: dict[str, int
                         "sqnr_db": sqnr_db(reference, logits),
                         "max_abs_error": float(np.max(np.abs(logits - reference))),
                     }
-                    bar.advance()
+                    bar.update()
             row["seconds"] = round(time.monotonic() - started, 1)
             rows.append(row)
     return rows

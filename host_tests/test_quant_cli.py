@@ -79,11 +79,19 @@ def test_export_without_calibration_warns(files, capsys):
     assert "warning: no calibration data given" in err and "--calibration" in err
 
 
-def test_calibration_with_float32_is_a_usage_error(files, capsys):
+def test_calibration_with_float32_is_ignored_with_a_warning(files, capsys):
+    """One script can export every format: float32 warns, does not read the file, and
+    writes the same bytes as without --calibration."""
     root, _, _ = files
+    capsys.readouterr()
     assert main(["export", str(root / "m.pt2"), "--out", str(root / "f"), "--format",
-                 "float32", "--calibration", str(root / "cal.npz")]) == 2
-    assert "--calibration applies to the integer formats" in capsys.readouterr().err
+                 "float32", "--calibration", str(root / "missing.npz")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: --calibration") and "so it is ignored" in err
+    assert main(["export", str(root / "m.pt2"), "--out", str(root / "g"), "--format",
+                 "float32"]) == 0
+    for name in ("model.h", "model.c", "model.json"):
+        assert (root / "f" / name).read_bytes() == (root / "g" / name).read_bytes()
 
 
 def test_calibration_file_must_match_the_forward(files, capsys):

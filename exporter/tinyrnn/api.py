@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .checks import check_name, check_number
-from .errors import TinyRNNError
+from .errors import TinyRNNError, TinyRNNWarning
 from .frontend import archive_bytes, read_captured, read_program, trace
 from .ir import Dense, Model, RecurrentLayer, SelectStep
 from .outputs import output_folder
@@ -23,8 +23,27 @@ FORMATS = ("w8a16", "w16a16", "float32")
 DEFAULT_FORMAT = "w8a16"
 
 
-class CalibrationWarning(UserWarning):
+class CalibrationWarning(TinyRNNWarning):
     """Exported without calibration data: the formats come from the example input only."""
+
+
+class CalibrationIgnoredWarning(TinyRNNWarning):
+    """Calibration data was given for float32, which has no ranges to calibrate: it is not
+    read and the export equals one without it (as converters do, so that one script can
+    export every format)."""
+
+
+def ignore_calibration_for_float(format: str, calibration: Any) -> Any:
+    """``calibration``, or None (with a :class:`CalibrationIgnoredWarning`) for float32."""
+    if calibration is None or format != "float32":
+        return calibration
+    warnings.warn(
+        "--calibration (calibration= in the API) applies to the integer formats (w8a16, "
+        "w16a16); float32 has no ranges to calibrate, so it is ignored",
+        CalibrationIgnoredWarning,
+        stacklevel=4,  # the caller of tinyrnn.export
+    )
+    return None
 
 
 class CalibrationRangeWarning(CalibrationWarning):
@@ -172,6 +191,7 @@ def export_program(
     (one array, or a list/tuple such as ``[x, h0, c0]``), usually many sequences.
     """
     check_options(format, name, max_seq_len)
+    calibration = ignore_calibration_for_float(format, calibration)
     model = read_program(program, max_seq_len)
     check_sequence_buffers(model, format)
     options: dict[str, Any] = {"format": format, "max_seq_len": model.max_seq_len}
@@ -203,10 +223,11 @@ def export(
     ``format``: ``w8a16`` (default), ``w16a16`` or ``float32``. ``calibration``:
     representative inputs in the form ``tinyrnn run-host`` takes (x as ``(B, T, I)``
     sequences, then any initial state) for the integer formats (without it the example input
-    is used and a CalibrationWarning says so). ``save_program``: also write the captured
+    is used and a CalibrationWarning says so; with ``float32`` it is ignored, with a
+    CalibrationIgnoredWarning). ``save_program``: also write the captured
     program as ``NAME.pt2`` (what ``torch.export.save`` writes) beside the C, so that
     ``tinyrnn verify``, ``report`` and ``export`` can use it afterwards. Returns the manifest
-    as a dict.
+    as a dict; raises TinyRNNError on a model or option tinyrnn cannot export.
     """
     exported = trace(model, example_inputs if isinstance(example_inputs, tuple)
                      else (example_inputs,))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -13,14 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import TinyRNNError
+from .errors import TinyRNNError, TinyRNNWarning
 
 EXIT_USER_ERROR = 2
 EXIT_MISMATCH = 1
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .api import CalibrationWarning, check_options, export_program
+    from .api import check_options, export_program, ignore_calibration_for_float
     from .frontend import load_program
     from .io import load_inputs
     from .outputs import check_folder
@@ -34,19 +33,18 @@ def _export(args: argparse.Namespace) -> int:
     elif package_options_given(args):
         raise TinyRNNError("--input, --lib-version, --url and --force apply to the library of "
                            "--package FORM; add --package or drop them")
-    if args.calibration is not None and args.format == "float32":
-        raise TinyRNNError("--calibration applies to the integer formats (w8a16, w16a16), "
-                           "not float32; drop it or choose an integer --format")
-    calibration = load_inputs(args.calibration) if args.calibration else None
-    program = load_program(args.model)
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CalibrationWarning)
+        warnings.simplefilter("always", TinyRNNWarning)
+        # float32 ignores --calibration (with a warning) without reading the file
+        path = ignore_calibration_for_float(args.format, args.calibration)
+        calibration = load_inputs(path) if path else None
+        program = load_program(args.model)
         manifest = export_program(
             program, args.out, format=args.format, name=args.name, max_seq_len=args.max_seq_len,
             calibration=calibration,
         )
     for w in caught:
-        if issubclass(w.category, CalibrationWarning):
+        if issubclass(w.category, TinyRNNWarning):
             print(f"warning: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
@@ -65,42 +63,19 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _run_host(args: argparse.Namespace) -> int:
-    from .host import load, read_manifest
-    from .io import load_inputs, save_outputs, split_inputs
-    from .outputs import check_file, npz_path
+    from .commands import run_host
 
-    check_file(npz_path(args.output), "--output")
-    manifest = read_manifest(args.dir)
-    inputs = load_inputs(args.input)
-    split_inputs(manifest["interface"], inputs)  # bad input fails before the compile
-    outputs = load(args.dir).run(*inputs)
-    written = save_outputs(args.output, outputs)
-    shapes = ", ".join(f"out{i} {tuple(o.shape)}" for i, o in enumerate(outputs))
-    print(f"wrote {written}: {shapes}")
+    result = run_host(args.dir, args.input, output=args.output)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.text())
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .verify import verify
+    from .commands import verify
 
-    report = verify(args.model, args.dir, args.input, tolerance=args.tolerance)
-    if args.json:
-        print(json.dumps(_finite(report), indent=2))
-    else:
-        for line in report["lines"]:
-            print(line)
-    return 0 if report["ok"] else EXIT_MISMATCH
-
-
-def _finite(value):
-    """JSON has no infinity: an exact match's SQNR (inf) is written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items() if k != "lines"}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+    result = verify(args.model, args.dir, args.input, tolerance=args.tolerance)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.text())
+    return 0 if result.ok else EXIT_MISMATCH
 
 
 def _example(args: argparse.Namespace) -> int:
@@ -145,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="directory written by tinyrnn export")
     p.add_argument("--input", required=True, help=".npy (one argument) or .npz (in0, in1, ...)")
     p.add_argument("--output", required=True, help=".npz to write (out0, out1, ...)")
+    p.add_argument("--json", action="store_true", help="print the outputs as JSON")
     p.set_defaults(func=_run_host)
 
     p = sub.add_parser("verify", help="compare the exported C with torch and, for integer "
@@ -166,10 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_example)
 
     # the board (cross.py) and measurement (profile.py, report.py) commands
-    from . import cross, package, profile, report
+    # (imported by name: tinyrnn.profile, .report and .package are the API's functions)
+    from .cross import register_cli as cross_cli
+    from .package import register_cli as package_cli
+    from .profile import register_cli as profile_cli
+    from .report import register_cli as report_cli
 
-    for module in (cross, profile, report, package):
-        module.register_cli(sub)
+    for register in (cross_cli, profile_cli, report_cli, package_cli):
+        register(sub)
     return parser
 
 

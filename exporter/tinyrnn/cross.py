@@ -13,6 +13,7 @@ reads them back bit for bit. The same image can be flashed to a real board with 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -36,8 +37,8 @@ from .boards import Board, list_boards, load_board
 from .checks import check_number
 from .errors import TinyRNNError
 from .host import read_manifest
-from .io import assemble_outputs, load_inputs, save_outputs, split_inputs
-from .outputs import check_file, install_file, npz_path
+from .io import assemble_outputs, load_inputs, split_inputs
+from .outputs import check_file, install_file
 from .resources import resource_dir
 
 GCC = "arm-none-eabi-gcc"
@@ -645,6 +646,7 @@ def register_cli(subparsers: Any) -> None:
                         "(default NAME-BOARD.elf)")
     parser.add_argument("--input", type=Path, help="inputs to compile into the image, as for "
                         "`run` (default: one time step of zeros)")
+    parser.add_argument("--json", action="store_true", help="print the sizes as JSON")
     parser.set_defaults(func=_cli_build)
 
     parser = subparsers.add_parser("run", help="run an exported model on an emulated board "
@@ -656,6 +658,8 @@ def register_cli(subparsers: Any) -> None:
                         "out1, ... to, in torch layout")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"seconds before QEMU is stopped (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--json", action="store_true", help="print the result (outputs "
+                        "included) as JSON")
     parser.set_defaults(func=_cli_run)
 
     parser = subparsers.add_parser("flash", help="build an exported model for a real board "
@@ -698,24 +702,19 @@ def _build_from_args(args: argparse.Namespace, work: str) -> Firmware:
 
 
 def _cli_build(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="tinyrnn-build-") as work:
-        firmware = _build_from_args(args, work)
-    print(f"wrote {firmware.elf}")
-    print(firmware.sizes.format())
+    from .commands import build as build_command
+
+    result = build_command(args.dir, board=args.board, output=args.output, inputs=args.input)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.text())
     return 0
 
 
 def _cli_run(args: argparse.Namespace) -> int:
-    check_number("--timeout", args.timeout, above=0.0)
-    check_file(npz_path(args.output), "--output")
-    board = load_board(args.board)
-    _require_emulated(board)
-    inputs = load_inputs(args.input)
-    outputs, firmware, result = run(args.dir, board, inputs, timeout=args.timeout)
-    written = save_outputs(args.output, outputs)
-    print(f"wrote {written}: {len(outputs)} output(s) of {len(firmware.jobs[0].samples)} "
-          f"sample(s) from {board.name} in {result.seconds:.2f} s; stack used "
-          f"{result.stack_peak} of {board.stack_size} bytes")
+    from .commands import run as run_command
+
+    result = run_command(args.dir, args.input, board=args.board, output=args.output,
+                         timeout=args.timeout)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.text())
     return 0
 
 

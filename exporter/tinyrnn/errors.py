@@ -7,3 +7,8 @@ class TinyRNNError(Exception):
     The CLI prints ``error: <message>`` and exits with status 2; it never shows a traceback
     for this class.
     """
+
+
+class TinyRNNWarning(UserWarning):
+    """Something the user should know about an accepted input (the CLI prints
+    ``warning: <message>`` on stderr and carries on)."""

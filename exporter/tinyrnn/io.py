@@ -7,8 +7,10 @@ and write Y.npz with ``out0, out1, ...`` (the forward's return values, flattened
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +50,32 @@ def load_inputs(path: str | Path) -> list[np.ndarray]:
                 raise TinyRNNError(f"{path}: array {n} cannot be read ({type(exc).__name__}: "
                                    f"{exc})") from None
         return arrays
+
+
+def read_inputs(inputs: Any) -> list[np.ndarray]:
+    """The forward's arguments: from a .npy/.npz file (a path, as :func:`load_inputs`), or
+    given as one array or tensor, or a list/tuple of them in the forward's order (nested
+    tuples such as ``(x, (h0, c0))`` are flattened). Shapes and values are checked later,
+    against the model (:func:`split_inputs`)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        return load_inputs(inputs)
+    arrays = _flat_arrays(inputs)
+    if not arrays:
+        raise TinyRNNError("no input arrays given; pass the forward's arguments (an array, or "
+                           "a list of arrays) or a .npy/.npz file")
+    return arrays
+
+
+def _flat_arrays(value: Any) -> list[np.ndarray]:
+    if isinstance(value, (list, tuple)):
+        return [a for v in value for a in _flat_arrays(v)]
+    if isinstance(value, np.ndarray):
+        return [value]
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch.Tensor
+        return [value.detach().cpu().numpy()]
+    raise TinyRNNError(f"inputs must be a .npy/.npz path, an array or tensor, or a list/tuple "
+                       f"of them (the forward's arguments in order), not "
+                       f"{type(value).__name__}")
 
 
 def save_outputs(path: str | Path, outputs: Sequence[np.ndarray]) -> Path:

@@ -42,9 +42,10 @@ from .checks import check_name
 from .cross import ExportedModel
 from .errors import TinyRNNError
 from .host import read_manifest
-from .io import load_inputs, split_inputs
+from .io import split_inputs
 from .render import c_floats
 from .resources import resource_dir
+from .results import JsonResult
 
 FORMS = ("cmake", "zephyr", "arduino", "platformio", "cmsis-pack")
 DEFAULT_VERSION = "1.0.0"
@@ -567,8 +568,8 @@ _FORMS: dict[str, Callable[[_Layout], None]] = {
 
 
 @dataclass(frozen=True)
-class PackageResult:
-    """What :func:`package` wrote."""
+class PackageResult(JsonResult):
+    """What :func:`package` wrote (``to_dict()``: its fields as JSON data)."""
 
     form: str
     title: str                  # e.g. "Arduino library"
@@ -584,6 +585,10 @@ class PackageResult:
         lines += [f"  {path}" for path in self.files]
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+    def text(self) -> str:
+        """What ``tinyrnn package`` prints (:meth:`format`)."""
+        return self.format()
 
 
 def package(export_dir: str | Path, form: str, out: str | Path, *, force: bool = False,
@@ -679,6 +684,7 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--as", dest="form", required=True, metavar="FORM",
                         help=f"the kind of library: {', '.join(FORMS)}")
     parser.add_argument("--out", type=Path, required=True, help="the library folder to write")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_package_options(parser)
     parser.set_defaults(func=_cli_package)
 
@@ -705,12 +711,14 @@ def package_options_given(args: argparse.Namespace) -> bool:
 
 def package_from_args(args: argparse.Namespace, export_dir: Path, form: str,
                       out: Path) -> PackageResult:
-    """Run :func:`package` with the options of :func:`add_package_options`."""
-    inputs = load_inputs(args.input) if args.input is not None else None
-    return package(export_dir, form, out, force=args.force, inputs=inputs,
-                   options=PackageOptions(version=args.lib_version, url=args.url))
+    """Run :func:`tinyrnn.package` with the options of :func:`add_package_options`."""
+    from .commands import package as package_command
+
+    return package_command(export_dir, form=form, out=out, force=args.force,
+                           inputs=args.input, lib_version=args.lib_version, url=args.url)
 
 
 def _cli_package(args: argparse.Namespace) -> int:
-    print(package_from_args(args, args.dir, args.form, args.out).format())
+    result = package_from_args(args, args.dir, args.form, args.out)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.text())
     return 0

@@ -1244,26 +1244,9 @@ def register_cli(subparsers: Any) -> None:
 
 
 def _cli_profile(args: argparse.Namespace) -> int:
-    result = profile(args.dir, cpu=args.cpu, board=args.board)
-    check = None
-    if args.qemu_check:
-        board = load_board(args.board) if args.board else reference_board(
-            resolve_core(result.cpu))
-        check = qemu_cross_check(args.dir, board)
-    if args.json:
-        data = result.to_json()
-        if check is not None:
-            data["qemu_check"] = {"board": check.board, "ticks": check.ticks,
-                                  "instructions_per_tick": check.instructions_per_tick,
-                                  "instructions": round(check.qemu_instructions),
-                                  "resolution": check.resolution, "agrees": check.agrees}
-        print(json.dumps(data, indent=2))
-    else:
-        print(result.format_text())
-        if check is not None:
-            print(f"  QEMU -icount check    {check.qemu_instructions:,.0f} instructions "
-                  f"({check.ticks} SysTick ticks x {check.instructions_per_tick:.2f}) on "
-                  f"{check.board}: {'agrees' if check.agrees else 'DIFFERS'} within "
-                  f"{check.resolution:.0f}")
-    return 0 if check is None or check.agrees else 1
+    from .commands import profile as profile_command
 
+    result = profile_command(args.dir, cpu=args.cpu, board=args.board,
+                             qemu_check=args.qemu_check)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.text())
+    return 0 if result.ok else 1

@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import json
 import math
+import os
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
@@ -37,61 +38,22 @@ FIGURE_DPI = 100
 
 
 # ---------------------------------------------------------------------------------------------
-# A progress bar for terminals (stderr, only when it is a terminal)
+# Progress (stderr, only when it is a terminal)
 
 
-class Progress:
-    """A one-line progress bar on stderr; silent when stderr is not a terminal.
+def progress_bar(total: int, label: str, enabled: bool | None = None) -> Any:
+    """A tqdm progress bar on stderr that clears itself when done. ``enabled=None``: only
+    when stderr is a terminal (never in logs or pipes).
 
-        with Progress(len(samples), "C on host") as bar:
+        with progress_bar(len(samples), "C on host") as bar:
             for s in samples:
                 ...
-                bar.advance()
+                bar.update()
     """
+    from tqdm import tqdm
 
-    def __init__(self, total: int, label: str, stream: TextIO | None = None,
-                 enabled: bool | None = None) -> None:
-        self.total = max(1, total)
-        self.label = label
-        self.done = 0
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = (self.stream.isatty() if enabled is None else enabled)
-        self._started = time.monotonic()
-        self._drawn = -1.0
-
-    def __enter__(self) -> Progress:
-        self._draw(force=True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def advance(self, count: int = 1) -> None:
-        """Mark ``count`` more items done."""
-        self.done = min(self.total, self.done + count)
-        self._draw()
-
-    def close(self) -> None:
-        """Draw the final state and end the line."""
-        if self.enabled:
-            self._draw(force=True)
-            self.stream.write("\n")
-            self.stream.flush()
-            self.enabled = False
-
-    def _draw(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._drawn < 0.1 and self.done < self.total:
-            return
-        self._drawn = now
-        width = 28
-        filled = int(width * self.done / self.total)
-        elapsed = now - self._started
-        self.stream.write(f"\r{self.label:<22} [{'#' * filled}{'.' * (width - filled)}] "
-                          f"{self.done}/{self.total} {elapsed:5.1f}s")
-        self.stream.flush()
+    return tqdm(total=total, desc=label, file=sys.stderr, leave=False, dynamic_ncols=True,
+                disable=None if enabled is None else not enabled)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,7 +243,7 @@ class Report:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
-def _verification(model_path: Path, model_dir: Path, input_path: Path
+def _verification(model_path: Path, model_dir: Path, inputs: Sequence[np.ndarray]
                   ) -> tuple[list[dict] | None, str]:
     """Per-layer SQNR and the verdict from :func:`tinyrnn.verify.verify`, when it offers them.
 
@@ -290,7 +252,7 @@ def _verification(model_path: Path, model_dir: Path, input_path: Path
     """
     from .verify import verify
 
-    result = verify(model_path, model_dir, input_path)
+    result = verify(model_path, model_dir, inputs)
     verdict = str(result.get("lines", [""])[-1])
     layers = result.get("layers")
     if not layers:
@@ -301,10 +263,11 @@ def _verification(model_path: Path, model_dir: Path, input_path: Path
             for layer in layers], verdict
 
 
-def make_report(model_path: str | Path, model_dir: str | Path, input_path: str | Path,
+def make_report(model_path: str | Path, model_dir: str | Path, inputs: Any,
                 out_dir: str | Path = "report", board: str = DEFAULT_BOARD,
                 progress: bool | None = None) -> Report:
-    """Compare torch and the exported C on ``input_path``, profile for ``board``, write a page.
+    """Compare torch and the exported C on ``inputs`` (a .npy/.npz path or the arrays,
+    :func:`tinyrnn.io.read_inputs`), profile for ``board``, write a page.
 
     ``progress``: draw progress bars on stderr (default: when stderr is a terminal). The
     files appear in ``out_dir`` only when the page is complete (:mod:`tinyrnn.outputs`).
@@ -313,17 +276,17 @@ def make_report(model_path: str | Path, model_dir: str | Path, input_path: str |
 
     out = Path(out_dir)
     with output_folder(out, "-o") as stage:
-        made = _make_report(model_path, model_dir, input_path, stage, board, progress)
+        made = _make_report(model_path, model_dir, inputs, stage, board, progress)
     return Report(markdown=out / made.markdown.name, html=out / made.html.name,
                   images=[out / p.name for p in made.images], numbers=made.numbers)
 
 
-def _make_report(model_path: str | Path, model_dir: str | Path, input_path: str | Path,
+def _make_report(model_path: str | Path, model_dir: str | Path, given: Any,
                  out_dir: Path, board: str, progress: bool | None) -> Report:
     from .boards import load_board
     from .frontend import load_program
     from .host import load, read_manifest
-    from .io import assemble_outputs, load_inputs, split_inputs
+    from .io import assemble_outputs, read_inputs, split_inputs
     from .profile import profile, resolve_core
     from .verify import torch_outputs
 
@@ -332,29 +295,31 @@ def _make_report(model_path: str | Path, model_dir: str | Path, input_path: str 
     manifest = read_manifest(model_dir)
     interface = manifest["interface"]
     program = load_program(model_path)  # before anything is written: a bad archive stops here
-    inputs = load_inputs(input_path)
+    inputs = read_inputs(given)
+    source = (f"input `{Path(given).name}`" if isinstance(given, (str, os.PathLike))
+              else "inputs given in Python")
     samples = split_inputs(interface, inputs)
     title = f"{manifest['name']} ({manifest['format']})"
 
-    with Progress(1, "torch", enabled=progress) as bar:
+    with progress_bar(1, "torch", enabled=progress) as bar:
         torch_out = torch_outputs(program, inputs, interface)
-        bar.advance()
+        bar.update()
     compiled = load(model_dir)
     per_sample = []
-    with Progress(len(samples), "C on the host", enabled=progress) as bar:
+    with progress_bar(len(samples), "C on the host", enabled=progress) as bar:
         for sample in samples:
             per_sample.append(compiled.run_sample(sample))
-            bar.advance()
+            bar.update()
     c_out = assemble_outputs(interface, per_sample, samples[0]["x"].shape[0])
     if len(c_out) != len(torch_out):
         raise TinyRNNError(f"the C returns {len(c_out)} outputs but the model returns "
                            f"{len(torch_out)}; was {model_dir} exported from {model_path}?")
     errors = compare_outputs(interface, torch_out, c_out)
-    with Progress(1, "tinyrnn verify", enabled=progress) as bar:
-        layers, verdict = _verification(model_path, model_dir, Path(input_path))
-        bar.advance()
+    with progress_bar(1, "tinyrnn verify", enabled=progress) as bar:
+        layers, verdict = _verification(model_path, model_dir, inputs)
+        bar.update()
 
-    with Progress(1, f"profile {chosen.core}", enabled=progress) as bar:
+    with progress_bar(1, f"profile {chosen.core}", enabled=progress) as bar:
         try:
             resolve_core(chosen.core)
             cost = profile(model_dir, board=chosen)
@@ -362,7 +327,7 @@ def _make_report(model_path: str | Path, model_dir: str | Path, input_path: str 
             cost, cost_error = None, str(exc)
         else:
             cost_error = ""
-        bar.advance()
+        bar.update()
 
     images: list[Path] = []
     trace = plot_traces(out / "traces.png", interface, torch_out, c_out, title)
@@ -389,7 +354,7 @@ def _make_report(model_path: str | Path, model_dir: str | Path, input_path: str 
         numbers["flash_bytes"] = sum(flash.values())
         numbers["ram_bytes"] = sum(ram.values())
     page = _markdown(manifest, chosen, errors, layers, cost, cost_error, numbers,
-                     [p.name for p in images], model_path, input_path)
+                     [p.name for p in images], model_path, source)
     markdown = out / "report.md"
     markdown.write_text(page, encoding="utf-8")
     html_path = out / "report.html"
@@ -404,10 +369,10 @@ def _fmt_db(value: float) -> str:
 def _markdown(manifest: Mapping[str, Any], board: Any, errors: Sequence[OutputError],
               layers: list[dict] | None, cost: Any, cost_error: str,
               numbers: Mapping[str, Any], images: Sequence[str], model_path: Path,
-              input_path: str | Path) -> str:
+              source: str) -> str:
     name = f"{manifest['name']} ({manifest['format']})"
     lines = [f"# tinyrnn report: {name}", "",
-             f"Model `{model_path.name}`, input `{Path(input_path).name}` "
+             f"Model `{model_path.name}`, {source} "
              f"({numbers['samples']} sequence(s)), board **{board.name}** ({board.core}, "
              f"{board.clock_hz / 1e6:g} MHz). The C ran on the host (the same source as on the "
              "board).", "", "## Accuracy: C against torch", "",
@@ -544,19 +509,15 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--board", default=DEFAULT_BOARD,
                         help=f"board whose capacity and core to show (default {DEFAULT_BOARD}; "
                              "see `tinyrnn boards`)")
+    parser.add_argument("--json", action="store_true", help="print the paths and numbers as "
+                        "JSON")
     parser.set_defaults(func=_cli_report)
 
 
 def _cli_report(args: argparse.Namespace) -> int:
-    result = make_report(args.model, args.dir, args.input, args.output, board=args.board)
-    print(f"wrote {result.html} (self-contained) and {result.markdown} with "
-          f"{len(result.images)} plot(s)")
-    for output in result.numbers["outputs"]:
-        print(f"  out{output['index']}: max abs error {output['max_abs_error']:.3g}, "
-              f"SQNR {_fmt_db(output['sqnr_db'])}")
-    profile = result.numbers.get("profile")
-    if profile:
-        cycles = profile["cycles_per_step"]
-        print(f"  {profile['cpu']}: {profile['instructions_per_step']:,} instructions/step"
-              + (f", ~{cycles:,} cycles/step" if cycles is not None else ""))
+    from .commands import report as report_command
+
+    result = report_command(args.model, args.dir, args.input, output=args.output,
+                            board=args.board)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.text())
     return 0

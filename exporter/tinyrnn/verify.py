@@ -13,7 +13,7 @@ from .checks import check_number
 from .errors import TinyRNNError
 from .frontend import load_program, read_program
 from .host import load, read_manifest
-from .io import load_inputs, split_inputs
+from .io import read_inputs, split_inputs
 from .metrics import sqnr_db
 from .pt2 import Program
 
@@ -55,13 +55,14 @@ def _fmt_db(v: float) -> str:
     return "inf" if v == math.inf else f"{v:.1f}"
 
 
-def verify(model_path: str | Path, model_dir: str | Path, input_path: str | Path,
+def verify(model_path: str | Path, model_dir: str | Path, inputs: Any,
            tolerance: float | None = None) -> dict:
     """Compare the exported C with torch (and, for integer formats, with the bit-exact
-    reference) output by output; returns a report dict with ``lines`` to print and ``ok``."""
+    reference) output by output; returns a report dict with ``lines`` to print and ``ok``.
+    ``inputs``: a .npy/.npz path or the arrays (:func:`tinyrnn.io.read_inputs`)."""
     check_number("--tolerance", tolerance, minimum=0.0)
     manifest = read_manifest(model_dir)
-    inputs = load_inputs(input_path)
+    inputs = read_inputs(inputs)
     split_inputs(manifest["interface"], inputs)  # bad input fails before the model loads
     program = load_program(model_path)
     model = read_program(program, manifest["interface"].get("max_seq_len"))
