@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "exporter"))
 
 import tinyrnn  # noqa: E402
 from tinyrnn import api  # noqa: E402
+from tinyrnn.cells import cell_spec, recurrent_macs  # noqa: E402
 from tinyrnn.dspasm import steady_cycles  # noqa: E402
 from tinyrnn.profile import lower_bound_cycles, profile  # noqa: E402
 from tinyrnn.quantize import padded  # noqa: E402
@@ -57,7 +58,6 @@ ALL_FORMATS = ("float32", "w8a16", "w16a16")
 CELLS = ("lstm", "gru", "rnn")
 SHAPES = ((6, 32), (12, 32), (64, 64), (32, 128))
 CORES = ("cortex-m4", "cortex-m0", "cortex-m7")
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 BOUND_MACS_PER_CYCLE = 0.8
 DATASETS = ("JapaneseVowels", "BasicMotions")
 ACCURACY_HIDDEN = 32
@@ -129,7 +129,7 @@ class CostCase:
 
     @property
     def macs(self) -> int:
-        return GATES[self.cell] * self.hidden * (self.input_size + self.hidden)
+        return recurrent_macs(self.cell, self.input_size, self.hidden)
 
     @property
     def bound_cycles(self) -> float:
@@ -248,7 +248,7 @@ def kernel_floor(cell: str, input_size: int, hidden: int, fmt: str, cpu: str) ->
     """What the matrix-vector kernels alone cost at their steady rate, before loop, call and
     per-unit work: M4 cycles per step (tinyrnn.dspasm.steady_cycles), or for the Cortex-M0
     the instructions per MAC of the ARMv6-M unit kernel (tinyrnn.v6masm)."""
-    G = GATES[cell]
+    G = cell_spec(cell).G
     if cpu == "cortex-m0":
         return steady_instructions_per_mac(G)
     groups = padded(input_size) // 4 + padded(hidden) // 4

@@ -141,7 +141,9 @@ def test_ir_reads_torch_gate_order_exactly():
         np.testing.assert_array_equal(gate.w_x.data, rnn.weight_ih_l0.detach().numpy()[rows])
         np.testing.assert_array_equal(gate.w_h.data, rnn.weight_hh_l0.detach().numpy()[rows])
         folded = (rnn.bias_ih_l0 + rnn.bias_hh_l0).detach().numpy()[rows]
-        np.testing.assert_allclose(gate.bias.data, folded, atol=1e-7)
+        (acc,) = gate.accumulators
+        assert acc.name == gate.name
+        np.testing.assert_allclose(acc.bias.data, folded, atol=1e-7)
         assert (
             gate.w_x.source
             == f"rnn.weight_ih_l0[{rows.start}:{rows.stop}] "
@@ -154,8 +156,11 @@ def test_ir_reads_torch_gate_order_exactly():
     assert isinstance(layer, GRULayer) and layer.layer == 1
     n = layer.directions[0].gates[2]
     assert n.name == "n"
-    np.testing.assert_array_equal(n.bias.data, gru_model.rnn.bias_ih_l1.detach().numpy()[12:18])
-    np.testing.assert_array_equal(n.bias_h.data, gru_model.rnn.bias_hh_l1.detach().numpy()[12:18])
+    # the reset gate multiplies W_hn h + b_hn alone: two accumulators, biases not folded
+    nx, nh = n.accumulators
+    assert (nx.name, nh.name) == ("n", "nh") and nx.w_h is None and nh.w_x is None
+    np.testing.assert_array_equal(nx.bias.data, gru_model.rnn.bias_ih_l1.detach().numpy()[12:18])
+    np.testing.assert_array_equal(nh.bias.data, gru_model.rnn.bias_hh_l1.detach().numpy()[12:18])
 
 
 def test_ir_of_a_head():

@@ -22,12 +22,9 @@ import torch
 
 from .errors import TinyRNNError
 from .ir import (
-    GATE_NAMES,
-    GATE_TITLES,
     Activation,
     Dense,
     Direction,
-    Gate,
     GRULayer,
     InputSpec,
     Layer,
@@ -39,6 +36,7 @@ from .ir import (
     SelectStep,
     StateGroup,
     Tensor,
+    split_gates,
 )
 
 aten = torch.ops.aten
@@ -475,35 +473,13 @@ class _Reader:
         b_ih = chunk[2] if has_biases else None
         b_hh = chunk[3] if has_biases else None
         w_hr = chunk[-1] if cell == "lstm" and len(chunk) in (3, 5) else None
-        names = GATE_NAMES[cell]
-        hidden = w_ih.tensor.shape[0] // len(names)
-        gates = []
-        for k, name in enumerate(names):
-            rows = slice(k * hidden, (k + 1) * hidden)
-            title = GATE_TITLES[name]
-            bias = bias_h = None
-            if b_ih is not None and b_hh is not None:
-                if cell == "gru" and name == "n":
-                    bias = self.tensor_of(b_ih, rows, title)
-                    bias_h = self.tensor_of(b_hh, rows, title)
-                else:
-                    folded = b_ih.tensor[rows] + b_hh.tensor[rows]
-                    bias = Tensor(
-                        folded,
-                        f"{b_ih.name}[{rows.start}:{rows.stop}] + "
-                        f"{b_hh.name}[{rows.start}:{rows.stop}] {title}".rstrip(),
-                    )
-            gates.append(
-                Gate(
-                    name=name,
-                    w_x=self.tensor_of(w_ih, rows, title),
-                    w_h=self.tensor_of(w_hh, rows, title),
-                    bias=bias,
-                    bias_h=bias_h,
-                )
-            )
         proj = self.tensor_of(w_hr, None, "projection") if w_hr is not None else None
-        return Direction(reverse=reverse, gates=tuple(gates), w_proj=proj)
+
+        def whole(const: _Const | None) -> Tensor | None:
+            return Tensor(const.tensor, const.name) if const is not None else None
+
+        return split_gates(cell, reverse, whole(w_ih), whole(w_hh), whole(b_ih), whole(b_hh),
+                           proj)
 
     @staticmethod
     def tensor_of(const: _Const, rows: slice | None, title: str) -> Tensor:

@@ -42,6 +42,7 @@ import numpy as np
 
 from . import cross
 from .boards import Board, list_boards, load_board
+from .cells import CELLS, cell_spec, recurrent_macs
 from .errors import TinyRNNError
 from .resources import resource_dir
 
@@ -662,13 +663,10 @@ def layer_macs(layer: Mapping[str, Any]) -> int:
     kind = layer["kind"]
     if kind == "dense":
         return int(layer["in_features"]) * int(layer["out_features"])
-    gates = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}.get(kind)
-    if gates is None:
+    if kind not in CELLS:
         return 0
-    inputs, hidden, state = (int(layer[k]) for k in ("input_size", "hidden_size", "state_size"))
-    macs = gates * hidden * (inputs + state)
-    if kind == "lstm" and state != hidden:
-        macs += state * hidden  # the projection h = W_hr (o * tanh(c))
+    macs = recurrent_macs(kind, int(layer["input_size"]), int(layer["hidden_size"]),
+                          int(layer["state_size"]))
     return macs * int(layer.get("directions", 1))
 
 
@@ -693,8 +691,7 @@ def macs_per_step(manifest: Mapping[str, Any], steps: int | None = None) -> floa
 def lower_bound_cycles(cell: str, input_size: int, hidden: int,
                        macs_per_cycle: float = 0.8) -> float:
     """The matrix-vector bound of one step on an M4 with int8 weights: gates*H*(I+H)/0.8."""
-    gates = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1, "rnn": 1}[cell]
-    return gates * hidden * (input_size + hidden) / macs_per_cycle
+    return cell_spec(cell).G * hidden * (input_size + hidden) / macs_per_cycle
 
 
 # ---------------------------------------------------------------------------------------------

@@ -179,12 +179,11 @@ def choose_formats(model: Model, ranges: Ranges, headroom: float = HEADROOM) -> 
         peak = ranges.layers[index]
         cell = projected = None
         if isinstance(layer, RecurrentLayer):
-            bounded = layer.kind in ("lstm", "gru", "rnn_tanh") and not getattr(
-                layer, "proj_size", 0)
+            bounded = layer.spec.bounded and not layer.projected
             out = _bounded(peak, headroom) if bounded else _calibrated(peak, headroom)
             if isinstance(layer, LSTMLayer):
                 cell = _calibrated(ranges.cells[index] or 0.0, headroom)
-                if layer.proj_size:
+                if layer.projected:
                     projected = _bounded(ranges.projected[index] or 0.0, headroom)
         elif isinstance(layer, Dense):
             out = _calibrated(peak, headroom)
@@ -248,7 +247,7 @@ class QAccumulator:
 @dataclass(frozen=True, eq=False)
 class QDirection:
     reverse: bool
-    accs: tuple[QAccumulator, ...]  # LSTM i f g o; GRU r z n nh; RNN h
+    accs: tuple[QAccumulator, ...]  # as the IR direction's accumulators
     proj: QAccumulator | None = None
 
     def acc(self, name: str) -> QAccumulator:
@@ -458,20 +457,14 @@ def _direction(layer: RecurrentLayer, index: int, d: int, x: QFormat, h: QFormat
     side = "reverse" if direction.reverse else "forward"
     where = f"layer {index} ({layer.module} layer {layer.layer}, {side})"
     accs = []
-    for g in direction.gates:
-        b = g.bias.data if g.bias is not None else None
-        b_src = g.bias.source if g.bias is not None else ""
-        x_part = (g.w_x.data, x.step, 0, g.w_x.source)
-        h_part = (g.w_h.data, h.step, layer.input_size, g.w_h.source)
-        what = f"{where} gate {g.name}"
-        if layer.kind == "gru" and g.name == "n":
-            accs.append(_accumulator("n", [(*x_part, b, b_src)], ACT_WIDE, bits, what))
-            bh = g.bias_h.data if g.bias_h is not None else None
-            bh_src = g.bias_h.source if g.bias_h is not None else ""
-            accs.append(_accumulator("nh", [(*h_part, bh, bh_src)], ACT_WIDE, bits, what))
-        else:
-            accs.append(_accumulator(g.name, [(*x_part, b, b_src), (*h_part, None, "")],
-                                     gate_out, bits, what))
+    for a in direction.accumulators:  # LSTM i f g o; GRU r z n nh; RNN h
+        bias = a.bias.data if a.bias is not None else None
+        bias_source = a.bias.source if a.bias is not None else ""
+        parts = [(t.data, step, offset, t.source) for t, step, offset in (
+            (a.w_x, x.step, 0), (a.w_h, h.step, layer.input_size)) if t is not None]
+        # the bias starts the first part's sum
+        parts = [(*parts[0], bias, bias_source)] + [(*p, None, "") for p in parts[1:]]
+        accs.append(_accumulator(a.name, parts, gate_out, bits, f"{where} gate {a.name}"))
     proj = None
     if direction.w_proj is not None:
         proj = _accumulator(
@@ -505,7 +498,7 @@ def quantize(model: Model, format: str, formats: Formats, ranges: Ranges | None 
             if isinstance(layer, LSTMLayer):
                 assert lf.cell is not None
                 c = lf.cell
-                hc = lf.projected or h if layer.proj_size else h
+                hc = lf.projected or h if layer.projected else h
                 dirs = tuple(_direction(layer, index, d, current, h, ACT_WIDE, hc, bits)
                              for d in range(layer.num_directions))
                 # f*c is Q(15+cf), i*g is Q45 (g in Q0.30): sum in Q45, one rounding to c

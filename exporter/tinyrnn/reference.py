@@ -59,7 +59,7 @@ class IntNumerics:
     def zero_state(self, index: int, batch: int) -> State:
         layer = self.q.model.layers[index]
         h = np.zeros((batch, layer.state_size), dtype=np.int64)
-        if layer.kind == "lstm":
+        if layer.spec.cell_state:
             return h, np.zeros((batch, layer.hidden_size), dtype=np.int64)
         return (h,)
 

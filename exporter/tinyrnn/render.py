@@ -85,7 +85,7 @@ def _tensors(layer: Any) -> list:
         out = []
         for d in layer.directions:
             for g in d.gates:
-                out += [t for t in (g.w_x, g.w_h, g.bias, g.bias_h) if t is not None]
+                out += g.tensors
             if d.w_proj is not None:
                 out.append(d.w_proj)
         return out
@@ -200,14 +200,11 @@ def _direction_view(p: str, index: int, layer: RecurrentLayer, d_index: int, q: 
             w = np.concatenate([g.w_x.data, g.w_h.data], axis=1)
             w_name = arrays.add("float", f"{fn}_w_{g.name}", w,
                                 f"{g.w_x.source} | {g.w_h.source}, float32")
-            if layer.kind == "gru" and g.name == "n":
-                accs["n"] = dict(parts=[_float_part(arrays, fn, w_name, 0, I, g.bias,
-                                                    f"{fn}_b_n")])
-                accs["nh"] = dict(parts=[_float_part(arrays, fn, w_name, I, P, g.bias_h,
-                                                     f"{fn}_bh_n")])
-            else:
-                accs[g.name] = dict(parts=[_float_part(arrays, fn, w_name, 0, I + P, g.bias,
-                                                       f"{fn}_b_{g.name}")])
+            for a in g.accumulators:
+                offset = 0 if a.w_x is not None else I
+                cols = (I if a.w_x is not None else 0) + (P if a.w_h is not None else 0)
+                accs[a.name] = dict(parts=[_float_part(arrays, fn, w_name, offset, cols, a.bias,
+                                                       f"{fn}_b_{a.name}")])
         if d.w_proj is not None:
             w_name = arrays.add("float", f"{fn}_w_proj", d.w_proj.data,
                                 f"{d.w_proj.source}, float32")
@@ -226,7 +223,7 @@ def _direction_view(p: str, index: int, layer: RecurrentLayer, d_index: int, q: 
         formats = [f"x {q.x}", f"h {q.h}"]
         if layer.kind == "lstm":
             formats.append(f"c {q.c}")
-            if layer.proj_size:
+            if layer.projected:
                 formats.append(f"o*tanh(c) {q.hc}")
         extra["formats"] = ", ".join(formats)
     module = layer.module or "rnn"
@@ -240,15 +237,11 @@ def _direction_view(p: str, index: int, layer: RecurrentLayer, d_index: int, q: 
         arrays=arrays.items,
         acc=accs,
         proj=d.w_proj is not None,
-        nonlinearity=getattr(layer, "nonlinearity", ""),
+        nonlinearity=layer.spec.gates[-1].activation,
         state=[f"s->l{index}_{tag}_h"] + ([f"s->l{index}_{tag}_c"] if layer.kind == "lstm" else []),
         **extra,
     )
 
-
-# The gates of one unit, in kernel order, as (name, x part, h part, kind): "sum" rows add the
-# rescaled parts into one pre-activation; GRU's n keeps W_in x and W_hn h apart.
-_KERNEL_GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"), "rnn": ("h",)}
 
 @dataclass
 class _Kernels:
@@ -319,17 +312,13 @@ def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any
     :func:`tinyrnn.quantize.kernel_layout`) and the C expression of each pre-activation."""
     from .quantize import kernel_layout
 
-    kind = "rnn" if layer.kind.startswith("rnn") else layer.kind
-    names = _KERNEL_GATES[kind]
+    spec = layer.spec
+    names = spec.gate_names
     sides: list[list] = [[], []]  # the x part and the h part of each gate
-    for name in names:
-        if kind == "gru" and name == "n":
-            sides[0].append(qd.acc("n").parts[0])
-            sides[1].append(qd.acc("nh").parts[0])
-        else:
-            x_part, h_part = qd.acc(name).parts
-            sides[0].append(x_part)
-            sides[1].append(h_part)
+    for gate in spec.gates:
+        parts = [p for name in gate.accumulators for p in qd.acc(name).parts]
+        sides[0].append(next(p for p in parts if p.offset == 0))
+        sides[1].append(next(p for p in parts if p.offset != 0))
     bits = qd.accs[0].bits
     wtype = WEIGHT_CTYPE[bits]
     stream = np.concatenate(
@@ -431,11 +420,13 @@ def _kernel_view(p: str, fn: str, arrays: _Arrays, layer: RecurrentLayer, d: Any
     bias_args = ", ".join(f"{v['bias']}[j]" if v["bias"] else "0" for v in views)
     folds = [v["fold"] for v in views]
     pre = {}
-    for g, name in enumerate(names):
-        if kind == "gru" and name == "n":
-            pre["n"] = sat(rescaled(0, g), folds[0] is None)
-            pre["nh"] = sat(rescaled(1, g), folds[1] is None)
+    for g, gate in enumerate(spec.gates):
+        if gate.split:
+            name_x, name_h = gate.accumulators
+            pre[name_x] = sat(rescaled(0, g), folds[0] is None)
+            pre[name_h] = sat(rescaled(1, g), folds[1] is None)
         else:
+            name = gate.name
             both = folds[0] is not None and folds[1] is not None and int(
                 (folds[0].bound[:, g] + folds[1].bound[:, g]).max()) < 1 << 31
             if both:
@@ -864,7 +855,7 @@ def _layer_summary(layer: Any) -> dict:
             hidden_size=layer.hidden_size,
             state_size=layer.state_size,
             directions=layer.num_directions,
-            bias=layer.directions[0].gates[0].bias is not None,
+            bias=layer.directions[0].accumulators[0].bias is not None,
         )
     if isinstance(layer, Dense):
         return dict(kind="dense", name=layer.name, in_features=layer.in_features,

@@ -195,15 +195,17 @@ class FloatNumerics:
         layer = self.model.layers[index]
         d = layer.directions[direction]
         h = state[0]
-
-        def pre(g) -> np.ndarray:
-            v = x_t @ g.w_x.data.T + h @ g.w_h.data.T
-            return v + g.bias.data if g.bias is not None else v
-
+        pre = {}
+        for a in d.accumulators:  # x part, h part, then the bias
+            v = 0.0
+            if a.w_x is not None:
+                v = x_t @ a.w_x.data.T
+            if a.w_h is not None:
+                v = v + h @ a.w_h.data.T
+            pre[a.name] = v + a.bias.data if a.bias is not None else v
         if isinstance(layer, LSTMLayer):
-            gi, gf, gg, go = d.gates
-            c = _sigmoid(pre(gf)) * state[1] + _sigmoid(pre(gi)) * np.tanh(pre(gg))
-            h_new = _sigmoid(pre(go)) * np.tanh(c)
+            c = _sigmoid(pre["f"]) * state[1] + _sigmoid(pre["i"]) * np.tanh(pre["g"])
+            h_new = _sigmoid(pre["o"]) * np.tanh(c)
             if d.w_proj is not None:
                 peak = float(np.abs(h_new).max())
                 self.max_projected[index] = max(self.max_projected.get(index, 0.0), peak)
@@ -211,14 +213,11 @@ class FloatNumerics:
             self.max_cell[index] = max(self.max_cell.get(index, 0.0), float(np.abs(c).max()))
             return h_new, (h_new, c)
         if isinstance(layer, RNNLayer):
-            v = pre(d.gates[0])
+            v = pre["h"]
             h_new = np.maximum(v, 0.0) if layer.nonlinearity == "relu" else np.tanh(v)
             return h_new, (h_new,)
-        gr, gz, gn = d.gates  # GRU
-        r, z = _sigmoid(pre(gr)), _sigmoid(pre(gz))
-        nx = x_t @ gn.w_x.data.T + (gn.bias.data if gn.bias is not None else 0.0)
-        nh = h @ gn.w_h.data.T + (gn.bias_h.data if gn.bias_h is not None else 0.0)
-        n = np.tanh(nx + r * nh)
+        r, z = _sigmoid(pre["r"]), _sigmoid(pre["z"])  # GRU
+        n = np.tanh(pre["n"] + r * pre["nh"])
         h_new = (1.0 - z) * n + z * h
         return h_new, (h_new,)
 
