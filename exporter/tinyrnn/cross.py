@@ -35,6 +35,7 @@ from elftools.elf.sections import SymbolTableSection
 from .boards import Board, list_boards, load_board
 from .errors import TinyRNNError
 from .host import read_manifest
+from .interface import CInterface, from_manifest
 from .io import assemble_outputs, load_inputs, save_outputs, split_inputs
 from .resources import resource_dir
 
@@ -54,7 +55,6 @@ DEFAULT_TIMEOUT = 120.0  # seconds for one QEMU run
 _FAULTS = {FAULT_STATUS + number: name for number, name in enumerate(
     ("", "unexpected exception", "NMI", "HardFault", "MemManage fault", "BusFault",
      "UsageFault", "SecureFault")) if name}
-_ERROR_NAMES = {-1: "ERR_NULL", -2: "ERR_SEQ_LEN", -3: "ERR_UNSUPPORTED", -4: "ERR_INDEX"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,17 +90,19 @@ class ExportedModel:
         """Whether the forward takes an initial state, passed on to NAME_set_state."""
         return any(spec["role"] == "h0" for spec in self.interface["forward_inputs"])
 
+    @property
+    def api(self) -> CInterface:
+        """The typed C interface the export recorded (``c_interface`` in NAME.json)."""
+        return from_manifest(self.manifest)
+
+    @property
+    def state_args(self) -> list[str]:
+        """The initial states NAME_set_state takes (h0, and c0 for LSTMs)."""
+        return [a.role for a in self.api.function("set_state").args if a.role in ("h0", "c0")]
+
     def output_lengths(self, steps: int) -> list[int]:
         """Floats in each output buffer of one sample of ``steps`` time steps."""
-        lengths = []
-        for spec in self.interface["outputs"]:
-            if spec["role"] == "sequence":
-                lengths.append(steps * spec["features"])
-            elif spec["role"] == "vector":
-                lengths.append(spec["features"])
-            else:
-                lengths.append(spec["size"])
-        return lengths
+        return self.api.output_lengths(steps)
 
     def zero_sample(self) -> dict[str, np.ndarray]:
         """One time step of zeros, from a zero state: what an image runs when given no input."""
@@ -265,7 +267,7 @@ def _check_jobs(jobs: Sequence[ModelInputs]) -> None:
             if max_len and x.shape[0] > max_len:
                 raise TinyRNNError(f"model {job.model.name!r} sample {i} has {x.shape[0]} time "
                                    f"steps; the model was exported for at most {max_len}")
-            needed = interface["set_state_args"] if job.model.takes_state else []
+            needed = job.model.state_args if job.model.takes_state else []
             missing = [role for role in needed if sample.get(role) is None]
             if missing:
                 raise TinyRNNError(f"model {job.model.name!r} sample {i} lacks the initial "
@@ -283,7 +285,7 @@ def _harness_context(jobs: Sequence[ModelInputs]) -> dict[str, Any]:
     models = []
     capacity = 1
     for job in jobs:
-        state_args = list(job.model.interface["set_state_args"]) if job.model.takes_state else []
+        state_args = job.model.state_args if job.model.takes_state else []
         samples = []
         for index, sample in enumerate(job.samples):
             steps = np.asarray(sample["x"]).shape[0]
@@ -294,8 +296,12 @@ def _harness_context(jobs: Sequence[ModelInputs]) -> dict[str, Any]:
             samples.append({"index": index, "steps": steps, "arrays": arrays,
                             "has_h0": "h0" in state_args, "has_c0": "c0" in state_args,
                             "out_len": lengths})
+        api = job.model.api
         models.append({"name": job.model.name, "samples": samples,
-                       "set_state_args": state_args,
+                       "set_state_args": state_args, "state_type": api.state_type,
+                       "reset": api.function("reset").name,
+                       "set_state": api.function("set_state").name,
+                       "run": api.function("run").name,
                        "num_outputs": len(job.model.interface["outputs"])})
     return {"models": models, "out_capacity": capacity,
             "max_outputs": max(m["num_outputs"] for m in models)}
@@ -479,7 +485,8 @@ def _explain_exit(firmware: Firmware, status: int, console: str, stderr: str) ->
         model = firmware.jobs[int(error.group(1))].model.name
         function = ("set_state", "run")[int(error.group(3))]
         code = int(error.group(4))
-        return (f"{model}_{function} returned {code} ({_ERROR_NAMES.get(code, 'not NAME_OK')}) "
+        known = firmware.jobs[int(error.group(1))].model.api.error(code)
+        return (f"{model}_{function} returned {code} ({known.name if known else 'not NAME_OK'}) "
                 f"for sample {error.group(2)} in {where}")
     # SYS_WRITE0 (the fault handler's line) reaches QEMU's stderr, not its stdout.
     fault = re.search(r"^@fault (\S+) pc=0x([0-9a-f]+)$", stderr, re.MULTILINE)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TinyRNNError
+from .interface import from_manifest
 from .io import assemble_outputs, split_inputs
 
 CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"]
@@ -43,28 +44,6 @@ def read_manifest(model_dir: str | Path) -> dict:
         return json.loads(manifests[0].read_text())
     except json.JSONDecodeError as exc:
         raise TinyRNNError(f"{manifests[0]} is not valid JSON: {exc}") from None
-
-
-def _cdef(manifest: dict) -> str:
-    p = manifest["name"]
-    api = manifest["interface"]
-    set_args = "".join(f", const float *{a}" for a in api["set_state_args"])
-    outs = "".join(f", float *out{i}" for i in range(len(api["outputs"])))
-    text = (
-        f"typedef struct {{ ...; }} {p}_state_t;\n"
-        f"void {p}_reset({p}_state_t *s);\n"
-        f"int {p}_set_state({p}_state_t *s{set_args});\n"
-        f"int {p}_step({p}_state_t *s, const float *x_t, float *y_t);\n"
-        f"int {p}_run({p}_state_t *s, const float *x, int T{outs});\n"
-    )
-    if manifest.get("format", "float32") != "float32":  # the int16 API of integer formats
-        text += (
-            f"int {p}_set_state_q({p}_state_t *s{set_args.replace('float', 'int16_t')});\n"
-            f"int {p}_step_q({p}_state_t *s, const int16_t *x_t, int16_t *y_t);\n"
-            f"int {p}_run_q({p}_state_t *s, const int16_t *x, int T"
-            f"{outs.replace('float', 'int16_t')});\n"
-        )
-    return text
 
 
 def _cache_root() -> Path:
@@ -101,7 +80,7 @@ def _build(dirs: Sequence[Path], manifests: Sequence[dict]):
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # gcc runs in parallel
             objects = list(pool.map(lambda src: compile_object(src, tmp), sources))
         ffi = cffi.FFI()
-        ffi.cdef("".join(_cdef(m) for m in manifests))
+        ffi.cdef("".join(from_manifest(m).cdef() for m in manifests))
         ffi.set_source(
             module_name,
             "".join(f'#include "{m["name"]}.h"\n' for m in manifests),
@@ -134,6 +113,7 @@ class CompiledModel:
         self.lib = module.lib
         self.manifest = manifest
         self.interface = manifest["interface"]
+        self.api = from_manifest(manifest)
         self.name = manifest["name"]
 
     def _fn(self, suffix: str):
@@ -154,13 +134,12 @@ class CompiledModel:
 
     def _check(self, status: int, what: str) -> None:
         if status != 0:
-            meaning = {-1: "a NULL pointer", -2: "a sequence length outside 1..max_seq_len",
-                       -3: "an unsupported call", -4: "a selected time step outside the sequence"}
+            error = self.api.error(status)
+            meaning = error.meaning if error is not None else "an error"
             max_t = self.interface.get("max_seq_len")
-            hint = f" (this export's --max-seq-len is {max_t})" if status == -2 and max_t else ""
-            raise TinyRNNError(
-                f"{self.name}_{what} returned {status}: {meaning.get(status, 'an error')}{hint}"
-            )
+            hint = (f" (this export's --max-seq-len is {max_t})"
+                    if error is not None and error.name == "ERR_SEQ_LEN" and max_t else "")
+            raise TinyRNNError(f"{self.name}_{what} returned {status}: {meaning}{hint}")
 
     def run_sample(self, sample: dict[str, np.ndarray], state=None) -> list[np.ndarray]:
         """Run one sample from reset (or from ``state``); returns flat per-sample outputs."""
@@ -170,15 +149,7 @@ class CompiledModel:
                 self.set_state(state, sample)
         x = sample["x"]
         T = x.shape[0]
-        outs = []
-        for spec in self.interface["outputs"]:
-            if spec["role"] == "sequence":
-                n = T * spec["features"]
-            elif spec["role"] == "vector":
-                n = spec["features"]
-            else:
-                n = spec["size"]
-            outs.append(np.zeros(n, dtype=np.float32))
+        outs = [np.zeros(n, dtype=np.float32) for n in self.api.output_lengths(T)]
         x_buf, _keep = self._floats(x)
         out_bufs = [self.ffi.from_buffer("float[]", o) for o in outs]
         self._check(self._fn("run")(state, x_buf, T, *out_bufs), "run")
@@ -186,7 +157,7 @@ class CompiledModel:
 
     def step(self, state, x_t: np.ndarray) -> np.ndarray:
         """The streaming API: one step from ``state``; returns the step's output."""
-        y = np.zeros(self.interface["step_output_size"], dtype=np.float32)
+        y = np.zeros(self.api.function("step").output_lengths(1)[0], dtype=np.float32)
         x_buf, _keep = self._floats(x_t)
         self._check(self._fn("step")(state, x_buf, self.ffi.from_buffer("float[]", y)), "step")
         return y
@@ -201,11 +172,7 @@ class CompiledModel:
                 self._check(self._fn("set_state_q")(state, *args), "set_state_q")
         x = np.ascontiguousarray(sample["x"], dtype=np.int16)
         T = x.shape[0]
-        outs = []
-        for spec in self.interface["outputs"]:
-            n = {"sequence": T * spec.get("features", 0), "vector": spec.get("features", 0)}.get(
-                spec["role"], spec.get("size", 0))
-            outs.append(np.zeros(n, dtype=np.int16))
+        outs = [np.zeros(n, dtype=np.int16) for n in self.api.output_lengths(T)]
         bufs = [self.ffi.from_buffer("int16_t[]", o) for o in outs]
         self._check(self._fn("run_q")(state, self.ffi.from_buffer("int16_t[]", x), T, *bufs),
                     "run_q")
@@ -213,7 +180,7 @@ class CompiledModel:
 
     def step_q(self, state, x_t: np.ndarray) -> np.ndarray:
         """``step`` through the int16 API (integer formats)."""
-        y = np.zeros(self.interface["step_output_size"], dtype=np.int16)
+        y = np.zeros(self.api.function("step_q").output_lengths(1)[0], dtype=np.int16)
         x = np.ascontiguousarray(x_t, dtype=np.int16)
         self._check(self._fn("step_q")(state, self.ffi.from_buffer("int16_t[]", x),
                                        self.ffi.from_buffer("int16_t[]", y)), "step_q")

@@ -394,20 +394,16 @@ def _run_tool(command: Sequence[str], doing: str) -> str:
     return done.stdout
 
 
-def _api_functions(model: cross.ExportedModel) -> list[str]:
-    header = (model.directory / f"{model.name}.h").read_text(encoding="utf-8")
-    names = ["reset", "set_state", "step", "run", "step_q", "run_q"]
-    return [f"{model.name}_{n}" for n in names if re.search(rf"\b{model.name}_{n}\s*\(", header)]
-
-
 def build_image(model: cross.ExportedModel, board: Board, work_dir: str | Path) -> ProfileImage:
     """Compile the model with ``board``'s production flags and link the bare profile image."""
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    functions = _api_functions(model)
-    has_q = f"{model.name}_step_q" in functions
+    api = model.api
+    functions = [fn.name for fn in api.functions]
+    has_q = api.has("step_q")
     interface = model.interface
-    out_floats = max(int(interface["step_output_size"]), sum(model.output_lengths(RUN_STEPS)))
+    out_floats = max(api.function("step").output_lengths(1)[0],
+                     sum(model.output_lengths(RUN_STEPS)))
     (work / "tinyrnn_profile.c").write_text(_jinja(
         _ENTRY, name=model.name, x_floats=RUN_STEPS * int(interface["input_size"]),
         out_floats=out_floats, has_q=has_q), encoding="utf-8")
@@ -1006,7 +1002,7 @@ def _measure_q(emu: Emulator, image: ProfileImage, core: Core, x: np.ndarray,
     """Count NAME_step_q, the int16 API of fixed-point models, on the same (quantized) input."""
     name = image.model.name
     state = emu.address("tinyrnn_profile_state")
-    frac = _input_frac(image.model.manifest)
+    frac = image.model.api.macro("INPUT_FRAC")
     xq = np.clip(np.floor(x.astype(np.float64) * 2.0 ** frac + 0.5), -32768, 32767)
     emu.write("tinyrnn_profile_xq", xq[:RUN_STEPS].astype("<i2"))
     x_addr = emu.address("tinyrnn_profile_xq")
@@ -1023,19 +1019,6 @@ def _measure_q(emu: Emulator, image: ProfileImage, core: Core, x: np.ndarray,
     assert counted is not None
     return {"instructions_per_step_q": counted.instructions,
             "cycles_per_step_q": counted.cycles if core.cycle_model else None}
-
-
-def _input_frac(manifest: Mapping[str, Any]) -> int:
-    """Fractional bits of the int16 input x of a fixed-point model (its manifest says)."""
-    quantized = manifest.get("interface", {}).get("quantized") or {}
-    for entry in quantized.get("forward_inputs", []):
-        if entry.get("role") == "x" and entry.get("frac"):
-            return int(entry["frac"][0])
-    section = manifest.get("quantization", {}).get("input", {})
-    if "frac" in section:
-        return int(section["frac"])
-    raise TinyRNNError(f"{manifest.get('name')}.json has a _q API but no input format "
-                       "(interface.quantized); re-export the model")
 
 
 # ---------------------------------------------------------------------------------------------

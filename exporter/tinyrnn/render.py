@@ -18,6 +18,7 @@ import jinja2
 import numpy as np
 
 from . import __version__
+from . import interface as c_interface
 from .dspasm import UNROLL_SIZE, UNROLL_SPEED, UnitKernel
 from .errors import TinyRNNError
 from .ir import Activation, Dense, Model, RecurrentLayer, SelectStep
@@ -682,15 +683,26 @@ class _Builder:
             vec_results=vec_results,
             state_results=results,
         )
-        out_doc = []
+        outputs = []
         for out in model.outputs:
             if out.role == "sequence":
-                out_doc.append(f"sequence, T x {out.features} values")
+                outputs.append((f"sequence, T x {out.features} values",
+                                c_interface.Length(out.features, 0)))
             elif out.role == "vector":
-                out_doc.append(f"vector, {out.features} values")
+                outputs.append((f"vector, {out.features} values", c_interface.Length(0,
+                                                                                   out.features)))
             else:
-                out_doc.append(f"{out.role}, {out.size} values (layers*directions, H)")
-        fixed: dict[str, Any] = dict(fixed=self.q is not None, T=self.T)
+                outputs.append((f"{out.role}, {out.size} values (layers*directions, H)",
+                                c_interface.Length(0, out.size)))
+        sizes = {arg: sum(r["size"] for r in set_state_rows if r["arg"] == arg)
+                 for arg in set_state_args}
+        api = c_interface.build(
+            self.p, fixed=self.q is not None, input_size=model.input_size,
+            step_output_size=model.step_output_size, max_seq_len=max_seq_len,
+            state_size=sizes["h0"], set_state_args=list(sizes.items()), outputs=outputs,
+            has_step=step_plan is not None, sources=[f"{name}.c"],
+            format_macros=self.format_macros())
+        fixed: dict[str, Any] = dict(fixed=self.q is not None, T=self.T, out_fracs=[])
         if self.q is not None:
             fixed.update(self.fixed_context())
         return dict(
@@ -704,13 +716,28 @@ class _Builder:
             state_vars=self.state_vars,
             set_state_args=set_state_args,
             set_state_rows=set_state_rows,
-            state_size=sum(r["size"] for r in set_state_rows if r["arg"] == "h0"),
+            state_size=sizes["h0"],
+            api=api,
             max_seq_len=max_seq_len,
             step_plan=step_plan,
             run_plan=run_plan,
-            out_doc=out_doc,
             **fixed,
         )
+
+    def format_macros(self) -> list[c_interface.Macro]:
+        """The integer formats' ``*_FRAC`` macros of the header."""
+        q = self.q
+        if q is None:
+            return []
+        P = self.p.upper()
+        macros = [c_interface.Macro(f"{P}_INPUT_FRAC", q.input.frac, f"x: {q.input}"),
+                  c_interface.Macro(f"{P}_STEP_OUTPUT_FRAC", q.final_format.frac,
+                                    f"{self.p}_step_q's y_t: {q.final_format}")]
+        for k, (role, fmts, _) in enumerate(q.output_row_formats()):
+            if len(fmts) == 1:
+                macros.append(c_interface.Macro(f"{P}_OUT{k}_FRAC", fmts[0].frac,
+                                                f"out{k} ({role}): {fmts[0]}"))
+        return macros
 
     def fixed_context(self) -> dict:
         """Names and numbers only the integer formats print."""
@@ -824,6 +851,7 @@ def render(model: Model, out_dir: Path, name: str, fmt: str, options: dict,
         weights_sha256=digest,
         options=options,
         interface=interface(model, context),
+        c_interface=context["api"].to_json(),
         sizes=dict(
             weights_bytes=weight_bytes, state_bytes=state_bytes, scratch_bytes=scratch_bytes
         ),
