@@ -13,25 +13,22 @@ reads them back bit for bit. The same image can be flashed to a real board with 
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import numpy as np
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from . import toolchain
 from .boards import Board, list_boards, load_board
 from .errors import TinyRNNError
 from .host import read_manifest
@@ -39,13 +36,11 @@ from .interface import CInterface, from_manifest
 from .io import assemble_outputs, load_inputs, save_outputs, split_inputs
 from .resources import resource_dir
 
-GCC = "arm-none-eabi-gcc"
-QEMU = "qemu-system-arm"
+GCC = toolchain.GCC
 # pyOCD is a dependency: prefer the one installed beside this Python (a venv need not be on PATH)
 _BESIDE = Path(sys.executable).parent / "pyocd"
 PYOCD = str(_BESIDE) if _BESIDE.exists() else "pyocd"
-CFLAGS = ("-std=c99", "-Wall", "-Wextra", "-Werror", "-O2",
-          "-ffunction-sections", "-fdata-sections")
+CFLAGS = toolchain.CFLAGS
 # newlib-nano: 2 KiB less RAM and 4 KiB less flash than full newlib for the same harness;
 # rdimon.specs then links librdimon_nano (semihosting system calls).
 LDFLAGS = ("-Wl,--gc-sections", "--specs=nano.specs", "--specs=rdimon.specs")
@@ -81,9 +76,9 @@ class ExportedModel:
         return self.manifest["interface"]
 
     @property
-    def source(self) -> Path:
-        """The model's C file."""
-        return self.directory / f"{self.name}.c"
+    def sources(self) -> list[Path]:
+        """The files to compile (the C file, and the assembly kernels where there are any)."""
+        return [self.directory / name for name in self.api.sources]
 
     @property
     def takes_state(self) -> bool:
@@ -193,46 +188,45 @@ class QemuRun:
 
 
 def build(jobs: Sequence[ModelInputs], board: Board, work_dir: str | Path,
-          output: str | Path | None = None) -> Firmware:
+          output: str | Path | None = None, compiler: str = "gcc") -> Firmware:
     """Compile the harness, startup code and every model for ``board`` and link one ELF.
 
-    Checks that the models fit the board before linking, from the compiled objects' section
-    sizes, and raises :class:`TinyRNNError` giving what they need and what the board has.
+    ``compiler``: ``gcc`` (arm-none-eabi-gcc) or ``clang`` for every source; the image is
+    linked by arm-none-eabi-gcc either way. Checks that the models fit the board before
+    linking, from the compiled objects' section sizes, and raises :class:`TinyRNNError` giving
+    what they need and what the board has.
     """
     jobs = tuple(jobs)
     _check_jobs(jobs)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    _require_tool(GCC, "the ARM GNU toolchain (Debian: apt-get install gcc-arm-none-eabi "
-                       "libnewlib-arm-none-eabi)")
+    toolchain.require_tool(toolchain.GCC)
     firmware_dir = resource_dir("firmware")
-    env = _jinja_env(firmware_dir)
-    (work / "harness.c").write_text(env.get_template("harness.c.j2").render(
-        board=board, **_harness_context(jobs)), encoding="utf-8")
-    linker_script = work / "linker.ld"
-    linker_script.write_text(env.get_template("linker.ld.j2").render(
-        board=board, heap_min=HEAP_MIN), encoding="utf-8")
-
-    sources = [(firmware_dir / "startup.c", []), (work / "harness.c", [
-        f"-I{job.model.directory}" for job in jobs])]
-    sources += [(job.model.source, [f"-I{job.model.directory}"]) for job in jobs]
-    objects = [work / f"{i:02d}-{src.stem}.o" for i, (src, _) in enumerate(sources)]
-    commands = [[GCC, *board.cpu_flags, *CFLAGS, f"-I{firmware_dir}", *includes,
-                 "-c", str(src), "-o", str(obj)]
-                for (src, includes), obj in zip(sources, objects)]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(lambda cmd: _tool(cmd, "compiling for " + board.name), commands))
-
-    model_objects = {obj: job.model for obj, job in zip(objects[2:], jobs)}
+    harness = toolchain.render_firmware("harness.c.j2", work / "harness.c", board=board,
+                                        **_harness_context(jobs))
+    linker_script = toolchain.render_firmware("linker.ld.j2", work / "linker.ld", board=board,
+                                              heap_min=HEAP_MIN)
+    model_dirs = tuple(f"-I{job.model.directory}" for job in jobs)
+    compiles = [toolchain.CompileJob(firmware_dir / "startup.c", work / "00-startup.o",
+                                     (f"-I{firmware_dir}",)),
+                toolchain.CompileJob(harness, work / "01-harness.o",
+                                     (f"-I{firmware_dir}", *model_dirs))]
+    model_objects: dict[Path, ExportedModel] = {}
+    for job in jobs:
+        for source in job.model.sources:
+            obj = work / f"{len(compiles):02d}-{source.name.replace('.', '_')}.o"
+            compiles.append(toolchain.CompileJob(source, obj, (f"-I{job.model.directory}",)))
+            model_objects[obj] = job.model
+    toolchain.compile_all(compiles, board.cpu_flags, f"compiling for {board.name}", compiler)
+    objects = [c.output for c in compiles]
     _check_fits(board, model_objects, objects[:2])
 
     elf = Path(output) if output is not None else work / "app.elf"
     elf.parent.mkdir(parents=True, exist_ok=True)
     map_file = work / "app.map"
-    link = [GCC, *board.cpu_flags, "-T", str(linker_script), *map(str, objects), *LDFLAGS,
-            f"-Wl,-Map={map_file}", "-lm", "-o", str(elf)]
     try:
-        _tool(link, "linking for " + board.name)
+        toolchain.link(objects, elf, board.cpu_flags, f"linking for {board.name}",
+                       ["-T", str(linker_script), *LDFLAGS, f"-Wl,-Map={map_file}", "-lm"])
     except TinyRNNError as exc:
         overflow = re.search(r"region `(\w+)' overflowed by (\d+) bytes|RAM overflow", str(exc))
         if overflow:
@@ -274,12 +268,6 @@ def _check_jobs(jobs: Sequence[ModelInputs]) -> None:
                                    f"state {', '.join(missing)}")
 
 
-def _jinja_env(folder: Path) -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)),
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                              trim_blocks=True, lstrip_blocks=True, autoescape=False)
-
-
 def _harness_context(jobs: Sequence[ModelInputs]) -> dict[str, Any]:
     """Everything harness.c.j2 needs, computed here so that the template only lays it out."""
     models = []
@@ -291,7 +279,7 @@ def _harness_context(jobs: Sequence[ModelInputs]) -> dict[str, Any]:
             steps = np.asarray(sample["x"]).shape[0]
             lengths = job.model.output_lengths(steps)
             capacity = max(capacity, sum(lengths))
-            arrays = [{"role": role, "words": _hex_words(sample[role])}
+            arrays = [{"role": role, "words": toolchain.hex_words(sample[role])}
                       for role in ["x", *state_args]]
             samples.append({"index": index, "steps": steps, "arrays": arrays,
                             "has_h0": "h0" in state_args, "has_c0": "c0" in state_args,
@@ -307,49 +295,18 @@ def _harness_context(jobs: Sequence[ModelInputs]) -> dict[str, Any]:
             "max_outputs": max(m["num_outputs"] for m in models)}
 
 
-def _hex_words(values: np.ndarray) -> list[str]:
-    """The IEEE-754 bits of each float32, as C hex literals: exact, NaN and -0 included."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).reshape(-1).view(np.uint32)
-    return [f"0x{int(b):08x}u" for b in bits]
-
-
 # ---------------------------------------------------------------------------------------------
 # Sizes
-
-
-@dataclass(frozen=True)
-class _ObjectSizes:
-    code: int
-    const: int
-    data: int
-    bss: int
-
-
-def _object_sizes(path: Path) -> _ObjectSizes:
-    """Bytes in an object file's allocated sections, by kind (before --gc-sections)."""
-    code = const = data = bss = 0
-    with path.open("rb") as handle:
-        for section in ELFFile(handle).iter_sections():
-            flags = section["sh_flags"]
-            if not flags & SH_FLAGS.SHF_ALLOC:
-                continue
-            size = section["sh_size"]
-            if section["sh_type"] == "SHT_NOBITS":
-                bss += size
-            elif flags & SH_FLAGS.SHF_EXECINSTR:
-                code += size
-            elif flags & SH_FLAGS.SHF_WRITE:
-                data += size
-            else:
-                const += size
-    return _ObjectSizes(code, const, data, bss)
 
 
 def _check_fits(board: Board, model_objects: Mapping[Path, ExportedModel],
                 other_objects: Sequence[Path]) -> None:
     """Fail before linking when the compiled objects alone exceed the board's flash or RAM."""
-    models = {model.name: _object_sizes(obj) for obj, model in model_objects.items()}
-    others = [_object_sizes(obj) for obj in other_objects]
+    models: dict[str, toolchain.ObjectSizes] = {}
+    for obj, model in model_objects.items():
+        sizes = toolchain.object_sizes(obj)
+        models[model.name] = models[model.name] + sizes if model.name in models else sizes
+    others = [toolchain.object_sizes(obj) for obj in other_objects]
     flash = sum(s.code + s.const + s.data for s in [*models.values(), *others])
     ram = sum(s.data + s.bss for s in [*models.values(), *others]) + board.stack_size + HEAP_MIN
     problems = []
@@ -446,15 +403,11 @@ def run_qemu(firmware: Firmware, timeout: float = DEFAULT_TIMEOUT) -> QemuRun:
     """Run an image under qemu-system-arm and decode what the harness printed."""
     board = firmware.board
     _require_emulated(board)
-    _require_tool(QEMU, "QEMU (Debian: apt-get install qemu-system-arm)")
-    command = [QEMU, "-M", board.qemu_machine, "-nographic", "-monitor", "none",
-               "-serial", "none", "-semihosting-config", "enable=on,target=native",
-               "-kernel", str(firmware.elf.resolve())]
+    assert board.qemu_machine is not None
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tinyrnn-qemu-") as cwd:  # semihosting file I/O
         try:
-            done = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
-                                  timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+            done = toolchain.run_qemu(board.qemu_machine, firmware.elf, timeout, cwd=cwd)
         except subprocess.TimeoutExpired as exc:
             raise TinyRNNError(f"{firmware.elf.name} did not finish within {timeout:g} s on "
                                f"{board.name} (QEMU); the model may loop forever, or the inputs "
@@ -584,7 +537,8 @@ def flash(firmware: Firmware, dry_run: bool = False) -> list[str]:
     command = flash_command(firmware)
     if dry_run:
         return command
-    _require_tool(PYOCD, "pyOCD with `pip install pyocd` (or pass --dry-run to see the command)")
+    toolchain.require_tool(PYOCD, "pyOCD with `pip install pyocd` (or pass --dry-run to see the "
+                                  "command)")
     done = subprocess.run(command, capture_output=True, text=True, check=False,
                           stdin=subprocess.DEVNULL)
     if done.returncode != 0:
@@ -611,20 +565,6 @@ def _require_flashable(board: Board) -> None:
                            f"boards that can: {real}")
     if board.flash_blocker:
         raise TinyRNNError(f"cannot flash {board.name} yet: {board.flash_blocker}")
-
-
-def _require_tool(program: str, what: str) -> None:
-    if shutil.which(program) is None:
-        raise TinyRNNError(f"{program} was not found on PATH; install {what}")
-
-
-def _tool(command: Sequence[str], doing: str) -> None:
-    """Run a build tool; on failure raise with its message (not a traceback)."""
-    done = subprocess.run(list(command), capture_output=True, text=True, check=False,
-                          stdin=subprocess.DEVNULL)
-    if done.returncode != 0:
-        raise TinyRNNError(f"{doing} failed:\n$ {' '.join(command)}\n"
-                           f"{(done.stdout + done.stderr).strip()}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -722,8 +662,8 @@ def _cli_flash(args: argparse.Namespace) -> int:
     board = load_board(args.board)
     _require_flashable(board)
     if not args.dry_run:
-        _require_tool(PYOCD, "pyOCD with `pip install pyocd` (or pass --dry-run to see the "
-                             "command)")
+        toolchain.require_tool(PYOCD, "pyOCD with `pip install pyocd` (or pass --dry-run to "
+                               "see the command)")
     with tempfile.TemporaryDirectory(prefix="tinyrnn-build-") as work:
         firmware = _build_from_args(args, work)
     command = flash(firmware, dry_run=args.dry_run)

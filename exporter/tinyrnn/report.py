@@ -309,10 +309,11 @@ def make_report(model_path: str | Path, model_dir: str | Path, input_path: str |
     ``progress``: draw progress bars on stderr (default: when stderr is a terminal).
     """
     from .boards import load_board
+    from .costs import resolve_core
     from .frontend import load_program
     from .host import load, read_manifest
     from .io import assemble_outputs, load_inputs, split_inputs
-    from .profile import profile, resolve_core
+    from .profile import profile
     from .verify import torch_outputs
 
     model_path, model_dir, out = Path(model_path), Path(model_dir), Path(out_dir)
