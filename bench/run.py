@@ -49,8 +49,8 @@ import tinyrnn  # noqa: E402
 from tinyrnn import api  # noqa: E402
 from tinyrnn.cells import cell_spec, recurrent_macs  # noqa: E402
 from tinyrnn.dspasm import steady_cycles  # noqa: E402
+from tinyrnn.layout import padded  # noqa: E402
 from tinyrnn.profile import lower_bound_cycles, profile  # noqa: E402
-from tinyrnn.quantize import padded  # noqa: E402
 from tinyrnn.report import Progress, save_figure, sqnr_db  # noqa: E402
 from tinyrnn.v6masm import steady_instructions_per_mac  # noqa: E402
 

@@ -94,6 +94,20 @@ def build(case: Case) -> tuple[nn.Module, tuple]:
     return model, (x, h0)
 
 
+_CAPTURED: dict[str, tuple] = {}
+
+
+def captured(case: Case) -> tuple[nn.Module, tuple, object]:
+    """The model, its example inputs and their torch.export program, captured once per
+    process (the float, quantized and IR tests share them)."""
+    if case.id not in _CAPTURED:
+        from tinyrnn.frontend import capture
+
+        model, args = build(case)
+        _CAPTURED[case.id] = (model, args, capture(model, args))
+    return _CAPTURED[case.id]
+
+
 def flat_numpy(args) -> list[np.ndarray]:
     """Flatten nested tuples of tensors into numpy arrays in order (the in0, in1 contract)."""
     flat, _ = torch.utils._pytree.tree_flatten(args)

@@ -10,6 +10,7 @@ from torch import nn
 
 import tinyrnn
 from models import flat_numpy, torch_run
+from tinyrnn.api import FORMATS
 from tinyrnn.frontend import capture, read_program
 from tinyrnn.host import load_many
 from tinyrnn.ir import Dense, GRULayer, LSTMLayer, SelectStep
@@ -179,14 +180,18 @@ def test_ir_of_a_head():
     assert isinstance(ir.layers[3], Dense) and ir.layers[3].name == "fc1"
 
 
-def test_export_is_byte_identical_twice(tmp_path):
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_is_byte_identical_twice(tmp_path, fmt):
+    """Every file of every format: the C, the header, the assembly kernels, the manifest."""
     model, args = CASES["composite"]
-    tinyrnn.export(model, args, tmp_path / "a", name="m", format="float32")
-    tinyrnn.export(model, args, tmp_path / "b", name="m", format="float32")
-    for suffix in (".h", ".c", ".json"):
-        assert (tmp_path / "a" / f"m{suffix}").read_bytes() == (
-            tmp_path / "b" / f"m{suffix}"
-        ).read_bytes()
+    for folder in ("a", "b"):
+        tinyrnn.export(model, args, tmp_path / folder, name="m", format=fmt,
+                       calibration=args if fmt != "float32" else None)
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert {"m.c", "m.h", "m.json"} <= set(files)
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
 def test_generated_c_documents_its_weights(tmp_path):

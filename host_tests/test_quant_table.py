@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models import CELLS, Case, build, table
+from c_checks import layout_problems, unused_warnings
+from models import CELLS, Case, captured, table
 from quant_cases import (
     FORMATS,
     MIN_SQNR_DB,
@@ -15,18 +16,20 @@ from quant_cases import (
     first_mismatch,
     random_inputs,
     reference_model,
-    reference_outputs,
+    reference_run,
     sqnr_db,
     torch_call,
 )
+from tinyrnn import evaluate
 from tinyrnn.api import export_program
-from tinyrnn.frontend import capture
 from tinyrnn.host import load_many
+from tinyrnn.lower import lower
 
 CASES = table()
 PARAMS = [(c, f) for c in CASES for f in FORMATS]
 IDS = [f"{c.id}-{f}" for c, f in PARAMS]
 TEST_BATCH = 4
+FOLDERS: list = []  # every export of the table, filled by the fixture
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +39,14 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("quant_table")
     dirs, keys, info = [], [], {}
     for case in CASES:
-        model, args = build(case)
-        program = capture(model, args)
+        model, args, program = captured(case)
         calibration = random_inputs(case, model, args, 16, SEQ_LEN, case.seed + 1000)
         for fmt in FORMATS:
             name = f"{case.name}_{fmt}"
             manifest = export_program(program, root / name, name=name, format=fmt,
                                       max_seq_len=SEQ_LEN, calibration=calibration)
             dirs.append(root / name)
+            FOLDERS.append(root / name)
             keys.append((case.id, fmt))
             info[(case.id, fmt)] = (model, args, program, manifest)
     compiled = dict(zip(keys, load_many(dirs)))
@@ -70,7 +73,13 @@ def test_c_equals_reference_and_tracks_torch(case: Case, fmt: str, exported):
     compiled, model, args, program, manifest = exported[(case.id, fmt)]
     arrays = random_inputs(case, model, args, TEST_BATCH, SEQ_LEN, case.seed + 2000)
     q = reference_model(program, manifest)
-    ref_int, ref_float = reference_outputs(q, compiled.interface, arrays)
+    ref_int, ref_float, batch_q, trace = reference_run(q, compiled.interface, arrays)
+
+    # the plan the C was printed from, run in numpy with every kernel family's weights
+    plan = lower(q.model, manifest["name"], q)
+    for k, (g, r) in enumerate(zip(evaluate.run(plan, batch_q.x, batch_q.h0, batch_q.c0),
+                                   trace.outputs)):
+        assert np.array_equal(g, r), f"plan evaluator, out{k}: {first_mismatch(g, r)}"
 
     # the float API: the reference's integers, converted exactly
     got = compiled.run(*arrays)
@@ -80,10 +89,6 @@ def test_c_equals_reference_and_tracks_torch(case: Case, fmt: str, exported):
         assert np.array_equal(g, r), f"out{k}: {first_mismatch(g, r)}"
 
     # the int16 API, sample by sample, against the reference's integers
-    from tinyrnn.reference import quantize_batch
-    from tinyrnn.simulate import batch_from_arrays
-
-    batch_q = quantize_batch(q, batch_from_arrays(q.model, arrays))
     for b in range(TEST_BATCH):
         sample_q = {"x": batch_q.x[b]}
         if batch_q.h0 is not None:
@@ -121,6 +126,9 @@ def test_step_q_equals_reference(case: Case, fmt: str, exported):
     q = reference_model(program, manifest)
     batch_q = quantize_batch(q, batch_from_arrays(q.model, arrays))
     trace = run(q, batch_q, all_steps=True)
+    steps = evaluate.run(lower(q.model, manifest["name"], q), batch_q.x, batch_q.h0, batch_q.c0,
+                         steps=True)[0]
+    assert np.array_equal(steps, trace.outputs[0]), first_mismatch(steps, trace.outputs[0])
     for b in range(2):
         state = compiled.new_state()
         args_q = [batch_q.h0[b]] + ([batch_q.c0[b]] if batch_q.c0 is not None else [])
@@ -147,3 +155,14 @@ def test_float_simulation_of_the_ir_equals_torch(case: Case, exported):
     got = assemble_outputs(compiled.interface, trace.per_sample(), SEQ_LEN)
     for k, (g, e) in enumerate(zip(got, torch_call(model, args, arrays))):
         np.testing.assert_allclose(g, e, rtol=0, atol=2e-6, err_msg=f"out{k}")
+
+
+def test_generated_files_carry_nothing_unused_and_keep_their_shape(exported):
+    """Over the whole table (both integer formats): no unused helper, table, macro or kernel on
+    a host, Cortex-M0 (ARMv6-M assembly) or Cortex-M4 (DSP assembly) build, clang -Weverything
+    and gcc -Wunused; lines within the width, braces where C puts them, every array const."""
+    assert len(FOLDERS) == len(exported)
+    problems = [problem for folder in FOLDERS for path in sorted(folder.iterdir())
+                if path.suffix in (".c", ".h", ".S") for problem in layout_problems(path)]
+    assert problems == [], problems[:20]
+    assert unused_warnings([folder / f"{folder.name}.c" for folder in FOLDERS]) == []

@@ -3,7 +3,7 @@ written out as Thumb-2 assembly for each model's sizes.
 
 One *unit kernel* computes the integer sums of the G gate rows of one recurrent unit (LSTM
 i f g o, GRU r z n) over the concatenated ``[x, h]`` buffer, in the weight order of
-:func:`tinyrnn.quantize.kernel_layout`: for each group of 4 columns, one 32-bit word of int8
+:func:`tinyrnn.layout.kernel_layout`: for each group of 4 columns, one 32-bit word of int8
 weights per row, bytes in SXTB16 order (0, 2, 1, 3). Per group it loads the two words of
 int16 activations and the G weight words back to back (the M4 pipelines a load that follows a
 load), then per row ``SXTB16``, ``SXTB16 ... ROR #8`` and two ``SMLAD``: 3 + G load cycles
@@ -33,6 +33,31 @@ last one post-indexed to the next group), 4 ``SMLALD``: 11 cycles for 8 MACs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Rept:
+    """``count`` copies of the assembler macro ``macro`` (``.rept`` ... ``.endr``)."""
+
+    count: int
+    macro: str
+
+
+Line = str | Rept
+"""One line of a kernel: an instruction or label, or a repeated macro."""
+
+
+def expand(lines: list[Line], macros: dict[str, list[str]]) -> list[str]:
+    """The instructions and labels of ``lines`` with every macro written out."""
+    out: list[str] = []
+    for line in lines:
+        out += macros[line.macro] * line.count if isinstance(line, Rept) else [line]
+    return out
+
+CONDITION = ("defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && "
+             "__ARM_ARCH_PROFILE == 'M' && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP")
+"""The builds that run these kernels (a preprocessor condition, in the C file and the .S file):
+GNU assembler syntax (gcc or clang), Thumb state, an M-profile core with the DSP extension."""
 
 UNROLL_SPEED = 8
 """Groups of 4 columns per loop iteration when the build optimises for speed."""
@@ -69,13 +94,45 @@ class UnitKernel:
         wide = "_w16" if self.bits == 16 else ""
         return f"{prefix}_unit{self.G}{wide}_x{self.xg}_h{self.hg}{flags}"
 
-    def assembly(self, unroll: int) -> list[str]:
-        """The function body, one instruction or label per line."""
+    def doc(self) -> list[str]:
+        """What the kernel computes and how, for the comment above it."""
+        lines = [f"The sums of the {self.G} gate rows of one unit over [x, h]: acc[0..{self.G}) = "
+                 f"bx + W_x x ({self.xg} groups of 4 columns), acc[{self.G}..{2 * self.G}) = "
+                 f"bh + W_h h ({self.hg} groups); returns the next unit's weights."]
+        if self.bits == 8:
+            lines.append(f"Per group: 2 + {self.G} loads back to back, then per row SXTB16, "
+                         "SXTB16 ROR 8 and two SMLAD. Exact: every partial sum fits 32 bits.")
+        else:
+            lines.append("Passes of 2 rows; per group: 6 loads back to back, then 4 SMLALD "
+                         "into 64-bit sums. Exact.")
+        return lines
+
+    def macros(self) -> dict[str, list[str]]:
+        """The assembler macros this kernel's body repeats: one group of 4 columns."""
+        if self.bits == 8:
+            return {self._macro8: self._group()}
+        return {self._macro16(min(2, self.G - first)): self._group16(min(2, self.G - first),
+                                                                      8 * self.G)
+                for first in range(0, self.G, 2)}
+
+    @property
+    def _macro8(self) -> str:
+        return f"w8_group{self.G}"
+
+    def _macro16(self, rows: int) -> str:
+        return f"w16_group{rows}_stride{8 * self.G}"
+
+    def expanded(self, unroll: int) -> list[str]:
+        """:meth:`assembly` with the macros written out."""
+        return expand(self.assembly(unroll), self.macros())
+
+    def assembly(self, unroll: int) -> list[Line]:
+        """The function body, one instruction, label or repeated macro per line."""
         if self.bits == 16:
             return self._assembly16(unroll)
         sums = _SUMS[:self.G]
         reglist = "{" + ", ".join(sums) + "}"
-        lines = [f"push {_SAVED}"]
+        lines: list[Line] = [f"push {_SAVED}"]
         lines += self._start(self.bx, _T, sums, reglist)
         lines += self._part(self.xg, unroll, "1")
         lines += [f"ldr {_N}, [sp]", f"stm {_N}, {reglist}"]
@@ -102,17 +159,17 @@ class UnitKernel:
                       f"smlad {s}, {_T}, {_X01}, {s}", f"smlad {s}, {q}, {_X23}, {s}"]
         return lines
 
-    def _part(self, groups: int, unroll: int, label: str) -> list[str]:
-        return _loop(groups, unroll, label, self._group())
+    def _part(self, groups: int, unroll: int, label: str) -> list[Line]:
+        return _loop(groups, unroll, label, self._macro8)
 
     # -----------------------------------------------------------------------------------------
     # 16-bit weights, 64-bit sums
 
-    def _assembly16(self, unroll: int) -> list[str]:
+    def _assembly16(self, unroll: int) -> list[Line]:
         G = self.G
         stride = 8 * G  # bytes of one group: G rows x 4 int16 weights
         # saved: r0 (w), r1 (xh), r2 (acc), r3 (bx), r4-r11, lr: 13 words; bh at [sp, #52]
-        lines = ["push {r0-r11, lr}"]
+        lines: list[Line] = ["push {r0-r11, lr}"]
         for first in range(0, G, 2):
             rows = min(2, G - first)
             sums = _SUMS[:2 * rows]
@@ -150,23 +207,23 @@ class UnitKernel:
         return lines
 
     def _part16(self, groups: int, rows: int, stride: int, unroll: int,
-                label: str) -> list[str]:
-        return _loop(groups, unroll, label, self._group16(rows, stride))
+                label: str) -> list[Line]:
+        return _loop(groups, unroll, label, self._macro16(rows))
 
 
-def _loop(groups: int, unroll: int, label: str, group: list[str]) -> list[str]:
-    """``group`` (the code of one group of 4 columns) ``groups`` times: a counted loop of
-    ``unroll`` groups per iteration (count in r2, numeric ``label``), then the rest straight."""
+def _loop(groups: int, unroll: int, label: str, group: str) -> list[Line]:
+    """The macro ``group`` (the code of one group of 4 columns) ``groups`` times: a counted
+    loop of ``unroll`` groups per iteration (count in r2, numeric ``label``), then the rest
+    straight."""
     iterations, rest = divmod(groups, unroll)
-    lines: list[str] = []
+    lines: list[Line] = []
     if iterations >= 2:
         mov = "movs" if iterations < 256 else "movw"
-        lines += [f"{mov} {_N}, #{iterations}", f"{label}:"]
-        lines += group * unroll
-        lines += [f"subs {_N}, {_N}, #1", f"bne {label}b"]
+        lines += [f"{mov} {_N}, #{iterations}", f"{label}:", Rept(unroll, group),
+                  f"subs {_N}, {_N}, #1", f"bne {label}b"]
     elif iterations == 1:
         rest += unroll
-    return lines + group * rest
+    return lines + ([Rept(rest, group)] if rest else [])
 
 
 def _add_constant(reg: str, value: int, scratch: str) -> list[str]:

@@ -54,7 +54,7 @@ def _cache_root() -> Path:
 
 def compile_object(source: Path, out_dir: Path) -> Path:
     """Compile one generated .c with the strict flags; a failure shows gcc's message."""
-    obj = out_dir / (source.stem + ".o")
+    obj = out_dir / (source.name.replace(".", "_") + ".o")
     cmd = ["gcc", *CFLAGS, "-fPIC", "-c", str(source), "-o", str(obj)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
@@ -67,23 +67,25 @@ def compile_object(source: Path, out_dir: Path) -> Path:
 def _build(dirs: Sequence[Path], manifests: Sequence[dict]):
     import cffi
 
+    apis = [from_manifest(m) for m in manifests]
     digest = hashlib.sha256(" ".join(CFLAGS).encode())
-    for d, m in zip(dirs, manifests):
-        for suffix in (".h", ".c"):
-            digest.update((d / f"{m['name']}{suffix}").read_bytes())
+    for d, api in zip(dirs, apis):
+        for filename in (api.header, *api.sources):
+            digest.update((d / filename).read_bytes())
     module_name = "_tinyrnn_" + digest.hexdigest()[:20]
     build_dir = _cache_root() / module_name
     existing = list(build_dir.glob(f"{module_name}*.so")) if build_dir.exists() else []
     if not existing:
         tmp = Path(tempfile.mkdtemp(prefix="build-", dir=_cache_root()))
-        sources = [d / f"{m['name']}.c" for d, m in zip(dirs, manifests)]
+        # every source the C interface lists (assembly kernels assemble to nothing here)
+        sources = [d / filename for d, api in zip(dirs, apis) for filename in api.sources]
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # gcc runs in parallel
             objects = list(pool.map(lambda src: compile_object(src, tmp), sources))
         ffi = cffi.FFI()
-        ffi.cdef("".join(from_manifest(m).cdef() for m in manifests))
+        ffi.cdef("".join(api.cdef() for api in apis))
         ffi.set_source(
             module_name,
-            "".join(f'#include "{m["name"]}.h"\n' for m in manifests),
+            "".join(f'#include "{api.header}"\n' for api in apis),
             include_dirs=sorted({str(d.resolve()) for d in dirs}),
             extra_objects=[str(o) for o in objects],
             libraries=["m"],
@@ -108,8 +110,9 @@ def _build(dirs: Sequence[Path], manifests: Sequence[dict]):
 class CompiledModel:
     """One exported model compiled for the host; runs batches in torch's layout."""
 
-    def __init__(self, module, manifest: dict):
+    def __init__(self, module, manifest: dict, folder: Path | None = None):
         self.ffi = module.ffi
+        self.folder = folder  # where the export is
         self.lib = module.lib
         self.manifest = manifest
         self.interface = manifest["interface"]
@@ -209,4 +212,4 @@ def load_many(model_dirs: Sequence[str | Path]) -> list[CompiledModel]:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", m["name"]):
             raise TinyRNNError(f"manifest name {m['name']!r} is not a C identifier")
     module = _build(dirs, manifests)
-    return [CompiledModel(module, m) for m in manifests]
+    return [CompiledModel(module, m, d) for m, d in zip(manifests, dirs)]

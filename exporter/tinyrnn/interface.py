@@ -185,29 +185,31 @@ def build(prefix: str, *, fixed: bool, input_size: int, step_output_size: int,
     functions = [CFunction(f"{prefix}_reset", "void", (state,), "Zero the recurrent state.")]
     for t in types:
         q = "_q" if t == "int16_t" else ""
-        what = "int16 values in the formats below" if q else "floats"
+        docs = ("", "", "The same in int16 (formats above; h0/c0 rows in the formats of their "
+                        "layers).") if q else (
+            "Load initial states for one sample in torch's (layers*directions, H) order.",
+            f"One time step, keeping the state: y_t gets {P}_STEP_OUTPUT_SIZE values." + (
+                "" if has_step else f" Returns {P}_ERR_UNSUPPORTED: this model is "
+                "bidirectional."),
+            f"A whole sequence x[T][{P}_INPUT_SIZE] from the state in s; the outputs follow the "
+            "torch forward's return values (batch 1):\n" + "\n".join(
+                f"  out{k}: {doc}" for k, (doc, _) in enumerate(outputs)))
         functions.append(CFunction(
             f"{prefix}_set_state{q}", "int",
             (state, *(CArg(role, f"const {t} *", role, Length(0, n), t)
-                      for role, n in set_state_args)),
-            f"Load initial states ({what}) for one sample in torch's (layers*directions, H) "
-            "order."))
+                      for role, n in set_state_args)), docs[0 if not q else 2]))
         functions.append(CFunction(
             f"{prefix}_step{q}", "int",
             (state, CArg("x_t", f"const {t} *", "input", Length(0, input_size), t),
              CArg("y_t", f"{t} *", "output", Length(0, step_output_size), t)),
-            f"One time step, keeping the state: y_t gets {P}_STEP_OUTPUT_SIZE values." + (
-                "" if has_step else f" Returns {P}_ERR_UNSUPPORTED: this model is "
-                "bidirectional.")))
+            docs[1] if not q else ""))
         functions.append(CFunction(
             f"{prefix}_run{q}", "int",
             (state, CArg("x", f"const {t} *", "input", Length(input_size, 0), t),
              CArg("T", "int", "steps"),
              *(CArg(f"out{k}", f"{t} *", "output", length, t)
                for k, (_, length) in enumerate(outputs))),
-            f"A whole sequence x[T][{P}_INPUT_SIZE] from the state in s; the outputs follow the "
-            "torch forward's return values (batch 1):\n" + "\n".join(
-                f"  out{k}: {doc}" for k, (doc, _) in enumerate(outputs))))
+            docs[2] if not q else ""))
     macros = (
         Macro(f"{P}_INPUT_SIZE", input_size, "features of one time step x_t"),
         Macro(f"{P}_STEP_OUTPUT_SIZE", step_output_size, f"values {prefix}_step writes"),

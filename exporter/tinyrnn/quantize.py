@@ -4,7 +4,7 @@ hold integer weights, per-row multipliers and the number format of every value.
 Everything the generated C and the reference simulator (:mod:`tinyrnn.reference`) compute with
 is decided here, in Python: the integers of every weight and bias, every requantization
 multiplier and shift, every format change. The templates print these numbers; the reference
-applies them with :mod:`tinyrnn.fixedpoint`. ``docs/fixed-point.md`` explains the scheme.
+applies them with :mod:`tinyrnn.numerics`. ``docs/fixed-point.md`` explains the scheme.
 
 Two steps:
 
@@ -27,9 +27,9 @@ One output row ``r`` of a gate (or Dense layer) sums one integer accumulator per
 Each part's weights have the per-row scale that is ideal for that part alone
 (``max|W_p[r]| * step_p / qmax``), so the x part and the h part, whose int16 inputs have
 different steps, both use the full weight range. A gate's result is the wide pre-activation
-Q3.20 (:data:`tinyrnn.qfunctions.ACT_WIDE`), where the rounding of ``rescale`` is negligible;
+Q3.20 (:data:`tinyrnn.numerics.ACT_WIDE`), where the rounding of ``rescale`` is negligible;
 a single-part Dense layer's is int16 in its output format (then ``rescale`` + ``sat16`` is
-exactly :func:`tinyrnn.fixedpoint.requant`).
+exactly :func:`tinyrnn.numerics.requant`).
 """
 
 from __future__ import annotations
@@ -40,9 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import fixedpoint as fp
+from . import numerics as fp
 from .errors import TinyRNNError
-from .fixedpoint import ACT_ONE, ACT_OUT, QFormat
 from .ir import (
     Activation,
     Dense,
@@ -53,7 +52,7 @@ from .ir import (
     RNNLayer,
     SelectStep,
 )
-from .qfunctions import ACT_WIDE, WIDE_EXTRA, SoftmaxParams, softmax_params
+from .numerics import ACT_ONE, ACT_OUT, ACT_WIDE, WIDE_EXTRA, QFormat, SoftmaxParams, softmax_params
 from .simulate import Batch, run_float, split_state, state_rows
 
 WEIGHT_BITS = {"w8a16": 8, "w16a16": 16}
@@ -219,7 +218,7 @@ class QPart:
     scale: np.ndarray  # float64 (rows,): the real weight of one integer step
     unit: np.ndarray  # float64 (rows,): the real value of one accumulator step
     acc_bits: int  # 32 or 64, proven by ``bound``
-    bound: int  # largest |acc| over all int16 inputs (fixedpoint.acc_bound)
+    bound: int  # largest |acc| over all int16 inputs (numerics.acc_bound)
     mult: np.ndarray  # int64 (rows,): 2**14 <= M < 2**15
     shift: np.ndarray  # int64 (rows,)
     source: str  # torch tensor and rows
@@ -322,7 +321,7 @@ class QDense:
 class QActivation:
     """relu: ``relu_q``; sigmoid: ``sigmoid_wide(sat24(rshift_round(x, in_shift)))`` (to
     Q3.20 first); tanh: ``sat_shift(tanh_wide(...), out_shift)`` (Q0.30 to the output);
-    softmax/log_softmax: :mod:`tinyrnn.qfunctions` with ``softmax``'s constants."""
+    softmax/log_softmax: :mod:`tinyrnn.numerics` with ``softmax``'s constants."""
 
     ir: Activation
     x: QFormat
@@ -691,40 +690,3 @@ __all__ = [
     "WEIGHT_BITS", "calibrate", "choose_formats", "formats_from_manifest", "interface_section",
     "manifest_section", "quantize", "state_rows",
 ]
-
-
-# ----------------------------------------------------------------------------------------------
-# Weight layout of the recurrent kernels
-# ----------------------------------------------------------------------------------------------
-
-KERNEL_GROUP = 4
-"""Columns one step of a recurrent kernel reads: two 32-bit words of int16 activations."""
-
-SXTB16_ORDER = (0, 2, 1, 3)
-"""Byte order of four int8 weights in one word: SXTB16 sign-extends bytes 0 and 2 into a
-halfword pair (columns 0, 1: the first activation word), SXTB16 of the word rotated by 8
-bytes 1 and 3 (columns 2, 3: the second)."""
-
-
-def padded(cols: int) -> int:
-    """``cols`` rounded up to a multiple of :data:`KERNEL_GROUP`."""
-    return -(-cols // KERNEL_GROUP) * KERNEL_GROUP
-
-
-def kernel_layout(gates: Sequence[np.ndarray], bits: int) -> np.ndarray:
-    """The weights of one input part (x or h) of all gates, in the order the kernel reads them.
-
-    ``gates``: one ``(units, cols)`` integer matrix per gate (LSTM i f g o, GRU r z n, RNN h).
-    Returns ``(units, groups, gates, 4)``: for each unit, for each group of 4 columns (the last
-    one padded with zero weights), the 4 weights of each gate's row. 8-bit weights are stored
-    in :data:`SXTB16_ORDER` within each group. A zero weight makes the padded columns'
-    activations irrelevant, and the sums stay the same integers (exact, any order).
-    """
-    units, cols = gates[0].shape
-    w = np.zeros((units, len(gates), padded(cols)), dtype=np.int64)
-    for g, matrix in enumerate(gates):
-        w[:, g, :cols] = matrix
-    w = w.reshape(units, len(gates), -1, KERNEL_GROUP).transpose(0, 2, 1, 3)
-    if bits == 8:
-        w = w[..., list(SXTB16_ORDER)]
-    return np.ascontiguousarray(w)

@@ -1,7 +1,7 @@
 """The bit-exact reference of the fixed-point C: a numpy integer simulator of a
 :class:`~tinyrnn.quantize.QModel`.
 
-It computes, with the integer functions of :mod:`tinyrnn.fixedpoint` and :mod:`tinyrnn.qexp`,
+It computes, with the integer functions of :mod:`tinyrnn.numerics`,
 exactly what the generated C computes: the same integers, the same order of requantization,
 the same saturation. The C must equal it element for element (``host_tests`` and
 ``tinyrnn verify`` check that). The float API's conversions are specified here too:
@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fixedpoint import QFormat, relu_q, rshift_round, sat_shift, saturate
-from .qfunctions import (
+from .numerics import (
+    QFormat,
     dot2_q,
     log_softmax_q,
     mul_q30,
+    relu_q,
     rescale,
+    rshift_round,
     sat24,
+    sat_shift,
+    saturate,
     sigmoid_wide,
     softmax_q,
     tanh_wide,
@@ -39,7 +43,7 @@ def evaluate(acc: QAccumulator, v: np.ndarray) -> np.ndarray:
     """``saturate(sum_p rescale(bias_p + W_p @ v[p's columns], M_p, n_p), out.bits)`` per row,
     on the last axis of the int16 vector(s) ``v``. The int64 sums are exact: the quantizer
     proved ``|acc_p| <= bound_p < 2**47``. A single part with a 16-bit result is exactly
-    :func:`tinyrnn.fixedpoint.requant`."""
+    :func:`tinyrnn.numerics.requant`."""
     total = np.zeros(v.shape[:-1] + (acc.rows,), dtype=np.int64)
     for part in acc.parts:
         segment = v[..., part.offset:part.offset + part.cols]

@@ -42,6 +42,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dspasm import Line, Rept, expand
+
+CONDITION = "defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_6M__)"
+"""The builds that run these kernels: GNU assembler syntax (gcc or clang), ARMv6-M."""
+
 UNROLL_SPEED = 16
 """Steps per loop iteration at most when the build optimises for speed; the 256 bytes a 16-bit
 conditional branch reaches back decide first (9 steps of 4 rows, 11 of 3, 14 of 1)."""
@@ -174,26 +179,49 @@ class V6MUnitKernel:
             return start + (row // 2 + 1) * self._span(part) + (row % 2) * self.S + phase
         return self.unit_bytes + part * self.S + phase
 
+    def positions(self, part: int, row: int) -> list[int]:
+        """Where the kernel reads row ``row``'s weight of each column of part 0 (x) or 1 (h),
+        in bytes from the start of the unit's row of the layout."""
+        n, span, S = (self.nx, self.nh)[part], self._span(part), self.S
+        return [self._stream(part, row, c % S) - span + 2 * (c - c % S) for c in range(n)]
+
     def layout(self, x_rows: np.ndarray, h_rows: np.ndarray) -> np.ndarray:
-        """The weights in the order this kernel reads them, ``(units, unit_bytes)``.
+        """The weights in the order this kernel reads them, ``(units, unit_bytes)``; zeros
+        elsewhere. Inverse: :func:`tinyrnn.layout.decode_v6m_layout`.
 
         ``x_rows``: ``(units, G, nx)`` and ``h_rows``: ``(units, G, nh)`` integer weights."""
         units = x_rows.shape[0]
         out = np.zeros((units, self.unit_bytes), dtype=np.int64)
         for part, rows in enumerate((x_rows, h_rows)):
-            n = rows.shape[2]
-            span = self._span(part)
             for row in range(self.G):
-                for phase in range(self.S):
-                    cols = np.arange(phase, n, self.S)
-                    at = self._stream(part, row, phase) - span + 2 * (cols - phase)
-                    out[:, at] = rows[:, row, cols]
+                out[:, self.positions(part, row)] = rows[:, row, :]
         return out
 
     # -- the code ----------------------------------------------------------------------------
 
-    def assembly(self, unroll: int) -> list[str]:
-        """The function body, one instruction or label per line."""
+    def doc(self) -> list[str]:
+        """What the kernel computes and how, for the comment above it."""
+        return [f"The sums of the {self.G} gate rows of one unit over [x, h]: acc[0..{self.G}) = "
+                f"bx + W_x x ({self.nx} columns), acc[{self.G}..{2 * self.G}) = bh + W_h h "
+                f"({self.nh} columns); w is the unit's row of the ARMv6-M weight copy.",
+                "Per column: LDRSH of the activation, then per row LDRSB, MULS and ADD, then "
+                "ADDS of the index. Exact: every partial sum fits 32 bits."]
+
+    @property
+    def _macro(self) -> str:
+        return f"v6m_step{self.G}"
+
+    def macros(self) -> dict[str, list[str]]:
+        """The assembler macro this kernel's loops repeat: one step of S columns."""
+        return {self._macro: self._step()}
+
+    def expanded(self, unroll: int) -> list[str]:
+        """:meth:`assembly` with the macro written out."""
+        return expand(self.assembly(unroll), self.macros())
+
+    def assembly(self, unroll: int) -> list[Line]:
+        """The function body (Thumb, unified syntax), one instruction, label or repeated macro
+        per line."""
         G, saved = self.G, _HIGH_SAVED[:max(0, self.G - 2)]
         frame = 4 * len(saved)
         at = {"w": frame, "xh": frame + 4, "acc": frame + 8, "bh": frame + 32}
@@ -201,7 +229,7 @@ class V6MUnitKernel:
         # leave the activation pointer and the last weight pointers of the x part alive.
         values = [r for r in ("r0", "r1", "r2", "r4", "r5", "r6", "r7")][:G + 1]
         pointer = values.pop()
-        lines = [".syntax unified", "push {r0, r1, r2, r4, r5, r6, r7, lr}"]
+        lines: list[Line] = ["push {r0, r1, r2, r4, r5, r6, r7, lr}"]
         if saved:
             low = ("r4", "r5")[:len(saved)]
             lines += [f"mov {lo}, {hi}" for lo, hi in zip(low, saved)]
@@ -238,7 +266,7 @@ class V6MUnitKernel:
             low = ("r4", "r5")[:len(saved)]
             lines.append(f"pop {{{', '.join(low)}}}")
             lines += [f"mov {hi}, {lo}" for lo, hi in zip(low, saved)]
-        return lines + ["pop {r0, r1, r2, r4, r5, r6, r7, pc}", ".syntax divided"]
+        return lines + ["pop {r0, r1, r2, r4, r5, r6, r7, pc}"]
 
     def _setup(self, part: int, regs: _Registers) -> None:
         """The activation and weight base pointers of one part, then K = -span."""
@@ -265,16 +293,15 @@ class V6MUnitKernel:
         lines.insert(-1, f"adds {_K}, #{2 * self.S}")
         return lines
 
-    def _loop(self, part: int, unroll: int, label: str) -> list[str]:
+    def _loop(self, part: int, unroll: int, label: str) -> list[Line]:
         steps = self._span(part) // (2 * self.S)
-        step = self._step()
-        unroll = max(1, min(unroll, (_BRANCH_REACH - 4) // (2 * len(step))))
+        unroll = max(1, min(unroll, (_BRANCH_REACH - 4) // (2 * len(self._step()))))
         iterations, rest = divmod(steps, unroll)
-        lines = step * rest
+        lines: list[Line] = [Rept(rest, self._macro)] if rest else []
         if iterations >= 2:
-            lines += [f"{label}:"] + step * unroll + [f"bne {label}b"]
+            lines += [f"{label}:", Rept(unroll, self._macro), f"bne {label}b"]
         elif iterations == 1:
-            lines += step * unroll
+            lines += [Rept(unroll, self._macro)]
         return lines
 
 
