@@ -131,23 +131,22 @@ class UnitKernel:
         if self.bits == 16:
             return self._assembly16(unroll)
         sums = _SUMS[:self.G]
-        reglist = "{" + ", ".join(sums) + "}"
         lines: list[Line] = [f"push {_SAVED}"]
-        lines += self._start(self.bx, _T, sums, reglist)
+        lines += self._start(self.bx, _T, sums)
         lines += self._part(self.xg, unroll, "1")
-        lines += [f"ldr {_N}, [sp]", f"stm {_N}, {reglist}"]
+        lines += [f"ldr {_N}, [sp]", _multiple("stm", _N, sums)]
         if self.bh:
             lines.append(f"ldr {_T}, [sp, #{_BH_OFFSET}]")
-        lines += self._start(self.bh, _T, sums, reglist)
+        lines += self._start(self.bh, _T, sums)
         lines += self._part(self.hg, unroll, "2")
-        lines += [f"ldr {_N}, [sp]", f"add {_N}, {_N}, #{4 * self.G}", f"stm {_N}, {reglist}",
+        lines += [f"ldr {_N}, [sp]", f"add {_N}, {_N}, #{4 * self.G}", _multiple("stm", _N, sums),
                   f"pop {_SAVED[:-4]}pc}}"]
         return lines
 
     @staticmethod
-    def _start(bias: bool, pointer: str, sums: tuple[str, ...], reglist: str) -> list[str]:
+    def _start(bias: bool, pointer: str, sums: tuple[str, ...]) -> list[str]:
         if bias:
-            return [f"ldm {pointer}, {reglist}"]
+            return [_multiple("ldm", pointer, sums)]
         return [f"movs {s}, #0" for s in sums]
 
     def _group(self) -> list[str]:
@@ -224,6 +223,14 @@ def _loop(groups: int, unroll: int, label: str, group: str) -> list[Line]:
     elif iterations == 1:
         rest += unroll
     return lines + ([Rept(rest, group)] if rest else [])
+
+
+def _multiple(op: str, base: str, registers: tuple[str, ...]) -> str:
+    """LDM/STM of ``registers`` at ``base``, or LDR/STR for one register: a Thumb-2 LDM or STM
+    of fewer than two registers is UNPREDICTABLE (gas rewrites it, clang does not)."""
+    if len(registers) == 1:
+        return f"{'ldr' if op == 'ldm' else 'str'} {registers[0]}, [{base}]"
+    return f"{op} {base}, {{{', '.join(registers)}}}"
 
 
 def _add_constant(reg: str, value: int, scratch: str) -> list[str]:

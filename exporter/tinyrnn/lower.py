@@ -925,6 +925,7 @@ def lower(model: Model, name: str, q=None) -> Plan:
         name=name, format=q.format if fixed else "float32", T=T, fixed=fixed,
         functions=tuple(fn for index in sorted(functions) for fn in functions[index]),
         helpers=tuple(h.name for h in nm.helper_closure(req.helpers)),
+        portable_helpers=tuple(h.name for h, only in nm.helper_guards(req.helpers) if only),
         c_kernels=c_kernels, dsp_kernels=tuple(sorted(req.dsp)),
         v6m_kernels=tuple(req.v6m[k] for k in sorted(req.v6m)),
         v6m_constants=tuple(req.v6m_constants), buffers=tuple(buffers), schedule=schedule,

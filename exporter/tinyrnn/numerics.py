@@ -729,6 +729,7 @@ class Helper:
     name: str
     needs: tuple[str, ...] = ()
     table_bytes: int = 0  # flash of its lookup table
+    portable: tuple[str, ...] = ()  # what it calls only on cores without the DSP extension
 
 
 HELPERS: tuple[Helper, ...] = (
@@ -744,7 +745,8 @@ HELPERS: tuple[Helper, ...] = (
     Helper("requant", ("sat16_i64", "rshift_round64")),
     Helper("sat_shift", ("sat16_i64", "rshift_round64")),
     Helper("relu_q"),
-    Helper("mmulr", ("dsp",)), Helper("mmlar", ("dsp", "mmulr")), Helper("mmulr64"),
+    Helper("mmulr", ("dsp",)), Helper("mmlar", ("dsp",), portable=("mmulr",)),
+    Helper("mmulr64"),
     Helper("clamp_wide"),
     Helper("sigmoid_wide", ("clamp_wide",), 2 * ACT_TABLE_LEN),
     Helper("tanh_wide", ("clamp_wide", "mmlar"), 4 * ACT_TABLE_LEN),
@@ -768,14 +770,25 @@ _HELPER = {h.name: h for h in HELPERS}
 
 def helper_closure(names: set[str] | list[str]) -> list[Helper]:
     """The helpers ``names`` call and everything they call, in print order."""
-    wanted: set[str] = set()
-    todo = list(names)
+    return [h for h, _ in helper_guards(names)]
+
+
+def helper_guards(names: set[str] | list[str]) -> list[tuple[Helper, bool]]:
+    """:func:`helper_closure`, each helper with whether only the builds without the DSP
+    extension need it (the C then compiles it under ``#if !NAME_DSP``)."""
+    always: set[str] = set()
+    portable: set[str] = set()
+    todo = [(name, True) for name in names]
     while todo:
-        name = todo.pop()
-        if name not in wanted:
-            wanted.add(name)
-            todo += _HELPER[name].needs
-    return [h for h in HELPERS if h.name in wanted]
+        name, needed = todo.pop()
+        target = always if needed else portable
+        if name in target or (not needed and name in always):
+            continue
+        target.add(name)
+        helper = _HELPER[name]
+        todo += [(n, needed) for n in helper.needs] + [(n, False) for n in helper.portable]
+    portable -= always
+    return [(h, h.name in portable) for h in HELPERS if h.name in always | portable]
 
 
 def numeric_context() -> dict[str, object]:

@@ -407,6 +407,7 @@ class Plan:
     fixed: bool
     functions: tuple[Function, ...]
     helpers: tuple[str, ...]  # helper names in print order (tinyrnn.numerics.HELPERS)
+    portable_helpers: tuple[str, ...]  # those only builds without the DSP extension call
     c_kernels: tuple[tuple[int, int, int, frozenset[str]], ...]  # (G, bits, acc, families)
     dsp_kernels: tuple = ()  # tinyrnn.dspasm.UnitKernel, each once
     v6m_kernels: tuple = ()  # tinyrnn.v6masm.V6MUnitKernel, each once

@@ -20,6 +20,9 @@ from . import cross, toolchain
 from .boards import Board
 
 RUN_STEPS = 8          # length of the sequence NAME_run is counted over
+KEPT = ("reset", "set_state", "step", "run", "step_q", "run_q")
+"""The API functions an image keeps (the float API and the int16 functions the profile runs);
+the linker drops the rest, as a firmware's --gc-sections drops what it does not call."""
 
 # The bare image's memory map. Addresses only matter to the emulator: counts do not depend
 # on them. Both regions are large so that a profile never fails for size; whether a model
@@ -64,7 +67,7 @@ def build_image(model: cross.ExportedModel, board: Board, work_dir: str | Path,
     entry_obj = work / "tinyrnn_profile.o"
     toolchain.compile_all([*jobs, toolchain.CompileJob(entry, entry_obj, include)],
                           board.cpu_flags, f"compiling {model.name} for {board.core}", compiler)
-    keep = [fn.name for fn in api.functions]
+    keep = [fn.name for fn in api.functions if fn.name.removeprefix(f"{api.prefix}_") in KEPT]
     keep += ["tinyrnn_profile_state", "tinyrnn_profile_x", "tinyrnn_profile_out"]
     keep += ["tinyrnn_profile_xq", "tinyrnn_profile_outq"] if has_q else []
     elf = work / "profile.elf"

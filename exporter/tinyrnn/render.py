@@ -290,7 +290,8 @@ def helpers_source(names: list[str], prefix: str = HELPER_PREFIX, P: str = "TR")
         '{% import "numerics.c.j2" as numerics with context %}'
         "{% for helper in helpers %}\n{{ numerics[helper]() }}{% endfor %}")
     return wrap(template.render(hp=prefix, P=P, q=numeric_context_text(),
-                                helpers=[h.name for h in helper_closure(names)]))
+                                helpers=[h.name for h in helper_closure(names)],
+                                portable_helpers=[]))
 
 
 def _scale(frac: int | None) -> str:
@@ -312,6 +313,7 @@ def context(plan: Plan, provenance: str, api: c_interface.CInterface) -> dict:
     return dict(
         p=p, P=P, hp=HELPER_PREFIX, name=p, guard=f"{P}_H", provenance=provenance, api=api,
         fixed=plan.fixed, T=plan.T, q=q, helpers=plan.helpers, uses_math=uses_math,
+        portable_helpers=plan.portable_helpers,
         family_macros={f: f"{P}_{FAMILY_MACROS[f]}" for f in present if f != "c"},
         kernels=_kernels_view(plan),
         functions=[_function_view(fn, P, present) for fn in plan.functions],

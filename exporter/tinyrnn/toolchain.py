@@ -71,9 +71,9 @@ def newlib_sysroot() -> str:
     listing = subprocess.run([GCC, "-E", "-Wp,-v", "-xc", os.devnull], capture_output=True,
                              text=True, check=False).stderr
     for line in listing.splitlines():
-        folder = Path(line.strip())
+        folder = Path(os.path.normpath(line.strip()))  # not resolve(): include may be a link
         if line.startswith(" ") and (folder / "newlib.h").is_file():
-            return str(folder.resolve().parent)
+            return str(folder.parent)
     raise TinyRNNError("newlib's headers were not found; install libnewlib-arm-none-eabi")
 
 
