@@ -55,18 +55,41 @@ def unused_warnings(sources: Sequence[Path]) -> list[str]:
 
 
 def layout_problems(path: Path) -> list[str]:
-    """Lines over the width, braces at column 0 other than a function's, non-const arrays."""
+    """Lines over the width, braces at column 0 other than those opening and closing a
+    function or an initializer, code at column 0 inside braces, non-const arrays."""
     problems = []
     lines = path.read_text().splitlines()
+    depth = 0
+    comment = False
     for k, line in enumerate(lines):
         where = f"{path.name}:{k + 1}"
         if len(line) > WIDTH:
             problems.append(f"{where} has {len(line)} characters")
-        if line.startswith("{") and not (line == "{" and lines[k - 1].endswith(")")):
+        code = line
+        if comment:  # inside a comment: only what follows its end counts
+            comment = "*/" not in code
+            code = code.split("*/", 1)[1] if not comment else ""
+        code = re.sub(r"/\*.*?\*/", "", code)
+        if "/*" in code:
+            code, comment = code.split("/*", 1)[0], True
+        code = re.sub(r'"(\\.|[^"\\])*"', '""', code)
+        if code.strip() in ('extern "" {', "}") and "__cplusplus" in lines[k - 1]:
+            continue  # C++ linkage around a header: not a block
+        opened = depth
+        depth += code.count("{") - code.count("}")
+        if not code.strip() or code.startswith("#") or line.startswith((" ", "\t")):
+            continue
+        if code.startswith("{") and not (code == "{" and opened == 0
+                                         and lines[k - 1].endswith(")")):
             problems.append(f"{where} opens a brace at column 0: {line!r}")
-        if line.startswith("}") and line not in ("}", "};") and not line.startswith("} "):
-            problems.append(f"{where} closes a brace oddly: {line!r}")
+        elif code.startswith("}") and not (depth == 0 and (code in ("}", "};")
+                                                           or code.startswith("} "))):
+            problems.append(f"{where} closes a brace at column 0 inside a block: {line!r}")
+        elif opened > 0 and not code.startswith("}"):
+            problems.append(f"{where} is at column 0 inside a block: {line!r}")
         if line.startswith("static") and "[" in line and "(" not in line \
                 and not line.startswith("static const"):
             problems.append(f"{where} is a mutable static array: {line!r}")
+    if depth:
+        problems.append(f"{path.name}: braces do not balance")
     return problems

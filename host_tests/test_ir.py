@@ -18,7 +18,8 @@ KINDS = {"rnn_tanh": (RNNLayer, "rnn_tanh"), "rnn_relu": (RNNLayer, "rnn_relu"),
 
 
 def _param(module, name: str) -> np.ndarray:
-    return getattr(module, name).detach().numpy()
+    """A parameter as the IR holds it: float64 (the folded biases are summed in float64)."""
+    return getattr(module, name).detach().double().numpy()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

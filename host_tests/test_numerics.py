@@ -435,6 +435,9 @@ void w_softmax(const int16_t *x, int16_t *y, int rows, int n, int32_t dclamp, in
                int shift);
 void w_log_softmax(const int16_t *x, int16_t *y, int rows, int n, int32_t dclamp, int32_t mult,
                    int shift, int32_t ln2_mult, int ln2_shift, int up, int down);
+void w_softmax_f(const float *x, float *y, int rows, int n);
+void w_log_softmax_f(const float *x, float *y, int rows, int n);
+void w_float_cell(const float *w, const float *x, float *y, int rows, int n);
 """
 
 _BODIES = {
@@ -460,6 +463,12 @@ _BODIES = {
     "w_log_softmax": "for (k = 0; k < rows; ++k)\n"
                      "    t_log_softmax_q(x + k * n, y + k * n, n, dclamp, mult, shift,\n"
                      "                    ln2_mult, ln2_shift, up, down);",
+    "w_softmax_f": "for (k = 0; k < rows; ++k) t_softmax_f(x + k * n, y + k * n, n);",
+    "w_log_softmax_f": "for (k = 0; k < rows; ++k) t_log_softmax_f(x + k * n, y + k * n, n);",
+    # y[k] = sigmoid(w_k . x) + relu(w_k . x): the float32 exports' other helpers
+    "w_float_cell": "for (k = 0; k < rows; ++k)\n"
+                    "    y[k] = t_sigmoid(t_dot(w + k * n, x, n))\n"
+                    "           + t_relu(t_dot(w + k * n, x, n));",
 }
 
 EVERY_HELPER = [h.name for h in fp.HELPERS]
@@ -655,6 +664,30 @@ def test_from_float_is_round_half_up_with_saturation(clib):
     assert y.tolist() == [0, 0]
 
 
+def test_float_helpers_in_c(clib):
+    """The float32 exports' helpers (dot, sigmoid, relu, softmax, log_softmax) against numpy."""
+    ffi, lib = clib
+    rng = np.random.default_rng(3)
+    rows, n = 50, 9
+    x = (rng.standard_normal((rows, n)) * 4).astype(np.float32)
+    x[0] = 80.0  # exp(in - max) keeps large equal logits finite
+    y = np.zeros_like(x)
+    lib.w_softmax_f(_buf(ffi, "float", x), _buf(ffi, "float", y), rows, n)
+    e = np.exp(x.astype(np.float64) - x.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(y, e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
+    lib.w_log_softmax_f(_buf(ffi, "float", x), _buf(ffi, "float", y), rows, n)
+    shifted = x.astype(np.float64) - x.max(axis=1, keepdims=True)
+    np.testing.assert_allclose(y, shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)),
+                               rtol=1e-5, atol=1e-5)
+    w, v = x, x[1].copy()
+    out = np.zeros(rows, np.float32)
+    lib.w_float_cell(_buf(ffi, "float", w), _buf(ffi, "float", v), _buf(ffi, "float", out),
+                     rows, n)
+    dot = w.astype(np.float64) @ v.astype(np.float64)
+    np.testing.assert_allclose(out, 1 / (1 + np.exp(-dot)) + np.maximum(dot, 0), rtol=1e-4,
+                               atol=1e-5)
+
+
 @pytest.mark.parametrize("frac", [2, 8, 11, 13, 15, 20])
 def test_softmax_and_log_softmax_in_c(clib, frac):
     ffi, lib = clib
@@ -724,7 +757,7 @@ int main(void)
 
 
 def test_c_has_no_undefined_behaviour_on_domain_corners(tmp_path: Path) -> None:
-    (tmp_path / "ub.c").write_text(_source() + _UBSAN_MAIN)
+    (tmp_path / "ub.c").write_text(_source() + _wrappers() + _UBSAN_MAIN)
     _gcc([*CFLAGS, "-O1", "-fsanitize=undefined", "-fno-sanitize-recover=all", "ub.c", "-o",
           "ub", "-lm"], tmp_path)
     proc = subprocess.run([str(tmp_path / "ub")], capture_output=True, text=True)
@@ -733,7 +766,7 @@ def test_c_has_no_undefined_behaviour_on_domain_corners(tmp_path: Path) -> None:
 
 def test_c_compiles_for_cortex_m4(tmp_path: Path) -> None:
     (tmp_path / "m4.c").write_text(
-        _source() + "\nint16_t use(int32_t x);\nint16_t use(int32_t x)\n{\n"
+        _source() + _wrappers() + "\nint16_t use(int32_t x);\nint16_t use(int32_t x)\n{\n"
         "    return t_sat16(t_sigmoid_wide(x) + t_sat_shift(t_tanh_wide(x), 15));\n}\n"
     )
     _gcc(

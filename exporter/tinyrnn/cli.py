@@ -41,8 +41,9 @@ def _export(args: argparse.Namespace) -> int:
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     sizes = manifest["sizes"]
+    files = [manifest["c_interface"]["header"], *manifest["c_interface"]["sources"]]
     print(
-        f"wrote {args.out}/{args.name}.h, {args.name}.c, {args.name}.json "
+        f"wrote {args.out}/{', '.join(files)}, {args.name}.json "
         f"({manifest['format']}; weights {sizes['weights_bytes']} B, state "
         f"{sizes['state_bytes']} B, scratch {sizes['scratch_bytes']} B)"
     )

@@ -223,7 +223,7 @@ class Run:
     def call(self, op: Op, offsets: dict[int, int] | None = None) -> None:
         fn = self.functions[op.fn]
         views = {p.name: self.view(a, p.size, (offsets or {}).get(k, 0))
-                 for k, (p, a) in enumerate(zip(fn.params, op.args))}
+                 for k, (p, a) in enumerate(zip(fn.params, op.args)) if not a.const}
         _Frame(self, fn, views).run()
 
     def set_state(self, role: str, flat: np.ndarray) -> None:

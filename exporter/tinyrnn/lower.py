@@ -90,6 +90,21 @@ def shift_round(value: Expr, n: int, ctype: str = "int64_t") -> Expr:
     return value
 
 
+def widen_int16(value: Expr, n: int, req: _Requirements) -> Expr:
+    """An int16 ``value`` in the wide pre-activation format: ``sat24(rshift_round(value, n))``.
+    A left shift by up to 16 stays in int32 (|value| * 2^16 <= 2^31) and saturates with one
+    SSAT; by up to 7 it stays below 2^23 and needs no saturation; anything else takes int64."""
+    if -16 <= n <= 0:
+        scaled = Bin("*", Cast("int32_t", value), Lit(1 << -n, "int32_t"), "int32_t") if n \
+            else Cast("int32_t", value)
+        if -n <= 7:
+            return scaled
+        req.helpers.add("sat24_32")
+        return call("sat24_32", scaled, ctype="int32_t")
+    req.helpers.add("sat24")
+    return call("sat24", shift_round(value, n), ctype="int32_t")
+
+
 def _named(value: int, ctype: str, name: str, comment: str) -> Lit:
     return Lit(value, ctype, name, comment)
 
@@ -312,8 +327,10 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
                        "of acc times it is rshift_round(acc * M, n)")
         elif isinstance(fold, Fold32):
             consts.add(f"{fn}_m{tag}", "int32_t", fold.k,
-                       f"requant of the {tag} parts: k with k + c * 2^32 = M * 2^(32 - n); "
-                       "c * acc + the rounded high word of acc * k is rshift_round(acc * M, n)")
+                       f"requant of the {tag} parts: k with k + c * 2^32 = M * 2^(32 - n), "
+                       "c * acc + mmulr(acc, k) = rshift_round(acc * M, n)"
+                       if k == 0 or not isinstance(folds[0], Fold32) else
+                       f"requant of the {tag} parts: k (as {fn}_mx)")
             if fold.has_c:
                 consts.add(f"{fn}_c{tag}", "int32_t", fold.c,
                            f"requant of the {tag} parts: c (see {fn}_m{tag})")
@@ -325,6 +342,7 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
 
     # the kernels of each family
     dsp = v6m = v6m_w = None
+    v6m_stride = 0
     if all(s.acc_ctype == {8: "int32_t", 16: "int64_t"}[bits] for s in sum_sides):
         kernel = UnitKernel(G, sum_sides[0].groups, sum_sides[1].groups,
                             sum_sides[0].bias is not None, sum_sides[1].bias is not None, bits)
@@ -337,12 +355,14 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
         req.v6m.setdefault(v6m, m0)
         rows = [np.stack([part.weights for part in side], axis=1) for side in sides]
         v6m_w = f"{fn}_w_v6m"
+        v6m_layout = m0.layout(*rows)
+        v6m_stride = int(v6m_layout.shape[1])
         req.v6m_constants.append(Const(
-            v6m_w, "int8_t", m0.layout(*rows),
+            v6m_w, "int8_t", v6m_layout,
             f"{fn}_w for the ARMv6-M unit kernel: per unit, each {'/'.join(names)} row of the x "
             "part, then of the h part, at a stride of 2 bytes per column, two rows to a block "
             f"{'(the last rows of x and h share one) ' if G % 2 else ''}"
-            "(tinyrnn/v6masm.py); int8_t", frozenset({"v6m"})))
+            "(tinyrnn/v6masm.py); int8_t", frozenset({"v6m"}), symbol=f"{fn}_w"))
     families = frozenset({"c", "dsp"}) if v6m else ALL
     consts.items.insert(0, Const(
         f"{fn}_w", wtype, stream,
@@ -353,7 +373,8 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
     used = {"c"} | ({"dsp"} if dsp is None else set()) | ({"v6m"} if v6m is None else set())
     for side in sum_sides:
         req.c_kernels[(G, bits, 64 if side.acc_ctype == "int64_t" else 32)] |= used
-    sums = UnitSums(G, bits, wtype, f"{fn}_w", sum_sides[0], sum_sides[1], dsp, v6m, v6m_w)
+    sums = UnitSums(G, bits, wtype, f"{fn}_w", sum_sides[0], sum_sides[1], dsp, v6m, v6m_w,
+                    v6m_stride)
 
     # the gate math
     aliases: dict[str, tuple[str, str, str]] = {}
@@ -441,13 +462,13 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
                                                      f"Q{q15 + q30}")
         cs = _named(q.c_shift, "int", "c_shift", f"Q{q15 + q30} to c's {q.c}")
         named += [fc, ig, cs]
-        req.helpers.update({"dot2_q", "tanh_wide", "sat24"})
+        req.helpers.update({"dot2_q", "tanh_wide"})
         c = Unit("c", 0, "int16_t")
         body.append(Store(c, call("dot2_q", act["f"], c, fc, act["i"], act["g"], ig, cs,
                                   ctype="int16_t"), spec.math[4]))
         tanh_c = Var("tanh_c", "int32_t")
-        body.append(Let(tanh_c, call("tanh_wide", call("sat24", shift_round(c, q.c_wide_shift),
-                                                       ctype="int32_t"), ctype="int32_t"),
+        body.append(Let(tanh_c, call("tanh_wide", widen_int16(c, q.c_wide_shift, req),
+                                     ctype="int32_t"),
                         f"tanh(c): c from {q.c} to {nm.ACT_WIDE}, tanh in Q0.30"))
         target = Unit("tmp" if layer.projected else "h", 0, "int16_t")
         if q.oc_shift in nm.MUL_Q30_HI_SHIFTS:
@@ -513,7 +534,9 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
     return Function(
         name=fn, kind="cell", layer=index,
         comment=_cell_comment(layer, direction.reverse, integers),
-        params=tuple(_cell_params(layer, "int16_t", I4 + padded(P))), named=tuple(named),
+        params=(*_cell_params(layer, "int16_t", I4 + padded(P)),
+                Param("w", f"const {wtype} *", "weights", int(stream.size))),
+        named=tuple(named),
         prologue=(Copy("xh", 0, "x", I, "int16_t"), Copy("xh", I4, "h", P, "int16_t")),
         loops=tuple(loops), constants=tuple(consts.items))
 
@@ -618,8 +641,7 @@ def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirement
             req.helpers.add("relu_q")
             loops = (Loop(n, (Store(y, call("relu_q", x, ctype=T), "relu"),)),)
         else:
-            req.helpers.add("sat24")
-            wide = call("sat24", shift_round(x, q.in_shift), ctype="int32_t")
+            wide = widen_int16(x, q.in_shift, req)
             if kind == "sigmoid":
                 req.helpers.add("sigmoid_wide")
                 value: Expr = call("sigmoid_wide", wide, ctype=T)
@@ -649,6 +671,7 @@ class _Value:
     pool: str = ""  # "scratch" or "seq": planned; "" when fixed (a state member, the input)
     buffer: str = ""
     last: int = -1  # the last call that reads it
+    role: str = ""  # a cell's working memory: its parameter ("xh"), kept in one buffer
 
 
 @dataclass(eq=False)
@@ -663,23 +686,29 @@ class _Call:
 
 class _Pool:
     """Buffers of ``NAME_state_t`` shared by values whose lives do not overlap: a value gets
-    the first buffer that holds nothing still to be read (growing it), else a new one."""
+    the first buffer that holds nothing still to be read (growing it), else a new one; working
+    memory of a role (every cell's ``xh``) goes back to the buffer that role had, when it is
+    free, so that the cells share one (the compiler then reuses its address)."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.sizes: list[int] = []
         self.busy: list[int] = []  # per buffer: the last call that reads its value
+        self.roles: list[str] = []  # per buffer: the role of its last value
 
     def take(self, value: _Value, now: int, avoid: set[str]) -> None:
-        for k, busy in enumerate(self.busy):
-            if busy < now and self.name(k) not in avoid:
-                break
+        free = [k for k, busy in enumerate(self.busy) if busy < now and self.name(k) not in avoid]
+        same = [k for k in free if value.role and self.roles[k] == value.role]
+        if same or free:
+            k = (same or free)[0]
         else:
             self.sizes.append(0)
             self.busy.append(-1)
+            self.roles.append("")
             k = len(self.sizes) - 1
         self.sizes[k] = max(self.sizes[k], value.size)
         self.busy[k] = max(value.last, now)
+        self.roles[k] = value.role
         value.buffer = self.name(k)
 
     def keep(self, value: _Value, until: int) -> None:
@@ -729,6 +758,8 @@ def _args(c: _Call) -> tuple[Arg, ...]:
             args.append(Arg(_state_member(c.fn, param.name)))
         elif param.role == "work":
             args.append(Arg(next(works).buffer))
+        elif param.role == "weights":
+            args.append(Arg(f"{c.fn.name}_w", const=True))
         else:
             assert c.out is not None
             args.append(Arg(c.out.buffer))
@@ -765,7 +796,7 @@ def _time_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             select_at, pre_result = len(calls), current
             continue
         for fn in functions[index]:
-            works = [_Value(p.size, "scratch") for p in fn.param("work")]
+            works = [_Value(p.size, "scratch", role=p.name) for p in fn.param("work")]
             if fn.kind == "cell":
                 calls.append(_Call(fn, [current], None, works))
                 current = _Value(fn.param("state")[0].size, buffer=_state_member(fn, "h"))
@@ -812,7 +843,7 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
         if isinstance(layer, RecurrentLayer):
             out = _Value(steps * layer.output_size, pool)
             for fn, direction in zip(functions[index], layer.directions):
-                works = [_Value(p.size, "scratch") for p in fn.param("work")]
+                works = [_Value(p.size, "scratch", role=p.name) for p in fn.param("work")]
                 calls.append(_Call(fn, [current], out, works, meta=dict(
                     reverse=direction.reverse, src_stride=width,
                     dst_offset=layer.state_size if direction.reverse else 0,
@@ -915,7 +946,7 @@ def lower(model: Model, name: str, q=None) -> Plan:
     if group.cell == "lstm":
         set_state.append(("c0", _state_rows(model, q, functions, model.state_group, 1)))
     if fixed:
-        req.helpers.update({"from_float", "to_float"})
+        req.helpers.add("from_float")
     dsp_families = frozenset({"dsp"}) if req.dsp else frozenset()
     v6m_families = frozenset({"v6m"}) if req.v6m else frozenset()
     kernel_families = frozenset({"c"}) | dsp_families | v6m_families

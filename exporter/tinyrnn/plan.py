@@ -38,6 +38,11 @@ class Const:
     data: np.ndarray
     comment: str
     families: frozenset[str] = ALL  # the builds that compile it
+    symbol: str = ""  # its name in C, when another family's copy has the same (``NAME_l0_fwd_w``)
+
+    @property
+    def c_name(self) -> str:
+        return self.symbol or self.name
 
     @property
     def dims(self) -> tuple[int, ...]:
@@ -263,6 +268,7 @@ class UnitSums:
     dsp: str | None = None  # symbol of the DSP unit kernel (NAME_kernels.S)
     v6m: str | None = None  # symbol of the ARMv6-M unit kernel
     v6m_weights: str | None = None  # its copy of the weights
+    v6m_stride: int = 0  # bytes per unit of that copy
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -286,7 +292,7 @@ class Param:
 
     name: str
     ctype: str  # "const int16_t *", "int16_t *", "const float *", ...
-    role: str  # "in", "out", "state", "work"
+    role: str  # "in", "out", "state", "work", "weights"
     size: int
 
     @property
@@ -330,8 +336,9 @@ class Buffer:
 class Arg:
     """An argument of a scheduled call: the step input, or a state member from ``offset``."""
 
-    buffer: str  # "x_t" (the step's input) or a member of NAME_state_t
+    buffer: str  # "x_t" (the step's input), a member of NAME_state_t, or a constant
     offset: int = 0
+    const: bool = False  # the weights of a cell (``NAME_l0_fwd_w[0]``)
 
 
 @dataclass(frozen=True)
@@ -395,6 +402,17 @@ class Schedule:
     step: tuple[Op, ...] | None
     step_result: Arg | None
     input_buffer: str | None  # integer formats: where the float input is converted
+
+    @property
+    def select_c(self) -> str:
+        """The selected step as a C expression of the sequence length ``T``."""
+        assert self.select is not None
+        return f"T - {-self.select}" if self.select < 0 else str(self.select)
+
+    @property
+    def select_checked(self) -> bool:
+        """Whether some ``T >= 1`` puts the selected step outside the sequence."""
+        return self.select not in (0, -1)
 
 
 @dataclass(frozen=True)

@@ -68,43 +68,28 @@ def _literal(value: Any, ctype: str) -> str:
 
 
 def initializer(data: np.ndarray, ctype: str, indent: int = 4, width: int = WIDTH) -> str:
-    """The body of a C initializer: the values of a 1-D array packed into lines, or one
-    ``{ ... }`` per row of a 2-D array (broken inside the braces when long); exact floats in
-    their shortest round-trip form."""
+    """The body of a C initializer: the values packed into lines of at most ``width``
+    characters, each row of a 2-D array in ``{ ... }``, rows following each other on a line;
+    exact floats in their shortest round-trip form."""
     array = np.asarray(data)
     pad = " " * indent
-
-    def pack(items: list[str], first: str, rest: str, last: str) -> list[str]:
-        lines, current = [], first
-        for k, item in enumerate(items):
-            piece = item + (", " if k + 1 < len(items) else last)
-            if len(current) + len(piece.rstrip()) > width and current.strip() not in ("", "{"):
-                lines.append(current.rstrip())
-                current = rest
-            current += piece
-        lines.append(current.rstrip())
-        return lines
-
     if array.ndim <= 1:
-        return "\n".join(pack([_literal(v, ctype) for v in array.reshape(-1)], pad, pad, ""))
-    rows = array.reshape(array.shape[0], -1)
+        pieces = [_literal(v, ctype) for v in array.reshape(-1)]
+    else:
+        pieces = []
+        for row in array.reshape(array.shape[0], -1):
+            items = [_literal(v, ctype) for v in row]
+            items[0] = "{ " + items[0]
+            items[-1] += " }"
+            pieces += items
     lines, current = [], pad
-    for k, row in enumerate(rows):
-        end = " }," if k + 1 < len(rows) else " }"
-        items = [_literal(v, ctype) for v in row]
-        text = "{ " + ", ".join(items) + end
-        if len(pad) + len(text) > width:  # a long row: its own lines, broken inside the braces
-            if current.strip():
-                lines.append(current.rstrip())
-            lines += pack(items, pad + "{ ", pad + "  ", end)
-            current = pad
-        elif len(current) + len(text) > width:  # short rows: as many to a line as fit
+    for k, piece in enumerate(pieces):
+        piece += "," if k + 1 < len(pieces) else ""
+        if len(current) + len(piece) > width and current.strip():
             lines.append(current.rstrip())
-            current = pad + text + " "
-        else:
-            current += text + " "
-    if current.strip():
-        lines.append(current.rstrip())
+            current = pad
+        current += piece + " "
+    lines.append(current.rstrip())
     return "\n".join(lines)
 
 
@@ -158,20 +143,13 @@ def _guard(P: str, families: frozenset[str], present: tuple[str, ...]) -> str:
 
 
 def _const_view(c: Const, P: str, present: tuple[str, ...]) -> dict:
-    return dict(name=c.name, ctype=c.ctype, dims=c.dims, comment=c.comment,
+    return dict(name=c.c_name, ctype=c.ctype, dims=c.dims, comment=c.comment,
                 text=initializer(c.data, c.ctype), guard=_guard(P, c.families, present))
 
 
 def _function_view(fn: Function, P: str, present: tuple[str, ...]) -> dict:
-    sums = []
-    for loop in fn.loops:
-        u = loop.sums
-        if u is not None:
-            weights = next(c for c in fn.constants if c.name == u.weights)
-            sums.append(dict(wtype=u.wtype, weights=u.weights,
-                             weights_guard=_guard(P, weights.families, present)))
     return dict(name=fn.name, comment=fn.comment, params=fn.params, named=fn.named,
-                prologue=fn.prologue, loops=fn.loops, sums=sums,
+                prologue=fn.prologue, loops=fn.loops,
                 constants=[_const_view(c, P, present) for c in fn.constants])
 
 
@@ -186,12 +164,24 @@ def _asm_lines(lines: list) -> list[str]:
     return out
 
 
+def _merged(lines: list) -> list:
+    """Back-to-back repeats of one macro as one ``.rept``."""
+    out: list = []
+    for line in lines:
+        if isinstance(line, dspasm.Rept) and out and isinstance(out[-1], dspasm.Rept) \
+                and out[-1].macro == line.macro:
+            out[-1] = dspasm.Rept(out[-1].count + line.count, line.macro)
+        else:
+            out.append(line)
+    return out
+
+
 def _variants(kernel: Any, speed: int, size: int) -> list[str]:
     """The kernel at both unrolls: the lines they share once, the others under
     ``#if defined(__OPTIMIZE_SIZE__)``."""
     import difflib
 
-    fast, small = kernel.assembly(speed), kernel.assembly(size)
+    fast, small = _merged(kernel.assembly(speed)), _merged(kernel.assembly(size))
     lines: list[str] = []
     for op, a0, a1, b0, b1 in difflib.SequenceMatcher(None, small, fast, autojunk=False
                                                        ).get_opcodes():
@@ -216,41 +206,46 @@ def _kernels_view(plan: Plan) -> dict:
                       name=f"{p}_mac{G}_w{bits}_acc{acc_bits}",
                       row=f"{p}_mac_w{bits}_acc{acc_bits}",
                       columns=("x0", "x2", "x1", "x3") if bits == 8 else ("x0", "x1", "x2", "x3"),
-                      families=families))
+                      families=families, dsp="dsp" in families))
     union = frozenset().union(*(k["families"] for k in c)) if c else frozenset()
     for k in c:
         k["guard"] = "" if k["families"] == union else _guard(P, k["families"], present)
-    w8 = any(k["bits"] == 8 for k in c)
+    # the dual-MAC rows of the kernels that DSP builds run (no DSP assembly kernel for them)
+    dsp = [k for k in c if k["dsp"]]
+    w8 = any(k["bits"] == 8 for k in dsp)
     rows = [dict(name=f"{p}_mac_w{bits}_acc{acc}", bits=bits, wtype=f"int{bits}_t",
                  acc_t=f"int{acc}_t", mac="__smlad" if acc == 32 else "__smlald")
-            for bits, acc in sorted({(k["bits"], k["acc_bits"]) for k in c})]
+            for bits, acc in sorted({(k["bits"], k["acc_bits"]) for k in dsp})]
     assembly = []
     if plan.dsp_kernels:
         assembly.append(dict(macro=f"{P}_DSP_KERNELS", doc=(
-            "The DSP unit kernels (NAME_kernels.S): acc[0..G) = bx + W_x x, acc[G..2G) = "
-            "bh + W_h h of one unit; they return the next unit's weights.").replace("NAME", p),
+            "NAME_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit; "
+            "returns the next unit's weights").replace("NAME", p),
             kernels=[dict(prototype=(
                 f"const {'int8_t' if u.bits == 8 else 'int16_t'} *{u.name(p)}("
                 f"const {'int8_t' if u.bits == 8 else 'int16_t'} *w, const int16_t *xh, "
                 f"{'int32_t' if u.bits == 8 else 'int64_t'} *acc, "
                 f"const {'int32_t' if u.bits == 8 else 'int64_t'} *bx, "
                 f"const {'int32_t' if u.bits == 8 else 'int64_t'} *bh)"))
-                for u in plan.dsp_kernels]))
+                for u in plan.dsp_kernels], constants=[]))
     if plan.v6m_kernels:
         assembly.append(dict(macro=f"{P}_V6M_KERNELS", doc=(
-            "The ARMv6-M unit kernels (NAME_kernels.S): acc[0..G) = bx + W_x x, acc[G..2G) = "
-            "bh + W_h h of one unit, from the unit's row of its own copy of the weights."
+            "NAME_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit, "
+            "from its row of the ARMv6-M copy of the weights"
         ).replace("NAME", p), kernels=[dict(prototype=(
             f"void {u.name(p)}(const int8_t *w, const int16_t *xh, int32_t *acc, "
-            "const int32_t *bx, const int32_t *bh)")) for u in plan.v6m_kernels]))
-    selection_doc = ("The recurrent layers' matrix-vector kernels in this build: "
+            "const int32_t *bx, const int32_t *bh)")) for u in plan.v6m_kernels],
+            constants=[dict(_const_view(k, P, present), guard="") for k in plan.v6m_constants]))
+    selection_doc = ("The recurrent kernels of this build: "
                      + "".join(f"{f['doc']}, " for f in selection)
                      + "or the portable C kernels below (host, Cortex-M3, M23, ARM state).")
     return dict(selection=selection, selection_doc=selection_doc, c=c, w8=w8, rows=rows,
-                define_dsp="dsp" not in plan.helpers,  # else mmulr's helpers define it
+                v6m_c=any("v6m" in k["families"] for k in c),  # ARMv6-M runs a C kernel
+                storage=f"{P}_C_KERNEL" if any("v6m" in k["families"] for k in c)
+                else "static inline",
+                define_dsp=bool(dsp) and "dsp" not in plan.helpers,  # else the helpers do
                 c_guard=_guard(P, union, present) if c else "",
-                assembly=assembly,
-                v6m_constants=[_const_view(k, P, present) for k in plan.v6m_constants])
+                assembly=assembly)
 
 
 def _assembly_view(plan: Plan) -> list[dict]:
@@ -440,7 +435,7 @@ def render(model: Model, out_dir: Path, name: str, fmt: str, options: dict,
              f"{name}.c": wrap(env.get_template("model.c.j2").render(**ctx))}
     if kernels_file:
         files[kernels_file] = wrap(env.get_template("kernels.S.j2").render(
-            families=_assembly_view(plan), **ctx))
+            families=_assembly_view(plan), **ctx), asm=True)
     width = CTYPE_BYTES[plan.T]
     manifest = dict(
         name=name,

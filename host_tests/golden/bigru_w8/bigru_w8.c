@@ -6,18 +6,15 @@
 #include "bigru_w8.h"
 
 #include <stddef.h>
-#include <stdint.h>
 #include <string.h>
 
-/* Integer arithmetic: round half up, saturate, never wrap (docs/fixed-point.md). Right shifts of
- * negative values are implementation-defined in C99: this fails to compile where they are not
- * arithmetic. */
+/* Integer arithmetic: round half up, saturate, never wrap (docs/fixed-point.md). Right shifts of negative values are
+ * implementation-defined in C99: this fails to compile where they are not arithmetic. */
 typedef char bigru_w8_requires_arithmetic_right_shift[
     ((-1 >> 1) == -1 && ((int32_t)-5 >> 1) == -3 && ((int64_t)-5 >> 1) == -3) ? 1 : -1];
 
-/* The recurrent layers' matrix-vector kernels in this build: the DSP unit kernels of bigru_w8_kernels.S
- * (Cortex-M4/M7/M33/M55), the ARMv6-M unit kernels (Cortex-M0/M0+), or the portable C kernels below (host, Cortex-M3,
- * M23, ARM state). */
+/* The recurrent kernels of this build: the DSP unit kernels of bigru_w8_kernels.S (Cortex-M4/M7/M33/M55), the ARMv6-M
+ * unit kernels (Cortex-M0/M0+), or the portable C kernels below (host, Cortex-M3, M23, ARM state). */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define BIGRU_W8_DSP_KERNELS 1
@@ -30,8 +27,8 @@ typedef char bigru_w8_requires_arithmetic_right_shift[
 #define BIGRU_W8_V6M_KERNELS 0
 #endif
 
-/* The DSP extension (Cortex-M4, M7, M33, M55): SMMULR, SMMLAR and dual 16-bit multiply-
- * accumulates. Other cores compute the same integers in portable C. */
+/* The DSP extension (Cortex-M4, M7, M33, M55): SMMULR, SMMLAR and dual 16-bit multiply-accumulates. Other cores compute
+ * the same integers in portable C. */
 #if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define BIGRU_W8_DSP 1
 #else
@@ -52,8 +49,7 @@ static inline int16_t tr_sat16(int32_t x)
 #endif
 }
 
-/* sat16_i64(x) = min(max(x, -32768), 32767), for int64 values: sat16 of the low word when x
- * fits int32 (compilers drop the test where they can prove it), else the sign decides. */
+/* sat16 of an int64: sat16 of the low word when x fits int32, else the sign decides */
 static inline int16_t tr_sat16_i64(int64_t x)
 {
     const int32_t lo = (int32_t)x;
@@ -61,8 +57,7 @@ static inline int16_t tr_sat16_i64(int64_t x)
     return x < 0 ? INT16_MIN : INT16_MAX;
 }
 
-/* rshift_round64(v, n): the same rule in int64.
- * Requires |n| <= 62 and no int64 overflow in the addition or the product. */
+/* rshift_round64(v, n) = floor(v / 2^n + 1/2) in int64 (v * 2^-n for n <= 0); |n| <= 62 */
 static inline int64_t tr_rshift_round64(int64_t v, int n)
 {
     if (n > 0) return (v + ((int64_t)1 << (n - 1))) >> n;
@@ -77,7 +72,7 @@ static inline int32_t tr_sat24(int64_t x)
     return (int32_t)x;
 }
 
-/* sat24 of an int32 (one SSAT on ARMv7-M) */
+/* sat24 of an int32: the range of the wide pre-activation Q3.20 (one SSAT on ARMv7-M) */
 static inline int32_t tr_sat24_32(int32_t x)
 {
 #if defined(__ARM_FEATURE_SAT) && __ARM_FEATURE_SAT
@@ -91,9 +86,8 @@ static inline int32_t tr_sat24_32(int32_t x)
 #endif
 }
 
-/* mmulr(a, m) = (a * m + 2^31) >> 32: the high word of a 32 x 32 product, rounded half up
- * (SMMULR on the DSP cores). With m + c * 2^32 = M * 2^(32 - n) (tinyrnn/folds.py),
- * c * a + mmulr(a, m) is rshift_round64(a * M, n), exactly. */
+/* mmulr(a, m) = (a * m + 2^31) >> 32: the high word of a 32 x 32 product, rounded half up (SMMULR on the DSP cores).
+ * With m + c * 2^32 = M * 2^(32 - n) (tinyrnn/folds.py), c * a + mmulr(a, m) is rshift_round64(a * M, n), exactly. */
 static inline int32_t tr_mmulr(int32_t a, int32_t m)
 {
 #if BIGRU_W8_DSP
@@ -101,10 +95,10 @@ static inline int32_t tr_mmulr(int32_t a, int32_t m)
     __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(m));
     return r;
 #elif defined(__ARM_ARCH_6M__)
-    /* ARMv6-M has no 32 x 32 -> 64 multiply (gcc would call __muldi3): with a = ah 2^16 + al,
-     * m = mh 2^16 + ml (al, ml unsigned), a m + 2^31 = 2^32 (ah mh + (x >> 16) + (y >> 16))
-     * + 2^16 ((x & 0xFFFF) + (y & 0xFFFF) + (al ml >> 16) + 2^15) + (al ml & 0xFFFF), x = ah ml,
-     * y = mh al; the last term is below 2^16, so it never carries into the high word. */
+    /* ARMv6-M has no 32 x 32 -> 64 multiply (gcc would call __muldi3): with a = ah 2^16 + al, m = mh 2^16 + ml (al, ml
+     * unsigned), a m + 2^31 = 2^32 (ah mh + (x >> 16) + (y >> 16)) + 2^16 ((x & 0xFFFF) + (y & 0xFFFF) + (al
+     * ml >> 16) + 2^15) + (al ml & 0xFFFF), x = ah ml, y = mh al; the last term is below 2^16, so it never carries into
+     * the high word. */
     const uint32_t al = (uint32_t)a & 0xFFFFu;
     const uint32_t ml = (uint32_t)m & 0xFFFFu;
     const int32_t ah = a >> 16;
@@ -118,8 +112,7 @@ static inline int32_t tr_mmulr(int32_t a, int32_t m)
 #endif
 }
 
-/* mmlar(a, m, r) = r + mmulr(a, m) (SMMLAR on the DSP cores); the exporter proved the sum
- * fits int32 for every input. */
+/* mmlar(a, m, r) = r + mmulr(a, m) (SMMLAR on the DSP cores); the exporter proved it fits int32 */
 static inline int32_t tr_mmlar(int32_t a, int32_t m, int32_t r)
 {
 #if BIGRU_W8_DSP
@@ -143,11 +136,9 @@ static inline int32_t tr_clamp_wide(int32_t u)
 #endif
 }
 
-/* sigmoid_wide(x): x in Q3.20 (24-bit), result in Q0.15, from a table of sigmoid at
- * k / 64, k = 0..512 (computed in Python), interpolated with 14 fraction bits per segment:
- * u = min(|x|, 8388607); i = u >> 14; f = u & 16383;
- * p = T[i] + rshift_round((T[i+1] - T[i]) * f, 14), in int32: |(T[i+1] - T[i]) * f| < 2^23
- * result = p for x >= 0, 32768 - p for x < 0 */
+/* sigmoid_wide(x), x in Q3.20, in Q0.15: T[k] = sigmoid(k / 64) in Q0.15, k = 0..512; u = min(|x|, 8388607),
+ * i = u >> 14, f = u & 16383, p = T[i] + rshift_round((T[i+1] - T[i]) * f, 14) (in int32:
+ * |(T[i+1] - T[i]) * f| < 2^23); p for x >= 0, 32768 - p for x < 0 */
 static inline int16_t tr_sigmoid_wide(int32_t x)
 {
     static const int16_t table[513] = {
@@ -194,10 +185,8 @@ static inline int16_t tr_sigmoid_wide(int32_t x)
     return (int16_t)(x < 0 ? 32768 - p : p);
 }
 
-/* tanh_wide(x): x in Q3.20 (24-bit), result in Q0.30 (int32).
- * T[k] = round_half_up(tanh(k / 64) * 2^30), k = 0..512 (computed in Python);
- * u, i, f as in sigmoid_wide; p = T[i] + rshift_round64((T[i+1] - T[i]) * f, 14);
- * result = p for x >= 0, -p for x < 0 */
+/* tanh_wide(x), x in Q3.20, in Q0.30: T[k] = tanh(k / 64) in Q0.30, k = 0..512; u = min(|x|, 8388607), i = u >> 14,
+ * f = u & 16383, p = T[i] + rshift_round64((T[i+1] - T[i]) * f, 14); p for x >= 0, -p for x < 0 */
 static inline int32_t tr_tanh_wide(int32_t x)
 {
     static const int32_t table[513] = {
@@ -268,8 +257,7 @@ static inline int32_t tr_tanh_wide(int32_t x)
     return x < 0 ? -p : p;
 }
 
-/* mul16x32(c, d) = c * d exactly, as int64. ARMv6-M has no 32 x 32 -> 64 multiply (gcc would
- * call __muldi3): c * d = c * (d >> 16) * 2^16 + c * (d & 0xFFFF), both products fit int32. */
+/* mul16x32(c, d) = c * d as int64; on ARMv6-M (no 32 x 32 -> 64 multiply) from two 32-bit ones */
 static inline int64_t tr_mul16x32(int16_t c, int32_t d)
 {
 #if defined(__ARM_ARCH_6M__)
@@ -279,22 +267,16 @@ static inline int64_t tr_mul16x32(int16_t c, int32_t d)
 #endif
 }
 
-/* dot2_q(a, b, ka, c, d, kc, s) = sat16(rshift_round64(a*b*ka + c*d*kc, s)) with int16 a, b, c,
- * a Q0.30 d and powers of two ka <= 2^31, kc <= 2^16: both terms stay below 2^61. */
+/* dot2_q(a, b, ka, c, d, kc, s) = sat16(rshift_round64(a*b*ka + c*d*kc, s)) with int16 a, b, c, a Q0.30 d and powers of
+ * two ka <= 2^31, kc <= 2^16: both terms stay below 2^61. */
 static inline int16_t tr_dot2_q(int16_t a, int16_t b, int64_t ka, int16_t c, int32_t d, int64_t kc, int shift)
 {
     return tr_sat16_i64(tr_rshift_round64((int64_t)((int32_t)a * b) * ka + tr_mul16x32(c, d) * kc, shift));
 }
 
-/* float -> int16: q = sat16(floor(v * 2^frac + 1/2)), NaN -> 0, from the IEEE-754 binary32
- * bits with integer operations only, so it is exact and the same on the host, on cores with an
- * FPU and on soft-float cores (where it saves the library's float multiply and compares).
- * A normal v is M * 2^(e - 150) with the 24-bit M = 1.mantissa (a subnormal: M = mantissa,
- * e = 1), so t = v * 2^frac = M / 2^s with s = 150 - e - frac:
- *   s <= 0: t is the integer M * 2^-s, saturated;
- *   s > 25: |t| < 1/4, which rounds to 0;
- *   else    floor(t + 1/2) = (M + 2^(s-1)) >> s for v > 0, and for v < 0
- *           floor(1/2 - M / 2^s) = -((M + 2^(s-1) - 1) >> s), then saturated. */
+/* float -> int16: sat16(floor(v * 2^frac + 1/2)), NaN -> 0, from the IEEE-754 bits with integer operations only: exact,
+ * and the same with or without an FPU. v = M * 2^(e - 150), so v * 2^frac = M / 2^s with s = 150 - e - frac
+ * (docs/fixed-point.md, Float API conversions). */
 static inline int16_t tr_from_float(float v, int frac)
 {
     uint32_t bits, m, q;
@@ -305,14 +287,11 @@ static inline int16_t tr_from_float(float v, int frac)
     e = (int32_t)((bits >> 23) & 0xFFu);
     m = bits & 0x7FFFFFu;
     if (e == 0xFF) {
-        if (m != 0) return 0;                     /* NaN */
-        return negative ? INT16_MIN : INT16_MAX;  /* +-inf */
+        if (m != 0) return 0; /* NaN */
+        return negative ? INT16_MIN : INT16_MAX; /* +-inf */
     }
-    if (e == 0) {
-        e = 1;                                    /* zero and subnormals */
-    } else {
-        m |= 0x800000u;
-    }
+    if (e == 0) e = 1; /* zero and subnormals */
+    else m |= 0x800000u;
     s = 150 - e - frac;
     if (s <= 0) {
         const uint32_t limit = negative ? 32768u : 32767u;
@@ -328,70 +307,19 @@ static inline int16_t tr_from_float(float v, int frac)
     return q > 32767u ? INT16_MAX : (int16_t)q;
 }
 
-/* int16 -> float: q * 2^-frac, exact (the int16 is exact in float, and so is the scaling). */
-static inline float tr_to_float(int16_t q, float scale)
-{
-    return (float)q * scale;
-}
-
 #if !BIGRU_W8_DSP_KERNELS && !BIGRU_W8_V6M_KERNELS
-#if BIGRU_W8_DSP
-#include <arm_acle.h>
 
-/* SXTB16 of v rotated right by 8 (bytes 1 and 3 as two halfwords) in one instruction;
- * gcc does not fold a rotate into __sxtb16, so this one is written out. */
-static inline int32_t tr_sxtb16_ror8(int32_t v)
-{
-    int32_t r;
-    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
-    return r;
-}
-
-/* a + the 4 int8_t weights at w (bytes 0, 2, 1, 3) times the activation pairs x01, x23 (__smlad) */
-static inline int32_t bigru_w8_mac_w8_acc32(int32_t a, const int8_t *w, int32_t x01, int32_t x23)
-{
-    int32_t q;
-    memcpy(&q, w, 4);
-    return __smlad(tr_sxtb16_ror8(q), x23, __smlad(__sxtb16(q), x01, a));
-}
-
-/* gcc's scheduler would hoist the next group's loads above this group's multiplies and run
- * out of registers; an empty asm with a memory clobber keeps the groups apart. */
-#define BIGRU_W8_SCHEDULE_BARRIER() __asm__ volatile("" ::: "memory")
-#endif
-
-/* The C kernels are inlined, except on ARMv6-M: with 8 low registers each inlined copy brings
- * its own spill slots, and a bidirectional w16a16 GRU's run function needed 1.9 KB of stack. */
-#if defined(__GNUC__) && defined(__ARM_ARCH_6M__)
-#define BIGRU_W8_C_KERNEL static __attribute__((noinline))
-#else
-#define BIGRU_W8_C_KERNEL static inline
-#endif
-
-/* acc[r] += row r of a block of 3 interleaved weight rows (int8_t) times v, over `groups`
- * groups of 4 columns (tinyrnn/layout.py: within a group the bytes are in the order 0, 2, 1, 3),
- * two groups per iteration; returns the next block. Exact: the exporter proved every partial
- * sum fits int32_t. */
-BIGRU_W8_C_KERNEL const int8_t *bigru_w8_mac3_w8_acc32(const int8_t *w, const int16_t *v, int groups, int32_t *acc)
+/* acc[r] += row r of a block of 3 interleaved weight rows (int8_t) times v, over `groups` groups of 4 columns
+ * (tinyrnn/layout.py: within a group the bytes are in the order 0, 2, 1, 3), two groups per iteration; returns the next
+ * block. Exact: the exporter proved every partial sum fits int32_t. */
+static inline const int8_t *bigru_w8_mac3_w8_acc32(const int8_t *w, const int16_t *v, int groups, int32_t *acc)
 {
     int32_t a0 = acc[0];
     int32_t a1 = acc[1];
     int32_t a2 = acc[2];
-#if BIGRU_W8_DSP
-    int32_t x01, x23;
-#else
     int32_t x0, x1, x2, x3;
-#endif
     int n;
     for (n = 0; n + 2 <= groups; n += 2, v += 8, w += 24) {
-#if BIGRU_W8_DSP
-        BIGRU_W8_SCHEDULE_BARRIER();
-        memcpy(&x01, v + 0, 4);
-        memcpy(&x23, v + 2, 4);
-        a0 = bigru_w8_mac_w8_acc32(a0, w + 0, x01, x23);
-        a1 = bigru_w8_mac_w8_acc32(a1, w + 4, x01, x23);
-        a2 = bigru_w8_mac_w8_acc32(a2, w + 8, x01, x23);
-#else
         x0 = v[0];
         x1 = v[1];
         x2 = v[2];
@@ -399,15 +327,6 @@ BIGRU_W8_C_KERNEL const int8_t *bigru_w8_mac3_w8_acc32(const int8_t *w, const in
         a0 += w[0] * x0 + w[1] * x2 + w[2] * x1 + w[3] * x3;
         a1 += w[4] * x0 + w[5] * x2 + w[6] * x1 + w[7] * x3;
         a2 += w[8] * x0 + w[9] * x2 + w[10] * x1 + w[11] * x3;
-#endif
-#if BIGRU_W8_DSP
-        BIGRU_W8_SCHEDULE_BARRIER();
-        memcpy(&x01, v + 4, 4);
-        memcpy(&x23, v + 6, 4);
-        a0 = bigru_w8_mac_w8_acc32(a0, w + 12, x01, x23);
-        a1 = bigru_w8_mac_w8_acc32(a1, w + 16, x01, x23);
-        a2 = bigru_w8_mac_w8_acc32(a2, w + 20, x01, x23);
-#else
         x0 = v[4];
         x1 = v[5];
         x2 = v[6];
@@ -415,17 +334,8 @@ BIGRU_W8_C_KERNEL const int8_t *bigru_w8_mac3_w8_acc32(const int8_t *w, const in
         a0 += w[12] * x0 + w[13] * x2 + w[14] * x1 + w[15] * x3;
         a1 += w[16] * x0 + w[17] * x2 + w[18] * x1 + w[19] * x3;
         a2 += w[20] * x0 + w[21] * x2 + w[22] * x1 + w[23] * x3;
-#endif
-}
+    }
     if (n < groups) {
-#if BIGRU_W8_DSP
-        BIGRU_W8_SCHEDULE_BARRIER();
-        memcpy(&x01, v + 0, 4);
-        memcpy(&x23, v + 2, 4);
-        a0 = bigru_w8_mac_w8_acc32(a0, w + 0, x01, x23);
-        a1 = bigru_w8_mac_w8_acc32(a1, w + 4, x01, x23);
-        a2 = bigru_w8_mac_w8_acc32(a2, w + 8, x01, x23);
-#else
         x0 = v[0];
         x1 = v[1];
         x2 = v[2];
@@ -433,8 +343,7 @@ BIGRU_W8_C_KERNEL const int8_t *bigru_w8_mac3_w8_acc32(const int8_t *w, const in
         a0 += w[0] * x0 + w[1] * x2 + w[2] * x1 + w[3] * x3;
         a1 += w[4] * x0 + w[5] * x2 + w[6] * x1 + w[7] * x3;
         a2 += w[8] * x0 + w[9] * x2 + w[10] * x1 + w[11] * x3;
-#endif
-w += 12;
+        w += 12;
     }
     acc[0] = a0;
     acc[1] = a1;
@@ -444,54 +353,41 @@ w += 12;
 #endif
 
 #if BIGRU_W8_DSP_KERNELS
-/* The DSP unit kernels (bigru_w8_kernels.S): acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit; they return
- * the next unit's weights. */
+/* bigru_w8_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit; returns the next unit's weights */
 const int8_t *bigru_w8_unit3_x1_h2_bx_bh(const int8_t *w, const int16_t *xh, int32_t *acc, const int32_t *bx,
                                          const int32_t *bh);
 #endif
 
 #if BIGRU_W8_V6M_KERNELS
-/* The ARMv6-M unit kernels (bigru_w8_kernels.S): acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit, from the
- * unit's row of its own copy of the weights. */
+/* bigru_w8_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit, from its row of the ARMv6-M copy of
+ * the weights */
 void bigru_w8_v6m_unit3_x4_h6_bx_bh(const int8_t *w, const int16_t *xh, int32_t *acc, const int32_t *bx,
                                     const int32_t *bh);
-#endif
-
-#if BIGRU_W8_V6M_KERNELS
 /* bigru_w8_l0_fwd_w for the ARMv6-M unit kernel: per unit, each r/z/n row of the x part, then of the h part, at a
  * stride of 2 bytes per column, two rows to a block (the last rows of x and h share one) (tinyrnn/v6masm.py); int8_t */
-static const int8_t bigru_w8_l0_fwd_w_v6m[6][32] = {
+static const int8_t bigru_w8_l0_fwd_w[6][32] = {
     { -127, -127, -101, -124, -55, -82, -121, 40, -69, 100, 2, -117, 93, 73, 52, 87, 18, -111, 127, -127, 0, -45, 0,
-      -19, -19, 32, 127, -127, 72, 64, -55, 127 },
-    { -8, -125, -127, -127, 78, -79, 70, 101, 32, -90, 95, -115, -121, 114, -121, 119, -127, -19, 8, 127, 0, -91, 0,
-      125, -20, 19, 127, 127, 92, 112, 36, -110 },
-    { 31, -102, 127, -127, -16, -123, 98, -70, 122, 36, -126, -125, 57, -116, -127, -61, -96, -127, -49, -58, 0, 119, 0,
-      5, -55, 40, 127, -57, 65, -127, -68, 15 },
-    { -100, -34, -28, -127, -127, -60, -12, 2, -52, 38, 38, -3, -108, -26, 127, 9, 19, 127, 45, 2, 0, 37, 0, 66, 122,
-      -110, 12, -127, -127, 62, -76, -26 },
-    { -92, 32, 127, -28, 98, -22, 106, -127, -127, 85, 104, -41, -44, -127, -94, 33, 32, 78, 78, 98, 0, -2, 0, -36,
-      -115, 0, -127, 23, 4, -127, -110, 51 },
-    { 39, 95, -74, -45, 117, -127, -127, -45, 35, -124, -115, -17, 61, -127, -127, 2, -111, 6, -122, 43, 0, 19, 0, 81,
-      82, -90, 69, 127, 33, 116, 127, -88 }
+    -19, -19, 32, 127, -127, 72, 64, -55, 127 }, { -8, -125, -127, -127, 78, -79, 70, 101, 32, -90, 95, -115, -121, 114,
+    -121, 119, -127, -19, 8, 127, 0, -91, 0, 125, -20, 19, 127, 127, 92, 112, 36, -110 }, { 31, -102, 127, -127, -16,
+    -123, 98, -70, 122, 36, -126, -125, 57, -116, -127, -61, -96, -127, -49, -58, 0, 119, 0, 5, -55, 40, 127, -57, 65,
+    -127, -68, 15 }, { -100, -34, -28, -127, -127, -60, -12, 2, -52, 38, 38, -3, -108, -26, 127, 9, 19, 127, 45, 2, 0,
+    37, 0, 66, 122, -110, 12, -127, -127, 62, -76, -26 }, { -92, 32, 127, -28, 98, -22, 106, -127, -127, 85, 104, -41,
+    -44, -127, -94, 33, 32, 78, 78, 98, 0, -2, 0, -36, -115, 0, -127, 23, 4, -127, -110, 51 }, { 39, 95, -74, -45, 117,
+    -127, -127, -45, 35, -124, -115, -17, 61, -127, -127, 2, -111, 6, -122, 43, 0, 19, 0, 81, 82, -90, 69, 127, 33, 116,
+    127, -88 }
 };
-#endif
-
-#if BIGRU_W8_V6M_KERNELS
 /* bigru_w8_l0_rev_w for the ARMv6-M unit kernel: per unit, each r/z/n row of the x part, then of the h part, at a
  * stride of 2 bytes per column, two rows to a block (the last rows of x and h share one) (tinyrnn/v6masm.py); int8_t */
-static const int8_t bigru_w8_l0_rev_w_v6m[6][32] = {
+static const int8_t bigru_w8_l0_rev_w[6][32] = {
     { 21, 29, -44, 93, 53, -127, 127, -16, 127, 109, 83, -57, -30, 5, 35, 50, -108, -4, -5, -127, 0, -127, 0, -38, -18,
-      -78, -127, 60, -30, 110, 16, -108 },
-    { -88, 74, -127, 126, 14, 47, 93, 127, 117, -43, -57, 59, -127, -127, 111, 20, 55, 49, 94, 112, 0, 85, 0, -37, 13,
-      -44, 127, 127, 69, -83, -64, 34 },
-    { 127, -42, -3, -12, -56, 127, 67, 90, -99, -62, -127, 127, -53, 122, -91, 89, 40, -95, -69, -83, 0, 44, 0, 46,
-      -113, -76, -3, 127, -75, -107, -127, -51 },
+    -78, -127, 60, -30, 110, 16, -108 }, { -88, 74, -127, 126, 14, 47, 93, 127, 117, -43, -57, 59, -127, -127, 111, 20,
+    55, 49, 94, 112, 0, 85, 0, -37, 13, -44, 127, 127, 69, -83, -64, 34 }, { 127, -42, -3, -12, -56, 127, 67, 90, -99,
+    -62, -127, 127, -53, 122, -91, 89, 40, -95, -69, -83, 0, 44, 0, 46, -113, -76, -3, 127, -75, -107, -127, -51 },
     { 103, 103, -127, -127, -14, -2, 111, -127, -51, 25, -127, -127, -68, 0, -123, -119, 13, -102, 106, 28, 0, 127, 0,
-      -29, -79, -52, -127, -115, 16, -126, -37, -103 },
-    { 99, 127, 119, 113, 50, 78, 127, -86, 81, -127, 31, 40, -126, -11, -21, -66, -12, -79, 127, -94, 0, -55, 0, -127,
-      -107, 78, 35, -65, -14, -106, -127, -122 },
-    { -127, -88, 25, -101, 19, 57, 91, 127, 25, 110, 89, 5, 127, -30, -18, -21, -118, -114, -113, -127, 0, 127, 0, 7,
-      57, 29, -127, 27, -11, 124, 100, -18 }
+    -29, -79, -52, -127, -115, 16, -126, -37, -103 }, { 99, 127, 119, 113, 50, 78, 127, -86, 81, -127, 31, 40, -126,
+    -11, -21, -66, -12, -79, 127, -94, 0, -55, 0, -127, -107, 78, 35, -65, -14, -106, -127, -122 }, { -127, -88, 25,
+    -101, 19, 57, 91, 127, 25, 110, 89, 5, 127, -30, -18, -21, -118, -114, -113, -127, 0, 127, 0, 7, 57, 29, -127, 27,
+    -11, 124, 100, -18 }
 };
 #endif
 
@@ -501,17 +397,14 @@ static const int8_t bigru_w8_l0_rev_w_v6m[6][32] = {
  * rnn.weight_hh_l0[0:18] */
 static const int8_t bigru_w8_l0_fwd_w[6][36] = {
     { -127, -55, -101, -121, -127, -82, -124, 40, -19, 72, 127, -55, -69, 93, 2, 52, 100, 73, -117, 87, -45, 32, -19,
-      -127, 18, 0, 127, 0, -111, 0, -127, 0, 64, 0, 127, 0 },
-    { -8, 78, -127, 70, -125, -79, -127, 101, -20, 92, 127, 36, 32, -121, 95, -121, -90, 114, -115, 119, -91, 19, 125,
-      127, -127, 0, 8, 0, -19, 0, 127, 0, 112, 0, -110, 0 },
-    { 31, -16, 127, 98, -102, -123, -127, -70, -55, 65, 127, -68, 122, 57, -126, -127, 36, -116, -125, -61, 119, 40, 5,
-      -57, -96, 0, -49, 0, -127, 0, -58, 0, -127, 0, 15, 0 },
-    { -100, -127, -28, -12, -34, -60, -127, 2, 122, -127, 12, -76, -52, -108, 38, 127, 38, -26, -3, 9, 37, -110, 66,
-      -127, 19, 0, 45, 0, 127, 0, 2, 0, 62, 0, -26, 0 },
-    { -92, 98, 127, 106, 32, -22, -28, -127, -115, 4, -127, -110, -127, -44, 104, -94, 85, -127, -41, 33, -2, 0, -36,
-      23, 32, 0, 78, 0, 78, 0, 98, 0, -127, 0, 51, 0 },
-    { 39, 117, -74, -127, 95, -127, -45, -45, 82, 33, 69, 127, 35, 61, -115, -127, -124, -127, -17, 2, 19, -90, 81, 127,
-      -111, 0, -122, 0, 6, 0, 43, 0, 116, 0, -88, 0 }
+    -127, 18, 0, 127, 0, -111, 0, -127, 0, 64, 0, 127, 0 }, { -8, 78, -127, 70, -125, -79, -127, 101, -20, 92, 127, 36,
+    32, -121, 95, -121, -90, 114, -115, 119, -91, 19, 125, 127, -127, 0, 8, 0, -19, 0, 127, 0, 112, 0, -110, 0 }, { 31,
+    -16, 127, 98, -102, -123, -127, -70, -55, 65, 127, -68, 122, 57, -126, -127, 36, -116, -125, -61, 119, 40, 5, -57,
+    -96, 0, -49, 0, -127, 0, -58, 0, -127, 0, 15, 0 }, { -100, -127, -28, -12, -34, -60, -127, 2, 122, -127, 12, -76,
+    -52, -108, 38, 127, 38, -26, -3, 9, 37, -110, 66, -127, 19, 0, 45, 0, 127, 0, 2, 0, 62, 0, -26, 0 }, { -92, 98, 127,
+    106, 32, -22, -28, -127, -115, 4, -127, -110, -127, -44, 104, -94, 85, -127, -41, 33, -2, 0, -36, 23, 32, 0, 78, 0,
+    78, 0, 98, 0, -127, 0, 51, 0 }, { 39, 117, -74, -127, 95, -127, -45, -45, 82, 33, 69, 127, 35, 61, -115, -127, -124,
+    -127, -17, 2, 19, -90, 81, 127, -111, 0, -122, 0, 6, 0, 43, 0, 116, 0, -88, 0 }
 };
 #endif
 /* biases of the x parts, int32_t in accumulator units: rnn.bias_ih_l0[0:6] + rnn.bias_hh_l0[0:6] reset gate,
@@ -520,12 +413,11 @@ static const int32_t bigru_w8_l0_fwd_bx[6][3] = {
     { 221639, 978676, -316878 }, { 636235, 209558, 61560 }, { 150128, -115289, 226050 }, { 909709, -379642, 377805 },
     { 405144, 1321482, 35436 }, { 551798, -1005539, 148930 }
 };
-/* requant of the x parts: k with k + c * 2^32 = M * 2^(32 - n); c * acc + the rounded high word of acc * k is
- * rshift_round(acc * M, n) */
+/* requant of the x parts: k with k + c * 2^32 = M * 2^(32 - n), c * acc + mmulr(acc, k) = rshift_round(acc * M, n) */
 static const int32_t bigru_w8_l0_fwd_mx[6][3] = {
-    { -790626304, -2039087104, -1026949120 }, { -1185546240, -1571946496, -1171652608 },
-    { -1553203200, -1124990976, -1354104832 }, { -1143472128, -791150592, -1680998400 },
-    { -1119748096, -1995571200, -1367605248 }, { -846069760, -1878392832, -1382678528 }
+    { -790626304, -2039087104, -1026949120 }, { -1185546240, -1571946496, -1171652608 }, { -1553203200, -1124990976,
+    -1354104832 }, { -1143472128, -791150592, -1680998400 }, { -1119748096, -1995571200, -1367605248 }, { -846069760,
+    -1878392832, -1382678528 }
 };
 static const int32_t bigru_w8_l0_fwd_cx[6][3] = { /* requant of the x parts: c (see bigru_w8_l0_fwd_mx) */
     { 1, 1, 1 }, { 1, 1, 1 }, { 1, 1, 1 }, { 1, 1, 1 }, { 1, 1, 1 }, { 1, 1, 1 }
@@ -534,9 +426,7 @@ static const int32_t bigru_w8_l0_fwd_cx[6][3] = { /* requant of the x parts: c (
 static const int32_t bigru_w8_l0_fwd_bh[6][3] = {
     { 0, 0, -2920220 }, { 0, 0, -2846565 }, { 0, 0, 5051337 }, { 0, 0, 1270741 }, { 0, 0, -3140293 }, { 0, 0, -4289987 }
 };
-/* requant of the h parts: k with k + c * 2^32 = M * 2^(32 - n); c * acc + the rounded high word of acc * k is
- * rshift_round(acc * M, n) */
-static const int32_t bigru_w8_l0_fwd_mh[6][3] = {
+static const int32_t bigru_w8_l0_fwd_mh[6][3] = { /* requant of the h parts: k (as bigru_w8_l0_fwd_mx) */
     { 369442816, 335577088, 427950080 }, { 398770176, 414269440, 437125120 }, { 389890048, 440696832, 354123776 },
     { 436895744, 403931136, 427507712 }, { 298450944, 331431936, 408027136 }, { 170942464, 425689088, 321519616 }
 };
@@ -544,16 +434,13 @@ static const int32_t bigru_w8_l0_fwd_mh[6][3] = {
  * weight_hh, b_* its rows of bias_ih and bias_hh.
  * Integers (x Q3.12, h Q0.15): each gate row sums W_x x and W_h h exactly, rescales each into Q3.20 and applies
  * sigmoid_wide (Q0.15) or tanh_wide (Q0.30); state updates round once into the state's format. */
-static void bigru_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *xh)
+static void bigru_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *xh, const int8_t *w)
 {
     const int rn_shift = 15; /* r * (W_hn h + b_hn): Q0.15 x Q3.20 back to Q3.20 */
     const int64_t zh_scale = 32768; /* z * h: Q0.15 x Q0.15 to Q45 */
     const int64_t zn_scale = 1; /* (1 - z) * n: Q0.15 x Q0.30, already Q45 */
     const int h_shift = 30; /* Q45 to h's Q0.15 */
     const int32_t one = 32768; /* 1.0 in Q0.15 */
-#if !BIGRU_W8_V6M_KERNELS
-    const int8_t *w = &bigru_w8_l0_fwd_w[0][0];
-#endif
     int j;
     memcpy(xh, x, 4 * sizeof(int16_t));
     memcpy(xh + 4, h, 6 * sizeof(int16_t));
@@ -566,7 +453,7 @@ static void bigru_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *xh)
 #elif BIGRU_W8_V6M_KERNELS
         int32_t ax[6];
         const int32_t *const ah = ax + 3;
-        bigru_w8_v6m_unit3_x4_h6_bx_bh(bigru_w8_l0_fwd_w_v6m[j], xh, ax, bigru_w8_l0_fwd_bx[j], bigru_w8_l0_fwd_bh[j]);
+        bigru_w8_v6m_unit3_x4_h6_bx_bh(w + j * 32, xh, ax, bigru_w8_l0_fwd_bx[j], bigru_w8_l0_fwd_bh[j]);
 #else
         int32_t ax[3] = { bigru_w8_l0_fwd_bx[j][0], bigru_w8_l0_fwd_bx[j][1], bigru_w8_l0_fwd_bx[j][2] };
         int32_t ah[3] = { bigru_w8_l0_fwd_bh[j][0], bigru_w8_l0_fwd_bh[j][1], bigru_w8_l0_fwd_bh[j][2] };
@@ -601,17 +488,14 @@ static void bigru_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *xh)
  * rnn.weight_hh_l0_reverse[0:18] */
 static const int8_t bigru_w8_l0_rev_w[6][36] = {
     { 21, 53, -44, 127, 29, -127, 93, -16, -18, -30, -127, 16, 127, -30, 83, 35, 109, 5, -57, 50, -127, -78, -38, 60,
-      -108, 0, -5, 0, -4, 0, -127, 0, 110, 0, -108, 0 },
-    { -88, 14, -127, 93, 74, 47, 126, 127, 13, 69, 127, -64, 117, -127, -57, 111, -43, -127, 59, 20, 85, -44, -37, 127,
-      55, 0, 94, 0, 49, 0, 112, 0, -83, 0, 34, 0 },
-    { 127, -56, -3, 67, -42, 127, -12, 90, -113, -75, -3, -127, -99, -53, -127, -91, -62, 122, 127, 89, 44, -76, 46,
-      127, 40, 0, -69, 0, -95, 0, -83, 0, -107, 0, -51, 0 },
-    { 103, -14, -127, 111, 103, -2, -127, -127, -79, 16, -127, -37, -51, -68, -127, -123, 25, 0, -127, -119, 127, -52,
-      -29, -115, 13, 0, 106, 0, -102, 0, 28, 0, -126, 0, -103, 0 },
-    { 99, 50, 119, 127, 127, 78, 113, -86, -107, -14, 35, -127, 81, -126, 31, -21, -127, -11, 40, -66, -55, 78, -127,
-      -65, -12, 0, 127, 0, -79, 0, -94, 0, -106, 0, -122, 0 },
-    { -127, 19, 25, 91, -88, 57, -101, 127, 57, -11, -127, 100, 25, 127, 89, -18, 110, -30, 5, -21, 127, 29, 7, 27,
-      -118, 0, -113, 0, -114, 0, -127, 0, 124, 0, -18, 0 }
+    -108, 0, -5, 0, -4, 0, -127, 0, 110, 0, -108, 0 }, { -88, 14, -127, 93, 74, 47, 126, 127, 13, 69, 127, -64, 117,
+    -127, -57, 111, -43, -127, 59, 20, 85, -44, -37, 127, 55, 0, 94, 0, 49, 0, 112, 0, -83, 0, 34, 0 }, { 127, -56, -3,
+    67, -42, 127, -12, 90, -113, -75, -3, -127, -99, -53, -127, -91, -62, 122, 127, 89, 44, -76, 46, 127, 40, 0, -69, 0,
+    -95, 0, -83, 0, -107, 0, -51, 0 }, { 103, -14, -127, 111, 103, -2, -127, -127, -79, 16, -127, -37, -51, -68, -127,
+    -123, 25, 0, -127, -119, 127, -52, -29, -115, 13, 0, 106, 0, -102, 0, 28, 0, -126, 0, -103, 0 }, { 99, 50, 119, 127,
+    127, 78, 113, -86, -107, -14, 35, -127, 81, -126, 31, -21, -127, -11, 40, -66, -55, 78, -127, -65, -12, 0, 127, 0,
+    -79, 0, -94, 0, -106, 0, -122, 0 }, { -127, 19, 25, 91, -88, 57, -101, 127, 57, -11, -127, 100, 25, 127, 89, -18,
+    110, -30, 5, -21, 127, 29, 7, 27, -118, 0, -113, 0, -114, 0, -127, 0, 124, 0, -18, 0 }
 };
 #endif
 /* biases of the x parts, int32_t in accumulator units: rnn.bias_ih_l0_reverse[0:6] + rnn.bias_hh_l0_reverse[0:6] reset
@@ -621,12 +505,11 @@ static const int32_t bigru_w8_l0_rev_bx[6][3] = {
     { -506421, -24173, -501560 }, { -40861, 682734, -596515 }, { -36486, 205753, 271411 }, { -643338, 559117, 550027 },
     { -12090, -143056, -103740 }, { -77124, -915772, 405398 }
 };
-/* requant of the x parts: k with k + c * 2^32 = M * 2^(32 - n); c * acc + the rounded high word of acc * k is
- * rshift_round(acc * M, n) */
+/* requant of the x parts: k with k + c * 2^32 = M * 2^(32 - n), c * acc + mmulr(acc, k) = rshift_round(acc * M, n) */
 static const int32_t bigru_w8_l0_rev_mx[6][3] = {
-    { -2070544384, -1193672704, -964427776 }, { -1085145088, -2011299840, 1920663552 },
-    { -2143551488, -978845696, -1484783616 }, { -1250426880, -1223294976, -1053949952 },
-    { -804913152, -1086193664, -1898971136 }, { -877133824, -1397751808, -879493120 }
+    { -2070544384, -1193672704, -964427776 }, { -1085145088, -2011299840, 1920663552 }, { -2143551488, -978845696,
+    -1484783616 }, { -1250426880, -1223294976, -1053949952 }, { -804913152, -1086193664, -1898971136 }, { -877133824,
+    -1397751808, -879493120 }
 };
 static const int32_t bigru_w8_l0_rev_cx[6][3] = { /* requant of the x parts: c (see bigru_w8_l0_rev_mx) */
     { 1, 1, 1 }, { 1, 1, 0 }, { 1, 1, 1 }, { 1, 1, 1 }, { 1, 1, 1 }, { 1, 1, 1 }
@@ -635,9 +518,7 @@ static const int32_t bigru_w8_l0_rev_cx[6][3] = { /* requant of the x parts: c (
 static const int32_t bigru_w8_l0_rev_bh[6][3] = {
     { 0, 0, -304058 }, { 0, 0, -596986 }, { 0, 0, -3003451 }, { 0, 0, 3357439 }, { 0, 0, -4142294 }, { 0, 0, 3833133 }
 };
-/* requant of the h parts: k with k + c * 2^32 = M * 2^(32 - n); c * acc + the rounded high word of acc * k is
- * rshift_round(acc * M, n) */
-static const int32_t bigru_w8_l0_rev_mh[6][3] = {
+static const int32_t bigru_w8_l0_rev_mh[6][3] = { /* requant of the h parts: k (as bigru_w8_l0_rev_mx) */
     { 362840064, 406732800, 340099072 }, { 413024256, 196198400, 427114496 }, { 184893440, 395444224, 378486784 },
     { 312590336, 231882752, 441565184 }, { 326647808, 354942976, 292339712 }, { 382500864, 398721024, 400867328 }
 };
@@ -645,16 +526,13 @@ static const int32_t bigru_w8_l0_rev_mh[6][3] = {
  * weight_hh, b_* its rows of bias_ih and bias_hh.
  * Integers (x Q3.12, h Q0.15): each gate row sums W_x x and W_h h exactly, rescales each into Q3.20 and applies
  * sigmoid_wide (Q0.15) or tanh_wide (Q0.30); state updates round once into the state's format. */
-static void bigru_w8_l0_rev(const int16_t *x, int16_t *h, int16_t *xh)
+static void bigru_w8_l0_rev(const int16_t *x, int16_t *h, int16_t *xh, const int8_t *w)
 {
     const int rn_shift = 15; /* r * (W_hn h + b_hn): Q0.15 x Q3.20 back to Q3.20 */
     const int64_t zh_scale = 32768; /* z * h: Q0.15 x Q0.15 to Q45 */
     const int64_t zn_scale = 1; /* (1 - z) * n: Q0.15 x Q0.30, already Q45 */
     const int h_shift = 30; /* Q45 to h's Q0.15 */
     const int32_t one = 32768; /* 1.0 in Q0.15 */
-#if !BIGRU_W8_V6M_KERNELS
-    const int8_t *w = &bigru_w8_l0_rev_w[0][0];
-#endif
     int j;
     memcpy(xh, x, 4 * sizeof(int16_t));
     memcpy(xh + 4, h, 6 * sizeof(int16_t));
@@ -667,7 +545,7 @@ static void bigru_w8_l0_rev(const int16_t *x, int16_t *h, int16_t *xh)
 #elif BIGRU_W8_V6M_KERNELS
         int32_t ax[6];
         const int32_t *const ah = ax + 3;
-        bigru_w8_v6m_unit3_x4_h6_bx_bh(bigru_w8_l0_rev_w_v6m[j], xh, ax, bigru_w8_l0_rev_bx[j], bigru_w8_l0_rev_bh[j]);
+        bigru_w8_v6m_unit3_x4_h6_bx_bh(w + j * 32, xh, ax, bigru_w8_l0_rev_bx[j], bigru_w8_l0_rev_bh[j]);
 #else
         int32_t ax[3] = { bigru_w8_l0_rev_bx[j][0], bigru_w8_l0_rev_bx[j][1], bigru_w8_l0_rev_bx[j][2] };
         int32_t ah[3] = { bigru_w8_l0_rev_bh[j][0], bigru_w8_l0_rev_bh[j][1], bigru_w8_l0_rev_bh[j][2] };
@@ -719,25 +597,21 @@ static void bigru_w8_store(const int16_t *src, size_t n, int16_t *q, float *f, s
         return;
     }
     for (k = 0; k < n; ++k) {
-        f[offset + k] = tr_to_float(src[k], scale);
+        f[offset + k] = (float)src[k] * scale; /* exact: scale is a power of two */
     }
 }
 
 /* x_t as int16: the caller's, or the float input converted into s->scratch0 */
 static const int16_t *bigru_w8_input_at(bigru_w8_state_t *s, const int16_t *xq, const float *xf, int t)
 {
-    if (xq != NULL) {
-        return xq + (size_t)t * 4;
-    }
+    if (xq != NULL) return xq + (size_t)t * 4;
     bigru_w8_load(xf + (size_t)t * 4, s->scratch0, 4, 12);
     return s->scratch0;
 }
 
 int bigru_w8_set_state_q(bigru_w8_state_t *s, const int16_t *h0)
 {
-    if (s == NULL || h0 == NULL) {
-        return BIGRU_W8_ERR_NULL;
-    }
+    if (s == NULL || h0 == NULL) return BIGRU_W8_ERR_NULL;
     memcpy(s->l0_fwd_h, h0 + 0, 6 * sizeof(int16_t)); /* row 0: rnn layer 0, forward direction, Q0.15 */
     memcpy(s->l0_rev_h, h0 + 6, 6 * sizeof(int16_t)); /* row 1: rnn layer 0, reverse direction, Q0.15 */
     return BIGRU_W8_OK;
@@ -745,9 +619,7 @@ int bigru_w8_set_state_q(bigru_w8_state_t *s, const int16_t *h0)
 
 int bigru_w8_set_state(bigru_w8_state_t *s, const float *h0)
 {
-    if (s == NULL || h0 == NULL) {
-        return BIGRU_W8_ERR_NULL;
-    }
+    if (s == NULL || h0 == NULL) return BIGRU_W8_ERR_NULL;
     bigru_w8_load(h0 + 0, s->l0_fwd_h, 6, 15); /* row 0: rnn layer 0, forward direction, Q0.15 */
     bigru_w8_load(h0 + 6, s->l0_rev_h, 6, 15); /* row 1: rnn layer 0, reverse direction, Q0.15 */
     return BIGRU_W8_OK;
@@ -769,21 +641,19 @@ int bigru_w8_step(bigru_w8_state_t *s, const float *x_t, float *y_t)
     return BIGRU_W8_ERR_UNSUPPORTED; /* a bidirectional layer needs the whole sequence */
 }
 
-/* The whole sequence, from int16 (xq) or float (xf) input; each output goes to its int16
- * buffer qK or, converted, to its float buffer fK (the other one is NULL). */
+/* The whole sequence, from int16 (xq) or float (xf) input; each output goes to its int16 buffer qK or, converted, to
+ * its float buffer fK (the other one is NULL). */
 static int bigru_w8_run_impl(bigru_w8_state_t *s, const int16_t *xq, const float *xf, int T, int16_t *q0, float *f0)
 {
     int t;
-    if (T < 1 || T > BIGRU_W8_MAX_SEQ_LEN) {
-        return BIGRU_W8_ERR_SEQ_LEN;
-    }
+    if (T < 1 || T > BIGRU_W8_MAX_SEQ_LEN) return BIGRU_W8_ERR_SEQ_LEN;
     /* bidirectional: layer-major over sequence buffers of BIGRU_W8_MAX_SEQ_LEN steps */
     for (t = 0; t < T; ++t) { /* rnn layer 0, forward direction */
-        bigru_w8_l0_fwd(bigru_w8_input_at(s, xq, xf, t), s->l0_fwd_h, s->scratch1);
+        bigru_w8_l0_fwd(bigru_w8_input_at(s, xq, xf, t), s->l0_fwd_h, s->scratch1, bigru_w8_l0_fwd_w[0]);
         memcpy(s->seq0 + (size_t)t * 12, s->l0_fwd_h, 6 * sizeof(int16_t));
     }
     for (t = T - 1; t >= 0; --t) { /* rnn layer 0, reverse direction */
-        bigru_w8_l0_rev(bigru_w8_input_at(s, xq, xf, t), s->l0_rev_h, s->scratch1);
+        bigru_w8_l0_rev(bigru_w8_input_at(s, xq, xf, t), s->l0_rev_h, s->scratch1, bigru_w8_l0_rev_w[0]);
         memcpy(s->seq0 + (size_t)t * 12 + 6, s->l0_rev_h, 6 * sizeof(int16_t));
     }
     bigru_w8_store(s->seq0, (size_t)T * 12, q0, f0, 0, 0x1p-15f);
@@ -792,16 +662,12 @@ static int bigru_w8_run_impl(bigru_w8_state_t *s, const int16_t *xq, const float
 
 int bigru_w8_run_q(bigru_w8_state_t *s, const int16_t *x, int T, int16_t *out0)
 {
-    if (s == NULL || x == NULL || out0 == NULL) {
-        return BIGRU_W8_ERR_NULL;
-    }
+    if (s == NULL || x == NULL || out0 == NULL) return BIGRU_W8_ERR_NULL;
     return bigru_w8_run_impl(s, x, NULL, T, out0, NULL);
 }
 
 int bigru_w8_run(bigru_w8_state_t *s, const float *x, int T, float *out0)
 {
-    if (s == NULL || x == NULL || out0 == NULL) {
-        return BIGRU_W8_ERR_NULL;
-    }
+    if (s == NULL || x == NULL || out0 == NULL) return BIGRU_W8_ERR_NULL;
     return bigru_w8_run_impl(s, NULL, x, T, NULL, out0);
 }

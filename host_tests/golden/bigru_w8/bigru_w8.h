@@ -12,8 +12,8 @@
 extern "C" {
 #endif
 
-/* w8a16: integer arithmetic inside; the _q functions take and return int16 values
- * v meaning v * 2^-FRAC (docs/fixed-point.md). The float functions convert exactly at the edges. */
+/* w8a16: integer arithmetic inside; the _q functions take and return int16 values v meaning v * 2^-FRAC
+ * (docs/fixed-point.md). The float functions convert exactly at the edges. */
 #define BIGRU_W8_INPUT_SIZE 4 /* features of one time step x_t */
 #define BIGRU_W8_STEP_OUTPUT_SIZE 12 /* values bigru_w8_step writes */
 #define BIGRU_W8_MAX_SEQ_LEN 6 /* sequence buffer capacity; 0 = no limit */

@@ -3,8 +3,7 @@
  * w8a16 formats and integers sha256: ca8f211f10edb3554d7dbba9c5b827ef102db88b61f2aa9ae9be3e4f2d6d33ab
  * options: calibration=calibration data, format=w8a16, max_seq_len=6
  * Do not edit: re-run tinyrnn export instead. */
-/* The unit kernels of bigru_w8.c (tinyrnn/dspasm.py, tinyrnn/v6masm.py): for gcc and clang, each
- * family under the condition bigru_w8.c tests; loops unrolled less at -Os. */
+/* The unit kernels of bigru_w8.c (tinyrnn/dspasm.py, v6masm.py) for gcc and clang; loops unrolled less at -Os. */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
     .syntax unified
@@ -155,4 +154,7 @@ bigru_w8_v6m_unit3_x4_h6_bx_bh:
     mov r8, r4
     pop {r0, r1, r2, r4, r5, r6, r7, pc}
     .size bigru_w8_v6m_unit3_x4_h6_bx_bh, . - bigru_w8_v6m_unit3_x4_h6_bx_bh
+#endif
+#if defined(__linux__) && defined(__ELF__)
+    .section .note.GNU-stack,"",%progbits /* no executable stack on hosts that ask */
 #endif

@@ -6,18 +6,15 @@
 #include "gesture.h"
 
 #include <stddef.h>
-#include <stdint.h>
 #include <string.h>
 
-/* Integer arithmetic: round half up, saturate, never wrap (docs/fixed-point.md). Right shifts of
- * negative values are implementation-defined in C99: this fails to compile where they are not
- * arithmetic. */
+/* Integer arithmetic: round half up, saturate, never wrap (docs/fixed-point.md). Right shifts of negative values are
+ * implementation-defined in C99: this fails to compile where they are not arithmetic. */
 typedef char gesture_requires_arithmetic_right_shift[
     ((-1 >> 1) == -1 && ((int32_t)-5 >> 1) == -3 && ((int64_t)-5 >> 1) == -3) ? 1 : -1];
 
-/* The recurrent layers' matrix-vector kernels in this build: the DSP unit kernels of gesture_kernels.S
- * (Cortex-M4/M7/M33/M55), the ARMv6-M unit kernels (Cortex-M0/M0+), or the portable C kernels below (host, Cortex-M3,
- * M23, ARM state). */
+/* The recurrent kernels of this build: the DSP unit kernels of gesture_kernels.S (Cortex-M4/M7/M33/M55), the ARMv6-M
+ * unit kernels (Cortex-M0/M0+), or the portable C kernels below (host, Cortex-M3, M23, ARM state). */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define GESTURE_DSP_KERNELS 1
@@ -30,8 +27,8 @@ typedef char gesture_requires_arithmetic_right_shift[
 #define GESTURE_V6M_KERNELS 0
 #endif
 
-/* The DSP extension (Cortex-M4, M7, M33, M55): SMMULR, SMMLAR and dual 16-bit multiply-
- * accumulates. Other cores compute the same integers in portable C. */
+/* The DSP extension (Cortex-M4, M7, M33, M55): SMMULR, SMMLAR and dual 16-bit multiply-accumulates. Other cores compute
+ * the same integers in portable C. */
 #if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define GESTURE_DSP 1
 #else
@@ -52,8 +49,7 @@ static inline int16_t tr_sat16(int32_t x)
 #endif
 }
 
-/* sat16_i64(x) = min(max(x, -32768), 32767), for int64 values: sat16 of the low word when x
- * fits int32 (compilers drop the test where they can prove it), else the sign decides. */
+/* sat16 of an int64: sat16 of the low word when x fits int32, else the sign decides */
 static inline int16_t tr_sat16_i64(int64_t x)
 {
     const int32_t lo = (int32_t)x;
@@ -61,23 +57,14 @@ static inline int16_t tr_sat16_i64(int64_t x)
     return x < 0 ? INT16_MIN : INT16_MAX;
 }
 
-/* rshift_round64(v, n): the same rule in int64.
- * Requires |n| <= 62 and no int64 overflow in the addition or the product. */
+/* rshift_round64(v, n) = floor(v / 2^n + 1/2) in int64 (v * 2^-n for n <= 0); |n| <= 62 */
 static inline int64_t tr_rshift_round64(int64_t v, int n)
 {
     if (n > 0) return (v + ((int64_t)1 << (n - 1))) >> n;
     return v * ((int64_t)1 << -n);
 }
 
-/* sat24(x) = min(max(x, -8388608), 8388607): the range of the wide pre-activation Q3.20 */
-static inline int32_t tr_sat24(int64_t x)
-{
-    if (x > 8388607) return 8388607;
-    if (x < -8388608) return -8388608;
-    return (int32_t)x;
-}
-
-/* sat24 of an int32 (one SSAT on ARMv7-M) */
+/* sat24 of an int32: the range of the wide pre-activation Q3.20 (one SSAT on ARMv7-M) */
 static inline int32_t tr_sat24_32(int32_t x)
 {
 #if defined(__ARM_FEATURE_SAT) && __ARM_FEATURE_SAT
@@ -91,25 +78,15 @@ static inline int32_t tr_sat24_32(int32_t x)
 #endif
 }
 
-/* rescale(acc, M, n) = rshift_round64(acc * M, n), not saturated.
- * |acc| < 2^47 and 2^14 <= M < 2^15, so acc * M and the rounding stay inside int64. */
-static inline int64_t tr_rescale(int64_t acc, int32_t mult, int shift)
-{
-    return tr_rshift_round64(acc * (int64_t)mult, shift);
-}
-
-/* requant(acc, M, n) = sat16(rshift_round64(acc * M, n)): acc times the real multiplier
- * m ~= M * 2^-n, rounded half up, saturated to int16.
- * Requires |acc| < 2^47, 2^14 <= M < 2^15, 0 <= n <= 62; then |acc * M| < 2^62 and
- * |acc * M + 2^(n-1)| < 2^62 + 2^61 < 2^63, so nothing overflows. */
+/* requant(acc, M, n) = sat16(rshift_round64(acc * M, n)): acc times M * 2^-n, rounded half up and saturated;
+ * |acc| < 2^47, 2^14 <= M < 2^15 and 0 <= n <= 62 keep it inside int64. */
 static inline int16_t tr_requant(int64_t acc, int32_t mult, int shift)
 {
     return tr_sat16_i64(tr_rshift_round64(acc * (int64_t)mult, shift));
 }
 
-/* mmulr(a, m) = (a * m + 2^31) >> 32: the high word of a 32 x 32 product, rounded half up
- * (SMMULR on the DSP cores). With m + c * 2^32 = M * 2^(32 - n) (tinyrnn/folds.py),
- * c * a + mmulr(a, m) is rshift_round64(a * M, n), exactly. */
+/* mmulr(a, m) = (a * m + 2^31) >> 32: the high word of a 32 x 32 product, rounded half up (SMMULR on the DSP cores).
+ * With m + c * 2^32 = M * 2^(32 - n) (tinyrnn/folds.py), c * a + mmulr(a, m) is rshift_round64(a * M, n), exactly. */
 static inline int32_t tr_mmulr(int32_t a, int32_t m)
 {
 #if GESTURE_DSP
@@ -117,10 +94,10 @@ static inline int32_t tr_mmulr(int32_t a, int32_t m)
     __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(m));
     return r;
 #elif defined(__ARM_ARCH_6M__)
-    /* ARMv6-M has no 32 x 32 -> 64 multiply (gcc would call __muldi3): with a = ah 2^16 + al,
-     * m = mh 2^16 + ml (al, ml unsigned), a m + 2^31 = 2^32 (ah mh + (x >> 16) + (y >> 16))
-     * + 2^16 ((x & 0xFFFF) + (y & 0xFFFF) + (al ml >> 16) + 2^15) + (al ml & 0xFFFF), x = ah ml,
-     * y = mh al; the last term is below 2^16, so it never carries into the high word. */
+    /* ARMv6-M has no 32 x 32 -> 64 multiply (gcc would call __muldi3): with a = ah 2^16 + al, m = mh 2^16 + ml (al, ml
+     * unsigned), a m + 2^31 = 2^32 (ah mh + (x >> 16) + (y >> 16)) + 2^16 ((x & 0xFFFF) + (y & 0xFFFF) + (al
+     * ml >> 16) + 2^15) + (al ml & 0xFFFF), x = ah ml, y = mh al; the last term is below 2^16, so it never carries into
+     * the high word. */
     const uint32_t al = (uint32_t)a & 0xFFFFu;
     const uint32_t ml = (uint32_t)m & 0xFFFFu;
     const int32_t ah = a >> 16;
@@ -134,8 +111,7 @@ static inline int32_t tr_mmulr(int32_t a, int32_t m)
 #endif
 }
 
-/* mmlar(a, m, r) = r + mmulr(a, m) (SMMLAR on the DSP cores); the exporter proved the sum
- * fits int32 for every input. */
+/* mmlar(a, m, r) = r + mmulr(a, m) (SMMLAR on the DSP cores); the exporter proved it fits int32 */
 static inline int32_t tr_mmlar(int32_t a, int32_t m, int32_t r)
 {
 #if GESTURE_DSP
@@ -159,11 +135,9 @@ static inline int32_t tr_clamp_wide(int32_t u)
 #endif
 }
 
-/* sigmoid_wide(x): x in Q3.20 (24-bit), result in Q0.15, from a table of sigmoid at
- * k / 64, k = 0..512 (computed in Python), interpolated with 14 fraction bits per segment:
- * u = min(|x|, 8388607); i = u >> 14; f = u & 16383;
- * p = T[i] + rshift_round((T[i+1] - T[i]) * f, 14), in int32: |(T[i+1] - T[i]) * f| < 2^23
- * result = p for x >= 0, 32768 - p for x < 0 */
+/* sigmoid_wide(x), x in Q3.20, in Q0.15: T[k] = sigmoid(k / 64) in Q0.15, k = 0..512; u = min(|x|, 8388607),
+ * i = u >> 14, f = u & 16383, p = T[i] + rshift_round((T[i+1] - T[i]) * f, 14) (in int32:
+ * |(T[i+1] - T[i]) * f| < 2^23); p for x >= 0, 32768 - p for x < 0 */
 static inline int16_t tr_sigmoid_wide(int32_t x)
 {
     static const int16_t table[513] = {
@@ -210,10 +184,8 @@ static inline int16_t tr_sigmoid_wide(int32_t x)
     return (int16_t)(x < 0 ? 32768 - p : p);
 }
 
-/* tanh_wide(x): x in Q3.20 (24-bit), result in Q0.30 (int32).
- * T[k] = round_half_up(tanh(k / 64) * 2^30), k = 0..512 (computed in Python);
- * u, i, f as in sigmoid_wide; p = T[i] + rshift_round64((T[i+1] - T[i]) * f, 14);
- * result = p for x >= 0, -p for x < 0 */
+/* tanh_wide(x), x in Q3.20, in Q0.30: T[k] = tanh(k / 64) in Q0.30, k = 0..512; u = min(|x|, 8388607), i = u >> 14,
+ * f = u & 16383, p = T[i] + rshift_round64((T[i+1] - T[i]) * f, 14); p for x >= 0, -p for x < 0 */
 static inline int32_t tr_tanh_wide(int32_t x)
 {
     static const int32_t table[513] = {
@@ -284,16 +256,13 @@ static inline int32_t tr_tanh_wide(int32_t x)
     return x < 0 ? -p : p;
 }
 
-/* mul_q30_hi(a, t, up) = sat16(mmulr(a * 2^up, t)) = mul_q30(a, t, 32 - up) for 0 <= up <= 16:
- * |a * 2^up| fits int32, and (a 2^up t + 2^31) >> 32 = (a t + 2^(s-1)) >> s with s = 32 - up
- * (one SMMULR; no 64-bit product on the M0). */
+/* mul_q30_hi(a, t, up) = sat16(mmulr(a * 2^up, t)) = mul_q30(a, t, 32 - up), 0 <= up <= 16: no 64-bit product */
 static inline int16_t tr_mul_q30_hi(int16_t a, int32_t t, int up)
 {
     return tr_sat16(tr_mmulr((int32_t)((uint32_t)(int32_t)a << up), t));
 }
 
-/* mul16x32(c, d) = c * d exactly, as int64. ARMv6-M has no 32 x 32 -> 64 multiply (gcc would
- * call __muldi3): c * d = c * (d >> 16) * 2^16 + c * (d & 0xFFFF), both products fit int32. */
+/* mul16x32(c, d) = c * d as int64; on ARMv6-M (no 32 x 32 -> 64 multiply) from two 32-bit ones */
 static inline int64_t tr_mul16x32(int16_t c, int32_t d)
 {
 #if defined(__ARM_ARCH_6M__)
@@ -303,22 +272,16 @@ static inline int64_t tr_mul16x32(int16_t c, int32_t d)
 #endif
 }
 
-/* dot2_q(a, b, ka, c, d, kc, s) = sat16(rshift_round64(a*b*ka + c*d*kc, s)) with int16 a, b, c,
- * a Q0.30 d and powers of two ka <= 2^31, kc <= 2^16: both terms stay below 2^61. */
+/* dot2_q(a, b, ka, c, d, kc, s) = sat16(rshift_round64(a*b*ka + c*d*kc, s)) with int16 a, b, c, a Q0.30 d and powers of
+ * two ka <= 2^31, kc <= 2^16: both terms stay below 2^61. */
 static inline int16_t tr_dot2_q(int16_t a, int16_t b, int64_t ka, int16_t c, int32_t d, int64_t kc, int shift)
 {
     return tr_sat16_i64(tr_rshift_round64((int64_t)((int32_t)a * b) * ka + tr_mul16x32(c, d) * kc, shift));
 }
 
-/* float -> int16: q = sat16(floor(v * 2^frac + 1/2)), NaN -> 0, from the IEEE-754 binary32
- * bits with integer operations only, so it is exact and the same on the host, on cores with an
- * FPU and on soft-float cores (where it saves the library's float multiply and compares).
- * A normal v is M * 2^(e - 150) with the 24-bit M = 1.mantissa (a subnormal: M = mantissa,
- * e = 1), so t = v * 2^frac = M / 2^s with s = 150 - e - frac:
- *   s <= 0: t is the integer M * 2^-s, saturated;
- *   s > 25: |t| < 1/4, which rounds to 0;
- *   else    floor(t + 1/2) = (M + 2^(s-1)) >> s for v > 0, and for v < 0
- *           floor(1/2 - M / 2^s) = -((M + 2^(s-1) - 1) >> s), then saturated. */
+/* float -> int16: sat16(floor(v * 2^frac + 1/2)), NaN -> 0, from the IEEE-754 bits with integer operations only: exact,
+ * and the same with or without an FPU. v = M * 2^(e - 150), so v * 2^frac = M / 2^s with s = 150 - e - frac
+ * (docs/fixed-point.md, Float API conversions). */
 static inline int16_t tr_from_float(float v, int frac)
 {
     uint32_t bits, m, q;
@@ -329,14 +292,11 @@ static inline int16_t tr_from_float(float v, int frac)
     e = (int32_t)((bits >> 23) & 0xFFu);
     m = bits & 0x7FFFFFu;
     if (e == 0xFF) {
-        if (m != 0) return 0;                     /* NaN */
-        return negative ? INT16_MIN : INT16_MAX;  /* +-inf */
+        if (m != 0) return 0; /* NaN */
+        return negative ? INT16_MIN : INT16_MAX; /* +-inf */
     }
-    if (e == 0) {
-        e = 1;                                    /* zero and subnormals */
-    } else {
-        m |= 0x800000u;
-    }
+    if (e == 0) e = 1; /* zero and subnormals */
+    else m |= 0x800000u;
     s = 150 - e - frac;
     if (s <= 0) {
         const uint32_t limit = negative ? 32768u : 32767u;
@@ -352,12 +312,6 @@ static inline int16_t tr_from_float(float v, int frac)
     return q > 32767u ? INT16_MAX : (int16_t)q;
 }
 
-/* int16 -> float: q * 2^-frac, exact (the int16 is exact in float, and so is the scaling). */
-static inline float tr_to_float(int16_t q, float scale)
-{
-    return (float)q * scale;
-}
-
 /* dot_w8_acc32(w, v, n) = w . v, exact: the exporter proved |sum| < 2^31 for every input */
 static inline int32_t tr_dot_w8_acc32(const int8_t *w, const int16_t *v, int n)
 {
@@ -369,10 +323,9 @@ static inline int32_t tr_dot_w8_acc32(const int8_t *w, const int16_t *v, int n)
     return acc;
 }
 
-/* exp2_neg_q30(u) = 2^(-u / 2^16) in Q.30 for u >= 0 (u in Q.16).
- * T[k] = round_half_up(2^(-k * 1/128) * 2^30) (computed in Python);
- * i = u >> 16; r = u & 65535; k = r >> 9; f = r & 511;
- * p = T[k] + rshift_round64((T[k+1] - T[k]) * f, 9); result rshift_round64(p, i), 0 once i >= 32 */
+/* exp2_neg_q30(u) = 2^(-u / 2^16) in Q.30 for u >= 0 (u in Q.16). T[k] = round_half_up(2^(-k * 1/128) * 2^30) (computed
+ * in Python); i = u >> 16; r = u & 65535; k = r >> 9; f = r & 511; p = T[k] + rshift_round64((T[k+1] - T[k]) * f, 9);
+ * result rshift_round64(p, i), 0 once i >= 32 */
 static inline int32_t tr_exp2_neg_q30(int32_t u)
 {
     static const int32_t table[129] = {
@@ -401,8 +354,8 @@ static inline int32_t tr_exp2_neg_q30(int32_t u)
     return (int32_t)tr_rshift_round64(p, (int)i);
 }
 
-/* Sum over j of exp(in[j] - max) in Q.30: d = min(max - in[j], dclamp); u = rescale(d, M, n) is
- * d * log2(e) in Q.16; e = exp2_neg_q30(u). The largest input gives exactly 2^30. */
+/* Sum over j of exp(in[j] - max) in Q.30: d = min(max - in[j], dclamp); u = rshift_round64(d * M, n) is d * log2(e) in
+ * Q.16; e = exp2_neg_q30(u). The largest input gives exactly 2^30. */
 static inline int64_t tr_exp_sum(const int16_t *in, int n, int16_t top, int32_t dclamp, int32_t mult, int shift)
 {
     int64_t sum = 0;
@@ -410,7 +363,7 @@ static inline int64_t tr_exp_sum(const int16_t *in, int n, int16_t top, int32_t 
     for (j = 0; j < n; ++j) {
         int32_t d = (int32_t)top - in[j];
         if (d > dclamp) d = dclamp;
-        sum += tr_exp2_neg_q30((int32_t)tr_rescale(d, mult, shift));
+        sum += tr_exp2_neg_q30((int32_t)tr_rshift_round64((int64_t)d * mult, shift));
     }
     return sum;
 }
@@ -425,8 +378,8 @@ static inline int16_t tr_max_q(const int16_t *in, int n)
     return top;
 }
 
-/* softmax_q: out[j] = min(floor((e_j * 2^16 + S) / (2 S)), 32767) in Q0.15, i.e. e_j / S rounded
- * half up, with e_j as in exp_sum and S their sum. in and out may be the same buffer. */
+/* softmax_q: out[j] = min(floor((e_j * 2^16 + S) / (2 S)), 32767) in Q0.15, i.e. e_j / S rounded half up, with e_j as
+ * in exp_sum and S their sum. in and out may be the same buffer. */
 static inline void tr_softmax_q(const int16_t *in, int16_t *out, int n, int32_t dclamp, int32_t mult, int shift)
 {
     const int16_t top = tr_max_q(in, n);
@@ -436,72 +389,26 @@ static inline void tr_softmax_q(const int16_t *in, int16_t *out, int n, int32_t 
         int32_t d = (int32_t)top - in[j];
         int64_t e, v;
         if (d > dclamp) d = dclamp;
-        e = tr_exp2_neg_q30((int32_t)tr_rescale(d, mult, shift));
+        e = tr_exp2_neg_q30((int32_t)tr_rshift_round64((int64_t)d * mult, shift));
         v = (e * 65536 + sum) / (2 * sum);
         out[j] = (int16_t)(v > 32767 ? 32767 : v);
     }
 }
 
 #if !GESTURE_DSP_KERNELS && !GESTURE_V6M_KERNELS
-#if GESTURE_DSP
-#include <arm_acle.h>
 
-/* SXTB16 of v rotated right by 8 (bytes 1 and 3 as two halfwords) in one instruction;
- * gcc does not fold a rotate into __sxtb16, so this one is written out. */
-static inline int32_t tr_sxtb16_ror8(int32_t v)
-{
-    int32_t r;
-    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
-    return r;
-}
-
-/* a + the 4 int8_t weights at w (bytes 0, 2, 1, 3) times the activation pairs x01, x23 (__smlad) */
-static inline int32_t gesture_mac_w8_acc32(int32_t a, const int8_t *w, int32_t x01, int32_t x23)
-{
-    int32_t q;
-    memcpy(&q, w, 4);
-    return __smlad(tr_sxtb16_ror8(q), x23, __smlad(__sxtb16(q), x01, a));
-}
-
-/* gcc's scheduler would hoist the next group's loads above this group's multiplies and run
- * out of registers; an empty asm with a memory clobber keeps the groups apart. */
-#define GESTURE_SCHEDULE_BARRIER() __asm__ volatile("" ::: "memory")
-#endif
-
-/* The C kernels are inlined, except on ARMv6-M: with 8 low registers each inlined copy brings
- * its own spill slots, and a bidirectional w16a16 GRU's run function needed 1.9 KB of stack. */
-#if defined(__GNUC__) && defined(__ARM_ARCH_6M__)
-#define GESTURE_C_KERNEL static __attribute__((noinline))
-#else
-#define GESTURE_C_KERNEL static inline
-#endif
-
-/* acc[r] += row r of a block of 4 interleaved weight rows (int8_t) times v, over `groups`
- * groups of 4 columns (tinyrnn/layout.py: within a group the bytes are in the order 0, 2, 1, 3),
- * two groups per iteration; returns the next block. Exact: the exporter proved every partial
- * sum fits int32_t. */
-GESTURE_C_KERNEL const int8_t *gesture_mac4_w8_acc32(const int8_t *w, const int16_t *v, int groups, int32_t *acc)
+/* acc[r] += row r of a block of 4 interleaved weight rows (int8_t) times v, over `groups` groups of 4 columns
+ * (tinyrnn/layout.py: within a group the bytes are in the order 0, 2, 1, 3), two groups per iteration; returns the next
+ * block. Exact: the exporter proved every partial sum fits int32_t. */
+static inline const int8_t *gesture_mac4_w8_acc32(const int8_t *w, const int16_t *v, int groups, int32_t *acc)
 {
     int32_t a0 = acc[0];
     int32_t a1 = acc[1];
     int32_t a2 = acc[2];
     int32_t a3 = acc[3];
-#if GESTURE_DSP
-    int32_t x01, x23;
-#else
     int32_t x0, x1, x2, x3;
-#endif
     int n;
     for (n = 0; n + 2 <= groups; n += 2, v += 8, w += 32) {
-#if GESTURE_DSP
-        GESTURE_SCHEDULE_BARRIER();
-        memcpy(&x01, v + 0, 4);
-        memcpy(&x23, v + 2, 4);
-        a0 = gesture_mac_w8_acc32(a0, w + 0, x01, x23);
-        a1 = gesture_mac_w8_acc32(a1, w + 4, x01, x23);
-        a2 = gesture_mac_w8_acc32(a2, w + 8, x01, x23);
-        a3 = gesture_mac_w8_acc32(a3, w + 12, x01, x23);
-#else
         x0 = v[0];
         x1 = v[1];
         x2 = v[2];
@@ -510,16 +417,6 @@ GESTURE_C_KERNEL const int8_t *gesture_mac4_w8_acc32(const int8_t *w, const int1
         a1 += w[4] * x0 + w[5] * x2 + w[6] * x1 + w[7] * x3;
         a2 += w[8] * x0 + w[9] * x2 + w[10] * x1 + w[11] * x3;
         a3 += w[12] * x0 + w[13] * x2 + w[14] * x1 + w[15] * x3;
-#endif
-#if GESTURE_DSP
-        GESTURE_SCHEDULE_BARRIER();
-        memcpy(&x01, v + 4, 4);
-        memcpy(&x23, v + 6, 4);
-        a0 = gesture_mac_w8_acc32(a0, w + 16, x01, x23);
-        a1 = gesture_mac_w8_acc32(a1, w + 20, x01, x23);
-        a2 = gesture_mac_w8_acc32(a2, w + 24, x01, x23);
-        a3 = gesture_mac_w8_acc32(a3, w + 28, x01, x23);
-#else
         x0 = v[4];
         x1 = v[5];
         x2 = v[6];
@@ -528,18 +425,8 @@ GESTURE_C_KERNEL const int8_t *gesture_mac4_w8_acc32(const int8_t *w, const int1
         a1 += w[20] * x0 + w[21] * x2 + w[22] * x1 + w[23] * x3;
         a2 += w[24] * x0 + w[25] * x2 + w[26] * x1 + w[27] * x3;
         a3 += w[28] * x0 + w[29] * x2 + w[30] * x1 + w[31] * x3;
-#endif
-}
+    }
     if (n < groups) {
-#if GESTURE_DSP
-        GESTURE_SCHEDULE_BARRIER();
-        memcpy(&x01, v + 0, 4);
-        memcpy(&x23, v + 2, 4);
-        a0 = gesture_mac_w8_acc32(a0, w + 0, x01, x23);
-        a1 = gesture_mac_w8_acc32(a1, w + 4, x01, x23);
-        a2 = gesture_mac_w8_acc32(a2, w + 8, x01, x23);
-        a3 = gesture_mac_w8_acc32(a3, w + 12, x01, x23);
-#else
         x0 = v[0];
         x1 = v[1];
         x2 = v[2];
@@ -548,8 +435,7 @@ GESTURE_C_KERNEL const int8_t *gesture_mac4_w8_acc32(const int8_t *w, const int1
         a1 += w[4] * x0 + w[5] * x2 + w[6] * x1 + w[7] * x3;
         a2 += w[8] * x0 + w[9] * x2 + w[10] * x1 + w[11] * x3;
         a3 += w[12] * x0 + w[13] * x2 + w[14] * x1 + w[15] * x3;
-#endif
-w += 16;
+        w += 16;
     }
     acc[0] = a0;
     acc[1] = a1;
@@ -560,87 +446,70 @@ w += 16;
 #endif
 
 #if GESTURE_DSP_KERNELS
-/* The DSP unit kernels (gesture_kernels.S): acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit; they return
- * the next unit's weights. */
+/* gesture_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit; returns the next unit's weights */
 const int8_t *gesture_unit4_x1_h4_bx(const int8_t *w, const int16_t *xh, int32_t *acc, const int32_t *bx,
                                      const int32_t *bh);
 #endif
 
 #if GESTURE_V6M_KERNELS
-/* The ARMv6-M unit kernels (gesture_kernels.S): acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit, from the
- * unit's row of its own copy of the weights. */
+/* gesture_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit, from its row of the ARMv6-M copy of
+ * the weights */
 void gesture_v6m_unit4_x3_h16_bx(const int8_t *w, const int16_t *xh, int32_t *acc, const int32_t *bx,
                                  const int32_t *bh);
-#endif
-
-#if GESTURE_V6M_KERNELS
 /* gesture_l0_fwd_w for the ARMv6-M unit kernel: per unit, each i/f/g/o row of the x part, then of the h part, at a
  * stride of 2 bytes per column, two rows to a block (tinyrnn/v6masm.py); int8_t */
-static const int8_t gesture_l0_fwd_w_v6m[16][76] = {
+static const int8_t gesture_l0_fwd_w[16][76] = {
     { 127, -38, -109, -14, -48, -127, 102, 102, 53, -75, -127, 127, -61, -63, 7, -113, 94, 43, -91, 70, 61, 127, 83,
-      -13, 127, 123, -91, 82, 31, -64, -96, -99, 111, 72, -50, -70, 78, 59, 4, -110, -10, 93, -4, 38, -5, -12, -48,
-      -119, 83, -124, 127, -124, 99, 127, -102, 105, -28, 52, -26, -33, 114, 114, -69, -35, -77, 92, 2, -4, -31, -62,
-      51, -37, 16, -28, -80, -121 },
-    { 63, -112, -127, 127, 81, -57, -42, 61, 127, 115, -26, 127, 24, -15, 66, 61, 22, -94, 43, -29, -126, 1, 102, -77,
-      122, -34, 116, -57, 103, 126, -101, 113, -52, 114, 123, 108, -107, -127, 127, 44, -110, 49, -99, -97, 96, 42, 82,
-      -43, 29, 65, -119, 90, 62, -22, 87, 69, 37, 28, -51, 95, 9, -91, -51, -12, 124, -47, 127, 124, -15, -127, -88,
-      -80, 77, 16, 67, 126 },
-    { -51, 127, 127, 102, 35, -6, 111, -44, 85, 127, -127, -15, 63, 56, -93, -74, -30, 22, 94, 45, 102, 118, 122, -72,
-      -26, -108, -100, 127, 127, 58, -27, 67, -53, 49, 31, -49, -90, 83, 85, -120, 81, 19, -102, 62, 77, 89, -109, -123,
-      49, -92, -62, 127, -127, 19, -101, -112, 61, -41, 54, 57, -127, -27, 82, -101, 111, -81, 110, -68, 82, -5, -23,
-      51, 97, 63, 113, -64 },
-    { -56, -127, 127, 116, 23, 59, -113, -5, 127, -127, 7, -87, -111, 96, -12, -71, 57, -95, -4, 53, -69, -112, 3, -117,
-      -127, -127, -95, -68, -90, -27, 111, -84, 119, -60, -46, -125, 6, 87, 60, -32, 16, -89, -68, 37, 81, -21, -111,
-      -98, -54, 96, 123, 127, 118, 123, 99, 52, -65, -27, -31, -3, -115, 46, -88, -110, 119, 8, -127, -103, -38, -127,
-      33, -4, -93, -40, 36, -80 },
-    { 119, -126, -127, 127, -24, 119, 127, -104, 38, -76, 60, 127, 75, -96, 80, 90, -8, 74, -16, -126, 118, -101, 113,
-      -85, -74, -70, 127, 16, 32, -127, -86, -95, 71, 59, -97, -42, 120, -51, -83, -106, 37, 52, 40, 9, -21, 21, 52, 5,
-      -100, 20, 18, -73, -119, -127, 81, 3, 127, -53, -47, -44, 19, 95, -67, 21, -84, 59, -66, -36, -62, -103, 25, 26,
-      -15, -86, 9, 16 },
-    { -79, 127, 127, -80, -4, -24, 100, -56, 127, -127, -89, 65, 35, -57, 121, -90, -60, 31, -61, 40, -126, 65, -6, 44,
-      -69, -22, 6, -114, -30, 94, 48, -1, 126, -98, 43, 127, -47, 82, -71, -116, -127, -74, 123, -50, -102, -108, -84,
-      104, -115, -94, -96, 120, 112, 98, 49, 104, -127, 83, -22, 32, 11, -7, 71, -2, 124, -55, 32, -127, 94, 126, -47,
-      7, -4, 65, -80, 5 },
-    { 127, -3, 45, 24, -54, -127, 21, 63, 127, 127, 123, -101, -38, -79, 40, 64, 7, -97, -127, 127, 112, -56, 112, 81,
-      10, 5, -113, -60, -85, 91, 3, -104, -114, -72, -111, 16, -30, 108, -57, -59, 49, -83, -52, -87, 29, 37, 118, -79,
-      80, -99, 127, 98, -58, 49, -16, 63, 26, -127, 103, 9, -117, -119, -63, -15, 19, -7, -74, -90, 48, -127, -9, 1,
-      -33, 115, 68, 115 },
-    { -127, -127, -35, 97, -91, -42, 109, 76, -127, -127, -126, -78, -17, -69, -49, -54, -118, -37, 113, -89, 25, 49,
-      116, 1, -21, -102, -33, -90, -122, 33, -49, -2, 85, 111, -127, -24, -45, -127, 79, -116, 75, -46, 48, -35, 93,
-      -80, 127, -23, 59, -109, -4, -102, 107, -36, 104, 127, -65, -34, 59, 8, 15, 123, -56, 23, -31, 106, -31, 87, -91,
-      123, -40, 22, 44, -106, 96, -113 },
-    { -68, 127, 10, 15, 127, 85, -77, -127, 16, -73, 127, -49, -30, 16, -11, -32, -28, 53, -55, -47, 62, 105, -51, 33,
-      -84, -44, 34, 127, -108, 36, -32, -97, 76, -79, 56, 89, 127, 65, -102, 111, 1, -11, -44, 100, 10, -66, -127, 105,
-      69, 73, -40, 37, 117, -97, -127, -94, -31, 104, 102, -13, 57, -127, -65, -16, -114, -31, -1, 2, 51, 53, -109, 49,
-      -110, -98, -2, -1 },
-    { 71, 56, -127, 93, 81, 127, -127, 127, 107, 54, -111, 73, -72, 64, -73, 40, 33, -30, 14, 125, -66, 26, -91, -33,
-      -107, -2, 127, 127, -22, 87, -30, -10, -48, 127, -65, 57, -119, -69, -76, -118, 79, 75, 28, 121, -27, -63, 84, 86,
-      -127, 63, -21, 70, -102, 116, -19, 62, -67, -127, 41, 32, -110, -87, -103, 17, -74, 1, -115, 126, 83, -87, -19,
-      -125, -73, -34, 92, 20 },
-    { 37, -127, 127, 69, 88, -96, -127, 127, -29, 124, 78, 87, -46, -84, -49, 59, 83, 6, 93, -31, 125, -39, 38, 40, 63,
-      32, -10, 97, -76, 53, -127, 66, 79, 127, -19, 45, 53, 21, 6, -52, -121, 106, -64, 21, -30, 94, 67, 104, -40, 99,
-      -109, 41, 29, -37, 81, -27, -127, -70, 14, 25, 26, -90, 15, 44, -3, 83, -40, 109, -101, -127, 21, 106, -87, -81,
-      -108, -11 },
-    { -122, -127, -127, 10, -64, -29, 127, 5, -85, -112, 30, 127, 37, 85, -27, 127, -127, -29, 46, 93, 5, -27, -42, 119,
-      53, 104, 28, -47, -49, 5, 118, -57, 66, -53, 17, -27, -25, -1, -111, -46, 102, -124, -34, -80, -52, 119, -112, 71,
-      50, -41, 116, 77, 127, -127, -101, 102, 89, 127, 116, -6, 2, 21, 69, -31, 92, -83, 125, -59, 87, -9, 70, -107,
-      -62, -106, -91, 14 },
-    { 127, 84, -24, -83, 62, -127, 127, -37, 98, -12, 92, -127, -83, -11, 82, -43, 45, 100, 32, 109, -25, 86, -40, 59,
-      22, -107, 99, 127, 18, -118, -60, -44, 127, -95, 3, 48, 101, -112, 31, -66, 115, -85, 74, -83, -65, -89, 112, -74,
-      -33, -1, 5, -72, -127, 126, -6, -49, -38, -76, -88, -36, 105, -111, -110, 70, -19, 117, -10, -78, -123, -51, 82,
-      127, -43, -98, 61, 37 },
-    { -60, 127, 127, -26, -55, 98, 127, -27, 113, -89, 46, 127, -72, -60, 99, 126, 1, -10, -113, 39, -29, -127, -127,
-      114, -73, -28, -100, -117, 96, 88, -30, -35, -24, 116, 67, -87, 57, -119, -93, -96, 52, 55, 60, -14, 75, -106,
-      119, -116, 33, 0, 101, -74, 124, 71, 27, -40, -27, 1, -37, -68, 22, 54, 48, 121, -127, -20, 101, -80, 21, -127,
-      -125, 125, 43, 55, 85, 54 },
-    { 127, 54, 2, -127, -89, 34, -103, -127, -127, -115, -69, -5, -110, -125, 121, 25, -85, -9, -54, 49, -114, -69, 127,
-      -96, 26, 92, 117, -65, 9, 95, 76, 109, -44, -94, -111, -62, 22, 16, -12, -127, -14, 41, -68, -56, 57, 25, 125, 74,
-      3, 52, -127, 72, 0, 92, 111, 21, -74, 127, 65, 92, 35, -5, -25, -66, 1, 10, 65, 115, -105, 93, 97, -60, 104, -31,
-      86, 59 },
-    { 123, 46, -127, -127, 70, -90, -24, -127, -127, 84, 76, -90, 3, -58, 37, -101, 47, 61, -104, -83, 62, -104, 13,
-      -34, 89, -73, 91, -127, -102, 53, 124, -50, -127, 92, 74, 92, 9, -83, 61, -76, -70, -46, 78, 77, 127, 50, -6, 127,
-      -90, 65, 6, 42, -37, 31, 45, -125, 108, -49, -70, 14, 5, -93, 124, -117, -101, 90, -22, 45, 123, -108, 89, 8, 37,
-      79, -55, 77 }
+    -13, 127, 123, -91, 82, 31, -64, -96, -99, 111, 72, -50, -70, 78, 59, 4, -110, -10, 93, -4, 38, -5, -12, -48, -119,
+    83, -124, 127, -124, 99, 127, -102, 105, -28, 52, -26, -33, 114, 114, -69, -35, -77, 92, 2, -4, -31, -62, 51, -37,
+    16, -28, -80, -121 }, { 63, -112, -127, 127, 81, -57, -42, 61, 127, 115, -26, 127, 24, -15, 66, 61, 22, -94, 43,
+    -29, -126, 1, 102, -77, 122, -34, 116, -57, 103, 126, -101, 113, -52, 114, 123, 108, -107, -127, 127, 44, -110, 49,
+    -99, -97, 96, 42, 82, -43, 29, 65, -119, 90, 62, -22, 87, 69, 37, 28, -51, 95, 9, -91, -51, -12, 124, -47, 127, 124,
+    -15, -127, -88, -80, 77, 16, 67, 126 }, { -51, 127, 127, 102, 35, -6, 111, -44, 85, 127, -127, -15, 63, 56, -93,
+    -74, -30, 22, 94, 45, 102, 118, 122, -72, -26, -108, -100, 127, 127, 58, -27, 67, -53, 49, 31, -49, -90, 83, 85,
+    -120, 81, 19, -102, 62, 77, 89, -109, -123, 49, -92, -62, 127, -127, 19, -101, -112, 61, -41, 54, 57, -127, -27, 82,
+    -101, 111, -81, 110, -68, 82, -5, -23, 51, 97, 63, 113, -64 }, { -56, -127, 127, 116, 23, 59, -113, -5, 127, -127,
+    7, -87, -111, 96, -12, -71, 57, -95, -4, 53, -69, -112, 3, -117, -127, -127, -95, -68, -90, -27, 111, -84, 119, -60,
+    -46, -125, 6, 87, 60, -32, 16, -89, -68, 37, 81, -21, -111, -98, -54, 96, 123, 127, 118, 123, 99, 52, -65, -27, -31,
+    -3, -115, 46, -88, -110, 119, 8, -127, -103, -38, -127, 33, -4, -93, -40, 36, -80 }, { 119, -126, -127, 127, -24,
+    119, 127, -104, 38, -76, 60, 127, 75, -96, 80, 90, -8, 74, -16, -126, 118, -101, 113, -85, -74, -70, 127, 16, 32,
+    -127, -86, -95, 71, 59, -97, -42, 120, -51, -83, -106, 37, 52, 40, 9, -21, 21, 52, 5, -100, 20, 18, -73, -119, -127,
+    81, 3, 127, -53, -47, -44, 19, 95, -67, 21, -84, 59, -66, -36, -62, -103, 25, 26, -15, -86, 9, 16 }, { -79, 127,
+    127, -80, -4, -24, 100, -56, 127, -127, -89, 65, 35, -57, 121, -90, -60, 31, -61, 40, -126, 65, -6, 44, -69, -22, 6,
+    -114, -30, 94, 48, -1, 126, -98, 43, 127, -47, 82, -71, -116, -127, -74, 123, -50, -102, -108, -84, 104, -115, -94,
+    -96, 120, 112, 98, 49, 104, -127, 83, -22, 32, 11, -7, 71, -2, 124, -55, 32, -127, 94, 126, -47, 7, -4, 65, -80,
+    5 }, { 127, -3, 45, 24, -54, -127, 21, 63, 127, 127, 123, -101, -38, -79, 40, 64, 7, -97, -127, 127, 112, -56, 112,
+    81, 10, 5, -113, -60, -85, 91, 3, -104, -114, -72, -111, 16, -30, 108, -57, -59, 49, -83, -52, -87, 29, 37, 118,
+    -79, 80, -99, 127, 98, -58, 49, -16, 63, 26, -127, 103, 9, -117, -119, -63, -15, 19, -7, -74, -90, 48, -127, -9, 1,
+    -33, 115, 68, 115 }, { -127, -127, -35, 97, -91, -42, 109, 76, -127, -127, -126, -78, -17, -69, -49, -54, -118, -37,
+    113, -89, 25, 49, 116, 1, -21, -102, -33, -90, -122, 33, -49, -2, 85, 111, -127, -24, -45, -127, 79, -116, 75, -46,
+    48, -35, 93, -80, 127, -23, 59, -109, -4, -102, 107, -36, 104, 127, -65, -34, 59, 8, 15, 123, -56, 23, -31, 106,
+    -31, 87, -91, 123, -40, 22, 44, -106, 96, -113 }, { -68, 127, 10, 15, 127, 85, -77, -127, 16, -73, 127, -49, -30,
+    16, -11, -32, -28, 53, -55, -47, 62, 105, -51, 33, -84, -44, 34, 127, -108, 36, -32, -97, 76, -79, 56, 89, 127, 65,
+    -102, 111, 1, -11, -44, 100, 10, -66, -127, 105, 69, 73, -40, 37, 117, -97, -127, -94, -31, 104, 102, -13, 57, -127,
+    -65, -16, -114, -31, -1, 2, 51, 53, -109, 49, -110, -98, -2, -1 }, { 71, 56, -127, 93, 81, 127, -127, 127, 107, 54,
+    -111, 73, -72, 64, -73, 40, 33, -30, 14, 125, -66, 26, -91, -33, -107, -2, 127, 127, -22, 87, -30, -10, -48, 127,
+    -65, 57, -119, -69, -76, -118, 79, 75, 28, 121, -27, -63, 84, 86, -127, 63, -21, 70, -102, 116, -19, 62, -67, -127,
+    41, 32, -110, -87, -103, 17, -74, 1, -115, 126, 83, -87, -19, -125, -73, -34, 92, 20 }, { 37, -127, 127, 69, 88,
+    -96, -127, 127, -29, 124, 78, 87, -46, -84, -49, 59, 83, 6, 93, -31, 125, -39, 38, 40, 63, 32, -10, 97, -76, 53,
+    -127, 66, 79, 127, -19, 45, 53, 21, 6, -52, -121, 106, -64, 21, -30, 94, 67, 104, -40, 99, -109, 41, 29, -37, 81,
+    -27, -127, -70, 14, 25, 26, -90, 15, 44, -3, 83, -40, 109, -101, -127, 21, 106, -87, -81, -108, -11 }, { -122, -127,
+    -127, 10, -64, -29, 127, 5, -85, -112, 30, 127, 37, 85, -27, 127, -127, -29, 46, 93, 5, -27, -42, 119, 53, 104, 28,
+    -47, -49, 5, 118, -57, 66, -53, 17, -27, -25, -1, -111, -46, 102, -124, -34, -80, -52, 119, -112, 71, 50, -41, 116,
+    77, 127, -127, -101, 102, 89, 127, 116, -6, 2, 21, 69, -31, 92, -83, 125, -59, 87, -9, 70, -107, -62, -106, -91,
+    14 }, { 127, 84, -24, -83, 62, -127, 127, -37, 98, -12, 92, -127, -83, -11, 82, -43, 45, 100, 32, 109, -25, 86, -40,
+    59, 22, -107, 99, 127, 18, -118, -60, -44, 127, -95, 3, 48, 101, -112, 31, -66, 115, -85, 74, -83, -65, -89, 112,
+    -74, -33, -1, 5, -72, -127, 126, -6, -49, -38, -76, -88, -36, 105, -111, -110, 70, -19, 117, -10, -78, -123, -51,
+    82, 127, -43, -98, 61, 37 }, { -60, 127, 127, -26, -55, 98, 127, -27, 113, -89, 46, 127, -72, -60, 99, 126, 1, -10,
+    -113, 39, -29, -127, -127, 114, -73, -28, -100, -117, 96, 88, -30, -35, -24, 116, 67, -87, 57, -119, -93, -96, 52,
+    55, 60, -14, 75, -106, 119, -116, 33, 0, 101, -74, 124, 71, 27, -40, -27, 1, -37, -68, 22, 54, 48, 121, -127, -20,
+    101, -80, 21, -127, -125, 125, 43, 55, 85, 54 }, { 127, 54, 2, -127, -89, 34, -103, -127, -127, -115, -69, -5, -110,
+    -125, 121, 25, -85, -9, -54, 49, -114, -69, 127, -96, 26, 92, 117, -65, 9, 95, 76, 109, -44, -94, -111, -62, 22, 16,
+    -12, -127, -14, 41, -68, -56, 57, 25, 125, 74, 3, 52, -127, 72, 0, 92, 111, 21, -74, 127, 65, 92, 35, -5, -25, -66,
+    1, 10, 65, 115, -105, 93, 97, -60, 104, -31, 86, 59 }, { 123, 46, -127, -127, 70, -90, -24, -127, -127, 84, 76, -90,
+    3, -58, 37, -101, 47, 61, -104, -83, 62, -104, 13, -34, 89, -73, 91, -127, -102, 53, 124, -50, -127, 92, 74, 92, 9,
+    -83, 61, -76, -70, -46, 78, 77, 127, 50, -6, 127, -90, 65, 6, 42, -37, 31, 45, -125, 108, -49, -70, 14, 5, -93, 124,
+    -117, -101, 90, -22, 45, 123, -108, 89, 8, 37, 79, -55, 77 }
 };
 #endif
 
@@ -650,122 +519,105 @@ static const int8_t gesture_l0_fwd_w_v6m[16][76] = {
  * lstm.weight_hh_l0[0:64] */
 static const int8_t gesture_l0_fwd_w[16][80] = {
     { 127, -48, -109, 0, -38, -127, -14, 0, 102, -127, 53, 0, 102, 127, -75, 0, -61, 94, 7, -91, -63, 43, -113, 70, -5,
-      83, -48, 127, -12, -124, -119, -124, 61, 127, 83, -91, 127, 123, -13, 82, 99, -28, -102, -26, 127, 52, 105, -33,
-      31, 111, -96, -50, -64, 72, -99, -70, 114, -77, -69, 2, 114, 92, -35, -4, 78, -10, 4, -4, 59, 93, -110, 38, -31,
-      16, 51, -80, -62, -28, -37, -121 },
-    { 63, 81, -127, 0, -112, -57, 127, 0, -42, -26, 127, 0, 61, 127, 115, 0, 24, 22, 66, 43, -15, -94, 61, -29, 96, 29,
-      82, -119, 42, 65, -43, 90, -126, 122, 102, 116, 1, -34, -77, -57, 62, 37, 87, -51, -22, 28, 69, 95, 103, -52,
-      -101, 123, 126, 114, 113, 108, 9, 124, -51, 127, -91, -47, -12, 124, -107, -110, 127, -99, -127, 49, 44, -97, -15,
-      77, -88, 67, -127, 16, -80, 126 },
-    { -51, 35, 127, 0, 127, -6, 102, 0, 111, -127, 85, 0, -44, -15, 127, 0, 63, -30, -93, 94, 56, 22, -74, 45, 77, 49,
-      -109, -62, 89, -92, -123, 127, 102, -26, 122, -100, 118, -108, -72, 127, -127, 61, -101, 54, 19, -41, -112, 57,
-      127, -53, -27, 31, 58, 49, 67, -49, -127, 111, 82, 110, -27, -81, -101, -68, -90, 81, 85, -102, 83, 19, -120, 62,
-      82, 97, -23, 113, -5, 63, 51, -64 },
-    { -56, 23, 127, 0, -127, 59, 116, 0, -113, 7, 127, 0, -5, -87, -127, 0, -111, 57, -12, -4, 96, -95, -71, 53, 81,
-      -54, -111, 123, -21, 96, -98, 127, -69, -127, 3, -95, -112, -127, -117, -68, 118, -65, 99, -31, 123, -27, 52, -3,
-      -90, 119, 111, -46, -27, -60, -84, -125, -115, 119, -88, -127, 46, 8, -110, -103, 6, 16, 60, -68, 87, -89, -32,
-      37, -38, -93, 33, 36, -127, -40, -4, -80 },
-    { 119, -24, -127, 0, -126, 119, 127, 0, 127, 60, 38, 0, -104, 127, -76, 0, 75, -8, 80, -16, -96, 74, 90, -126, -21,
-      -100, 52, 18, 21, 20, 5, -73, 118, -74, 113, 127, -101, -70, -85, 16, -119, 127, 81, -47, -127, -53, 3, -44, 32,
-      71, -86, -97, -127, 59, -95, -42, 19, -84, -67, -66, 95, 59, 21, -36, 120, 37, -83, 40, -51, 52, -106, 9, -62,
-      -15, 25, 9, -103, -86, 26, 16 },
-    { -79, -4, 127, 0, 127, -24, -80, 0, 100, -89, 127, 0, -56, 65, -127, 0, 35, -60, 121, -61, -57, 31, -90, 40, -102,
-      -115, -84, -96, -108, -94, 104, 120, -126, -69, -6, 6, 65, -22, 44, -114, 112, -127, 49, -22, 98, 83, 104, 32,
-      -30, 126, 48, 43, 94, -98, -1, 127, 11, 124, 71, 32, -7, -55, -2, -127, -47, -127, -71, 123, 82, -74, -116, -50,
-      94, -4, -47, -80, 126, 65, 7, 5 },
-    { 127, -54, 45, 0, -3, -127, 24, 0, 21, 123, 127, 0, 63, -101, 127, 0, -38, 7, 40, -127, -79, -97, 64, 127, 29, 80,
-      118, 127, 37, -99, -79, 98, 112, 10, 112, -113, -56, 5, 81, -60, -58, 26, -16, 103, 49, -127, 63, 9, -85, -114, 3,
-      -111, 91, -72, -104, 16, -117, 19, -63, -74, -119, -7, -15, -90, -30, 49, -57, -52, 108, -83, -59, -87, 48, -33,
-      -9, 68, -127, 115, 1, 115 },
-    { -127, -91, -35, 0, -127, -42, 97, 0, 109, -126, -127, 0, 76, -78, -127, 0, -17, -118, -49, 113, -69, -37, -54,
-      -89, 93, 59, 127, -4, -80, -109, -23, -102, 25, -21, 116, -33, 49, -102, 1, -90, 107, -65, 104, 59, -36, -34, 127,
-      8, -122, 85, -49, -127, 33, 111, -2, -24, 15, -31, -56, -31, 123, 106, 23, 87, -45, 75, 79, 48, -127, -46, -116,
-      -35, -91, 44, -40, 96, 123, -106, 22, -113 },
-    { -68, 127, 10, 0, 127, 85, 15, 0, -77, 127, 16, 0, -127, -49, -73, 0, -30, -28, -11, -55, 16, 53, -32, -47, 10, 69,
-      -127, -40, -66, 73, 105, 37, 62, -84, -51, 34, 105, -44, 33, 127, 117, -31, -127, 102, -97, 104, -94, -13, -108,
-      76, -32, 56, 36, -79, -97, 89, 57, -114, -65, -1, -127, -31, -16, 2, 127, 1, -102, -44, 65, -11, 111, 100, 51,
-      -110, -109, -2, 53, -98, 49, -1 },
-    { 71, 81, -127, 0, 56, 127, 93, 0, -127, -111, 107, 0, 127, 73, 54, 0, -72, 33, -73, 14, 64, -30, 40, 125, -27,
-      -127, 84, -21, -63, 63, 86, 70, -66, -107, -91, 127, 26, -2, -33, 127, -102, -67, -19, 41, 116, -127, 62, 32, -22,
-      -48, -30, -65, 87, 127, -10, 57, -110, -74, -103, -115, -87, 1, 17, 126, -119, 79, -76, 28, -69, 75, -118, 121,
-      83, -73, -19, 92, -87, -34, -125, 20 },
-    { 37, 88, 127, 0, -127, -96, 69, 0, -127, 78, -29, 0, 127, 87, 124, 0, -46, 83, -49, 93, -84, 6, 59, -31, -30, -40,
-      67, -109, 94, 99, 104, 41, 125, 63, 38, -10, -39, 32, 40, 97, 29, -127, 81, 14, -37, -70, -27, 25, -76, 79, -127,
-      -19, 53, 127, 66, 45, 26, -3, 15, -40, -90, 83, 44, 109, 53, -121, 6, -64, 21, 106, -52, 21, -101, -87, 21, -108,
-      -127, -81, 106, -11 },
-    { -122, -64, -127, 0, -127, -29, 10, 0, 127, 30, -85, 0, 5, 127, -112, 0, 37, -127, -27, 46, 85, -29, 127, 93, -52,
-      50, -112, 116, 119, -41, 71, 77, 5, 53, -42, 28, -27, 104, 119, -47, 127, 89, -101, 116, -127, 127, 102, -6, -49,
-      66, 118, 17, 5, -53, -57, -27, 2, 92, 69, 125, 21, -83, -31, -59, -25, 102, -111, -34, -1, -124, -46, -80, 87,
-      -62, 70, -91, -9, -106, -107, 14 },
-    { 127, 62, -24, 0, 84, -127, -83, 0, 127, 92, 98, 0, -37, -127, -12, 0, -83, 45, 82, 32, -11, 100, -43, 109, -65,
-      -33, 112, 5, -89, -1, -74, -72, -25, 22, -40, 99, 86, -107, 59, 127, -127, -38, -6, -88, 126, -76, -49, -36, 18,
-      127, -60, 3, -118, -95, -44, 48, 105, -19, -110, -10, -111, 117, 70, -78, 101, 115, 31, 74, -112, -85, -66, -83,
-      -123, -43, 82, 61, -51, -98, 127, 37 },
-    { -60, -55, 127, 0, 127, 98, -26, 0, 127, 46, 113, 0, -27, 127, -89, 0, -72, 1, 99, -113, -60, -10, 126, 39, 75, 33,
-      119, 101, -106, 0, -116, -74, -29, -73, -127, -100, -127, -28, 114, -117, 124, -27, 27, -37, 71, 1, -40, -68, 96,
-      -24, -30, 67, 88, 116, -35, -87, 22, -127, 48, 101, 54, -20, 121, -80, 57, 52, -93, 60, -119, 55, -96, -14, 21,
-      43, -125, 85, -127, 55, 125, 54 },
-    { 127, -89, 2, 0, 54, 34, -127, 0, -103, -69, -127, 0, -127, -5, -115, 0, -110, -85, 121, -54, -125, -9, 25, 49, 57,
-      3, 125, -127, 25, 52, 74, 72, -114, 26, 127, 117, -69, 92, -96, -65, 0, -74, 111, 65, 92, 127, 21, 92, 9, -44, 76,
-      -111, 95, -94, 109, -62, 35, 1, -25, 65, -5, 10, -66, 115, 22, -14, -12, -68, 16, 41, -127, -56, -105, 104, 97,
-      86, 93, -31, -60, 59 },
-    { 123, 70, -127, 0, 46, -90, -127, 0, -24, 76, -127, 0, -127, -90, 84, 0, 3, 47, 37, -104, -58, 61, -101, -83, 127,
-      -90, -6, 6, 50, 65, 127, 42, 62, 89, 13, 91, -104, -73, -34, -127, -37, 108, 45, -70, 31, -49, -125, 14, -102,
-      -127, 124, 74, 53, 92, -50, 92, 5, -101, 124, -22, -93, 90, -117, 45, 9, -70, 61, 78, -83, -46, -76, 77, 123, 37,
-      89, -55, -108, 79, 8, 77 }
+    83, -48, 127, -12, -124, -119, -124, 61, 127, 83, -91, 127, 123, -13, 82, 99, -28, -102, -26, 127, 52, 105, -33, 31,
+    111, -96, -50, -64, 72, -99, -70, 114, -77, -69, 2, 114, 92, -35, -4, 78, -10, 4, -4, 59, 93, -110, 38, -31, 16, 51,
+    -80, -62, -28, -37, -121 }, { 63, 81, -127, 0, -112, -57, 127, 0, -42, -26, 127, 0, 61, 127, 115, 0, 24, 22, 66, 43,
+    -15, -94, 61, -29, 96, 29, 82, -119, 42, 65, -43, 90, -126, 122, 102, 116, 1, -34, -77, -57, 62, 37, 87, -51, -22,
+    28, 69, 95, 103, -52, -101, 123, 126, 114, 113, 108, 9, 124, -51, 127, -91, -47, -12, 124, -107, -110, 127, -99,
+    -127, 49, 44, -97, -15, 77, -88, 67, -127, 16, -80, 126 }, { -51, 35, 127, 0, 127, -6, 102, 0, 111, -127, 85, 0,
+    -44, -15, 127, 0, 63, -30, -93, 94, 56, 22, -74, 45, 77, 49, -109, -62, 89, -92, -123, 127, 102, -26, 122, -100,
+    118, -108, -72, 127, -127, 61, -101, 54, 19, -41, -112, 57, 127, -53, -27, 31, 58, 49, 67, -49, -127, 111, 82, 110,
+    -27, -81, -101, -68, -90, 81, 85, -102, 83, 19, -120, 62, 82, 97, -23, 113, -5, 63, 51, -64 }, { -56, 23, 127, 0,
+    -127, 59, 116, 0, -113, 7, 127, 0, -5, -87, -127, 0, -111, 57, -12, -4, 96, -95, -71, 53, 81, -54, -111, 123, -21,
+    96, -98, 127, -69, -127, 3, -95, -112, -127, -117, -68, 118, -65, 99, -31, 123, -27, 52, -3, -90, 119, 111, -46,
+    -27, -60, -84, -125, -115, 119, -88, -127, 46, 8, -110, -103, 6, 16, 60, -68, 87, -89, -32, 37, -38, -93, 33, 36,
+    -127, -40, -4, -80 }, { 119, -24, -127, 0, -126, 119, 127, 0, 127, 60, 38, 0, -104, 127, -76, 0, 75, -8, 80, -16,
+    -96, 74, 90, -126, -21, -100, 52, 18, 21, 20, 5, -73, 118, -74, 113, 127, -101, -70, -85, 16, -119, 127, 81, -47,
+    -127, -53, 3, -44, 32, 71, -86, -97, -127, 59, -95, -42, 19, -84, -67, -66, 95, 59, 21, -36, 120, 37, -83, 40, -51,
+    52, -106, 9, -62, -15, 25, 9, -103, -86, 26, 16 }, { -79, -4, 127, 0, 127, -24, -80, 0, 100, -89, 127, 0, -56, 65,
+    -127, 0, 35, -60, 121, -61, -57, 31, -90, 40, -102, -115, -84, -96, -108, -94, 104, 120, -126, -69, -6, 6, 65, -22,
+    44, -114, 112, -127, 49, -22, 98, 83, 104, 32, -30, 126, 48, 43, 94, -98, -1, 127, 11, 124, 71, 32, -7, -55, -2,
+    -127, -47, -127, -71, 123, 82, -74, -116, -50, 94, -4, -47, -80, 126, 65, 7, 5 }, { 127, -54, 45, 0, -3, -127, 24,
+    0, 21, 123, 127, 0, 63, -101, 127, 0, -38, 7, 40, -127, -79, -97, 64, 127, 29, 80, 118, 127, 37, -99, -79, 98, 112,
+    10, 112, -113, -56, 5, 81, -60, -58, 26, -16, 103, 49, -127, 63, 9, -85, -114, 3, -111, 91, -72, -104, 16, -117, 19,
+    -63, -74, -119, -7, -15, -90, -30, 49, -57, -52, 108, -83, -59, -87, 48, -33, -9, 68, -127, 115, 1, 115 }, { -127,
+    -91, -35, 0, -127, -42, 97, 0, 109, -126, -127, 0, 76, -78, -127, 0, -17, -118, -49, 113, -69, -37, -54, -89, 93,
+    59, 127, -4, -80, -109, -23, -102, 25, -21, 116, -33, 49, -102, 1, -90, 107, -65, 104, 59, -36, -34, 127, 8, -122,
+    85, -49, -127, 33, 111, -2, -24, 15, -31, -56, -31, 123, 106, 23, 87, -45, 75, 79, 48, -127, -46, -116, -35, -91,
+    44, -40, 96, 123, -106, 22, -113 }, { -68, 127, 10, 0, 127, 85, 15, 0, -77, 127, 16, 0, -127, -49, -73, 0, -30, -28,
+    -11, -55, 16, 53, -32, -47, 10, 69, -127, -40, -66, 73, 105, 37, 62, -84, -51, 34, 105, -44, 33, 127, 117, -31,
+    -127, 102, -97, 104, -94, -13, -108, 76, -32, 56, 36, -79, -97, 89, 57, -114, -65, -1, -127, -31, -16, 2, 127, 1,
+    -102, -44, 65, -11, 111, 100, 51, -110, -109, -2, 53, -98, 49, -1 }, { 71, 81, -127, 0, 56, 127, 93, 0, -127, -111,
+    107, 0, 127, 73, 54, 0, -72, 33, -73, 14, 64, -30, 40, 125, -27, -127, 84, -21, -63, 63, 86, 70, -66, -107, -91,
+    127, 26, -2, -33, 127, -102, -67, -19, 41, 116, -127, 62, 32, -22, -48, -30, -65, 87, 127, -10, 57, -110, -74, -103,
+    -115, -87, 1, 17, 126, -119, 79, -76, 28, -69, 75, -118, 121, 83, -73, -19, 92, -87, -34, -125, 20 }, { 37, 88, 127,
+    0, -127, -96, 69, 0, -127, 78, -29, 0, 127, 87, 124, 0, -46, 83, -49, 93, -84, 6, 59, -31, -30, -40, 67, -109, 94,
+    99, 104, 41, 125, 63, 38, -10, -39, 32, 40, 97, 29, -127, 81, 14, -37, -70, -27, 25, -76, 79, -127, -19, 53, 127,
+    66, 45, 26, -3, 15, -40, -90, 83, 44, 109, 53, -121, 6, -64, 21, 106, -52, 21, -101, -87, 21, -108, -127, -81, 106,
+    -11 }, { -122, -64, -127, 0, -127, -29, 10, 0, 127, 30, -85, 0, 5, 127, -112, 0, 37, -127, -27, 46, 85, -29, 127,
+    93, -52, 50, -112, 116, 119, -41, 71, 77, 5, 53, -42, 28, -27, 104, 119, -47, 127, 89, -101, 116, -127, 127, 102,
+    -6, -49, 66, 118, 17, 5, -53, -57, -27, 2, 92, 69, 125, 21, -83, -31, -59, -25, 102, -111, -34, -1, -124, -46, -80,
+    87, -62, 70, -91, -9, -106, -107, 14 }, { 127, 62, -24, 0, 84, -127, -83, 0, 127, 92, 98, 0, -37, -127, -12, 0, -83,
+    45, 82, 32, -11, 100, -43, 109, -65, -33, 112, 5, -89, -1, -74, -72, -25, 22, -40, 99, 86, -107, 59, 127, -127, -38,
+    -6, -88, 126, -76, -49, -36, 18, 127, -60, 3, -118, -95, -44, 48, 105, -19, -110, -10, -111, 117, 70, -78, 101, 115,
+    31, 74, -112, -85, -66, -83, -123, -43, 82, 61, -51, -98, 127, 37 }, { -60, -55, 127, 0, 127, 98, -26, 0, 127, 46,
+    113, 0, -27, 127, -89, 0, -72, 1, 99, -113, -60, -10, 126, 39, 75, 33, 119, 101, -106, 0, -116, -74, -29, -73, -127,
+    -100, -127, -28, 114, -117, 124, -27, 27, -37, 71, 1, -40, -68, 96, -24, -30, 67, 88, 116, -35, -87, 22, -127, 48,
+    101, 54, -20, 121, -80, 57, 52, -93, 60, -119, 55, -96, -14, 21, 43, -125, 85, -127, 55, 125, 54 }, { 127, -89, 2,
+    0, 54, 34, -127, 0, -103, -69, -127, 0, -127, -5, -115, 0, -110, -85, 121, -54, -125, -9, 25, 49, 57, 3, 125, -127,
+    25, 52, 74, 72, -114, 26, 127, 117, -69, 92, -96, -65, 0, -74, 111, 65, 92, 127, 21, 92, 9, -44, 76, -111, 95, -94,
+    109, -62, 35, 1, -25, 65, -5, 10, -66, 115, 22, -14, -12, -68, 16, 41, -127, -56, -105, 104, 97, 86, 93, -31, -60,
+    59 }, { 123, 70, -127, 0, 46, -90, -127, 0, -24, 76, -127, 0, -127, -90, 84, 0, 3, 47, 37, -104, -58, 61, -101, -83,
+    127, -90, -6, 6, 50, 65, 127, 42, 62, 89, 13, 91, -104, -73, -34, -127, -37, 108, 45, -70, 31, -49, -125, 14, -102,
+    -127, 124, 74, 53, 92, -50, 92, 5, -101, 124, -22, -93, 90, -117, 45, 9, -70, 61, 78, -83, -46, -76, 77, 123, 37,
+    89, -55, -108, 79, 8, 77 }
 };
 #endif
 /* biases of the x parts, int32_t in accumulator units: lstm.bias_ih_l0[0:64] + lstm.bias_hh_l0[0:64] */
 static const int32_t gesture_l0_fwd_bx[16][4] = {
     { 935138, -59121, -885311, 1226150 }, { -219231, -430768, -14383, -550110 }, { 630214, 859452, 688693, 317221 },
-    { -1631109, -627397, 164948, 513004 }, { 528050, -335879, 525247, -1017258 },
-    { -1789657, -193252, -129428, 525665 }, { 313407, 192486, 369146, -692863 }, { 676244, -43934, -184581, 1070413 },
-    { 424138, 386888, -493323, 643575 }, { -204507, -262414, 10730, 441704 }, { 229527, -9980, 359006, -752134 },
-    { -26874, -288128, 688381, -219190 }, { 191967, -397674, 31262, -766287 }, { -340685, -50120, 562442, 8619 },
-    { 515367, 264359, -781041, -120196 }, { 1500712, -127772, -1326036, -848592 }
+    { -1631109, -627397, 164948, 513004 }, { 528050, -335879, 525247, -1017258 }, { -1789657, -193252, -129428,
+    525665 }, { 313407, 192486, 369146, -692863 }, { 676244, -43934, -184581, 1070413 }, { 424138, 386888, -493323,
+    643575 }, { -204507, -262414, 10730, 441704 }, { 229527, -9980, 359006, -752134 }, { -26874, -288128, 688381,
+    -219190 }, { 191967, -397674, 31262, -766287 }, { -340685, -50120, 562442, 8619 }, { 515367, 264359, -781041,
+    -120196 }, { 1500712, -127772, -1326036, -848592 }
 };
-/* requant of the x parts: k with k + c * 2^32 = M * 2^(32 - n); c * acc + the rounded high word of acc * k is
- * rshift_round(acc * M, n) */
+/* requant of the x parts: k with k + c * 2^32 = M * 2^(32 - n), c * acc + mmulr(acc, k) = rshift_round(acc * M, n) */
 static const int32_t gesture_l0_fwd_mx[16][4] = {
-    { 1115226112, 2080833536, 920682496, 831848448 }, { 2037645312, 1174470656, 1982332928, 1457586176 },
-    { 1101135872, -2139095040, 1399062528, 2114650112 }, { 600309760, 1444675584, 2077556736, 2042953728 },
-    { 843481088, 1405878272, 1483603968, 1538785280 }, { 313720832, 1919614976, 2052325376, 1617428480 },
-    { 1892024320, 1642594304, 1615200256, 1401880576 }, { 1307181056, 1535901696, 1566441472, 787939328 },
-    { 1290272768, 1057259520, -2137784320, 1724841984 }, { 2115829760, 1072922624, 1367212032, 925564928 },
-    { 2053046272, 2004484096, 2035023872, -2134638592 }, { 2057895936, 1633026048, 2009399296, 1691484160 },
-    { 1900609536, 1924136960, 1867579392, 1864630272 }, { 2123759616, 1575157760, 1538064384, 1988886528 },
-    { 1623130112, 1622999040, 1817575424, 1871183872 }, { 1148911616, 1449197568, 1326645248, 1170341888 }
+    { 1115226112, 2080833536, 920682496, 831848448 }, { 2037645312, 1174470656, 1982332928, 1457586176 }, { 1101135872,
+    -2139095040, 1399062528, 2114650112 }, { 600309760, 1444675584, 2077556736, 2042953728 }, { 843481088, 1405878272,
+    1483603968, 1538785280 }, { 313720832, 1919614976, 2052325376, 1617428480 }, { 1892024320, 1642594304, 1615200256,
+    1401880576 }, { 1307181056, 1535901696, 1566441472, 787939328 }, { 1290272768, 1057259520, -2137784320,
+    1724841984 }, { 2115829760, 1072922624, 1367212032, 925564928 }, { 2053046272, 2004484096, 2035023872,
+    -2134638592 }, { 2057895936, 1633026048, 2009399296, 1691484160 }, { 1900609536, 1924136960, 1867579392,
+    1864630272 }, { 2123759616, 1575157760, 1538064384, 1988886528 }, { 1623130112, 1622999040, 1817575424,
+    1871183872 }, { 1148911616, 1449197568, 1326645248, 1170341888 }
 };
 static const int32_t gesture_l0_fwd_cx[16][4] = { /* requant of the x parts: c (see gesture_l0_fwd_mx) */
-    { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0, 1, 0, 0 }, { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0, 0, 0, 0 },
-    { 0, 0, 0, 0 }, { 0, 0, 1, 0 }, { 0, 0, 0, 0 }, { 0, 0, 0, 1 }, { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0, 0, 0, 0 },
-    { 0, 0, 0, 0 }, { 0, 0, 0, 0 }
+    { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0, 1, 0, 0 }, { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0,
+    0, 0, 0 }, { 0, 0, 1, 0 }, { 0, 0, 0, 0 }, { 0, 0, 0, 1 }, { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0, 0,
+    0, 0 }, { 0, 0, 0, 0 }
 };
-/* requant of the h parts: k with k + c * 2^32 = M * 2^(32 - n); c * acc + the rounded high word of acc * k is
- * rshift_round(acc * M, n) */
-static const int32_t gesture_l0_fwd_mh[16][4] = {
-    { 264650752, 268181504, 256573440, 259858432 }, { 245448704, 259104768, 261242880, 242843648 },
-    { 266387456, 250331136, 237797376, 262324224 }, { 254296064, 243310592, 222060544, 270499840 },
-    { 264699904, 267534336, 262799360, 265003008 }, { 235962368, 233316352, 258023424, 248684544 },
-    { 172408832, 251437056, 269221888, 268533760 }, { 264986624, 219168768, 263159808, 262668288 },
-    { 230326272, 241115136, 261996544, 269385728 }, { 265158656, 265961472, 262144000, 270352384 },
-    { 265052160, 238665728, 263790592, 266665984 }, { 261259264, 261251072, 210264064, 263143424 },
-    { 268763136, 255606784, 252313600, 252493824 }, { 244203520, 268566528, 255229952, 263872512 },
-    { 247275520, 255090688, 224452608, 233037824 }, { 266067968, 263028736, 270352384, 257630208 }
+static const int32_t gesture_l0_fwd_mh[16][4] = { /* requant of the h parts: k (as gesture_l0_fwd_mx) */
+    { 264650752, 268181504, 256573440, 259858432 }, { 245448704, 259104768, 261242880, 242843648 }, { 266387456,
+    250331136, 237797376, 262324224 }, { 254296064, 243310592, 222060544, 270499840 }, { 264699904, 267534336,
+    262799360, 265003008 }, { 235962368, 233316352, 258023424, 248684544 }, { 172408832, 251437056, 269221888,
+    268533760 }, { 264986624, 219168768, 263159808, 262668288 }, { 230326272, 241115136, 261996544, 269385728 },
+    { 265158656, 265961472, 262144000, 270352384 }, { 265052160, 238665728, 263790592, 266665984 }, { 261259264,
+    261251072, 210264064, 263143424 }, { 268763136, 255606784, 252313600, 252493824 }, { 244203520, 268566528,
+    255229952, 263872512 }, { 247275520, 255090688, 224452608, 233037824 }, { 266067968, 263028736, 270352384,
+    257630208 }
 };
 /* lstm layer 0, forward direction: one LSTM step (torch.nn.LSTM). W_* x, W_* h are the gate's rows of weight_ih and
  * weight_hh, b_* its rows of bias_ih and bias_hh.
  * Integers (x Q3.12, h Q0.15, c Q1.14): each gate row sums W_x x and W_h h exactly, rescales each into Q3.20 and
  * applies sigmoid_wide (Q0.15) or tanh_wide (Q0.30); state updates round once into the state's format. */
-static void gesture_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh)
+static void gesture_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh, const int8_t *w)
 {
     const int64_t fc_scale = 65536; /* f * c: Q0.15 x Q1.14 to Q45, 2^16 */
     const int64_t ig_scale = 1; /* i * g: Q0.15 x Q0.30, already Q45 */
     const int c_shift = 31; /* Q45 to c's Q1.14 */
     const int oc_up = 2; /* o * tanh(c): Q0.15 x Q0.30 to Q0.15 is a shift by 30: a high-word multiply of o * 2^2 */
-#if !GESTURE_V6M_KERNELS
-    const int8_t *w = &gesture_l0_fwd_w[0][0];
-#endif
     int j;
     memcpy(xh, x, 3 * sizeof(int16_t));
     memcpy(xh + 4, h, 16 * sizeof(int16_t));
@@ -778,10 +630,10 @@ static void gesture_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh
 #elif GESTURE_V6M_KERNELS
         int32_t ax[8];
         const int32_t *const ah = ax + 4;
-        gesture_v6m_unit4_x3_h16_bx(gesture_l0_fwd_w_v6m[j], xh, ax, gesture_l0_fwd_bx[j], NULL);
+        gesture_v6m_unit4_x3_h16_bx(w + j * 76, xh, ax, gesture_l0_fwd_bx[j], NULL);
 #else
         int32_t ax[4] = { gesture_l0_fwd_bx[j][0], gesture_l0_fwd_bx[j][1], gesture_l0_fwd_bx[j][2],
-                         gesture_l0_fwd_bx[j][3] };
+                          gesture_l0_fwd_bx[j][3] };
         int32_t ah[4] = { 0, 0, 0, 0 };
         w = gesture_mac4_w8_acc32(w, xh, 1, ax);
         w = gesture_mac4_w8_acc32(w, xh + 4, 4, ah);
@@ -808,17 +660,16 @@ static void gesture_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh
         /* c = f * c + i * g */
         c[j] = tr_dot2_q(f, c[j], fc_scale, i, g, ig_scale, c_shift);
         /* tanh(c): c from Q1.14 to Q3.20, tanh in Q0.30 */
-        const int32_t tanh_c = tr_tanh_wide(tr_sat24((int64_t)c[j] * 64));
+        const int32_t tanh_c = tr_tanh_wide((int32_t)c[j] * 64);
         /* h = o * tanh(c) */
         h[j] = tr_mul_q30_hi(o, tanh_c, oc_up);
     }
 }
 
 static const int8_t gesture_dense2_w[4][16] = { /* head.weight, int8_t, per-row scale */
-    { -74, -87, -70, -13, 9, 23, 69, -55, -84, -28, 127, -16, -113, 106, 33, 23 },
-    { 22, 91, -60, 95, 126, -34, 83, 72, 123, -30, -78, -49, -89, 4, 126, 127 },
-    { 115, 15, 3, 101, 91, -15, -39, 60, -5, -107, -72, 124, 127, -59, -33, -76 },
-    { -43, 121, -118, 63, -119, -63, -27, 9, -22, -61, -59, -81, -92, -83, 127, -62 }
+    { -74, -87, -70, -13, 9, 23, 69, -55, -84, -28, 127, -16, -113, 106, 33, 23 }, { 22, 91, -60, 95, 126, -34, 83, 72,
+    123, -30, -78, -49, -89, 4, 126, 127 }, { 115, 15, 3, 101, 91, -15, -39, 60, -5, -107, -72, 124, 127, -59, -33,
+    -76 }, { -43, 121, -118, 63, -119, -63, -27, 9, -22, -61, -59, -81, -92, -83, 127, -62 }
 };
 static const int32_t gesture_dense2_b[4] = { /* head.bias, int32_t in accumulator units */
     -3672353, 2948280, 1938647, 2985177
@@ -874,25 +725,21 @@ static void gesture_store(const int16_t *src, size_t n, int16_t *q, float *f, si
         return;
     }
     for (k = 0; k < n; ++k) {
-        f[offset + k] = tr_to_float(src[k], scale);
+        f[offset + k] = (float)src[k] * scale; /* exact: scale is a power of two */
     }
 }
 
 /* x_t as int16: the caller's, or the float input converted into s->scratch0 */
 static const int16_t *gesture_input_at(gesture_state_t *s, const int16_t *xq, const float *xf, int t)
 {
-    if (xq != NULL) {
-        return xq + (size_t)t * 3;
-    }
+    if (xq != NULL) return xq + (size_t)t * 3;
     gesture_load(xf + (size_t)t * 3, s->scratch0, 3, 12);
     return s->scratch0;
 }
 
 int gesture_set_state_q(gesture_state_t *s, const int16_t *h0, const int16_t *c0)
 {
-    if (s == NULL || h0 == NULL || c0 == NULL) {
-        return GESTURE_ERR_NULL;
-    }
+    if (s == NULL || h0 == NULL || c0 == NULL) return GESTURE_ERR_NULL;
     memcpy(s->l0_fwd_h, h0 + 0, 16 * sizeof(int16_t)); /* row 0: lstm layer 0, forward direction, Q0.15 */
     memcpy(s->l0_fwd_c, c0 + 0, 16 * sizeof(int16_t)); /* row 0: lstm layer 0, forward direction, Q1.14 */
     return GESTURE_OK;
@@ -900,9 +747,7 @@ int gesture_set_state_q(gesture_state_t *s, const int16_t *h0, const int16_t *c0
 
 int gesture_set_state(gesture_state_t *s, const float *h0, const float *c0)
 {
-    if (s == NULL || h0 == NULL || c0 == NULL) {
-        return GESTURE_ERR_NULL;
-    }
+    if (s == NULL || h0 == NULL || c0 == NULL) return GESTURE_ERR_NULL;
     gesture_load(h0 + 0, s->l0_fwd_h, 16, 15); /* row 0: lstm layer 0, forward direction, Q0.15 */
     gesture_load(c0 + 0, s->l0_fwd_c, 16, 14); /* row 0: lstm layer 0, forward direction, Q1.14 */
     return GESTURE_OK;
@@ -911,7 +756,7 @@ int gesture_set_state(gesture_state_t *s, const float *h0, const float *c0)
 /* One step on int16 x_t; returns the step's output (in the state) */
 static const int16_t *gesture_step_impl(gesture_state_t *s, const int16_t *x_t)
 {
-    gesture_l0_fwd(x_t, s->l0_fwd_h, s->l0_fwd_c, s->scratch1);
+    gesture_l0_fwd(x_t, s->l0_fwd_h, s->l0_fwd_c, s->scratch1, gesture_l0_fwd_w[0]);
     gesture_dense2(s->l0_fwd_h, s->scratch0);
     gesture_softmax3(s->scratch0, s->scratch0);
     return s->scratch0;
@@ -919,40 +764,31 @@ static const int16_t *gesture_step_impl(gesture_state_t *s, const int16_t *x_t)
 
 int gesture_step_q(gesture_state_t *s, const int16_t *x_t, int16_t *y_t)
 {
-    if (s == NULL || x_t == NULL || y_t == NULL) {
-        return GESTURE_ERR_NULL;
-    }
+    if (s == NULL || x_t == NULL || y_t == NULL) return GESTURE_ERR_NULL;
     memcpy(y_t, gesture_step_impl(s, x_t), 4 * sizeof(int16_t));
     return GESTURE_OK;
 }
 
 int gesture_step(gesture_state_t *s, const float *x_t, float *y_t)
 {
-    if (s == NULL || x_t == NULL || y_t == NULL) {
-        return GESTURE_ERR_NULL;
-    }
+    if (s == NULL || x_t == NULL || y_t == NULL) return GESTURE_ERR_NULL;
     gesture_store(gesture_step_impl(s, gesture_input_at(s, NULL, x_t, 0)), 4, NULL, y_t, 0, 0x1p-15f);
     return GESTURE_OK;
 }
 
-/* The whole sequence, from int16 (xq) or float (xf) input; each output goes to its int16
- * buffer qK or, converted, to its float buffer fK (the other one is NULL). */
+/* The whole sequence, from int16 (xq) or float (xf) input; each output goes to its int16 buffer qK or, converted, to
+ * its float buffer fK (the other one is NULL). */
 static int gesture_run_impl(gesture_state_t *s, const int16_t *xq, const float *xf, int T, int16_t *q0, float *f0)
 {
     int t;
     int sel;
     const int16_t *x_t;
-    if (T < 1) {
-        return GESTURE_ERR_SEQ_LEN;
-    }
-    sel = T + (-1);
-    if (sel < 0 || sel >= T) {
-        return GESTURE_ERR_INDEX;
-    }
+    if (T < 1) return GESTURE_ERR_SEQ_LEN;
+    sel = T - 1;
     /* unidirectional: time-major, no sequence buffers */
     for (t = 0; t < T; ++t) {
         x_t = gesture_input_at(s, xq, xf, t);
-        gesture_l0_fwd(x_t, s->l0_fwd_h, s->l0_fwd_c, s->scratch1);
+        gesture_l0_fwd(x_t, s->l0_fwd_h, s->l0_fwd_c, s->scratch1, gesture_l0_fwd_w[0]);
         if (t == sel) {
             gesture_dense2(s->l0_fwd_h, s->scratch0);
             gesture_softmax3(s->scratch0, s->scratch0);
@@ -964,16 +800,12 @@ static int gesture_run_impl(gesture_state_t *s, const int16_t *xq, const float *
 
 int gesture_run_q(gesture_state_t *s, const int16_t *x, int T, int16_t *out0)
 {
-    if (s == NULL || x == NULL || out0 == NULL) {
-        return GESTURE_ERR_NULL;
-    }
+    if (s == NULL || x == NULL || out0 == NULL) return GESTURE_ERR_NULL;
     return gesture_run_impl(s, x, NULL, T, out0, NULL);
 }
 
 int gesture_run(gesture_state_t *s, const float *x, int T, float *out0)
 {
-    if (s == NULL || x == NULL || out0 == NULL) {
-        return GESTURE_ERR_NULL;
-    }
+    if (s == NULL || x == NULL || out0 == NULL) return GESTURE_ERR_NULL;
     return gesture_run_impl(s, NULL, x, T, NULL, out0);
 }

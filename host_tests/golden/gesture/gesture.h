@@ -12,8 +12,8 @@
 extern "C" {
 #endif
 
-/* w8a16: integer arithmetic inside; the _q functions take and return int16 values
- * v meaning v * 2^-FRAC (docs/fixed-point.md). The float functions convert exactly at the edges. */
+/* w8a16: integer arithmetic inside; the _q functions take and return int16 values v meaning v * 2^-FRAC
+ * (docs/fixed-point.md). The float functions convert exactly at the edges. */
 #define GESTURE_INPUT_SIZE 3 /* features of one time step x_t */
 #define GESTURE_STEP_OUTPUT_SIZE 4 /* values gesture_step writes */
 #define GESTURE_MAX_SEQ_LEN 0 /* sequence buffer capacity; 0 = no limit */

@@ -3,8 +3,7 @@
  * w8a16 formats and integers sha256: 079b45c221c22dead5ded45efc03548bde7040930d2743ac45472149fd1ac83a
  * options: calibration=calibration data, format=w8a16, max_seq_len=6
  * Do not edit: re-run tinyrnn export instead. */
-/* The unit kernels of gesture.c (tinyrnn/dspasm.py, tinyrnn/v6masm.py): for gcc and clang, each
- * family under the condition gesture.c tests; loops unrolled less at -Os. */
+/* The unit kernels of gesture.c (tinyrnn/dspasm.py, v6masm.py) for gcc and clang; loops unrolled less at -Os. */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
     .syntax unified
@@ -117,16 +116,9 @@ gesture_v6m_unit4_x3_h16_bx:
     adds r7, r4, #7
     movs r0, #6
     negs r0, r0
-#if defined(__OPTIMIZE_SIZE__)
-    v6m_step4
-    .rept 2
-    v6m_step4
-    .endr
-#else
     .rept 3
     v6m_step4
     .endr
-#endif
     ldr r5, [sp, #16]
     mov r0, r12
     mov r1, lr
@@ -152,10 +144,7 @@ gesture_v6m_unit4_x3_h16_bx:
     .endr
     bne 2b
 #else
-    .rept 7
-    v6m_step4
-    .endr
-    .rept 9
+    .rept 16
     v6m_step4
     .endr
 #endif
@@ -171,4 +160,7 @@ gesture_v6m_unit4_x3_h16_bx:
     mov r9, r5
     pop {r0, r1, r2, r4, r5, r6, r7, pc}
     .size gesture_v6m_unit4_x3_h16_bx, . - gesture_v6m_unit4_x3_h16_bx
+#endif
+#if defined(__linux__) && defined(__ELF__)
+    .section .note.GNU-stack,"",%progbits /* no executable stack on hosts that ask */
 #endif

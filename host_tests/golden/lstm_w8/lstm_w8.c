@@ -6,18 +6,15 @@
 #include "lstm_w8.h"
 
 #include <stddef.h>
-#include <stdint.h>
 #include <string.h>
 
-/* Integer arithmetic: round half up, saturate, never wrap (docs/fixed-point.md). Right shifts of
- * negative values are implementation-defined in C99: this fails to compile where they are not
- * arithmetic. */
+/* Integer arithmetic: round half up, saturate, never wrap (docs/fixed-point.md). Right shifts of negative values are
+ * implementation-defined in C99: this fails to compile where they are not arithmetic. */
 typedef char lstm_w8_requires_arithmetic_right_shift[
     ((-1 >> 1) == -1 && ((int32_t)-5 >> 1) == -3 && ((int64_t)-5 >> 1) == -3) ? 1 : -1];
 
-/* The recurrent layers' matrix-vector kernels in this build: the DSP unit kernels of lstm_w8_kernels.S
- * (Cortex-M4/M7/M33/M55), the ARMv6-M unit kernels (Cortex-M0/M0+), or the portable C kernels below (host, Cortex-M3,
- * M23, ARM state). */
+/* The recurrent kernels of this build: the DSP unit kernels of lstm_w8_kernels.S (Cortex-M4/M7/M33/M55), the ARMv6-M
+ * unit kernels (Cortex-M0/M0+), or the portable C kernels below (host, Cortex-M3, M23, ARM state). */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define LSTM_W8_DSP_KERNELS 1
@@ -30,8 +27,8 @@ typedef char lstm_w8_requires_arithmetic_right_shift[
 #define LSTM_W8_V6M_KERNELS 0
 #endif
 
-/* The DSP extension (Cortex-M4, M7, M33, M55): SMMULR, SMMLAR and dual 16-bit multiply-
- * accumulates. Other cores compute the same integers in portable C. */
+/* The DSP extension (Cortex-M4, M7, M33, M55): SMMULR, SMMLAR and dual 16-bit multiply-accumulates. Other cores compute
+ * the same integers in portable C. */
 #if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define LSTM_W8_DSP 1
 #else
@@ -52,8 +49,7 @@ static inline int16_t tr_sat16(int32_t x)
 #endif
 }
 
-/* sat16_i64(x) = min(max(x, -32768), 32767), for int64 values: sat16 of the low word when x
- * fits int32 (compilers drop the test where they can prove it), else the sign decides. */
+/* sat16 of an int64: sat16 of the low word when x fits int32, else the sign decides */
 static inline int16_t tr_sat16_i64(int64_t x)
 {
     const int32_t lo = (int32_t)x;
@@ -61,23 +57,14 @@ static inline int16_t tr_sat16_i64(int64_t x)
     return x < 0 ? INT16_MIN : INT16_MAX;
 }
 
-/* rshift_round64(v, n): the same rule in int64.
- * Requires |n| <= 62 and no int64 overflow in the addition or the product. */
+/* rshift_round64(v, n) = floor(v / 2^n + 1/2) in int64 (v * 2^-n for n <= 0); |n| <= 62 */
 static inline int64_t tr_rshift_round64(int64_t v, int n)
 {
     if (n > 0) return (v + ((int64_t)1 << (n - 1))) >> n;
     return v * ((int64_t)1 << -n);
 }
 
-/* sat24(x) = min(max(x, -8388608), 8388607): the range of the wide pre-activation Q3.20 */
-static inline int32_t tr_sat24(int64_t x)
-{
-    if (x > 8388607) return 8388607;
-    if (x < -8388608) return -8388608;
-    return (int32_t)x;
-}
-
-/* sat24 of an int32 (one SSAT on ARMv7-M) */
+/* sat24 of an int32: the range of the wide pre-activation Q3.20 (one SSAT on ARMv7-M) */
 static inline int32_t tr_sat24_32(int32_t x)
 {
 #if defined(__ARM_FEATURE_SAT) && __ARM_FEATURE_SAT
@@ -91,9 +78,8 @@ static inline int32_t tr_sat24_32(int32_t x)
 #endif
 }
 
-/* mmulr(a, m) = (a * m + 2^31) >> 32: the high word of a 32 x 32 product, rounded half up
- * (SMMULR on the DSP cores). With m + c * 2^32 = M * 2^(32 - n) (tinyrnn/folds.py),
- * c * a + mmulr(a, m) is rshift_round64(a * M, n), exactly. */
+/* mmulr(a, m) = (a * m + 2^31) >> 32: the high word of a 32 x 32 product, rounded half up (SMMULR on the DSP cores).
+ * With m + c * 2^32 = M * 2^(32 - n) (tinyrnn/folds.py), c * a + mmulr(a, m) is rshift_round64(a * M, n), exactly. */
 static inline int32_t tr_mmulr(int32_t a, int32_t m)
 {
 #if LSTM_W8_DSP
@@ -101,10 +87,10 @@ static inline int32_t tr_mmulr(int32_t a, int32_t m)
     __asm__("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(m));
     return r;
 #elif defined(__ARM_ARCH_6M__)
-    /* ARMv6-M has no 32 x 32 -> 64 multiply (gcc would call __muldi3): with a = ah 2^16 + al,
-     * m = mh 2^16 + ml (al, ml unsigned), a m + 2^31 = 2^32 (ah mh + (x >> 16) + (y >> 16))
-     * + 2^16 ((x & 0xFFFF) + (y & 0xFFFF) + (al ml >> 16) + 2^15) + (al ml & 0xFFFF), x = ah ml,
-     * y = mh al; the last term is below 2^16, so it never carries into the high word. */
+    /* ARMv6-M has no 32 x 32 -> 64 multiply (gcc would call __muldi3): with a = ah 2^16 + al, m = mh 2^16 + ml (al, ml
+     * unsigned), a m + 2^31 = 2^32 (ah mh + (x >> 16) + (y >> 16)) + 2^16 ((x & 0xFFFF) + (y & 0xFFFF) + (al
+     * ml >> 16) + 2^15) + (al ml & 0xFFFF), x = ah ml, y = mh al; the last term is below 2^16, so it never carries into
+     * the high word. */
     const uint32_t al = (uint32_t)a & 0xFFFFu;
     const uint32_t ml = (uint32_t)m & 0xFFFFu;
     const int32_t ah = a >> 16;
@@ -118,8 +104,7 @@ static inline int32_t tr_mmulr(int32_t a, int32_t m)
 #endif
 }
 
-/* mmlar(a, m, r) = r + mmulr(a, m) (SMMLAR on the DSP cores); the exporter proved the sum
- * fits int32 for every input. */
+/* mmlar(a, m, r) = r + mmulr(a, m) (SMMLAR on the DSP cores); the exporter proved it fits int32 */
 static inline int32_t tr_mmlar(int32_t a, int32_t m, int32_t r)
 {
 #if LSTM_W8_DSP
@@ -143,11 +128,9 @@ static inline int32_t tr_clamp_wide(int32_t u)
 #endif
 }
 
-/* sigmoid_wide(x): x in Q3.20 (24-bit), result in Q0.15, from a table of sigmoid at
- * k / 64, k = 0..512 (computed in Python), interpolated with 14 fraction bits per segment:
- * u = min(|x|, 8388607); i = u >> 14; f = u & 16383;
- * p = T[i] + rshift_round((T[i+1] - T[i]) * f, 14), in int32: |(T[i+1] - T[i]) * f| < 2^23
- * result = p for x >= 0, 32768 - p for x < 0 */
+/* sigmoid_wide(x), x in Q3.20, in Q0.15: T[k] = sigmoid(k / 64) in Q0.15, k = 0..512; u = min(|x|, 8388607),
+ * i = u >> 14, f = u & 16383, p = T[i] + rshift_round((T[i+1] - T[i]) * f, 14) (in int32:
+ * |(T[i+1] - T[i]) * f| < 2^23); p for x >= 0, 32768 - p for x < 0 */
 static inline int16_t tr_sigmoid_wide(int32_t x)
 {
     static const int16_t table[513] = {
@@ -194,10 +177,8 @@ static inline int16_t tr_sigmoid_wide(int32_t x)
     return (int16_t)(x < 0 ? 32768 - p : p);
 }
 
-/* tanh_wide(x): x in Q3.20 (24-bit), result in Q0.30 (int32).
- * T[k] = round_half_up(tanh(k / 64) * 2^30), k = 0..512 (computed in Python);
- * u, i, f as in sigmoid_wide; p = T[i] + rshift_round64((T[i+1] - T[i]) * f, 14);
- * result = p for x >= 0, -p for x < 0 */
+/* tanh_wide(x), x in Q3.20, in Q0.30: T[k] = tanh(k / 64) in Q0.30, k = 0..512; u = min(|x|, 8388607), i = u >> 14,
+ * f = u & 16383, p = T[i] + rshift_round64((T[i+1] - T[i]) * f, 14); p for x >= 0, -p for x < 0 */
 static inline int32_t tr_tanh_wide(int32_t x)
 {
     static const int32_t table[513] = {
@@ -268,16 +249,13 @@ static inline int32_t tr_tanh_wide(int32_t x)
     return x < 0 ? -p : p;
 }
 
-/* mul_q30_hi(a, t, up) = sat16(mmulr(a * 2^up, t)) = mul_q30(a, t, 32 - up) for 0 <= up <= 16:
- * |a * 2^up| fits int32, and (a 2^up t + 2^31) >> 32 = (a t + 2^(s-1)) >> s with s = 32 - up
- * (one SMMULR; no 64-bit product on the M0). */
+/* mul_q30_hi(a, t, up) = sat16(mmulr(a * 2^up, t)) = mul_q30(a, t, 32 - up), 0 <= up <= 16: no 64-bit product */
 static inline int16_t tr_mul_q30_hi(int16_t a, int32_t t, int up)
 {
     return tr_sat16(tr_mmulr((int32_t)((uint32_t)(int32_t)a << up), t));
 }
 
-/* mul16x32(c, d) = c * d exactly, as int64. ARMv6-M has no 32 x 32 -> 64 multiply (gcc would
- * call __muldi3): c * d = c * (d >> 16) * 2^16 + c * (d & 0xFFFF), both products fit int32. */
+/* mul16x32(c, d) = c * d as int64; on ARMv6-M (no 32 x 32 -> 64 multiply) from two 32-bit ones */
 static inline int64_t tr_mul16x32(int16_t c, int32_t d)
 {
 #if defined(__ARM_ARCH_6M__)
@@ -287,22 +265,16 @@ static inline int64_t tr_mul16x32(int16_t c, int32_t d)
 #endif
 }
 
-/* dot2_q(a, b, ka, c, d, kc, s) = sat16(rshift_round64(a*b*ka + c*d*kc, s)) with int16 a, b, c,
- * a Q0.30 d and powers of two ka <= 2^31, kc <= 2^16: both terms stay below 2^61. */
+/* dot2_q(a, b, ka, c, d, kc, s) = sat16(rshift_round64(a*b*ka + c*d*kc, s)) with int16 a, b, c, a Q0.30 d and powers of
+ * two ka <= 2^31, kc <= 2^16: both terms stay below 2^61. */
 static inline int16_t tr_dot2_q(int16_t a, int16_t b, int64_t ka, int16_t c, int32_t d, int64_t kc, int shift)
 {
     return tr_sat16_i64(tr_rshift_round64((int64_t)((int32_t)a * b) * ka + tr_mul16x32(c, d) * kc, shift));
 }
 
-/* float -> int16: q = sat16(floor(v * 2^frac + 1/2)), NaN -> 0, from the IEEE-754 binary32
- * bits with integer operations only, so it is exact and the same on the host, on cores with an
- * FPU and on soft-float cores (where it saves the library's float multiply and compares).
- * A normal v is M * 2^(e - 150) with the 24-bit M = 1.mantissa (a subnormal: M = mantissa,
- * e = 1), so t = v * 2^frac = M / 2^s with s = 150 - e - frac:
- *   s <= 0: t is the integer M * 2^-s, saturated;
- *   s > 25: |t| < 1/4, which rounds to 0;
- *   else    floor(t + 1/2) = (M + 2^(s-1)) >> s for v > 0, and for v < 0
- *           floor(1/2 - M / 2^s) = -((M + 2^(s-1) - 1) >> s), then saturated. */
+/* float -> int16: sat16(floor(v * 2^frac + 1/2)), NaN -> 0, from the IEEE-754 bits with integer operations only: exact,
+ * and the same with or without an FPU. v = M * 2^(e - 150), so v * 2^frac = M / 2^s with s = 150 - e - frac
+ * (docs/fixed-point.md, Float API conversions). */
 static inline int16_t tr_from_float(float v, int frac)
 {
     uint32_t bits, m, q;
@@ -313,14 +285,11 @@ static inline int16_t tr_from_float(float v, int frac)
     e = (int32_t)((bits >> 23) & 0xFFu);
     m = bits & 0x7FFFFFu;
     if (e == 0xFF) {
-        if (m != 0) return 0;                     /* NaN */
-        return negative ? INT16_MIN : INT16_MAX;  /* +-inf */
+        if (m != 0) return 0; /* NaN */
+        return negative ? INT16_MIN : INT16_MAX; /* +-inf */
     }
-    if (e == 0) {
-        e = 1;                                    /* zero and subnormals */
-    } else {
-        m |= 0x800000u;
-    }
+    if (e == 0) e = 1; /* zero and subnormals */
+    else m |= 0x800000u;
     s = 150 - e - frac;
     if (s <= 0) {
         const uint32_t limit = negative ? 32768u : 32767u;
@@ -336,72 +305,20 @@ static inline int16_t tr_from_float(float v, int frac)
     return q > 32767u ? INT16_MAX : (int16_t)q;
 }
 
-/* int16 -> float: q * 2^-frac, exact (the int16 is exact in float, and so is the scaling). */
-static inline float tr_to_float(int16_t q, float scale)
-{
-    return (float)q * scale;
-}
-
 #if !LSTM_W8_DSP_KERNELS && !LSTM_W8_V6M_KERNELS
-#if LSTM_W8_DSP
-#include <arm_acle.h>
 
-/* SXTB16 of v rotated right by 8 (bytes 1 and 3 as two halfwords) in one instruction;
- * gcc does not fold a rotate into __sxtb16, so this one is written out. */
-static inline int32_t tr_sxtb16_ror8(int32_t v)
-{
-    int32_t r;
-    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
-    return r;
-}
-
-/* a + the 4 int8_t weights at w (bytes 0, 2, 1, 3) times the activation pairs x01, x23 (__smlad) */
-static inline int32_t lstm_w8_mac_w8_acc32(int32_t a, const int8_t *w, int32_t x01, int32_t x23)
-{
-    int32_t q;
-    memcpy(&q, w, 4);
-    return __smlad(tr_sxtb16_ror8(q), x23, __smlad(__sxtb16(q), x01, a));
-}
-
-/* gcc's scheduler would hoist the next group's loads above this group's multiplies and run
- * out of registers; an empty asm with a memory clobber keeps the groups apart. */
-#define LSTM_W8_SCHEDULE_BARRIER() __asm__ volatile("" ::: "memory")
-#endif
-
-/* The C kernels are inlined, except on ARMv6-M: with 8 low registers each inlined copy brings
- * its own spill slots, and a bidirectional w16a16 GRU's run function needed 1.9 KB of stack. */
-#if defined(__GNUC__) && defined(__ARM_ARCH_6M__)
-#define LSTM_W8_C_KERNEL static __attribute__((noinline))
-#else
-#define LSTM_W8_C_KERNEL static inline
-#endif
-
-/* acc[r] += row r of a block of 4 interleaved weight rows (int8_t) times v, over `groups`
- * groups of 4 columns (tinyrnn/layout.py: within a group the bytes are in the order 0, 2, 1, 3),
- * two groups per iteration; returns the next block. Exact: the exporter proved every partial
- * sum fits int32_t. */
-LSTM_W8_C_KERNEL const int8_t *lstm_w8_mac4_w8_acc32(const int8_t *w, const int16_t *v, int groups, int32_t *acc)
+/* acc[r] += row r of a block of 4 interleaved weight rows (int8_t) times v, over `groups` groups of 4 columns
+ * (tinyrnn/layout.py: within a group the bytes are in the order 0, 2, 1, 3), two groups per iteration; returns the next
+ * block. Exact: the exporter proved every partial sum fits int32_t. */
+static inline const int8_t *lstm_w8_mac4_w8_acc32(const int8_t *w, const int16_t *v, int groups, int32_t *acc)
 {
     int32_t a0 = acc[0];
     int32_t a1 = acc[1];
     int32_t a2 = acc[2];
     int32_t a3 = acc[3];
-#if LSTM_W8_DSP
-    int32_t x01, x23;
-#else
     int32_t x0, x1, x2, x3;
-#endif
     int n;
     for (n = 0; n + 2 <= groups; n += 2, v += 8, w += 32) {
-#if LSTM_W8_DSP
-        LSTM_W8_SCHEDULE_BARRIER();
-        memcpy(&x01, v + 0, 4);
-        memcpy(&x23, v + 2, 4);
-        a0 = lstm_w8_mac_w8_acc32(a0, w + 0, x01, x23);
-        a1 = lstm_w8_mac_w8_acc32(a1, w + 4, x01, x23);
-        a2 = lstm_w8_mac_w8_acc32(a2, w + 8, x01, x23);
-        a3 = lstm_w8_mac_w8_acc32(a3, w + 12, x01, x23);
-#else
         x0 = v[0];
         x1 = v[1];
         x2 = v[2];
@@ -410,16 +327,6 @@ LSTM_W8_C_KERNEL const int8_t *lstm_w8_mac4_w8_acc32(const int8_t *w, const int1
         a1 += w[4] * x0 + w[5] * x2 + w[6] * x1 + w[7] * x3;
         a2 += w[8] * x0 + w[9] * x2 + w[10] * x1 + w[11] * x3;
         a3 += w[12] * x0 + w[13] * x2 + w[14] * x1 + w[15] * x3;
-#endif
-#if LSTM_W8_DSP
-        LSTM_W8_SCHEDULE_BARRIER();
-        memcpy(&x01, v + 4, 4);
-        memcpy(&x23, v + 6, 4);
-        a0 = lstm_w8_mac_w8_acc32(a0, w + 16, x01, x23);
-        a1 = lstm_w8_mac_w8_acc32(a1, w + 20, x01, x23);
-        a2 = lstm_w8_mac_w8_acc32(a2, w + 24, x01, x23);
-        a3 = lstm_w8_mac_w8_acc32(a3, w + 28, x01, x23);
-#else
         x0 = v[4];
         x1 = v[5];
         x2 = v[6];
@@ -428,18 +335,8 @@ LSTM_W8_C_KERNEL const int8_t *lstm_w8_mac4_w8_acc32(const int8_t *w, const int1
         a1 += w[20] * x0 + w[21] * x2 + w[22] * x1 + w[23] * x3;
         a2 += w[24] * x0 + w[25] * x2 + w[26] * x1 + w[27] * x3;
         a3 += w[28] * x0 + w[29] * x2 + w[30] * x1 + w[31] * x3;
-#endif
-}
+    }
     if (n < groups) {
-#if LSTM_W8_DSP
-        LSTM_W8_SCHEDULE_BARRIER();
-        memcpy(&x01, v + 0, 4);
-        memcpy(&x23, v + 2, 4);
-        a0 = lstm_w8_mac_w8_acc32(a0, w + 0, x01, x23);
-        a1 = lstm_w8_mac_w8_acc32(a1, w + 4, x01, x23);
-        a2 = lstm_w8_mac_w8_acc32(a2, w + 8, x01, x23);
-        a3 = lstm_w8_mac_w8_acc32(a3, w + 12, x01, x23);
-#else
         x0 = v[0];
         x1 = v[1];
         x2 = v[2];
@@ -448,8 +345,7 @@ LSTM_W8_C_KERNEL const int8_t *lstm_w8_mac4_w8_acc32(const int8_t *w, const int1
         a1 += w[4] * x0 + w[5] * x2 + w[6] * x1 + w[7] * x3;
         a2 += w[8] * x0 + w[9] * x2 + w[10] * x1 + w[11] * x3;
         a3 += w[12] * x0 + w[13] * x2 + w[14] * x1 + w[15] * x3;
-#endif
-w += 16;
+        w += 16;
     }
     acc[0] = a0;
     acc[1] = a1;
@@ -460,78 +356,63 @@ w += 16;
 #endif
 
 #if LSTM_W8_DSP_KERNELS
-/* The DSP unit kernels (lstm_w8_kernels.S): acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit; they return
- * the next unit's weights. */
+/* lstm_w8_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit; returns the next unit's weights */
 const int8_t *lstm_w8_unit4_x2_h2_bx(const int8_t *w, const int16_t *xh, int32_t *acc, const int32_t *bx,
                                      const int32_t *bh);
 #endif
 
 #if LSTM_W8_V6M_KERNELS
-/* The ARMv6-M unit kernels (lstm_w8_kernels.S): acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit, from the
- * unit's row of its own copy of the weights. */
+/* lstm_w8_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit, from its row of the ARMv6-M copy of
+ * the weights */
 void lstm_w8_v6m_unit4_x5_h8_bx(const int8_t *w, const int16_t *xh, int32_t *acc, const int32_t *bx, const int32_t *bh);
 void lstm_w8_v6m_unit4_x8_h8_bx(const int8_t *w, const int16_t *xh, int32_t *acc, const int32_t *bx, const int32_t *bh);
-#endif
-
-#if LSTM_W8_V6M_KERNELS
 /* lstm_w8_l0_fwd_w for the ARMv6-M unit kernel: per unit, each i/f/g/o row of the x part, then of the h part, at a
  * stride of 2 bytes per column, two rows to a block (tinyrnn/v6masm.py); int8_t */
-static const int8_t lstm_w8_l0_fwd_w_v6m[8][52] = {
+static const int8_t lstm_w8_l0_fwd_w[8][52] = {
     { 68, -43, -71, -127, 82, 58, -15, 53, 127, 27, 108, 107, -16, 65, -127, -127, 31, 109, 55, 96, -86, -14, 90, -66,
-      11, -61, -127, 127, 6, 76, 83, -75, -76, 6, -6, 30, 99, -127, -81, 0, -83, 127, 15, 77, 4, 61, -55, -85, 127, 124,
-      -109, -72 },
-    { 34, 127, -16, 110, -116, 11, 33, 27, -127, 20, -91, -94, -19, -47, 88, 89, -127, -127, -108, -115, -70, 64, -111,
-      -14, -80, -127, 14, -7, 91, -67, -26, -81, -127, -120, -1, -118, 92, 127, 82, -114, -39, -68, 60, -42, -28, 23,
-      -127, 75, 112, 30, -44, -52 },
-    { 20, 94, 10, 119, -34, 127, 127, 102, 10, -43, -17, -97, -127, 44, 111, -58, 15, -127, 108, 55, -127, -63, 9, 53,
-      108, -113, 62, -127, -89, 114, -32, 48, 58, 74, 40, 58, -19, -127, 127, -47, 126, -76, -96, -96, -34, 99, 73, 22,
-      80, -86, -95, 76 },
-    { 55, -6, 56, -28, -78, 80, -51, 15, 127, 127, 88, 66, -127, 49, -103, -112, -113, 127, -53, -10, -127, -52, -79,
-      -85, -48, -92, 50, -9, 121, 34, 60, -127, 51, -104, -115, 76, -121, -121, 70, -106, -113, -17, 120, 118, -127, 92,
-      -97, -121, 65, -127, 91, 61 },
-    { -127, 67, -9, -113, -10, 39, 92, 127, -12, 117, -48, -127, -21, -20, -127, 87, 55, 61, 74, -1, 107, 18, 59, 94,
-      -53, 127, -80, 87, 47, -30, -90, -63, 67, 40, 127, 116, -48, -13, -80, 18, 53, 5, 44, -127, 35, -30, -127, -57,
-      -42, -31, -51, 112 },
+    11, -61, -127, 127, 6, 76, 83, -75, -76, 6, -6, 30, 99, -127, -81, 0, -83, 127, 15, 77, 4, 61, -55, -85, 127, 124,
+    -109, -72 }, { 34, 127, -16, 110, -116, 11, 33, 27, -127, 20, -91, -94, -19, -47, 88, 89, -127, -127, -108, -115,
+    -70, 64, -111, -14, -80, -127, 14, -7, 91, -67, -26, -81, -127, -120, -1, -118, 92, 127, 82, -114, -39, -68, 60,
+    -42, -28, 23, -127, 75, 112, 30, -44, -52 }, { 20, 94, 10, 119, -34, 127, 127, 102, 10, -43, -17, -97, -127, 44,
+    111, -58, 15, -127, 108, 55, -127, -63, 9, 53, 108, -113, 62, -127, -89, 114, -32, 48, 58, 74, 40, 58, -19, -127,
+    127, -47, 126, -76, -96, -96, -34, 99, 73, 22, 80, -86, -95, 76 }, { 55, -6, 56, -28, -78, 80, -51, 15, 127, 127,
+    88, 66, -127, 49, -103, -112, -113, 127, -53, -10, -127, -52, -79, -85, -48, -92, 50, -9, 121, 34, 60, -127, 51,
+    -104, -115, 76, -121, -121, 70, -106, -113, -17, 120, 118, -127, 92, -97, -121, 65, -127, 91, 61 }, { -127, 67, -9,
+    -113, -10, 39, 92, 127, -12, 117, -48, -127, -21, -20, -127, 87, 55, 61, 74, -1, 107, 18, 59, 94, -53, 127, -80, 87,
+    47, -30, -90, -63, 67, 40, 127, 116, -48, -13, -80, 18, 53, 5, 44, -127, 35, -30, -127, -57, -42, -31, -51, 112 },
     { 59, -2, -11, 45, -125, -127, -127, -43, -109, 66, 41, 90, 82, -117, 97, 89, -127, 127, 19, -78, -98, -127, -93,
-      36, -62, -102, -127, -105, -17, 48, 92, 67, 56, 45, -48, 39, 1, -120, 115, 12, -93, 126, -2, -115, 49, 46, 72,
-      127, -127, 72, 5, 69 },
-    { -127, -127, -91, 121, 33, -92, 92, 44, 7, -5, 127, 32, -99, -24, -61, -127, -7, -1, -85, -50, -20, -43, -68, 3,
-      -127, -127, -43, -94, 11, 3, -80, -33, -118, -22, 46, 82, 111, -50, -92, 54, 88, 15, -20, 127, 127, -126, -121,
-      68, 25, -80, 102, -118 },
-    { -106, 24, 102, 13, -89, -127, -51, -29, -127, -86, -27, -117, -21, -100, 127, 3, -9, 127, 77, 49, 20, 66, -43,
-      -37, 38, -58, 127, -127, 7, 90, -94, -123, 127, 54, 99, -32, 112, 126, -78, 27, -127, -75, 3, -127, -75, -27, 98,
-      -30, -81, -10, 16, -39 }
+    36, -62, -102, -127, -105, -17, 48, 92, 67, 56, 45, -48, 39, 1, -120, 115, 12, -93, 126, -2, -115, 49, 46, 72, 127,
+    -127, 72, 5, 69 }, { -127, -127, -91, 121, 33, -92, 92, 44, 7, -5, 127, 32, -99, -24, -61, -127, -7, -1, -85, -50,
+    -20, -43, -68, 3, -127, -127, -43, -94, 11, 3, -80, -33, -118, -22, 46, 82, 111, -50, -92, 54, 88, 15, -20, 127,
+    127, -126, -121, 68, 25, -80, 102, -118 }, { -106, 24, 102, 13, -89, -127, -51, -29, -127, -86, -27, -117, -21,
+    -100, 127, 3, -9, 127, 77, 49, 20, 66, -43, -37, 38, -58, 127, -127, 7, 90, -94, -123, 127, 54, 99, -32, 112, 126,
+    -78, 27, -127, -75, 3, -127, -75, -27, 98, -30, -81, -10, 16, -39 }
 };
-#endif
-
-#if LSTM_W8_V6M_KERNELS
 /* lstm_w8_l1_fwd_w for the ARMv6-M unit kernel: per unit, each i/f/g/o row of the x part, then of the h part, at a
  * stride of 2 bytes per column, two rows to a block (tinyrnn/v6masm.py); int8_t */
-static const int8_t lstm_w8_l1_fwd_w_v6m[8][64] = {
+static const int8_t lstm_w8_l1_fwd_w[8][64] = {
     { -5, -41, 127, 94, 40, 61, 106, 83, -108, 127, 73, 90, 106, -65, 63, 21, -65, 80, 21, 69, -122, 104, -110, 88, 33,
-      -106, 40, 61, -55, 25, 127, -127, 55, -29, -101, 127, -127, -116, -51, -74, 29, -113, 35, -60, -78, 89, -33, 86,
-      -40, 127, -127, 49, 113, 88, -35, -82, 49, 11, -104, -120, -105, 59, 86, -2 },
-    { -19, 127, 116, 103, -63, -117, 46, -1, -127, 69, -96, 56, -118, -2, -99, -13, -74, 86, -127, 81, 42, -88, 100, -5,
-      -111, 66, 54, 35, 58, 127, 91, -103, -31, 126, -127, 48, 3, 110, -13, -59, -107, -57, -68, -116, 97, -127, 50, 29,
-      -124, 99, 5, -40, 27, -85, 27, 127, -127, 124, 92, 77, -13, -99, 56, -89 },
-    { -54, 60, -119, -62, -93, 94, -70, -113, 63, -127, 127, 17, 71, 26, -59, 46, 21, -13, -127, -125, -123, 127, 110,
-      -69, 71, 64, 125, 77, 71, -37, 37, -78, -108, -26, 48, -104, -127, -22, -75, -127, 20, 78, -13, 92, -83, -17, 21,
-      -6, 117, -32, -114, -123, 18, 43, 61, 100, -59, 122, 102, -49, 127, -107, -85, -127 },
-    { -80, -97, 71, 42, -82, -127, -112, 74, -54, 95, 127, -73, 111, 26, -115, 95, -35, 106, 48, 127, 56, -16, -81, -15,
-      -2, 111, -127, 11, 60, -73, -20, 72, 29, 19, 103, 27, -29, 14, 127, -120, 86, -64, -55, 105, 104, -35, -71, 127,
-      -23, -1, 45, 127, -66, -26, -127, 117, 123, -25, -16, -104, 90, 33, 57, -51 },
-    { 127, -30, -71, 75, -56, -123, -121, 49, 109, 58, 103, 34, 124, -127, 39, 6, -127, -127, 102, 24, -44, -97, -118,
-      -5, -17, -46, -103, -58, 19, -54, 62, 35, 28, -42, 51, 120, 5, 88, 47, -84, 63, -113, -127, 61, 78, -109, 50, 127,
-      -13, -52, -90, 127, 41, -81, -79, -115, 47, 118, -127, -10, -22, -20, -48, -61 },
-    { -50, 107, 75, -127, -33, 48, -121, -73, -70, -80, 73, -109, -116, 81, -127, 120, 7, 36, 5, -108, -25, 127, 109,
-      84, 124, -104, 2, 125, -127, -23, 71, -84, -68, -127, 110, 83, 31, -7, -97, 34, 127, 118, 59, 119, 94, -34, 23,
-      -64, -113, -57, -127, -82, -59, -4, -51, -52, 74, 127, 75, -15, -92, 30, -56, -76 },
-    { 119, -127, -107, 117, 29, 86, 126, 32, 33, 106, -16, 32, 48, 25, 127, 99, 63, 64, 75, 31, -59, -60, 68, 50, 121,
-      51, 106, 59, -127, -92, 19, -127, 39, 35, 26, -10, 127, -102, 122, -127, 49, -90, 0, 93, -96, 5, 75, 14, 114, 9,
-      -112, -49, -31, 1, 49, -116, -125, -55, -127, -3, 65, 127, -67, -39 },
-    { -111, -11, 75, 100, -62, -11, -99, 124, -8, 13, 98, -53, -127, -22, -36, -127, -127, -18, -127, -122, -102, 27,
-      61, -127, 100, -23, -111, 101, -30, -88, 48, -31, -82, -88, 12, -76, 95, 46, -59, 127, -13, -86, -107, -107, -47,
-      39, -127, -1, 127, 101, 101, 127, 122, -112, -110, -1, -53, -47, 83, 112, -121, -75, 9, 25 }
+    -106, 40, 61, -55, 25, 127, -127, 55, -29, -101, 127, -127, -116, -51, -74, 29, -113, 35, -60, -78, 89, -33, 86,
+    -40, 127, -127, 49, 113, 88, -35, -82, 49, 11, -104, -120, -105, 59, 86, -2 }, { -19, 127, 116, 103, -63, -117, 46,
+    -1, -127, 69, -96, 56, -118, -2, -99, -13, -74, 86, -127, 81, 42, -88, 100, -5, -111, 66, 54, 35, 58, 127, 91, -103,
+    -31, 126, -127, 48, 3, 110, -13, -59, -107, -57, -68, -116, 97, -127, 50, 29, -124, 99, 5, -40, 27, -85, 27, 127,
+    -127, 124, 92, 77, -13, -99, 56, -89 }, { -54, 60, -119, -62, -93, 94, -70, -113, 63, -127, 127, 17, 71, 26, -59,
+    46, 21, -13, -127, -125, -123, 127, 110, -69, 71, 64, 125, 77, 71, -37, 37, -78, -108, -26, 48, -104, -127, -22,
+    -75, -127, 20, 78, -13, 92, -83, -17, 21, -6, 117, -32, -114, -123, 18, 43, 61, 100, -59, 122, 102, -49, 127, -107,
+    -85, -127 }, { -80, -97, 71, 42, -82, -127, -112, 74, -54, 95, 127, -73, 111, 26, -115, 95, -35, 106, 48, 127, 56,
+    -16, -81, -15, -2, 111, -127, 11, 60, -73, -20, 72, 29, 19, 103, 27, -29, 14, 127, -120, 86, -64, -55, 105, 104,
+    -35, -71, 127, -23, -1, 45, 127, -66, -26, -127, 117, 123, -25, -16, -104, 90, 33, 57, -51 }, { 127, -30, -71, 75,
+    -56, -123, -121, 49, 109, 58, 103, 34, 124, -127, 39, 6, -127, -127, 102, 24, -44, -97, -118, -5, -17, -46, -103,
+    -58, 19, -54, 62, 35, 28, -42, 51, 120, 5, 88, 47, -84, 63, -113, -127, 61, 78, -109, 50, 127, -13, -52, -90, 127,
+    41, -81, -79, -115, 47, 118, -127, -10, -22, -20, -48, -61 }, { -50, 107, 75, -127, -33, 48, -121, -73, -70, -80,
+    73, -109, -116, 81, -127, 120, 7, 36, 5, -108, -25, 127, 109, 84, 124, -104, 2, 125, -127, -23, 71, -84, -68, -127,
+    110, 83, 31, -7, -97, 34, 127, 118, 59, 119, 94, -34, 23, -64, -113, -57, -127, -82, -59, -4, -51, -52, 74, 127, 75,
+    -15, -92, 30, -56, -76 }, { 119, -127, -107, 117, 29, 86, 126, 32, 33, 106, -16, 32, 48, 25, 127, 99, 63, 64, 75,
+    31, -59, -60, 68, 50, 121, 51, 106, 59, -127, -92, 19, -127, 39, 35, 26, -10, 127, -102, 122, -127, 49, -90, 0, 93,
+    -96, 5, 75, 14, 114, 9, -112, -49, -31, 1, 49, -116, -125, -55, -127, -3, 65, 127, -67, -39 }, { -111, -11, 75, 100,
+    -62, -11, -99, 124, -8, 13, 98, -53, -127, -22, -36, -127, -127, -18, -127, -122, -102, 27, 61, -127, 100, -23,
+    -111, 101, -30, -88, 48, -31, -82, -88, 12, -76, 95, 46, -59, 127, -13, -86, -107, -107, -47, 39, -127, -1, 127,
+    101, 101, 127, 122, -112, -110, -1, -53, -47, 83, 112, -121, -75, 9, 25 }
 };
 #endif
 
@@ -541,29 +422,25 @@ static const int8_t lstm_w8_l1_fwd_w_v6m[8][64] = {
  * rnn.weight_hh_l0[0:32] */
 static const int8_t lstm_w8_l0_fwd_w[8][64] = {
     { 68, 82, -71, -15, -43, 58, -127, 53, 108, -127, -16, 31, 107, -127, 65, 109, 127, 0, 0, 0, 27, 0, 0, 0, 55, 0, 0,
-      0, 96, 0, 0, 0, -86, 11, 90, -127, -14, -61, -66, 127, 99, -83, -81, 15, -127, 127, 0, 77, 6, -76, 83, -6, 76, 6,
-      -75, 30, 4, 127, -55, -109, 61, 124, -85, -72 },
-    { 34, -116, -16, 33, 127, 11, 110, 27, -91, 88, -19, -127, -94, 89, -47, -127, -127, 0, 0, 0, 20, 0, 0, 0, -108, 0,
-      0, 0, -115, 0, 0, 0, -70, -80, -111, 14, 64, -127, -14, -7, 92, -39, 82, 60, 127, -68, -114, -42, 91, -127, -26,
-      -1, -67, -120, -81, -118, -28, 112, -127, -44, 23, 30, 75, -52 },
-    { 20, -34, 10, 127, 94, 127, 119, 102, -17, 111, -127, 15, -97, -58, 44, -127, 10, 0, 0, 0, -43, 0, 0, 0, 108, 0, 0,
-      0, 55, 0, 0, 0, -127, 108, 9, 62, -63, -113, 53, -127, -19, 126, 127, -96, -127, -76, -47, -96, -89, 58, -32, 40,
-      114, 74, 48, 58, -34, 80, 73, -95, 99, -86, 22, 76 },
-    { 55, -78, 56, -51, -6, 80, -28, 15, 88, -103, -127, -113, 66, -112, 49, 127, 127, 0, 0, 0, 127, 0, 0, 0, -53, 0, 0,
-      0, -10, 0, 0, 0, -127, -48, -79, 50, -52, -92, -85, -9, -121, -113, 70, 120, -121, -17, -106, 118, 121, 51, 60,
-      -115, 34, -104, -127, 76, -127, 65, -97, 91, 92, -127, -121, 61 },
+    0, 96, 0, 0, 0, -86, 11, 90, -127, -14, -61, -66, 127, 99, -83, -81, 15, -127, 127, 0, 77, 6, -76, 83, -6, 76, 6,
+    -75, 30, 4, 127, -55, -109, 61, 124, -85, -72 }, { 34, -116, -16, 33, 127, 11, 110, 27, -91, 88, -19, -127, -94, 89,
+    -47, -127, -127, 0, 0, 0, 20, 0, 0, 0, -108, 0, 0, 0, -115, 0, 0, 0, -70, -80, -111, 14, 64, -127, -14, -7, 92, -39,
+    82, 60, 127, -68, -114, -42, 91, -127, -26, -1, -67, -120, -81, -118, -28, 112, -127, -44, 23, 30, 75, -52 }, { 20,
+    -34, 10, 127, 94, 127, 119, 102, -17, 111, -127, 15, -97, -58, 44, -127, 10, 0, 0, 0, -43, 0, 0, 0, 108, 0, 0, 0,
+    55, 0, 0, 0, -127, 108, 9, 62, -63, -113, 53, -127, -19, 126, 127, -96, -127, -76, -47, -96, -89, 58, -32, 40, 114,
+    74, 48, 58, -34, 80, 73, -95, 99, -86, 22, 76 }, { 55, -78, 56, -51, -6, 80, -28, 15, 88, -103, -127, -113, 66,
+    -112, 49, 127, 127, 0, 0, 0, 127, 0, 0, 0, -53, 0, 0, 0, -10, 0, 0, 0, -127, -48, -79, 50, -52, -92, -85, -9, -121,
+    -113, 70, 120, -121, -17, -106, 118, 121, 51, 60, -115, 34, -104, -127, 76, -127, 65, -97, 91, 92, -127, -121, 61 },
     { -127, -10, -9, 92, 67, 39, -113, 127, -48, -127, -21, 55, -127, 87, -20, 61, -12, 0, 0, 0, 117, 0, 0, 0, 74, 0, 0,
-      0, -1, 0, 0, 0, 107, -53, 59, -80, 18, 127, 94, 87, -48, 53, -80, 44, -13, 5, 18, -127, 47, 67, -90, 127, -30, 40,
-      -63, 116, 35, -42, -127, -51, -30, -31, -57, 112 },
-    { 59, -125, -11, -127, -2, -127, 45, -43, 41, 97, 82, -127, 90, 89, -117, 127, -109, 0, 0, 0, 66, 0, 0, 0, 19, 0, 0,
-      0, -78, 0, 0, 0, -98, -62, -93, -127, -127, -102, 36, -105, 1, -93, 115, -2, -120, 126, 12, -115, -17, 56, 92,
-      -48, 48, 45, 67, 39, 49, -127, 72, 5, 46, 72, 127, 69 },
-    { -127, 33, -91, 92, -127, -92, 121, 44, 127, -61, -99, -7, 32, -127, -24, -1, 7, 0, 0, 0, -5, 0, 0, 0, -85, 0, 0,
-      0, -50, 0, 0, 0, -20, -127, -68, -43, -43, -127, 3, -94, 111, 88, -92, -20, -50, 15, 54, 127, 11, -118, -80, 46,
-      3, -22, -33, 82, 127, 25, -121, 102, -126, -80, 68, -118 },
-    { -106, -89, 102, -51, 24, -127, 13, -29, -27, 127, -21, -9, -117, 3, -100, 127, -127, 0, 0, 0, -86, 0, 0, 0, 77, 0,
-      0, 0, 49, 0, 0, 0, 20, 38, -43, 127, 66, -58, -37, -127, 112, -127, -78, 3, 126, -75, 27, -127, 7, 127, -94, 99,
-      90, 54, -123, -32, -75, -81, 98, 16, -27, -10, -30, -39 }
+    0, -1, 0, 0, 0, 107, -53, 59, -80, 18, 127, 94, 87, -48, 53, -80, 44, -13, 5, 18, -127, 47, 67, -90, 127, -30, 40,
+    -63, 116, 35, -42, -127, -51, -30, -31, -57, 112 }, { 59, -125, -11, -127, -2, -127, 45, -43, 41, 97, 82, -127, 90,
+    89, -117, 127, -109, 0, 0, 0, 66, 0, 0, 0, 19, 0, 0, 0, -78, 0, 0, 0, -98, -62, -93, -127, -127, -102, 36, -105, 1,
+    -93, 115, -2, -120, 126, 12, -115, -17, 56, 92, -48, 48, 45, 67, 39, 49, -127, 72, 5, 46, 72, 127, 69 }, { -127, 33,
+    -91, 92, -127, -92, 121, 44, 127, -61, -99, -7, 32, -127, -24, -1, 7, 0, 0, 0, -5, 0, 0, 0, -85, 0, 0, 0, -50, 0, 0,
+    0, -20, -127, -68, -43, -43, -127, 3, -94, 111, 88, -92, -20, -50, 15, 54, 127, 11, -118, -80, 46, 3, -22, -33, 82,
+    127, 25, -121, 102, -126, -80, 68, -118 }, { -106, -89, 102, -51, 24, -127, 13, -29, -27, 127, -21, -9, -117, 3,
+    -100, 127, -127, 0, 0, 0, -86, 0, 0, 0, 77, 0, 0, 0, 49, 0, 0, 0, 20, 38, -43, 127, 66, -58, -37, -127, 112, -127,
+    -78, 3, 126, -75, 27, -127, 7, 127, -94, 99, 90, 54, -123, -32, -75, -81, 98, 16, -27, -10, -30, -39 }
 };
 #endif
 /* biases of the x parts, int32_t in accumulator units: rnn.bias_ih_l0[0:32] + rnn.bias_hh_l0[0:32] */
@@ -572,8 +449,7 @@ static const int32_t lstm_w8_l0_fwd_bx[8][4] = {
     { 56873, 542143, 172841, 194320 }, { 326174, -101232, 47353, -983111 }, { -1162190, 801150, -442123, 156728 },
     { 511366, -989322, -874421, 720540 }, { -116233, 310816, -387524, 256954 }
 };
-/* requant of the x parts: k with k + c * 2^32 = M * 2^(32 - n); c * acc + the rounded high word of acc * k is
- * rshift_round(acc * M, n) */
+/* requant of the x parts: k with k + c * 2^32 = M * 2^(32 - n), c * acc + mmulr(acc, k) = rshift_round(acc * M, n) */
 static const int32_t lstm_w8_l0_fwd_mx[8][4] = {
     { 1307574272, -1458700288, -1247150080, -1633026048 }, { -1585053696, 1502871552, 1904541696, -1319501824 },
     { -1792016384, -2096758784, -2145386496, -1565130752 }, { -1351221248, -1461977088, -1936064512, -1314521088 },
@@ -581,30 +457,25 @@ static const int32_t lstm_w8_l0_fwd_mx[8][4] = {
     { -1514405888, -1506541568, -1455685632, -1711013888 }, { 1677983744, -1433534464, -1567752192, -1457258496 }
 };
 static const int32_t lstm_w8_l0_fwd_cx[8][4] = { /* requant of the x parts: c (see lstm_w8_l0_fwd_mx) */
-    { 0, 1, 1, 1 }, { 1, 0, 0, 1 }, { 1, 1, 1, 1 }, { 1, 1, 1, 1 }, { 1, 1, 1, 1 }, { 0, 1, 1, 1 }, { 1, 1, 1, 1 },
-    { 0, 1, 1, 1 }
+    { 0, 1, 1, 1 }, { 1, 0, 0, 1 }, { 1, 1, 1, 1 }, { 1, 1, 1, 1 }, { 1, 1, 1, 1 }, { 0, 1, 1, 1 }, { 1, 1, 1, 1 }, { 0,
+    1, 1, 1 }
 };
-/* requant of the h parts: k with k + c * 2^32 = M * 2^(32 - n); c * acc + the rounded high word of acc * k is
- * rshift_round(acc * M, n) */
-static const int32_t lstm_w8_l0_fwd_mh[8][4] = {
-    { 373866496, 333627392, 382140416, 335446016 }, { 344096768, 200253440, 287555584, 351748096 },
-    { 332775424, 363905024, 374915072, 304742400 }, { 359399424, 358400000, 292831232, 269877248 },
-    { 292618240, 340803584, 352813056, 273907712 }, { 327581696, 366821376, 378978304, 379158528 },
-    { 308854784, 337854464, 344408064, 370262016 }, { 353812480, 276840448, 312754176, 359088128 }
+static const int32_t lstm_w8_l0_fwd_mh[8][4] = { /* requant of the h parts: k (as lstm_w8_l0_fwd_mx) */
+    { 373866496, 333627392, 382140416, 335446016 }, { 344096768, 200253440, 287555584, 351748096 }, { 332775424,
+    363905024, 374915072, 304742400 }, { 359399424, 358400000, 292831232, 269877248 }, { 292618240, 340803584,
+    352813056, 273907712 }, { 327581696, 366821376, 378978304, 379158528 }, { 308854784, 337854464, 344408064,
+    370262016 }, { 353812480, 276840448, 312754176, 359088128 }
 };
 /* rnn layer 0, forward direction: one LSTM step (torch.nn.LSTM). W_* x, W_* h are the gate's rows of weight_ih and
  * weight_hh, b_* its rows of bias_ih and bias_hh.
  * Integers (x Q3.12, h Q0.15, c Q2.13): each gate row sums W_x x and W_h h exactly, rescales each into Q3.20 and
  * applies sigmoid_wide (Q0.15) or tanh_wide (Q0.30); state updates round once into the state's format. */
-static void lstm_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh)
+static void lstm_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh, const int8_t *w)
 {
     const int64_t fc_scale = 131072; /* f * c: Q0.15 x Q2.13 to Q45, 2^17 */
     const int64_t ig_scale = 1; /* i * g: Q0.15 x Q0.30, already Q45 */
     const int c_shift = 32; /* Q45 to c's Q2.13 */
     const int oc_up = 2; /* o * tanh(c): Q0.15 x Q0.30 to Q0.15 is a shift by 30: a high-word multiply of o * 2^2 */
-#if !LSTM_W8_V6M_KERNELS
-    const int8_t *w = &lstm_w8_l0_fwd_w[0][0];
-#endif
     int j;
     memcpy(xh, x, 5 * sizeof(int16_t));
     memcpy(xh + 8, h, 8 * sizeof(int16_t));
@@ -617,10 +488,10 @@ static void lstm_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh
 #elif LSTM_W8_V6M_KERNELS
         int32_t ax[8];
         const int32_t *const ah = ax + 4;
-        lstm_w8_v6m_unit4_x5_h8_bx(lstm_w8_l0_fwd_w_v6m[j], xh, ax, lstm_w8_l0_fwd_bx[j], NULL);
+        lstm_w8_v6m_unit4_x5_h8_bx(w + j * 52, xh, ax, lstm_w8_l0_fwd_bx[j], NULL);
 #else
         int32_t ax[4] = { lstm_w8_l0_fwd_bx[j][0], lstm_w8_l0_fwd_bx[j][1], lstm_w8_l0_fwd_bx[j][2],
-                         lstm_w8_l0_fwd_bx[j][3] };
+                          lstm_w8_l0_fwd_bx[j][3] };
         int32_t ah[4] = { 0, 0, 0, 0 };
         w = lstm_w8_mac4_w8_acc32(w, xh, 2, ax);
         w = lstm_w8_mac4_w8_acc32(w, xh + 8, 2, ah);
@@ -647,7 +518,7 @@ static void lstm_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh
         /* c = f * c + i * g */
         c[j] = tr_dot2_q(f, c[j], fc_scale, i, g, ig_scale, c_shift);
         /* tanh(c): c from Q2.13 to Q3.20, tanh in Q0.30 */
-        const int32_t tanh_c = tr_tanh_wide(tr_sat24((int64_t)c[j] * 128));
+        const int32_t tanh_c = tr_tanh_wide((int32_t)c[j] * 128);
         /* h = o * tanh(c) */
         h[j] = tr_mul_q30_hi(o, tanh_c, oc_up);
     }
@@ -659,67 +530,58 @@ static void lstm_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh
  * rnn.weight_hh_l1[0:32] */
 static const int8_t lstm_w8_l1_fwd_w[8][64] = {
     { -5, 40, 127, 106, -41, 61, 94, 83, -65, -122, 21, -110, 80, 104, 69, 88, -108, 106, 73, 63, 127, -65, 90, 21, 33,
-      -55, 40, 127, -106, 25, 61, -127, 55, -127, -101, -51, -29, -116, 127, -74, -40, 113, -127, -35, 127, 88, 49, -82,
-      29, -78, 35, -33, -113, 89, -60, 86, 49, -105, -104, 86, 11, 59, -120, -2 },
-    { -19, -63, 116, 46, 127, -117, 103, -1, -74, 42, -127, 100, 86, -88, 81, -5, -127, -118, -96, -99, 69, -2, 56, -13,
-      -111, 58, 54, 91, 66, 127, 35, -103, -31, 3, -127, -13, 126, 110, 48, -59, -124, 27, 5, 27, 99, -85, -40, 127,
-      -107, 97, -68, 50, -57, -127, -116, 29, -127, -13, 92, 56, 124, -99, 77, -89 },
-    { -54, -93, -119, -70, 60, 94, -62, -113, 21, -123, -127, 110, -13, 127, -125, -69, 63, 71, 127, -59, -127, 26, 17,
-      46, 71, 71, 125, 37, 64, -37, 77, -78, -108, -127, 48, -75, -26, -22, -104, -127, 117, 18, -114, 61, -32, 43,
-      -123, 100, 20, -83, -13, 21, 78, -17, 92, -6, -59, 127, 102, -85, 122, -107, -49, -127 },
-    { -80, -82, 71, -112, -97, -127, 42, 74, -35, 56, 48, -81, 106, -16, 127, -15, -54, 111, 127, -115, 95, 26, -73, 95,
-      -2, 60, -127, -20, 111, -73, 11, 72, 29, -29, 103, 127, 19, 14, 27, -120, -23, -66, 45, -127, -1, -26, 127, 117,
-      86, 104, -55, -71, -64, -35, 105, 127, 123, 90, -16, 57, -25, 33, -104, -51 },
-    { 127, -56, -71, -121, -30, -123, 75, 49, -127, -44, 102, -118, -127, -97, 24, -5, 109, 124, 103, 39, 58, -127, 34,
-      6, -17, 19, -103, 62, -46, -54, -58, 35, 28, 5, 51, 47, -42, 88, 120, -84, -13, 41, -90, -79, -52, -81, 127, -115,
-      63, 78, -127, 50, -113, -109, 61, 127, 47, -22, -127, -48, 118, -20, -10, -61 },
-    { -50, -33, 75, -121, 107, 48, -127, -73, 7, -25, 5, 109, 36, 127, -108, 84, -70, -116, 73, -127, -80, 81, -109,
-      120, 124, -127, 2, 71, -104, -23, 125, -84, -68, 31, 110, -97, -127, -7, 83, 34, -113, -59, -127, -51, -57, -4,
-      -82, -52, 127, 94, 59, 23, 118, -34, 119, -64, 74, -92, 75, -56, 127, 30, -15, -76 },
-    { 119, 29, -107, 126, -127, 86, 117, 32, 63, -59, 75, 68, 64, -60, 31, 50, 33, 48, -16, 127, 106, 25, 32, 99, 121,
-      -127, 106, 19, 51, -92, 59, -127, 39, 127, 26, 122, 35, -102, -10, -127, 114, -31, -112, 49, 9, 1, -49, -116, 49,
-      -96, 0, 75, -90, 5, 93, 14, -125, 65, -127, -67, -55, 127, -3, -39 },
-    { -111, -62, 75, -99, -11, -11, 100, 124, -127, -102, -127, 61, -18, 27, -122, -127, -8, -127, 98, -36, 13, -22,
-      -53, -127, 100, -30, -111, 48, -23, -88, 101, -31, -82, 95, 12, -59, -88, 46, -76, 127, 127, 122, 101, -110, 101,
-      -112, 127, -1, -13, -47, -107, -127, -86, 39, -107, -1, -53, -121, 83, 9, -47, -75, 112, 25 }
+    -55, 40, 127, -106, 25, 61, -127, 55, -127, -101, -51, -29, -116, 127, -74, -40, 113, -127, -35, 127, 88, 49, -82,
+    29, -78, 35, -33, -113, 89, -60, 86, 49, -105, -104, 86, 11, 59, -120, -2 }, { -19, -63, 116, 46, 127, -117, 103,
+    -1, -74, 42, -127, 100, 86, -88, 81, -5, -127, -118, -96, -99, 69, -2, 56, -13, -111, 58, 54, 91, 66, 127, 35, -103,
+    -31, 3, -127, -13, 126, 110, 48, -59, -124, 27, 5, 27, 99, -85, -40, 127, -107, 97, -68, 50, -57, -127, -116, 29,
+    -127, -13, 92, 56, 124, -99, 77, -89 }, { -54, -93, -119, -70, 60, 94, -62, -113, 21, -123, -127, 110, -13, 127,
+    -125, -69, 63, 71, 127, -59, -127, 26, 17, 46, 71, 71, 125, 37, 64, -37, 77, -78, -108, -127, 48, -75, -26, -22,
+    -104, -127, 117, 18, -114, 61, -32, 43, -123, 100, 20, -83, -13, 21, 78, -17, 92, -6, -59, 127, 102, -85, 122, -107,
+    -49, -127 }, { -80, -82, 71, -112, -97, -127, 42, 74, -35, 56, 48, -81, 106, -16, 127, -15, -54, 111, 127, -115, 95,
+    26, -73, 95, -2, 60, -127, -20, 111, -73, 11, 72, 29, -29, 103, 127, 19, 14, 27, -120, -23, -66, 45, -127, -1, -26,
+    127, 117, 86, 104, -55, -71, -64, -35, 105, 127, 123, 90, -16, 57, -25, 33, -104, -51 }, { 127, -56, -71, -121, -30,
+    -123, 75, 49, -127, -44, 102, -118, -127, -97, 24, -5, 109, 124, 103, 39, 58, -127, 34, 6, -17, 19, -103, 62, -46,
+    -54, -58, 35, 28, 5, 51, 47, -42, 88, 120, -84, -13, 41, -90, -79, -52, -81, 127, -115, 63, 78, -127, 50, -113,
+    -109, 61, 127, 47, -22, -127, -48, 118, -20, -10, -61 }, { -50, -33, 75, -121, 107, 48, -127, -73, 7, -25, 5, 109,
+    36, 127, -108, 84, -70, -116, 73, -127, -80, 81, -109, 120, 124, -127, 2, 71, -104, -23, 125, -84, -68, 31, 110,
+    -97, -127, -7, 83, 34, -113, -59, -127, -51, -57, -4, -82, -52, 127, 94, 59, 23, 118, -34, 119, -64, 74, -92, 75,
+    -56, 127, 30, -15, -76 }, { 119, 29, -107, 126, -127, 86, 117, 32, 63, -59, 75, 68, 64, -60, 31, 50, 33, 48, -16,
+    127, 106, 25, 32, 99, 121, -127, 106, 19, 51, -92, 59, -127, 39, 127, 26, 122, 35, -102, -10, -127, 114, -31, -112,
+    49, 9, 1, -49, -116, 49, -96, 0, 75, -90, 5, 93, 14, -125, 65, -127, -67, -55, 127, -3, -39 }, { -111, -62, 75, -99,
+    -11, -11, 100, 124, -127, -102, -127, 61, -18, 27, -122, -127, -8, -127, 98, -36, 13, -22, -53, -127, 100, -30,
+    -111, 48, -23, -88, 101, -31, -82, 95, 12, -59, -88, 46, -76, 127, 127, 122, 101, -110, 101, -112, 127, -1, -13,
+    -47, -107, -127, -86, 39, -107, -1, -53, -121, 83, 9, -47, -75, 112, 25 }
 };
 #endif
 /* biases of the x parts, int32_t in accumulator units: rnn.bias_ih_l1[0:32] + rnn.bias_hh_l1[0:32] */
 static const int32_t lstm_w8_l1_fwd_bx[8][4] = {
-    { -4417682, -3221216, -1792583, -1506744 }, { -4050146, 176504, 3666856, -3123301 },
-    { 4783485, -7508201, 2019356, -881753 }, { -2360035, 657954, -955564, 3643563 },
-    { 1066452, 1817403, -9163417, -3502593 }, { 1773562, -6552320, -2222644, 581910 },
-    { 990292, 1124614, 4066279, -241872 }, { 1442696, 673316, 1490315, 2602469 }
+    { -4417682, -3221216, -1792583, -1506744 }, { -4050146, 176504, 3666856, -3123301 }, { 4783485, -7508201, 2019356,
+    -881753 }, { -2360035, 657954, -955564, 3643563 }, { 1066452, 1817403, -9163417, -3502593 }, { 1773562, -6552320,
+    -2222644, 581910 }, { 990292, 1124614, 4066279, -241872 }, { 1442696, 673316, 1490315, 2602469 }
 };
-/* requant of the x parts: k with k + c * 2^32 = M * 2^(32 - n); c * acc + the rounded high word of acc * k is
- * rshift_round(acc * M, n) */
+/* requant of the x parts: k with k + c * 2^32 = M * 2^(32 - n), c * acc + mmulr(acc, k) = rshift_round(acc * M, n) */
 static const int32_t lstm_w8_l1_fwd_mx[8][4] = {
-    { 354795520, 295469056, 360906752, 315785216 }, { 379420672, 290897920, 224714752, 366460928 },
-    { 355860480, 329957376, 367558656, 381616128 }, { 356106240, 321175552, 375373824, 379092992 },
-    { 371441664, 251019264, 280559616, 362446848 }, { 379994112, 291373056, 319848448, 369213440 },
-    { 370589696, 324993024, 303955968, 332759040 }, { 312672256, 338034688, 323272704, 372424704 }
+    { 354795520, 295469056, 360906752, 315785216 }, { 379420672, 290897920, 224714752, 366460928 }, { 355860480,
+    329957376, 367558656, 381616128 }, { 356106240, 321175552, 375373824, 379092992 }, { 371441664, 251019264,
+    280559616, 362446848 }, { 379994112, 291373056, 319848448, 369213440 }, { 370589696, 324993024, 303955968,
+    332759040 }, { 312672256, 338034688, 323272704, 372424704 }
 };
-/* requant of the h parts: k with k + c * 2^32 = M * 2^(32 - n); c * acc + the rounded high word of acc * k is
- * rshift_round(acc * M, n) */
-static const int32_t lstm_w8_l1_fwd_mh[8][4] = {
-    { 362397696, 343261184, 379846656, 270794752 }, { 366313472, 381517824, 300646400, 316047360 },
-    { 379633664, 343932928, 311803904, 329302016 }, { 352862208, 180502528, 381583360, 344784896 },
-    { 346128384, 373473280, 318291968, 380092416 }, { 349421568, 343195648, 315293696, 380731392 },
-    { 347045888, 378175488, 360136704, 227155968 }, { 309100544, 298336256, 322404352, 342933504 }
+static const int32_t lstm_w8_l1_fwd_mh[8][4] = { /* requant of the h parts: k (as lstm_w8_l1_fwd_mx) */
+    { 362397696, 343261184, 379846656, 270794752 }, { 366313472, 381517824, 300646400, 316047360 }, { 379633664,
+    343932928, 311803904, 329302016 }, { 352862208, 180502528, 381583360, 344784896 }, { 346128384, 373473280,
+    318291968, 380092416 }, { 349421568, 343195648, 315293696, 380731392 }, { 347045888, 378175488, 360136704,
+    227155968 }, { 309100544, 298336256, 322404352, 342933504 }
 };
 /* rnn layer 1, forward direction: one LSTM step (torch.nn.LSTM). W_* x, W_* h are the gate's rows of weight_ih and
  * weight_hh, b_* its rows of bias_ih and bias_hh.
  * Integers (x Q0.15, h Q0.15, c Q1.14): each gate row sums W_x x and W_h h exactly, rescales each into Q3.20 and
  * applies sigmoid_wide (Q0.15) or tanh_wide (Q0.30); state updates round once into the state's format. */
-static void lstm_w8_l1_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh)
+static void lstm_w8_l1_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh, const int8_t *w)
 {
     const int64_t fc_scale = 65536; /* f * c: Q0.15 x Q1.14 to Q45, 2^16 */
     const int64_t ig_scale = 1; /* i * g: Q0.15 x Q0.30, already Q45 */
     const int c_shift = 31; /* Q45 to c's Q1.14 */
     const int oc_up = 2; /* o * tanh(c): Q0.15 x Q0.30 to Q0.15 is a shift by 30: a high-word multiply of o * 2^2 */
-#if !LSTM_W8_V6M_KERNELS
-    const int8_t *w = &lstm_w8_l1_fwd_w[0][0];
-#endif
     int j;
     memcpy(xh, x, 8 * sizeof(int16_t));
     memcpy(xh + 8, h, 8 * sizeof(int16_t));
@@ -732,10 +594,10 @@ static void lstm_w8_l1_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh
 #elif LSTM_W8_V6M_KERNELS
         int32_t ax[8];
         const int32_t *const ah = ax + 4;
-        lstm_w8_v6m_unit4_x8_h8_bx(lstm_w8_l1_fwd_w_v6m[j], xh, ax, lstm_w8_l1_fwd_bx[j], NULL);
+        lstm_w8_v6m_unit4_x8_h8_bx(w + j * 64, xh, ax, lstm_w8_l1_fwd_bx[j], NULL);
 #else
         int32_t ax[4] = { lstm_w8_l1_fwd_bx[j][0], lstm_w8_l1_fwd_bx[j][1], lstm_w8_l1_fwd_bx[j][2],
-                         lstm_w8_l1_fwd_bx[j][3] };
+                          lstm_w8_l1_fwd_bx[j][3] };
         int32_t ah[4] = { 0, 0, 0, 0 };
         w = lstm_w8_mac4_w8_acc32(w, xh, 2, ax);
         w = lstm_w8_mac4_w8_acc32(w, xh + 8, 2, ah);
@@ -761,7 +623,7 @@ static void lstm_w8_l1_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh
         /* c = f * c + i * g */
         c[j] = tr_dot2_q(f, c[j], fc_scale, i, g, ig_scale, c_shift);
         /* tanh(c): c from Q1.14 to Q3.20, tanh in Q0.30 */
-        const int32_t tanh_c = tr_tanh_wide(tr_sat24((int64_t)c[j] * 64));
+        const int32_t tanh_c = tr_tanh_wide((int32_t)c[j] * 64);
         /* h = o * tanh(c) */
         h[j] = tr_mul_q30_hi(o, tanh_c, oc_up);
     }
@@ -790,25 +652,21 @@ static void lstm_w8_store(const int16_t *src, size_t n, int16_t *q, float *f, si
         return;
     }
     for (k = 0; k < n; ++k) {
-        f[offset + k] = tr_to_float(src[k], scale);
+        f[offset + k] = (float)src[k] * scale; /* exact: scale is a power of two */
     }
 }
 
 /* x_t as int16: the caller's, or the float input converted into s->scratch0 */
 static const int16_t *lstm_w8_input_at(lstm_w8_state_t *s, const int16_t *xq, const float *xf, int t)
 {
-    if (xq != NULL) {
-        return xq + (size_t)t * 5;
-    }
+    if (xq != NULL) return xq + (size_t)t * 5;
     lstm_w8_load(xf + (size_t)t * 5, s->scratch0, 5, 12);
     return s->scratch0;
 }
 
 int lstm_w8_set_state_q(lstm_w8_state_t *s, const int16_t *h0, const int16_t *c0)
 {
-    if (s == NULL || h0 == NULL || c0 == NULL) {
-        return LSTM_W8_ERR_NULL;
-    }
+    if (s == NULL || h0 == NULL || c0 == NULL) return LSTM_W8_ERR_NULL;
     memcpy(s->l0_fwd_h, h0 + 0, 8 * sizeof(int16_t)); /* row 0: rnn layer 0, forward direction, Q0.15 */
     memcpy(s->l1_fwd_h, h0 + 8, 8 * sizeof(int16_t)); /* row 1: rnn layer 1, forward direction, Q0.15 */
     memcpy(s->l0_fwd_c, c0 + 0, 8 * sizeof(int16_t)); /* row 0: rnn layer 0, forward direction, Q2.13 */
@@ -818,9 +676,7 @@ int lstm_w8_set_state_q(lstm_w8_state_t *s, const int16_t *h0, const int16_t *c0
 
 int lstm_w8_set_state(lstm_w8_state_t *s, const float *h0, const float *c0)
 {
-    if (s == NULL || h0 == NULL || c0 == NULL) {
-        return LSTM_W8_ERR_NULL;
-    }
+    if (s == NULL || h0 == NULL || c0 == NULL) return LSTM_W8_ERR_NULL;
     lstm_w8_load(h0 + 0, s->l0_fwd_h, 8, 15); /* row 0: rnn layer 0, forward direction, Q0.15 */
     lstm_w8_load(h0 + 8, s->l1_fwd_h, 8, 15); /* row 1: rnn layer 1, forward direction, Q0.15 */
     lstm_w8_load(c0 + 0, s->l0_fwd_c, 8, 13); /* row 0: rnn layer 0, forward direction, Q2.13 */
@@ -831,43 +687,37 @@ int lstm_w8_set_state(lstm_w8_state_t *s, const float *h0, const float *c0)
 /* One step on int16 x_t; returns the step's output (in the state) */
 static const int16_t *lstm_w8_step_impl(lstm_w8_state_t *s, const int16_t *x_t)
 {
-    lstm_w8_l0_fwd(x_t, s->l0_fwd_h, s->l0_fwd_c, s->scratch1);
-    lstm_w8_l1_fwd(s->l0_fwd_h, s->l1_fwd_h, s->l1_fwd_c, s->scratch0);
+    lstm_w8_l0_fwd(x_t, s->l0_fwd_h, s->l0_fwd_c, s->scratch1, lstm_w8_l0_fwd_w[0]);
+    lstm_w8_l1_fwd(s->l0_fwd_h, s->l1_fwd_h, s->l1_fwd_c, s->scratch1, lstm_w8_l1_fwd_w[0]);
     return s->l1_fwd_h;
 }
 
 int lstm_w8_step_q(lstm_w8_state_t *s, const int16_t *x_t, int16_t *y_t)
 {
-    if (s == NULL || x_t == NULL || y_t == NULL) {
-        return LSTM_W8_ERR_NULL;
-    }
+    if (s == NULL || x_t == NULL || y_t == NULL) return LSTM_W8_ERR_NULL;
     memcpy(y_t, lstm_w8_step_impl(s, x_t), 8 * sizeof(int16_t));
     return LSTM_W8_OK;
 }
 
 int lstm_w8_step(lstm_w8_state_t *s, const float *x_t, float *y_t)
 {
-    if (s == NULL || x_t == NULL || y_t == NULL) {
-        return LSTM_W8_ERR_NULL;
-    }
+    if (s == NULL || x_t == NULL || y_t == NULL) return LSTM_W8_ERR_NULL;
     lstm_w8_store(lstm_w8_step_impl(s, lstm_w8_input_at(s, NULL, x_t, 0)), 8, NULL, y_t, 0, 0x1p-15f);
     return LSTM_W8_OK;
 }
 
-/* The whole sequence, from int16 (xq) or float (xf) input; each output goes to its int16
- * buffer qK or, converted, to its float buffer fK (the other one is NULL). */
+/* The whole sequence, from int16 (xq) or float (xf) input; each output goes to its int16 buffer qK or, converted, to
+ * its float buffer fK (the other one is NULL). */
 static int lstm_w8_run_impl(lstm_w8_state_t *s, const int16_t *xq, const float *xf, int T, int16_t *q0, float *f0)
 {
     int t;
     const int16_t *x_t;
-    if (T < 1) {
-        return LSTM_W8_ERR_SEQ_LEN;
-    }
+    if (T < 1) return LSTM_W8_ERR_SEQ_LEN;
     /* unidirectional: time-major, no sequence buffers */
     for (t = 0; t < T; ++t) {
         x_t = lstm_w8_input_at(s, xq, xf, t);
-        lstm_w8_l0_fwd(x_t, s->l0_fwd_h, s->l0_fwd_c, s->scratch1);
-        lstm_w8_l1_fwd(s->l0_fwd_h, s->l1_fwd_h, s->l1_fwd_c, s->scratch0);
+        lstm_w8_l0_fwd(x_t, s->l0_fwd_h, s->l0_fwd_c, s->scratch1, lstm_w8_l0_fwd_w[0]);
+        lstm_w8_l1_fwd(s->l0_fwd_h, s->l1_fwd_h, s->l1_fwd_c, s->scratch1, lstm_w8_l1_fwd_w[0]);
         lstm_w8_store(s->l1_fwd_h, 8, q0, f0, (size_t)t * 8, 0x1p-15f);
     }
     return LSTM_W8_OK;
@@ -875,16 +725,12 @@ static int lstm_w8_run_impl(lstm_w8_state_t *s, const int16_t *xq, const float *
 
 int lstm_w8_run_q(lstm_w8_state_t *s, const int16_t *x, int T, int16_t *out0)
 {
-    if (s == NULL || x == NULL || out0 == NULL) {
-        return LSTM_W8_ERR_NULL;
-    }
+    if (s == NULL || x == NULL || out0 == NULL) return LSTM_W8_ERR_NULL;
     return lstm_w8_run_impl(s, x, NULL, T, out0, NULL);
 }
 
 int lstm_w8_run(lstm_w8_state_t *s, const float *x, int T, float *out0)
 {
-    if (s == NULL || x == NULL || out0 == NULL) {
-        return LSTM_W8_ERR_NULL;
-    }
+    if (s == NULL || x == NULL || out0 == NULL) return LSTM_W8_ERR_NULL;
     return lstm_w8_run_impl(s, NULL, x, T, NULL, out0);
 }

@@ -12,8 +12,8 @@
 extern "C" {
 #endif
 
-/* w8a16: integer arithmetic inside; the _q functions take and return int16 values
- * v meaning v * 2^-FRAC (docs/fixed-point.md). The float functions convert exactly at the edges. */
+/* w8a16: integer arithmetic inside; the _q functions take and return int16 values v meaning v * 2^-FRAC
+ * (docs/fixed-point.md). The float functions convert exactly at the edges. */
 #define LSTM_W8_INPUT_SIZE 5 /* features of one time step x_t */
 #define LSTM_W8_STEP_OUTPUT_SIZE 8 /* values lstm_w8_step writes */
 #define LSTM_W8_MAX_SEQ_LEN 0 /* sequence buffer capacity; 0 = no limit */
@@ -33,7 +33,7 @@ typedef struct {
     int16_t l0_fwd_c[8]; /* c, rnn layer 0 forward */
     int16_t l1_fwd_h[8]; /* h, rnn layer 1 forward */
     int16_t l1_fwd_c[8]; /* c, rnn layer 1 forward */
-    int16_t scratch0[16]; /* scratch */
+    int16_t scratch0[5]; /* scratch */
     int16_t scratch1[16]; /* scratch */
 } lstm_w8_state_t;
 

@@ -3,8 +3,7 @@
  * w8a16 formats and integers sha256: e8744c01e9dcf80de8af9bba786a0e5499f074df2d791e6801eb9f4c6513195a
  * options: calibration=calibration data, format=w8a16, max_seq_len=6
  * Do not edit: re-run tinyrnn export instead. */
-/* The unit kernels of lstm_w8.c (tinyrnn/dspasm.py, tinyrnn/v6masm.py): for gcc and clang, each
- * family under the condition lstm_w8.c tests; loops unrolled less at -Os. */
+/* The unit kernels of lstm_w8.c (tinyrnn/dspasm.py, v6masm.py) for gcc and clang; loops unrolled less at -Os. */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
     .syntax unified
@@ -259,4 +258,7 @@ lstm_w8_v6m_unit4_x8_h8_bx:
     mov r9, r5
     pop {r0, r1, r2, r4, r5, r6, r7, pc}
     .size lstm_w8_v6m_unit4_x8_h8_bx, . - lstm_w8_v6m_unit4_x8_h8_bx
+#endif
+#if defined(__linux__) && defined(__ELF__)
+    .section .note.GNU-stack,"",%progbits /* no executable stack on hosts that ask */
 #endif

@@ -6,17 +6,15 @@
 #include "rnn_relu_w16.h"
 
 #include <stddef.h>
-#include <stdint.h>
 #include <string.h>
 
-/* Integer arithmetic: round half up, saturate, never wrap (docs/fixed-point.md). Right shifts of
- * negative values are implementation-defined in C99: this fails to compile where they are not
- * arithmetic. */
+/* Integer arithmetic: round half up, saturate, never wrap (docs/fixed-point.md). Right shifts of negative values are
+ * implementation-defined in C99: this fails to compile where they are not arithmetic. */
 typedef char rnn_relu_w16_requires_arithmetic_right_shift[
     ((-1 >> 1) == -1 && ((int32_t)-5 >> 1) == -3 && ((int64_t)-5 >> 1) == -3) ? 1 : -1];
 
-/* The recurrent layers' matrix-vector kernels in this build: the DSP unit kernels of rnn_relu_w16_kernels.S
- * (Cortex-M4/M7/M33/M55), or the portable C kernels below (host, Cortex-M3, M23, ARM state). */
+/* The recurrent kernels of this build: the DSP unit kernels of rnn_relu_w16_kernels.S (Cortex-M4/M7/M33/M55), or the
+ * portable C kernels below (host, Cortex-M3, M23, ARM state). */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define RNN_RELU_W16_DSP_KERNELS 1
@@ -38,8 +36,7 @@ static inline int16_t tr_sat16(int32_t x)
 #endif
 }
 
-/* sat16_i64(x) = min(max(x, -32768), 32767), for int64 values: sat16 of the low word when x
- * fits int32 (compilers drop the test where they can prove it), else the sign decides. */
+/* sat16 of an int64: sat16 of the low word when x fits int32, else the sign decides */
 static inline int16_t tr_sat16_i64(int64_t x)
 {
     const int32_t lo = (int32_t)x;
@@ -47,15 +44,14 @@ static inline int16_t tr_sat16_i64(int64_t x)
     return x < 0 ? INT16_MIN : INT16_MAX;
 }
 
-/* rshift_round64(v, n): the same rule in int64.
- * Requires |n| <= 62 and no int64 overflow in the addition or the product. */
+/* rshift_round64(v, n) = floor(v / 2^n + 1/2) in int64 (v * 2^-n for n <= 0); |n| <= 62 */
 static inline int64_t tr_rshift_round64(int64_t v, int n)
 {
     if (n > 0) return (v + ((int64_t)1 << (n - 1))) >> n;
     return v * ((int64_t)1 << -n);
 }
 
-/* sat24 of an int32 (one SSAT on ARMv7-M) */
+/* sat24 of an int32: the range of the wide pre-activation Q3.20 (one SSAT on ARMv7-M) */
 static inline int32_t tr_sat24_32(int32_t x)
 {
 #if defined(__ARM_FEATURE_SAT) && __ARM_FEATURE_SAT
@@ -69,9 +65,7 @@ static inline int32_t tr_sat24_32(int32_t x)
 #endif
 }
 
-/* sat_shift(x, n) = sat16(rshift_round64(x, n)): format change of an int32 by n fraction
- * bits (n > 0 drops bits with rounding, n < 0 adds them), -31 <= n <= 31. In int64 neither
- * the addend nor the product can overflow. */
+/* sat_shift(x, n) = sat16(rshift_round64(x, n)): an int32 to n fewer fraction bits, |n| <= 31 */
 static inline int16_t tr_sat_shift(int32_t x, int n)
 {
     return tr_sat16_i64(tr_rshift_round64((int64_t)x, n));
@@ -83,10 +77,8 @@ static inline int16_t tr_relu_q(int16_t x)
     return x > 0 ? x : 0;
 }
 
-/* mmulr64(a, k) = (a * k + 2^31) >> 32 for an int64 a and 0 <= k < 2^32, when the exporter
- * proved the result fits int32. With a = hi * 2^32 + lo (lo unsigned) it is
- * hi * k + ((lo * k + 2^31) >> 32), exact modulo 2^32, hence exact. With k = M * 2^(32 - n)
- * it is rshift_round64(a * M, n). */
+/* mmulr64(a, k) = (a * k + 2^31) >> 32 for an int64 a and 0 <= k < 2^32, from its two words (the exporter proved the
+ * result fits int32); with k = M * 2^(32 - n): rshift_round64(a * M, n) */
 static inline int32_t tr_mmulr64(int64_t a, uint32_t k)
 {
     const uint32_t lo = (uint32_t)a;
@@ -94,15 +86,9 @@ static inline int32_t tr_mmulr64(int64_t a, uint32_t k)
     return (int32_t)(hi * k + (uint32_t)(((uint64_t)lo * k + 0x80000000u) >> 32));
 }
 
-/* float -> int16: q = sat16(floor(v * 2^frac + 1/2)), NaN -> 0, from the IEEE-754 binary32
- * bits with integer operations only, so it is exact and the same on the host, on cores with an
- * FPU and on soft-float cores (where it saves the library's float multiply and compares).
- * A normal v is M * 2^(e - 150) with the 24-bit M = 1.mantissa (a subnormal: M = mantissa,
- * e = 1), so t = v * 2^frac = M / 2^s with s = 150 - e - frac:
- *   s <= 0: t is the integer M * 2^-s, saturated;
- *   s > 25: |t| < 1/4, which rounds to 0;
- *   else    floor(t + 1/2) = (M + 2^(s-1)) >> s for v > 0, and for v < 0
- *           floor(1/2 - M / 2^s) = -((M + 2^(s-1) - 1) >> s), then saturated. */
+/* float -> int16: sat16(floor(v * 2^frac + 1/2)), NaN -> 0, from the IEEE-754 bits with integer operations only: exact,
+ * and the same with or without an FPU. v = M * 2^(e - 150), so v * 2^frac = M / 2^s with s = 150 - e - frac
+ * (docs/fixed-point.md, Float API conversions). */
 static inline int16_t tr_from_float(float v, int frac)
 {
     uint32_t bits, m, q;
@@ -113,14 +99,11 @@ static inline int16_t tr_from_float(float v, int frac)
     e = (int32_t)((bits >> 23) & 0xFFu);
     m = bits & 0x7FFFFFu;
     if (e == 0xFF) {
-        if (m != 0) return 0;                     /* NaN */
-        return negative ? INT16_MIN : INT16_MAX;  /* +-inf */
+        if (m != 0) return 0; /* NaN */
+        return negative ? INT16_MIN : INT16_MAX; /* +-inf */
     }
-    if (e == 0) {
-        e = 1;                                    /* zero and subnormals */
-    } else {
-        m |= 0x800000u;
-    }
+    if (e == 0) e = 1; /* zero and subnormals */
+    else m |= 0x800000u;
     s = 150 - e - frac;
     if (s <= 0) {
         const uint32_t limit = negative ? 32768u : 32767u;
@@ -136,66 +119,17 @@ static inline int16_t tr_from_float(float v, int frac)
     return q > 32767u ? INT16_MAX : (int16_t)q;
 }
 
-/* int16 -> float: q * 2^-frac, exact (the int16 is exact in float, and so is the scaling). */
-static inline float tr_to_float(int16_t q, float scale)
-{
-    return (float)q * scale;
-}
-
 #if !RNN_RELU_W16_DSP_KERNELS
-/* The DSP extension (Cortex-M4, M7, M33, M55): SMMULR, SMMLAR and dual 16-bit multiply-
- * accumulates. Other cores compute the same integers in portable C. */
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
-#define RNN_RELU_W16_DSP 1
-#else
-#define RNN_RELU_W16_DSP 0
-#endif
-#if RNN_RELU_W16_DSP
-#include <arm_acle.h>
 
-/* a + the 4 int16_t weights at w times the activation pairs x01, x23 (__smlald) */
-static inline int64_t rnn_relu_w16_mac_w16_acc64(int64_t a, const int16_t *w, int32_t x01, int32_t x23)
-{
-    int32_t q, r;
-    memcpy(&q, w, 4);
-    memcpy(&r, w + 2, 4);
-    return __smlald(r, x23, __smlald(q, x01, a));
-}
-
-/* gcc's scheduler would hoist the next group's loads above this group's multiplies and run
- * out of registers; an empty asm with a memory clobber keeps the groups apart. */
-#define RNN_RELU_W16_SCHEDULE_BARRIER() __asm__ volatile("" ::: "memory")
-#endif
-
-/* The C kernels are inlined, except on ARMv6-M: with 8 low registers each inlined copy brings
- * its own spill slots, and a bidirectional w16a16 GRU's run function needed 1.9 KB of stack. */
-#if defined(__GNUC__) && defined(__ARM_ARCH_6M__)
-#define RNN_RELU_W16_C_KERNEL static __attribute__((noinline))
-#else
-#define RNN_RELU_W16_C_KERNEL static inline
-#endif
-
-/* acc[r] += row r of a block of 1 interleaved weight rows (int16_t) times v, over `groups`
- * groups of 4 columns (tinyrnn/layout.py),
- * two groups per iteration; returns the next block. Exact: the exporter proved every partial
- * sum fits int64_t. */
-RNN_RELU_W16_C_KERNEL const int16_t *rnn_relu_w16_mac1_w16_acc64(const int16_t *w, const int16_t *v, int groups,
-        int64_t *acc)
+/* acc[r] += row r of a block of 1 interleaved weight rows (int16_t) times v, over `groups` groups of 4 columns
+ * (tinyrnn/layout.py), two groups per iteration; returns the next block. Exact: the exporter proved every partial sum
+ * fits int64_t. */
+static inline const int16_t *rnn_relu_w16_mac1_w16_acc64(const int16_t *w, const int16_t *v, int groups, int64_t *acc)
 {
     int64_t a0 = acc[0];
-#if RNN_RELU_W16_DSP
-    int32_t x01, x23;
-#else
     int32_t x0, x1, x2, x3;
-#endif
     int n;
     for (n = 0; n + 2 <= groups; n += 2, v += 8, w += 8) {
-#if RNN_RELU_W16_DSP
-        RNN_RELU_W16_SCHEDULE_BARRIER();
-        memcpy(&x01, v + 0, 4);
-        memcpy(&x23, v + 2, 4);
-        a0 = rnn_relu_w16_mac_w16_acc64(a0, w + 0, x01, x23);
-#else
         x0 = v[0];
         x1 = v[1];
         x2 = v[2];
@@ -204,13 +138,6 @@ RNN_RELU_W16_C_KERNEL const int16_t *rnn_relu_w16_mac1_w16_acc64(const int16_t *
         a0 += (int64_t)(w[1] * x1);
         a0 += (int64_t)(w[2] * x2);
         a0 += (int64_t)(w[3] * x3);
-#endif
-#if RNN_RELU_W16_DSP
-        RNN_RELU_W16_SCHEDULE_BARRIER();
-        memcpy(&x01, v + 4, 4);
-        memcpy(&x23, v + 6, 4);
-        a0 = rnn_relu_w16_mac_w16_acc64(a0, w + 4, x01, x23);
-#else
         x0 = v[4];
         x1 = v[5];
         x2 = v[6];
@@ -219,15 +146,8 @@ RNN_RELU_W16_C_KERNEL const int16_t *rnn_relu_w16_mac1_w16_acc64(const int16_t *
         a0 += (int64_t)(w[5] * x1);
         a0 += (int64_t)(w[6] * x2);
         a0 += (int64_t)(w[7] * x3);
-#endif
-}
+    }
     if (n < groups) {
-#if RNN_RELU_W16_DSP
-        RNN_RELU_W16_SCHEDULE_BARRIER();
-        memcpy(&x01, v + 0, 4);
-        memcpy(&x23, v + 2, 4);
-        a0 = rnn_relu_w16_mac_w16_acc64(a0, w + 0, x01, x23);
-#else
         x0 = v[0];
         x1 = v[1];
         x2 = v[2];
@@ -236,8 +156,7 @@ RNN_RELU_W16_C_KERNEL const int16_t *rnn_relu_w16_mac1_w16_acc64(const int16_t *
         a0 += (int64_t)(w[1] * x1);
         a0 += (int64_t)(w[2] * x2);
         a0 += (int64_t)(w[3] * x3);
-#endif
-w += 4;
+        w += 4;
     }
     acc[0] = a0;
     return w;
@@ -245,8 +164,8 @@ w += 4;
 #endif
 
 #if RNN_RELU_W16_DSP_KERNELS
-/* The DSP unit kernels (rnn_relu_w16_kernels.S): acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit; they
- * return the next unit's weights. */
+/* rnn_relu_w16_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit; returns the next unit's
+ * weights */
 const int16_t *rnn_relu_w16_unit1_w16_x2_h2_bx(const int16_t *w, const int16_t *xh, int64_t *acc, const int64_t *bx,
                                                const int64_t *bh);
 #endif
@@ -256,12 +175,12 @@ const int16_t *rnn_relu_w16_unit1_w16_x2_h2_bx(const int16_t *w, const int16_t *
 static const int16_t rnn_relu_w16_l0_fwd_w[8][16] = {
     { 3965, 3929, -27164, -19282, -32767, 0, 0, 0, 11482, 27693, 32767, -23647, -15379, 31480, 20195, -17543 },
     { -30649, 32767, 27463, 7883, 31537, 0, 0, 0, -11138, 31855, -20559, 21116, 19047, -31480, -32767, 10897 },
-    { -13920, -21921, 32767, -2036, 7299, 0, 0, 0, 16689, 30150, 4192, 23075, -24173, 20303, -32767, 22158 },
-    { 20989, 18710, -20330, -13731, -32767, 0, 0, 0, 4057, 23117, 14783, -25890, 389, 4734, 5380, -32767 },
-    { 1693, -13779, 8254, 1788, 32767, 0, 0, 0, -19437, -18127, -20917, 32767, 21768, 15845, -11536, -31222 },
-    { 3181, 18508, 11654, 32767, -15353, 0, 0, 0, 7547, 32767, 15783, -28632, -3144, 1440, 22507, 14982 },
-    { 29594, 25421, -14146, 21726, 32767, 0, 0, 0, -24503, -32767, 10317, 16962, 19928, 23918, 30714, -14504 },
-    { -22978, -15851, 27800, 32767, 10720, 0, 0, 0, -32767, 16497, 32495, -24537, -16958, 28843, 26311, -3222 }
+    { -13920, -21921, 32767, -2036, 7299, 0, 0, 0, 16689, 30150, 4192, 23075, -24173, 20303, -32767, 22158 }, { 20989,
+    18710, -20330, -13731, -32767, 0, 0, 0, 4057, 23117, 14783, -25890, 389, 4734, 5380, -32767 }, { 1693, -13779, 8254,
+    1788, 32767, 0, 0, 0, -19437, -18127, -20917, 32767, 21768, 15845, -11536, -31222 }, { 3181, 18508, 11654, 32767,
+    -15353, 0, 0, 0, 7547, 32767, 15783, -28632, -3144, 1440, 22507, 14982 }, { 29594, 25421, -14146, 21726, 32767, 0,
+    0, 0, -24503, -32767, 10317, 16962, 19928, 23918, 30714, -14504 }, { -22978, -15851, 27800, 32767, 10720, 0, 0, 0,
+    -32767, 16497, 32495, -24537, -16958, 28843, 26311, -3222 }
 };
 /* biases of the x parts, int64_t in accumulator units: rnn.bias_ih_l0[0:8] + rnn.bias_hh_l0[0:8] */
 static const int64_t rnn_relu_w16_l0_fwd_bx[8][1] = {
@@ -280,10 +199,9 @@ static const uint32_t rnn_relu_w16_l0_fwd_mh[8][1] = {
  * weight_hh, b_* its rows of bias_ih and bias_hh.
  * Integers (x Q3.12, h Q2.13): each gate row sums W_x x and W_h h exactly, rescales each into Q3.20 and applies
  * sigmoid_wide (Q0.15) or tanh_wide (Q0.30); state updates round once into the state's format. */
-static void rnn_relu_w16_l0_fwd(const int16_t *x, int16_t *h, int16_t *xh)
+static void rnn_relu_w16_l0_fwd(const int16_t *x, int16_t *h, int16_t *xh, const int16_t *w)
 {
     const int out_shift = 8; /* Q2.21 to h's Q2.13 */
-    const int16_t *w = &rnn_relu_w16_l0_fwd_w[0][0];
     int j;
     memcpy(xh, x, 5 * sizeof(int16_t));
     memcpy(xh + 8, h, 8 * sizeof(int16_t));
@@ -332,34 +250,28 @@ static void rnn_relu_w16_store(const int16_t *src, size_t n, int16_t *q, float *
         return;
     }
     for (k = 0; k < n; ++k) {
-        f[offset + k] = tr_to_float(src[k], scale);
+        f[offset + k] = (float)src[k] * scale; /* exact: scale is a power of two */
     }
 }
 
 /* x_t as int16: the caller's, or the float input converted into s->scratch0 */
 static const int16_t *rnn_relu_w16_input_at(rnn_relu_w16_state_t *s, const int16_t *xq, const float *xf, int t)
 {
-    if (xq != NULL) {
-        return xq + (size_t)t * 5;
-    }
+    if (xq != NULL) return xq + (size_t)t * 5;
     rnn_relu_w16_load(xf + (size_t)t * 5, s->scratch0, 5, 12);
     return s->scratch0;
 }
 
 int rnn_relu_w16_set_state_q(rnn_relu_w16_state_t *s, const int16_t *h0)
 {
-    if (s == NULL || h0 == NULL) {
-        return RNN_RELU_W16_ERR_NULL;
-    }
+    if (s == NULL || h0 == NULL) return RNN_RELU_W16_ERR_NULL;
     memcpy(s->l0_fwd_h, h0 + 0, 8 * sizeof(int16_t)); /* row 0: rnn layer 0, forward direction, Q2.13 */
     return RNN_RELU_W16_OK;
 }
 
 int rnn_relu_w16_set_state(rnn_relu_w16_state_t *s, const float *h0)
 {
-    if (s == NULL || h0 == NULL) {
-        return RNN_RELU_W16_ERR_NULL;
-    }
+    if (s == NULL || h0 == NULL) return RNN_RELU_W16_ERR_NULL;
     rnn_relu_w16_load(h0 + 0, s->l0_fwd_h, 8, 13); /* row 0: rnn layer 0, forward direction, Q2.13 */
     return RNN_RELU_W16_OK;
 }
@@ -367,42 +279,36 @@ int rnn_relu_w16_set_state(rnn_relu_w16_state_t *s, const float *h0)
 /* One step on int16 x_t; returns the step's output (in the state) */
 static const int16_t *rnn_relu_w16_step_impl(rnn_relu_w16_state_t *s, const int16_t *x_t)
 {
-    rnn_relu_w16_l0_fwd(x_t, s->l0_fwd_h, s->scratch1);
+    rnn_relu_w16_l0_fwd(x_t, s->l0_fwd_h, s->scratch1, rnn_relu_w16_l0_fwd_w[0]);
     return s->l0_fwd_h;
 }
 
 int rnn_relu_w16_step_q(rnn_relu_w16_state_t *s, const int16_t *x_t, int16_t *y_t)
 {
-    if (s == NULL || x_t == NULL || y_t == NULL) {
-        return RNN_RELU_W16_ERR_NULL;
-    }
+    if (s == NULL || x_t == NULL || y_t == NULL) return RNN_RELU_W16_ERR_NULL;
     memcpy(y_t, rnn_relu_w16_step_impl(s, x_t), 8 * sizeof(int16_t));
     return RNN_RELU_W16_OK;
 }
 
 int rnn_relu_w16_step(rnn_relu_w16_state_t *s, const float *x_t, float *y_t)
 {
-    if (s == NULL || x_t == NULL || y_t == NULL) {
-        return RNN_RELU_W16_ERR_NULL;
-    }
+    if (s == NULL || x_t == NULL || y_t == NULL) return RNN_RELU_W16_ERR_NULL;
     rnn_relu_w16_store(rnn_relu_w16_step_impl(s, rnn_relu_w16_input_at(s, NULL, x_t, 0)), 8, NULL, y_t, 0, 0x1p-13f);
     return RNN_RELU_W16_OK;
 }
 
-/* The whole sequence, from int16 (xq) or float (xf) input; each output goes to its int16
- * buffer qK or, converted, to its float buffer fK (the other one is NULL). */
+/* The whole sequence, from int16 (xq) or float (xf) input; each output goes to its int16 buffer qK or, converted, to
+ * its float buffer fK (the other one is NULL). */
 static int rnn_relu_w16_run_impl(rnn_relu_w16_state_t *s, const int16_t *xq, const float *xf, int T, int16_t *q0,
                                  float *f0)
 {
     int t;
     const int16_t *x_t;
-    if (T < 1) {
-        return RNN_RELU_W16_ERR_SEQ_LEN;
-    }
+    if (T < 1) return RNN_RELU_W16_ERR_SEQ_LEN;
     /* unidirectional: time-major, no sequence buffers */
     for (t = 0; t < T; ++t) {
         x_t = rnn_relu_w16_input_at(s, xq, xf, t);
-        rnn_relu_w16_l0_fwd(x_t, s->l0_fwd_h, s->scratch1);
+        rnn_relu_w16_l0_fwd(x_t, s->l0_fwd_h, s->scratch1, rnn_relu_w16_l0_fwd_w[0]);
         rnn_relu_w16_store(s->l0_fwd_h, 8, q0, f0, (size_t)t * 8, 0x1p-13f);
     }
     return RNN_RELU_W16_OK;
@@ -410,16 +316,12 @@ static int rnn_relu_w16_run_impl(rnn_relu_w16_state_t *s, const int16_t *xq, con
 
 int rnn_relu_w16_run_q(rnn_relu_w16_state_t *s, const int16_t *x, int T, int16_t *out0)
 {
-    if (s == NULL || x == NULL || out0 == NULL) {
-        return RNN_RELU_W16_ERR_NULL;
-    }
+    if (s == NULL || x == NULL || out0 == NULL) return RNN_RELU_W16_ERR_NULL;
     return rnn_relu_w16_run_impl(s, x, NULL, T, out0, NULL);
 }
 
 int rnn_relu_w16_run(rnn_relu_w16_state_t *s, const float *x, int T, float *out0)
 {
-    if (s == NULL || x == NULL || out0 == NULL) {
-        return RNN_RELU_W16_ERR_NULL;
-    }
+    if (s == NULL || x == NULL || out0 == NULL) return RNN_RELU_W16_ERR_NULL;
     return rnn_relu_w16_run_impl(s, NULL, x, T, NULL, out0);
 }

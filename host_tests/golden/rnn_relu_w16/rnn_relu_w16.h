@@ -12,8 +12,8 @@
 extern "C" {
 #endif
 
-/* w16a16: integer arithmetic inside; the _q functions take and return int16 values
- * v meaning v * 2^-FRAC (docs/fixed-point.md). The float functions convert exactly at the edges. */
+/* w16a16: integer arithmetic inside; the _q functions take and return int16 values v meaning v * 2^-FRAC
+ * (docs/fixed-point.md). The float functions convert exactly at the edges. */
 #define RNN_RELU_W16_INPUT_SIZE 5 /* features of one time step x_t */
 #define RNN_RELU_W16_STEP_OUTPUT_SIZE 8 /* values rnn_relu_w16_step writes */
 #define RNN_RELU_W16_MAX_SEQ_LEN 0 /* sequence buffer capacity; 0 = no limit */

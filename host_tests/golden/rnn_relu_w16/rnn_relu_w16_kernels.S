@@ -3,8 +3,7 @@
  * w16a16 formats and integers sha256: e86c6b26d8f2d7b7536a60c0752ed1d8275417f3c0e503ba66a461a8239fa4b7
  * options: calibration=calibration data, format=w16a16, max_seq_len=6
  * Do not edit: re-run tinyrnn export instead. */
-/* The unit kernels of rnn_relu_w16.c (tinyrnn/dspasm.py, tinyrnn/v6masm.py): for gcc and clang, each
- * family under the condition rnn_relu_w16.c tests; loops unrolled less at -Os. */
+/* The unit kernels of rnn_relu_w16.c (tinyrnn/dspasm.py, v6masm.py) for gcc and clang; loops unrolled less at -Os. */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
     .syntax unified
@@ -70,4 +69,7 @@ rnn_relu_w16_unit1_w16_x2_h2_bx:
     add sp, sp, #4
     pop {r1-r11, pc}
     .size rnn_relu_w16_unit1_w16_x2_h2_bx, . - rnn_relu_w16_unit1_w16_x2_h2_bx
+#endif
+#if defined(__linux__) && defined(__ELF__)
+    .section .note.GNU-stack,"",%progbits /* no executable stack on hosts that ask */
 #endif
