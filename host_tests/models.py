@@ -55,20 +55,24 @@ def table() -> list[Case]:
     ]
 
 
+def recurrent_module(cell: str, input_size: int, hidden: int, proj: int, **kw) -> nn.Module:
+    """torch's module for one of CELLS (``kw``: num_layers, bias, batch_first, bidirectional)."""
+    if cell.startswith("lstm"):
+        return nn.LSTM(input_size, hidden, proj_size=proj if cell == "lstm_proj" else 0, **kw)
+    if cell == "gru":
+        return nn.GRU(input_size, hidden, **kw)
+    return nn.RNN(input_size, hidden, nonlinearity=cell[4:], **kw)
+
+
 class Recurrent(nn.Module):
     """One torch recurrent module returning what it returns, optionally given initial state."""
 
     def __init__(self, case: Case):
         super().__init__()
-        kw = dict(num_layers=case.layers, bias=case.bias, batch_first=case.batch_first,
-                  bidirectional=case.bidirectional)
-        if case.cell.startswith("lstm"):
-            proj = 4 if case.cell == "lstm_proj" else 0
-            self.rnn: nn.Module = nn.LSTM(case.input_size, case.hidden, proj_size=proj, **kw)
-        elif case.cell == "gru":
-            self.rnn = nn.GRU(case.input_size, case.hidden, **kw)
-        else:
-            self.rnn = nn.RNN(case.input_size, case.hidden, nonlinearity=case.cell[4:], **kw)
+        self.rnn = recurrent_module(case.cell, case.input_size, case.hidden, 4,
+                                    num_layers=case.layers, bias=case.bias,
+                                    batch_first=case.batch_first,
+                                    bidirectional=case.bidirectional)
 
     def forward(self, x, state=None):  # noqa: D401 - torch signature
         return self.rnn(x, state)
@@ -98,13 +102,24 @@ _CAPTURED: dict[str, tuple] = {}
 
 
 def captured(case: Case) -> tuple[nn.Module, tuple, object]:
-    """The model, its example inputs and their torch.export program, captured once per
-    process (the float, quantized and IR tests share them)."""
+    """The model, its example inputs and their program as tinyrnn reads it (torch.export,
+    saved in memory, read by the archive reader), captured once per process (the float,
+    quantized and IR tests share them)."""
+    return _capture(case)[:3]
+
+
+def traced(case: Case):
+    """The torch.export ExportedProgram behind :func:`captured`."""
+    return _capture(case)[3]
+
+
+def _capture(case: Case) -> tuple:
     if case.id not in _CAPTURED:
-        from tinyrnn.frontend import capture
+        from tinyrnn.frontend import from_exported, trace
 
         model, args = build(case)
-        _CAPTURED[case.id] = (model, args, capture(model, args))
+        exported = trace(model, args)
+        _CAPTURED[case.id] = (model, args, from_exported(exported), exported)
     return _CAPTURED[case.id]
 
 

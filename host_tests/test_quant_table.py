@@ -4,6 +4,10 @@ compiled once (all 480 models in one host module), and compared with the bit-exa
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -20,6 +24,7 @@ from quant_cases import (
     sqnr_db,
     torch_call,
 )
+from sanitize import FINDING, Probe, Target, compile_model, sanitize
 from tinyrnn import evaluate
 from tinyrnn.api import export_program
 from tinyrnn.host import load_many
@@ -32,25 +37,80 @@ TEST_BATCH = 4
 FOLDERS: list = []  # every export of the table, filled by the fixture
 
 
+SANITIZER_STEPS = 2_100
+"""Time steps per export under the sanitizers: 480 exports x 2,100 > 10**6 steps in all."""
+
+SANITIZED: dict[str, Any] = {}  # the background sanitizer run: its targets and Future
+
+
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, request):
     """Capture each case once, export it in both formats (calibrated on 16 random sequences
-    drawn apart from the test data) and build all of them in one host module."""
+    drawn apart from the test data) and build all of them in one host module.
+
+    When the sanitizer test is collected, each export is also compiled with the sanitizers
+    in a background thread as soon as it is written (one compiler at a time), and the
+    sanitizer executables are linked and run there after the host build: that work uses the
+    second core while the exports and the tests below keep the first one busy."""
     root = tmp_path_factory.mktemp("quant_table")
+    wanted = any(item.originalname == "test_every_export_is_clean_under_the_sanitizers"
+                 for item in request.session.items)
+    pool = ThreadPoolExecutor(max_workers=1)
+    objects: dict[str, Any] = {}
     dirs, keys, info = [], [], {}
-    for case in CASES:
-        model, args, program = captured(case)
-        calibration = random_inputs(case, model, args, 16, SEQ_LEN, case.seed + 1000)
-        for fmt in FORMATS:
-            name = f"{case.name}_{fmt}"
-            manifest = export_program(program, root / name, name=name, format=fmt,
-                                      max_seq_len=SEQ_LEN, calibration=calibration)
-            dirs.append(root / name)
-            FOLDERS.append(root / name)
-            keys.append((case.id, fmt))
-            info[(case.id, fmt)] = (model, args, program, manifest)
-    compiled = dict(zip(keys, load_many(dirs)))
-    return {key: (compiled[key], *info[key]) for key in keys}
+    try:
+        for case in CASES:
+            model, args, program = captured(case)
+            calibration = random_inputs(case, model, args, 16, SEQ_LEN, case.seed + 1000)
+            for fmt in FORMATS:
+                name = f"{case.name}_{fmt}"
+                manifest = export_program(program, root / name, name=name, format=fmt,
+                                          max_seq_len=SEQ_LEN, calibration=calibration)
+                dirs.append(root / name)
+                FOLDERS.append(root / name)
+                keys.append((case.id, fmt))
+                info[(case.id, fmt)] = (model, args, program, manifest)
+                if wanted:
+                    objects[name] = pool.submit(compile_model, root / name, name,
+                                                root / "sanitize")
+        compiled = dict(zip(keys, load_many(dirs)))
+        if wanted:
+            targets = [_sanitizer_target(d, info[key][3], k) for k, (d, key) in
+                       enumerate(zip(dirs, keys))]
+            SANITIZED["targets"] = targets
+            SANITIZED["result"] = pool.submit(  # after every compile (one worker, in order)
+                lambda: sanitize(targets, root / "sanitize", 2, 1,
+                                 {n: f.result() for n, f in objects.items()}))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=False)
+    yield {key: (compiled[key], *info[key]) for key in keys}
+    if "result" in SANITIZED:  # do not leave the compilers running past the module
+        SANITIZED["result"].exception()
+
+
+def _sanitizer_target(directory, manifest: dict, seed: int) -> Target:
+    """An export with its sanitizer budget and two probes from reset: int16 values with the
+    extremes through run_q, floats with NaN, +-Inf, +-FLT_MAX and denormals through run."""
+    rng = np.random.default_rng(10_000 + seed)
+    api = manifest["interface"]
+    steps = min(SEQ_LEN, api.get("max_seq_len") or SEQ_LEN)
+    xq = rng.integers(-32768, 32768, size=(steps, api["input_size"])).astype(np.int16)
+    xq.flat[:4] = (-32768, 32767, 0, -1)[: xq.size]
+    xf = rng.normal(size=(steps, api["input_size"])).astype(np.float32)
+    special = np.array([np.nan, np.inf, -np.inf, np.finfo(np.float32).max,
+                        -np.finfo(np.float32).max, np.finfo(np.float32).smallest_subnormal,
+                        -0.0, 1e30], dtype=np.float32)
+    xf.flat[rng.choice(xf.size, size=min(xf.size, 6), replace=False)] = rng.choice(special, 6)
+    states = {}
+    for spec in api["forward_inputs"]:
+        if spec["role"] in ("h0", "c0"):
+            states[spec["role"]] = rng.integers(-32768, 32768, size=spec["size"]).astype(np.int16)
+    probes = [Probe(xq, states.get("h0"), states.get("c0")),
+              Probe(xf, *(None if v is None else (v / 32768.0).astype(np.float32)
+                          for v in (states.get("h0"), states.get("c0"))))]
+    return Target(Path(directory), manifest, SANITIZER_STEPS, probes, seed=seed + 1)
 
 
 SQNR: dict[tuple[str, str], float] = {}
@@ -166,3 +226,51 @@ def test_generated_files_carry_nothing_unused_and_keep_their_shape(exported):
                 if path.suffix in (".c", ".h", ".S") for problem in layout_problems(path)]
     assert problems == [], problems[:20]
     assert unused_warnings([folder / f"{folder.name}.c" for folder in FOLDERS]) == []
+
+
+def test_every_export_is_clean_under_the_sanitizers(exported):
+    """Every export of the table, compiled with ASan + UBSan (-fno-sanitize-recover=all) and
+    driven from C for 2,100 random time steps each (over 10**6 in all, int16 extremes and
+    special floats included, error paths too): no finding, every return code as documented,
+    and the sanitized build (-O0) gives the host build's (-O2) outputs bit for bit."""
+    result = SANITIZED["result"].result()
+    total = sum(result.steps.values())
+    print(f"\nsanitizers: {len(result.steps)} exports, {total:,} time steps, 0 findings "
+          f"(compile {result.seconds_compile:.0f} s in the background, run "
+          f"{result.seconds_run:.1f} s)")
+    assert len(result.steps) == len(exported) and total >= 10**6
+    by_name = {compiled.name: compiled for compiled, *_ in exported.values()}
+    for target in SANITIZED["targets"]:
+        compiled = by_name[target.name]
+        for probe, got in zip(target.probes, result.probes[target.name], strict=True):
+            sample = {"x": probe.x}
+            for role in ("h0", "c0"):
+                if getattr(probe, role) is not None:
+                    sample[role] = getattr(probe, role)
+            host = (compiled.run_sample_q(sample) if probe.x.dtype == np.int16
+                    else compiled.run_sample(sample))
+            for k, (g, h) in enumerate(zip(got, host, strict=True)):
+                assert g.tobytes() == h.tobytes(), (
+                    f"{target.name} out{k}: {first_mismatch(g, h)}")
+
+
+def test_the_sanitizers_catch_an_overflow_and_signed_overflow(tmp_path):
+    """The flags and the finding pattern of the sanitizer test are live: a write one past a
+    malloc'd buffer and a signed int overflow are both reported."""
+    import os
+    import subprocess
+
+    from sanitize import ENV, SANITIZE
+
+    bugs = {"heap": "int *p = malloc(3 * sizeof *p); p[argc + 2] = 1; free(p); return 0;",
+            "signed": "int x = INT_MAX - 1 + argc; x += argc; return x == 0;"}
+    for kind, body in bugs.items():
+        source = tmp_path / f"{kind}.c"
+        source.write_text("#include <limits.h>\n#include <stdlib.h>\n"
+                          f"int main(int argc, char **argv) {{ (void)argv; {body} }}\n")
+        exe = tmp_path / kind
+        subprocess.run(["gcc", "-std=c99", "-O0", *SANITIZE, str(source), "-o", str(exe)],
+                       check=True)
+        done = subprocess.run([str(exe)], capture_output=True, text=True,
+                              env=dict(os.environ, **ENV), check=False)
+        assert done.returncode != 0 and FINDING.search(done.stderr), (kind, done.stderr)

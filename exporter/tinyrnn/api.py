@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,10 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checks import check_name, check_number
 from .errors import TinyRNNError
 from .frontend import capture, read_program
-from .ir import Model
-from .render import check_name, render
+from .ir import Dense, Model, RecurrentLayer, SelectStep
+from .pt2 import Program
+from .render import render
 
 FORMATS = ("w8a16", "w16a16", "float32")
 DEFAULT_FORMAT = "w8a16"
@@ -21,6 +24,34 @@ DEFAULT_FORMAT = "w8a16"
 
 class CalibrationWarning(UserWarning):
     """Exported without calibration data: the formats come from the example input only."""
+
+
+class CalibrationRangeWarning(CalibrationWarning):
+    """The calibration data cannot set a range: a feature of x never changes in it."""
+
+
+def warn_constant_features(model: Model, x: np.ndarray, source: str) -> None:
+    """Warn (:class:`CalibrationRangeWarning`) when features of ``x`` (``(B, T, I)``) take a
+    single value over all the calibration data: all-zero or constant data gives formats
+    that real inputs overflow (about 14 dB SQNR on the example model)."""
+    flat = x.reshape(-1, x.shape[-1])
+    constant = np.flatnonzero(np.all(flat == flat[:1], axis=0))
+    if constant.size == 0:
+        return
+    position = next(k for k, spec in enumerate(model.inputs) if spec.role == "x")
+    shown = ", ".join(f"{k} (always {float(flat[0, k]):g})" for k in constant[:6])
+    if constant.size > 6:
+        shown += f" and {constant.size - 6} more"
+    every = " (every feature: the data is constant)" if constant.size == flat.shape[1] else ""
+    warnings.warn(
+        f"the {source} has a single value in x (in{position}) feature(s) {shown} over all "
+        f"its {x.shape[0]} sequence(s) x {x.shape[1]} step(s){every}, so it cannot set the "
+        "range of real inputs; the integer formats calibrated on it may saturate on them "
+        "(all-zero data gives about 14 dB SQNR). Pass representative sequences with "
+        "--calibration X.npy (or calibration= in the API).",
+        CalibrationRangeWarning,
+        stacklevel=4,
+    )
 
 
 def _flat_arrays(value: Any) -> list[np.ndarray]:
@@ -32,16 +63,14 @@ def _flat_arrays(value: Any) -> list[np.ndarray]:
     return [np.asarray(value)]
 
 
-def example_arrays(program: torch.export.ExportedProgram) -> list[np.ndarray]:
-    """The example inputs torch.export recorded with the program, as flat arrays."""
-    example = getattr(program, "example_inputs", None)
-    if not example:
+def example_arrays(program: Program) -> list[np.ndarray]:
+    """The example inputs saved with the program, as flat arrays."""
+    if not program.example_inputs:
         raise TinyRNNError(
             "the model archive holds no example inputs and no calibration data was given; "
             "pass --calibration X.npy (or calibration= in the API)"
         )
-    args, kwargs = example
-    return _flat_arrays(args) + _flat_arrays(tuple(kwargs.values()))
+    return list(program.example_inputs)
 
 
 def quantize_model(
@@ -70,12 +99,60 @@ def quantize_model(
     else:
         batch = batch_from_arrays(model, calibration, "the calibration data")
         source = "calibration data"
+    warn_constant_features(model, batch.x, source)
     ranges = calibrate(model, batch, source)
     return quantize(model, format, choose_formats(model, ranges), ranges)
 
 
+MAX_SEQ_LEN = 2**31 - 1
+"""The C API's sequence length is an ``int T``."""
+
+MAX_SEQUENCE_BUFFER_BYTES = 16 << 20
+"""Bidirectional models keep two sequence buffers of ``max_seq_len`` steps in NAME_state_t.
+16 MiB of them is more RAM than any Cortex-M part has; a larger --max-seq-len is a typo."""
+
+
+def check_options(format: str, name: str, max_seq_len: int | None) -> None:
+    """The export options that need no model: checked before anything is loaded."""
+    if format not in FORMATS:
+        raise TinyRNNError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    check_name(name)
+    if max_seq_len is not None and (isinstance(max_seq_len, bool)
+                                    or not isinstance(max_seq_len, numbers.Integral)):
+        raise TinyRNNError(f"--max-seq-len must be a whole number, not {max_seq_len!r}")
+    check_number("--max-seq-len", max_seq_len, minimum=1, maximum=MAX_SEQ_LEN,
+                 why="the C API's sequence length is an int")
+
+
+def _width(layer: Any) -> int:
+    if isinstance(layer, RecurrentLayer):
+        return layer.output_size
+    if isinstance(layer, Dense):
+        return layer.out_features
+    return layer.features
+
+
+def check_sequence_buffers(model: Model, format: str) -> None:
+    """Refuse a --max-seq-len whose sequence buffers (bidirectional models) would exceed
+    :data:`MAX_SEQUENCE_BUFFER_BYTES`."""
+    if not model.bidirectional:
+        return
+    widest = max([1] + [_width(layer) for layer in model.layers
+                        if not isinstance(layer, SelectStep)])
+    per_step = 2 * widest * (4 if format == "float32" else 2)
+    need = model.max_seq_len * per_step
+    if need > MAX_SEQUENCE_BUFFER_BYTES:
+        raise TinyRNNError(
+            f"--max-seq-len {model.max_seq_len} needs two sequence buffers of "
+            f"{model.max_seq_len} steps x {widest} features ({need / (1 << 20):,.0f} MiB of "
+            f"scratch in the state struct); the limit is "
+            f"{MAX_SEQUENCE_BUFFER_BYTES >> 20} MiB, more RAM than any Cortex-M has: this "
+            f"model allows at most --max-seq-len {MAX_SEQUENCE_BUFFER_BYTES // per_step}"
+        )
+
+
 def export_program(
-    program: torch.export.ExportedProgram,
+    program: Program,
     out_dir: str | Path,
     *,
     format: str = DEFAULT_FORMAT,
@@ -83,17 +160,14 @@ def export_program(
     max_seq_len: int | None = None,
     calibration: Any = None,
 ) -> dict:
-    """Export an already captured program; returns the manifest.
+    """Export a program (read from an archive, or captured); returns the manifest.
 
     ``calibration``: for the integer formats, representative inputs in the forward's form
     (one array, or a list/tuple such as ``[x, h0, c0]``), usually many sequences.
     """
-    if format not in FORMATS:
-        raise TinyRNNError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
-    check_name(name)
-    if max_seq_len is not None and max_seq_len < 1:
-        raise TinyRNNError(f"--max-seq-len must be at least 1, not {max_seq_len}")
+    check_options(format, name, max_seq_len)
     model = read_program(program, max_seq_len)
+    check_sequence_buffers(model, format)
     options: dict[str, Any] = {"format": format, "max_seq_len": model.max_seq_len}
     quantized = None
     if format != "float32":

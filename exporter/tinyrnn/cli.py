@@ -20,15 +20,25 @@ EXIT_MISMATCH = 1
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .api import CalibrationWarning, export_program
+    from .api import CalibrationWarning, check_options, export_program
     from .frontend import load_program
     from .io import load_inputs
+    from .outputs import check_folder
+    from .package import check_library_name, package_options_given
 
-    program = load_program(args.model)
-    calibration = load_inputs(args.calibration) if args.calibration else None
-    if calibration is not None and args.format == "float32":
+    # the options first: a typo fails in a moment, before the model is loaded
+    check_options(args.format, args.name, args.max_seq_len)
+    check_folder(args.out, "--out")
+    if args.package is not None:  # refuse a form or a name the package cannot take up front
+        check_library_name(args.name, args.package)
+    elif package_options_given(args):
+        raise TinyRNNError("--input, --lib-version, --url and --force apply to the library of "
+                           "--package FORM; add --package or drop them")
+    if args.calibration is not None and args.format == "float32":
         raise TinyRNNError("--calibration applies to the integer formats (w8a16, w16a16), "
                            "not float32; drop it or choose an integer --format")
+    calibration = load_inputs(args.calibration) if args.calibration else None
+    program = load_program(args.model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
         manifest = export_program(
@@ -47,18 +57,27 @@ def _export(args: argparse.Namespace) -> int:
         f"({manifest['format']}; weights {sizes['weights_bytes']} B, state "
         f"{sizes['state_bytes']} B, scratch {sizes['scratch_bytes']} B)"
     )
+    if args.package is not None:
+        from .package import default_package_dir, package_from_args
+
+        out = args.package_out or default_package_dir(args.out, args.package)
+        print(package_from_args(args, Path(args.out), args.package, out).format())
     return 0
 
 
 def _run_host(args: argparse.Namespace) -> int:
-    from .host import load
-    from .io import load_inputs, save_outputs
+    from .host import load, read_manifest
+    from .io import load_inputs, save_outputs, split_inputs
+    from .outputs import check_file, npz_path
 
+    check_file(npz_path(args.output), "--output")
+    manifest = read_manifest(args.dir)
     inputs = load_inputs(args.input)
+    split_inputs(manifest["interface"], inputs)  # bad input fails before the compile
     outputs = load(args.dir).run(*inputs)
-    save_outputs(args.output, outputs)
+    written = save_outputs(args.output, outputs)
     shapes = ", ".join(f"out{i} {tuple(o.shape)}" for i, o in enumerate(outputs))
-    print(f"wrote {args.output}: {shapes}")
+    print(f"wrote {written}: {shapes}")
     return 0
 
 
@@ -100,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("export", help="write NAME.h/.c/.json from a torch.export archive")
+    p.add_argument("--package", metavar="FORM", default=None,
+                   help="also write the export as a library: cmake, zephyr, arduino, "
+                        "platformio or cmsis-pack (see `tinyrnn package`)")
+    p.add_argument("--package-out", type=Path, default=None, metavar="PKGDIR",
+                   help="the library folder of --package (default: OUT-FORM beside OUT)")
     p.add_argument("model", help="a .pt2 archive written by torch.export.save")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", default="w8a16", choices=("w8a16", "w16a16", "float32"),
@@ -113,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="sequence buffer capacity for bidirectional models "
                         "(default: the example input's length)")
+    from .package import add_package_options
+
+    add_package_options(p.add_argument_group("library options (with --package)"))
     p.set_defaults(func=_export)
 
     p = sub.add_parser("run-host", help="compile the exported C on the host and run it")
@@ -140,9 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_example)
 
     # the board (cross.py) and measurement (profile.py, report.py) commands
-    from . import cross, profile, report
+    from . import cross, package, profile, report
 
-    for module in (cross, profile, report):
+    for module in (cross, profile, report, package):
         module.register_cli(sub)
     return parser
 

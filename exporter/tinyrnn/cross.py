@@ -30,10 +30,12 @@ from elftools.elf.sections import SymbolTableSection
 
 from . import toolchain
 from .boards import Board, list_boards, load_board
+from .checks import check_number
 from .errors import TinyRNNError
 from .host import read_manifest
 from .interface import CInterface, from_manifest
 from .io import assemble_outputs, load_inputs, save_outputs, split_inputs
+from .outputs import check_file, install_file, npz_path
 from .resources import resource_dir
 
 GCC = toolchain.GCC
@@ -221,8 +223,7 @@ def build(jobs: Sequence[ModelInputs], board: Board, work_dir: str | Path,
     objects = [c.output for c in compiles]
     _check_fits(board, model_objects, objects[:2])
 
-    elf = Path(output) if output is not None else work / "app.elf"
-    elf.parent.mkdir(parents=True, exist_ok=True)
+    elf = work / "app.elf"
     map_file = work / "app.map"
     try:
         toolchain.link(objects, elf, board.cpu_flags, f"linking for {board.name}",
@@ -237,6 +238,8 @@ def build(jobs: Sequence[ModelInputs], board: Board, work_dir: str | Path,
                 "test inputs, or choose a bigger board") from None
         raise
     sizes = _size_report(board, elf, map_file, model_objects, harness=objects[1])
+    if output is not None:  # the image appears there only complete (tinyrnn.outputs)
+        elf = install_file(elf, output, "-o")
     return Firmware(elf=elf, board=board, jobs=jobs, sizes=sizes)
 
 
@@ -244,10 +247,11 @@ def _check_jobs(jobs: Sequence[ModelInputs]) -> None:
     if not jobs:
         raise TinyRNNError("no model to build")
     names = [job.model.name for job in jobs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    upper = [n.upper() for n in names]  # the headers' macros and include guards
+    duplicates = sorted({n for n in names if upper.count(n.upper()) > 1})
     if duplicates:
-        raise TinyRNNError(f"models in one image need different names; {', '.join(duplicates)} "
-                           "appears more than once (export with name=...)")
+        raise TinyRNNError(f"models in one image need names that differ in more than letter "
+                           f"case; {', '.join(duplicates)} clash (export with name=...)")
     for job in jobs:
         if not job.samples:
             raise TinyRNNError(f"model {job.model.name!r} has no input sample to run")
@@ -402,6 +406,7 @@ def _kib(size: int) -> str:
 def run_qemu(firmware: Firmware, timeout: float = DEFAULT_TIMEOUT) -> QemuRun:
     """Run an image under qemu-system-arm and decode what the harness printed."""
     board = firmware.board
+    check_number("--timeout", timeout, above=0.0)
     _require_emulated(board)
     assert board.qemu_machine is not None
     started = time.monotonic()
@@ -635,6 +640,7 @@ def _build_from_args(args: argparse.Namespace, work: str) -> Firmware:
     else:
         samples = (model.zero_sample(),)
     output = args.output or Path(f"{model.name}-{board.name}.elf")
+    check_file(output, "-o")
     return build([ModelInputs(model, samples)], board, work, output=output)
 
 
@@ -647,12 +653,14 @@ def _cli_build(args: argparse.Namespace) -> int:
 
 
 def _cli_run(args: argparse.Namespace) -> int:
+    check_number("--timeout", args.timeout, above=0.0)
+    check_file(npz_path(args.output), "--output")
     board = load_board(args.board)
     _require_emulated(board)
     inputs = load_inputs(args.input)
     outputs, firmware, result = run(args.dir, board, inputs, timeout=args.timeout)
-    save_outputs(args.output, outputs)
-    print(f"wrote {args.output}: {len(outputs)} output(s) of {len(firmware.jobs[0].samples)} "
+    written = save_outputs(args.output, outputs)
+    print(f"wrote {written}: {len(outputs)} output(s) of {len(firmware.jobs[0].samples)} "
           f"sample(s) from {board.name} in {result.seconds:.2f} s; stack used "
           f"{result.stack_peak} of {board.stack_size} bytes")
     return 0

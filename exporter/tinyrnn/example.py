@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import TinyRNNError
+
 CLASSES = ("sine", "square", "sawtooth", "chirp")
 FEATURES = 3
 SEQ_LEN = 24
@@ -72,29 +74,42 @@ def train(seed: int = 0, steps: int = 300) -> tuple[GestureLSTM, float]:
 
 
 def main(out_dir: Path, board: str = "mps2-an386", fmt: str = "w8a16") -> int:
-    """Train, save as .pt2, export, compile on the host, verify, run on a board; report."""
+    """Train, save as .pt2, export, compile on the host, verify, run on a board; report.
+
+    The files appear in ``out_dir`` when the run is complete (:mod:`tinyrnn.outputs`)."""
+    from .api import FORMATS
+    from .boards import load_board
+    from .outputs import output_folder
+
+    if fmt not in FORMATS:
+        raise TinyRNNError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    load_board(board)  # an unknown board fails before the training
+    with output_folder(out_dir, "--out") as work:
+        return _run(work, Path(out_dir), board, fmt)
+
+
+def _run(out_dir: Path, shown: Path, board: str, fmt: str) -> int:
+    """:func:`main` in the staging folder ``out_dir``; messages name ``shown``."""
     from .api import export_program
-    from .frontend import capture, load_program
+    from .frontend import archive_bytes, load_program, trace
     from .host import load
     from .verify import torch_outputs, verify
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     model, seconds = train()
     x_calib, _ = make_task(256, seed=2)
     x_test, y_test = make_task(256, seed=1)
     np.save(out_dir / "x_test.npy", x_test)
     np.save(out_dir / "x_calibration.npy", x_calib)
     archive = out_dir / "gesture.pt2"
-    program = capture(model, (torch.from_numpy(x_test[:2]),))
-    torch.export.save(program, str(archive))
+    archive.write_bytes(archive_bytes(trace(model, (torch.from_numpy(x_test[:2]),))))
     print(f"trained GestureLSTM (LSTM 3->16, Linear 16->4, softmax) in {seconds:.1f} s; "
-          f"saved {archive}")
+          f"saved {shown / archive.name}")
 
     c_dir = out_dir / "c"
     manifest = export_program(load_program(archive), c_dir, format=fmt, name="gesture",
                               calibration=None if fmt == "float32" else [x_calib])
     sizes = manifest["sizes"]
-    print(f"exported {c_dir}/gesture.c, gesture.h, gesture.json ({fmt}; weights "
+    print(f"exported {shown / c_dir.name}/gesture.c, gesture.h, gesture.json ({fmt}; weights "
           f"{sizes['weights_bytes']} B, state {sizes['state_bytes']} B, scratch "
           f"{sizes['scratch_bytes']} B)")
 

@@ -1,18 +1,20 @@
-"""Frontend: a torch.export graph -> the IR (:class:`tinyrnn.ir.Model`).
+"""Frontend: a program (the restricted graph of :mod:`tinyrnn.graph`) -> the IR
+(:class:`tinyrnn.ir.Model`).
+
+Programs come from ``.pt2`` archives read by :mod:`tinyrnn.pt2`, which executes nothing from
+the file. A model in memory is captured with torch.export, saved into memory with
+``torch.export.save`` and read back by the same reader, so both paths meet at one graph form.
 
 The graph is read node by node. Values are tracked by what they mean for the generated C
 (the data path's sequence or vector, a recurrent module's h_n/c_n, an initial state); every
 node that cannot be expressed is collected, and one :class:`TinyRNNError` lists them all with
-the user's source line.
+the module they belong to and the user's source line.
 """
 
 from __future__ import annotations
 
-import contextlib
-import operator
-import pickle
+import io
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cells import cell_spec
 from .errors import TinyRNNError
+from .graph import GraphError, Node, TensorRef
 from .ir import (
     Activation,
     Dense,
@@ -38,119 +42,65 @@ from .ir import (
     Tensor,
     split_gates,
 )
-
-aten = torch.ops.aten
+from .pt2 import Program, read_archive
+from .pt2 import load as load_archive
+from .safezip import printable
 
 _RECURRENT = {
-    aten.lstm.input: "lstm",
-    aten.gru.input: "gru",
-    aten.rnn_tanh.input: "rnn_tanh",
-    aten.rnn_relu.input: "rnn_relu",
+    "aten.lstm.input": "lstm",
+    "aten.gru.input": "gru",
+    "aten.rnn_tanh.input": "rnn_tanh",
+    "aten.rnn_relu.input": "rnn_relu",
 }
 _ELEMENTWISE = {
-    aten.relu.default: "relu",
-    aten.tanh.default: "tanh",
-    aten.sigmoid.default: "sigmoid",
+    "aten.relu.default": "relu",
+    "aten.tanh.default": "tanh",
+    "aten.sigmoid.default": "sigmoid",
 }
 _LAST_AXIS = {
-    aten.softmax.int: "softmax",
-    aten._softmax.default: "softmax",
-    aten.log_softmax.int: "log_softmax",
-    aten._log_softmax.default: "log_softmax",
+    "aten.softmax.int": "softmax",
+    "aten._softmax.default": "softmax",
+    "aten.log_softmax.int": "log_softmax",
+    "aten._log_softmax.default": "log_softmax",
 }
+_DROPOUT = {"aten.dropout.default", "aten.feature_dropout.default", "aten.alpha_dropout.default"}
 _IDENTITY = {
-    aten.dropout.default,
-    aten.clone.default,
-    aten.alias.default,
-    aten.detach.default,
-    aten.contiguous.default,
-    aten.feature_dropout.default,
-    aten.alpha_dropout.default,
+    *_DROPOUT,
+    "aten.clone.default",
+    "aten.alias.default",
+    "aten.detach.default",
+    "aten.contiguous.default",
 }
 _VIEWS = {
-    aten.view.default,
-    aten.reshape.default,
-    aten._unsafe_view.default,
-    aten.flatten.using_ints,
-    aten.squeeze.dim,
-    aten.squeeze.dims,
-    aten.squeeze.default,
-    aten.unsqueeze.default,
+    "aten.view.default",
+    "aten.reshape.default",
+    "aten._unsafe_view.default",
+    "aten.flatten.using_ints",
+    "aten.squeeze.dim",
+    "aten.squeeze.dims",
+    "aten.squeeze.default",
+    "aten.unsqueeze.default",
 }
-_ZEROS = {aten.zeros.default, aten.zeros_like.default, aten.new_zeros.default}
+_ZEROS = {"aten.zeros.default", "aten.zeros_like.default", "aten.new_zeros.default"}
+_SELECT = {"aten.select.int", "aten.slice.Tensor"}
 _KNOWN = {
-    *_RECURRENT, *_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_ZEROS,
-    operator.getitem, aten.linear.default, aten.select.int, aten.slice.Tensor,
-    aten.transpose.int,
+    *_RECURRENT, *_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_ZEROS, *_SELECT,
+    "aten.linear.default", "aten.transpose.int",
 }
+MAX_LAYERS = 64
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading archives without executing code from them
+# Programs: from a file (untrusted) or from a model in memory
 
 
-@contextlib.contextmanager
-def _no_code_execution() -> Iterator[None]:
-    """Make torch.export.load refuse anything that would unpickle arbitrary objects.
-
-    torch.export.load falls back to ``torch.load(weights_only=False)`` and ``pickle.loads`` for
-    some payloads; inside this context those raise instead, so a crafted archive cannot run
-    code. Plain tensors and the JSON graph load as usual.
-    """
-    real_load = torch.load
-    real_pickle_load_obj = torch._C._pickle_load_obj
-    package = __import__("torch.export.pt2_archive._package", fromlist=["pickle"])
-
-    def safe_load(*args: Any, **kwargs: Any) -> Any:
-        kwargs["weights_only"] = True
-        return real_load(*args, **kwargs)
-
-    def refuse(*_args: Any, **_kwargs: Any) -> Any:
-        raise pickle.UnpicklingError("refusing to unpickle a Python object from a model file")
-
-    class _SafePickle:
-        loads = staticmethod(refuse)
-        UnpicklingError = pickle.UnpicklingError
-
-    torch.load = safe_load  # type: ignore[assignment]
-    torch._C._pickle_load_obj = refuse  # type: ignore[attr-defined]
-    saved_pickle = package.pickle
-    package.pickle = _SafePickle  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        torch.load = real_load  # type: ignore[assignment]
-        torch._C._pickle_load_obj = real_pickle_load_obj  # type: ignore[attr-defined]
-        package.pickle = saved_pickle  # type: ignore[attr-defined]
+def load_program(path: str | Path) -> Program:
+    """Read an archive written by ``torch.export.save`` without executing anything from it."""
+    return load_archive(path)
 
 
-def load_program(path: str | Path) -> torch.export.ExportedProgram:
-    """Load an archive written by ``torch.export.save``, without executing code from it."""
-    path = Path(path)
-    if not path.exists():
-        raise TinyRNNError(f"model file {path} does not exist")
-    if not path.is_file():
-        raise TinyRNNError(f"model path {path} is not a file")
-    try:
-        with _no_code_execution():
-            program = torch.export.load(str(path))
-    except pickle.UnpicklingError as exc:
-        raise TinyRNNError(
-            f"{path} contains pickled Python objects, which tinyrnn does not load (they could "
-            f"run code): {exc}. Export a plain nn.Module with torch.export.export and save it "
-            "with torch.export.save."
-        ) from None
-    except Exception as exc:  # torch raises many types for a malformed archive
-        raise TinyRNNError(
-            f"{path} is not a torch.export archive ({type(exc).__name__}: {exc}). Create one "
-            "with: torch.export.save(torch.export.export(model.eval(), example_inputs), "
-            "'model.pt2')"
-        ) from None
-    return program
-
-
-def capture(model: torch.nn.Module, example_inputs: tuple) -> torch.export.ExportedProgram:
-    """Capture ``model`` with torch.export (in eval mode, so dropout is off)."""
+def trace(model: torch.nn.Module, example_inputs: tuple) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` (in eval mode, so dropout is off)."""
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     was_training = model.training
@@ -166,6 +116,24 @@ def capture(model: torch.nn.Module, example_inputs: tuple) -> torch.export.Expor
         ) from None
     finally:
         model.train(was_training)
+
+
+def archive_bytes(exported: torch.export.ExportedProgram) -> bytes:
+    """The ``.pt2`` archive of a program, as ``torch.export.save`` writes it, in memory."""
+    buffer = io.BytesIO()
+    torch.export.save(exported, buffer)
+    return buffer.getvalue()
+
+
+def from_exported(exported: torch.export.ExportedProgram) -> Program:
+    """A program captured in this process, saved into memory and read back by the archive
+    reader: the in-process API and the file path share one code path."""
+    return read_archive(archive_bytes(exported), "the captured program")
+
+
+def capture(model: torch.nn.Module, example_inputs: tuple) -> Program:
+    """Capture ``model`` with torch.export and read it as tinyrnn reads any archive."""
+    return from_exported(trace(model, example_inputs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,66 +181,106 @@ class _Const:
     tensor: np.ndarray
 
 
-def _user_line(node: torch.fx.Node) -> str:
+@dataclass(frozen=True)
+class _Problem:
+    target: str
+    why: str
+    node: Node | None
+
+
+def _user_line(node: Node | None) -> str:
     """The user's own source line from the node's stack trace (not torch's internals)."""
-    trace = node.meta.get("stack_trace") or ""
-    lines = trace.strip().splitlines()
+    lines = (node.stack_trace if node else "").strip().splitlines()
     best = ""
     for i, line in enumerate(lines):
         text = line.strip()
         if text.startswith("File ") and "/torch/" not in text:
             code = lines[i + 1].strip() if i + 1 < len(lines) else ""
-            best = f"{text.removeprefix('File ')}: {code}".strip()
-    return best or "(no source line recorded)"
+            code = "" if code.startswith("File ") else code
+            best = f"{text.removeprefix('File ')}: {code}".strip().rstrip(":")
+    return printable(best, 240) if best else "(no source line recorded)"
 
 
-def _shape(node: torch.fx.Node) -> tuple[int, ...]:
-    val = node.meta.get("val")
-    if isinstance(val, (tuple, list)):
-        val = val[0]
-    if val is None or not hasattr(val, "shape"):
-        return ()
-    try:
-        return tuple(int(d) for d in val.shape)
-    except TypeError:  # symbolic sizes
-        raise TinyRNNError(
-            f"node {node.name} has a dynamic shape; export with static example shapes "
-            "(tinyrnn's C handles any sequence length at run time anyway)"
-        ) from None
+def describe_problems(problems: list[_Problem]) -> list[str]:
+    """One line per (operation, reason, module): repeats are counted, not listed again."""
+    groups: dict[tuple[str, str, str], list[_Problem]] = {}
+    for problem in problems:
+        module = problem.node.module if problem.node else None
+        key = (problem.target, problem.why, module.path if module else "")
+        groups.setdefault(key, []).append(problem)
+    lines = []
+    for (target, why, path), members in groups.items():
+        first = members[0].node
+        count = f" x {len(members)}" if len(members) > 1 else ""
+        where = [f"{path} ({first.module.short_type})"] if first and first.module else []
+        where.append(_user_line(first))
+        lines.append(f"{target}{count} ({why}) at {', '.join(where)}")
+    return lines
 
 
 def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(d for d in shape if d != 1)
 
 
-class _Reader:
-    """Walks one exported graph and builds the IR."""
+def _is_int(value: Any) -> bool:
+    return type(value) is int
 
-    def __init__(self, program: torch.export.ExportedProgram, max_seq_len: int | None):
+
+class _Reader:
+    """Walks one program's graph and builds the IR."""
+
+    def __init__(self, program: Program, max_seq_len: int | None):
         self.program = program
+        self.graph = program.graph
         self.max_seq_len = max_seq_len
-        self.values: dict[torch.fx.Node, Any] = {}
+        self.values: dict[str, Any] = {}
+        self.producer: dict[str, Node] = {}
         self.layers: list[Layer] = []
         self.groups: list[StateGroup] = []
         self.group_inputs: dict[int, tuple[int, ...]] = {}  # group -> user input indices
-        self.problems: list[str] = []
+        self.problems: list[_Problem] = []
         self.bad_weights: list[str] = []
         self.inputs: dict[int, InputSpec] = {}
         self.x_index: int | None = None
         self.seq_len = 0
 
     # -- helpers -------------------------------------------------------------------------------
-    def fail(self, node: torch.fx.Node, why: str) -> None:
-        self.problems.append(f"{node.target} ({why}) at {_user_line(node)}")
-        self.values[node] = _FAILED
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.graph.tensors[name].shape
 
-    def const(self, node: Any) -> _Const | None:
-        value = self.values.get(node) if isinstance(node, torch.fx.Node) else None
+    def out_shape(self, node: Node) -> tuple[int, ...]:
+        return self.shape(node.outputs[0]) if node.outputs and node.outputs[0] else ()
+
+    def set(self, node: Node, value: Any) -> None:
+        """The value of the node's (first) output."""
+        if node.outputs and node.outputs[0] is not None:
+            self.values[node.outputs[0]] = value
+
+    def value(self, arg: Any) -> Any:
+        return self.values.get(arg.name) if isinstance(arg, TensorRef) else None
+
+    def fail(self, node: Node, why: str) -> None:
+        self.problems.append(_Problem(node.target, why, node))
+        for out in node.outputs:
+            if out is not None:
+                self.values[out] = _FAILED
+
+    def shape_is(self, node: Node, name: str | None, expected: tuple[int, ...]) -> bool:
+        """Whether the shape the archive records for ``name`` is the one the weights imply;
+        if not, the node is reported (a crafted or damaged archive)."""
+        if name is None or self.shape(name) == tuple(expected):
+            return True
+        self.fail(node, f"the archive records shape {list(self.shape(name))} for {name} "
+                        f"where the model computes {list(expected)}")
+        return False
+
+    def const(self, arg: Any) -> _Const | None:
+        value = self.value(arg)
         return value if isinstance(value, _Const) else None
 
-    def current(self, node: torch.fx.Node, arg: Any) -> _Data | None:
+    def current(self, node: Node, arg: Any) -> _Data | None:
         """The data value ``arg`` if it is the data path's latest value, else record why not."""
-        value = self.values.get(arg) if isinstance(arg, torch.fx.Node) else None
+        value = self.value(arg)
         if not isinstance(value, _Data):
             self.fail(node, "its input is not the model's sequence data")
             return None
@@ -283,37 +291,28 @@ class _Reader:
 
     # -- the walk ------------------------------------------------------------------------------
     def read(self) -> Model:
-        sig = self.program.graph_signature
-        state = {**self.program.state_dict, **self.program.constants}
-        by_placeholder: dict[str, str] = {
-            **sig.inputs_to_parameters,
-            **sig.inputs_to_buffers,
-            **sig.inputs_to_lifted_tensor_constants,
-        }
-        user_inputs = list(sig.user_inputs)
-        for node in self.program.graph.nodes:
-            if node.op == "placeholder":
-                if node.name in by_placeholder:
-                    fqn = by_placeholder[node.name]
-                    array = state[fqn].detach().cpu().to(torch.float64).numpy()
-                    if not np.all(np.isfinite(array)):
-                        self.bad_weights.append(fqn)
-                    self.values[node] = _Const(fqn, array)
-                elif node.name in user_inputs:
-                    self.values[node] = _Input(user_inputs.index(node.name))
-                else:
-                    self.fail(node, "an input tinyrnn does not understand")
-            elif node.op == "call_function":
-                self.call(node)
-            elif node.op == "output":
-                outputs = self.read_outputs(node)
+        user_inputs = list(self.graph.user_inputs)
+        for spec in self.graph.inputs:
+            if spec.kind == "user":
+                self.values[spec.name] = _Input(user_inputs.index(spec.name))
+                continue
+            array = np.asarray(self.program.weights[spec.target], dtype=np.float64)
+            if not np.all(np.isfinite(array)):
+                self.bad_weights.append(spec.target)
+            self.values[spec.name] = _Const(spec.target, array)
+        for node in self.graph.nodes:
+            for out in node.outputs:
+                if out is not None:
+                    self.producer[out] = node
+            self.call(node)
+        outputs = self.read_outputs(self.graph.outputs)
         if self.bad_weights:
             raise TinyRNNError(
                 "the model has NaN or Inf weights in: " + ", ".join(sorted(self.bad_weights))
                 + ". Fix the training run or the checkpoint before exporting."
             )
         if self.problems:
-            listing = "\n  - ".join(self.problems)
+            listing = "\n  - ".join(describe_problems(self.problems))
             raise TinyRNNError(
                 f"the model uses {len(self.problems)} operation(s) tinyrnn cannot export:\n"
                 f"  - {listing}\n"
@@ -346,46 +345,65 @@ class _Reader:
             state_group=state_groups[0] if state_groups else 0,
         )
 
-    def call(self, node: torch.fx.Node) -> None:
+    def call(self, node: Node) -> None:
         target = node.target
-        args = node.args
-        known = target in _KNOWN
-        if known and any(self.values.get(n) is _FAILED for n in node.all_input_nodes):
-            self.values[node] = _FAILED  # fed by a reported node: one report is enough
+        if target in _KNOWN and any(self.values.get(n) is _FAILED for n in node.tensor_inputs):
+            for out in node.outputs:  # fed by a reported node: one report is enough
+                if out is not None:
+                    self.values[out] = _FAILED
             return
+        try:
+            self.dispatch(node)
+        except GraphError as exc:  # a supported operation missing an argument
+            self.fail(node, f"malformed: {exc}")
+
+    def dispatch(self, node: Node) -> None:
+        target = node.target
         if target in _RECURRENT:
             self.recurrent(node, _RECURRENT[target])
-        elif target is operator.getitem:
-            self.getitem(node)
         elif target in _ZEROS:
-            self.values[node] = _Zeros()
-        elif target == aten.linear.default:
+            self.set(node, _Zeros())
+        elif target == "aten.linear.default":
             self.linear(node)
         elif target in _ELEMENTWISE:
             self.activation(node, _ELEMENTWISE[target])
         elif target in _LAST_AXIS:
-            data = self.values.get(args[0])
-            dim = args[1]
-            if isinstance(data, _Data) and dim not in (-1, len(data.shape) - 1):
+            data = self.value(node.first())
+            dim = node.arg("dim")
+            if not _is_int(dim) or (isinstance(data, _Data)
+                                    and dim not in (-1, len(data.shape) - 1)):
                 self.fail(node, f"softmax over dim {dim}; only the feature (last) axis works")
             else:
                 self.activation(node, _LAST_AXIS[target])
         elif target in _IDENTITY:
-            if target in (aten.dropout.default, aten.feature_dropout.default) and args[2]:
+            if target in _DROPOUT and node.arg("train", False) is not False:
                 self.fail(node, "dropout in training mode; export the model in eval()")
-            self.values[node] = self.values.get(args[0])
+                return
+            value = self.value(node.first())
+            if isinstance(value, _Data) and not self.shape_is(node, node.outputs[0],
+                                                               value.shape):
+                return
+            self.set(node, value)
         elif target in _VIEWS:
             self.view(node)
-        elif target in (aten.select.int, aten.slice.Tensor):
+        elif target in _SELECT:
             self.select(node)
-        elif target == aten.transpose.int:
+        elif target == "aten.transpose.int":
             self.transpose(node)
         else:
             self.fail(node, "unsupported operation")
 
-    def recurrent(self, node: torch.fx.Node, cell: str) -> None:
+    def recurrent(self, node: Node, cell: str) -> None:
         # all four ops share one signature
-        x, hx, params, has_biases, num_layers, _dropout, train, bidi, batch_first = node.args
+        x, hx, params = node.arg("input"), node.arg("hx"), node.arg("params")
+        has_biases, num_layers = node.arg("has_biases"), node.arg("num_layers")
+        train, bidi, batch_first = (node.arg("train"), node.arg("bidirectional"),
+                                    node.arg("batch_first"))
+        if not (isinstance(x, TensorRef) and isinstance(params, tuple)
+                and all(type(v) is bool for v in (has_biases, train, bidi, batch_first))
+                and _is_int(num_layers) and 1 <= num_layers <= MAX_LAYERS):
+            self.fail(node, "arguments of an unexpected form")
+            return
         if train:
             self.fail(node, "recurrent layer in training mode; export the model in eval()")
             return
@@ -393,9 +411,16 @@ class _Reader:
         if any(c is None for c in consts):
             self.fail(node, "recurrent weights that are computed, not parameters")
             return
+        directions = 2 if bidi else 1
+        per_dir, rest = divmod(len(params), num_layers * directions)
+        expected = (4, 5) if has_biases else (2, 3)
+        if rest or per_dir not in (expected if cell == "lstm" else expected[:1]):
+            self.fail(node, f"{len(params)} weight tensors for {num_layers} layer(s) and "
+                            f"{directions} direction(s)")
+            return
         # the sequence input: a model input, or the data path
-        source = self.values.get(x)
-        shape = _shape(x)
+        source = self.value(x)
+        shape = self.shape(x.name)
         if len(shape) != 3:
             self.fail(node, "unbatched input; pass a batch dimension (e.g. x.unsqueeze(1))")
             return
@@ -404,14 +429,14 @@ class _Reader:
             if self.x_index is not None and self.x_index != source.index:
                 self.fail(node, "a second model input used as a sequence")
                 return
+            if self.layers:
+                self.fail(node, "the model input feeds a layer after other layers")
+                return
             self.x_index = source.index
             self.seq_len = shape[time_axis]
             self.inputs[source.index] = InputSpec(
                 "x", shape, batch_axis, time_axis, features=shape[2]
             )
-            if self.layers:
-                self.fail(node, "the model input feeds a layer after other layers")
-                return
         else:
             data = self.current(node, x)
             if data is None:
@@ -423,17 +448,22 @@ class _Reader:
                 self.fail(node, "its input's batch/time layout does not match batch_first")
                 return
         # the weights, per layer and direction
-        directions = 2 if bidi else 1
-        per_dir = len(params) // (num_layers * directions)
-        group_layers = []
-        group_index = len(self.groups)
+        built: list[RecurrentLayer] = []
         input_size = shape[2]
         for layer_index in range(num_layers):
             dirs = []
             for d in range(directions):
                 chunk = consts[(layer_index * directions + d) * per_dir:][:per_dir]
+                why = _weight_shapes(cell, chunk, has_biases, input_size)
+                if why:
+                    self.fail(node, f"weights of layer {layer_index}: {why}")
+                    return
                 dirs.append(self.direction(cell, chunk, has_biases, reverse=d == 1))
             hidden = dirs[0].gates[0].w_x.shape[0]
+            if any(d.gates[0].w_x.shape[0] != hidden or
+                   _proj(d) != _proj(dirs[0]) for d in dirs):
+                self.fail(node, f"the directions of layer {layer_index} differ in size")
+                return
             common = dict(
                 module=consts[0].name.rsplit(".", 1)[0] if "." in consts[0].name else "",
                 layer=layer_index,
@@ -442,21 +472,21 @@ class _Reader:
                 directions=tuple(dirs),
             )
             if cell == "lstm":
-                proj = dirs[0].w_proj.shape[0] if dirs[0].w_proj is not None else 0
-                layer: RecurrentLayer = LSTMLayer(**common, proj_size=proj)
+                layer: RecurrentLayer = LSTMLayer(**common, proj_size=_proj(dirs[0]))
             elif cell == "gru":
                 layer = GRULayer(**common)
             else:
                 layer = RNNLayer(**common, nonlinearity="relu" if cell == "rnn_relu" else "tanh")
-            group_layers.append(len(self.layers))
-            self.layers.append(layer)
+            built.append(layer)
             input_size = layer.output_size
-        top = self.layers[-1]
-        assert isinstance(top, RecurrentLayer)
+        group_index = len(self.groups)
+        first = len(self.layers)
+        self.layers.extend(built)
+        top = built[-1]
         self.groups.append(
             StateGroup(
                 module=top.module,
-                layers=tuple(group_layers),
+                layers=tuple(range(first, len(self.layers))),
                 cell=top.kind,
                 state_size=top.state_size,
                 hidden_size=top.hidden_size,
@@ -464,7 +494,22 @@ class _Reader:
             )
         )
         self.initial_state(node, cell, hx, group_index)
-        self.values[node] = _Recurrent(group_index)
+        outs = list(node.outputs) + [None] * 3
+        sequence = list(shape)
+        sequence[2] = top.output_size
+        batch = shape[batch_axis]
+        if not (self.shape_is(node, outs[0], tuple(sequence))
+                and self.shape_is(node, outs[1], (num_layers * directions, batch,
+                                                  top.state_size))
+                and (cell != "lstm" or self.shape_is(node, outs[2], (
+                    num_layers * directions, batch, top.hidden_size)))):
+            return
+        if outs[0] is not None:
+            self.values[outs[0]] = _Data(len(self.layers), top.output_size,
+                                         self.shape(outs[0]), batch_axis, time_axis)
+        for out, role in ((outs[1], "h_n"), (outs[2], "c_n")):
+            if out is not None:
+                self.values[out] = _State(group_index, role)
 
     def direction(
         self, cell: str, chunk: list[_Const], has_biases: bool, reverse: bool
@@ -487,49 +532,37 @@ class _Reader:
         source = const.name if rows is None else f"{const.name}[{rows.start}:{rows.stop}]"
         return Tensor(np.ascontiguousarray(data), f"{source} {title}".rstrip())
 
-    def initial_state(self, node: torch.fx.Node, cell: str, hx: Any, group: int) -> None:
-        parts = list(hx) if isinstance(hx, (list, tuple)) else [hx]
-        values = [self.values.get(p) for p in parts]
+    def initial_state(self, node: Node, cell: str, hx: Any, group: int) -> None:
+        parts = list(hx) if isinstance(hx, tuple) else [hx]
+        if len(parts) != (2 if cell == "lstm" else 1) or not all(
+                isinstance(p, TensorRef) for p in parts):
+            self.fail(node, "an initial state of an unexpected form")
+            return
+        values = [self.value(p) for p in parts]
         if all(isinstance(v, _Zeros) for v in values):
             return
         if not all(isinstance(v, _Input) for v in values):
             self.fail(node, "initial state that is neither a model input nor zeros")
             return
+        info = self.groups[group]
         roles = ("h0", "c0") if cell == "lstm" else ("h0",)
-        for part, value, role in zip(parts, values, roles):
-            shape = _shape(part)
-            self.inputs[value.index] = InputSpec(
-                role, shape, batch_axis=1, size=int(np.prod(shape)) // shape[1]
-            )
+        widths = (info.state_size, info.hidden_size)
+        x_shape = self.inputs[self.x_index].torch_shape if self.x_index is not None else ()
+        batch = x_shape[self.inputs[self.x_index].batch_axis] if x_shape else None
+        for part, role, width in zip(parts, roles, widths):
+            shape = self.shape(part.name)
+            if shape != (info.rows, batch, width):
+                self.fail(node, f"initial state {role} of shape {list(shape)}; expected "
+                                f"{[info.rows, batch, width]}")
+                return
+        for part, value, role, width in zip(parts, values, roles, widths):
+            shape = self.shape(part.name)
+            self.inputs[value.index] = InputSpec(role, shape, batch_axis=1,
+                                                 size=info.rows * width)
         self.group_inputs[group] = tuple(v.index for v in values)
 
-    def getitem(self, node: torch.fx.Node) -> None:
-        source = self.values.get(node.args[0])
-        index = node.args[1]
-        if not isinstance(source, _Recurrent):
-            self.fail(node, "indexing a value other than a recurrent layer's result")
-            return
-        if index == 0:
-            top = self.layers[self.groups[source.group].layers[-1]]
-            shape = _shape(node)
-            batch_axis, time_axis = (0, 1) if shape and self._batch_first(node) else (1, 0)
-            if top is not self.layers[-1]:
-                self.values[node] = None
-                return
-            self.values[node] = _Data(
-                len(self.layers), top.output_size, shape, batch_axis, time_axis
-            )
-        else:
-            self.values[node] = _State(source.group, "h_n" if index == 1 else "c_n")
-
-    @staticmethod
-    def _batch_first(node: torch.fx.Node) -> bool:
-        rnn = node.args[0]
-        return bool(rnn.args[-1])
-
-    def linear(self, node: torch.fx.Node) -> None:
-        x, weight = node.args[0], node.args[1]
-        bias = node.args[2] if len(node.args) > 2 else None
+    def linear(self, node: Node) -> None:
+        x, weight, bias = node.arg("input"), node.arg("weight"), node.arg("bias", None)
         data = self.current(node, x)
         if data is None:
             return
@@ -538,6 +571,14 @@ class _Reader:
         if w is None or (bias is not None and b is None):
             self.fail(node, "Linear with weights that are not parameters")
             return
+        if (w.tensor.ndim != 2 or w.tensor.shape[1] != data.features
+                or (b is not None and b.tensor.shape != (w.tensor.shape[0],))):
+            self.fail(node, f"Linear weights of shape {list(w.tensor.shape)} for "
+                            f"{data.features} input features")
+            return
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None,
+                             data.shape[:-1] + (w.tensor.shape[0],)):
+            return
         name = w.name.removesuffix(".weight")
         layer = Dense(
             name=name,
@@ -545,51 +586,57 @@ class _Reader:
             bias=self.tensor_of(b, None, "") if b is not None else None,
         )
         self.layers.append(layer)
-        self.values[node] = replace(
-            data, depth=len(self.layers), features=layer.out_features, shape=_shape(node)
-        )
+        self.set(node, replace(
+            data, depth=len(self.layers), features=layer.out_features, shape=self.out_shape(node)
+        ))
 
-    def activation(self, node: torch.fx.Node, kind: str) -> None:
-        data = self.current(node, node.args[0])
-        if data is None:
+    def activation(self, node: Node, kind: str) -> None:
+        data = self.current(node, node.first())
+        if data is None or not self.shape_is(node, node.outputs[0] if node.outputs else None,
+                                             data.shape):
             return
         self.layers.append(Activation(kind, data.features))  # type: ignore[arg-type]
-        self.values[node] = replace(data, depth=len(self.layers))
+        self.set(node, replace(data, depth=len(self.layers)))
 
-    def view(self, node: torch.fx.Node) -> None:
-        value = self.values.get(node.args[0])
-        shape = _shape(node)
-        if isinstance(value, _Data):
+    def view(self, node: Node) -> None:
+        value = self.value(node.first())
+        shape = self.out_shape(node)
+        if isinstance(value, _Data) and shape:
             same = _squeezed(shape) == _squeezed(value.shape) and shape[-1] == value.features
             if same and value.time_axis is None:
                 batch = value.shape[value.batch_axis]
                 axes = [i for i, d in enumerate(shape) if d == batch]
                 if axes:
-                    self.values[node] = replace(value, shape=shape, batch_axis=axes[0])
+                    self.set(node, replace(value, shape=shape, batch_axis=axes[0]))
                     return
             if shape == value.shape:
-                self.values[node] = value
+                self.set(node, value)
                 return
             self.fail(node, f"a view from {list(value.shape)} to {list(shape)} moves data")
             return
         self.fail(node, "a view of a value other than the data path")
 
-    def transpose(self, node: torch.fx.Node) -> None:
-        value = self.values.get(node.args[0])
-        dims = sorted(d % 3 for d in node.args[1:3])
-        if isinstance(value, _Data) and value.time_axis is not None and dims == [0, 1]:
-            self.values[node] = replace(
+    def transpose(self, node: Node) -> None:
+        value = self.value(node.first())
+        dims = [node.arg("dim0"), node.arg("dim1")]
+        if (isinstance(value, _Data) and value.time_axis is not None
+                and all(_is_int(d) and -3 <= d < 3 for d in dims)
+                and sorted(d % 3 for d in dims) == [0, 1]):
+            swapped = (value.shape[1], value.shape[0], *value.shape[2:])
+            if not self.shape_is(node, node.outputs[0] if node.outputs else None, swapped):
+                return
+            self.set(node, replace(
                 value,
-                shape=_shape(node),
+                shape=self.out_shape(node),
                 batch_axis=value.time_axis,
                 time_axis=value.batch_axis,
-            )
+            ))
             return
         self.fail(node, "a transpose other than swapping the batch and time axes")
 
-    def select(self, node: torch.fx.Node) -> None:
-        value = self.values.get(node.args[0])
-        dim = node.args[1]
+    def select(self, node: Node) -> None:
+        value = self.value(node.first())
+        dim = node.arg("dim", 0)
         if isinstance(value, _State):
             self.select_state(node, value)
             return
@@ -597,35 +644,51 @@ class _Reader:
             self.fail(node, "indexing something other than the sequence's time axis")
             return
         ndim = len(value.shape)
-        if dim % ndim != value.time_axis:
+        if not _is_int(dim) or not -ndim <= dim < ndim or dim % ndim != value.time_axis:
             self.fail(node, "indexing an axis other than time")
             return
-        if node.target == aten.select.int:
-            index = int(node.args[2])
+        length = value.shape[value.time_axis]
+        if node.target == "aten.select.int":
+            index = node.arg("index")
+            if not _is_int(index) or not -length <= index < length:
+                self.fail(node, f"time step {index} of a sequence of {length}")
+                return
         else:  # slice: only a one-step slice, e.g. y[:, -1:]
-            start = node.args[2] if len(node.args) > 2 else None
-            end = node.args[3] if len(node.args) > 3 else None
-            step = node.args[4] if len(node.args) > 4 else 1
-            length = value.shape[value.time_axis]
+            start, end = node.arg("start", None), node.arg("end", None)
+            step = node.arg("step", 1)
+            if not (all(v is None or _is_int(v) for v in (start, end)) and _is_int(step)
+                    and step >= 1):
+                self.fail(node, "a slice of an unexpected form")
+                return
             rng = range(length)[slice(start, end, step)]
             if len(rng) != 1 or step != 1:
                 self.fail(node, "a slice of more than one time step")
                 return
             index = rng[0] - length if start is not None and start < 0 else rng[0]
-        if self.current(node, node.args[0]) is None:
+        if self.current(node, node.first()) is None:
+            return
+        picked = list(value.shape)
+        if node.target == "aten.select.int":
+            del picked[value.time_axis]
+        else:
+            picked[value.time_axis] = 1
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, tuple(picked)):
             return
         self.layers.append(SelectStep(index, value.features))
-        shape = _shape(node)
+        shape = self.out_shape(node)
         batch = value.shape[value.batch_axis]
-        batch_axis = [i for i, d in enumerate(shape) if d == batch][0]
-        self.values[node] = _Data(len(self.layers), value.features, shape, batch_axis, None)
+        axes = [i for i, d in enumerate(shape) if d == batch]
+        if not axes:
+            self.fail(node, "a time step whose batch axis cannot be found")
+            return
+        self.set(node, _Data(len(self.layers), value.features, shape, axes[0], None))
 
-    def select_state(self, node: torch.fx.Node, value: _State) -> None:
+    def select_state(self, node: Node, value: _State) -> None:
         """h_n[-1] of a unidirectional top layer equals its output at the last step."""
         group = self.groups[value.group]
         top = self.layers[group.layers[-1]]
-        index = node.args[2] if node.target == aten.select.int else None
-        is_last = index in (-1, group.rows - 1) and node.args[1] == 0
+        index = node.arg("index", None) if node.target == "aten.select.int" else None
+        is_last = index in (-1, group.rows - 1) and _is_int(index) and node.arg("dim", 0) == 0
         if (
             value.role == "h_n"
             and is_last
@@ -633,9 +696,13 @@ class _Reader:
             and top.num_directions == 1
             and top is self.layers[-1]
         ):
+            batch = self.shape(node.first().name)[1]
+            if not self.shape_is(node, node.outputs[0] if node.outputs else None,
+                                 (batch, top.output_size)):
+                return
             self.layers.append(SelectStep(-1, top.output_size))
-            shape = _shape(node)
-            self.values[node] = _Data(len(self.layers), top.output_size, shape, 0, None)
+            self.set(node, _Data(len(self.layers), top.output_size, self.out_shape(node), 0,
+                                 None))
             return
         self.fail(
             node,
@@ -643,16 +710,23 @@ class _Reader:
             "(use output[:, -1] instead)",
         )
 
-    def read_outputs(self, node: torch.fx.Node) -> tuple[OutputSpec, ...]:
+    def fail_output(self, name: str, why: str) -> None:
+        node = self.producer.get(name)
+        if node is not None:
+            self.fail(node, why)
+        else:
+            self.problems.append(_Problem(f"output {name}", why, None))
+
+    def read_outputs(self, names: tuple[str, ...]) -> tuple[OutputSpec, ...]:
         outputs = []
-        for out in node.args[0]:
+        for out in names:
             value = self.values.get(out)
             if value is _FAILED:
                 continue
-            shape = _shape(out)
+            shape = self.shape(out)
             if isinstance(value, _Data):
                 if value.depth != len(self.layers):
-                    self.fail(out, "returns an intermediate value of the data path")
+                    self.fail_output(out, "returns an intermediate value of the data path")
                     continue
                 if value.time_axis is not None:
                     outputs.append(
@@ -681,12 +755,34 @@ class _Reader:
                     )
                 )
             else:
-                self.fail(out if isinstance(out, torch.fx.Node) else node, "an unsupported output")
+                self.fail_output(out, "an unsupported output")
         return tuple(outputs)
 
 
-def read_program(
-    program: torch.export.ExportedProgram, max_seq_len: int | None = None
-) -> Model:
-    """Turn an exported program into the IR, or raise one error listing every problem."""
+def _proj(direction: Direction) -> int:
+    return direction.w_proj.shape[0] if direction.w_proj is not None else 0
+
+
+def _weight_shapes(cell: str, chunk: list[_Const], has_biases: bool, input_size: int) -> str:
+    """Why one direction's weights do not fit the cell, or "" when they do."""
+    gates = cell_spec(cell).G
+    w_ih, w_hh = chunk[0].tensor, chunk[1].tensor
+    if w_ih.ndim != 2 or w_ih.shape[0] % gates or w_ih.shape[0] == 0:
+        return f"{chunk[0].name} has shape {list(w_ih.shape)}"
+    hidden = w_ih.shape[0] // gates
+    if w_ih.shape[1] != input_size:
+        return f"{chunk[0].name} takes {w_ih.shape[1]} inputs, not {input_size}"
+    proj = chunk[-1].tensor if cell == "lstm" and len(chunk) in (3, 5) else None
+    if proj is not None and (proj.ndim != 2 or proj.shape[1] != hidden or proj.shape[0] < 1):
+        return f"{chunk[-1].name} has shape {list(proj.shape)}"
+    state = proj.shape[0] if proj is not None else hidden
+    if w_hh.shape != (gates * hidden, state):
+        return f"{chunk[1].name} has shape {list(w_hh.shape)}"
+    if has_biases and any(c.tensor.shape != (gates * hidden,) for c in chunk[2:4]):
+        return "a bias of the wrong shape"
+    return ""
+
+
+def read_program(program: Program, max_seq_len: int | None = None) -> Model:
+    """Turn a program into the IR, or raise one error listing every problem."""
     return _Reader(program, max_seq_len).read()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 import re
 import subprocess
@@ -24,26 +23,9 @@ import numpy as np
 from .errors import TinyRNNError
 from .interface import from_manifest
 from .io import assemble_outputs, split_inputs
+from .manifest import read_manifest  # noqa: F401 - cross, report and verify import it here
 
 CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"]
-
-
-def read_manifest(model_dir: str | Path) -> dict:
-    """The manifest of the single exported model in ``model_dir``."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise TinyRNNError(f"{model_dir} is not a directory; pass the folder tinyrnn export wrote")
-    manifests = sorted(model_dir.glob("*.json"))
-    manifests = [m for m in manifests if (m.with_suffix(".c")).exists()]
-    if len(manifests) != 1:
-        raise TinyRNNError(
-            f"{model_dir} should hold exactly one exported model (NAME.json, NAME.c, NAME.h); "
-            f"found {len(manifests)}"
-        )
-    try:
-        return json.loads(manifests[0].read_text())
-    except json.JSONDecodeError as exc:
-        raise TinyRNNError(f"{manifests[0]} is not valid JSON: {exc}") from None
 
 
 def _cache_root() -> Path:
@@ -206,8 +188,9 @@ def load_many(model_dirs: Sequence[str | Path]) -> list[CompiledModel]:
     dirs = [Path(d) for d in model_dirs]
     manifests = [read_manifest(d) for d in dirs]
     names = [m["name"] for m in manifests]
-    if len(set(names)) != len(names):
-        raise TinyRNNError("models compiled together need distinct names (--name)")
+    if len({n.upper() for n in names}) != len(names):  # macros and guards are upper case
+        raise TinyRNNError("models compiled together need names that differ in more than "
+                           "letter case (--name)")
     for m in manifests:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", m["name"]):
             raise TinyRNNError(f"manifest name {m['name']!r} is not a C identifier")

@@ -10,6 +10,7 @@ cffi declarations), the board harness, ``tinyrnn profile`` and ``tinyrnn verify`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -151,11 +152,39 @@ def _arg(data: Mapping[str, Any]) -> CArg:
                 str(data.get("dtype", "")))
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CTYPE = re.compile(r"(const )?(float|int16_t) \*|int|void")
+
+
+def _problems(api: CInterface, name: Any) -> list[str]:
+    """What in a record read back differs from the forms :func:`build` writes (the host
+    harness compiles its sources and declares its functions to cffi)."""
+    p = api.prefix
+    problems = []
+    if p != name:
+        problems.append(f"prefix {p!r} is not the model's name")
+    if api.header != f"{p}.h" or api.state_type != f"{p}_state_t":
+        problems.append("the header or state type is not the model's")
+    if not api.sources or api.sources[0] != f"{p}.c" \
+            or any(s != f"{p}_kernels.S" for s in api.sources[1:]):
+        problems.append(f"sources {list(api.sources)!r} are not {p}.c (and {p}_kernels.S)")
+    for fn in api.functions:
+        if not (_IDENTIFIER.fullmatch(fn.name) and fn.name.startswith(f"{p}_")
+                and fn.returns in ("int", "void")):
+            problems.append(f"function {fn.name!r}")
+        for arg in fn.args:
+            if not (_IDENTIFIER.fullmatch(arg.name) and (
+                    _CTYPE.fullmatch(arg.ctype) or arg.ctype == f"{p}_state_t *")):
+                problems.append(f"argument {arg.name!r} ({arg.ctype!r}) of {fn.name!r}")
+    return problems
+
+
 def from_manifest(manifest: Mapping[str, Any]) -> CInterface:
-    """The record ``tinyrnn export`` wrote into ``NAME.json``."""
+    """The record ``tinyrnn export`` wrote into ``NAME.json``, checked against the forms
+    :func:`build` writes."""
     try:
         data = manifest["c_interface"]
-        return CInterface(
+        api = CInterface(
             prefix=str(data["prefix"]), header=str(data["header"]),
             sources=tuple(str(s) for s in data["sources"]), state_type=str(data["state_type"]),
             functions=tuple(CFunction(str(f["name"]), str(f["returns"]),
@@ -168,6 +197,11 @@ def from_manifest(manifest: Mapping[str, Any]) -> CInterface:
     except (KeyError, TypeError, ValueError) as exc:
         raise TinyRNNError(f"{manifest.get('name', 'the')}.json has no valid c_interface "
                            f"({type(exc).__name__}: {exc}); re-export the model") from None
+    problems = _problems(api, manifest.get("name"))
+    if problems:
+        raise TinyRNNError(f"{manifest.get('name', 'the')}.json has no valid c_interface "
+                           f"({'; '.join(problems[:3])}); re-export the model")
+    return api
 
 
 def build(prefix: str, *, fixed: bool, input_size: int, step_output_size: int,

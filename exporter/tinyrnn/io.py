@@ -13,33 +13,71 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TinyRNNError
+from .outputs import npz_path, output_file
 
 
 def load_inputs(path: str | Path) -> list[np.ndarray]:
     """Read the forward's arguments from a .npy or .npz file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise TinyRNNError(f"input file {path} does not exist")
+    if not path.is_file():
+        raise TinyRNNError(f"input {path} is not a file; give a .npy or .npz file")
     try:
         loaded = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise TinyRNNError(f"{path} is not a .npy or .npz file ({exc})") from None
+    except Exception as exc:  # numpy raises many types for a malformed file
+        why = f"{type(exc).__name__}: {exc}"
+        if "pickle" in str(exc):  # numpy's fallback for files without an array header
+            why = "no .npy header or .npz archive; tinyrnn never unpickles a file"
+        raise TinyRNNError(f"{path} is not a .npy or .npz file ({why})") from None
     if isinstance(loaded, np.ndarray):
         return [loaded]
     with loaded:
         names = sorted(loaded.files, key=lambda n: (len(n), n))
         expected = [f"in{i}" for i in range(len(names))]
-        if names != expected:
+        if not names or names != expected:
             raise TinyRNNError(
                 f"{path} holds arrays {names}; an input .npz must hold in0, in1, ... "
                 "(the forward's arguments in order)"
             )
-        return [loaded[n] for n in expected]
+        arrays = []
+        for n in expected:
+            try:
+                arrays.append(loaded[n])
+            except Exception as exc:  # a damaged member, or one that needs pickle
+                raise TinyRNNError(f"{path}: array {n} cannot be read ({type(exc).__name__}: "
+                                   f"{exc})") from None
+        return arrays
 
 
-def save_outputs(path: str | Path, outputs: Sequence[np.ndarray]) -> None:
-    """Write the forward's return values as out0, out1, ... into a .npz file."""
-    np.savez(Path(path), **{f"out{i}": np.asarray(o) for i, o in enumerate(outputs)})
+def save_outputs(path: str | Path, outputs: Sequence[np.ndarray]) -> Path:
+    """Write the forward's return values as out0, out1, ... into a .npz file (``.npz`` is
+    appended to a name without it, as numpy does); returns the file written. The file
+    appears only complete (:mod:`tinyrnn.outputs`)."""
+    target = npz_path(path)
+    with output_file(target) as staged:
+        np.savez(staged, **{f"out{i}": np.asarray(o) for i, o in enumerate(outputs)})
+    return target
+
+
+def _finite_float32(values: np.ndarray, what: str) -> np.ndarray:
+    """``values`` as float32 (what the C receives), refusing NaN and Inf after the cast: a
+    float64 1e300 becomes inf in float32. Large finite values are fine (the integer formats
+    saturate them)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = values.astype(np.float32)
+    bad = ~np.isfinite(cast)
+    if bad.any():
+        index = tuple(int(k) for k in np.argwhere(bad)[0])
+        value = float(values[index])
+        kind = "NaN" if np.isnan(value) else "Inf" if np.isinf(value) else "beyond float32's range"
+        raise TinyRNNError(
+            f"{what} has {int(bad.sum())} value(s) that are not finite in float32; the first is "
+            f"{value!r} ({kind}) at sample {index[0]}"
+            + (f", step {index[1]}" if what.endswith("(x)") else "")
+            + "; the C takes finite float32 values only"
+        )
+    return cast
 
 
 def _expected(shape: Sequence[int], batch_axis: int, time_axis: int | None) -> str:
@@ -79,10 +117,11 @@ def split_inputs(interface: dict, arrays: Sequence[np.ndarray]) -> list[dict[str
         if not np.issubdtype(array.dtype, np.floating):
             raise TinyRNNError(f"input in{i} ({spec['role']}) has dtype {array.dtype}; "
                                "expected floating point")
-        if not np.all(np.isfinite(array)):
-            raise TinyRNNError(f"input in{i} ({spec['role']}) contains NaN or Inf")
         if batch is None:
             batch = array.shape[axis]
+            if batch < 1:
+                raise TinyRNNError(f"input in{i} ({spec['role']}) has batch size 0; give at "
+                                   "least one sequence")
         elif array.shape[axis] != batch:
             raise TinyRNNError(
                 f"input in{i} has batch size {array.shape[axis]} but in0 has {batch}"
@@ -92,7 +131,7 @@ def split_inputs(interface: dict, arrays: Sequence[np.ndarray]) -> list[dict[str
             moved = np.moveaxis(moved, time_axis + (1 if time_axis < axis else 0), 1)
             if moved.shape[1] < 1:
                 raise TinyRNNError("input x has zero time steps")
-        per_role[spec["role"]] = moved.astype(np.float32)
+        per_role[spec["role"]] = _finite_float32(moved, f"input in{i} ({spec['role']})")
     assert batch is not None
     samples = []
     for b in range(batch):

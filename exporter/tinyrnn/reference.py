@@ -131,18 +131,26 @@ def _rows(q: QModel, flat: np.ndarray, fmts: list[QFormat], fn) -> np.ndarray:
     return np.concatenate([fn(f, p) for f, p in zip(fmts, parts)], axis=1)
 
 
+def _float_input(values: np.ndarray) -> np.ndarray:
+    """What the C's ``from_float`` reads: float32, with NaN taken as 0 (the C returns 0 for a
+    NaN; +-Inf and values beyond the format saturate, as :meth:`QFormat.quantize` does)."""
+    v = np.asarray(values, dtype=np.float32)
+    return np.where(np.isnan(v), np.float32(0), v)
+
+
 def quantize_batch(q: QModel, batch: Batch) -> Batch:
     """The float API's input conversion: each float32 value ``v`` becomes
     ``sat16(round_half_up(v * 2**frac))`` in its format (x: the input format; h0/c0: the
-    format of each (layer, direction) row)."""
-    x = q.input.quantize(batch.x.astype(np.float32))
+    format of each (layer, direction) row). Any float32 is accepted, as by the C: +-Inf and
+    +-FLT_MAX saturate, denormals round to 0, NaN becomes 0."""
+    x = q.input.quantize(_float_input(batch.x))
     group = q.model.state_group
     h0 = c0 = None
     if batch.h0 is not None:
-        h0 = _rows(q, batch.h0.astype(np.float32), q.state_formats(group, 0),
+        h0 = _rows(q, _float_input(batch.h0), q.state_formats(group, 0),
                    lambda f, p: f.quantize(p))
     if batch.c0 is not None:
-        c0 = _rows(q, batch.c0.astype(np.float32), q.state_formats(group, 1),
+        c0 = _rows(q, _float_input(batch.c0), q.state_formats(group, 1),
                    lambda f, p: f.quantize(p))
     return Batch(x, h0, c0)
 

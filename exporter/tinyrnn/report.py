@@ -306,8 +306,20 @@ def make_report(model_path: str | Path, model_dir: str | Path, input_path: str |
                 progress: bool | None = None) -> Report:
     """Compare torch and the exported C on ``input_path``, profile for ``board``, write a page.
 
-    ``progress``: draw progress bars on stderr (default: when stderr is a terminal).
+    ``progress``: draw progress bars on stderr (default: when stderr is a terminal). The
+    files appear in ``out_dir`` only when the page is complete (:mod:`tinyrnn.outputs`).
     """
+    from .outputs import output_folder
+
+    out = Path(out_dir)
+    with output_folder(out, "-o") as stage:
+        made = _make_report(model_path, model_dir, input_path, stage, board, progress)
+    return Report(markdown=out / made.markdown.name, html=out / made.html.name,
+                  images=[out / p.name for p in made.images], numbers=made.numbers)
+
+
+def _make_report(model_path: str | Path, model_dir: str | Path, input_path: str | Path,
+                 out_dir: Path, board: str, progress: bool | None) -> Report:
     from .boards import load_board
     from .costs import resolve_core
     from .frontend import load_program
@@ -320,16 +332,14 @@ def make_report(model_path: str | Path, model_dir: str | Path, input_path: str |
     chosen = load_board(board)
     manifest = read_manifest(model_dir)
     interface = manifest["interface"]
+    program = load_program(model_path)  # before anything is written: a bad archive stops here
     inputs = load_inputs(input_path)
     samples = split_inputs(interface, inputs)
-    out.mkdir(parents=True, exist_ok=True)
     title = f"{manifest['name']} ({manifest['format']})"
 
-    with Progress(3, "torch", enabled=progress) as bar:
-        program = load_program(model_path)
-        bar.advance()
+    with Progress(1, "torch", enabled=progress) as bar:
         torch_out = torch_outputs(program, inputs, interface)
-        bar.advance(2)
+        bar.advance()
     compiled = load(model_dir)
     per_sample = []
     with Progress(len(samples), "C on the host", enabled=progress) as bar:

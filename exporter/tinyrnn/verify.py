@@ -7,62 +7,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from . import torchref
+from .checks import check_number
 from .errors import TinyRNNError
-from .frontend import load_program
+from .frontend import load_program, read_program
 from .host import load, read_manifest
-from .io import load_inputs
+from .io import load_inputs, split_inputs
 from .metrics import sqnr_db
+from .pt2 import Program
 
 DEFAULT_TOLERANCE = {"float32": 1e-5}
 
 
-def _call(program: torch.export.ExportedProgram, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    tensors = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in inputs]
-    args, kwargs = torch.utils._pytree.tree_unflatten(tensors, program.call_spec.in_spec)
-    with torch.no_grad():
-        result = program.module()(*args, **kwargs)
-    flat, _ = torch.utils._pytree.tree_flatten(result)
-    return [t.detach().numpy() for t in flat]
-
-
-def torch_outputs(
-    program: torch.export.ExportedProgram, inputs: list[np.ndarray], interface: dict
-) -> list[np.ndarray]:
-    """Run the exported program; returns its flattened outputs as numpy arrays.
-
-    A program exported with a static batch size B runs the input in chunks of B (the last
-    chunk padded by repeating its last sample), so any batch can be verified.
-    """
-    specs = interface["forward_inputs"]
-    batch = inputs[0].shape[specs[0]["batch_axis"]]
-    static = specs[0]["torch_shape"][specs[0]["batch_axis"]]
-    try:
-        return _call(program, inputs)
-    except Exception as exc:
-        if batch == static:
-            raise TinyRNNError(
-                f"torch could not run the model on this input ({type(exc).__name__}: {exc})"
-            ) from None
-    chunks = []
-    for start in range(0, batch, static):
-        idx = np.minimum(np.arange(start, start + static), batch - 1)
-        part = [np.take(a, idx, axis=s["batch_axis"]) for a, s in zip(inputs, specs)]
-        try:
-            chunks.append(_call(program, part))
-        except Exception as exc:
-            raise TinyRNNError(
-                f"torch could not run the model on this input ({type(exc).__name__}: {exc}); "
-                "was it exported for another sequence length? Export with "
-                "torch.export.Dim dynamic shapes to verify other lengths"
-            ) from None
-    outputs = []
-    for k, spec in enumerate(interface["outputs"]):
-        axis = spec["batch_axis"]
-        joined = np.concatenate([c[k] for c in chunks], axis=axis)
-        outputs.append(np.take(joined, np.arange(batch), axis=axis))
-    return outputs
+def torch_outputs(program: Program, inputs: list[np.ndarray], interface: dict
+                  ) -> list[np.ndarray]:
+    """The model's outputs computed by torch's own modules rebuilt from the IR
+    (:mod:`tinyrnn.torchref`): no code from the archive runs, and any batch size and sequence
+    length works."""
+    return torchref.run(read_program(program, interface.get("max_seq_len")), inputs)
 
 
 def _where(spec: dict, flat_index: int, shape: tuple[int, ...]) -> dict:
@@ -96,18 +59,21 @@ def verify(model_path: str | Path, model_dir: str | Path, input_path: str | Path
            tolerance: float | None = None) -> dict:
     """Compare the exported C with torch (and, for integer formats, with the bit-exact
     reference) output by output; returns a report dict with ``lines`` to print and ``ok``."""
+    check_number("--tolerance", tolerance, minimum=0.0)
     manifest = read_manifest(model_dir)
-    program = load_program(model_path)
     inputs = load_inputs(input_path)
+    split_inputs(manifest["interface"], inputs)  # bad input fails before the model loads
+    program = load_program(model_path)
+    model = read_program(program, manifest["interface"].get("max_seq_len"))
     if manifest["format"] == "float32":
-        return _verify_float(manifest, program, inputs, model_dir, model_path, tolerance)
-    return _verify_integer(manifest, program, inputs, model_dir, model_path)
+        return _verify_float(manifest, model, inputs, model_dir, model_path, tolerance)
+    return _verify_integer(manifest, model, inputs, model_dir, model_path)
 
 
-def _run_both(manifest, program, inputs, model_dir, model_path):
+def _run_both(manifest, model, inputs, model_dir, model_path):
     compiled = load(model_dir)
     c_out = compiled.run(*inputs)
-    t_out = torch_outputs(program, inputs, manifest["interface"])
+    t_out = torchref.run(model, inputs)
     if len(c_out) != len(t_out):
         raise TinyRNNError(
             f"the C returns {len(c_out)} outputs but the model returns {len(t_out)}; was "
@@ -119,8 +85,8 @@ def _run_both(manifest, program, inputs, model_dir, model_path):
     return c_out, t_out
 
 
-def _verify_float(manifest, program, inputs, model_dir, model_path, tolerance) -> dict:
-    c_out, t_out = _run_both(manifest, program, inputs, model_dir, model_path)
+def _verify_float(manifest, model, inputs, model_dir, model_path, tolerance) -> dict:
+    c_out, t_out = _run_both(manifest, model, inputs, model_dir, model_path)
     tol = tolerance if tolerance is not None else DEFAULT_TOLERANCE[manifest["format"]]
     lines = [f"{manifest['name']} ({manifest['format']}) against torch, tolerance {tol:g}:"]
     outputs = []
@@ -139,15 +105,13 @@ def _verify_float(manifest, program, inputs, model_dir, model_path, tolerance) -
                 outputs=outputs, ok=ok, lines=lines)
 
 
-def _verify_integer(manifest, program, inputs, model_dir, model_path) -> dict:
+def _verify_integer(manifest, model, inputs, model_dir, model_path) -> dict:
     from . import reference
-    from .frontend import read_program
     from .io import assemble_outputs
     from .quantize import formats_from_manifest, quantize
     from .render import weights_hash
     from .simulate import batch_from_arrays, run_float
 
-    model = read_program(program, manifest["interface"].get("max_seq_len"))
     if weights_hash(model) != manifest.get("weights_sha256"):
         raise TinyRNNError(
             f"{model_dir} was not exported from {model_path} (the weights differ); export "
@@ -157,7 +121,7 @@ def _verify_integer(manifest, program, inputs, model_dir, model_path) -> dict:
         raise TinyRNNError(f"{model_dir}'s manifest has no quantization section; re-export it")
     q = quantize(model, manifest["format"], formats_from_manifest(model,
                                                                   manifest["quantization"]))
-    c_out, t_out = _run_both(manifest, program, inputs, model_dir, model_path)
+    c_out, t_out = _run_both(manifest, model, inputs, model_dir, model_path)
     interface = manifest["interface"]
     batch = batch_from_arrays(model, inputs)
     trace = reference.run(q, reference.quantize_batch(q, batch))

@@ -2,6 +2,7 @@
  * weights sha256: 75c5ea4773e389cb01d6aea16e5d48bf0cf9ed55e663b0e63011939b12ca02de
  * w8a16 formats and integers sha256: ca8f211f10edb3554d7dbba9c5b827ef102db88b61f2aa9ae9be3e4f2d6d33ab
  * options: calibration=calibration data, format=w8a16, max_seq_len=6
+ * interface sha256: de456c231bd8d79ace9f82a5d3e171473c1c6b69a2d3a402225af9adef814986 (of NAME.json)
  * Do not edit: re-run tinyrnn export instead. */
 /* The unit kernels of bigru_w8.c (tinyrnn/dspasm.py, v6masm.py) for gcc and clang; loops unrolled less at -Os. */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \

@@ -2,6 +2,7 @@
  * weights sha256: e08ced67a60bc750d9c00689983da26ab743d9792226059f8a1bad72a6cf1851
  * w8a16 formats and integers sha256: 079b45c221c22dead5ded45efc03548bde7040930d2743ac45472149fd1ac83a
  * options: calibration=calibration data, format=w8a16, max_seq_len=6
+ * interface sha256: 1b7093fd915b01e926997c1b44f0db0a37bec141e86d9cc8586cd6f87f442b07 (of NAME.json)
  * Do not edit: re-run tinyrnn export instead. */
 /* The unit kernels of gesture.c (tinyrnn/dspasm.py, v6masm.py) for gcc and clang; loops unrolled less at -Os. */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \

@@ -2,6 +2,7 @@
  * weights sha256: 2da33503ede01e4459775e825a0d65e5e038ee4ae90d6b61ad4a07b6ca89438b
  * w8a16 formats and integers sha256: e8744c01e9dcf80de8af9bba786a0e5499f074df2d791e6801eb9f4c6513195a
  * options: calibration=calibration data, format=w8a16, max_seq_len=6
+ * interface sha256: 8bf5ad5618e97ecd29e70f2440053ba43b9988bedc569911801f37ea6057019f (of NAME.json)
  * Do not edit: re-run tinyrnn export instead. */
 #include "lstm_w8.h"
 

@@ -2,6 +2,7 @@
  * weights sha256: cd0b4f783ba1061a29aeb124308615e0446add64c9b2ff33b44b56cf65172e70
  * w16a16 formats and integers sha256: e86c6b26d8f2d7b7536a60c0752ed1d8275417f3c0e503ba66a461a8239fa4b7
  * options: calibration=calibration data, format=w16a16, max_seq_len=6
+ * interface sha256: 8ea0fe1ec32028bb585a8f8408360646dd7c4c7f01dd2d3e19b2ff644a333449 (of NAME.json)
  * Do not edit: re-run tinyrnn export instead. */
 #include "rnn_relu_w16.h"
 
