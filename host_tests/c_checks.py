@@ -9,8 +9,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from tinyrnn.cformat import WIDTH
-from tinyrnn.toolchain import newlib_sysroot
+from tinyrnn.backend.cformat import WIDTH
+from tinyrnn.targets.toolchain import newlib_sysroot
 
 CLANG_TARGETS = {
     "host": [],

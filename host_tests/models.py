@@ -115,7 +115,7 @@ def traced(case: Case):
 
 def _capture(case: Case) -> tuple:
     if case.id not in _CAPTURED:
-        from tinyrnn.frontend import from_exported, trace
+        from tinyrnn.frontend.reader import from_exported, trace
 
         model, args = build(case)
         exported = trace(model, args)
@@ -156,10 +156,10 @@ def assert_board_equals_host(board: str, layers: list[tuple[str, int, int, bool,
     ``board``, run it under QEMU and require every output equal to the host build, bit for bit.
     Each generated C file must contain ``kernel_marker`` (the kernel under test)."""
     import tinyrnn
-    from tinyrnn import cross
-    from tinyrnn.boards import load_board
-    from tinyrnn.host import load_many
     from tinyrnn.io import assemble_outputs, split_inputs
+    from tinyrnn.targets import cross
+    from tinyrnn.targets.boards import load_board
+    from tinyrnn.targets.host import load_many
 
     steps = 5
     jobs, inputs, folders = [], [], []

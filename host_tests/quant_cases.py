@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from models import Case, flat_numpy
-from tinyrnn import reference
-from tinyrnn.frontend import read_program
+from tinyrnn.check import reference
+from tinyrnn.check.simulate import batch_from_arrays
+from tinyrnn.frontend.reader import read_program
 from tinyrnn.io import assemble_outputs
-from tinyrnn.quantize import QModel, formats_from_manifest, quantize
-from tinyrnn.simulate import batch_from_arrays
+from tinyrnn.passes.quantize import QModel, formats_from_manifest, quantize
 
 FORMATS = ("w8a16", "w16a16")
 MIN_SQNR_DB = {"w8a16": 38.0, "w16a16": 60.0}

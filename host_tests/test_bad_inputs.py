@@ -502,10 +502,10 @@ def test_a_failure_while_moving_files_into_place_puts_everything_back(tmp_path, 
 def test_names_that_differ_only_in_case_are_refused_together(files, tmp_path):
     """NAME_OK, NAME_H: two models named tiny and TINY cannot share a host module or an
     image; both builders say so before compiling."""
-    from tinyrnn import cross
-    from tinyrnn.boards import load_board
     from tinyrnn.errors import TinyRNNError
-    from tinyrnn.host import load_many
+    from tinyrnn.targets import cross
+    from tinyrnn.targets.boards import load_board
+    from tinyrnn.targets.host import load_many
 
     other = tmp_path / "TINY"
     assert main(["export", str(files["tiny"]), "--out", str(other), "--format", "float32",

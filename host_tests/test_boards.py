@@ -3,7 +3,7 @@
 Needs arm-none-eabi-gcc (with newlib) and qemu-system-arm, which tools/setup.sh installs.
 To keep CI short, every model of RUNS is linked into ONE image per board, and each emulated
 board runs once; the tests then pick their model's outputs out of that run. The
-reference is the same C compiled on the host (tinyrnn.host), which test_float_table.py
+reference is the same C compiled on the host (tinyrnn.targets.host), which test_float_table.py
 checks against torch.
 """
 
@@ -19,15 +19,15 @@ import torch
 
 import tinyrnn
 from models import Case, assert_board_equals_host, build, flat_numpy
-from tinyrnn import cross
 from tinyrnn.api import FORMATS
-from tinyrnn.boards import list_boards, load_board, load_board_file
+from tinyrnn.backend.dspasm import UNROLL_SPEED
 from tinyrnn.cli import main as cli_main
-from tinyrnn.dspasm import UNROLL_SPEED
 from tinyrnn.errors import TinyRNNError
-from tinyrnn.host import load_many
 from tinyrnn.io import assemble_outputs, split_inputs
-from tinyrnn.layout import padded
+from tinyrnn.passes.layout import padded
+from tinyrnn.targets import cross
+from tinyrnn.targets.boards import list_boards, load_board, load_board_file
+from tinyrnn.targets.host import load_many
 
 EMULATED = [board.name for board in list_boards() if board.qemu_machine]
 NO_FPU_NO_DSP = ["microbit", "mps2-an385"]  # Cortex-M0 and Cortex-M3

@@ -1,8 +1,9 @@
-"""tinyrnn.cformat: the generated files' line breaking, on the long lines long model names make."""
+"""tinyrnn.backend.cformat: the generated files' line breaking, on the long lines long model names
+make."""
 
 from __future__ import annotations
 
-from tinyrnn.cformat import WIDTH, wrap
+from tinyrnn.backend.cformat import WIDTH, wrap
 
 NAME = "m_rnn_tanh_uni_L1_bf_bias_zero_w8a16"
 

@@ -11,9 +11,9 @@ from torch import nn
 import tinyrnn
 from models import flat_numpy, torch_run
 from tinyrnn.api import FORMATS
-from tinyrnn.frontend import capture, read_program
-from tinyrnn.host import load_many
+from tinyrnn.frontend.reader import capture, read_program
 from tinyrnn.ir import Dense, GRULayer, LSTMLayer, SelectStep
+from tinyrnn.targets.host import load_many
 
 
 class Classic(nn.Module):

@@ -11,12 +11,12 @@ import torch
 from c_checks import layout_problems, unused_warnings
 from models import Case, build, captured, flat_numpy, table, torch_run, traced
 from quant_cases import random_inputs, torch_call
-from tinyrnn import evaluate, torchref
 from tinyrnn.api import export_program
-from tinyrnn.frontend import read_program
-from tinyrnn.host import load_many
-from tinyrnn.lower import lower
-from tinyrnn.simulate import batch_from_arrays, run_float
+from tinyrnn.check import evaluate, torchref
+from tinyrnn.check.simulate import batch_from_arrays, run_float
+from tinyrnn.frontend.reader import read_program
+from tinyrnn.passes.lower import lower
+from tinyrnn.targets.host import load_many
 
 CASES = table()
 TOL = 1e-5
@@ -42,7 +42,7 @@ def compiled(tmp_path_factory):
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_torch_reference_equals_the_captured_program(case: Case, compiled):
     """The example inputs tinyrnn's reader took from the saved archive equal the ones saved;
-    verify's torch reference (torch modules rebuilt from the IR, tinyrnn.torchref) equals
+    verify's torch reference (torch modules rebuilt from the IR, tinyrnn.check.torchref) equals
     torch's own ExportedProgram.module() on the example; and, for the two-layer cases (every
     cell, direction, layout, bias and initial state), the eager model at another batch size
     and sequence length (the captured program is specialised to the example's shapes)."""

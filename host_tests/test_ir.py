@@ -9,7 +9,7 @@ import pytest
 
 from models import CELLS, Case, captured, table
 from tinyrnn.cells import cell_spec
-from tinyrnn.frontend import read_program
+from tinyrnn.frontend.reader import read_program
 from tinyrnn.ir import GRULayer, LSTMLayer, RNNLayer
 
 CASES = table()

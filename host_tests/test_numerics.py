@@ -1,8 +1,9 @@
-"""Tests of tinyrnn.numerics (the integer specification) and of templates/numerics.c.j2 (its C).
+"""Tests of tinyrnn.numerics.helpers (the integer specification) and of templates/numerics.c.j2
+(its C).
 
 Expected values come from the rules themselves, evaluated exactly with Python integers and
 fractions (``_ref_*`` below), never from earlier runs. The C helpers are rendered as an export
-renders them (tinyrnn.render.helpers_source), compiled with the project's warning flags in a
+renders them (tinyrnn.backend.render.helpers_source), compiled with the project's warning flags in a
 pytest temporary directory, loaded with cffi and compared with numpy element for element:
 exhaustively over the 2**24 inputs of the wide activations, on large random sets with the
 extremes elsewhere.
@@ -21,9 +22,9 @@ import cffi
 import numpy as np
 import pytest
 
-from tinyrnn import numerics as fp
-from tinyrnn.numerics import QFormat
-from tinyrnn.render import helpers_source
+from tinyrnn.backend.render import helpers_source
+from tinyrnn.numerics import helpers as fp
+from tinyrnn.numerics.helpers import QFormat
 
 CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 ALL_INT16 = np.arange(-(2**15), 2**15, dtype=np.int64)

@@ -47,21 +47,21 @@ from package_specs import (
     pdsc_files,
     pdsc_problems,
 )
-from tinyrnn import cross
-from tinyrnn import toolchain as tools
-from tinyrnn.boards import load_board
 from tinyrnn.cli import main as cli_main
 from tinyrnn.errors import TinyRNNError
-from tinyrnn.host import load_many
 from tinyrnn.io import load_inputs
-from tinyrnn.package import (
+from tinyrnn.resources import resource_dir
+from tinyrnn.targets import cross
+from tinyrnn.targets import toolchain as tools
+from tinyrnn.targets.boards import load_board
+from tinyrnn.targets.host import load_many
+from tinyrnn.targets.package import (
     EXAMPLE_INPUT,
     FORMS,
     PackageOptions,
     check_library_name,
     package,
 )
-from tinyrnn.resources import resource_dir
 
 FIXTURES = Path(__file__).parent / "package_fixtures"
 BOARD = "mps2-an386"        # Cortex-M4F under QEMU

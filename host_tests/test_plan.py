@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from tinyrnn import numerics as nm
-from tinyrnn.folds import Fold32, Fold64, Rescale, fold_side, sum_fits_int32
-from tinyrnn.frontend import capture, read_program
-from tinyrnn.layout import SXTB16_ORDER, decode_stream, decode_v6m_layout, direction_stream
-from tinyrnn.lower import lower
-from tinyrnn.v6masm import V6MUnitKernel
+from tinyrnn.backend.v6masm import V6MUnitKernel
+from tinyrnn.frontend.reader import capture, read_program
+from tinyrnn.numerics import helpers as nm
+from tinyrnn.numerics.folds import Fold32, Fold64, Rescale, fold_side, sum_fits_int32
+from tinyrnn.passes.layout import SXTB16_ORDER, decode_stream, decode_v6m_layout, direction_stream
+from tinyrnn.passes.lower import lower
 
 
 def _rule(acc: int, m: int, n: int) -> int:

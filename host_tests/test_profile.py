@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 import tinyrnn
-from tinyrnn import costs, emulator, profile_image, qemucheck
-from tinyrnn import profile as prof
 from tinyrnn.errors import TinyRNNError
+from tinyrnn.targets import costs, emulator, profile_image, qemucheck
+from tinyrnn.targets import profile as prof
 
 JSON_KEYS = ("cpu", "instructions_per_step", "cycles_per_step", "macs_per_step",
              "macs_per_cycle", "flash_code_bytes", "flash_weights_bytes", "ram_state_bytes",
@@ -144,8 +144,8 @@ def test_counts_repeat_exactly(models: dict[str, Path]) -> None:
 def test_emulated_outputs_match_the_host(models: dict[str, Path], tmp_path: Path) -> None:
     """The emulated calls see the right arguments and data: NAME_run's outputs under unicorn
     (three outputs: two arguments on the stack) equal the same C compiled for the host."""
-    from tinyrnn import cross, host
-    from tinyrnn.boards import load_board
+    from tinyrnn.targets import cross, host
+    from tinyrnn.targets.boards import load_board
 
     class Full(nn.Module):
         def __init__(self) -> None:
@@ -246,7 +246,7 @@ def test_fixed_point_profiles_the_int16_api_too(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", ["float32", "w8a16"])
 def test_report_holds_its_plots_and_numbers(models: dict[str, Path], tmp_path: Path,
                                             fmt: str) -> None:
-    from tinyrnn.report import make_report
+    from tinyrnn.check.report import make_report
 
     torch.manual_seed(0)
     model = Cell("gru", 6, 12, head=3).eval()

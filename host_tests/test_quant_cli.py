@@ -97,8 +97,8 @@ def test_calibration_file_must_match_the_forward(files, capsys):
 
 def test_int16_api_matches_the_float_api(files, tmp_path):
     """run_q on the int16 conversion of the input equals run, converted exactly."""
-    from tinyrnn.host import load
     from tinyrnn.io import split_inputs
+    from tinyrnn.targets.host import load
 
     root, _, args = files
     main(["export", str(root / "m.pt2"), "--out", str(tmp_path / "c"), "--name", "lstm2q",

@@ -25,10 +25,10 @@ from quant_cases import (
     torch_call,
 )
 from sanitize import FINDING, Probe, Target, compile_model, sanitize
-from tinyrnn import evaluate
 from tinyrnn.api import export_program
-from tinyrnn.host import load_many
-from tinyrnn.lower import lower
+from tinyrnn.check import evaluate
+from tinyrnn.passes.lower import lower
+from tinyrnn.targets.host import load_many
 
 CASES = table()
 PARAMS = [(c, f) for c in CASES for f in FORMATS]
@@ -178,8 +178,8 @@ STREAM = [(c, f) for c in CASES if not c.bidirectional and c.initial_state and c
 @pytest.mark.parametrize(("case", "fmt"), STREAM, ids=[f"{c.id}-{f}" for c, f in STREAM])
 def test_step_q_equals_reference(case: Case, fmt: str, exported):
     """NAME_step_q, one step at a time from set_state_q, gives the reference's every step."""
-    from tinyrnn.reference import quantize_batch, run
-    from tinyrnn.simulate import batch_from_arrays
+    from tinyrnn.check.reference import quantize_batch, run
+    from tinyrnn.check.simulate import batch_from_arrays
 
     compiled, model, args, program, manifest = exported[(case.id, fmt)]
     arrays = random_inputs(case, model, args, 2, 12, case.seed + 3000)
@@ -202,10 +202,10 @@ def test_step_q_equals_reference(case: Case, fmt: str, exported):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_float_simulation_of_the_ir_equals_torch(case: Case, exported):
-    """tinyrnn.simulate (calibration, the per-layer report) computes what torch computes."""
-    from tinyrnn.frontend import read_program
+    """tinyrnn.check.simulate (calibration, the per-layer report) computes what torch computes."""
+    from tinyrnn.check.simulate import batch_from_arrays, run_float
+    from tinyrnn.frontend.reader import read_program
     from tinyrnn.io import assemble_outputs
-    from tinyrnn.simulate import batch_from_arrays, run_float
 
     compiled, model, args, program, _ = exported[(case.id, FORMATS[0])]
     arrays = random_inputs(case, model, args, TEST_BATCH, SEQ_LEN, case.seed + 4000)

@@ -1,4 +1,4 @@
-"""The ARMv6-M unit kernels (tinyrnn/v6masm.py), run on an emulated Cortex-M0.
+"""The ARMv6-M unit kernels (tinyrnn/backend/v6masm.py), run on an emulated Cortex-M0.
 
 Each kernel is assembled the way NAME_kernels.S holds it (its macro and .rept blocks,
 -mcpu=cortex-m0) and called under unicorn on random and extreme
@@ -18,9 +18,9 @@ import unicorn
 from unicorn import arm_const
 
 from models import assert_board_equals_host
-from tinyrnn.layout import padded
-from tinyrnn.render import _asm_lines
-from tinyrnn.v6masm import UNROLL_SIZE, UNROLL_SPEED, V6MUnitKernel
+from tinyrnn.backend.render import _asm_lines
+from tinyrnn.backend.v6masm import UNROLL_SIZE, UNROLL_SPEED, V6MUnitKernel
+from tinyrnn.passes.layout import padded
 
 CODE, DATA, STOP = 0x0000_0000, 0x2000_0000, 0x0F00_0000
 

@@ -5,5 +5,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .api import export  # noqa: E402
+from .errors import TinyRNNError  # noqa: E402
 
-__all__ = ["export", "__version__"]
+__all__ = ["TinyRNNError", "export", "__version__"]

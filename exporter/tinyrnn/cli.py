@@ -21,10 +21,10 @@ EXIT_MISMATCH = 1
 
 def _export(args: argparse.Namespace) -> int:
     from .api import CalibrationWarning, check_options, export_program
-    from .frontend import load_program
+    from .frontend.reader import load_program
     from .io import load_inputs
     from .outputs import check_folder
-    from .package import check_library_name, package_options_given
+    from .targets.package import check_library_name, package_options_given
 
     # the options first: a typo fails in a moment, before the model is loaded
     check_options(args.format, args.name, args.max_seq_len)
@@ -58,7 +58,7 @@ def _export(args: argparse.Namespace) -> int:
         f"{sizes['state_bytes']} B, scratch {sizes['scratch_bytes']} B)"
     )
     if args.package is not None:
-        from .package import default_package_dir, package_from_args
+        from .targets.package import default_package_dir, package_from_args
 
         out = args.package_out or default_package_dir(args.out, args.package)
         print(package_from_args(args, Path(args.out), args.package, out).format())
@@ -66,9 +66,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _run_host(args: argparse.Namespace) -> int:
-    from .host import load, read_manifest
     from .io import load_inputs, save_outputs, split_inputs
     from .outputs import check_file, npz_path
+    from .targets.host import load, read_manifest
 
     check_file(npz_path(args.output), "--output")
     manifest = read_manifest(args.dir)
@@ -82,7 +82,7 @@ def _run_host(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .verify import verify
+    from .check.verify import verify
 
     report = verify(args.model, args.dir, args.input, tolerance=args.tolerance)
     if args.json:
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="sequence buffer capacity for bidirectional models "
                         "(default: the example input's length)")
-    from .package import add_package_options
+    from .targets.package import add_package_options
 
     add_package_options(p.add_argument_group("library options (with --package)"))
     p.set_defaults(func=_export)
@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_example)
 
     # the board (cross.py) and measurement (profile.py, report.py) commands
-    from . import cross, package, profile, report
+    from .check import report
+    from .targets import cross, package, profile
 
     for module in (cross, profile, report, package):
         module.register_cli(sub)
