@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host_tests"))
 
 from models import Case, build  # noqa: E402
 from tinyrnn.cli import main as cli_main  # noqa: E402
-from tinyrnn.frontend import archive_bytes, trace  # noqa: E402
+from tinyrnn.frontend.reader import archive_bytes, trace  # noqa: E402
 
 
 def _mutate(value, rng: random.Random, rate: float):

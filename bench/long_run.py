@@ -34,13 +34,13 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "exporter"))
 
-from tinyrnn import reference  # noqa: E402
 from tinyrnn.api import export_program  # noqa: E402
-from tinyrnn.frontend import capture, read_program  # noqa: E402
-from tinyrnn.host import load  # noqa: E402
-from tinyrnn.metrics import sqnr_db  # noqa: E402
-from tinyrnn.quantize import formats_from_manifest, quantize  # noqa: E402
-from tinyrnn.simulate import Batch  # noqa: E402
+from tinyrnn.check import reference  # noqa: E402
+from tinyrnn.check.metrics import sqnr_db  # noqa: E402
+from tinyrnn.check.simulate import Batch  # noqa: E402
+from tinyrnn.frontend.reader import capture, read_program  # noqa: E402
+from tinyrnn.passes.quantize import formats_from_manifest, quantize  # noqa: E402
+from tinyrnn.targets.host import load  # noqa: E402
 
 CHUNK = 1_000
 WINDOW = 100_000

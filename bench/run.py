@@ -6,7 +6,7 @@ writes ``README.md`` (the report), PNG plots and ``results.json`` into the folde
 
 - cost: LSTM, GRU and RNN cells x (input, hidden) in (6, 32), (12, 32), (64, 64), (32, 128)
   x every number format the exporter offers (float32, w8a16, w16a16), profiled with
-  ``tinyrnn.profile``: instructions and estimated cycles of one step on a Cortex-M4,
+  ``tinyrnn.targets.profile``: instructions and estimated cycles of one step on a Cortex-M4,
   instructions on a Cortex-M0 and a Cortex-M7, flash and RAM. Each M4 figure is compared with
   the matrix-vector bound gates*H*(I+H)/0.8 cycles (int8 weights, 0.8 MAC/cycle);
 - accuracy: small LSTM and GRU classifiers trained on JapaneseVowels and BasicMotions (the
@@ -47,17 +47,17 @@ sys.path.insert(0, str(ROOT / "exporter"))
 
 import tinyrnn  # noqa: E402
 from tinyrnn import api  # noqa: E402
-from tinyrnn.dspasm import steady_cycles  # noqa: E402
-from tinyrnn.profile import lower_bound_cycles, profile  # noqa: E402
-from tinyrnn.quantize import padded  # noqa: E402
-from tinyrnn.report import progress_bar, save_figure, sqnr_db  # noqa: E402
-from tinyrnn.v6masm import steady_instructions_per_mac  # noqa: E402
+from tinyrnn.backend.dspasm import steady_cycles  # noqa: E402
+from tinyrnn.backend.v6masm import steady_instructions_per_mac  # noqa: E402
+from tinyrnn.cells import cell_spec, recurrent_macs  # noqa: E402
+from tinyrnn.check.report import progress_bar, save_figure, sqnr_db  # noqa: E402
+from tinyrnn.passes.layout import padded  # noqa: E402
+from tinyrnn.targets.profile import lower_bound_cycles, profile  # noqa: E402
 
 ALL_FORMATS = ("float32", "w8a16", "w16a16")
 CELLS = ("lstm", "gru", "rnn")
 SHAPES = ((6, 32), (12, 32), (64, 64), (32, 128))
 CORES = ("cortex-m4", "cortex-m0", "cortex-m7")
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 BOUND_MACS_PER_CYCLE = 0.8
 DATASETS = ("JapaneseVowels", "BasicMotions")
 ACCURACY_HIDDEN = 32
@@ -129,7 +129,7 @@ class CostCase:
 
     @property
     def macs(self) -> int:
-        return GATES[self.cell] * self.hidden * (self.input_size + self.hidden)
+        return recurrent_macs(self.cell, self.input_size, self.hidden)
 
     @property
     def bound_cycles(self) -> float:
@@ -222,9 +222,10 @@ def _head_model(input_size: int, hidden: int) -> nn.Module:
 
 def code_size_os(work: Path) -> dict[str, Any]:
     """Machine code of an LSTM(12, 32) + Linear(32, 4) w8a16 export at -Os for the M4 (text of
-    the model object: weights and tables are .rodata and not counted)."""
-    from tinyrnn import cross
-    from tinyrnn.boards import load_board
+    the model's objects, the C file and the assembly kernels: weights and tables are .rodata
+    and not counted)."""
+    from tinyrnn.targets import cross, toolchain
+    from tinyrnn.targets.boards import load_board
 
     torch.manual_seed(SEED)
     model = _head_model(12, 32).eval()
@@ -232,23 +233,21 @@ def code_size_os(work: Path) -> dict[str, Any]:
     export(model, torch.zeros(1, 4, 12), out, "w8a16", "sized",
            torch.randn(8, 24, 12, generator=torch.Generator().manual_seed(SEED)))
     board = load_board("mps2-an386")
-    obj = out / "sized.o"
-    flags = [f for f in cross.CFLAGS if f != "-O2"] + ["-Os"]
-    subprocess.run([cross.GCC, *board.cpu_flags, *flags, "-c", str(out / "sized.c"), "-o",
-                    str(obj)], check=True)
-    size = subprocess.run([cross.GCC.replace("gcc", "size"), "-A", str(obj)],
-                          capture_output=True, text=True, check=True).stdout
-    text = sum(int(line.split()[1]) for line in size.splitlines()
-               if line.startswith(".text"))
+    exported = cross.ExportedModel.load(out)
+    jobs = [toolchain.CompileJob(source, out / f"{source.name}.o")
+            for source in exported.sources]
+    flags = [f for f in toolchain.CFLAGS if f != "-O2"] + ["-Os"]
+    toolchain.compile_all(jobs, board.cpu_flags, "compiling at -Os", flags=flags)
     return {"what": "code size, LSTM(12, 32) + Linear(32, 4) w8a16, -Os, Cortex-M4",
-            "measured": text, "target": CODE_SIZE_TARGET, "unit": "bytes"}
+            "measured": toolchain.text_bytes([job.output for job in jobs]),
+            "target": CODE_SIZE_TARGET, "unit": "bytes"}
 
 
 def kernel_floor(cell: str, input_size: int, hidden: int, fmt: str, cpu: str) -> float:
     """What the matrix-vector kernels alone cost at their steady rate, before loop, call and
-    per-unit work: M4 cycles per step (tinyrnn.dspasm.steady_cycles), or for the Cortex-M0
-    the instructions per MAC of the ARMv6-M unit kernel (tinyrnn.v6masm)."""
-    G = GATES[cell]
+    per-unit work: M4 cycles per step (tinyrnn.backend.dspasm.steady_cycles), or for the Cortex-M0
+    the instructions per MAC of the ARMv6-M unit kernel (tinyrnn.backend.v6masm)."""
+    G = cell_spec(cell).G
     if cpu == "cortex-m0":
         return steady_instructions_per_mac(G)
     groups = padded(input_size) // 4 + padded(hidden) // 4
@@ -375,7 +374,7 @@ def torch_logits(model: nn.Module, sequences: Sequence[np.ndarray]) -> np.ndarra
 
 
 def c_logits(directory: Path, sequences: Sequence[np.ndarray]) -> np.ndarray:
-    from tinyrnn.host import load
+    from tinyrnn.targets.host import load
 
     compiled = load(directory)
     return np.stack([compiled.run_sample({"x": s})[0] for s in sequences])
@@ -623,8 +622,8 @@ def write_report(out: Path, env: dict[str, str], formats: Sequence[str],
             "same method** (unicorn block counts + the static Cortex-M4 table, gcc 12.2 -O2; the "
             "figures quoted in issue 6, not re-measured here). *Kernel floor*: what the "
             "matrix-vector kernels alone cost at their steady rate, before loop, call and "
-            "per-unit work (`tinyrnn.dspasm.steady_cycles`: 3 + 5G cycles per group of 4 columns "
-            "for int8 weights, 11 per 2-row pass for int16; the ARMv6-M kernel's 3 + 2/G "
+            "per-unit work (`tinyrnn.backend.dspasm.steady_cycles`: 3 + 5G cycles per group of 4 "
+            "columns for int8 weights, 11 per 2-row pass for int16; the ARMv6-M kernel's 3 + 2/G "
             "instructions per MAC, 4.5 for one row): the 14 registers of the M4 limit a block to "
             "4 rows, so 2 activation loads and a load-use cycle come on top of the bound's LDR + "
             "2 SXTB16 + 2 SMLAD. *Where the cycles go*: the M4 estimate per function of the "

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host_tests"))
 
 from models import build, flat_numpy, table, torch_run  # noqa: E402
 from tinyrnn.api import export_program  # noqa: E402
-from tinyrnn.frontend import capture  # noqa: E402
-from tinyrnn.host import load_many  # noqa: E402
+from tinyrnn.frontend.reader import capture  # noqa: E402
+from tinyrnn.targets.host import load_many  # noqa: E402
 
 
 def main() -> int:

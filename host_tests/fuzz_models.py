@@ -7,7 +7,7 @@ draws inputs for each and checks the contract of every C entry point:
 
 - integer formats, float API (``NAME_run``): the C equals the bit-exact reference on inputs
   with NaN, +-Inf, +-FLT_MAX, +-FLT_MIN, denormals and -0 planted among normal values; the
-  reference's conversion (:func:`tinyrnn.reference.quantize_batch`) is the specification:
+  reference's conversion (:func:`tinyrnn.check.reference.quantize_batch`) is the specification:
   NaN -> 0, +-Inf and out-of-range values saturate, denormals round to 0;
 - integer formats, int16 API (``NAME_run_q``, ``NAME_step_q``): the C equals the reference on
   int16 inputs and states with -32768 and 32767 planted;
@@ -34,13 +34,13 @@ from torch import nn
 
 from models import recurrent_module
 from sanitize import Probe, Target, sanitize
-from tinyrnn import reference
 from tinyrnn.api import export_program
-from tinyrnn.frontend import capture, read_program
-from tinyrnn.host import load_many
+from tinyrnn.check import reference
+from tinyrnn.check.simulate import Batch
+from tinyrnn.frontend.reader import capture, read_program
 from tinyrnn.io import assemble_outputs
-from tinyrnn.quantize import formats_from_manifest, quantize
-from tinyrnn.simulate import Batch
+from tinyrnn.passes.quantize import formats_from_manifest, quantize
+from tinyrnn.targets.host import load_many
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru")
 HEADS = ("none", "linear_seq", "softmax_last", "log_softmax_first", "tanh_seq",

@@ -98,6 +98,31 @@ def build(case: Case) -> tuple[nn.Module, tuple]:
     return model, (x, h0)
 
 
+_CAPTURED: dict[str, tuple] = {}
+
+
+def captured(case: Case) -> tuple[nn.Module, tuple, object]:
+    """The model, its example inputs and their program as tinyrnn reads it (torch.export,
+    saved in memory, read by the archive reader), captured once per process (the float,
+    quantized and IR tests share them)."""
+    return _capture(case)[:3]
+
+
+def traced(case: Case):
+    """The torch.export ExportedProgram behind :func:`captured`."""
+    return _capture(case)[3]
+
+
+def _capture(case: Case) -> tuple:
+    if case.id not in _CAPTURED:
+        from tinyrnn.frontend.reader import from_exported, trace
+
+        model, args = build(case)
+        exported = trace(model, args)
+        _CAPTURED[case.id] = (model, args, from_exported(exported), exported)
+    return _CAPTURED[case.id]
+
+
 def flat_numpy(args) -> list[np.ndarray]:
     """Flatten nested tuples of tensors into numpy arrays in order (the in0, in1 contract)."""
     flat, _ = torch.utils._pytree.tree_flatten(args)
@@ -131,10 +156,10 @@ def assert_board_equals_host(board: str, layers: list[tuple[str, int, int, bool,
     ``board``, run it under QEMU and require every output equal to the host build, bit for bit.
     Each generated C file must contain ``kernel_marker`` (the kernel under test)."""
     import tinyrnn
-    from tinyrnn import cross
-    from tinyrnn.boards import load_board
-    from tinyrnn.host import load_many
     from tinyrnn.io import assemble_outputs, split_inputs
+    from tinyrnn.targets import cross
+    from tinyrnn.targets.boards import load_board
+    from tinyrnn.targets.host import load_many
 
     steps = 5
     jobs, inputs, folders = [], [], []

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from models import Case, flat_numpy
-from tinyrnn import reference
-from tinyrnn.frontend import read_program
+from tinyrnn.check import reference
+from tinyrnn.check.simulate import batch_from_arrays
+from tinyrnn.frontend.reader import read_program
 from tinyrnn.io import assemble_outputs
-from tinyrnn.quantize import QModel, formats_from_manifest, quantize
-from tinyrnn.simulate import batch_from_arrays
+from tinyrnn.passes.quantize import QModel, formats_from_manifest, quantize
 
 FORMATS = ("w8a16", "w16a16")
 MIN_SQNR_DB = {"w8a16": 38.0, "w16a16": 60.0}
@@ -63,8 +63,15 @@ def reference_model(program, manifest: dict) -> QModel:
 def reference_outputs(q: QModel, interface: dict, arrays: list[np.ndarray]
                       ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The reference's outputs in torch layout: (integers, floats as the float API returns)."""
+    ints, floats, _, _ = reference_run(q, interface, arrays)
+    return ints, floats
+
+
+def reference_run(q: QModel, interface: dict, arrays: list[np.ndarray]):
+    """:func:`reference_outputs`, and the int16 inputs and the reference's trace."""
     batch = batch_from_arrays(q.model, arrays)
-    trace = reference.run(q, reference.quantize_batch(q, batch))
+    batch_q = reference.quantize_batch(q, batch)
+    trace = reference.run(q, batch_q)
     steps = batch.x.shape[1]
 
     def layout(values):
@@ -72,7 +79,7 @@ def reference_outputs(q: QModel, interface: dict, arrays: list[np.ndarray]
         return assemble_outputs(interface, per_sample, steps)
 
     floats = [reference.dequantize(q, k, v) for k, v in enumerate(trace.outputs)]
-    return layout(trace.outputs), layout(floats)
+    return layout(trace.outputs), layout(floats), batch_q, trace
 
 
 def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:

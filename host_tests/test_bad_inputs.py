@@ -191,8 +191,11 @@ ROWS = [
     Row("run-host-dir-empty", ("run-host", "{out}", *X, "--output", "{work}/y.npz"), 2,
         r"should hold exactly one exported model .* found 0", setup="out_is_folder"),
     Row("run-host-manifest-tampered", ("run-host", "{work}/c", *X, "--output", "{out}.npz"), 2,
-        r"tiny\.json does not match tiny\.h: the manifest's name, format or interface differs "
-        r".* re-export", setup="tampered_manifest"),
+        r"tiny\.json does not match tiny\.h: the manifest's name, format, interface or "
+        r"c_interface differs .* re-export", setup="tampered_manifest"),
+    Row("run-host-c-interface-tampered", ("run-host", "{work}/c", *X, "--output",
+                                          "{out}.npz"), 2,
+        r"tiny\.json does not match tiny\.h: .* re-export", setup="tampered_c_interface"),
     Row("run-host-manifest-not-json", ("run-host", "{work}/c", *X, "--output", "{out}.npz"), 2,
         r"tiny\.json is not valid JSON", setup="manifest_not_json"),
     Row("run-host-header-without-binding", ("run-host", "{work}/c", *X, "--output",
@@ -367,6 +370,12 @@ def _prepare(setup: str, work: Path, files: dict[str, Path]) -> None:
             data["interface"]["input_size"] = 300
             data["interface"]["outputs"][0]["features"] = 4000
             manifest.write_text(json.dumps(data))
+        elif setup == "tampered_c_interface":  # a source outside the export, bigger buffers
+            data = json.loads(manifest.read_text())
+            data["c_interface"]["sources"] = ["../../evil.c"]
+            data["c_interface"]["functions"][0]["args"][-1]["length"] = {"per_step": 0,
+                                                                           "fixed": 4000}
+            manifest.write_text(json.dumps(data))
         elif setup == "manifest_not_json":
             manifest.write_text('{"name": "tiny", ')
         elif setup == "header_without_binding":
@@ -436,9 +445,11 @@ def test_bad_input(row: Row, files, tmp_path, capsys):
         assert not [p for p in work.rglob(f"{STAGE_PREFIX}*")]
         for written in work.rglob("*.npz"):
             assert sorted(np.load(written).files) == ["out0"]
-        if row.argv[0] == "export":
-            assert sorted(p.name for p in (work / "out").iterdir()) == [
-                "model.c", "model.h", "model.json"]
+        if row.argv[0] == "export":  # the C interface's files (integer formats: + .S)
+            api = json.loads((work / "out" / "model.json").read_text())["c_interface"]
+            assert api["header"] == "model.h" and api["sources"][0] == "model.c"
+            assert sorted(p.name for p in (work / "out").iterdir()) == sorted(
+                [api["header"], *api["sources"], "model.json"])
 
 
 PROCESS_ROWS = [row for row in ROWS if row.process]
@@ -492,10 +503,10 @@ def test_a_failure_while_moving_files_into_place_puts_everything_back(tmp_path, 
 def test_names_that_differ_only_in_case_are_refused_together(files, tmp_path):
     """NAME_OK, NAME_H: two models named tiny and TINY cannot share a host module or an
     image; both builders say so before compiling."""
-    from tinyrnn import cross
-    from tinyrnn.boards import load_board
     from tinyrnn.errors import TinyRNNError
-    from tinyrnn.host import load_many
+    from tinyrnn.targets import cross
+    from tinyrnn.targets.boards import load_board
+    from tinyrnn.targets.host import load_many
 
     other = tmp_path / "TINY"
     assert main(["export", str(files["tiny"]), "--out", str(other), "--format", "float32",

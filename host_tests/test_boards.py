@@ -3,7 +3,7 @@
 Needs arm-none-eabi-gcc (with newlib) and qemu-system-arm, which tools/setup.sh installs.
 To keep CI short, every model of RUNS is linked into ONE image per board, and each emulated
 board runs once; the tests then pick their model's outputs out of that run. The
-reference is the same C compiled on the host (tinyrnn.host), which test_float_table.py
+reference is the same C compiled on the host (tinyrnn.targets.host), which test_float_table.py
 checks against torch.
 """
 
@@ -19,15 +19,15 @@ import torch
 
 import tinyrnn
 from models import Case, assert_board_equals_host, build, flat_numpy
-from tinyrnn import cross
 from tinyrnn.api import FORMATS
-from tinyrnn.boards import list_boards, load_board, load_board_file
+from tinyrnn.backend.dspasm import UNROLL_SPEED
 from tinyrnn.cli import main as cli_main
-from tinyrnn.dspasm import UNROLL_SPEED
 from tinyrnn.errors import TinyRNNError
-from tinyrnn.host import load_many
 from tinyrnn.io import assemble_outputs, split_inputs
-from tinyrnn.quantize import padded
+from tinyrnn.passes.layout import padded
+from tinyrnn.targets import cross
+from tinyrnn.targets.boards import list_boards, load_board, load_board_file
+from tinyrnn.targets.host import load_many
 
 EMULATED = [board.name for board in list_boards() if board.qemu_machine]
 NO_FPU_NO_DSP = ["microbit", "mps2-an385"]  # Cortex-M0 and Cortex-M3
@@ -215,6 +215,57 @@ def test_other_arm_builds_compile_with_the_c_kernels(exported, tmp_path, flags, 
     symbols = subprocess.run([cross.GCC.replace("gcc", "nm"), str(obj)], check=True,
                              capture_output=True, text=True).stdout
     assert "_step" in symbols and "_unit" not in symbols
+
+
+# ---------------------------------------------------------------------------------------------
+# clang: the same C and assembly built with clang --target=arm-none-eabi for every core family
+
+CLANG_BOARDS = {"cortex-m0": "microbit", "cortex-m4": "mps2-an386", "cortex-m7": "mps2-an500",
+                "cortex-m33": "mps2-an505", "cortex-m55": "mps3-an547"}
+# a lean subset of RUNS: stacked, bidirectional and Elman layers in both integer formats (the
+# DSP and ARMv6-M assembly kernels, the folds), and one float32 model
+CLANG_RUNS = [(case, fmt) for case in (BOARD_CASES[2], BOARD_CASES[6], BOARD_CASES[1])
+              for fmt in ("w8a16", "w16a16")] + [(BOARD_CASES[4], "float32")]
+
+
+@pytest.fixture(scope="module")
+def clang_run(exported, tmp_path_factory):
+    """board -> (firmware, QEMU run) of one clang-built image holding every CLANG_RUNS model."""
+    done: dict[str, tuple[cross.Firmware, cross.QemuRun]] = {}
+
+    def get(name: str) -> tuple[cross.Firmware, cross.QemuRun]:
+        if name not in done:
+            jobs = []
+            for case, fmt in CLANG_RUNS:
+                model = cross.ExportedModel.load(exported[model_name(case, fmt)])
+                samples = split_inputs(model.interface, flat_numpy(build(case)[1]))
+                jobs.append(cross.ModelInputs(model, tuple(samples)))
+            firmware = cross.build(jobs, load_board(name), tmp_path_factory.mktemp(f"clang-{name}"),
+                                   compiler="clang")
+            done[name] = (firmware, cross.run_qemu(firmware, timeout=60))
+        return done[name]
+
+    return get
+
+
+@pytest.mark.parametrize("core", list(CLANG_BOARDS))
+def test_clang_builds_run_equal_to_the_gcc_builds(core: str, clang_run, board_run):
+    """Every core: the clang image (C and NAME_kernels.S assembled by clang) runs under QEMU and
+    gives the gcc image's outputs, bit for bit for the integer formats; the assembly kernels of
+    the core's family are in it."""
+    board = CLANG_BOARDS[core]
+    firmware, result = clang_run(board)
+    _, gcc_result = board_run(board)
+    for k, (case, fmt) in enumerate(CLANG_RUNS):
+        expected = gcc_result.outputs[RUNS.index((case, fmt))]
+        for s, (got_sample, want_sample) in enumerate(zip(result.outputs[k], expected)):
+            for out, (g, e) in enumerate(zip(got_sample, want_sample)):
+                np.testing.assert_allclose(g, e, rtol=0, atol=tolerance(fmt),
+                                           err_msg=f"{fmt} {case.id} sample {s} out{out} on {core}")
+    symbols = subprocess.run([cross.GCC.replace("gcc", "nm"), str(firmware.elf)], check=True,
+                             capture_output=True, text=True).stdout
+    marker = "_v6m_unit" if core == "cortex-m0" else "_unit"
+    assert re.search(rf"\bT \w+{marker}\d", symbols), f"no assembly unit kernel in the {core} image"
 
 
 # ---------------------------------------------------------------------------------------------

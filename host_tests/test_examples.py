@@ -10,9 +10,10 @@ from torch import nn
 
 import tinyrnn
 from models import flat_numpy, torch_run
-from tinyrnn.frontend import capture, read_program
-from tinyrnn.host import load_many
+from tinyrnn.api import FORMATS
+from tinyrnn.frontend.reader import capture, read_program
 from tinyrnn.ir import Dense, GRULayer, LSTMLayer, SelectStep
+from tinyrnn.targets.host import load_many
 
 
 class Classic(nn.Module):
@@ -141,7 +142,9 @@ def test_ir_reads_torch_gate_order_exactly():
         np.testing.assert_array_equal(gate.w_x.data, rnn.weight_ih_l0.detach().numpy()[rows])
         np.testing.assert_array_equal(gate.w_h.data, rnn.weight_hh_l0.detach().numpy()[rows])
         folded = (rnn.bias_ih_l0 + rnn.bias_hh_l0).detach().numpy()[rows]
-        np.testing.assert_allclose(gate.bias.data, folded, atol=1e-7)
+        (acc,) = gate.accumulators
+        assert acc.name == gate.name
+        np.testing.assert_allclose(acc.bias.data, folded, atol=1e-7)
         assert (
             gate.w_x.source
             == f"rnn.weight_ih_l0[{rows.start}:{rows.stop}] "
@@ -154,8 +157,11 @@ def test_ir_reads_torch_gate_order_exactly():
     assert isinstance(layer, GRULayer) and layer.layer == 1
     n = layer.directions[0].gates[2]
     assert n.name == "n"
-    np.testing.assert_array_equal(n.bias.data, gru_model.rnn.bias_ih_l1.detach().numpy()[12:18])
-    np.testing.assert_array_equal(n.bias_h.data, gru_model.rnn.bias_hh_l1.detach().numpy()[12:18])
+    # the reset gate multiplies W_hn h + b_hn alone: two accumulators, biases not folded
+    nx, nh = n.accumulators
+    assert (nx.name, nh.name) == ("n", "nh") and nx.w_h is None and nh.w_x is None
+    np.testing.assert_array_equal(nx.bias.data, gru_model.rnn.bias_ih_l1.detach().numpy()[12:18])
+    np.testing.assert_array_equal(nh.bias.data, gru_model.rnn.bias_hh_l1.detach().numpy()[12:18])
 
 
 def test_ir_of_a_head():
@@ -174,14 +180,18 @@ def test_ir_of_a_head():
     assert isinstance(ir.layers[3], Dense) and ir.layers[3].name == "fc1"
 
 
-def test_export_is_byte_identical_twice(tmp_path):
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_is_byte_identical_twice(tmp_path, fmt):
+    """Every file of every format: the C, the header, the assembly kernels, the manifest."""
     model, args = CASES["composite"]
-    tinyrnn.export(model, args, tmp_path / "a", name="m", format="float32")
-    tinyrnn.export(model, args, tmp_path / "b", name="m", format="float32")
-    for suffix in (".h", ".c", ".json"):
-        assert (tmp_path / "a" / f"m{suffix}").read_bytes() == (
-            tmp_path / "b" / f"m{suffix}"
-        ).read_bytes()
+    for folder in ("a", "b"):
+        tinyrnn.export(model, args, tmp_path / folder, name="m", format=fmt,
+                       calibration=args if fmt != "float32" else None)
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert {"m.c", "m.h", "m.json"} <= set(files)
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
 def test_generated_c_documents_its_weights(tmp_path):

@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from models import Case, build, flat_numpy, table, torch_run
+from c_checks import layout_problems, unused_warnings
+from models import Case, build, captured, flat_numpy, table, torch_run, traced
 from quant_cases import random_inputs, torch_call
-from tinyrnn import torchref
 from tinyrnn.api import export_program
-from tinyrnn.frontend import from_exported, read_program, trace
-from tinyrnn.host import load_many
+from tinyrnn.check import evaluate, torchref
+from tinyrnn.check.simulate import batch_from_arrays, run_float
+from tinyrnn.frontend.reader import read_program
+from tinyrnn.passes.lower import lower
+from tinyrnn.targets.host import load_many
 
 CASES = table()
 TOL = 1e-5
@@ -23,7 +26,6 @@ TOL = 1e-5
 # measured is 2.4e-7 (2 ulps at 1.0) and 144 of the 240 cases are bit-identical. 1e-6 leaves
 # a margin of 4 and stays 10x below verify's default float32 tolerance.
 REFERENCE_TOL = 1e-6
-CAPTURED: dict[str, tuple] = {}
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +34,7 @@ def compiled(tmp_path_factory):
     root = tmp_path_factory.mktemp("float_table")
     dirs = []
     for case in CASES:
-        model, args = build(case)
-        exported = trace(model, args)
-        program = from_exported(exported)
-        CAPTURED[case.id] = (exported, program)
-        export_program(program, root / case.name, name=case.name, format="float32")
+        export_program(captured(case)[2], root / case.name, name=case.name, format="float32")
         dirs.append(root / case.name)
     return {case.id: c for case, c in zip(CASES, load_many(dirs))}
 
@@ -44,12 +42,12 @@ def compiled(tmp_path_factory):
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_torch_reference_equals_the_captured_program(case: Case, compiled):
     """The example inputs tinyrnn's reader took from the saved archive equal the ones saved;
-    verify's torch reference (torch modules rebuilt from the IR, tinyrnn.torchref) equals
+    verify's torch reference (torch modules rebuilt from the IR, tinyrnn.check.torchref) equals
     torch's own ExportedProgram.module() on the example; and, for the two-layer cases (every
     cell, direction, layout, bias and initial state), the eager model at another batch size
     and sequence length (the captured program is specialised to the example's shapes)."""
     model, args = build(case)
-    exported, program = CAPTURED[case.id]
+    exported, program = traced(case), captured(case)[2]
     for saved, read in zip(flat_numpy(args), program.example_inputs, strict=True):
         assert saved.dtype == read.dtype and np.array_equal(saved, read)  # tinyrnn's reader
     with torch.no_grad():
@@ -70,6 +68,12 @@ def test_torch_reference_equals_the_captured_program(case: Case, compiled):
 def test_float_equals_torch(case: Case, compiled):
     model, args = build(case)
     expected = torch_run(model, args)
+    # the float plan the C was printed from, run in numpy (float64), is the IR's float model
+    ir = read_program(captured(case)[2])
+    batch = batch_from_arrays(ir, flat_numpy(args))
+    planned = evaluate.run(lower(ir, case.name), batch.x, batch.h0, batch.c0)
+    for k, (p, s) in enumerate(zip(planned, run_float(ir, batch)[0].outputs)):
+        np.testing.assert_allclose(p, s, rtol=0, atol=1e-12, err_msg=f"plan, out{k}")
     got = compiled[case.id].run(*flat_numpy(args))
     assert len(got) == len(expected)
     scale = max(float(np.max(np.abs(e))) for e in expected)
@@ -110,3 +114,13 @@ def test_bidirectional_rejects_step_and_long_sequences(compiled):
     too_long = {"x": np.zeros((case.seq_len + 1, case.input_size), np.float32)}
     with pytest.raises(TinyRNNError, match="max-seq-len is 9"):
         c.run_sample(too_long)
+
+
+def test_generated_files_carry_nothing_unused_and_keep_their_shape(compiled):
+    """Over the whole float32 table: no unused helper, macro or array (clang -Weverything, gcc
+    -Wunused, host and Cortex-M); lines within the width, braces where C puts them, const."""
+    folders = [c.folder for c in compiled.values()]
+    problems = [problem for folder in folders for path in sorted(folder.iterdir())
+                if path.suffix in (".c", ".h") for problem in layout_problems(path)]
+    assert problems == [], problems[:20]
+    assert unused_warnings([folder / f"{folder.name}.c" for folder in folders]) == []

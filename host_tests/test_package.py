@@ -47,20 +47,21 @@ from package_specs import (
     pdsc_files,
     pdsc_problems,
 )
-from tinyrnn import cross
-from tinyrnn.boards import load_board
 from tinyrnn.cli import main as cli_main
 from tinyrnn.errors import TinyRNNError
-from tinyrnn.host import load_many
 from tinyrnn.io import load_inputs
-from tinyrnn.package import (
+from tinyrnn.resources import resource_dir
+from tinyrnn.targets import cross
+from tinyrnn.targets import toolchain as tools
+from tinyrnn.targets.boards import load_board
+from tinyrnn.targets.host import load_many
+from tinyrnn.targets.package import (
     EXAMPLE_INPUT,
     FORMS,
     PackageOptions,
     check_library_name,
     package,
 )
-from tinyrnn.resources import resource_dir
 
 FIXTURES = Path(__file__).parent / "package_fixtures"
 BOARD = "mps2-an386"        # Cortex-M4F under QEMU
@@ -212,9 +213,8 @@ def test_cmake_firmware_under_qemu_prints_run_host(packaged, expected, tmp_path)
     toolchain = tmp_path / "arm-none-eabi.cmake"
     toolchain.write_text(env.get_template("arm-none-eabi.cmake.j2").render(
         board=board, gcc=cross.GCC, ldflags=[*cross.LDFLAGS, "-u", "_printf_float"]))
-    linker_script = tmp_path / "linker.ld"
-    linker_script.write_text(cross._jinja_env(firmware).get_template("linker.ld.j2").render(
-        board=board, heap_min=cross.HEAP_MIN))
+    linker_script = tools.render_firmware("linker.ld.j2", tmp_path / "linker.ld",
+                                          board=board, heap_min=cross.HEAP_MIN)
     fetched, *added = MODELS  # one package as an archive for FetchContent, the others as folders
     archive = tmp_path / f"tinyrnn_{fetched}.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -227,7 +227,7 @@ def test_cmake_firmware_under_qemu_prints_run_host(packaged, expected, tmp_path)
     _tool(["cmake", "--build", build_dir, "-j", str(os.cpu_count() or 1)])
     for name, (_, fmt) in MODELS.items():
         elf = build_dir / f"{name}_app"
-        console = _tool([cross.QEMU, "-M", board.qemu_machine, "-nographic", "-monitor", "none",
+        console = _tool([tools.QEMU, "-M", board.qemu_machine, "-nographic", "-monitor", "none",
                          "-serial", "none", "-semihosting-config", "enable=on,target=native",
                          "-kernel", elf], cwd=tmp_path, timeout=60)
         atol = 1e-6 if fmt == "float32" else 0.0

@@ -8,7 +8,6 @@ the unicorn, capstone and matplotlib packages (dependencies and the test extra).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from torch import nn
 
 import tinyrnn
 from tinyrnn.errors import TinyRNNError
-
-prof = importlib.import_module("tinyrnn.profile")  # tinyrnn.profile is the API's function
+from tinyrnn.targets import costs, emulator, profile_image, qemucheck
+from tinyrnn.targets import profile as prof
 
 JSON_KEYS = ("cpu", "instructions_per_step", "cycles_per_step", "macs_per_step",
              "macs_per_cycle", "flash_code_bytes", "flash_weights_bytes", "ram_state_bytes",
@@ -84,12 +83,12 @@ def test_macs_from_the_manifest() -> None:
     assert prof.lower_bound_cycles("lstm", 64, 64) == 4 * 64 * 128 / 0.8
 
 
-def _decode(code: bytes) -> list[prof.Instruction]:
+def _decode(code: bytes) -> list[costs.Instruction]:
     import capstone
 
     md = capstone.Cs(capstone.CS_ARCH_ARM, capstone.CS_MODE_THUMB | capstone.CS_MODE_MCLASS)
     md.detail = True
-    return [prof.classify(i) for i in md.disasm(code, 0x1000)]
+    return [costs.classify(i) for i in md.disasm(code, 0x1000)]
 
 
 def test_cost_table_rules() -> None:
@@ -100,27 +99,27 @@ def test_cost_table_rules() -> None:
                                       "load_multiple"]
     assert [i.cycles for i in insns] == [2, 2, 1, 6, 3, 3]
     assert insns[-1].writes_pc and not insns[-1].conditional
-    block = prof._make_block(insns)
+    block = costs.make_block(insns)
     # the second LDR pipelines (-1), the POP {pc} is a taken branch (+2)
-    assert block.cycles == 2 + 1 + 1 + 6 + 3 + 3 + prof.TAKEN_BRANCH_CYCLES
+    assert block.cycles == 2 + 1 + 1 + 6 + 3 + 3 + costs.TAKEN_BRANCH_CYCLES
     # cbz r0, 1f is conditional and ends a block that may fall through
     cbz = _decode(bytes.fromhex("00b1"))
     assert cbz[0].cls == "branch" and cbz[0].conditional
-    assert prof._make_block(cbz).ends_conditional
+    assert costs.make_block(cbz).ends_conditional
 
 
 def test_docs_show_the_cost_table() -> None:
     docs = Path(__file__).resolve().parent.parent / "docs" / "profiling.md"
-    assert prof.cost_table_markdown() in docs.read_text(encoding="utf-8")
+    assert costs.cost_table_markdown() in docs.read_text(encoding="utf-8")
 
 
 def test_unknown_and_unsupported_cores() -> None:
     with pytest.raises(TinyRNNError, match="m0, m0plus, m3, m4, m7, m33"):
-        prof.resolve_core("cortex-m99")
+        costs.resolve_core("cortex-m99")
     with pytest.raises(TinyRNNError, match="no Cortex-M55"):
-        prof.resolve_core("m55")
-    assert prof.resolve_core("M4").name == "cortex-m4"
-    assert prof.resolve_core("m0+").name == "cortex-m0plus"
+        costs.resolve_core("m55")
+    assert costs.resolve_core("M4").name == "cortex-m4"
+    assert costs.resolve_core("m0+").name == "cortex-m0plus"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,8 +144,8 @@ def test_counts_repeat_exactly(models: dict[str, Path]) -> None:
 def test_emulated_outputs_match_the_host(models: dict[str, Path], tmp_path: Path) -> None:
     """The emulated calls see the right arguments and data: NAME_run's outputs under unicorn
     (three outputs: two arguments on the stack) equal the same C compiled for the host."""
-    from tinyrnn import cross, host
-    from tinyrnn.boards import load_board
+    from tinyrnn.targets import cross, host
+    from tinyrnn.targets.boards import load_board
 
     class Full(nn.Module):
         def __init__(self) -> None:
@@ -161,8 +160,8 @@ def test_emulated_outputs_match_the_host(models: dict[str, Path], tmp_path: Path
     tinyrnn.export(Full().eval(), torch.zeros(1, 8, 5), directory, format="float32",
                    name="full")
     model = cross.ExportedModel.load(directory)
-    image = prof.build_image(model, load_board("mps2-an386"), tmp_path / "image")
-    emu = prof.Emulator(image, prof.CORES["cortex-m4"])
+    image = profile_image.build_image(model, load_board("mps2-an386"), tmp_path / "image")
+    emu = emulator.Emulator(image, costs.CORES["cortex-m4"])
     x = prof.deterministic_input(prof.RUN_STEPS, 5)
     emu.write("tinyrnn_profile_x", x)
     lengths = model.output_lengths(prof.RUN_STEPS)
@@ -208,7 +207,7 @@ def test_bidirectional_models_count_a_run(models: dict[str, Path]) -> None:
 
 
 def test_unicorn_agrees_with_qemu_systick(models: dict[str, Path]) -> None:
-    check = prof.qemu_cross_check(models["gru_head"], "mps2-an386")
+    check = qemucheck.qemu_cross_check(models["gru_head"], "mps2-an386")
     assert check.instructions_per_tick == pytest.approx(40.0, rel=0.01)  # 25 MHz, 1 ns/insn
     assert check.empty_ticks <= 1
     assert check.ticks > 10
@@ -247,7 +246,7 @@ def test_fixed_point_profiles_the_int16_api_too(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", ["float32", "w8a16"])
 def test_report_holds_its_plots_and_numbers(models: dict[str, Path], tmp_path: Path,
                                             fmt: str) -> None:
-    from tinyrnn.report import make_report
+    from tinyrnn.check.report import make_report
 
     torch.manual_seed(0)
     model = Cell("gru", 6, 12, head=3).eval()

@@ -11,8 +11,8 @@ import torch
 
 from tinyrnn.api import export_program
 from tinyrnn.datasets import accuracy, japanese_vowels, train_classifier
-from tinyrnn.frontend import capture
-from tinyrnn.host import load_many
+from tinyrnn.frontend.reader import capture
+from tinyrnn.targets.host import load_many
 
 CELLS = ("lstm", "gru")
 

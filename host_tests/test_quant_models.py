@@ -24,8 +24,8 @@ from quant_cases import (
 )
 from tinyrnn.api import CalibrationWarning, export_program
 from tinyrnn.errors import TinyRNNError
-from tinyrnn.frontend import capture
-from tinyrnn.host import load_many
+from tinyrnn.frontend.reader import capture
+from tinyrnn.targets.host import load_many
 
 
 class Head(nn.Module):
@@ -136,8 +136,8 @@ def test_inputs_far_outside_the_calibrated_range_saturate(case: Case, fmt: str, 
     int16 input hits the limits), the C still equals the reference (which saturates by
     construction, so a wrap-around anywhere would differ), and every output is finite and
     inside the range the cell allows."""
-    from tinyrnn.reference import quantize_batch
-    from tinyrnn.simulate import batch_from_arrays
+    from tinyrnn.check.reference import quantize_batch
+    from tinyrnn.check.simulate import batch_from_arrays
 
     c, _, _, program, manifest = compiled[("long", case.cell, fmt)]
     x = _x(3, 30, 11, scale=100.0)
@@ -169,8 +169,8 @@ def test_float_to_int16_conversion_is_exact_at_ties_and_extremes(fmt: str, compi
     values = np.resize(values, (len(values) // 5 + 1) * 5)
     x = values.reshape(-1, 5)
     q = reference_model(program, manifest)
-    from tinyrnn.reference import dequantize, quantize_batch, run
-    from tinyrnn.simulate import Batch
+    from tinyrnn.check.reference import dequantize, quantize_batch, run
+    from tinyrnn.check.simulate import Batch
 
     trace = run(q, quantize_batch(q, Batch(x[None])))
     want = dequantize(q, 0, trace.outputs[0])[0].reshape(-1)
@@ -214,8 +214,8 @@ def test_cortex_m_equals_the_host_bit_for_bit(fmt: str, compiled):
     """Under QEMU, a Cortex-M3 (soft float) and a Cortex-M4F give exactly the host's outputs,
     ties and saturating inputs included: the float<->int16 conversions are exact and the rest
     is integer arithmetic. Needs arm-none-eabi-gcc and qemu-system-arm (tools/setup.sh)."""
-    from tinyrnn import cross
-    from tinyrnn.boards import load_board
+    from tinyrnn.targets import cross
+    from tinyrnn.targets.boards import load_board
 
     c, _, _, _, manifest = compiled[("head", 0, fmt)]
     frac = manifest["interface"]["quantized"]["forward_inputs"][0]["frac"][0]

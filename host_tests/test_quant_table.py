@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models import CELLS, Case, build, table
+from c_checks import layout_problems, unused_warnings
+from models import CELLS, Case, captured, table
 from quant_cases import (
     FORMATS,
     MIN_SQNR_DB,
@@ -19,19 +20,21 @@ from quant_cases import (
     first_mismatch,
     random_inputs,
     reference_model,
-    reference_outputs,
+    reference_run,
     sqnr_db,
     torch_call,
 )
 from sanitize import FINDING, Probe, Target, compile_model, sanitize
 from tinyrnn.api import export_program
-from tinyrnn.frontend import capture
-from tinyrnn.host import load_many
+from tinyrnn.check import evaluate
+from tinyrnn.passes.lower import lower
+from tinyrnn.targets.host import load_many
 
 CASES = table()
 PARAMS = [(c, f) for c in CASES for f in FORMATS]
 IDS = [f"{c.id}-{f}" for c, f in PARAMS]
 TEST_BATCH = 4
+FOLDERS: list = []  # every export of the table, filled by the fixture
 
 
 SANITIZER_STEPS = 2_100
@@ -57,14 +60,14 @@ def exported(tmp_path_factory, request):
     dirs, keys, info = [], [], {}
     try:
         for case in CASES:
-            model, args = build(case)
-            program = capture(model, args)
+            model, args, program = captured(case)
             calibration = random_inputs(case, model, args, 16, SEQ_LEN, case.seed + 1000)
             for fmt in FORMATS:
                 name = f"{case.name}_{fmt}"
                 manifest = export_program(program, root / name, name=name, format=fmt,
                                           max_seq_len=SEQ_LEN, calibration=calibration)
                 dirs.append(root / name)
+                FOLDERS.append(root / name)
                 keys.append((case.id, fmt))
                 info[(case.id, fmt)] = (model, args, program, manifest)
                 if wanted:
@@ -130,7 +133,13 @@ def test_c_equals_reference_and_tracks_torch(case: Case, fmt: str, exported):
     compiled, model, args, program, manifest = exported[(case.id, fmt)]
     arrays = random_inputs(case, model, args, TEST_BATCH, SEQ_LEN, case.seed + 2000)
     q = reference_model(program, manifest)
-    ref_int, ref_float = reference_outputs(q, compiled.interface, arrays)
+    ref_int, ref_float, batch_q, trace = reference_run(q, compiled.interface, arrays)
+
+    # the plan the C was printed from, run in numpy with every kernel family's weights
+    plan = lower(q.model, manifest["name"], q)
+    for k, (g, r) in enumerate(zip(evaluate.run(plan, batch_q.x, batch_q.h0, batch_q.c0),
+                                   trace.outputs)):
+        assert np.array_equal(g, r), f"plan evaluator, out{k}: {first_mismatch(g, r)}"
 
     # the float API: the reference's integers, converted exactly
     got = compiled.run(*arrays)
@@ -140,10 +149,6 @@ def test_c_equals_reference_and_tracks_torch(case: Case, fmt: str, exported):
         assert np.array_equal(g, r), f"out{k}: {first_mismatch(g, r)}"
 
     # the int16 API, sample by sample, against the reference's integers
-    from tinyrnn.reference import quantize_batch
-    from tinyrnn.simulate import batch_from_arrays
-
-    batch_q = quantize_batch(q, batch_from_arrays(q.model, arrays))
     for b in range(TEST_BATCH):
         sample_q = {"x": batch_q.x[b]}
         if batch_q.h0 is not None:
@@ -173,14 +178,17 @@ STREAM = [(c, f) for c in CASES if not c.bidirectional and c.initial_state and c
 @pytest.mark.parametrize(("case", "fmt"), STREAM, ids=[f"{c.id}-{f}" for c, f in STREAM])
 def test_step_q_equals_reference(case: Case, fmt: str, exported):
     """NAME_step_q, one step at a time from set_state_q, gives the reference's every step."""
-    from tinyrnn.reference import quantize_batch, run
-    from tinyrnn.simulate import batch_from_arrays
+    from tinyrnn.check.reference import quantize_batch, run
+    from tinyrnn.check.simulate import batch_from_arrays
 
     compiled, model, args, program, manifest = exported[(case.id, fmt)]
     arrays = random_inputs(case, model, args, 2, 12, case.seed + 3000)
     q = reference_model(program, manifest)
     batch_q = quantize_batch(q, batch_from_arrays(q.model, arrays))
     trace = run(q, batch_q, all_steps=True)
+    steps = evaluate.run(lower(q.model, manifest["name"], q), batch_q.x, batch_q.h0, batch_q.c0,
+                         steps=True)[0]
+    assert np.array_equal(steps, trace.outputs[0]), first_mismatch(steps, trace.outputs[0])
     for b in range(2):
         state = compiled.new_state()
         args_q = [batch_q.h0[b]] + ([batch_q.c0[b]] if batch_q.c0 is not None else [])
@@ -194,10 +202,10 @@ def test_step_q_equals_reference(case: Case, fmt: str, exported):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_float_simulation_of_the_ir_equals_torch(case: Case, exported):
-    """tinyrnn.simulate (calibration, the per-layer report) computes what torch computes."""
-    from tinyrnn.frontend import read_program
+    """tinyrnn.check.simulate (calibration, the per-layer report) computes what torch computes."""
+    from tinyrnn.check.simulate import batch_from_arrays, run_float
+    from tinyrnn.frontend.reader import read_program
     from tinyrnn.io import assemble_outputs
-    from tinyrnn.simulate import batch_from_arrays, run_float
 
     compiled, model, args, program, _ = exported[(case.id, FORMATS[0])]
     arrays = random_inputs(case, model, args, TEST_BATCH, SEQ_LEN, case.seed + 4000)
@@ -207,6 +215,17 @@ def test_float_simulation_of_the_ir_equals_torch(case: Case, exported):
     got = assemble_outputs(compiled.interface, trace.per_sample(), SEQ_LEN)
     for k, (g, e) in enumerate(zip(got, torch_call(model, args, arrays))):
         np.testing.assert_allclose(g, e, rtol=0, atol=2e-6, err_msg=f"out{k}")
+
+
+def test_generated_files_carry_nothing_unused_and_keep_their_shape(exported):
+    """Over the whole table (both integer formats): no unused helper, table, macro or kernel on
+    a host, Cortex-M0 (ARMv6-M assembly) or Cortex-M4 (DSP assembly) build, clang -Weverything
+    and gcc -Wunused; lines within the width, braces where C puts them, every array const."""
+    assert len(FOLDERS) == len(exported)
+    problems = [problem for folder in FOLDERS for path in sorted(folder.iterdir())
+                if path.suffix in (".c", ".h", ".S") for problem in layout_problems(path)]
+    assert problems == [], problems[:20]
+    assert unused_warnings([folder / f"{folder.name}.c" for folder in FOLDERS]) == []
 
 
 def test_every_export_is_clean_under_the_sanitizers(exported):

@@ -14,14 +14,19 @@ import torch
 from torch import nn
 
 import tinyrnn
-import tinyrnn.frontend
+import tinyrnn.frontend.reader
 from models import Case, build, flat_numpy
 from tinyrnn.cli import main
 from tinyrnn.errors import TinyRNNError
-from tinyrnn.frontend import archive_bytes, capture, read_program, trace
-from tinyrnn.pt2 import read_archive
-from tinyrnn.safezip import SafeZip, ZipLimits
-from tinyrnn.tensorfile import SCALAR_TYPES, flatten_tensors, read_tensor_file, strided_array
+from tinyrnn.frontend.pt2 import read_archive
+from tinyrnn.frontend.reader import archive_bytes, capture, read_program, trace
+from tinyrnn.frontend.safezip import SafeZip, ZipLimits
+from tinyrnn.frontend.tensorfile import (
+    SCALAR_TYPES,
+    flatten_tensors,
+    read_tensor_file,
+    strided_array,
+)
 
 
 @pytest.mark.parametrize("case", [
@@ -45,13 +50,13 @@ def test_the_in_process_api_reads_through_the_same_reader(monkeypatch, tmp_path)
     """tinyrnn.export saves the captured program into memory and reads it back with the
     archive reader; torch's loader is not involved."""
     seen = []
-    real = tinyrnn.frontend.read_archive
+    real = tinyrnn.frontend.reader.read_archive
 
     def spy(data, what):
         seen.append(what)
         return real(data, what)
 
-    monkeypatch.setattr(tinyrnn.frontend, "read_archive", spy)
+    monkeypatch.setattr(tinyrnn.frontend.reader, "read_archive", spy)
     monkeypatch.setattr(torch.export, "load", None)  # any call would fail
     model, args = build(Case("lstm", False, 1, True, True, False))
     tinyrnn.export(model, args, tmp_path, format="float32")

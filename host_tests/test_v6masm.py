@@ -1,7 +1,7 @@
-"""The ARMv6-M unit kernels (tinyrnn/v6masm.py), run on an emulated Cortex-M0.
+"""The ARMv6-M unit kernels (tinyrnn/backend/v6masm.py), run on an emulated Cortex-M0.
 
-Each kernel is compiled the way the model's C compiles it (a naked function around the
-generated inline assembly, -mcpu=cortex-m0) and called under unicorn on random and extreme
+Each kernel is assembled the way NAME_kernels.S holds it (its macro and .rept blocks,
+-mcpu=cortex-m0) and called under unicorn on random and extreme
 integers; its sums must equal numpy's, and it must keep the AAPCS contract (r4-r11 and sp
 restored, nothing written outside acc). The end-to-end check, the whole model on the micro:bit
 under QEMU against the host build, is test_boards.py and the large models below.
@@ -18,8 +18,9 @@ import unicorn
 from unicorn import arm_const
 
 from models import assert_board_equals_host
-from tinyrnn.quantize import padded
-from tinyrnn.v6masm import UNROLL_SIZE, UNROLL_SPEED, V6MUnitKernel
+from tinyrnn.backend.render import _asm_lines
+from tinyrnn.backend.v6masm import UNROLL_SIZE, UNROLL_SPEED, V6MUnitKernel
+from tinyrnn.passes.layout import padded
 
 CODE, DATA, STOP = 0x0000_0000, 0x2000_0000, 0x0F00_0000
 
@@ -37,20 +38,16 @@ KERNELS = [
 
 
 def _compile(kernel: V6MUnitKernel, unroll: int, work: Path) -> bytes:
-    """The kernel as the model's C holds it, linked at address 0: raw code bytes."""
-    lines = "".join(f'        "{line}\\n\\t"\n' if ":" not in line else f'        "{line}\\n"\n'
-                    for line in kernel.assembly(unroll))
-    source = (
-        "#include <stdint.h>\n"
-        "__attribute__((naked, noinline)) void kernel(\n"
-        "    const int8_t *w __attribute__((unused)), const int16_t *xh __attribute__((unused)),\n"
-        "    int32_t *acc __attribute__((unused)), const int32_t *bx __attribute__((unused)),\n"
-        "    const int32_t *bh __attribute__((unused)))\n"
-        "{\n    __asm__ volatile(\n" + lines + "    );\n}\n")
-    (work / "k.c").write_text(source)
-    flags = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2", "-mcpu=cortex-m0",
-             "-mthumb", "-mfloat-abi=soft"]
-    for cmd in (["arm-none-eabi-gcc", *flags, "-c", "k.c", "-o", "k.o"],
+    """The kernel as NAME_kernels.S holds it (its macro, .rept blocks), assembled for the
+    Cortex-M0 and linked at address 0: raw code bytes."""
+    lines = [".syntax unified", ".thumb"]
+    for name, body in kernel.macros().items():
+        lines += [f".macro {name}", *body, ".endm"]
+    lines += [".global kernel", ".type kernel, %function", ".thumb_func", "kernel:"]
+    lines += _asm_lines(kernel.assembly(unroll))
+    (work / "k.S").write_text("\n".join(lines) + "\n")
+    flags = ["-mcpu=cortex-m0", "-mthumb", "-mfloat-abi=soft"]
+    for cmd in (["arm-none-eabi-gcc", *flags, "-c", "k.S", "-o", "k.o"],
                 ["arm-none-eabi-ld", "-Ttext=0", "-e", "kernel", "k.o", "-o", "k.elf"],
                 ["arm-none-eabi-objcopy", "-O", "binary", "k.elf", "k.bin"]):
         result = subprocess.run(cmd, cwd=work, capture_output=True, text=True)

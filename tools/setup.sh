@@ -9,8 +9,9 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 # Debian packages: a C compiler for the host harness, the Cortex-M cross compiler,
 # newlib, and QEMU for the emulated boards; CMake, g++ and clang for the package tests
-# (CMake builds, C++ consumers of the generated header).
-PKGS="python3 python3-venv python3-dev gcc libc6-dev gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake g++ clang"
+# (CMake builds, C++ consumers of the generated header); clang with lld for the clang x core
+# test matrix.
+PKGS="python3 python3-venv python3-dev gcc libc6-dev gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake g++ clang lld"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .backend.render import render
 from .checks import check_name, check_number
 from .errors import TinyRNNError, TinyRNNWarning
-from .frontend import archive_bytes, read_captured, read_program, trace
+from .frontend.pt2 import Program
+from .frontend.reader import archive_bytes, read_captured, read_program, trace
 from .ir import Dense, Model, RecurrentLayer, SelectStep
 from .outputs import output_folder
-from .pt2 import Program
-from .render import render
 
 FORMATS = ("w8a16", "w16a16", "float32")
 DEFAULT_FORMAT = "w8a16"
@@ -105,8 +105,8 @@ def quantize_model(
     example: Sequence[np.ndarray] | None,
 ):
     """Calibrate on ``calibration`` (else the example, with a CalibrationWarning) and quantize."""
-    from .quantize import calibrate, choose_formats, quantize
-    from .simulate import batch_from_arrays
+    from .check.simulate import batch_from_arrays
+    from .passes.quantize import calibrate, choose_formats, quantize
 
     if calibration is None:
         if example is None:

@@ -20,10 +20,10 @@ EXIT_MISMATCH = 1
 
 def _export(args: argparse.Namespace) -> int:
     from .api import check_options, export_program, ignore_calibration_for_float
-    from .frontend import load_program
+    from .frontend.reader import load_program
     from .io import load_inputs
     from .outputs import check_folder
-    from .package import check_library_name, package_options_given
+    from .targets.package import check_library_name, package_options_given
 
     # the options first: a typo fails in a moment, before the model is loaded
     check_options(args.format, args.name, args.max_seq_len)
@@ -49,13 +49,14 @@ def _export(args: argparse.Namespace) -> int:
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     sizes = manifest["sizes"]
+    files = [manifest["c_interface"]["header"], *manifest["c_interface"]["sources"]]
     print(
-        f"wrote {args.out}/{args.name}.h, {args.name}.c, {args.name}.json "
+        f"wrote {args.out}/{', '.join(files)}, {args.name}.json "
         f"({manifest['format']}; weights {sizes['weights_bytes']} B, state "
         f"{sizes['state_bytes']} B, scratch {sizes['scratch_bytes']} B)"
     )
     if args.package is not None:
-        from .package import default_package_dir, package_from_args
+        from .targets.package import default_package_dir, package_from_args
 
         out = args.package_out or default_package_dir(args.out, args.package)
         print(package_from_args(args, Path(args.out), args.package, out).format())
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="sequence buffer capacity for bidirectional models "
                         "(default: the example input's length)")
-    from .package import add_package_options
+    from .targets.package import add_package_options
 
     add_package_options(p.add_argument_group("library options (with --package)"))
     p.set_defaults(func=_export)
@@ -143,10 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # the board (cross.py) and measurement (profile.py, report.py) commands
     # (imported by name: tinyrnn.profile, .report and .package are the API's functions)
-    from .cross import register_cli as cross_cli
-    from .package import register_cli as package_cli
-    from .profile import register_cli as profile_cli
-    from .report import register_cli as report_cli
+    from .check.report import register_cli as report_cli
+    from .targets.cross import register_cli as cross_cli
+    from .targets.package import register_cli as package_cli
+    from .targets.profile import register_cli as profile_cli
 
     for register in (cross_cli, profile_cli, report_cli, package_cli):
         register(sub)

@@ -23,20 +23,23 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from . import cross
-from .boards import load_board
+from .backend.manifest import read_manifest
+from .check.report import DEFAULT_BOARD, OutputError, make_report
+from .check.report import _fmt_db as _report_db
+from .check.verify import verify as _verify
 from .checks import check_number
-from .host import load, read_manifest
 from .io import read_inputs, save_outputs, split_inputs
 from .outputs import check_file, npz_path
-from .package import DEFAULT_VERSION, PackageOptions, PackageResult
-from .package import package as _package
-from .profile import Profile, QemuCheck, qemu_cross_check, reference_board, resolve_core
-from .profile import profile as _profile
-from .report import DEFAULT_BOARD, OutputError, make_report
-from .report import _fmt_db as _report_db
 from .results import TEXT_ONLY, JsonResult
-from .verify import verify as _verify
+from .targets import cross
+from .targets.boards import load_board
+from .targets.costs import reference_board, resolve_core
+from .targets.host import load
+from .targets.package import DEFAULT_VERSION, PackageOptions, PackageResult
+from .targets.package import package as _package
+from .targets.profile import Profile
+from .targets.profile import profile as _profile
+from .targets.qemucheck import QemuCheck, qemu_cross_check
 
 if TYPE_CHECKING:
     import torch
@@ -422,7 +425,8 @@ def package(export_dir: str | Path, *, form: str, out: str | Path, force: bool =
     empty unless ``force`` (then it is replaced). ``inputs``: the example's input (first
     sequence used; default: a deterministic input of the export's shape). ``lib_version``:
     MAJOR.MINOR.PATCH; ``url``: the project's page, for the metadata. Returns the
-    :class:`~tinyrnn.package.PackageResult` (form, folder, files, notes). Raises TinyRNNError
+    :class:`~tinyrnn.targets.package.PackageResult` (form, folder, files, notes). Raises
+    TinyRNNError
     naming the rule for an unknown form, a name the build system refuses, a folder that is
     not an export, or an ``out`` in the way.
     """

@@ -78,8 +78,8 @@ def main(out_dir: Path, board: str = "mps2-an386", fmt: str = "w8a16") -> int:
 
     The files appear in ``out_dir`` when the run is complete (:mod:`tinyrnn.outputs`)."""
     from .api import FORMATS
-    from .boards import load_board
     from .outputs import output_folder
+    from .targets.boards import load_board
 
     if fmt not in FORMATS:
         raise TinyRNNError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -91,9 +91,9 @@ def main(out_dir: Path, board: str = "mps2-an386", fmt: str = "w8a16") -> int:
 def _run(out_dir: Path, shown: Path, board: str, fmt: str) -> int:
     """:func:`main` in the staging folder ``out_dir``; messages name ``shown``."""
     from .api import export_program
-    from .frontend import archive_bytes, load_program, trace
-    from .host import load
-    from .verify import torch_outputs, verify
+    from .check.verify import torch_outputs, verify
+    from .frontend.reader import archive_bytes, load_program, trace
+    from .targets.host import load
 
     model, seconds = train()
     x_calib, _ = make_task(256, seed=2)
@@ -133,9 +133,9 @@ def _run(out_dir: Path, shown: Path, board: str, fmt: str) -> int:
 def on_board(c_dir: Path, x: np.ndarray, host_out: np.ndarray, torch_out: np.ndarray,
              board_name: str, exact: bool) -> bool:
     """Build for ``board_name``, run the test set under QEMU, compare with host and torch."""
-    from .boards import load_board
-    from .cross import run
-    from .verify import sqnr_db
+    from .check.verify import sqnr_db
+    from .targets.boards import load_board
+    from .targets.cross import run
 
     board = load_board(board_name)
     (probs_b,), firmware, result = run(c_dir, board, [x])

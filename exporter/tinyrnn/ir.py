@@ -7,10 +7,11 @@ dataclass with typed fields, one per layer kind.
 Conventions settled here, once:
 - A torch recurrent module with ``num_layers`` layers becomes one IR layer per torch layer;
   each holds one :class:`Direction` (or two when bidirectional: forward first, then reverse).
-- Gates are split and named: LSTM ``i, f, g, o``; GRU ``r, z, n``; RNN ``h``. Each gate holds
-  its input weights, recurrent weights and one folded bias ``b_ih + b_hh`` except the GRU
-  ``n`` gate, which keeps ``b_hn`` apart because torch applies the reset gate to
-  ``W_hn h + b_hn``.
+- Gates are split and named as :data:`tinyrnn.cells.CELLS` says: LSTM ``i, f, g, o``; GRU
+  ``r, z, n``; RNN ``h``. Each gate holds its accumulators: one exact sum
+  ``W_x x + W_h h + b`` with the folded bias ``b_ih + b_hh``, or, for a split gate (GRU ``n``,
+  where torch applies the reset gate to ``W_hn h + b_hn``), two: ``n = W_in x + b_in`` and
+  ``nh = W_hn h + b_hn``. Later stages never split a gate by its name.
 - Every array remembers the torch tensor and slice it came from (:class:`Tensor.source`).
 """
 
@@ -21,26 +22,10 @@ from typing import Literal
 
 import numpy as np
 
+from .cells import CellSpec, cell_spec
+
 CellKind = Literal["lstm", "gru", "rnn_tanh", "rnn_relu"]
 ActivationKind = Literal["relu", "tanh", "sigmoid", "softmax", "log_softmax"]
-
-GATE_NAMES: dict[str, tuple[str, ...]] = {
-    "lstm": ("i", "f", "g", "o"),
-    "gru": ("r", "z", "n"),
-    "rnn_tanh": ("h",),
-    "rnn_relu": ("h",),
-}
-
-GATE_TITLES = {
-    "i": "input gate",
-    "f": "forget gate",
-    "g": "cell gate",
-    "o": "output gate",
-    "r": "reset gate",
-    "z": "update gate",
-    "n": "new gate",
-    "h": "",
-}
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,14 +41,36 @@ class Tensor:
 
 
 @dataclass(frozen=True, eq=False)
+class Accumulator:
+    """One exact sum of a gate: ``bias + w_x @ x + w_h @ h`` (a split gate's sums read one of
+    x and h each)."""
+
+    name: str  # the gate's name; a split gate's h sum is named gate + "h" (GRU "nh")
+    w_x: Tensor | None  # (H, input_size)
+    w_h: Tensor | None  # (H, state_size)
+    bias: Tensor | None  # (H,): b_ih + b_hh folded; a split gate: b_in (x sum), b_hn (h sum)
+
+
+@dataclass(frozen=True, eq=False)
 class Gate:
-    """One gate of one direction: pre = w_x @ x + w_h @ h + bias (+ GRU n: r * (w_h h + b_h))."""
+    """One gate of one direction and its accumulators (see the module doc)."""
 
     name: str
-    w_x: Tensor  # (H, input_size)
-    w_h: Tensor  # (H, state_size)
-    bias: Tensor | None  # (H,) b_ih + b_hh folded; GRU n gate: b_in only
-    bias_h: Tensor | None = None  # GRU n gate only: b_hn, inside the reset product
+    accumulators: tuple[Accumulator, ...]
+
+    @property
+    def w_x(self) -> Tensor:
+        return next(a.w_x for a in self.accumulators if a.w_x is not None)
+
+    @property
+    def w_h(self) -> Tensor:
+        return next(a.w_h for a in self.accumulators if a.w_h is not None)
+
+    @property
+    def tensors(self) -> list[Tensor]:
+        """Its arrays in a fixed order: the weights, then the biases."""
+        weights = [t for a in self.accumulators for t in (a.w_x, a.w_h) if t is not None]
+        return weights + [a.bias for a in self.accumulators if a.bias is not None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,6 +80,47 @@ class Direction:
     reverse: bool
     gates: tuple[Gate, ...]
     w_proj: Tensor | None = None  # LSTM proj_size > 0: (P, H)
+
+    @property
+    def accumulators(self) -> tuple[Accumulator, ...]:
+        """Every accumulator in gate order (LSTM i f g o, GRU r z n nh, RNN h)."""
+        return tuple(a for g in self.gates for a in g.accumulators)
+
+    def accumulator(self, name: str) -> Accumulator:
+        return next(a for a in self.accumulators if a.name == name)
+
+
+def _rows(tensor: Tensor, rows: slice, title: str) -> Tensor:
+    return Tensor(np.ascontiguousarray(tensor.data[rows]),
+                  f"{tensor.source}[{rows.start}:{rows.stop}] {title}".rstrip())
+
+
+def split_gates(kind: str, reverse: bool, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None,
+                b_hh: Tensor | None, w_proj: Tensor | None = None) -> Direction:
+    """One direction from torch's packed tensors (``weight_ih_lK`` etc., whole, with their
+    names as sources): the gate rows cut in torch's order and named, biases folded except in a
+    split gate."""
+    spec = cell_spec(kind)
+    hidden = w_ih.shape[0] // spec.G
+    gates = []
+    for k, gate in enumerate(spec.gates):
+        rows = slice(k * hidden, (k + 1) * hidden)
+        w_x, w_h = _rows(w_ih, rows, gate.title), _rows(w_hh, rows, gate.title)
+        bx = bh = bias = None
+        if b_ih is not None and b_hh is not None:
+            if gate.split:
+                bx, bh = _rows(b_ih, rows, gate.title), _rows(b_hh, rows, gate.title)
+            else:
+                bias = Tensor(b_ih.data[rows] + b_hh.data[rows],
+                              f"{b_ih.source}[{rows.start}:{rows.stop}] + "
+                              f"{b_hh.source}[{rows.start}:{rows.stop}] {gate.title}".rstrip())
+        if gate.split:
+            name_x, name_h = gate.accumulators
+            accs = (Accumulator(name_x, w_x, None, bx), Accumulator(name_h, None, w_h, bh))
+        else:
+            accs = (Accumulator(gate.name, w_x, w_h, bias),)
+        gates.append(Gate(gate.name, accs))
+    return Direction(reverse=reverse, gates=tuple(gates), w_proj=w_proj)
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,6 +132,16 @@ class RecurrentLayer:
     input_size: int
     hidden_size: int
     directions: tuple[Direction, ...]
+
+    @property
+    def spec(self) -> CellSpec:
+        """The cell's row of :data:`tinyrnn.cells.CELLS`."""
+        return cell_spec(self.kind)  # type: ignore[attr-defined]
+
+    @property
+    def projected(self) -> bool:
+        """Whether h is a projection of the cell's output (LSTM proj_size > 0)."""
+        return self.state_size != self.hidden_size
 
     @property
     def num_directions(self) -> int:

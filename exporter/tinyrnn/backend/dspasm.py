@@ -1,0 +1,260 @@
+"""Matrix-vector kernels for cores with the DSP extension (ARMv7E-M: Cortex-M4, M7, M33, M55),
+written out as Thumb-2 assembly for each model's sizes.
+
+One *unit kernel* computes the integer sums of the G gate rows of one recurrent unit (LSTM
+i f g o, GRU r z n) over the concatenated ``[x, h]`` buffer, in the weight order of
+:func:`tinyrnn.passes.layout.kernel_layout`: for each group of 4 columns, one 32-bit word of int8
+weights per row, bytes in SXTB16 order (0, 2, 1, 3). Per group it loads the two words of
+int16 activations and the G weight words back to back (the M4 pipelines a load that follows a
+load), then per row ``SXTB16``, ``SXTB16 ... ROR #8`` and two ``SMLAD``: 3 + G load cycles
+and 4G single-cycle instructions for 4G MACs. The register file decides the block: 4 sums,
+2 activation words, 4 weight words, one extension temporary, the weight and activation
+pointers and the loop count are the 14 registers r0-r12 and lr; a block of 8 rows would need
+8 more.
+
+The sums are exact: the exporter proved that every partial sum fits 32 bits (SMLAD wraps,
+and the final sum is in range, so the order of the additions does not change it), so the
+results equal the portable C kernel and the reference bit for bit.
+
+The C prototype of a unit kernel (AAPCS; the fifth argument on the stack)::
+
+    const int8_t *NAME(const int8_t *w, const int16_t *xh, int32_t *acc,
+                       const int32_t *bx, const int32_t *bh);
+
+``acc[0..G)`` receives the x-part sums (started from ``bx[0..G)`` or zero), ``acc[G..2G)``
+the h-part sums (from ``bh``); it returns the weights of the next unit.
+
+16-bit weights with 64-bit sums (w16a16) take ``const int16_t *w`` and ``int64_t`` sums and
+biases. A 64-bit sum needs two registers, so the kernel makes passes of 2 rows over
+``[x, h]``: per group 2 activation loads, 4 weight loads (rows r and r + 1, 2 words each; the
+last one post-indexed to the next group), 4 ``SMLALD``: 11 cycles for 8 MACs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Rept:
+    """``count`` copies of the assembler macro ``macro`` (``.rept`` ... ``.endr``)."""
+
+    count: int
+    macro: str
+
+
+Line = str | Rept
+"""One line of a kernel: an instruction or label, or a repeated macro."""
+
+
+def expand(lines: list[Line], macros: dict[str, list[str]]) -> list[str]:
+    """The instructions and labels of ``lines`` with every macro written out."""
+    out: list[str] = []
+    for line in lines:
+        out += macros[line.macro] * line.count if isinstance(line, Rept) else [line]
+    return out
+
+CONDITION = ("defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && "
+             "__ARM_ARCH_PROFILE == 'M' && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP")
+"""The builds that run these kernels (a preprocessor condition, in the C file and the .S file):
+GNU assembler syntax (gcc or clang), Thumb state, an M-profile core with the DSP extension."""
+
+UNROLL_SPEED = 8
+"""Groups of 4 columns per loop iteration when the build optimises for speed."""
+UNROLL_SIZE = 1
+"""... and at -Os (``__OPTIMIZE_SIZE__``), where the loop body is one group."""
+
+_W, _V, _N, _T = "r0", "r1", "r2", "r3"
+_SUMS = ("r4", "r5", "r6", "r7")
+_X01, _X23 = "r8", "r9"
+_WORDS = ("r10", "r11", "r12", "lr")
+_SAVED = "{r2, r4-r11, lr}"  # r2 keeps acc; 10 words, so the fifth argument is at [sp, #40]
+_BH_OFFSET = 40
+
+
+@dataclass(frozen=True, order=True)
+class UnitKernel:
+    """One unit kernel: G gate rows, x part and h part of ``xg`` and ``hg`` groups of 4
+    columns, and whether each part starts from biases."""
+
+    G: int
+    xg: int
+    hg: int
+    bx: bool
+    bh: bool
+    bits: int = 8
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.G <= len(_SUMS) or self.xg < 1 or self.hg < 1 \
+                or self.bits not in (8, 16):
+            raise ValueError(f"no DSP unit kernel for {self}")
+
+    def name(self, prefix: str) -> str:
+        flags = ("_bx" if self.bx else "") + ("_bh" if self.bh else "")
+        wide = "_w16" if self.bits == 16 else ""
+        return f"{prefix}_unit{self.G}{wide}_x{self.xg}_h{self.hg}{flags}"
+
+    def doc(self) -> list[str]:
+        """What the kernel computes and how, for the comment above it."""
+        lines = [f"The sums of the {self.G} gate rows of one unit over [x, h]: acc[0..{self.G}) = "
+                 f"bx + W_x x ({self.xg} groups of 4 columns), acc[{self.G}..{2 * self.G}) = "
+                 f"bh + W_h h ({self.hg} groups); returns the next unit's weights."]
+        if self.bits == 8:
+            lines.append(f"Per group: 2 + {self.G} loads back to back, then per row SXTB16, "
+                         "SXTB16 ROR 8 and two SMLAD. Exact: every partial sum fits 32 bits.")
+        else:
+            lines.append("Passes of 2 rows; per group: 6 loads back to back, then 4 SMLALD "
+                         "into 64-bit sums. Exact.")
+        return lines
+
+    def macros(self) -> dict[str, list[str]]:
+        """The assembler macros this kernel's body repeats: one group of 4 columns."""
+        if self.bits == 8:
+            return {self._macro8: self._group()}
+        return {self._macro16(min(2, self.G - first)): self._group16(min(2, self.G - first),
+                                                                      8 * self.G)
+                for first in range(0, self.G, 2)}
+
+    @property
+    def _macro8(self) -> str:
+        return f"w8_group{self.G}"
+
+    def _macro16(self, rows: int) -> str:
+        return f"w16_group{rows}_stride{8 * self.G}"
+
+    def expanded(self, unroll: int) -> list[str]:
+        """:meth:`assembly` with the macros written out."""
+        return expand(self.assembly(unroll), self.macros())
+
+    def assembly(self, unroll: int) -> list[Line]:
+        """The function body, one instruction, label or repeated macro per line."""
+        if self.bits == 16:
+            return self._assembly16(unroll)
+        sums = _SUMS[:self.G]
+        lines: list[Line] = [f"push {_SAVED}"]
+        lines += self._start(self.bx, _T, sums)
+        lines += self._part(self.xg, unroll, "1")
+        lines += [f"ldr {_N}, [sp]", _multiple("stm", _N, sums)]
+        if self.bh:
+            lines.append(f"ldr {_T}, [sp, #{_BH_OFFSET}]")
+        lines += self._start(self.bh, _T, sums)
+        lines += self._part(self.hg, unroll, "2")
+        lines += [f"ldr {_N}, [sp]", f"add {_N}, {_N}, #{4 * self.G}", _multiple("stm", _N, sums),
+                  f"pop {_SAVED[:-4]}pc}}"]
+        return lines
+
+    @staticmethod
+    def _start(bias: bool, pointer: str, sums: tuple[str, ...]) -> list[str]:
+        if bias:
+            return [_multiple("ldm", pointer, sums)]
+        return [f"movs {s}, #0" for s in sums]
+
+    def _group(self) -> list[str]:
+        words = _WORDS[:self.G]
+        lines = [f"ldr {_X01}, [{_V}], #4", f"ldr {_X23}, [{_V}], #4"]
+        lines += [f"ldr {q}, [{_W}], #4" for q in words]
+        for q, s in zip(words, _SUMS):
+            lines += [f"sxtb16 {_T}, {q}", f"sxtb16 {q}, {q}, ror #8",
+                      f"smlad {s}, {_T}, {_X01}, {s}", f"smlad {s}, {q}, {_X23}, {s}"]
+        return lines
+
+    def _part(self, groups: int, unroll: int, label: str) -> list[Line]:
+        return _loop(groups, unroll, label, self._macro8)
+
+    # -----------------------------------------------------------------------------------------
+    # 16-bit weights, 64-bit sums
+
+    def _assembly16(self, unroll: int) -> list[Line]:
+        G = self.G
+        stride = 8 * G  # bytes of one group: G rows x 4 int16 weights
+        # saved: r0 (w), r1 (xh), r2 (acc), r3 (bx), r4-r11, lr: 13 words; bh at [sp, #52]
+        lines: list[Line] = ["push {r0-r11, lr}"]
+        for first in range(0, G, 2):
+            rows = min(2, G - first)
+            sums = _SUMS[:2 * rows]
+            reglist = "{" + ", ".join(sums) + "}"
+            for part, groups, bias, bias_at, label in (
+                    ("x", self.xg, self.bx, "[sp, #12]", "1"),
+                    ("h", self.hg, self.bh, "[sp, #52]", "2")):
+                if bias:
+                    lines += [f"ldr {_T}, {bias_at}", f"add {_T}, {_T}, #{8 * first}",
+                              f"ldm {_T}, {reglist}"]
+                else:
+                    lines += [f"movs {s}, #0" for s in sums]
+                w_offset = 8 * first + (stride * self.xg if part == "h" else 0)
+                lines += ["ldr r0, [sp]"] + _add_constant("r0", w_offset, _T)
+                if part == "x":
+                    lines.append("ldr r1, [sp, #4]")
+                lines += self._part16(groups, rows, stride, unroll, label)
+                acc_offset = 8 * first + (8 * G if part == "h" else 0)
+                lines += [f"ldr {_T}, [sp, #8]"] + _add_constant(_T, acc_offset, _N)
+                lines.append(f"stm {_T}, {reglist}")
+        lines += ["ldr r0, [sp]"] + _add_constant("r0", stride * (self.xg + self.hg), _T)
+        lines += ["add sp, sp, #4", "pop {r1-r11, pc}"]
+        return lines
+
+    @staticmethod
+    def _group16(rows: int, stride: int) -> list[str]:
+        lines = [f"ldr {_X01}, [{_V}], #4", f"ldr {_X23}, [{_V}], #4"]
+        words = _WORDS[:2 * rows]
+        lines += [f"ldr {q}, [{_W}, #{4 * k}]" for k, q in enumerate(words) if k]
+        lines.append(f"ldr {words[0]}, [{_W}], #{stride}")
+        for r in range(rows):
+            lo, hi = _SUMS[2 * r], _SUMS[2 * r + 1]
+            lines += [f"smlald {lo}, {hi}, {words[2 * r]}, {_X01}",
+                      f"smlald {lo}, {hi}, {words[2 * r + 1]}, {_X23}"]
+        return lines
+
+    def _part16(self, groups: int, rows: int, stride: int, unroll: int,
+                label: str) -> list[Line]:
+        return _loop(groups, unroll, label, self._macro16(rows))
+
+
+def _loop(groups: int, unroll: int, label: str, group: str) -> list[Line]:
+    """The macro ``group`` (the code of one group of 4 columns) ``groups`` times: a counted
+    loop of ``unroll`` groups per iteration (count in r2, numeric ``label``), then the rest
+    straight."""
+    iterations, rest = divmod(groups, unroll)
+    lines: list[Line] = []
+    if iterations >= 2:
+        mov = "movs" if iterations < 256 else "movw"
+        lines += [f"{mov} {_N}, #{iterations}", f"{label}:", Rept(unroll, group),
+                  f"subs {_N}, {_N}, #1", f"bne {label}b"]
+    elif iterations == 1:
+        rest += unroll
+    return lines + ([Rept(rest, group)] if rest else [])
+
+
+def _multiple(op: str, base: str, registers: tuple[str, ...]) -> str:
+    """LDM/STM of ``registers`` at ``base``, or LDR/STR for one register: a Thumb-2 LDM or STM
+    of fewer than two registers is UNPREDICTABLE (gas rewrites it, clang does not)."""
+    if len(registers) == 1:
+        return f"{'ldr' if op == 'ldm' else 'str'} {registers[0]}, [{base}]"
+    return f"{op} {base}, {{{', '.join(registers)}}}"
+
+
+def _add_constant(reg: str, value: int, scratch: str) -> list[str]:
+    """``reg += value`` for 0 <= value < 2**32, through ``scratch`` when it needs a MOVW."""
+    if value == 0:
+        return []
+    if value < 4096:
+        return [f"addw {reg}, {reg}, #{value}"]
+    lines = [f"movw {scratch}, #{value & 0xFFFF}"]
+    if value >> 16:
+        lines.append(f"movt {scratch}, #{value >> 16}")
+    return lines + [f"add {reg}, {reg}, {scratch}"]
+
+
+def steady_cycles(G: int, bits: int, groups: int) -> int:
+    """Cycles the unit kernel's inner loops take for one unit over ``groups`` groups of 4
+    columns on the static Cortex-M4 table (a load after a load costs 1), without the loop
+    branches, the call and the per-unit work: the floor of this kernel design.
+
+    int8 weights: 2 + 1 cycles for the activation loads, G for the weight loads, 4G for the
+    SXTB16 and SMLAD pairs. int16 weights: per pass of 2 rows 3 + 4 load cycles and 4 SMLALD,
+    per pass of 1 row 3 + 2 and 2.
+    """
+    if bits == 8:
+        return groups * (3 + 5 * G)
+    pairs, single = divmod(G, 2)
+    return groups * (11 * pairs + 7 * single)

@@ -1,0 +1,174 @@
+"""The bit-exact reference of the fixed-point C: a numpy integer simulator of a
+:class:`~tinyrnn.passes.quantize.QModel`.
+
+It computes, with the integer functions of :mod:`tinyrnn.numerics.helpers`,
+exactly what the generated C computes: the same integers, the same order of requantization,
+the same saturation. The C must equal it element for element (``host_tests`` and
+``tinyrnn verify`` check that). The float API's conversions are specified here too:
+:func:`quantize_batch` (float32 -> int16, round half up, saturating) and :func:`dequantize`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..numerics.helpers import (
+    QFormat,
+    dot2_q,
+    log_softmax_q,
+    mul_q30,
+    relu_q,
+    rescale,
+    rshift_round,
+    sat24,
+    sat_shift,
+    saturate,
+    sigmoid_wide,
+    softmax_q,
+    tanh_wide,
+)
+from ..passes.quantize import (
+    QAccumulator,
+    QActivation,
+    QDense,
+    QGRULayer,
+    QLSTMLayer,
+    QModel,
+    QRNNLayer,
+)
+from .simulate import Batch, State, Trace, split_state, walk
+
+
+def evaluate(acc: QAccumulator, v: np.ndarray) -> np.ndarray:
+    """``saturate(sum_p rescale(bias_p + W_p @ v[p's columns], M_p, n_p), out.bits)`` per row,
+    on the last axis of the int16 vector(s) ``v``. The int64 sums are exact: the quantizer
+    proved ``|acc_p| <= bound_p < 2**47``. A single part with a 16-bit result is exactly
+    :func:`tinyrnn.numerics.helpers.requant`."""
+    total = np.zeros(v.shape[:-1] + (acc.rows,), dtype=np.int64)
+    for part in acc.parts:
+        segment = v[..., part.offset:part.offset + part.cols]
+        a = segment @ part.weights.T
+        if part.bias is not None:
+            a = a + part.bias
+        total = total + rescale(a, part.mult, part.shift)
+    return saturate(total, acc.out.bits)
+
+
+class IntNumerics:
+    """The integer arithmetic of the generated C, layer by layer."""
+
+    def __init__(self, q: QModel):
+        self.q = q
+
+    def zero_state(self, index: int, batch: int) -> State:
+        layer = self.q.model.layers[index]
+        h = np.zeros((batch, layer.state_size), dtype=np.int64)
+        if layer.spec.cell_state:
+            return h, np.zeros((batch, layer.hidden_size), dtype=np.int64)
+        return (h,)
+
+    def initial_state(self, batch: Batch) -> dict[tuple[int, int], State]:
+        if batch.h0 is None:
+            return {}
+        hs = split_state(self.q.model, batch.h0, 0)
+        if batch.c0 is None:
+            return {key: (h,) for key, h in hs.items()}
+        cs = split_state(self.q.model, batch.c0, 1)
+        return {key: (h, cs[key]) for key, h in hs.items()}
+
+    def cell(self, index: int, direction: int, x_t: np.ndarray, state: State
+             ) -> tuple[np.ndarray, State]:
+        layer = self.q.layers[index]
+        h = state[0]
+        v = np.concatenate([x_t, h], axis=1)
+        if isinstance(layer, QLSTMLayer):
+            d = layer.directions[direction]
+            i = sigmoid_wide(evaluate(d.acc("i"), v))
+            f = sigmoid_wide(evaluate(d.acc("f"), v))
+            g = tanh_wide(evaluate(d.acc("g"), v))
+            o = sigmoid_wide(evaluate(d.acc("o"), v))
+            c = dot2_q(f, state[1], layer.fc_mul, i, g, layer.ig_mul, layer.c_shift)
+            t = tanh_wide(sat24(rshift_round(c, layer.c_wide_shift)))
+            hc = mul_q30(o, t, layer.oc_shift)
+            h_new = evaluate(d.proj, hc) if d.proj is not None else hc
+            return h_new, (h_new, c)
+        if isinstance(layer, QGRULayer):
+            d = layer.directions[direction]
+            r = sigmoid_wide(evaluate(d.acc("r"), v))
+            z = sigmoid_wide(evaluate(d.acc("z"), v))
+            nh = rshift_round(r * evaluate(d.acc("nh"), v), layer.rn_shift)
+            n = tanh_wide(sat24(evaluate(d.acc("n"), v) + nh))
+            h_new = dot2_q(z, h, layer.zh_mul, layer.one - z, n, layer.zn_mul, layer.h_shift)
+            return h_new, (h_new,)
+        assert isinstance(layer, QRNNLayer)
+        pre = evaluate(layer.directions[direction].acc("h"), v)
+        if layer.ir.nonlinearity == "relu":
+            h_new = relu_q(sat_shift(pre, layer.out_shift))
+        else:
+            h_new = sat_shift(tanh_wide(pre), layer.out_shift)
+        return h_new, (h_new,)
+
+    def head(self, index: int, value: np.ndarray) -> np.ndarray:
+        layer = self.q.layers[index]
+        if isinstance(layer, QDense):
+            return evaluate(layer.acc, value)
+        assert isinstance(layer, QActivation)
+        kind = layer.ir.kind
+        if kind == "relu":
+            return relu_q(value)
+        if kind == "sigmoid":
+            return sigmoid_wide(sat24(rshift_round(value, layer.in_shift)))
+        if kind == "tanh":
+            return sat_shift(tanh_wide(sat24(rshift_round(value, layer.in_shift))),
+                             layer.out_shift)
+        assert layer.softmax is not None
+        return (softmax_q if kind == "softmax" else log_softmax_q)(value, layer.softmax)
+
+
+def _rows(q: QModel, flat: np.ndarray, fmts: list[QFormat], fn) -> np.ndarray:
+    """Apply ``fn(fmt, part)`` to each row of a ``(B, rows * size)`` state buffer."""
+    parts = np.split(flat, len(fmts), axis=1)
+    return np.concatenate([fn(f, p) for f, p in zip(fmts, parts)], axis=1)
+
+
+def _float_input(values: np.ndarray) -> np.ndarray:
+    """What the C's ``from_float`` reads: float32, with NaN taken as 0 (the C returns 0 for a
+    NaN; +-Inf and values beyond the format saturate, as :meth:`QFormat.quantize` does)."""
+    v = np.asarray(values, dtype=np.float32)
+    return np.where(np.isnan(v), np.float32(0), v)
+
+
+def quantize_batch(q: QModel, batch: Batch) -> Batch:
+    """The float API's input conversion: each float32 value ``v`` becomes
+    ``sat16(round_half_up(v * 2**frac))`` in its format (x: the input format; h0/c0: the
+    format of each (layer, direction) row). Any float32 is accepted, as by the C: +-Inf and
+    +-FLT_MAX saturate, denormals round to 0, NaN becomes 0."""
+    x = q.input.quantize(_float_input(batch.x))
+    group = q.model.state_group
+    h0 = c0 = None
+    if batch.h0 is not None:
+        h0 = _rows(q, _float_input(batch.h0), q.state_formats(group, 0),
+                   lambda f, p: f.quantize(p))
+    if batch.c0 is not None:
+        c0 = _rows(q, _float_input(batch.c0), q.state_formats(group, 1),
+                   lambda f, p: f.quantize(p))
+    return Batch(x, h0, c0)
+
+
+def run(q: QModel, batch_q: Batch, all_steps: bool = False) -> Trace:
+    """Run the integer model on int16 inputs (:func:`quantize_batch`); integer outputs."""
+    return walk(q.model, IntNumerics(q), batch_q, batch_q.x.astype(np.int64), all_steps)
+
+
+def dequantize(q: QModel, output: int, values: np.ndarray) -> np.ndarray:
+    """The float API's output conversion of output ``output`` (batched, as in a Trace):
+    ``(float)v * 2**-frac``, exact in float32."""
+    _, fmts, _ = q.output_row_formats()[output]
+    if len(fmts) == 1:
+        return fmts[0].dequantize(values).astype(np.float32)
+    return _rows(q, values, fmts, lambda f, p: f.dequantize(p)).astype(np.float32)
+
+
+def dequantize_layer(q: QModel, index: int, values: np.ndarray) -> np.ndarray:
+    """IR layer ``index``'s integer output as real values (float64)."""
+    return q.out_format(index).dequantize(values)

@@ -1,0 +1,247 @@
+"""Run an IR model in numpy: the float64 simulation of what torch computes, and the walk over
+layers that the integer reference (:mod:`tinyrnn.check.reference`) shares with it.
+
+Both simulations walk the IR the same way (:func:`walk`): layer by layer over whole sequences,
+each direction of a recurrent layer over its time order, the head (Dense, activations) on every
+step or on the selected step. The generated C goes time-major for unidirectional models; the
+values are the same, because a layer's step ``t`` depends only on its input at ``t`` and its own
+state. Arrays are batched: a sequence is ``(B, T, F)``, a vector ``(B, F)``.
+
+The float simulation serves calibration (the observed ranges of every quantity that gets a
+calibrated format) and the per-layer report of ``tinyrnn verify``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import TinyRNNError
+from ..io import split_inputs
+from ..ir import Activation, Dense, LSTMLayer, Model, RecurrentLayer, RNNLayer, SelectStep
+
+State = tuple[np.ndarray, ...]  # (h,) or (h, c), each (B, size)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The forward's arguments as per-sample C buffers stacked over the batch.
+
+    ``x``: ``(B, T, I)``; ``h0``/``c0``: ``(B, rows * size)`` in torch's row order, or None.
+    """
+
+    x: np.ndarray
+    h0: np.ndarray | None = None
+    c0: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return self.x.shape[0]
+
+
+def model_interface(model: Model) -> dict:
+    """The part of the manifest's ``interface`` that :func:`tinyrnn.io.split_inputs` reads."""
+    return dict(forward_inputs=[
+        {k: (list(v) if k == "torch_shape" else v) for k, v in vars(spec).items()}
+        for spec in model.inputs
+    ])
+
+
+def batch_from_arrays(model: Model, arrays: Sequence[np.ndarray], what: str = "input") -> Batch:
+    """Check the forward's arguments (torch layout) against the model and stack them."""
+    try:
+        samples = split_inputs(model_interface(model), list(arrays))
+    except TinyRNNError as exc:
+        raise TinyRNNError(f"{what}: {exc}") from None
+    lengths = {s["x"].shape[0] for s in samples}
+    assert len(lengths) == 1
+    x = np.stack([s["x"] for s in samples]).astype(np.float32)
+    h0 = np.stack([s["h0"] for s in samples]) if "h0" in samples[0] else None
+    c0 = np.stack([s["c0"] for s in samples]) if "c0" in samples[0] else None
+    return Batch(x, h0, c0)
+
+
+def state_rows(model: Model) -> list[tuple[int, int]]:
+    """``(layer index, direction)`` of each row of the state group's h0/c0, in torch order."""
+    group = model.groups[model.state_group]
+    return [(index, d) for index in group.layers
+            for d in range(model.layers[index].num_directions)]
+
+
+class Numerics(Protocol):
+    """What one simulation computes per layer (float64 or integers)."""
+
+    def cell(self, index: int, direction: int, x_t: np.ndarray, state: State
+             ) -> tuple[np.ndarray, State]: ...
+
+    def head(self, index: int, value: np.ndarray) -> np.ndarray: ...
+
+    def zero_state(self, index: int, batch: int) -> State: ...
+
+    def initial_state(self, batch: Batch) -> dict[tuple[int, int], State]: ...
+
+
+@dataclass
+class Trace:
+    """What one run produced: the model's outputs, every layer's output, the final states."""
+
+    outputs: list[np.ndarray]  # per OutputSpec: (B, T, F), (B, F) or (B, size)
+    layers: list[np.ndarray]  # per IR layer: its output, (B, T, F) or (B, F)
+    finals: dict[tuple[int, int], State]
+
+    def per_sample(self) -> list[list[np.ndarray]]:
+        """Flat per-sample output buffers, as the C writes them (for io.assemble_outputs)."""
+        return [[np.reshape(o[b], -1) for o in self.outputs]
+                for b in range(self.outputs[0].shape[0])]
+
+
+def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
+         all_steps: bool = False) -> Trace:
+    """Run ``model`` with ``numerics`` on ``x`` (``(B, T, I)``, already in the numerics' units).
+
+    ``all_steps``: apply the layers after a SelectStep to every step instead (what
+    ``NAME_step`` returns at each step).
+    """
+    value = x
+    size, steps = x.shape[0], x.shape[1]
+    init = numerics.initial_state(batch)
+    layer_outputs: list[np.ndarray] = []
+    finals: dict[tuple[int, int], State] = {}
+    for index, layer in enumerate(model.layers):
+        if isinstance(layer, RecurrentLayer):
+            outs = []
+            for d, direction in enumerate(layer.directions):
+                state = init.get((index, d)) or numerics.zero_state(index, size)
+                ys: list[np.ndarray] = [np.empty(0)] * steps
+                order = range(steps - 1, -1, -1) if direction.reverse else range(steps)
+                for t in order:
+                    ys[t], state = numerics.cell(index, d, value[:, t], state)
+                outs.append(np.stack(ys, axis=1))
+                finals[(index, d)] = state
+            value = np.concatenate(outs, axis=2)
+        elif isinstance(layer, SelectStep):
+            if not all_steps:
+                if not -steps <= layer.index < steps:
+                    raise TinyRNNError(
+                        f"the model takes time step {layer.index} but the input has {steps}"
+                    )
+                value = value[:, layer.index]
+        else:
+            value = numerics.head(index, value)
+        layer_outputs.append(value)
+    outputs = []
+    for spec in model.outputs:
+        if spec.role in ("sequence", "vector"):
+            outputs.append(value)
+        else:
+            group = model.groups[spec.group]
+            k = 0 if spec.role == "h_n" else 1
+            outputs.append(np.concatenate(
+                [finals[(i, d)][k] for i in group.layers
+                 for d in range(model.layers[i].num_directions)], axis=1))
+    return Trace(outputs, layer_outputs, finals)
+
+
+def split_state(model: Model, flat: np.ndarray, k: int) -> dict[tuple[int, int], np.ndarray]:
+    """Cut ``(B, rows * size)`` h0 (k=0) or c0 (k=1) into ``{(layer, direction): (B, size)}``."""
+    out, offset = {}, 0
+    for index, d in state_rows(model):
+        layer = model.layers[index]
+        width = layer.state_size if k == 0 else layer.hidden_size
+        out[(index, d)] = flat[:, offset:offset + width]
+        offset += width
+    return out
+
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+class FloatNumerics:
+    """float64 arithmetic on the IR's float weights: what torch computes.
+
+    Records, per LSTM layer, the largest ``|c|`` and (with a projection) ``|o * tanh(c)|`` seen,
+    for calibration.
+    """
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.max_cell: dict[int, float] = {}
+        self.max_projected: dict[int, float] = {}
+
+    def zero_state(self, index: int, batch: int) -> State:
+        layer = self.model.layers[index]
+        h = np.zeros((batch, layer.state_size))
+        if isinstance(layer, LSTMLayer):
+            return h, np.zeros((batch, layer.hidden_size))
+        return (h,)
+
+    def initial_state(self, batch: Batch) -> dict[tuple[int, int], State]:
+        if batch.h0 is None:
+            return {}
+        hs = split_state(self.model, batch.h0.astype(np.float64), 0)
+        if batch.c0 is None:
+            return {key: (h,) for key, h in hs.items()}
+        cs = split_state(self.model, batch.c0.astype(np.float64), 1)
+        for (index, _), c in cs.items():
+            self.max_cell[index] = max(self.max_cell.get(index, 0.0), float(np.abs(c).max()))
+        return {key: (h, cs[key]) for key, h in hs.items()}
+
+    def cell(self, index: int, direction: int, x_t: np.ndarray, state: State
+             ) -> tuple[np.ndarray, State]:
+        layer = self.model.layers[index]
+        d = layer.directions[direction]
+        h = state[0]
+        pre = {}
+        for a in d.accumulators:  # x part, h part, then the bias
+            v = 0.0
+            if a.w_x is not None:
+                v = x_t @ a.w_x.data.T
+            if a.w_h is not None:
+                v = v + h @ a.w_h.data.T
+            pre[a.name] = v + a.bias.data if a.bias is not None else v
+        if isinstance(layer, LSTMLayer):
+            c = _sigmoid(pre["f"]) * state[1] + _sigmoid(pre["i"]) * np.tanh(pre["g"])
+            h_new = _sigmoid(pre["o"]) * np.tanh(c)
+            if d.w_proj is not None:
+                peak = float(np.abs(h_new).max())
+                self.max_projected[index] = max(self.max_projected.get(index, 0.0), peak)
+                h_new = h_new @ d.w_proj.data.T
+            self.max_cell[index] = max(self.max_cell.get(index, 0.0), float(np.abs(c).max()))
+            return h_new, (h_new, c)
+        if isinstance(layer, RNNLayer):
+            v = pre["h"]
+            h_new = np.maximum(v, 0.0) if layer.nonlinearity == "relu" else np.tanh(v)
+            return h_new, (h_new,)
+        r, z = _sigmoid(pre["r"]), _sigmoid(pre["z"])  # GRU
+        n = np.tanh(pre["n"] + r * pre["nh"])
+        h_new = (1.0 - z) * n + z * h
+        return h_new, (h_new,)
+
+    def head(self, index: int, value: np.ndarray) -> np.ndarray:
+        layer = self.model.layers[index]
+        if isinstance(layer, Dense):
+            y = value @ layer.weight.data.T
+            return y + layer.bias.data if layer.bias is not None else y
+        assert isinstance(layer, Activation)
+        if layer.kind == "relu":
+            return np.maximum(value, 0.0)
+        if layer.kind == "tanh":
+            return np.tanh(value)
+        if layer.kind == "sigmoid":
+            return _sigmoid(value)
+        shifted = value - value.max(axis=-1, keepdims=True)
+        log_sum = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        return np.exp(shifted - log_sum) if layer.kind == "softmax" else shifted - log_sum
+
+
+def run_float(model: Model, batch: Batch, all_steps: bool = False
+              ) -> tuple[Trace, FloatNumerics]:
+    """The float64 simulation of ``model`` on ``batch``; returns the trace and the numerics
+    (whose ``max_cell`` holds the largest ``|c|`` per LSTM layer)."""
+    numerics = FloatNumerics(model)
+    trace = walk(model, numerics, batch, batch.x.astype(np.float64), all_steps)
+    return trace, numerics

@@ -1,0 +1,1216 @@
+"""Frontend: a program (the restricted graph of :mod:`tinyrnn.frontend.graph`) -> the IR
+(:class:`tinyrnn.ir.Model`).
+
+Programs come from ``.pt2`` archives read by :mod:`tinyrnn.frontend.pt2`, which executes nothing
+from the file. A model in memory is captured with torch.export, saved into memory with
+``torch.export.save`` and read back by the same reader, so both paths meet at one graph form.
+
+The graph is read node by node. Values are tracked by what they mean for the generated C
+(the data path's sequence or vector, a recurrent module's h_n/c_n, an initial state); every
+node that cannot be expressed is collected, and one :class:`TinyRNNError` lists them all with
+the module they belong to and the user's source line.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..cells import cell_spec
+from ..errors import TinyRNNError
+from ..ir import (
+    Activation,
+    Dense,
+    Direction,
+    GRULayer,
+    InputSpec,
+    Layer,
+    LSTMLayer,
+    Model,
+    OutputSpec,
+    RecurrentLayer,
+    RNNLayer,
+    SelectStep,
+    StateGroup,
+    Tensor,
+    split_gates,
+)
+from .graph import GraphError, Node, TensorRef
+from .pt2 import Program, read_archive
+from .pt2 import load as load_archive
+from .safezip import printable
+
+_RECURRENT = {
+    "aten.lstm.input": "lstm",
+    "aten.gru.input": "gru",
+    "aten.rnn_tanh.input": "rnn_tanh",
+    "aten.rnn_relu.input": "rnn_relu",
+}
+_ELEMENTWISE = {
+    "aten.relu.default": "relu",
+    "aten.tanh.default": "tanh",
+    "aten.sigmoid.default": "sigmoid",
+}
+_LAST_AXIS = {
+    "aten.softmax.int": "softmax",
+    "aten._softmax.default": "softmax",
+    "aten.log_softmax.int": "log_softmax",
+    "aten._log_softmax.default": "log_softmax",
+}
+_DROPOUT = {"aten.dropout.default", "aten.feature_dropout.default", "aten.alpha_dropout.default"}
+_IDENTITY = {
+    *_DROPOUT,
+    "aten.clone.default",
+    "aten.alias.default",
+    "aten.detach.default",
+    "aten.contiguous.default",
+}
+_VIEWS = {
+    "aten.view.default",
+    "aten.reshape.default",
+    "aten._unsafe_view.default",
+    "aten.flatten.using_ints",
+    "aten.squeeze.dim",
+    "aten.squeeze.dims",
+    "aten.squeeze.default",
+    "aten.unsqueeze.default",
+}
+_CELLS = {
+    "aten.lstm_cell.default": "lstm",
+    "aten.gru_cell.default": "gru",
+    "aten.rnn_tanh_cell.default": "rnn_tanh",
+    "aten.rnn_relu_cell.default": "rnn_relu",
+}
+_ZEROS = {"aten.zeros.default", "aten.zeros_like.default", "aten.new_zeros.default"}
+_SELECT = {"aten.select.int", "aten.slice.Tensor"}
+_KNOWN = {
+    *_RECURRENT, *_CELLS, *_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_ZEROS, *_SELECT,
+    "aten.linear.default", "aten.transpose.int", "aten.stack.default", "aten.unbind.int",
+}
+_DATA_OPS = {*_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_SELECT, "aten.linear.default",
+             "aten.transpose.int"}
+_CELL_HINT = {"lstm": "(h, c) = cell(x[:, t], (h, c))", "gru": "h = cell(x[:, t], h)",
+              "rnn_tanh": "h = cell(x[:, t], h)", "rnn_relu": "h = cell(x[:, t], h)"}
+MAX_LAYERS = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Programs: from a file (untrusted) or from a model in memory
+
+
+def load_program(path: str | Path) -> Program:
+    """Read an archive written by ``torch.export.save`` without executing anything from it."""
+    return load_archive(path)
+
+
+def trace(model: torch.nn.Module, example_inputs: tuple) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` (in eval mode, so dropout is off)."""
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            # torch notes that nn.RNN's flat weight list is re-assigned while tracing: harmless
+            warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned")
+            return torch.export.export(model, example_inputs)
+    except Exception as exc:
+        raise TinyRNNError(
+            f"torch.export could not capture the model ({type(exc).__name__}): {exc}"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def archive_bytes(exported: torch.export.ExportedProgram) -> bytes:
+    """The ``.pt2`` archive of a program, as ``torch.export.save`` writes it, in memory."""
+    buffer = io.BytesIO()
+    torch.export.save(exported, buffer)
+    return buffer.getvalue()
+
+
+def from_exported(exported: torch.export.ExportedProgram) -> Program:
+    """A program captured in this process, saved into memory and read back by the archive
+    reader: the in-process API and the file path share one code path."""
+    return read_captured(archive_bytes(exported))
+
+
+def read_captured(data: bytes) -> Program:
+    """The archive of a program captured in this process (:func:`archive_bytes`), read as
+    any archive is."""
+    return read_archive(data, "the captured program")
+
+
+def capture(model: torch.nn.Module, example_inputs: tuple) -> Program:
+    """Capture ``model`` with torch.export and read it as tinyrnn reads any archive."""
+    return from_exported(trace(model, example_inputs))
+
+
+# ---------------------------------------------------------------------------------------------
+# What a graph value means
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The data path's value after ``depth`` IR layers: a sequence or one vector per sample."""
+
+    depth: int
+    features: int
+    shape: tuple[int, ...]
+    batch_axis: int
+    time_axis: int | None  # None for a vector
+
+
+@dataclass(frozen=True)
+class _Input:
+    index: int  # position among the user inputs
+
+
+@dataclass(frozen=True)
+class _Recurrent:
+    group: int
+
+
+@dataclass(frozen=True)
+class _State:
+    group: int
+    role: str  # "h_n" or "c_n"
+
+
+@dataclass(frozen=True)
+class _Zeros:
+    pass
+
+
+@dataclass(frozen=True)
+class _XStep:
+    """``x[:, t]`` (or ``x[t]``) of the model input x: one time step of the sequence."""
+
+    index: int  # the user input
+    t: int
+    batch_axis: int
+    time_axis: int
+    shape: tuple[int, ...]  # x's shape
+
+
+@dataclass
+class _Chain:
+    """The calls of one cell (nn.LSTMCell/GRUCell/RNNCell) along time: ONE recurrent layer.
+
+    A loop unrolled by torch.export calls the cell once per step with the same weights and
+    the previous step's state; a step module calls it once (``step_module``)."""
+
+    node: Node  # its first call
+    group: int
+    layer: int  # index into the layers
+    weights: tuple[str, ...]  # the parameters' names: the same cell at every step
+    module: str  # the cell's module path and type, for messages
+    step_module: bool
+    source: Any  # what step 0 read: an _XStep, or an _Cell of the chain below; None for a step
+    steps: int = 1
+    closed_by: str = ""  # why no further step may follow (its h was used as data)
+    selected: Any = None  # the _Data of the last step's h, once something used it as data
+    stacked: int = 0  # steps of the chain gathered by torch.stack
+    broken: bool = False  # a later call of the cell was reported: no more about this chain
+
+
+@dataclass(frozen=True)
+class _Cell:
+    """The h or c a cell call returned at step ``t`` of a chain."""
+
+    chain: int
+    t: int
+    role: str  # "h" or "c"
+
+
+_FAILED = object()  # the value of a node already reported; its users are not reported again
+
+
+@dataclass(frozen=True)
+class _Const:
+    name: str
+    tensor: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Problem:
+    target: str
+    why: str
+    node: Node | None
+
+
+def _user_line(node: Node | None) -> str:
+    """The user's own source line from the node's stack trace (not torch's internals)."""
+    lines = (node.stack_trace if node else "").strip().splitlines()
+    best = ""
+    for i, line in enumerate(lines):
+        text = line.strip()
+        if text.startswith("File ") and "/torch/" not in text:
+            code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            code = "" if code.startswith("File ") else code
+            best = f"{text.removeprefix('File ')}: {code}".strip().rstrip(":")
+    return printable(best, 240) if best else "(no source line recorded)"
+
+
+def _suggestion(node: Node, weights: dict[str, np.ndarray]) -> str:
+    """A rewrite that tinyrnn supports, for an unsupported operation that has one."""
+    if node.target == "aten.conv1d.default":
+        weight = node.arg("weight", None)
+        shape = weights.get(weight.name) if isinstance(weight, TensorRef) else None
+        if shape is not None and len(shape) == 3 and shape[2] == 1:
+            return ("; a Conv1d with kernel size 1 is a Linear over channels: use "
+                    f"nn.Linear({shape[1]}, {shape[0]}) on the (B, T, C) or (B, C) value")
+    if node.target in ("aten.cat.default", "aten.concatenate.default"):
+        return "; to gather a loop's steps use torch.stack(outs, 1) of the cell outputs"
+    if node.target in ("aten.mm.default", "aten.matmul.default", "aten.addmm.default"):
+        return "; a product with a weight matrix is nn.Linear"
+    return ""
+
+
+def describe_problems(problems: list[_Problem]) -> list[str]:
+    """One line per (operation, reason, module): repeats are counted, not listed again."""
+    groups: dict[tuple[str, str, str], list[_Problem]] = {}
+    for problem in problems:
+        module = problem.node.module if problem.node else None
+        key = (problem.target, problem.why, module.path if module else "")
+        groups.setdefault(key, []).append(problem)
+    lines = []
+    for (target, why, path), members in groups.items():
+        first = members[0].node
+        count = f" x {len(members)}" if len(members) > 1 else ""
+        where = [f"{path} ({first.module.short_type})"] if first and first.module else []
+        where.append(_user_line(first))
+        lines.append(f"{target}{count} ({why}) at {', '.join(where)}")
+    return lines
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+class _Reader:
+    """Walks one program's graph and builds the IR."""
+
+    def __init__(self, program: Program, max_seq_len: int | None):
+        self.program = program
+        self.graph = program.graph
+        self.max_seq_len = max_seq_len
+        self.values: dict[str, Any] = {}
+        self.producer: dict[str, Node] = {}
+        self.layers: list[Layer] = []
+        self.groups: list[StateGroup] = []
+        self.group_inputs: dict[int, tuple[int, ...]] = {}  # group -> user input indices
+        self.problems: list[_Problem] = []
+        self.bad_weights: list[str] = []
+        self.inputs: dict[int, InputSpec] = {}
+        self.x_index: int | None = None
+        self.seq_len = 0
+        self.chains: list[_Chain] = []
+        self.step_module = False
+        self.cell_outputs: dict[str, _Cell] = {}
+        self.weight_shapes: dict[str, tuple[int, ...]] = {}
+
+    # -- helpers -------------------------------------------------------------------------------
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.graph.tensors[name].shape
+
+    def out_shape(self, node: Node) -> tuple[int, ...]:
+        return self.shape(node.outputs[0]) if node.outputs and node.outputs[0] else ()
+
+    def set(self, node: Node, value: Any) -> None:
+        """The value of the node's (first) output."""
+        if node.outputs and node.outputs[0] is not None:
+            self.values[node.outputs[0]] = value
+
+    def value(self, arg: Any) -> Any:
+        return self.values.get(arg.name) if isinstance(arg, TensorRef) else None
+
+    def fail(self, node: Node, why: str) -> None:
+        self.problems.append(_Problem(node.target, why, node))
+        for out in node.outputs:
+            if out is not None:
+                self.values[out] = _FAILED
+
+    def shape_is(self, node: Node, name: str | None, expected: tuple[int, ...]) -> bool:
+        """Whether the shape the archive records for ``name`` is the one the weights imply;
+        if not, the node is reported (a crafted or damaged archive)."""
+        if name is None or self.shape(name) == tuple(expected):
+            return True
+        self.fail(node, f"the archive records shape {list(self.shape(name))} for {name} "
+                        f"where the model computes {list(expected)}")
+        return False
+
+    def const(self, arg: Any) -> _Const | None:
+        value = self.value(arg)
+        return value if isinstance(value, _Const) else None
+
+    def current(self, node: Node, arg: Any) -> _Data | None:
+        """The data value ``arg`` if it is the data path's latest value, else record why not."""
+        value = self.value(arg)
+        if not isinstance(value, _Data):
+            self.fail(node, "its input is not the model's sequence data")
+            return None
+        if value.depth != len(self.layers):
+            self.fail(node, "branches off the data path at an earlier layer")
+            return None
+        return value
+
+    # -- the walk ------------------------------------------------------------------------------
+    def read(self) -> Model:
+        user_inputs = list(self.graph.user_inputs)
+        for spec in self.graph.inputs:
+            if spec.kind == "user":
+                self.values[spec.name] = _Input(user_inputs.index(spec.name))
+                continue
+            array = np.asarray(self.program.weights[spec.target], dtype=np.float64)
+            if not np.all(np.isfinite(array)):
+                self.bad_weights.append(spec.target)
+            self.values[spec.name] = _Const(spec.target, array)
+            self.weight_shapes[spec.name] = array.shape
+        for node in self.graph.nodes:
+            for out in node.outputs:
+                if out is not None:
+                    self.producer[out] = node
+            self.call(node)
+        outputs = self.read_outputs(self.graph.outputs)
+        self.check_chains()
+        if self.bad_weights:
+            raise TinyRNNError(
+                "the model has NaN or Inf weights in: " + ", ".join(sorted(self.bad_weights))
+                + ". Fix the training run or the checkpoint before exporting."
+            )
+        if self.problems:
+            listing = "\n  - ".join(describe_problems(self.problems))
+            raise TinyRNNError(
+                f"the model uses {len(self.problems)} operation(s) tinyrnn cannot export:\n"
+                f"  - {listing}\n"
+                "Supported: nn.LSTM/GRU/RNN (any options), nn.LSTMCell/GRUCell/RNNCell (a step "
+                "module or a loop over time, see docs/c-api.md), Linear, taking one time step, "
+                "relu/tanh/sigmoid/softmax/log_softmax, dropout, and views that move no data."
+            )
+        if self.x_index is None:
+            raise TinyRNNError("the model has no recurrent layer reading a model input")
+        inputs = []
+        for i in range(len(user_inputs)):
+            if i not in self.inputs:
+                raise TinyRNNError(
+                    f"forward argument {i} ({user_inputs[i]}) is not used as the sequence or "
+                    "an initial state; tinyrnn models take (x) or (x, h0) or (x, (h0, c0))"
+                )
+            inputs.append(self.inputs[i])
+        state_groups = [g for g in self.group_inputs]
+        if len(state_groups) > 1:
+            raise TinyRNNError(
+                "more than one recurrent module takes an initial state from the forward's "
+                "arguments; tinyrnn supports initial states for one module"
+            )
+        return Model(
+            layers=tuple(self.layers),
+            groups=tuple(self.groups),
+            inputs=tuple(inputs),
+            outputs=outputs,
+            input_size=self.inputs[self.x_index].features,
+            max_seq_len=self.max_seq_len or self.seq_len,
+            state_group=state_groups[0] if state_groups else 0,
+            step_module=self.step_module,
+        )
+
+    def call(self, node: Node) -> None:
+        target = node.target
+        if target in _KNOWN and any(self.values.get(n) is _FAILED for n in node.tensor_inputs):
+            for out in node.outputs:  # fed by a reported node: one report is enough
+                if out is not None:
+                    self.values[out] = _FAILED
+            return
+        try:
+            self.dispatch(node)
+        except GraphError as exc:  # a supported operation missing an argument
+            self.fail(node, f"malformed: {exc}")
+
+    def dispatch(self, node: Node) -> None:
+        target = node.target
+        if target in _DATA_OPS and not self.cell_as_data(node, node.first()):
+            return
+        if target in _RECURRENT:
+            self.recurrent(node, _RECURRENT[target])
+        elif target in _ZEROS:
+            self.set(node, _Zeros())
+        elif target == "aten.linear.default":
+            self.linear(node)
+        elif target in _ELEMENTWISE:
+            self.activation(node, _ELEMENTWISE[target])
+        elif target in _LAST_AXIS:
+            data = self.value(node.first())
+            dim = node.arg("dim")
+            if not _is_int(dim) or (isinstance(data, _Data)
+                                    and dim not in (-1, len(data.shape) - 1)):
+                self.fail(node, f"softmax over dim {dim}; only the feature (last) axis works")
+            else:
+                self.activation(node, _LAST_AXIS[target])
+        elif target in _IDENTITY:
+            if target in _DROPOUT and node.arg("train", False) is not False:
+                self.fail(node, "dropout in training mode; export the model in eval()")
+                return
+            value = self.value(node.first())
+            if isinstance(value, _Data) and not self.shape_is(node, node.outputs[0],
+                                                               value.shape):
+                return
+            self.set(node, value)
+        elif target in _VIEWS:
+            self.view(node)
+        elif target in _SELECT:
+            self.select(node)
+        elif target == "aten.transpose.int":
+            self.transpose(node)
+        elif target in _CELLS:
+            self.cell(node, _CELLS[target])
+        elif target == "aten.stack.default":
+            self.stack(node)
+        elif target == "aten.unbind.int":
+            self.unbind(node)
+        else:
+            self.fail(node, "unsupported operation" + _suggestion(node, self.weight_shapes))
+
+    # -- cells: a step module, or a loop over time that torch.export unrolled ------------------
+    def cell_as_data(self, node: Node, arg: Any) -> bool:
+        """Where ``arg`` is a cell's h, make it the data path's value: a step module's output
+        at this step, or a loop's last step (a SelectStep(-1) after the layer). False when
+        that is impossible (reported)."""
+        value = self.value(arg)
+        if not isinstance(value, _Cell):
+            return True
+        chain = self.chains[value.chain]
+        hidden = self.layers[chain.layer].output_size
+        if value.role != "h":
+            self.fail(node, f"uses the cell state c of {chain.module} as data; the layer's "
+                            "output is h")
+            return False
+        if chain.step_module:
+            self.values[arg.name] = _Data(chain.layer + 1, hidden, self.shape(arg.name), 0,
+                                          None)
+            return True
+        if value.t != chain.steps - 1:
+            self.fail(node, f"uses h of step {value.t} of {chain.module} after step "
+                            f"{chain.steps - 1} ran; only the last step's h can feed "
+                            "other layers")
+            return False
+        if chain.selected is None:
+            if chain.layer + 1 != len(self.layers):
+                self.fail(node, "branches off the data path at an earlier layer")
+                return False
+            self.layers.append(SelectStep(-1, hidden))
+            chain.selected = _Data(len(self.layers), hidden, self.shape(arg.name), 0, None)
+            chain.closed_by = f"h of step {value.t} feeds {node.target} ({node.name})"
+        self.values[arg.name] = chain.selected
+        return True
+
+    def cell(self, node: Node, cell: str) -> None:
+        """One call of nn.LSTMCell/GRUCell/RNNCell: the first step of a new chain (a loop's
+        step 0, a step module's only step) or the next step of the chain it continues."""
+        x, hx = node.arg("input"), node.arg("hx")
+        params = [node.arg("w_ih"), node.arg("w_hh"), node.arg("b_ih", None),
+                  node.arg("b_hh", None)]
+        parts = list(hx) if isinstance(hx, tuple) else [hx]
+        if (not isinstance(x, TensorRef) or len(parts) != (2 if cell == "lstm" else 1)
+                or not all(isinstance(p, TensorRef) for p in parts)
+                or (params[2] is None) != (params[3] is None)):
+            self.fail(node, "arguments of an unexpected form")
+            return
+        has_biases = params[2] is not None
+        consts = [self.const(p) for p in params if p is not None]
+        if any(c is None for c in consts):
+            self.fail(node, "cell weights that are computed, not parameters")
+            return
+        weights = tuple(c.name for c in consts)
+        module = self.module_text(node)
+        # a cell output keeps its meaning even where it also fed a layer as data
+        states = [self.cell_outputs.get(p.name) or self.value(p) for p in parts]
+        source = self.cell_outputs.get(x.name) or self.value(x)
+        previous = [v for v in states if isinstance(v, _Cell)]
+        if previous:
+            self.next_step(node, cell, source, states, weights, module)
+            return
+        # the first step of a chain
+        again = [c for c in self.chains if c.weights == weights]
+        if isinstance(source, _XStep) and source.t != 0 and again:
+            again[-1].broken = True
+            self.fail(node, f"{module} starts again from a zero state at step {source.t} "
+                            "(a state reset inside the loop); the C carries the state over "
+                            "the whole sequence: call NAME_reset between sequences instead")
+            return
+        if isinstance(source, _XStep):
+            if source.t != 0:
+                self.fail(node, f"the loop's first step reads x at step {source.t}; read x "
+                                "in order from step 0: for t in range(T): "
+                                + _CELL_HINT[cell])
+                return
+            input_size, batch = source.shape[2], source.shape[source.batch_axis]
+        elif isinstance(source, _Cell) and source.role == "h" and source.t == 0:
+            below = self.chains[source.chain]
+            if below.step_module or below.layer != len(self.layers) - 1:
+                self.fail(node, "its input is another cell's h that is not the layer below "
+                                "at the same step")
+                return
+            input_size = self.layers[below.layer].output_size
+            batch = self.shape(x.name)[0]
+        elif isinstance(source, _Input) and len(self.shape(x.name)) == 2:
+            if self.chains or self.layers:
+                self.fail(node, "a second model input used as a step's input")
+                return
+            input_size, batch = self.shape(x.name)[1], self.shape(x.name)[0]
+        else:
+            self.fail(node, "its input is neither x[:, t] of a model input x (a loop over "
+                            "time) nor a model input x_t of shape (B, I) (a step module: "
+                            "forward(x_t, h, c) -> (y, h, c))")
+            return
+        if isinstance(source, _Input) and not all(isinstance(v, _Input) for v in states):
+            self.fail(node, "a step module takes its state as forward arguments and returns "
+                            "the new state: forward(x_t, h, c) -> (y, h, c) (LSTMCell) or "
+                            "forward(x_t, h) -> (y, h)")
+            return
+        if not (all(isinstance(v, _Zeros) for v in states)
+                or all(isinstance(v, _Input) for v in states)):
+            self.fail(node, "an initial state that is neither model inputs nor zeros")
+            return
+        why = _weight_shapes(cell, consts, has_biases, input_size)
+        if why:
+            self.fail(node, f"weights of {module}: {why}")
+            return
+        direction = self.direction(cell, consts, has_biases, reverse=False)
+        hidden = direction.gates[0].w_x.shape[0]
+        name = consts[0].name
+        common = dict(module=name.rsplit(".", 1)[0] if "." in name else "", layer=0,
+                      input_size=input_size, hidden_size=hidden, directions=(direction,))
+        if cell == "lstm":
+            layer: RecurrentLayer = LSTMLayer(**common)
+        elif cell == "gru":
+            layer = GRULayer(**common)
+        else:
+            layer = RNNLayer(**common, nonlinearity="relu" if cell == "rnn_relu" else "tanh")
+        if not all(self.shape_is(node, out, (batch, hidden)) for out in node.outputs):
+            return
+        if isinstance(source, (_XStep, _Input)):
+            index = source.index
+            if self.x_index is not None and self.x_index != index:
+                self.fail(node, "a second model input used as a sequence")
+                return
+            if self.layers:
+                self.fail(node, "the model input feeds a layer after other layers")
+                return
+            self.x_index = index
+            if isinstance(source, _XStep):
+                self.seq_len = source.shape[source.time_axis]
+                self.inputs[index] = InputSpec("x", source.shape, source.batch_axis,
+                                               source.time_axis, features=input_size)
+            else:
+                self.step_module = True
+                self.seq_len = 1
+                self.inputs[index] = InputSpec("x", (batch, 1, input_size), 0, 1,
+                                               features=input_size)
+        group = len(self.groups)
+        self.layers.append(layer)
+        self.groups.append(StateGroup(module=layer.module, layers=(len(self.layers) - 1,),
+                                      cell=layer.kind, state_size=hidden, hidden_size=hidden,
+                                      rows=1))
+        if isinstance(states[0], _Input):
+            for part, value, role in zip(parts, states, ("h0", "c0")):
+                if self.shape(part.name) != (batch, hidden):
+                    self.fail(node, f"the state {role} has shape "
+                                    f"{list(self.shape(part.name))}; a cell's state is "
+                                    f"{[batch, hidden]} (B, H)")
+                    return
+                self.inputs[value.index] = InputSpec(role, (batch, hidden), batch_axis=0,
+                                                     size=hidden)
+            self.group_inputs[group] = tuple(v.index for v in states)
+        self.chains.append(_Chain(node, group, len(self.layers) - 1, weights, module,
+                                  step_module=isinstance(source, _Input),
+                                  source=None if isinstance(source, _Input) else source))
+        self.set_cell_outputs(node, len(self.chains) - 1, 0)
+
+    def next_step(self, node: Node, cell: str, source: Any, states: list[Any],
+                  weights: tuple[str, ...], module: str) -> None:
+        """A cell call fed by an earlier call's state: the chain's next step, or a problem."""
+        first = states[0]
+        chain = self.chains[first.chain] if isinstance(first, _Cell) else None
+        t = chain.steps if chain else 0
+        roles = ("h", "c")[:len(states)]
+        if chain is not None:  # whatever is wrong with this call, it is reported once
+            chain.broken = True
+        if chain is None or any(not isinstance(v, _Cell) or v.chain != first.chain
+                                or v.role != role for v, role in zip(states, roles)):
+            self.fail(node, f"its state is not the (h, c) of one earlier step of the cell; "
+                            f"carry it as {_CELL_HINT[cell]}")
+            return
+        if chain.step_module:
+            self.fail(node, "a step module calls its cell once; for a sequence, export the "
+                            "step module and call NAME_step per step (or NAME_run)")
+            return
+        if weights != chain.weights:
+            self.fail(node, f"step {t} runs {module} while step 0 ran {chain.module}: a loop "
+                            "with other weights at each step (e.g. a ModuleList of cells) is "
+                            "not one recurrent layer; use one cell for every step")
+            return
+        if any(v.t != t - 1 for v in states):
+            self.fail(node, f"step {t} starts from the state of step {first.t}, not of the "
+                            f"step before; carry the state from step to step: "
+                            f"{_CELL_HINT[cell]}")
+            return
+        if chain.closed_by:
+            self.fail(node, f"step {t} runs after {chain.closed_by}: a per-step head (e.g. "
+                            "fc(h) inside the loop) is not supported; collect the steps with "
+                            "torch.stack(outs, 1) and apply the head to the stacked sequence, "
+                            "or apply it to the last h after the loop")
+            return
+        below = chain.source
+        expected = (isinstance(source, _XStep) and isinstance(below, _XStep)
+                    and (source.index, source.time_axis) == (below.index, below.time_axis)
+                    and source.t == t) or (
+            isinstance(source, _Cell) and isinstance(below, _Cell)
+            and source.chain == below.chain and source.role == "h" and source.t == t)
+        if not expected:
+            got = f"step {source.t} of x" if isinstance(source, _XStep) else "another value"
+            self.fail(node, f"step {t} of {chain.module} reads {got}; a loop must feed step t "
+                            f"the input's step t, in order: for t in range(T): "
+                            f"{_CELL_HINT[cell]}")
+            return
+        hidden = self.layers[chain.layer].hidden_size
+        batch = self.shape(node.outputs[0])[0] if node.outputs and node.outputs[0] else 0
+        if not all(self.shape_is(node, out, (batch, hidden)) for out in node.outputs):
+            return
+        chain.steps += 1
+        chain.broken = False
+        self.set_cell_outputs(node, first.chain, t)
+
+    def set_cell_outputs(self, node: Node, chain: int, t: int) -> None:
+        for out, role in zip(node.outputs, ("h", "c")):
+            if out is not None:
+                self.values[out] = self.cell_outputs[out] = _Cell(chain, t, role)
+
+    def module_text(self, node: Node) -> str:
+        module = node.module
+        return f"{module.path} ({module.short_type})" if module else "the cell"
+
+    def stack(self, node: Node) -> None:
+        """``torch.stack(outs, dim)`` of a loop's h at every step so far: the layer's output
+        sequence."""
+        tensors, dim = node.arg("tensors"), node.arg("dim", 0)
+        values = ([self.cell_outputs.get(t.name) or self.value(t) for t in tensors]
+                  if isinstance(tensors, tuple) and all(isinstance(t, TensorRef) for t in tensors)
+                  else [])
+        if not values or not all(isinstance(v, _Cell) for v in values):
+            self.fail(node, "unsupported operation (tinyrnn stacks only a loop's cell "
+                            "outputs h over time)")
+            return
+        chain = self.chains[values[0].chain]
+        out_shape = self.out_shape(node)
+        if (chain.step_module or any(v.chain != values[0].chain or v.role != "h"
+                                     for v in values)
+                or [v.t for v in values] != list(range(len(values)))):
+            self.fail(node, "stacks values other than the h of one cell at steps 0, 1, ...; "
+                            "return a step module's state as separate values (y, h, c)")
+            return
+        if not _is_int(dim) or len(out_shape) != 3 or dim % 3 not in (0, 1):
+            self.fail(node, f"stacks the steps on dim {dim}; stack them on the time axis "
+                            "(1 for batch-first, 0 for time-first)")
+            return
+        if chain.layer + 1 != len(self.layers):
+            self.fail(node, "branches off the data path at an earlier layer")
+            return
+        time_axis = dim % 3
+        chain.stacked = len(values)
+        self.set(node, _Data(len(self.layers), self.layers[chain.layer].output_size,
+                             out_shape, 1 - time_axis, time_axis))
+
+    def unbind(self, node: Node) -> None:
+        """``x.unbind(1)`` (``for x_t in x.unbind(1)``): the steps of the model input."""
+        value, dim = self.value(node.first()), node.arg("dim", 0)
+        shape = self.shape(node.first().name) if isinstance(node.first(), TensorRef) else ()
+        if not (isinstance(value, _Input) and len(shape) == 3 and _is_int(dim)
+                and dim % 3 in (0, 1) and len(node.outputs) == shape[dim % 3]):
+            self.fail(node, "unbinding something other than a model input's time axis")
+            return
+        time_axis = dim % 3
+        for t, out in enumerate(node.outputs):
+            if out is not None:
+                self.values[out] = _XStep(value.index, t, 1 - time_axis, time_axis, shape)
+
+    def check_chains(self) -> None:
+        """Every loop covers the whole sequence, and a stack gathers every step."""
+        for chain in self.chains:
+            if chain.step_module or chain.broken:
+                continue
+            if chain.steps != self.seq_len:
+                self.fail(chain.node, f"the loop over {chain.module} runs {chain.steps} of the "
+                                      f"{self.seq_len} steps of x; run the cell over every "
+                                      "step (the C runs it over all T)")
+            elif chain.stacked and chain.stacked != chain.steps:
+                self.fail(chain.node, f"torch.stack gathers {chain.stacked} of the "
+                                      f"{chain.steps} steps of {chain.module}; stack every "
+                                      "step")
+
+    def recurrent(self, node: Node, cell: str) -> None:
+        # all four ops share one signature
+        x, hx, params = node.arg("input"), node.arg("hx"), node.arg("params")
+        has_biases, num_layers = node.arg("has_biases"), node.arg("num_layers")
+        train, bidi, batch_first = (node.arg("train"), node.arg("bidirectional"),
+                                    node.arg("batch_first"))
+        if not (isinstance(x, TensorRef) and isinstance(params, tuple)
+                and all(type(v) is bool for v in (has_biases, train, bidi, batch_first))
+                and _is_int(num_layers) and 1 <= num_layers <= MAX_LAYERS):
+            self.fail(node, "arguments of an unexpected form")
+            return
+        if train:
+            self.fail(node, "recurrent layer in training mode; export the model in eval()")
+            return
+        consts = [self.const(p) for p in params]
+        if any(c is None for c in consts):
+            self.fail(node, "recurrent weights that are computed, not parameters")
+            return
+        directions = 2 if bidi else 1
+        per_dir, rest = divmod(len(params), num_layers * directions)
+        expected = (4, 5) if has_biases else (2, 3)
+        if rest or per_dir not in (expected if cell == "lstm" else expected[:1]):
+            self.fail(node, f"{len(params)} weight tensors for {num_layers} layer(s) and "
+                            f"{directions} direction(s)")
+            return
+        # the sequence input: a model input, or the data path
+        source = self.value(x)
+        shape = self.shape(x.name)
+        if len(shape) != 3:
+            self.fail(node, "unbatched input; pass a batch dimension (e.g. x.unsqueeze(1))")
+            return
+        batch_axis, time_axis = (0, 1) if batch_first else (1, 0)
+        if isinstance(source, _Input):
+            if self.x_index is not None and self.x_index != source.index:
+                self.fail(node, "a second model input used as a sequence")
+                return
+            if self.layers:
+                self.fail(node, "the model input feeds a layer after other layers")
+                return
+            self.x_index = source.index
+            self.seq_len = shape[time_axis]
+            self.inputs[source.index] = InputSpec(
+                "x", shape, batch_axis, time_axis, features=shape[2]
+            )
+        else:
+            data = self.current(node, x)
+            if data is None:
+                return
+            if data.time_axis is None or (data.batch_axis, data.time_axis) != (
+                batch_axis,
+                time_axis,
+            ):
+                self.fail(node, "its input's batch/time layout does not match batch_first")
+                return
+        # the weights, per layer and direction
+        built: list[RecurrentLayer] = []
+        input_size = shape[2]
+        for layer_index in range(num_layers):
+            dirs = []
+            for d in range(directions):
+                chunk = consts[(layer_index * directions + d) * per_dir:][:per_dir]
+                why = _weight_shapes(cell, chunk, has_biases, input_size)
+                if why:
+                    self.fail(node, f"weights of layer {layer_index}: {why}")
+                    return
+                dirs.append(self.direction(cell, chunk, has_biases, reverse=d == 1))
+            hidden = dirs[0].gates[0].w_x.shape[0]
+            if any(d.gates[0].w_x.shape[0] != hidden or
+                   _proj(d) != _proj(dirs[0]) for d in dirs):
+                self.fail(node, f"the directions of layer {layer_index} differ in size")
+                return
+            common = dict(
+                module=consts[0].name.rsplit(".", 1)[0] if "." in consts[0].name else "",
+                layer=layer_index,
+                input_size=input_size,
+                hidden_size=hidden,
+                directions=tuple(dirs),
+            )
+            if cell == "lstm":
+                layer: RecurrentLayer = LSTMLayer(**common, proj_size=_proj(dirs[0]))
+            elif cell == "gru":
+                layer = GRULayer(**common)
+            else:
+                layer = RNNLayer(**common, nonlinearity="relu" if cell == "rnn_relu" else "tanh")
+            built.append(layer)
+            input_size = layer.output_size
+        group_index = len(self.groups)
+        first = len(self.layers)
+        self.layers.extend(built)
+        top = built[-1]
+        self.groups.append(
+            StateGroup(
+                module=top.module,
+                layers=tuple(range(first, len(self.layers))),
+                cell=top.kind,
+                state_size=top.state_size,
+                hidden_size=top.hidden_size,
+                rows=num_layers * directions,
+            )
+        )
+        self.initial_state(node, cell, hx, group_index)
+        outs = list(node.outputs) + [None] * 3
+        sequence = list(shape)
+        sequence[2] = top.output_size
+        batch = shape[batch_axis]
+        if not (self.shape_is(node, outs[0], tuple(sequence))
+                and self.shape_is(node, outs[1], (num_layers * directions, batch,
+                                                  top.state_size))
+                and (cell != "lstm" or self.shape_is(node, outs[2], (
+                    num_layers * directions, batch, top.hidden_size)))):
+            return
+        if outs[0] is not None:
+            self.values[outs[0]] = _Data(len(self.layers), top.output_size,
+                                         self.shape(outs[0]), batch_axis, time_axis)
+        for out, role in ((outs[1], "h_n"), (outs[2], "c_n")):
+            if out is not None:
+                self.values[out] = _State(group_index, role)
+
+    def direction(
+        self, cell: str, chunk: list[_Const], has_biases: bool, reverse: bool
+    ) -> Direction:
+        w_ih, w_hh = chunk[0], chunk[1]
+        b_ih = chunk[2] if has_biases else None
+        b_hh = chunk[3] if has_biases else None
+        w_hr = chunk[-1] if cell == "lstm" and len(chunk) in (3, 5) else None
+        proj = self.tensor_of(w_hr, None, "projection") if w_hr is not None else None
+
+        def whole(const: _Const | None) -> Tensor | None:
+            return Tensor(const.tensor, const.name) if const is not None else None
+
+        return split_gates(cell, reverse, whole(w_ih), whole(w_hh), whole(b_ih), whole(b_hh),
+                           proj)
+
+    @staticmethod
+    def tensor_of(const: _Const, rows: slice | None, title: str) -> Tensor:
+        data = const.tensor if rows is None else const.tensor[rows]
+        source = const.name if rows is None else f"{const.name}[{rows.start}:{rows.stop}]"
+        return Tensor(np.ascontiguousarray(data), f"{source} {title}".rstrip())
+
+    def initial_state(self, node: Node, cell: str, hx: Any, group: int) -> None:
+        parts = list(hx) if isinstance(hx, tuple) else [hx]
+        if len(parts) != (2 if cell == "lstm" else 1) or not all(
+                isinstance(p, TensorRef) for p in parts):
+            self.fail(node, "an initial state of an unexpected form")
+            return
+        values = [self.value(p) for p in parts]
+        if all(isinstance(v, _Zeros) for v in values):
+            return
+        if not all(isinstance(v, _Input) for v in values):
+            self.fail(node, "initial state that is neither a model input nor zeros")
+            return
+        info = self.groups[group]
+        roles = ("h0", "c0") if cell == "lstm" else ("h0",)
+        widths = (info.state_size, info.hidden_size)
+        x_shape = self.inputs[self.x_index].torch_shape if self.x_index is not None else ()
+        batch = x_shape[self.inputs[self.x_index].batch_axis] if x_shape else None
+        for part, role, width in zip(parts, roles, widths):
+            shape = self.shape(part.name)
+            if shape != (info.rows, batch, width):
+                self.fail(node, f"initial state {role} of shape {list(shape)}; expected "
+                                f"{[info.rows, batch, width]}")
+                return
+        for part, value, role, width in zip(parts, values, roles, widths):
+            shape = self.shape(part.name)
+            self.inputs[value.index] = InputSpec(role, shape, batch_axis=1,
+                                                 size=info.rows * width)
+        self.group_inputs[group] = tuple(v.index for v in values)
+
+    def linear(self, node: Node) -> None:
+        x, weight, bias = node.arg("input"), node.arg("weight"), node.arg("bias", None)
+        data = self.current(node, x)
+        if data is None:
+            return
+        w = self.const(weight)
+        b = self.const(bias) if bias is not None else None
+        if w is None or (bias is not None and b is None):
+            self.fail(node, "Linear with weights that are not parameters")
+            return
+        if (w.tensor.ndim != 2 or w.tensor.shape[1] != data.features
+                or (b is not None and b.tensor.shape != (w.tensor.shape[0],))):
+            self.fail(node, f"Linear weights of shape {list(w.tensor.shape)} for "
+                            f"{data.features} input features")
+            return
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None,
+                             data.shape[:-1] + (w.tensor.shape[0],)):
+            return
+        name = w.name.removesuffix(".weight")
+        layer = Dense(
+            name=name,
+            weight=self.tensor_of(w, None, ""),
+            bias=self.tensor_of(b, None, "") if b is not None else None,
+        )
+        self.layers.append(layer)
+        self.set(node, replace(
+            data, depth=len(self.layers), features=layer.out_features, shape=self.out_shape(node)
+        ))
+
+    def activation(self, node: Node, kind: str) -> None:
+        data = self.current(node, node.first())
+        if data is None or not self.shape_is(node, node.outputs[0] if node.outputs else None,
+                                             data.shape):
+            return
+        self.layers.append(Activation(kind, data.features))  # type: ignore[arg-type]
+        self.set(node, replace(data, depth=len(self.layers)))
+
+    def view(self, node: Node) -> None:
+        value = self.value(node.first())
+        shape = self.out_shape(node)
+        if isinstance(value, _Data) and shape:
+            same = _squeezed(shape) == _squeezed(value.shape) and shape[-1] == value.features
+            if same and value.time_axis is None:
+                batch = value.shape[value.batch_axis]
+                axes = [i for i, d in enumerate(shape) if d == batch]
+                if axes:
+                    self.set(node, replace(value, shape=shape, batch_axis=axes[0]))
+                    return
+            if shape == value.shape:
+                self.set(node, value)
+                return
+            self.fail(node, f"a view from {list(value.shape)} to {list(shape)} moves data")
+            return
+        self.fail(node, "a view of a value other than the data path")
+
+    def transpose(self, node: Node) -> None:
+        value = self.value(node.first())
+        dims = [node.arg("dim0"), node.arg("dim1")]
+        if (isinstance(value, _Data) and value.time_axis is not None
+                and all(_is_int(d) and -3 <= d < 3 for d in dims)
+                and sorted(d % 3 for d in dims) == [0, 1]):
+            swapped = (value.shape[1], value.shape[0], *value.shape[2:])
+            if not self.shape_is(node, node.outputs[0] if node.outputs else None, swapped):
+                return
+            self.set(node, replace(
+                value,
+                shape=self.out_shape(node),
+                batch_axis=value.time_axis,
+                time_axis=value.batch_axis,
+            ))
+            return
+        self.fail(node, "a transpose other than swapping the batch and time axes")
+
+    def select(self, node: Node) -> None:
+        value = self.value(node.first())
+        dim = node.arg("dim", 0)
+        if isinstance(value, _State):
+            self.select_state(node, value)
+            return
+        shape = self.shape(node.first().name) if isinstance(node.first(), TensorRef) else ()
+        if (isinstance(value, _Input) and node.target == "aten.select.int" and len(shape) == 3
+                and _is_int(dim) and -3 <= dim < 3 and dim % 3 in (0, 1)
+                and _is_int(node.arg("index")) and -shape[dim] <= node.arg("index") < shape[dim]):
+            # x[:, t] of a loop over time (a cell reads it); the batch is the other axis
+            time_axis = dim % 3
+            self.set(node, _XStep(value.index, node.arg("index") % shape[dim], 1 - time_axis,
+                                  time_axis, shape))
+            return
+        if not isinstance(value, _Data) or value.time_axis is None:
+            self.fail(node, "indexing something other than the sequence's time axis")
+            return
+        ndim = len(value.shape)
+        if not _is_int(dim) or not -ndim <= dim < ndim or dim % ndim != value.time_axis:
+            self.fail(node, "indexing an axis other than time")
+            return
+        length = value.shape[value.time_axis]
+        if node.target == "aten.select.int":
+            index = node.arg("index")
+            if not _is_int(index) or not -length <= index < length:
+                self.fail(node, f"time step {index} of a sequence of {length}")
+                return
+        else:  # slice: only a one-step slice, e.g. y[:, -1:]
+            start, end = node.arg("start", None), node.arg("end", None)
+            step = node.arg("step", 1)
+            if not (all(v is None or _is_int(v) for v in (start, end)) and _is_int(step)
+                    and step >= 1):
+                self.fail(node, "a slice of an unexpected form")
+                return
+            rng = range(length)[slice(start, end, step)]
+            if len(rng) != 1 or step != 1:
+                self.fail(node, "a slice of more than one time step")
+                return
+            index = rng[0] - length if start is not None and start < 0 else rng[0]
+        if self.current(node, node.first()) is None:
+            return
+        picked = list(value.shape)
+        if node.target == "aten.select.int":
+            del picked[value.time_axis]
+        else:
+            picked[value.time_axis] = 1
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, tuple(picked)):
+            return
+        self.layers.append(SelectStep(index, value.features))
+        shape = self.out_shape(node)
+        batch = value.shape[value.batch_axis]
+        axes = [i for i, d in enumerate(shape) if d == batch]
+        if not axes:
+            self.fail(node, "a time step whose batch axis cannot be found")
+            return
+        self.set(node, _Data(len(self.layers), value.features, shape, axes[0], None))
+
+    def select_state(self, node: Node, value: _State) -> None:
+        """h_n[-1] of a unidirectional top layer equals its output at the last step."""
+        group = self.groups[value.group]
+        top = self.layers[group.layers[-1]]
+        index = node.arg("index", None) if node.target == "aten.select.int" else None
+        is_last = index in (-1, group.rows - 1) and _is_int(index) and node.arg("dim", 0) == 0
+        if (
+            value.role == "h_n"
+            and is_last
+            and isinstance(top, RecurrentLayer)
+            and top.num_directions == 1
+            and top is self.layers[-1]
+        ):
+            batch = self.shape(node.first().name)[1]
+            if not self.shape_is(node, node.outputs[0] if node.outputs else None,
+                                 (batch, top.output_size)):
+                return
+            self.layers.append(SelectStep(-1, top.output_size))
+            self.set(node, _Data(len(self.layers), top.output_size, self.out_shape(node), 0,
+                                 None))
+            return
+        self.fail(
+            node,
+            "indexing h_n/c_n; only h_n[-1] of a unidirectional last layer is supported "
+            "(use output[:, -1] instead)",
+        )
+
+    def fail_output(self, name: str, why: str) -> None:
+        node = self.producer.get(name)
+        if node is not None:
+            self.fail(node, why)
+        else:
+            self.problems.append(_Problem(f"output {name}", why, None))
+
+    def cell_state_output(self, out: str, cell: _Cell) -> OutputSpec | None:
+        """A cell's h or c returned by the forward: the new state, ``(B, H)``."""
+        chain = self.chains[cell.chain]
+        if cell.t != chain.steps - 1:
+            self.fail_output(out, f"returns the state of step {cell.t} of {chain.module}, "
+                                  f"not of its last step {chain.steps - 1}")
+            return None
+        size = self.layers[chain.layer].hidden_size
+        return OutputSpec("h_n" if cell.role == "h" else "c_n", self.shape(out), batch_axis=0,
+                          size=size, group=chain.group)
+
+    def step_states(self, names: tuple[str, ...]) -> int:
+        """How many of a step module's outputs are its new state (they come last, in the
+        order of the state inputs); reports a module that breaks the convention."""
+        chain = next(c for c in self.chains if c.step_module)
+        indices = sorted(self.group_inputs.get(chain.group, ()))
+        roles = ["h" if self.inputs[i].role == "h0" else "c" for i in indices]
+        tail = list(names[len(names) - len(roles):]) if len(names) >= len(roles) else []
+        got = [self.cell_outputs.get(n) for n in tail]
+        if not (len(tail) == len(roles) and all(
+                g is not None and g.chain == self.chains.index(chain) and g.role == r
+                for g, r in zip(got, roles))):
+            order = ", ".join(f"new {r}" for r in roles)
+            found = ", ".join(f"{'new ' + g.role if g else 'another value'}" for g in got)
+            self.fail_output(names[-1] if names else "", (
+                f"a step module returns its outputs, then its new state in the order of its "
+                f"state inputs: (..., {order}); it returns ({found}) last"))
+            return -1
+        return len(roles)
+
+    def read_outputs(self, names: tuple[str, ...]) -> tuple[OutputSpec, ...]:
+        outputs = []
+        states = self.step_states(names) if self.step_module else 0
+        if states < 0:
+            return ()
+        for position, out in enumerate(names):
+            value = self.values.get(out)
+            if value is _FAILED:
+                continue
+            cell = self.cell_outputs.get(out)
+            if cell is not None and (not self.step_module or position >= len(names) - states):
+                spec = self.cell_state_output(out, cell)
+                if spec is not None:
+                    outputs.append(spec)
+                continue
+            if isinstance(value, _Cell):  # a step module's y is its h
+                node = self.producer[out]
+                if not self.cell_as_data(node, TensorRef(out)):
+                    continue
+                value = self.values[out]
+            shape = self.shape(out)
+            if self.step_module and isinstance(value, _Data):
+                if value.depth != len(self.layers):
+                    self.fail_output(out, "returns an intermediate value of the data path")
+                elif len(shape) != 2 or value.batch_axis != 0:
+                    self.fail_output(out, f"a step module's output of shape {list(shape)}; "
+                                          "its outputs are (B, F)")
+                else:  # one step of a sequence (B, T, F)
+                    outputs.append(OutputSpec("sequence", (shape[0], 1, shape[1]), 0, 1,
+                                              features=value.features))
+                continue
+            if isinstance(value, _Data):
+                if value.depth != len(self.layers):
+                    self.fail_output(out, "returns an intermediate value of the data path")
+                    continue
+                if value.time_axis is not None:
+                    outputs.append(
+                        OutputSpec(
+                            "sequence",
+                            shape,
+                            value.batch_axis,
+                            value.time_axis,
+                            features=value.features,
+                        )
+                    )
+                else:
+                    outputs.append(
+                        OutputSpec("vector", shape, value.batch_axis, features=value.features)
+                    )
+            elif isinstance(value, _State):
+                group = self.groups[value.group]
+                width = group.state_size if value.role == "h_n" else group.hidden_size
+                outputs.append(
+                    OutputSpec(
+                        value.role,  # type: ignore[arg-type]
+                        shape,
+                        batch_axis=1,
+                        size=group.rows * width,
+                        group=value.group,
+                    )
+                )
+            else:
+                self.fail_output(out, "an unsupported output")
+        return tuple(outputs)
+
+
+def _proj(direction: Direction) -> int:
+    return direction.w_proj.shape[0] if direction.w_proj is not None else 0
+
+
+def _weight_shapes(cell: str, chunk: list[_Const], has_biases: bool, input_size: int) -> str:
+    """Why one direction's weights do not fit the cell, or "" when they do."""
+    gates = cell_spec(cell).G
+    w_ih, w_hh = chunk[0].tensor, chunk[1].tensor
+    if w_ih.ndim != 2 or w_ih.shape[0] % gates or w_ih.shape[0] == 0:
+        return f"{chunk[0].name} has shape {list(w_ih.shape)}"
+    hidden = w_ih.shape[0] // gates
+    if w_ih.shape[1] != input_size:
+        return f"{chunk[0].name} takes {w_ih.shape[1]} inputs, not {input_size}"
+    proj = chunk[-1].tensor if cell == "lstm" and len(chunk) in (3, 5) else None
+    if proj is not None and (proj.ndim != 2 or proj.shape[1] != hidden or proj.shape[0] < 1):
+        return f"{chunk[-1].name} has shape {list(proj.shape)}"
+    state = proj.shape[0] if proj is not None else hidden
+    if w_hh.shape != (gates * hidden, state):
+        return f"{chunk[1].name} has shape {list(w_hh.shape)}"
+    if has_biases and any(c.tensor.shape != (gates * hidden,) for c in chunk[2:4]):
+        return "a bias of the wrong shape"
+    return ""
+
+
+def read_program(program: Program, max_seq_len: int | None = None) -> Model:
+    """Turn a program into the IR, or raise one error listing every problem."""
+    return _Reader(program, max_seq_len).read()

@@ -1,0 +1,966 @@
+"""The lowering pass: the IR (float32) or the quantized IR -> a :class:`tinyrnn.backend.plan.Plan`.
+
+Every choice the generated C makes is made here, in Python, and recorded as a typed value:
+
+- which requantization form each accumulator side takes (:mod:`tinyrnn.numerics.folds`: ``c * acc +
+  mmulr(acc, k)`` for 32-bit sums, ``mmulr64`` for 64-bit sums, else the int64 ``rescale``),
+  and whether a gate's two folded sides are summed in int32 (proven from the bounds) or int64;
+- 32- or 64-bit sums (from the quantizer's accumulator bounds), the kernel of each family and
+  the weight layout each reads (:mod:`tinyrnn.passes.layout`);
+- the interpolation and saturation forms (``mul_q30_hi`` for shifts 16..32, ``sat24_32`` after
+  an int32 sum, a format change as a multiply, a rounding shift or nothing);
+- the names of constants and temporaries, and the buffers (:class:`_Buffers`: a planner that
+  gives every value a buffer from the calls that read and write it).
+
+One lowering function per layer kind (:func:`lower_recurrent`, :func:`lower_dense`,
+:func:`lower_activation`) returns the :class:`~tinyrnn.backend.plan.Function` s of that layer;
+:func:`lower` adds the schedule of the API functions. The templates print the plan;
+:mod:`tinyrnn.check.evaluate` runs it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..backend.dspasm import UnitKernel
+from ..backend.plan import (
+    ALL,
+    Arg,
+    Bin,
+    Buffer,
+    Call,
+    Cast,
+    Const,
+    Copy,
+    Do,
+    Expr,
+    Function,
+    Lane,
+    Let,
+    Lit,
+    Loop,
+    Op,
+    Output,
+    Param,
+    Plan,
+    Ptr,
+    Row,
+    Schedule,
+    StateRow,
+    Store,
+    SumSide,
+    Unit,
+    UnitSums,
+    Var,
+)
+from ..backend.v6masm import V6MUnitKernel
+from ..cells import CellSpec
+from ..ir import Activation, Dense, Model, RecurrentLayer, SelectStep
+from ..numerics import helpers as nm
+from ..numerics.folds import Fold, Fold32, Fold64, fold_side, sum_fits_int32
+from .layout import direction_stream, padded
+
+WEIGHT_CTYPE = {8: "int8_t", 16: "int16_t"}
+ACC_CTYPE = {32: "int32_t", 64: "int64_t"}
+INPUT_LIMIT = 2**15
+"""The largest |value| of an int16 activation: the accumulator bounds assume every input."""
+
+__all__ = ["lower", "lower_activation", "lower_dense", "lower_recurrent"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Small builders
+
+
+def call(fn: str, *args: Expr, ctype: str) -> Call:
+    return Call(fn, tuple(args), ctype)
+
+
+def shift_round(value: Expr, n: int, ctype: str = "int64_t") -> Expr:
+    """``rshift_round(value, n)`` in the form the shift needs: a rounding shift (n > 0), an
+    exact multiply by ``2**-n`` (n < 0), or nothing."""
+    if n > 0:
+        return call("rshift_round64", value, Lit(n, "int"), ctype=ctype)
+    if n < 0:
+        return Bin("*", Cast(ctype, value), Lit(1 << -n, ctype), ctype)
+    return value
+
+
+def widen_int16(value: Expr, n: int, req: _Requirements) -> Expr:
+    """An int16 ``value`` in the wide pre-activation format: ``sat24(rshift_round(value, n))``.
+    A left shift by up to 16 stays in int32 (|value| * 2^16 <= 2^31) and saturates with one
+    SSAT; by up to 7 it stays below 2^23 and needs no saturation; anything else takes int64."""
+    if -16 <= n <= 0:
+        scaled = Bin("*", Cast("int32_t", value), Lit(1 << -n, "int32_t"), "int32_t") if n \
+            else Cast("int32_t", value)
+        if -n <= 7:
+            return scaled
+        req.helpers.add("sat24_32")
+        return call("sat24_32", scaled, ctype="int32_t")
+    req.helpers.add("sat24")
+    return call("sat24", shift_round(value, n), ctype="int32_t")
+
+
+def _named(value: int, ctype: str, name: str, comment: str) -> Lit:
+    return Lit(value, ctype, name, comment)
+
+
+class _Constants:
+    """The arrays of one function, in print order."""
+
+    def __init__(self) -> None:
+        self.items: list[Const] = []
+
+    def add(self, name: str, ctype: str, data: np.ndarray, comment: str,
+            families: frozenset[str] = ALL) -> str:
+        self.items.append(Const(name, ctype, np.asarray(data), comment, families))
+        return name
+
+
+def compact_sources(sources: Sequence[str]) -> str:
+    """Slices of the same tensors, one after the other (``w[0:16] input gate``,
+    ``w[16:32] forget gate``...), written as one slice each (``w[0:32]``)."""
+    pattern = re.compile(r"([\w.]+)\[(\d+):(\d+)\]")
+    parsed = [pattern.findall(s) for s in sources]
+    joins = [pattern.sub("@", s).split("@")[1:-1] for s in sources]
+    if not parsed or not all(parsed) or any(len(p) != len(parsed[0]) for p in parsed) \
+            or any(j != joins[0] for j in joins):
+        return ", ".join(sources)
+    groups: list[list[tuple[str, int, int]]] = []
+    for slices in parsed:
+        slices_ = [(name, int(a), int(b)) for name, a, b in slices]
+        last = groups[-1] if groups else None
+        if last and all(n == m and b == a for (n, _, b), (m, a, _) in zip(last, slices_)):
+            groups[-1] = [(n, a, b) for (n, a, _), (_, _, b) in zip(last, slices_)]
+        else:
+            groups.append(slices_)
+    return ", ".join(
+        "".join(f"{n}[{a}:{b}]" + (joins[0][k] if k < len(joins[0]) else "")
+                for k, (n, a, b) in enumerate(g)) for g in groups)
+
+
+def _formats(q) -> str:
+    return ", ".join(f"{k} {v}" for k, v in (("x", q.x), ("h", q.h), ("c", getattr(q, "c", None)),
+                                              ("o*tanh(c)", getattr(q, "hc", None)))
+                     if v is not None and not (k == "o*tanh(c)" and not q.ir.projected))
+
+
+def _title(layer: RecurrentLayer, reverse: bool) -> str:
+    return (f"{layer.module or 'rnn'} layer {layer.layer}, "
+            f"{'reverse' if reverse else 'forward'} direction")
+
+
+# ---------------------------------------------------------------------------------------------
+# Recurrent layers
+
+
+@dataclass
+class _Requirements:
+    """What the model's functions call: helpers, C kernels and assembly kernels."""
+
+    helpers: set[str] = field(default_factory=set)
+    c_kernels: dict[tuple[int, int, int], set[str]] = field(default_factory=dict)
+    dsp: set[UnitKernel] = field(default_factory=set)
+    v6m: dict[str, V6MUnitKernel] = field(default_factory=dict)
+    v6m_constants: list[Const] = field(default_factory=list)
+
+
+def lower_recurrent(p: str, index: int, layer: RecurrentLayer, q, req: _Requirements
+                    ) -> list[Function]:
+    """One function per direction: one step of the cell (``q`` the quantized layer, or None)."""
+    return [(_fixed_cell if q is not None else _float_cell)(p, index, layer, d, q, req)
+            for d in range(layer.num_directions)]
+
+
+def _cell_params(layer: RecurrentLayer, T: str, xh_size: int) -> list[Param]:
+    params = [Param("x", f"const {T} *", "in", layer.input_size),
+              Param("h", f"{T} *", "state", layer.state_size)]
+    if layer.spec.cell_state:
+        params.append(Param("c", f"{T} *", "state", layer.hidden_size))
+    params.append(Param("xh", f"{T} *", "work", xh_size))
+    if layer.projected:
+        params.append(Param("tmp", f"{T} *", "work", layer.hidden_size))
+    return params
+
+
+def _cell_comment(layer: RecurrentLayer, reverse: bool, integers: str) -> tuple[str, ...]:
+    """The function's comment: what it computes (each gate's math is above its code)."""
+    spec: CellSpec = layer.spec
+    lines = [f"{_title(layer, reverse)}: one {spec.title} step ({spec.module}"
+             f"{f', projected to {layer.state_size}' if layer.projected else ''}). W_* x, W_* h "
+             "are the gate's rows of weight_ih and weight_hh, b_* its rows of bias_ih and bias_hh."]
+    if integers:
+        lines.append(integers)
+    return tuple(lines)
+
+
+def _float_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requirements
+                ) -> Function:
+    direction = layer.directions[d]
+    fn = f"{p}_l{index}_{'rev' if direction.reverse else 'fwd'}"
+    spec = layer.spec
+    consts = _Constants()
+    I, P, H = layer.input_size, layer.state_size, layer.hidden_size
+    req.helpers.add("dot")
+    pre: dict[str, Expr] = {}
+    for gate in direction.gates:
+        w = np.concatenate([gate.w_x.data, gate.w_h.data], axis=1)
+        w_name = consts.add(f"{fn}_w_{gate.name}", "float", w,
+                            f"{gate.w_x.source} | {gate.w_h.source}, float32")
+        for acc in gate.accumulators:
+            offset = 0 if acc.w_x is not None else I
+            cols = (I if acc.w_x is not None else 0) + (P if acc.w_h is not None else 0)
+            value: Expr = call("dot", Ptr(w_name, offset, row=True), Ptr("xh", offset),
+                               Lit(cols, "int"), ctype="float")
+            if acc.bias is not None:
+                b_name = consts.add(f"{fn}_b_{acc.name}", "float", acc.bias.data,
+                                    f"{acc.bias.source}, float32")
+                value = Bin("+", Row(b_name, None, "float"), value, "float")
+            pre[acc.name] = value
+    body: list = []
+    act: dict[str, Expr] = {}
+    for gate, math in zip(spec.gates, spec.math):
+        if gate.split:
+            continue
+        fn_name = {"sigmoid": "sigmoid", "relu": "relu"}.get(gate.activation)
+        if gate.activation in ("sigmoid", "relu"):
+            req.helpers.add(fn_name)  # type: ignore[arg-type]
+            value = Call(fn_name, (pre[gate.name],), "float")  # type: ignore[arg-type]
+        else:
+            value = Call("tanhf", (pre[gate.name],), "float", prefixed=False)
+        if spec.family == "rnn":
+            body.append(Store(Unit("h", 0, "float"), value, math))
+        else:
+            body.append(Let(Var(gate.name, "float"), value, math))
+            act[gate.name] = Var(gate.name, "float")
+    f32 = "float"
+    if spec.family == "lstm":
+        c = Unit("c", 0, f32)
+        body.append(Store(c, Bin("+", Bin("*", act["f"], c, f32), Bin("*", act["i"], act["g"], f32),
+                                 f32), spec.math[4]))
+        h_target = Unit("tmp" if layer.projected else "h", 0, f32)
+        body.append(Store(h_target, Bin("*", act["o"], Call("tanhf", (c,), f32, prefixed=False),
+                                        f32), spec.math[5]))
+    elif spec.family == "gru":
+        name_x, name_h = spec.gate("n").accumulators
+        nx, nh = Var(f"pre_{name_x}", f32), Var(f"pre_{name_h}", f32)
+        body.append(Let(nx, pre[name_x], "W_in x + b_in"))
+        body.append(Let(nh, pre[name_h], "W_hn h + b_hn"))
+        n = Var("n", f32)
+        body.append(Let(n, Call("tanhf", (Bin("+", nx, Bin("*", act["r"], nh, f32), f32),),
+                                f32, prefixed=False), spec.math[2]))
+        body.append(Store(Unit("h", 0, f32), Bin(
+            "+", Bin("*", Bin("-", Lit(1.0, f32), act["z"], f32), n, f32),
+            Bin("*", act["z"], Unit("xh", I, f32), f32), f32), spec.math[3]))
+    loops = [Loop(H, tuple(body))]
+    if layer.projected:
+        assert direction.w_proj is not None
+        w_name = consts.add(f"{fn}_w_proj", "float", direction.w_proj.data,
+                            f"{direction.w_proj.source}, float32")
+        loops.append(Loop(P, (Store(Unit("h", 0, f32), call(
+            "dot", Ptr(w_name, 0, row=True), Ptr("tmp"), Lit(H, "int"), ctype=f32),
+            "h = W_hr (o * tanh(c))"),)))
+    return Function(
+        name=fn, kind="cell", layer=index, comment=_cell_comment(layer, direction.reverse, ""),
+        params=tuple(_cell_params(layer, "float", I + P)), named=(),
+        prologue=(Copy("xh", 0, "x", I, f32), Copy("xh", I, "h", P, f32)),
+        loops=tuple(loops), constants=tuple(consts.items))
+
+
+def _acc_bound(part) -> np.ndarray:
+    return nm.acc_bound(part.weights, INPUT_LIMIT, part.bias)
+
+
+def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requirements
+                ) -> Function:
+    direction = layer.directions[d]
+    qd = q.directions[d]
+    fn = f"{p}_l{index}_{'rev' if direction.reverse else 'fwd'}"
+    spec = layer.spec
+    consts = _Constants()
+    I, P, H = layer.input_size, layer.state_size, layer.hidden_size
+    I4 = padded(I)
+    G = spec.G
+    bits = qd.accs[0].bits
+    wtype = WEIGHT_CTYPE[bits]
+    sides: list[list] = [[], []]  # each gate's x part and h part
+    for gate in spec.gates:
+        parts = [part for name in gate.accumulators for part in qd.acc(name).parts]
+        sides[0].append(next(part for part in parts if part.offset == 0))
+        sides[1].append(next(part for part in parts if part.offset != 0))
+    names = spec.gate_names
+    sources = compact_sources([part.source for part in sides[0]]) + ", " + compact_sources(
+        [part.source for part in sides[1]])
+    stream = direction_stream([part.weights for part in sides[0]],
+                              [part.weights for part in sides[1]], bits)
+    order = ("bytes of each 4-column group in SXTB16 order 0,2,1,3" if bits == 8
+             else "4-column groups")
+
+    folds: list[Fold] = []
+    sum_sides: list[SumSide] = []
+    for k, (side, tag) in enumerate(zip(sides, "xh")):
+        acc_bits = max(part.acc_bits for part in side)
+        acc_t = ACC_CTYPE[acc_bits]
+        fold = fold_side([_acc_bound(part) for part in side], [part.mult for part in side],
+                         [part.shift for part in side], acc_bits)
+        folds.append(fold)
+        bias = None
+        if any(part.bias is not None for part in side):
+            b = np.stack([part.bias if part.bias is not None else np.zeros(H, np.int64)
+                          for part in side], axis=1)
+            bias = consts.add(f"{fn}_b{tag}", acc_t, b,
+                              f"biases of the {tag} parts, {acc_t} in accumulator units: "
+                              + compact_sources([part.bias_source for part in side
+                                                 if part.bias is not None]))
+        cols = I if k == 0 else P
+        req.c_kernels.setdefault((G, bits, acc_bits), set())
+        sum_sides.append(SumSide(acc_t, bias, 0 if k == 0 else I4, cols, padded(cols) // 4,
+                                 f"{p}_mac{G}_w{bits}_acc{acc_bits}"))
+        # the fold's arrays
+        if isinstance(fold, Fold64):
+            consts.add(f"{fn}_m{tag}", "uint32_t", fold.k,
+                       f"requant of the {tag} parts: k = M * 2^(32 - n); the rounded high word "
+                       "of acc times it is rshift_round(acc * M, n)")
+        elif isinstance(fold, Fold32):
+            consts.add(f"{fn}_m{tag}", "int32_t", fold.k,
+                       f"requant of the {tag} parts: k with k + c * 2^32 = M * 2^(32 - n), "
+                       "c * acc + mmulr(acc, k) = rshift_round(acc * M, n)"
+                       if k == 0 or not isinstance(folds[0], Fold32) else
+                       f"requant of the {tag} parts: k (as {fn}_mx)")
+            if fold.has_c:
+                consts.add(f"{fn}_c{tag}", "int32_t", fold.c,
+                           f"requant of the {tag} parts: c (see {fn}_m{tag})")
+        else:
+            consts.add(f"{fn}_m{tag}", "int16_t", fold.mult,
+                       f"requant multipliers M of the {tag} parts")
+            consts.add(f"{fn}_s{tag}", "uint8_t", fold.shift,
+                       f"requant shifts n of the {tag} parts")
+
+    # the kernels of each family
+    dsp = v6m = v6m_w = None
+    v6m_stride = 0
+    if all(s.acc_ctype == {8: "int32_t", 16: "int64_t"}[bits] for s in sum_sides):
+        kernel = UnitKernel(G, sum_sides[0].groups, sum_sides[1].groups,
+                            sum_sides[0].bias is not None, sum_sides[1].bias is not None, bits)
+        req.dsp.add(kernel)
+        dsp = kernel.name(p)
+    if bits == 8 and all(s.acc_ctype == "int32_t" for s in sum_sides):
+        m0 = V6MUnitKernel(G, I, P, I4, sum_sides[0].bias is not None,
+                           sum_sides[1].bias is not None)
+        v6m = m0.name(p)
+        req.v6m.setdefault(v6m, m0)
+        rows = [np.stack([part.weights for part in side], axis=1) for side in sides]
+        v6m_w = f"{fn}_w_v6m"
+        v6m_layout = m0.layout(*rows)
+        v6m_stride = int(v6m_layout.shape[1])
+        req.v6m_constants.append(Const(
+            v6m_w, "int8_t", v6m_layout,
+            f"{fn}_w for the ARMv6-M unit kernel: per unit, each {'/'.join(names)} row of the x "
+            "part, then of the h part, at a stride of 2 bytes per column, two rows to a block "
+            f"{'(the last rows of x and h share one) ' if G % 2 else ''}"
+            "(tinyrnn/backend/v6masm.py); int8_t", frozenset({"v6m"}), symbol=f"{fn}_w"))
+    families = frozenset({"c", "dsp"}) if v6m else ALL
+    consts.items.insert(0, Const(
+        f"{fn}_w", wtype, stream,
+        f"per unit: {'/'.join(names)} rows interleaved, x columns then h columns, each padded "
+        f"to a multiple of 4 with zeros, {order}; {wtype}, per-row scale for each part; from "
+        f"{sources}", families))
+    # the portable C kernels run where no assembly kernel does
+    used = {"c"} | ({"dsp"} if dsp is None else set()) | ({"v6m"} if v6m is None else set())
+    for side in sum_sides:
+        req.c_kernels[(G, bits, 64 if side.acc_ctype == "int64_t" else 32)] |= used
+    sums = UnitSums(G, bits, wtype, f"{fn}_w", sum_sides[0], sum_sides[1], dsp, v6m, v6m_w,
+                    v6m_stride)
+
+    # the gate math
+    aliases: dict[str, tuple[str, str, str]] = {}
+
+    def row(alias: str, g: int, ctype: str) -> Row:
+        """Element g of unit j's row of the fold array ``{fn}_{alias}``, through a local alias."""
+        aliases.setdefault(alias, (alias, f"{fn}_{alias}", ctype))
+        return Row(f"{fn}_{alias}", g, ctype, alias)
+
+    def term(k: int, g: int, add: Expr | None = None) -> Expr:
+        fold = folds[k]
+        tag = "xh"[k]
+        acc = Lane(f"a{tag}", g, sum_sides[k].acc_ctype)
+        if isinstance(fold, Fold32):
+            if fold.has_c:
+                cterm = Bin("*", acc, row(f"c{tag}", g, "int32_t"), "int32_t")
+                add = cterm if add is None else Bin("+", cterm, add, "int32_t")
+            k_row = row(f"m{tag}", g, "int32_t")
+            req.helpers.add("mmlar" if add is not None else "mmulr")
+            if add is not None:
+                return call("mmlar", acc, k_row, add, ctype="int32_t")
+            return call("mmulr", acc, k_row, ctype="int32_t")
+        if isinstance(fold, Fold64):
+            req.helpers.add("mmulr64")
+            value: Expr = call("mmulr64", acc, row(f"m{tag}", g, "uint32_t"), ctype="int32_t")
+        else:
+            req.helpers.add("rescale")
+            value = call("rescale", acc, row(f"m{tag}", g, "int16_t"),
+                         row(f"s{tag}", g, "uint8_t"), ctype="int64_t")
+        if add is None:
+            return value
+        return Bin("+", add, value, value.ctype)
+
+    def widen(e: Expr) -> Expr:
+        return Cast("int64_t", e) if e.ctype != "int64_t" else e
+
+    def saturate(e: Expr) -> Expr:
+        if e.ctype == "int32_t":
+            req.helpers.add("sat24_32")
+            return call("sat24_32", e, ctype="int32_t")
+        req.helpers.add("sat24")
+        return call("sat24", e, ctype="int32_t")
+
+    body: list = []
+    act: dict[str, Var] = {}
+    pre_vars: dict[str, Var] = {}
+    for g, gate in enumerate(spec.gates):
+        if gate.split:  # GRU n: the x sum and the h sum stay apart
+            for k, name in enumerate(gate.accumulators):
+                var = Var(f"pre_{name}", "int32_t")
+                body.append(Let(var, saturate(term(k, g)),
+                                ("W_in x + b_in" if k == 0 else "W_hn h + b_hn")
+                                + f", in {nm.ACT_WIDE}"))
+                pre_vars[name] = var
+            continue
+        math = spec.math[g]
+        out = q.directions[d].acc(gate.name).out
+        act_t = "int16_t" if gate.activation == "sigmoid" else "int32_t"
+        result = "" if spec.family == "rnn" else \
+            f", {gate.name} in {'Q0.15' if act_t == 'int16_t' else 'Q0.30'}"
+        x_term = term(0, g)
+        x_var = Var(f"{gate.name}_x", x_term.ctype)
+        body.append(Let(x_var, x_term, f"{math}: the x and h sums rescaled to {out}{result}"))
+        if sum_fits_int32(folds[0], folds[1], g):
+            value = saturate(term(1, g, x_var))
+        else:
+            value = saturate(Bin("+", widen(x_var), widen(term(1, g)), "int64_t"))
+        if spec.family == "rnn":
+            pre_vars[gate.name] = Var("pre", "int32_t")
+            body.append(Let(pre_vars[gate.name], value))
+            continue
+        var = Var(f"pre_{gate.name}", "int32_t")
+        helper = "sigmoid_wide" if gate.activation == "sigmoid" else "tanh_wide"
+        req.helpers.add(helper)
+        body.append(Let(var, value))
+        act[gate.name] = Var(gate.name, act_t)
+        body.append(Let(act[gate.name], call(helper, var, ctype=act_t)))
+
+    named: list[Lit] = []
+    if spec.family == "lstm":
+        q15, q30 = nm.ACT_OUT.frac, 30
+        fc = _named(q.fc_mul, "int64_t", "fc_scale",
+                    f"f * c: Q0.{q15} x {q.c} to Q{q15 + q30}, 2^{q.fc_mul.bit_length() - 1}")
+        ig = _named(q.ig_mul, "int64_t", "ig_scale", f"i * g: Q0.{q15} x Q0.{q30}, already "
+                                                     f"Q{q15 + q30}")
+        cs = _named(q.c_shift, "int", "c_shift", f"Q{q15 + q30} to c's {q.c}")
+        named += [fc, ig, cs]
+        req.helpers.update({"dot2_q", "tanh_wide"})
+        c = Unit("c", 0, "int16_t")
+        body.append(Store(c, call("dot2_q", act["f"], c, fc, act["i"], act["g"], ig, cs,
+                                  ctype="int16_t"), spec.math[4]))
+        tanh_c = Var("tanh_c", "int32_t")
+        body.append(Let(tanh_c, call("tanh_wide", widen_int16(c, q.c_wide_shift, req),
+                                     ctype="int32_t"),
+                        f"tanh(c): c from {q.c} to {nm.ACT_WIDE}, tanh in Q0.30"))
+        target = Unit("tmp" if layer.projected else "h", 0, "int16_t")
+        if q.oc_shift in nm.MUL_Q30_HI_SHIFTS:
+            up = _named(32 - q.oc_shift, "int", "oc_up",
+                        f"o * tanh(c): Q0.{q15} x Q0.{q30} to {q.hc} is a shift by "
+                        f"{q.oc_shift}: a high-word multiply of o * 2^{32 - q.oc_shift}")
+            req.helpers.add("mul_q30_hi")
+            value = call("mul_q30_hi", act["o"], tanh_c, up, ctype="int16_t")
+        else:
+            shift = _named(q.oc_shift, "int", "oc_shift", f"o * tanh(c): Q{q15 + q30} to {q.hc}")
+            req.helpers.add("mul_q30")
+            value = call("mul_q30", act["o"], tanh_c, shift, ctype="int16_t")
+        named.append(value.args[2])  # type: ignore[arg-type]
+        body.append(Store(target, value, spec.math[5]))
+    elif spec.family == "gru":
+        rn = _named(q.rn_shift, "int", "rn_shift", f"r * (W_hn h + b_hn): Q0.15 x "
+                                                   f"{nm.ACT_WIDE} back to {nm.ACT_WIDE}")
+        zh = _named(q.zh_mul, "int64_t", "zh_scale", f"z * h: Q0.15 x {q.h} to Q45")
+        zn = _named(q.zn_mul, "int64_t", "zn_scale", "(1 - z) * n: Q0.15 x Q0.30, already Q45")
+        hs = _named(q.h_shift, "int", "h_shift", f"Q45 to h's {q.h}")
+        one = _named(q.one, "int32_t", "one", "1.0 in Q0.15")
+        named += [rn, zh, zn, hs, one]
+        req.helpers.update({"tanh_wide", "sat24", "rshift_round64", "dot2_q"})
+        nx, nh = (pre_vars[name] for name in spec.gate("n").accumulators)
+        n = Var("n", "int32_t")
+        body.append(Let(n, call("tanh_wide", call("sat24", Bin(
+            "+", Cast("int64_t", nx), call("rshift_round64", Bin(
+                "*", Cast("int64_t", act["r"]), nh, "int64_t"), rn, ctype="int64_t"),
+            "int64_t"), ctype="int32_t"), ctype="int32_t"), f"{spec.math[2]}: Q0.30"))
+        body.append(Store(Unit("h", 0, "int16_t"), call(
+            "dot2_q", act["z"], Unit("xh", I4, "int16_t"), zh,
+            Cast("int16_t", Bin("-", one, act["z"], "int32_t")), n, zn, hs, ctype="int16_t"),
+            spec.math[3]))
+    else:
+        out = _named(q.out_shift, "int", "out_shift", "")
+        pre = pre_vars["h"]
+        req.helpers.add("sat_shift")
+        if spec.gates[0].activation == "relu":
+            out = _named(q.out_shift, "int", "out_shift",
+                         f"{q.directions[d].acc('h').out} to h's {q.h}")
+            req.helpers.add("relu_q")
+            value = call("relu_q", call("sat_shift", pre, out, ctype="int16_t"), ctype="int16_t")
+        else:
+            out = _named(q.out_shift, "int", "out_shift", f"Q0.30 to h's {q.h}")
+            req.helpers.add("tanh_wide")
+            value = call("sat_shift", call("tanh_wide", pre, ctype="int32_t"), out,
+                         ctype="int16_t")
+        named.append(out)
+        body.append(Store(Unit("h", 0, "int16_t"), value, spec.math[0]))
+
+    loops = [Loop(H, tuple(body), sums,
+                  f"the {', '.join(names)} rows of unit j: x part and h part, exact",
+                  tuple(aliases[a] for a in sorted(aliases)))]
+    if layer.projected:
+        assert qd.proj is not None and direction.w_proj is not None
+        w_name = consts.add(f"{fn}_w_proj", wtype, qd.proj.parts[0].weights,
+                            f"{direction.w_proj.source}, {wtype}, per-row scale")
+        loops.append(Loop(P, _requant_rows(p, f"{fn}_proj", qd.proj, w_name, Ptr("tmp"), "h",
+                                           consts, req, "h = W_hr (o * tanh(c))")))
+    integers = (f"Integers ({_formats(q)}): each gate row sums W_x x and W_h h exactly, "
+                f"rescales each into {nm.ACT_WIDE} and applies sigmoid_wide (Q0.15) or "
+                "tanh_wide (Q0.30); state updates round once into the state's format.")
+    return Function(
+        name=fn, kind="cell", layer=index,
+        comment=_cell_comment(layer, direction.reverse, integers),
+        params=(*_cell_params(layer, "int16_t", I4 + padded(P)),
+                Param("w", f"const {wtype} *", "weights", int(stream.size))),
+        named=tuple(named),
+        prologue=(Copy("xh", 0, "x", I, "int16_t"), Copy("xh", I4, "h", P, "int16_t")),
+        loops=tuple(loops), constants=tuple(consts.items))
+
+
+def _requant_rows(p: str, fn: str, acc, w_name: str, source: Ptr, target: str,
+                  consts: _Constants, req: _Requirements, comment: str) -> tuple:
+    """``target[j] = requant(bias[j] + W[j] . source, M[j], n[j])``: one int16 row of a
+    single-part accumulator (Linear layers, the LSTM projection)."""
+    part = acc.parts[0]
+    acc_t = ACC_CTYPE[part.acc_bits]
+    dot = f"dot_w{acc.bits}_acc{part.acc_bits}"
+    req.helpers.update({dot, "requant"})
+    value: Expr = call(dot, Ptr(w_name, 0, row=True), source, Lit(part.cols, "int"),
+                       ctype=acc_t)
+    if part.bias is not None:
+        b = consts.add(f"{fn}_b", acc_t, part.bias,
+                       f"{part.bias_source}, {acc_t} in accumulator units")
+        value = Bin("+", Row(b, None, acc_t), value, acc_t)
+    m = consts.add(f"{fn}_m", "int16_t", part.mult, f"requant multipliers of {part.source}")
+    s = consts.add(f"{fn}_s", "uint8_t", part.shift, f"requant shifts of {part.source}")
+    total = Var("acc", acc_t)
+    return (Let(total, value, f"the exact sum, {acc_t}"),
+            Store(Unit(target, 0, "int16_t"), call(
+                "requant", total, Row(m, None, "int16_t"), Row(s, None, "uint8_t"),
+                ctype="int16_t"), comment))
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear layers and activations
+
+
+def lower_dense(p: str, index: int, layer: Dense, q, req: _Requirements) -> list[Function]:
+    """``y = W x + b`` over one vector."""
+    fn = f"{p}_dense{index}"
+    consts = _Constants()
+    T = "int16_t" if q is not None else "float"
+    what = f"y = W x{' + b' if layer.bias is not None else ''}"
+    if q is None:
+        w = consts.add(f"{fn}_w", "float", layer.weight.data, f"{layer.weight.source}, float32")
+        req.helpers.add("dot")
+        value: Expr = call("dot", Ptr(w, 0, row=True), Ptr("x"),
+                           Lit(layer.in_features, "int"), ctype="float")
+        if layer.bias is not None:
+            b = consts.add(f"{fn}_b", "float", layer.bias.data, f"{layer.bias.source}, float32")
+            value = Bin("+", Row(b, None, "float"), value, "float")
+        body: tuple = (Store(Unit("y", 0, "float"), value, what),)
+        formats = ""
+    else:
+        wtype = WEIGHT_CTYPE[q.acc.bits]
+        w = consts.add(f"{fn}_w", wtype, q.acc.parts[0].weights,
+                       f"{layer.weight.source}, {wtype}, per-row scale")
+        body = _requant_rows(p, fn, q.acc, w, Ptr("x"), "y", consts, req, what)
+        formats = f"; x {q.x}, y {q.out}"
+    return [Function(
+        name=fn, kind="dense", layer=index,
+        comment=(f"{layer.name}: {what} ({layer.out_features} x {layer.in_features}){formats}",),
+        params=(Param("x", f"const {T} *", "in", layer.in_features),
+                Param("y", f"{T} *", "out", layer.out_features)),
+        named=(), prologue=(), loops=(Loop(layer.out_features, body),),
+        constants=tuple(consts.items))]
+
+
+def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirements
+                     ) -> list[Function]:
+    """An element-wise or last-axis function; ``in`` and ``out`` may be the same buffer."""
+    fn = f"{p}_{layer.kind}{index}"
+    T = "int16_t" if q is not None else "float"
+    n = layer.features
+    x, y = Unit("in", 0, T), Unit("out", 0, T)
+    named: list[Lit] = []
+    loops: tuple = ()
+    prologue: tuple = ()
+    kind = layer.kind
+    if q is None:
+        if kind in ("softmax", "log_softmax"):
+            req.helpers.add(f"{kind}_f")
+            prologue = (Do(call(f"{kind}_f", Ptr("in"), Ptr("out"), Lit(n, "int"),
+                                ctype="void"), f"{kind} over the last axis"),)
+        elif kind == "tanh":
+            loops = (Loop(n, (Store(y, Call("tanhf", (x,), T, prefixed=False), "tanh"),)),)
+        else:
+            req.helpers.add(kind)
+            loops = (Loop(n, (Store(y, call(kind, x, ctype=T), kind),)),)
+        formats = ""
+    else:
+        formats = f" (x {q.x}, y {q.out})"
+        if kind in ("softmax", "log_softmax"):
+            sm = q.softmax
+            req.helpers.add(f"{kind}_q")
+            named = [_named(sm.dclamp, "int32_t", "dclamp", "max - x beyond this gives exp 0"),
+                     _named(sm.exp_mult, "int32_t", "exp_mult",
+                            f"(max - x) * log2(e) in Q.{nm.EXP_FRAC}: M"),
+                     _named(sm.exp_shift, "int", "exp_shift", "... and n")]
+            if kind == "log_softmax":
+                named += [_named(sm.ln2_mult, "int32_t", "ln2_mult", "log2(S) * ln 2: M"),
+                          _named(sm.ln2_shift, "int", "ln2_shift", "... and n"),
+                          _named(sm.up, "int", "up", "x - max to the wide format"),
+                          _named(sm.down, "int", "down", "the wide format to the output")]
+            prologue = (Do(call(f"{kind}_q", Ptr("in"), Ptr("out"), Lit(n, "int"), *named,
+                                ctype="void"), f"{kind} over the last axis"),)
+        elif kind == "relu":
+            req.helpers.add("relu_q")
+            loops = (Loop(n, (Store(y, call("relu_q", x, ctype=T), "relu"),)),)
+        else:
+            wide = widen_int16(x, q.in_shift, req)
+            if kind == "sigmoid":
+                req.helpers.add("sigmoid_wide")
+                value: Expr = call("sigmoid_wide", wide, ctype=T)
+            else:
+                req.helpers.update({"tanh_wide", "sat_shift"})
+                out = _named(q.out_shift, "int", "out_shift", f"Q0.30 to {q.out}")
+                named.append(out)
+                value = call("sat_shift", call("tanh_wide", wide, ctype="int32_t"), out,
+                             ctype=T)
+            loops = (Loop(n, (Store(y, value, f"{kind}: x to {nm.ACT_WIDE} first"),)),)
+    return [Function(
+        name=fn, kind="activation", layer=index,
+        comment=(f"{kind} over {n} features{formats}; in and out may be the same buffer",),
+        params=(Param("in", f"const {T} *", "in", n), Param("out", f"{T} *", "out", n)),
+        named=tuple(named), prologue=prologue, loops=loops, constants=())]
+
+
+# ---------------------------------------------------------------------------------------------
+# Buffers: a planner over the calls' inputs and outputs
+
+
+@dataclass(eq=False)
+class _Value:
+    """A vector (or a sequence of them) one call writes and later calls read."""
+
+    size: int
+    pool: str = ""  # "scratch" or "seq": planned; "" when fixed (a state member, the input)
+    buffer: str = ""
+    last: int = -1  # the last call that reads it
+    role: str = ""  # a cell's working memory: its parameter ("xh"), kept in one buffer
+
+
+@dataclass(eq=False)
+class _Call:
+    fn: Function | None  # None: the copy of the selected step (layer-major models)
+    ins: list[_Value]
+    out: _Value | None  # None: a cell of a time-major model, whose output is its state
+    works: list[_Value]
+    in_place: bool = False  # the output may take the input's buffer (element-wise)
+    meta: dict = field(default_factory=dict)
+
+
+class _Pool:
+    """Buffers of ``NAME_state_t`` shared by values whose lives do not overlap: a value gets
+    the first buffer that holds nothing still to be read (growing it), else a new one; working
+    memory of a role (every cell's ``xh``) goes back to the buffer that role had, when it is
+    free, so that the cells share one (the compiler then reuses its address)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.sizes: list[int] = []
+        self.busy: list[int] = []  # per buffer: the last call that reads its value
+        self.roles: list[str] = []  # per buffer: the role of its last value
+
+    def take(self, value: _Value, now: int, avoid: set[str]) -> None:
+        free = [k for k, busy in enumerate(self.busy) if busy < now and self.name(k) not in avoid]
+        same = [k for k in free if value.role and self.roles[k] == value.role]
+        if same or free:
+            k = (same or free)[0]
+        else:
+            self.sizes.append(0)
+            self.busy.append(-1)
+            self.roles.append("")
+            k = len(self.sizes) - 1
+        self.sizes[k] = max(self.sizes[k], value.size)
+        self.busy[k] = max(value.last, now)
+        self.roles[k] = value.role
+        value.buffer = self.name(k)
+
+    def keep(self, value: _Value, until: int) -> None:
+        k = int(value.buffer[len(self.prefix):])
+        self.busy[k] = max(self.busy[k], until)
+
+    def name(self, k: int) -> str:
+        return f"{self.prefix}{k}"
+
+    def buffers(self, comment: str) -> list[Buffer]:
+        return [Buffer(self.name(k), size, comment, True) for k, size in enumerate(self.sizes)]
+
+
+def _plan_buffers(calls: list[_Call], pools: dict[str, _Pool], reserved: list[_Value]) -> None:
+    """Give every planned value a buffer, in call order, from the calls' reads and writes:
+    an output never shares a buffer with a value still to be read, except an element-wise
+    call's output with its own input when nothing reads that input afterwards."""
+    for k, c in enumerate(calls):
+        for value in c.ins:
+            value.last = max(value.last, k)
+    for value in reserved:  # live from before the first call
+        pools[value.pool].take(value, -1, set())
+    for k, c in enumerate(calls):
+        reading = {v.buffer for v in c.ins}
+        out = c.out
+        if out is not None and out.pool and not out.buffer:
+            src = c.ins[0] if c.ins else None
+            if c.in_place and src is not None and src.pool == out.pool and src.last == k:
+                out.buffer = src.buffer
+                pools[out.pool].keep(out, out.last)
+            else:
+                pools[out.pool].take(out, k, reading)
+        busy = reading | ({out.buffer} if out is not None else set())
+        for work in c.works:
+            work.last = k
+            pools[work.pool].take(work, k, busy)
+            busy.add(work.buffer)
+
+
+def _args(c: _Call) -> tuple[Arg, ...]:
+    """The arguments of a call in its function's parameter order."""
+    assert c.fn is not None
+    works = iter(c.works)
+    args = [Arg(c.ins[0].buffer)]
+    for param in c.fn.params[1:]:
+        if param.role == "state":
+            args.append(Arg(_state_member(c.fn, param.name)))
+        elif param.role == "work":
+            args.append(Arg(next(works).buffer))
+        elif param.role == "weights":
+            args.append(Arg(f"{c.fn.name}_w", const=True))
+        else:
+            assert c.out is not None
+            args.append(Arg(c.out.buffer))
+    return tuple(args)
+
+
+def _state_member(fn: Function, param: str) -> str:
+    """The NAME_state_t member of a cell's state vector: ``l0_fwd_h``."""
+    return f"{fn.name.rsplit('_', 2)[-2]}_{fn.name.rsplit('_', 1)[-1]}_{param}"
+
+
+def _state_buffers(model: Model, functions: dict[int, list[Function]]) -> list[Buffer]:
+    state = []
+    for index, layer in enumerate(model.layers):
+        if isinstance(layer, RecurrentLayer):
+            for fn, direction in zip(functions[index], layer.directions):
+                side = "reverse" if direction.reverse else "forward"
+                what = f"{layer.module} layer {layer.layer} {side}"
+                for param in fn.param("state"):
+                    state.append(Buffer(_state_member(fn, param.name), param.size,
+                                        f"{param.name}, {what}", False))
+    return state
+
+
+def _time_major(model: Model, functions: dict[int, list[Function]], fixed: bool
+                ) -> tuple[Schedule, list[Buffer]]:
+    """Unidirectional models: every layer at every step, no sequence buffers."""
+    pools = {"scratch": _Pool("scratch")}
+    current = _Value(model.input_size, buffer="x_t")
+    calls: list[_Call] = []
+    select_at = pre_result = None
+    for index, layer in enumerate(model.layers):
+        if isinstance(layer, SelectStep):
+            select_at, pre_result = len(calls), current
+            continue
+        for fn in functions[index]:
+            works = [_Value(p.size, "scratch", role=p.name) for p in fn.param("work")]
+            if fn.kind == "cell":
+                calls.append(_Call(fn, [current], None, works))
+                current = _Value(fn.param("state")[0].size, buffer=_state_member(fn, "h"))
+            else:
+                out = _Value(fn.param("out")[0].size, "scratch")
+                calls.append(_Call(fn, [current], out, works, fn.kind == "activation"))
+                current = out
+    current.last = len(calls)  # the step's result is read after the last call
+    if pre_result is None:
+        pre_result = current
+    reserved = []
+    if fixed:  # the float API converts x_t into this buffer (the _q API passes its own)
+        reserved.append(_Value(model.input_size, "scratch", last=0))
+    _plan_buffers(calls, pools, reserved)
+    ops = [Op(c.fn.name, _args(c), c.fn.kind, c.fn.layer) for c in calls if c.fn is not None]
+    cut = select_at if select_at is not None else len(ops)
+    select = next((lay.index for lay in model.layers if isinstance(lay, SelectStep)), None)
+    return Schedule(
+        layer_major=False, pre=tuple(ops[:cut]), pre_result=Arg(pre_result.buffer),
+        post=tuple(ops[cut:]), post_result=Arg(current.buffer), select=select,
+        select_width=pre_result.size if select is not None else 0, select_to=None,
+        step=tuple(ops), step_result=Arg(current.buffer),
+        input_buffer=reserved[0].buffer if fixed else None,
+    ), _state_buffers(model, functions) + pools["scratch"].buffers("scratch")
+
+
+def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
+                 ) -> tuple[Schedule, list[Buffer]]:
+    """Bidirectional models: layer by layer over whole sequences of NAME_MAX_SEQ_LEN steps;
+    the selected step is copied into a vector, and the layers after it run once."""
+    steps = model.max_seq_len
+    pools = {"seq": _Pool("seq"), "scratch": _Pool("scratch")}
+    x = _Value(model.input_size, buffer="x_t")
+    current, width = x, model.input_size
+    calls: list[_Call] = []
+    pre_result = selected = None
+    for index, layer in enumerate(model.layers):
+        if isinstance(layer, SelectStep):
+            pre_result, selected = current, _Value(width, "scratch")
+            calls.append(_Call(None, [current], selected, [], meta=dict(width=width)))
+            current = selected
+            continue
+        pool = "seq" if selected is None else "scratch"
+        if isinstance(layer, RecurrentLayer):
+            out = _Value(steps * layer.output_size, pool)
+            for fn, direction in zip(functions[index], layer.directions):
+                works = [_Value(p.size, "scratch", role=p.name) for p in fn.param("work")]
+                calls.append(_Call(fn, [current], out, works, meta=dict(
+                    reverse=direction.reverse, src_stride=width,
+                    dst_offset=layer.state_size if direction.reverse else 0,
+                    dst_stride=layer.output_size, out_size=layer.state_size,
+                    comment=_title(layer, direction.reverse))))
+            current, width = out, layer.output_size
+            continue
+        fn = functions[index][0]
+        out_w = fn.param("out")[0].size
+        out = _Value((steps if selected is None else 1) * out_w, pool)
+        calls.append(_Call(fn, [current], out, [], fn.kind == "activation",
+                           meta=dict(src_stride=width, dst_stride=out_w)))
+        current, width = out, out_w
+    current.last = len(calls)
+    if pre_result is None:
+        pre_result = current
+    reserved = []
+    if fixed:  # the float input converted one step at a time, for the first layer's cells
+        reserved.append(_Value(model.input_size, "scratch", last=max(
+            k for k, c in enumerate(calls) if c.ins and c.ins[0] is x)))
+    _plan_buffers(calls, pools, reserved)
+    ops, post, select_to = [], [], None
+    for c in calls:
+        if c.fn is None:
+            assert c.out is not None
+            select_to = Arg(c.out.buffer)
+            continue
+        m = c.meta
+        if c.fn.kind == "cell":
+            assert c.out is not None
+            op = Op(c.fn.name, _args(c), "cell", c.fn.layer, reverse=m["reverse"],
+                    src_stride=m["src_stride"], dst=Arg(c.out.buffer, m["dst_offset"]),
+                    dst_stride=m["dst_stride"], out_size=m["out_size"], comment=m["comment"])
+        else:
+            op = Op(c.fn.name, _args(c), c.fn.kind, c.fn.layer,
+                    src_stride=m["src_stride"], dst_stride=m["dst_stride"])
+        (ops if select_to is None else post).append(op)
+    select = next((lay.index for lay in model.layers if isinstance(lay, SelectStep)), None)
+    return Schedule(
+        layer_major=True, pre=tuple(ops), pre_result=Arg(pre_result.buffer), post=tuple(post),
+        post_result=Arg(current.buffer), select=select,
+        select_width=pre_result.size // steps if select is not None else 0,
+        select_to=select_to, step=None, step_result=None,
+        input_buffer=reserved[0].buffer if fixed else None,
+    ), (_state_buffers(model, functions) + pools["seq"].buffers(f"scratch: {steps} steps")
+        + pools["scratch"].buffers("scratch"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole model
+
+
+def _state_rows(model: Model, q, functions: dict[int, list[Function]], group_index: int,
+                k: int) -> tuple[StateRow, ...]:
+    """The rows of a module's h (k=0) or c (k=1) in torch's (layers*directions) order."""
+    rows, offset = [], 0
+    group = model.groups[group_index]
+    for index in group.layers:
+        layer = model.layers[index]
+        size = layer.state_size if k == 0 else layer.hidden_size
+        qlayer = q.layers[index] if q is not None else None
+        fmt = (qlayer.h if k == 0 else qlayer.c) if qlayer is not None else None
+        for fn, direction in zip(functions[index], layer.directions):
+            comment = f"row {len(rows)}: {_title(layer, direction.reverse)}"
+            if fmt is not None:
+                comment += f", {fmt}"
+            rows.append(StateRow(_state_member(fn, "hc"[k]), offset, size, comment,
+                                 fmt.frac if fmt is not None else None))
+            offset += size
+    return tuple(rows)
+
+
+def lower(model: Model, name: str, q=None) -> Plan:
+    """The plan of ``model`` (``q``: its :class:`tinyrnn.passes.quantize.QModel` for the integer
+    formats, None for float32)."""
+    req = _Requirements()
+    fixed = q is not None
+    T = "int16_t" if fixed else "float"
+    functions: dict[int, list[Function]] = {}
+    for index, layer in enumerate(model.layers):
+        qlayer = q.layers[index] if fixed else None
+        if isinstance(layer, RecurrentLayer):
+            functions[index] = lower_recurrent(name, index, layer, qlayer, req)
+        elif isinstance(layer, Dense):
+            functions[index] = lower_dense(name, index, layer, qlayer, req)
+        elif isinstance(layer, Activation):
+            functions[index] = lower_activation(name, index, layer, qlayer, req)
+    schedule, buffers = (_layer_major if model.bidirectional else _time_major)(
+        model, functions, fixed)
+    outputs = []
+    final_frac = q.final_format.frac if fixed else None
+    for k, spec in enumerate(model.outputs):
+        if spec.role in ("sequence", "vector"):
+            outputs.append(Output(k, spec.role, spec.features, frac=final_frac))
+        else:
+            rows = _state_rows(model, q, functions, spec.group, 0 if spec.role == "h_n" else 1)
+            outputs.append(Output(k, spec.role, spec.size, rows))
+    group = model.groups[model.state_group]
+    set_state = [("h0", _state_rows(model, q, functions, model.state_group, 0))]
+    if group.cell == "lstm":
+        set_state.append(("c0", _state_rows(model, q, functions, model.state_group, 1)))
+    if fixed:
+        req.helpers.add("from_float")
+    dsp_families = frozenset({"dsp"}) if req.dsp else frozenset()
+    v6m_families = frozenset({"v6m"}) if req.v6m else frozenset()
+    kernel_families = frozenset({"c"}) | dsp_families | v6m_families
+    c_kernels = tuple(sorted((G, bits, acc, frozenset(fams) & kernel_families)
+                             for (G, bits, acc), fams in req.c_kernels.items()))
+    return Plan(
+        name=name, format=q.format if fixed else "float32", T=T, fixed=fixed,
+        functions=tuple(fn for index in sorted(functions) for fn in functions[index]),
+        helpers=tuple(h.name for h in nm.helper_closure(req.helpers)),
+        portable_helpers=tuple(h.name for h, only in nm.helper_guards(req.helpers) if only),
+        c_kernels=c_kernels, dsp_kernels=tuple(sorted(req.dsp)),
+        v6m_kernels=tuple(req.v6m[k] for k in sorted(req.v6m)),
+        v6m_constants=tuple(req.v6m_constants), buffers=tuple(buffers), schedule=schedule,
+        input_size=model.input_size, step_output_size=model.step_output_size,
+        max_seq_len=model.max_seq_len if model.bidirectional else 0,
+        input_frac=q.input.frac if fixed else None, final_frac=final_frac,
+        set_state=tuple(set_state), outputs=tuple(outputs))

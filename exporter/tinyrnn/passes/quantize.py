@@ -1,0 +1,700 @@
+"""The quantization pass: a float IR :class:`~tinyrnn.ir.Model` -> a :class:`QModel` whose layers
+hold integer weights, per-row multipliers and the number format of every value.
+
+Everything the generated C and the reference simulator (:mod:`tinyrnn.check.reference`) compute with
+is decided here, in Python: the integers of every weight and bias, every requantization
+multiplier and shift, every format change. The templates print these numbers; the reference
+applies them with :mod:`tinyrnn.numerics.helpers`. ``docs/fixed-point.md`` explains the scheme.
+
+Two steps:
+
+1. :func:`calibrate` runs the float IR (:mod:`tinyrnn.check.simulate`) on representative inputs and
+   records the largest magnitude of every quantity whose format is calibrated
+   (:class:`Ranges`); :func:`choose_formats` turns them into formats (:class:`Formats`), with
+   headroom. Formats are recorded in the manifest, so :func:`formats_from_manifest` gives them
+   back to ``tinyrnn verify`` without the calibration data.
+2. :func:`quantize` quantizes the weights for those formats. It is deterministic: the same IR
+   and formats give the same integers.
+
+Accumulators (:class:`QAccumulator`)
+------------------------------------
+One output row ``r`` of a gate (or Dense layer) sums one integer accumulator per input part
+(the input ``x`` and the recurrent state ``h`` of a gate; the single input of a Dense layer)::
+
+    acc_p[r] = bias_p[r] + W_p[r] @ v[offset_p : offset_p + cols_p]     (exact, int32 or int64)
+    y[r]     = saturate(sum_p rescale(acc_p[r], M_p[r], n_p[r]), out.bits)     (format ``out``)
+
+Each part's weights have the per-row scale that is ideal for that part alone
+(``max|W_p[r]| * step_p / qmax``), so the x part and the h part, whose int16 inputs have
+different steps, both use the full weight range. A gate's result is the wide pre-activation
+Q3.20 (:data:`tinyrnn.numerics.helpers.ACT_WIDE`), where the rounding of ``rescale`` is negligible;
+a single-part Dense layer's is int16 in its output format (then ``rescale`` + ``sat16`` is
+exactly :func:`tinyrnn.numerics.helpers.requant`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..check.simulate import Batch, run_float, split_state, state_rows
+from ..errors import TinyRNNError
+from ..ir import (
+    Activation,
+    Dense,
+    GRULayer,
+    LSTMLayer,
+    Model,
+    RecurrentLayer,
+    RNNLayer,
+    SelectStep,
+)
+from ..numerics import helpers as fp
+from ..numerics.helpers import (
+    ACT_ONE,
+    ACT_OUT,
+    ACT_WIDE,
+    WIDE_EXTRA,
+    QFormat,
+    SoftmaxParams,
+    softmax_params,
+)
+
+WEIGHT_BITS = {"w8a16": 8, "w16a16": 16}
+"""The integer formats and their weight widths. Activations and states are always int16."""
+
+ACT_BITS = 16
+HEADROOM = 2.0
+"""Calibrated formats cover twice the largest magnitude observed (one spare integer bit)."""
+
+MAX_FRAC = 30
+"""Calibrated formats have at most 30 fraction bits (the shifts of the cell updates need it)."""
+
+BIAS_LIMIT = 2**30
+"""A bias never needs more than this many accumulator units (the unit grows instead)."""
+
+INPUT_LIMIT = 2**15
+"""Largest magnitude of an int16 input of an accumulator (-32768)."""
+
+Q15 = ACT_OUT
+TANH_FRAC = 30  # tanh_wide returns Q0.30
+TANH_Q30_PRODUCT = Q15.frac + TANH_FRAC  # a Q0.15 value times tanh_wide's result is Q45
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibration: observed ranges -> formats
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """Largest magnitudes observed by the float simulation on the calibration data.
+
+    ``layers[i]``: of IR layer ``i``'s output (for recurrent layers including the initial h0
+    rows of that layer); ``cells[i]``: of an LSTM layer's cell state c (c0 included);
+    ``projected[i]``: of ``o * tanh(c)`` of an LSTM layer with a projection.
+    """
+
+    input: float
+    layers: tuple[float, ...]
+    cells: tuple[float | None, ...]
+    projected: tuple[float | None, ...]
+    source: str  # "calibration data" or "example input"
+    sequences: int
+    steps: int
+
+
+def calibrate(model: Model, batch: Batch, source: str) -> Ranges:
+    """Run the float IR on ``batch`` and record the ranges that calibrated formats need."""
+    trace, numerics = run_float(model, batch)
+    h0 = split_state(model, batch.h0.astype(np.float64), 0) if batch.h0 is not None else {}
+    layers = []
+    for index, out in enumerate(trace.layers):
+        peak = float(np.abs(out).max()) if out.size else 0.0
+        for (i, _), h in h0.items():
+            if i == index:
+                peak = max(peak, float(np.abs(h).max()))
+        layers.append(peak)
+    cells = tuple(numerics.max_cell.get(i) for i in range(len(model.layers)))
+    projected = tuple(numerics.max_projected.get(i) for i in range(len(model.layers)))
+    peaks = [float(np.abs(batch.x).max()), *layers,
+             *(c for c in cells + projected if c is not None)]
+    if not all(math.isfinite(v) for v in peaks):
+        raise TinyRNNError(
+            f"the float model produces Inf or NaN on the {source}; calibrate with inputs on "
+            "which the model is finite"
+        )
+    return Ranges(
+        input=peaks[0],
+        layers=tuple(layers),
+        cells=cells,
+        projected=projected,
+        source=source,
+        sequences=batch.size,
+        steps=int(batch.x.shape[1]),
+    )
+
+
+@dataclass(frozen=True)
+class LayerFormats:
+    """The format of an IR layer's output (and of an LSTM layer's cell state c and, with a
+    projection, of ``o * tanh(c)``)."""
+
+    out: QFormat
+    cell: QFormat | None = None
+    projected: QFormat | None = None
+
+
+@dataclass(frozen=True)
+class Formats:
+    """Every activation format of a model: its input and each layer's output."""
+
+    input: QFormat
+    layers: tuple[LayerFormats, ...]
+
+
+def _calibrated(peak: float, headroom: float) -> QFormat:
+    chosen = QFormat.choose(peak, ACT_BITS, headroom)
+    return QFormat(ACT_BITS, min(chosen.frac, MAX_FRAC))
+
+
+def _bounded(peak: float, headroom: float) -> QFormat:
+    """A value that tanh bounds to (-1, 1): calibrated, but never coarser than Q0.15 (unless
+    the calibration saw |v| >= 1, e.g. from initial states)."""
+    chosen = _calibrated(peak, headroom)
+    return chosen if peak >= 1.0 else QFormat(ACT_BITS, max(chosen.frac, Q15.frac))
+
+
+def choose_formats(model: Model, ranges: Ranges, headroom: float = HEADROOM) -> Formats:
+    """Calibrated formats (with headroom) for every value the functions do not bound, and
+    formats at least as fine as Q0.15 for those they bound:
+
+    - input x, LSTM c, h of projected LSTMs and RNN-relu, Dense outputs, log_softmax:
+      calibrated;
+    - h of LSTM (no projection), GRU, RNN-tanh, ``o * tanh(c)`` of projected LSTMs, tanh
+      outputs: calibrated but at least Q0.15 (:func:`_bounded`), so small signals keep their
+      precision;
+    - sigmoid and softmax outputs: Q0.15; relu keeps its input's format.
+    """
+    current = _calibrated(ranges.input, headroom)
+    input_format = current
+    layers = []
+    for index, layer in enumerate(model.layers):
+        peak = ranges.layers[index]
+        cell = projected = None
+        if isinstance(layer, RecurrentLayer):
+            bounded = layer.spec.bounded and not layer.projected
+            out = _bounded(peak, headroom) if bounded else _calibrated(peak, headroom)
+            if isinstance(layer, LSTMLayer):
+                cell = _calibrated(ranges.cells[index] or 0.0, headroom)
+                if layer.projected:
+                    projected = _bounded(ranges.projected[index] or 0.0, headroom)
+        elif isinstance(layer, Dense):
+            out = _calibrated(peak, headroom)
+        elif isinstance(layer, Activation):
+            if layer.kind == "relu":
+                out = current
+            elif layer.kind == "log_softmax":
+                out = _calibrated(peak, headroom)
+            elif layer.kind == "tanh":
+                out = _bounded(peak, headroom)
+            else:
+                out = Q15
+        else:
+            out = current
+        layers.append(LayerFormats(out, cell, projected))
+        current = out
+    return Formats(input_format, tuple(layers))
+
+
+# ----------------------------------------------------------------------------------------------
+# The quantized IR
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class QPart:
+    """``acc = bias + W @ v[offset : offset + cols]``, exact in ``acc_bits``; it contributes
+    ``rescale(acc, mult, shift)`` to its row."""
+
+    weights: np.ndarray  # int64 (rows, cols), values within the weight bits
+    offset: int  # first column of the input vector
+    bias: np.ndarray | None  # int64 (rows,), in accumulator units
+    scale: np.ndarray  # float64 (rows,): the real weight of one integer step
+    unit: np.ndarray  # float64 (rows,): the real value of one accumulator step
+    acc_bits: int  # 32 or 64, proven by ``bound``
+    bound: int  # largest |acc| over all int16 inputs (numerics.acc_bound)
+    mult: np.ndarray  # int64 (rows,): 2**14 <= M < 2**15
+    shift: np.ndarray  # int64 (rows,)
+    source: str  # torch tensor and rows
+    bias_source: str
+
+    @property
+    def cols(self) -> int:
+        return self.weights.shape[1]
+
+
+@dataclass(frozen=True, eq=False)
+class QAccumulator:
+    """``y = saturate(sum_p rescale(acc_p, M_p, n_p), out.bits)`` per row (see module doc)."""
+
+    name: str
+    parts: tuple[QPart, ...]
+    bits: int  # weight bits
+    out: QFormat
+
+    @property
+    def rows(self) -> int:
+        return self.parts[0].weights.shape[0]
+
+
+@dataclass(frozen=True, eq=False)
+class QDirection:
+    reverse: bool
+    accs: tuple[QAccumulator, ...]  # as the IR direction's accumulators
+    proj: QAccumulator | None = None
+
+    def acc(self, name: str) -> QAccumulator:
+        return next(a for a in self.accs if a.name == name)
+
+
+@dataclass(frozen=True, eq=False)
+class QLSTMLayer:
+    """LSTM step in integers::
+
+        i, f, o = sigmoid_wide(acc_i, acc_f, acc_o) (Q0.15)    g = tanh_wide(acc_g) (Q0.30)
+        c  = dot2_q(f, c, fc_mul, i, g, ig_mul, c_shift)                         (c format)
+        hc = mul_q30(o, tanh_wide(sat24(rshift_round(c, c_wide_shift))), oc_shift)  (hc format)
+        h  = hc, or the projection accumulator of hc                             (h format)
+    """
+
+    ir: LSTMLayer
+    directions: tuple[QDirection, ...]
+    x: QFormat
+    h: QFormat
+    c: QFormat
+    hc: QFormat
+    fc_mul: int
+    ig_mul: int
+    c_shift: int
+    c_wide_shift: int
+    oc_shift: int
+
+
+@dataclass(frozen=True, eq=False)
+class QGRULayer:
+    """GRU step in integers::
+
+        r, z = sigmoid_wide(acc_r), sigmoid_wide(acc_z)                          (Q0.15)
+        n = tanh_wide(sat24(acc_n + rshift_round(r * acc_nh, rn_shift)))  (Q0.30; acc Q3.20)
+        h = dot2_q(z, h, zh_mul, one - z, n, zn_mul, h_shift)                    (h format)
+    """
+
+    ir: GRULayer
+    directions: tuple[QDirection, ...]
+    x: QFormat
+    h: QFormat
+    one: int
+    rn_shift: int
+    zn_mul: int
+    zh_mul: int
+    h_shift: int
+
+
+@dataclass(frozen=True, eq=False)
+class QRNNLayer:
+    """Elman step in integers: tanh: ``h = sat_shift(tanh_wide(acc_h), out_shift)`` (acc in
+    Q3.20, tanh in Q0.30); relu: ``h = relu_q(sat_shift(acc_h, out_shift))`` (acc in the h
+    format with ``WIDE_EXTRA`` more fraction bits)."""
+
+    ir: RNNLayer
+    directions: tuple[QDirection, ...]
+    x: QFormat
+    h: QFormat
+    out_shift: int
+
+
+@dataclass(frozen=True, eq=False)
+class QDense:
+    ir: Dense
+    acc: QAccumulator
+    x: QFormat
+    out: QFormat
+
+
+@dataclass(frozen=True, eq=False)
+class QActivation:
+    """relu: ``relu_q``; sigmoid: ``sigmoid_wide(sat24(rshift_round(x, in_shift)))`` (to
+    Q3.20 first); tanh: ``sat_shift(tanh_wide(...), out_shift)`` (Q0.30 to the output);
+    softmax/log_softmax: :mod:`tinyrnn.numerics.helpers` with ``softmax``'s constants."""
+
+    ir: Activation
+    x: QFormat
+    out: QFormat
+    in_shift: int = 0
+    out_shift: int = 0
+    softmax: SoftmaxParams | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class QSelectStep:
+    ir: SelectStep
+    x: QFormat
+
+
+QRecurrent = QLSTMLayer | QGRULayer | QRNNLayer
+QLayer = QLSTMLayer | QGRULayer | QRNNLayer | QDense | QActivation | QSelectStep
+
+
+@dataclass(frozen=True, eq=False)
+class QModel:
+    """A quantized model: the float IR (structure, interface) plus the integer layers."""
+
+    model: Model
+    format: str
+    weight_bits: int
+    input: QFormat
+    layers: tuple[QLayer, ...]
+    formats: Formats
+    ranges: Ranges | None
+
+    def out_format(self, index: int) -> QFormat:
+        """The format of IR layer ``index``'s output."""
+        return self.formats.layers[index].out
+
+    @property
+    def final_format(self) -> QFormat:
+        """The format of the data path's last value (NAME_step's output, sequence/vector)."""
+        return self.formats.layers[-1].out if self.layers else self.input
+
+    def state_formats(self, group: int, k: int) -> list[QFormat]:
+        """Per row of a module's h (k=0) or c (k=1), in torch's (layers*directions) order."""
+        out = []
+        for index in self.model.groups[group].layers:
+            layer = self.layers[index]
+            assert isinstance(layer, (QLSTMLayer, QGRULayer, QRNNLayer))
+            fmt = layer.h if k == 0 else layer.c  # type: ignore[union-attr]
+            out += [fmt] * len(layer.directions)
+        return out
+
+    def input_row_formats(self) -> list[tuple[str, list[QFormat], int]]:
+        """``(role, per-row formats, row size)`` for each forward input (see docs/c-api.md)."""
+        rows = []
+        for spec in self.model.inputs:
+            if spec.role == "x":
+                rows.append(("x", [self.input], spec.features))
+            else:
+                k = 0 if spec.role == "h0" else 1
+                fmts = self.state_formats(self.model.state_group, k)
+                rows.append((spec.role, fmts, spec.size // len(fmts)))
+        return rows
+
+    def output_row_formats(self) -> list[tuple[str, list[QFormat], int]]:
+        """``(role, per-row formats, row size)`` for each output of the forward."""
+        rows = []
+        for spec in self.model.outputs:
+            if spec.role in ("sequence", "vector"):
+                rows.append((spec.role, [self.final_format], spec.features))
+            else:
+                fmts = self.state_formats(spec.group, 0 if spec.role == "h_n" else 1)
+                rows.append((spec.role, fmts, spec.size // len(fmts)))
+        return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantizing weights
+# ----------------------------------------------------------------------------------------------
+
+
+Part = tuple[np.ndarray, float, int, str, "np.ndarray | None", str]
+"""float weights (rows, cols), step of the int16 input they read, column offset, source,
+float bias (rows,) or None, bias source."""
+
+
+def _part(w: np.ndarray, step: float, offset: int, source: str, bias: np.ndarray | None,
+          bias_source: str, out: QFormat, bits: int, what: str) -> QPart:
+    """Quantize one part for an accumulator whose result has format ``out``.
+
+    ``unit = max(max|W[r]| * step / qmax, |bias[r]| / BIAS_LIMIT)`` (``out.step`` for a row
+    with neither), ``W_q = round_half_up(W * step / unit)``, ``b_q = round_half_up(bias / unit)``,
+    ``M * 2**-n ~= unit / out.step``.
+    """
+    qmax = 2 ** (bits - 1) - 1
+    rows = w.shape[0]
+    peak = np.abs(w).max(axis=1) if w.shape[1] else np.zeros(rows)
+    unit = peak * step / qmax
+    if bias is not None:
+        unit = np.maximum(unit, np.abs(bias) / BIAS_LIMIT)
+    unit = np.where(unit > 0, unit, out.step)
+    w_q = fp.saturate(fp.round_half_up(w * step / unit[:, None]), bits)
+    # |bias / unit| <= BIAS_LIMIT by the choice of unit, so the rounded bias fits easily
+    b_q = fp.round_half_up(bias / unit).astype(np.int64) if bias is not None else None
+    bound = fp.acc_bound(w_q, INPUT_LIMIT, b_q) if w.shape[1] else np.abs(
+        b_q if b_q is not None else np.zeros(rows, np.int64))
+    top = int(bound.max()) if rows else 0
+    if top >= fp.REQUANT_ACC_LIMIT:
+        raise TinyRNNError(
+            f"{what}: the accumulator bound {top} reaches 2**47; the weights are too large for "
+            "int16 inputs. Use --format w8a16 or check the weights."
+        )
+    try:
+        mult, shift = fp.quantize_multipliers(unit / out.step)
+    except ValueError as exc:
+        raise TinyRNNError(
+            f"{what}: cannot requantize to {out} ({exc}); the weights or the calibrated "
+            "range are extreme. Check the weights and the calibration data."
+        ) from None
+    return QPart(w_q, offset, b_q, unit / step, unit, 32 if top <= fp.ACC32_LIMIT else 64, top,
+                 mult, shift, source, bias_source)
+
+
+def _accumulator(name: str, parts: Sequence[Part], out: QFormat, bits: int, what: str
+                 ) -> QAccumulator:
+    """Quantize the parts of one accumulator (see :func:`_part`)."""
+    return QAccumulator(name, tuple(_part(*p, out=out, bits=bits, what=what) for p in parts),
+                        bits, out)
+
+
+def _direction(layer: RecurrentLayer, index: int, d: int, x: QFormat, h: QFormat,
+               gate_out: QFormat, hc: QFormat, bits: int) -> QDirection:
+    direction = layer.directions[d]
+    side = "reverse" if direction.reverse else "forward"
+    where = f"layer {index} ({layer.module} layer {layer.layer}, {side})"
+    accs = []
+    for a in direction.accumulators:  # LSTM i f g o; GRU r z n nh; RNN h
+        bias = a.bias.data if a.bias is not None else None
+        bias_source = a.bias.source if a.bias is not None else ""
+        parts = [(t.data, step, offset, t.source) for t, step, offset in (
+            (a.w_x, x.step, 0), (a.w_h, h.step, layer.input_size)) if t is not None]
+        # the bias starts the first part's sum
+        parts = [(*parts[0], bias, bias_source)] + [(*p, None, "") for p in parts[1:]]
+        accs.append(_accumulator(a.name, parts, gate_out, bits, f"{where} gate {a.name}"))
+    proj = None
+    if direction.w_proj is not None:
+        proj = _accumulator(
+            "proj", [(direction.w_proj.data, hc.step, 0, direction.w_proj.source, None, "")],
+            h, bits, f"{where} projection")
+    return QDirection(direction.reverse, tuple(accs), proj)
+
+
+def _check_shift(value: int, lo: int, hi: int, what: str) -> int:
+    if not lo <= value <= hi:
+        raise TinyRNNError(
+            f"{what}: the calibrated format needs a shift of {value}, outside [{lo}, {hi}]; the "
+            "calibration ranges are extreme. Check the calibration data."
+        )
+    return value
+
+
+def quantize(model: Model, format: str, formats: Formats, ranges: Ranges | None = None
+             ) -> QModel:
+    """Quantize ``model``'s weights for ``format`` (w8a16 or w16a16) and the given formats."""
+    if format not in WEIGHT_BITS:
+        raise TinyRNNError(f"{format!r} is not an integer format ({', '.join(WEIGHT_BITS)})")
+    bits = WEIGHT_BITS[format]
+    current = formats.input
+    layers: list[QLayer] = []
+    for index, layer in enumerate(model.layers):
+        lf = formats.layers[index]
+        where = f"layer {index}"
+        if isinstance(layer, RecurrentLayer):
+            h = lf.out
+            if isinstance(layer, LSTMLayer):
+                assert lf.cell is not None
+                c = lf.cell
+                hc = lf.projected or h if layer.projected else h
+                dirs = tuple(_direction(layer, index, d, current, h, ACT_WIDE, hc, bits)
+                             for d in range(layer.num_directions))
+                # f*c is Q(15+cf), i*g is Q45 (g in Q0.30): sum in Q45, one rounding to c
+                _check_shift(c.frac, 0, MAX_FRAC, f"{where} cell state format")
+                layers.append(QLSTMLayer(
+                    layer, dirs, current, h, c, hc,
+                    fc_mul=2 ** (TANH_Q30_PRODUCT - Q15.frac - c.frac),
+                    ig_mul=1,
+                    c_shift=TANH_Q30_PRODUCT - c.frac,
+                    c_wide_shift=c.frac - ACT_WIDE.frac,
+                    oc_shift=_check_shift(TANH_Q30_PRODUCT - hc.frac, 0, 62, where),
+                ))
+            elif isinstance(layer, GRULayer):
+                dirs = tuple(_direction(layer, index, d, current, h, ACT_WIDE, h, bits)
+                             for d in range(layer.num_directions))
+                _check_shift(h.frac, 0, MAX_FRAC, f"{where} state format")
+                # z*h is Q(15+hf), (1-z)*n is Q45 (n in Q0.30): sum in Q45, one rounding
+                layers.append(QGRULayer(
+                    layer, dirs, current, h, one=ACT_ONE, rn_shift=Q15.frac,
+                    zn_mul=1, zh_mul=2 ** (TANH_Q30_PRODUCT - Q15.frac - h.frac),
+                    h_shift=TANH_Q30_PRODUCT - h.frac,
+                ))
+            else:
+                assert isinstance(layer, RNNLayer)
+                relu = layer.nonlinearity == "relu"
+                pre = QFormat(ACT_WIDE.bits, h.frac + WIDE_EXTRA) if relu else ACT_WIDE
+                dirs = tuple(_direction(layer, index, d, current, h, pre, h, bits)
+                             for d in range(layer.num_directions))
+                shift = WIDE_EXTRA if relu else _check_shift(TANH_FRAC - h.frac, 0,
+                                                              fp.SAT_SHIFT_MAX, where)
+                layers.append(QRNNLayer(layer, dirs, current, h, out_shift=shift))
+        elif isinstance(layer, Dense):
+            b = layer.bias.data if layer.bias is not None else None
+            b_src = layer.bias.source if layer.bias is not None else ""
+            acc = _accumulator(
+                "dense", [(layer.weight.data, current.step, 0, layer.weight.source, b, b_src)],
+                lf.out, bits, f"layer {index} (Linear {layer.name})")
+            layers.append(QDense(layer, acc, current, lf.out))
+        elif isinstance(layer, Activation):
+            if layer.kind in ("sigmoid", "tanh"):
+                shift = _check_shift(current.frac - ACT_WIDE.frac, -40, 40, where)
+                out_shift = (_check_shift(TANH_FRAC - lf.out.frac, 0, fp.SAT_SHIFT_MAX, where)
+                             if layer.kind == "tanh" else 0)
+                layers.append(QActivation(layer, current, lf.out, in_shift=shift,
+                                          out_shift=out_shift))
+            elif layer.kind in ("softmax", "log_softmax"):
+                try:
+                    params = softmax_params(layer.kind == "log_softmax", current, lf.out)
+                except ValueError as exc:
+                    raise TinyRNNError(
+                        f"layer {index} ({layer.kind}): its input format {current} is outside "
+                        f"the supported range ({exc}); the logits are extreme"
+                    ) from None
+                layers.append(QActivation(layer, current, lf.out, softmax=params))
+            else:
+                layers.append(QActivation(layer, current, lf.out))
+        else:
+            assert isinstance(layer, SelectStep)
+            layers.append(QSelectStep(layer, current))
+        current = lf.out
+    return QModel(model, format, bits, formats.input, tuple(layers), formats, ranges)
+
+
+# ----------------------------------------------------------------------------------------------
+# The manifest section, and reading the formats back
+# ----------------------------------------------------------------------------------------------
+
+
+def _fmt(q: QFormat) -> dict:
+    return {"format": str(q), "bits": q.bits, "frac": q.frac}
+
+
+def _floats(a: np.ndarray) -> list[float]:
+    return [float(v) for v in np.asarray(a, dtype=np.float64)]
+
+
+def _acc_summary(a: QAccumulator) -> dict:
+    return dict(
+        weight_bits=a.bits,
+        output_format=f"{a.out} ({a.out.bits} bits)",
+        parts=[dict(source=p.source, columns=[p.offset, p.offset + p.cols],
+                    bias_source=p.bias_source or None,
+                    accumulator_bits=p.acc_bits, accumulator_bound=p.bound,
+                    weight_scale=_floats(p.scale), accumulator_unit=_floats(p.unit),
+                    requant_multiplier=[int(v) for v in p.mult],
+                    requant_shift=[int(v) for v in p.shift])
+               for p in a.parts],
+    )
+
+
+def manifest_section(q: QModel) -> dict:
+    """The manifest's ``quantization`` section: every format, scale and observed range."""
+    ranges = q.ranges
+    layers = []
+    for index, layer in enumerate(q.layers):
+        entry: dict = dict(index=index, output=_fmt(q.out_format(index)))
+        if ranges is not None:
+            entry["observed_max_abs"] = ranges.layers[index]
+        cell = q.formats.layers[index].cell
+        if cell is not None:
+            entry["cell"] = _fmt(cell)
+            if ranges is not None:
+                entry["cell_observed_max_abs"] = ranges.cells[index]
+        projected = q.formats.layers[index].projected
+        if projected is not None:
+            entry["projected"] = _fmt(projected)
+            if ranges is not None:
+                entry["projected_observed_max_abs"] = ranges.projected[index]
+        if isinstance(layer, (QLSTMLayer, QGRULayer, QRNNLayer)):
+            entry["kind"] = layer.ir.kind
+            entry["directions"] = [
+                dict(reverse=d.reverse,
+                     accumulators={a.name: _acc_summary(a) for a in d.accs},
+                     **({"projection": _acc_summary(d.proj)} if d.proj is not None else {}))
+                for d in layer.directions]
+        elif isinstance(layer, QDense):
+            entry["kind"] = "dense"
+            entry["accumulator"] = _acc_summary(layer.acc)
+        elif isinstance(layer, QActivation):
+            entry["kind"] = layer.ir.kind
+            if layer.softmax is not None:
+                entry["softmax"] = dict(vars(layer.softmax))
+        else:
+            entry["kind"] = "select_step"
+        layers.append(entry)
+    section: dict = dict(
+        scheme="symmetric per-row weights, int16 activations, round half up, saturation "
+               "(docs/fixed-point.md)",
+        weight_bits=q.weight_bits,
+        activation_bits=ACT_BITS,
+        headroom=HEADROOM,
+        input=_fmt(q.input),
+        layers=layers,
+    )
+    if ranges is not None:
+        section["input"]["observed_max_abs"] = ranges.input
+        section["calibration"] = dict(source=ranges.source, sequences=ranges.sequences,
+                                      steps=ranges.steps)
+    return section
+
+
+def formats_from_manifest(model: Model, section: dict) -> Formats:
+    """The :class:`Formats` recorded by :func:`manifest_section` (for ``tinyrnn verify``)."""
+
+    def read(entry: dict) -> QFormat:
+        return QFormat(int(entry["bits"]), int(entry["frac"]))
+
+    try:
+        layers = section["layers"]
+        if len(layers) != len(model.layers):
+            raise TinyRNNError(
+                f"the manifest lists {len(layers)} layers but the model has {len(model.layers)}"
+            )
+        return Formats(read(section["input"]), tuple(
+            LayerFormats(read(e["output"]), read(e["cell"]) if "cell" in e else None,
+                         read(e["projected"]) if "projected" in e else None)
+            for e in layers))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TinyRNNError(
+            f"the manifest's quantization section is incomplete ({exc}); re-export the model"
+        ) from None
+
+
+def interface_section(q: QModel) -> dict:
+    """The manifest's ``interface.quantized``: what a harness needs for the ``_q`` API.
+
+    Element ``e`` of a flat buffer (input or output, one sample) has the format
+    ``frac[(e // row_size) % len(frac)]``: one entry for x, sequences and vectors, one per
+    (layer, direction) row for h0/c0/h_n/c_n.
+    """
+
+    def rows(items: list[tuple[str, list[QFormat], int]]) -> list[dict]:
+        return [dict(role=role, bits=ACT_BITS, frac=[f.frac for f in fmts], row_size=size)
+                for role, fmts, size in items]
+
+    return dict(
+        bits=ACT_BITS,
+        forward_inputs=rows(q.input_row_formats()),
+        outputs=rows(q.output_row_formats()),
+        step_output_frac=q.final_format.frac,
+        state_h_frac=[f.frac for f in q.state_formats(q.model.state_group, 0)],
+        state_c_frac=([f.frac for f in q.state_formats(q.model.state_group, 1)]
+                      if q.model.groups[q.model.state_group].cell == "lstm" else []),
+    )
+
+
+__all__ = [
+    "Formats", "LayerFormats", "QAccumulator", "QActivation", "QDense", "QDirection",
+    "QGRULayer", "QLSTMLayer", "QModel", "QPart", "QRNNLayer", "QSelectStep", "Ranges",
+    "WEIGHT_BITS", "calibrate", "choose_formats", "formats_from_manifest", "interface_section",
+    "manifest_section", "quantize", "state_rows",
+]

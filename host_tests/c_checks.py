@@ -1,0 +1,95 @@
+"""Checks of the generated files themselves, shared by the table tests: line width, braces,
+constness, and what clang -Weverything and gcc -Wunused say about unused functions, macros and
+tables on each family of builds (host C kernels, ARMv6-M assembly, DSP assembly)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from tinyrnn.backend.cformat import WIDTH
+from tinyrnn.targets.toolchain import newlib_sysroot
+
+CLANG_TARGETS = {
+    "host": [],
+    "cortex-m0": ["--target=arm-none-eabi", "-mthumb", "-mcpu=cortex-m0", "-mfloat-abi=soft"],
+    "cortex-m4": ["--target=arm-none-eabi", "-mthumb", "-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16",
+                  "-mfloat-abi=hard"],
+}
+GCC_TARGETS = {
+    "host": ["gcc"],
+    "cortex-m0": ["arm-none-eabi-gcc", "-mthumb", "-mcpu=cortex-m0", "-mfloat-abi=soft"],
+    "cortex-m4": ["arm-none-eabi-gcc", "-mthumb", "-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16",
+                  "-mfloat-abi=hard"],
+}
+UNUSED = re.compile(r"warning: .*\[-W(unused[\w-]*|unneeded[\w-]*)\]")
+# -Dinline= turns every `static inline` helper into a plain static function, which compilers
+# do report when it is not called: an unused helper cannot hide behind `inline`.
+NO_INLINE = "-Dinline="
+
+
+def unused_warnings(sources: Sequence[Path]) -> list[str]:
+    """Every unused function, macro, variable or table clang -Weverything or gcc -Wunused
+    reports in ``sources``, on the host, a Cortex-M0 and a Cortex-M4."""
+    found = []
+    sysroot = f"--sysroot={newlib_sysroot()}"
+    files = [str(s) for s in sources]
+    for target, flags in CLANG_TARGETS.items():
+        extra = [sysroot] if flags else []
+        done = subprocess.run(["clang", *flags, *extra, "-fsyntax-only", "-std=c99",
+                               "-Weverything", NO_INLINE, *files],
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        found += [f"clang {target}: {line}" for line in done.stderr.splitlines()
+                  if UNUSED.search(line)]
+    for target, command in GCC_TARGETS.items():
+        done = subprocess.run([*command, "-fsyntax-only", "-std=c99", "-Wall", "-Wextra",
+                               "-Wunused", "-Wunused-macros", "-Wunused-const-variable=2",
+                               NO_INLINE, *files], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        found += [f"gcc {target}: {line}" for line in done.stderr.splitlines()
+                  if "warning:" in line]
+    return found
+
+
+def layout_problems(path: Path) -> list[str]:
+    """Lines over the width, braces at column 0 other than those opening and closing a
+    function or an initializer, code at column 0 inside braces, non-const arrays."""
+    problems = []
+    lines = path.read_text().splitlines()
+    depth = 0
+    comment = False
+    for k, line in enumerate(lines):
+        where = f"{path.name}:{k + 1}"
+        if len(line) > WIDTH:
+            problems.append(f"{where} has {len(line)} characters")
+        code = line
+        if comment:  # inside a comment: only what follows its end counts
+            comment = "*/" not in code
+            code = code.split("*/", 1)[1] if not comment else ""
+        code = re.sub(r"/\*.*?\*/", "", code)
+        if "/*" in code:
+            code, comment = code.split("/*", 1)[0], True
+        code = re.sub(r'"(\\.|[^"\\])*"', '""', code)
+        if code.strip() in ('extern "" {', "}") and "__cplusplus" in lines[k - 1]:
+            continue  # C++ linkage around a header: not a block
+        opened = depth
+        depth += code.count("{") - code.count("}")
+        if not code.strip() or code.startswith("#") or line.startswith((" ", "\t")):
+            continue
+        if code.startswith("{") and not (code == "{" and opened == 0
+                                         and lines[k - 1].endswith(")")):
+            problems.append(f"{where} opens a brace at column 0: {line!r}")
+        elif code.startswith("}") and not (depth == 0 and (code in ("}", "};")
+                                                           or code.startswith("} "))):
+            problems.append(f"{where} closes a brace at column 0 inside a block: {line!r}")
+        elif opened > 0 and not code.startswith("}"):
+            problems.append(f"{where} is at column 0 inside a block: {line!r}")
+        if line.startswith("static") and "[" in line and "(" not in line \
+                and not line.startswith("static const"):
+            problems.append(f"{where} is a mutable static array: {line!r}")
+    if depth:
+        problems.append(f"{path.name}: braces do not balance")
+    return problems
