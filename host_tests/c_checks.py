@@ -24,15 +24,23 @@ GCC_TARGETS = {
     "cortex-m4": ["arm-none-eabi-gcc", "-mthumb", "-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16",
                   "-mfloat-abi=hard"],
 }
-UNUSED = re.compile(r"warning: .*\[-W(unused[\w-]*|unneeded[\w-]*)\]")
+WARNING = re.compile(r"warning: .*\[-W([\w-]+)[^\]]*\]$")
+STYLE_ONLY = {
+    # the generated C is C99, which allows a declaration after a statement (a unit's
+    # constants are declared where the loop body needs them); this warns about C89 only
+    "declaration-after-statement": "C89 compatibility; the generated C is C99",
+}
+"""clang -Weverything warnings that are about style or older standards, not about the code:
+every other -Weverything warning (unused functions, macros and tables among them) counts."""
 # -Dinline= turns every `static inline` helper into a plain static function, which compilers
 # do report when it is not called: an unused helper cannot hide behind `inline`.
 NO_INLINE = "-Dinline="
 
 
-def unused_warnings(sources: Sequence[Path]) -> list[str]:
-    """Every unused function, macro, variable or table clang -Weverything or gcc -Wunused
-    reports in ``sources``, on the host, a Cortex-M0 and a Cortex-M4."""
+def compiler_warnings(sources: Sequence[Path]) -> list[str]:
+    """Every warning clang -Weverything (but :data:`STYLE_ONLY`) or gcc -Wall -Wextra -Wunused
+    reports in ``sources`` (an unused function, macro, variable or table among them), on the
+    host, a Cortex-M0 and a Cortex-M4."""
     found = []
     sysroot = f"--sysroot={newlib_sysroot()}"
     files = [str(s) for s in sources]
@@ -42,8 +50,12 @@ def unused_warnings(sources: Sequence[Path]) -> list[str]:
                                "-Weverything", NO_INLINE, *files],
                               capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr[-2000:]
-        found += [f"clang {target}: {line}" for line in done.stderr.splitlines()
-                  if UNUSED.search(line)]
+        for line in done.stderr.splitlines():
+            match = WARNING.search(line)
+            if match and match.group(1) not in STYLE_ONLY:
+                found.append(f"clang {target}: {line}")
+            elif "warning:" in line and not match:
+                found.append(f"clang {target}: {line}")
     for target, command in GCC_TARGETS.items():
         done = subprocess.run([*command, "-fsyntax-only", "-std=c99", "-Wall", "-Wextra",
                                "-Wunused", "-Wunused-macros", "-Wunused-const-variable=2",

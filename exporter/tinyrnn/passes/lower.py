@@ -362,7 +362,7 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
             f"{fn}_w for the ARMv6-M unit kernel: per unit, each {'/'.join(names)} row of the x "
             "part, then of the h part, at a stride of 2 bytes per column, two rows to a block "
             f"{'(the last rows of x and h share one) ' if G % 2 else ''}"
-            "(tinyrnn/backend/v6masm.py); int8_t", frozenset({"v6m"}), symbol=f"{fn}_w"))
+            "(backend/v6masm.py); int8_t", frozenset({"v6m"}), symbol=f"{fn}_w"))
     families = frozenset({"c", "dsp"}) if v6m else ALL
     consts.items.insert(0, Const(
         f"{fn}_w", wtype, stream,

@@ -88,8 +88,7 @@ static inline int32_t tr_sat24_32(int32_t x)
 }
 
 /* mmulr(a, m) = (a * m + 2^31) >> 32: the high word of a 32 x 32 product, rounded half up (SMMULR on the DSP cores).
- * With m + c * 2^32 = M * 2^(32 - n) (tinyrnn/numerics/folds.py), c * a + mmulr(a, m) is rshift_round64(a * M, n),
- * exactly. */
+ * With m + c * 2^32 = M * 2^(32 - n) (numerics/folds.py), c * a + mmulr(a, m) is rshift_round64(a * M, n), exactly. */
 static inline int32_t tr_mmulr(int32_t a, int32_t m)
 {
 #if BIGRU_W8_DSP
@@ -312,8 +311,8 @@ static inline int16_t tr_from_float(float v, int frac)
 #if !BIGRU_W8_DSP_KERNELS && !BIGRU_W8_V6M_KERNELS
 
 /* acc[r] += row r of a block of 3 interleaved weight rows (int8_t) times v, over `groups` groups of 4 columns
- * (tinyrnn/passes/layout.py: within a group the bytes are in the order 0, 2, 1, 3), two groups per iteration; returns
- * the next block. Exact: the exporter proved every partial sum fits int32_t. */
+ * (passes/layout.py: within a group the bytes are in the order 0, 2, 1, 3), two groups per iteration; returns the next
+ * block. Exact: the exporter proved every partial sum fits int32_t. */
 static inline const int8_t *bigru_w8_mac3_w8_acc32(const int8_t *w, const int16_t *v, int groups, int32_t *acc)
 {
     int32_t a0 = acc[0];
@@ -366,8 +365,7 @@ const int8_t *bigru_w8_unit3_x1_h2_bx_bh(const int8_t *w, const int16_t *xh, int
 void bigru_w8_v6m_unit3_x4_h6_bx_bh(const int8_t *w, const int16_t *xh, int32_t *acc, const int32_t *bx,
                                     const int32_t *bh);
 /* bigru_w8_l0_fwd_w for the ARMv6-M unit kernel: per unit, each r/z/n row of the x part, then of the h part, at a
- * stride of 2 bytes per column, two rows to a block (the last rows of x and h share one) (tinyrnn/backend/v6masm.py);
- * int8_t */
+ * stride of 2 bytes per column, two rows to a block (the last rows of x and h share one) (backend/v6masm.py); int8_t */
 static const int8_t bigru_w8_l0_fwd_w[6][32] = {
     { -127, -127, -101, -124, -55, -82, -121, 40, -69, 100, 2, -117, 93, 73, 52, 87, 18, -111, 127, -127, 0, -45, 0,
     -19, -19, 32, 127, -127, 72, 64, -55, 127 }, { -8, -125, -127, -127, 78, -79, 70, 101, 32, -90, 95, -115, -121, 114,
@@ -380,8 +378,7 @@ static const int8_t bigru_w8_l0_fwd_w[6][32] = {
     127, -88 }
 };
 /* bigru_w8_l0_rev_w for the ARMv6-M unit kernel: per unit, each r/z/n row of the x part, then of the h part, at a
- * stride of 2 bytes per column, two rows to a block (the last rows of x and h share one) (tinyrnn/backend/v6masm.py);
- * int8_t */
+ * stride of 2 bytes per column, two rows to a block (the last rows of x and h share one) (backend/v6masm.py); int8_t */
 static const int8_t bigru_w8_l0_rev_w[6][32] = {
     { 21, 29, -44, 93, 53, -127, 127, -16, 127, 109, 83, -57, -30, 5, 35, 50, -108, -4, -5, -127, 0, -127, 0, -38, -18,
     -78, -127, 60, -30, 110, 16, -108 }, { -88, 74, -127, 126, 14, 47, 93, 127, 117, -43, -57, 59, -127, -127, 111, 20,

@@ -4,8 +4,7 @@
  * options: calibration=calibration data, format=w8a16, max_seq_len=6
  * interface sha256: de456c231bd8d79ace9f82a5d3e171473c1c6b69a2d3a402225af9adef814986 (of NAME.json)
  * Do not edit: re-run tinyrnn export instead. */
-/* The unit kernels of bigru_w8.c (tinyrnn/backend/dspasm.py, v6masm.py) for gcc and clang; loops unrolled less at
- * -Os. */
+/* The unit kernels of bigru_w8.c (backend/dspasm.py, v6masm.py) for gcc and clang; loops unrolled less at -Os. */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
     .syntax unified

@@ -87,8 +87,7 @@ static inline int16_t tr_requant(int64_t acc, int32_t mult, int shift)
 }
 
 /* mmulr(a, m) = (a * m + 2^31) >> 32: the high word of a 32 x 32 product, rounded half up (SMMULR on the DSP cores).
- * With m + c * 2^32 = M * 2^(32 - n) (tinyrnn/numerics/folds.py), c * a + mmulr(a, m) is rshift_round64(a * M, n),
- * exactly. */
+ * With m + c * 2^32 = M * 2^(32 - n) (numerics/folds.py), c * a + mmulr(a, m) is rshift_round64(a * M, n), exactly. */
 static inline int32_t tr_mmulr(int32_t a, int32_t m)
 {
 #if GESTURE_DSP
@@ -400,8 +399,8 @@ static inline void tr_softmax_q(const int16_t *in, int16_t *out, int n, int32_t 
 #if !GESTURE_DSP_KERNELS && !GESTURE_V6M_KERNELS
 
 /* acc[r] += row r of a block of 4 interleaved weight rows (int8_t) times v, over `groups` groups of 4 columns
- * (tinyrnn/passes/layout.py: within a group the bytes are in the order 0, 2, 1, 3), two groups per iteration; returns
- * the next block. Exact: the exporter proved every partial sum fits int32_t. */
+ * (passes/layout.py: within a group the bytes are in the order 0, 2, 1, 3), two groups per iteration; returns the next
+ * block. Exact: the exporter proved every partial sum fits int32_t. */
 static inline const int8_t *gesture_mac4_w8_acc32(const int8_t *w, const int16_t *v, int groups, int32_t *acc)
 {
     int32_t a0 = acc[0];
@@ -459,7 +458,7 @@ const int8_t *gesture_unit4_x1_h4_bx(const int8_t *w, const int16_t *xh, int32_t
 void gesture_v6m_unit4_x3_h16_bx(const int8_t *w, const int16_t *xh, int32_t *acc, const int32_t *bx,
                                  const int32_t *bh);
 /* gesture_l0_fwd_w for the ARMv6-M unit kernel: per unit, each i/f/g/o row of the x part, then of the h part, at a
- * stride of 2 bytes per column, two rows to a block (tinyrnn/backend/v6masm.py); int8_t */
+ * stride of 2 bytes per column, two rows to a block (backend/v6masm.py); int8_t */
 static const int8_t gesture_l0_fwd_w[16][76] = {
     { 127, -38, -109, -14, -48, -127, 102, 102, 53, -75, -127, 127, -61, -63, 7, -113, 94, 43, -91, 70, 61, 127, 83,
     -13, 127, 123, -91, 82, 31, -64, -96, -99, 111, 72, -50, -70, 78, 59, 4, -110, -10, 93, -4, 38, -5, -12, -48, -119,

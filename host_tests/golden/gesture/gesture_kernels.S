@@ -4,8 +4,7 @@
  * options: calibration=calibration data, format=w8a16, max_seq_len=6
  * interface sha256: 1b7093fd915b01e926997c1b44f0db0a37bec141e86d9cc8586cd6f87f442b07 (of NAME.json)
  * Do not edit: re-run tinyrnn export instead. */
-/* The unit kernels of gesture.c (tinyrnn/backend/dspasm.py, v6masm.py) for gcc and clang; loops unrolled less at
- * -Os. */
+/* The unit kernels of gesture.c (backend/dspasm.py, v6masm.py) for gcc and clang; loops unrolled less at -Os. */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
     .syntax unified

@@ -80,8 +80,7 @@ static inline int32_t tr_sat24_32(int32_t x)
 }
 
 /* mmulr(a, m) = (a * m + 2^31) >> 32: the high word of a 32 x 32 product, rounded half up (SMMULR on the DSP cores).
- * With m + c * 2^32 = M * 2^(32 - n) (tinyrnn/numerics/folds.py), c * a + mmulr(a, m) is rshift_round64(a * M, n),
- * exactly. */
+ * With m + c * 2^32 = M * 2^(32 - n) (numerics/folds.py), c * a + mmulr(a, m) is rshift_round64(a * M, n), exactly. */
 static inline int32_t tr_mmulr(int32_t a, int32_t m)
 {
 #if LSTM_W8_DSP
@@ -310,8 +309,8 @@ static inline int16_t tr_from_float(float v, int frac)
 #if !LSTM_W8_DSP_KERNELS && !LSTM_W8_V6M_KERNELS
 
 /* acc[r] += row r of a block of 4 interleaved weight rows (int8_t) times v, over `groups` groups of 4 columns
- * (tinyrnn/passes/layout.py: within a group the bytes are in the order 0, 2, 1, 3), two groups per iteration; returns
- * the next block. Exact: the exporter proved every partial sum fits int32_t. */
+ * (passes/layout.py: within a group the bytes are in the order 0, 2, 1, 3), two groups per iteration; returns the next
+ * block. Exact: the exporter proved every partial sum fits int32_t. */
 static inline const int8_t *lstm_w8_mac4_w8_acc32(const int8_t *w, const int16_t *v, int groups, int32_t *acc)
 {
     int32_t a0 = acc[0];
@@ -369,7 +368,7 @@ const int8_t *lstm_w8_unit4_x2_h2_bx(const int8_t *w, const int16_t *xh, int32_t
 void lstm_w8_v6m_unit4_x5_h8_bx(const int8_t *w, const int16_t *xh, int32_t *acc, const int32_t *bx, const int32_t *bh);
 void lstm_w8_v6m_unit4_x8_h8_bx(const int8_t *w, const int16_t *xh, int32_t *acc, const int32_t *bx, const int32_t *bh);
 /* lstm_w8_l0_fwd_w for the ARMv6-M unit kernel: per unit, each i/f/g/o row of the x part, then of the h part, at a
- * stride of 2 bytes per column, two rows to a block (tinyrnn/backend/v6masm.py); int8_t */
+ * stride of 2 bytes per column, two rows to a block (backend/v6masm.py); int8_t */
 static const int8_t lstm_w8_l0_fwd_w[8][52] = {
     { 68, -43, -71, -127, 82, 58, -15, 53, 127, 27, 108, 107, -16, 65, -127, -127, 31, 109, 55, 96, -86, -14, 90, -66,
     11, -61, -127, 127, 6, 76, 83, -75, -76, 6, -6, 30, 99, -127, -81, 0, -83, 127, 15, 77, 4, 61, -55, -85, 127, 124,
@@ -391,7 +390,7 @@ static const int8_t lstm_w8_l0_fwd_w[8][52] = {
     -78, 27, -127, -75, 3, -127, -75, -27, 98, -30, -81, -10, 16, -39 }
 };
 /* lstm_w8_l1_fwd_w for the ARMv6-M unit kernel: per unit, each i/f/g/o row of the x part, then of the h part, at a
- * stride of 2 bytes per column, two rows to a block (tinyrnn/backend/v6masm.py); int8_t */
+ * stride of 2 bytes per column, two rows to a block (backend/v6masm.py); int8_t */
 static const int8_t lstm_w8_l1_fwd_w[8][64] = {
     { -5, -41, 127, 94, 40, 61, 106, 83, -108, 127, 73, 90, 106, -65, 63, 21, -65, 80, 21, 69, -122, 104, -110, 88, 33,
     -106, 40, 61, -55, 25, 127, -127, 55, -29, -101, 127, -127, -116, -51, -74, 29, -113, 35, -60, -78, 89, -33, 86,

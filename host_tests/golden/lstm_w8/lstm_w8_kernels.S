@@ -4,8 +4,7 @@
  * options: calibration=calibration data, format=w8a16, max_seq_len=6
  * interface sha256: 8bf5ad5618e97ecd29e70f2440053ba43b9988bedc569911801f37ea6057019f (of NAME.json)
  * Do not edit: re-run tinyrnn export instead. */
-/* The unit kernels of lstm_w8.c (tinyrnn/backend/dspasm.py, v6masm.py) for gcc and clang; loops unrolled less at
- * -Os. */
+/* The unit kernels of lstm_w8.c (backend/dspasm.py, v6masm.py) for gcc and clang; loops unrolled less at -Os. */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
     .syntax unified

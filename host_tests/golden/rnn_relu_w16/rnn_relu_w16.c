@@ -123,8 +123,8 @@ static inline int16_t tr_from_float(float v, int frac)
 #if !RNN_RELU_W16_DSP_KERNELS
 
 /* acc[r] += row r of a block of 1 interleaved weight rows (int16_t) times v, over `groups` groups of 4 columns
- * (tinyrnn/passes/layout.py), two groups per iteration; returns the next block. Exact: the exporter proved every
- * partial sum fits int64_t. */
+ * (passes/layout.py), two groups per iteration; returns the next block. Exact: the exporter proved every partial sum
+ * fits int64_t. */
 static inline const int16_t *rnn_relu_w16_mac1_w16_acc64(const int16_t *w, const int16_t *v, int groups, int64_t *acc)
 {
     int64_t a0 = acc[0];

@@ -4,8 +4,7 @@
  * options: calibration=calibration data, format=w16a16, max_seq_len=6
  * interface sha256: 8ea0fe1ec32028bb585a8f8408360646dd7c4c7f01dd2d3e19b2ff644a333449 (of NAME.json)
  * Do not edit: re-run tinyrnn export instead. */
-/* The unit kernels of rnn_relu_w16.c (tinyrnn/backend/dspasm.py, v6masm.py) for gcc and clang; loops unrolled less at
- * -Os. */
+/* The unit kernels of rnn_relu_w16.c (backend/dspasm.py, v6masm.py) for gcc and clang; loops unrolled less at -Os. */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
     .syntax unified
