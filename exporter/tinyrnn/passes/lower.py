@@ -210,8 +210,7 @@ def _float_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
     # one fused kernel per part: G gate rows at once, G independent sums (passes/layout.py)
     gates = direction.gates
     stream = float_stream([g.w_x.data for g in gates], [g.w_h.data for g in gates])
-    sources = (compact_sources([g.w_x.source for g in gates]) + ", "
-               + compact_sources([g.w_h.source for g in gates]))
+    sources = "; ".join(f"{g.w_x.source} | {g.w_h.source}" for g in gates)
     w_name = consts.add(
         f"{fn}_w", f32, stream,
         f"per unit: {'/'.join(spec.gate_names)} rows interleaved in groups of 4 columns, then "

@@ -85,7 +85,9 @@ static inline const float *lstm_proj_f32_mac4_f32(const float *w, const float *v
 }
 
 /* per unit: i/f/g/o rows interleaved in groups of 4 columns, then each row's last columns, x columns then h columns;
- * float32, from rnn.weight_ih_l0[0:32], rnn.weight_hh_l0[0:32] */
+ * float32, from rnn.weight_ih_l0[0:8] input gate | rnn.weight_hh_l0[0:8] input gate; rnn.weight_ih_l0[8:16] forget
+ * gate | rnn.weight_hh_l0[8:16] forget gate; rnn.weight_ih_l0[16:24] cell gate | rnn.weight_hh_l0[16:24] cell gate;
+ * rnn.weight_ih_l0[24:32] output gate | rnn.weight_hh_l0[24:32] output gate */
 static const float lstm_proj_f32_l0_fwd_w[8][32] = {
     { 2.3352334e-01f, -2.643795e-01f, 2.8812456e-01f, 2.2622257e-01f, 5.7894174e-02f, -9.9701196e-02f, -3.1841362e-01f,
     1.6452405e-01f, -1.2092647e-01f, -2.5985597e-02f, -4.298991e-02f, 1.888948e-01f, 1.0690598e-01f, -1.5622218e-01f,
