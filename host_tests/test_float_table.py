@@ -15,6 +15,7 @@ from tinyrnn.api import export_program
 from tinyrnn.check import evaluate, torchref
 from tinyrnn.check.simulate import batch_from_arrays, run_float
 from tinyrnn.frontend.reader import read_program
+from tinyrnn.numerics.helpers import TANH_MAX_ERROR
 from tinyrnn.passes.lower import lower
 from tinyrnn.targets.host import load_many
 
@@ -26,6 +27,9 @@ TOL = 1e-5
 # measured is 2.4e-7 (2 ulps at 1.0) and 144 of the 240 cases are bit-identical. 1e-6 leaves
 # a margin of 4 and stays 10x below verify's default float32 tolerance.
 REFERENCE_TOL = 1e-6
+PLAN_TOL = 2.5 * TANH_MAX_ERROR
+"""The plan (the C's arithmetic) against the IR's float model: they differ by the C's rational
+tanh and sigmoid (|error| <= TANH_MAX_ERROR each), carried through the steps."""
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +73,12 @@ def test_float_equals_torch(case: Case, compiled):
     model, args = build(case)
     expected = torch_run(model, args)
     # the float plan the C was printed from, run in numpy (float64), is the IR's float model
+    # up to the C's activation approximations
     ir = read_program(captured(case)[2])
     batch = batch_from_arrays(ir, flat_numpy(args))
     planned = evaluate.run(lower(ir, case.name), batch.x, batch.h0, batch.c0)
     for k, (p, s) in enumerate(zip(planned, run_float(ir, batch)[0].outputs)):
-        np.testing.assert_allclose(p, s, rtol=0, atol=1e-12, err_msg=f"plan, out{k}")
+        np.testing.assert_allclose(p, s, rtol=0, atol=PLAN_TOL, err_msg=f"plan, out{k}")
     got = compiled[case.id].run(*flat_numpy(args))
     assert len(got) == len(expected)
     scale = max(float(np.max(np.abs(e))) for e in expected)

@@ -244,12 +244,12 @@ Stmt = Let | Store | Do | Copy
 class SumSide:
     """The x or h parts of one unit's G gate rows: ``acc[g] = bias[j][g] + W_g . v``."""
 
-    acc_ctype: str  # int32_t or int64_t: proven from the accumulator bounds
+    acc_ctype: str  # int32_t or int64_t: proven from the accumulator bounds; float for float32
     bias: str | None  # const [H][G] in accumulator units
     offset: int  # first column in xh
     cols: int  # columns read (the rest of the groups are zero-weight padding)
-    groups: int  # groups of 4 columns
-    c_kernel: str  # the portable C kernel: NAME_mac{G}_w{bits}_acc{32|64}
+    groups: int  # the C kernel's count: groups of 4 columns; columns for the float kernel
+    c_kernel: str  # the portable C kernel: NAME_mac{G}_w{bits}_acc{32|64}, NAME_mac{G}_f32
 
 
 @dataclass(frozen=True)
@@ -262,7 +262,7 @@ class UnitSums:
     """
 
     G: int
-    bits: int
+    bits: int  # 8 or 16; 32 for float32 (layout.float_stream)
     wtype: str
     weights: str  # const (H, unit bytes) in the kernel layout
     x: SumSide

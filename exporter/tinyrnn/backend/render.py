@@ -184,7 +184,12 @@ def _kernels_view(plan: Plan) -> dict:
     selection = [dict(macro=f"{P}_{FAMILY_MACROS[f]}", condition=FAMILY_CONDITIONS[f],
                       doc=FAMILY_DOCS[f].replace("NAME", p)) for f in present if f != "c"]
     c = []
+    f32 = []  # the float32 kernels: G rows at once, G independent sums (layout.float_stream)
     for G, bits, acc_bits, families in plan.c_kernels:
+        if bits == 32:
+            f32.append(dict(G=G, name=f"{p}_mac{G}_f32",
+                            tail=[f"{r} * tail + k" if r else "k" for r in range(G)]))
+            continue
         wtype = {8: "int8_t", 16: "int16_t"}[bits]
         c.append(dict(G=G, bits=bits, acc_bits=acc_bits, wtype=wtype, acc_t=f"int{acc_bits}_t",
                       name=f"{p}_mac{G}_w{bits}_acc{acc_bits}",
@@ -223,7 +228,7 @@ def _kernels_view(plan: Plan) -> dict:
     selection_doc = ("The recurrent kernels of this build: "
                      + "".join(f"{f['doc']}, " for f in selection)
                      + "or the portable C kernels below (host, Cortex-M3, M23, ARM state).")
-    return dict(selection=selection, selection_doc=selection_doc, c=c, w8=w8, rows=rows,
+    return dict(selection=selection, selection_doc=selection_doc, c=c, f32=f32, w8=w8, rows=rows,
                 v6m_c=any("v6m" in k["families"] for k in c),  # ARMv6-M runs a C kernel
                 storage=f"{P}_C_KERNEL" if any("v6m" in k["families"] for k in c)
                 else "static inline",

@@ -37,7 +37,7 @@ from ..backend.plan import (
     Var,
 )
 from ..numerics import helpers as nm
-from ..passes.layout import decode_stream, decode_v6m_layout
+from ..passes.layout import decode_float_stream, decode_stream, decode_v6m_layout
 
 __all__ = ["PlanError", "Run", "run"]
 
@@ -76,8 +76,7 @@ _HELPERS = {
     "mul_q30_hi": lambda a, t, up: nm.mul_q30_hi(a, t, int(up)),
     "dot2_q": lambda a, b, ka, c, d, kc, s: nm.dot2_q(a, b, int(ka), c, d, int(kc), int(s)),
     "rshift_round64": nm.rshift_round,
-    "sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)), "relu": lambda v: np.maximum(v, 0.0),
-    "tanhf": np.tanh,
+    "sigmoid": nm.sigmoid_f, "relu": lambda v: np.maximum(v, 0.0), "tanh": nm.tanh_f,
 }
 
 
@@ -173,19 +172,23 @@ class _Frame:
 
     def sums(self, sums: UnitSums) -> None:
         """ax, ah of every unit: read back from each kernel family's layout, all equal."""
-        xh = self.views["xh"].astype(np.int64)
+        dtype = np.float64 if self.ev.plan.T == "float" else np.int64
+        xh = self.views["xh"].astype(dtype)
         results = []
         for family in sums.families:
             if family == "v6m":
                 kernel = self.ev.v6m[sums.v6m]  # type: ignore[index]
                 wx, wh = decode_v6m_layout(kernel, self.ev.const(sums.v6m_weights))
+            elif sums.wtype == "float":
+                wx, wh = decode_float_stream(self.ev.const(sums.weights), sums.G, sums.x.cols,
+                                             sums.h.cols)
             else:
                 wx, wh = decode_stream(self.ev.const(sums.weights), sums.G, sums.x.cols,
                                        sums.h.cols, sums.bits)
             out = []
             for side, w in ((sums.x, wx), (sums.h, wh)):
                 v = xh[:, side.offset:side.offset + side.cols]
-                acc = np.einsum("bc,ugc->bug", v, w[:self.count].astype(np.int64))
+                acc = np.einsum("bc,ugc->bug", v, w[:self.count].astype(dtype))
                 if side.bias is not None:
                     acc = acc + self.ev.const(side.bias)[:self.count]
                 out.append(_check(acc, side.acc_ctype, f"{self.fn.name}: sums"))

@@ -732,9 +732,53 @@ class Helper:
     portable: tuple[str, ...] = ()  # what it calls only on cores without the DSP extension
 
 
+# ---------------------------------------------------------------------------------------------
+# float32 activations: a rational tanh, no expf or tanhf per element
+
+TANH_CLAMP = np.float32(9.0)
+"""|v| beyond this gives tanh(v) = +-1 (tanh(9) = 1 - 3e-8 rounds to 1 in float32)."""
+TANH_P = np.array([0.9999998807907104, 0.13373196125030518, 0.0034865806810557842,
+                   2.0471808966249228e-05, 1.3184194180837494e-08], dtype=np.float32)
+"""Numerator coefficients (of t^0..t^4, t = v^2) of :func:`tanh_f`: a minimax-like fit of
+``tanh(v) = v P(v^2) / Q(v^2)`` on ``[0, 9]`` (weighted least squares, Lawson iterations;
+``bench/fast_tanh.py`` refits it and measures the error over every float32 input)."""
+TANH_Q = np.array([1.0, 0.4670649468898773, 0.02584197372198105, 0.0003271383175160736,
+                   7.702651600993704e-07], dtype=np.float32)
+"""Denominator coefficients (of t^0..t^4) of :func:`tanh_f`; ``Q(0) = 1``."""
+TANH_MAX_ERROR = 4e-7
+"""The worst |tanh_f(v) - tanh(v)| over every float32 ``v`` (``bench/fast_tanh.py``: 3.9e-7
+near |v| = 8.95); sigmoid_f's is half of it plus one rounding (2.5e-7)."""
+
+
+def _c_float(v: float) -> str:
+    """A float32 constant as a C literal that reads back to the same float."""
+    text = f"{float(np.float32(v)):.9g}"
+    return f"{text}f" if "." in text or "e" in text else f"{text}.0f"
+
+
+def tanh_f(v: np.ndarray) -> np.ndarray:
+    """tanh in float32 as the C helper ``tanh`` computes it, operation by operation (Horner,
+    one rounding per multiply and add, C99 without contraction): ``x = clamp(v, +-9)``,
+    ``x P(x^2) / Q(x^2)``. NaN stays NaN."""
+    v = np.asarray(v, dtype=np.float32)
+    x = np.where(v > TANH_CLAMP, TANH_CLAMP, np.where(v < -TANH_CLAMP, -TANH_CLAMP, v))
+    t = x * x
+    p, q = TANH_P[4], TANH_Q[4]
+    for k in range(3, -1, -1):
+        p = p * t + TANH_P[k]
+        q = q * t + TANH_Q[k]
+    return (x * p) / q
+
+
+def sigmoid_f(v: np.ndarray) -> np.ndarray:
+    """sigmoid in float32 as the C helper ``sigmoid`` computes it: ``0.5 + 0.5 tanh(v / 2)``."""
+    half = np.float32(0.5)
+    return half + half * tanh_f(half * np.asarray(v, dtype=np.float32))
+
+
 HELPERS: tuple[Helper, ...] = (
     # float32
-    Helper("dot"), Helper("sigmoid"), Helper("relu"),
+    Helper("dot"), Helper("tanh"), Helper("sigmoid", ("tanh",)), Helper("relu"),
     Helper("softmax_f"), Helper("log_softmax_f"),
     # integers
     Helper("dsp"),
@@ -794,6 +838,10 @@ def helper_guards(names: set[str] | list[str]) -> list[tuple[Helper, bool]]:
 def numeric_context() -> dict[str, object]:
     """The tables and constants ``templates/numerics.c.j2`` prints (computed here)."""
     return dict(
+        tanh_clamp=_c_float(TANH_CLAMP),
+        tanh_p=[_c_float(v) for v in TANH_P],
+        tanh_q=[_c_float(v) for v in TANH_Q],
+        tanh_max_error=f"{TANH_MAX_ERROR:.0e}",
         sigmoid_table=[int(v) for v in SIGMOID_TABLE],
         tanh30_table=[int(v) for v in TANH30_TABLE],
         act_table_len=ACT_TABLE_LEN,

@@ -74,6 +74,42 @@ def decode_stream(stream: np.ndarray, G: int, x_cols: int, h_cols: int, bits: in
     return parts[0], parts[1]
 
 
+def float_layout(gates: Sequence[np.ndarray]) -> np.ndarray:
+    """The float32 weights of one input part (x or h) of all gates, in the order the float
+    kernel reads them: per unit, for each full group of 4 columns the 4 weights of each gate's
+    row, then the last ``cols % 4`` columns of each gate's row (no padding: a zero weight times
+    an infinite activation would be NaN). Returns ``(units, G * cols)``."""
+    units, cols = gates[0].shape
+    w = np.stack(gates, axis=1)  # (units, G, cols)
+    full = cols - cols % KERNEL_GROUP
+    groups = w[:, :, :full].reshape(units, len(gates), -1, KERNEL_GROUP).transpose(0, 2, 1, 3)
+    return np.concatenate([groups.reshape(units, -1), w[:, :, full:].reshape(units, -1)], axis=1)
+
+
+def float_stream(x_gates: Sequence[np.ndarray], h_gates: Sequence[np.ndarray]) -> np.ndarray:
+    """One direction's float32 weights as the float kernel reads them: per unit, the x part
+    (:func:`float_layout`), then the h part, ``(units, G * (x_cols + h_cols))``."""
+    return np.concatenate([float_layout(x_gates), float_layout(h_gates)], axis=1)
+
+
+def decode_float_stream(stream: np.ndarray, G: int, x_cols: int, h_cols: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`float_stream`: ``(units, G, x_cols)`` and ``(units, G, h_cols)``."""
+    units = stream.shape[0]
+    parts = []
+    start = 0
+    for cols in (x_cols, h_cols):
+        full = cols - cols % KERNEL_GROUP
+        block = stream[:, start:start + G * full].reshape(units, -1, G, KERNEL_GROUP)
+        tail = stream[:, start + G * full:start + G * cols].reshape(units, G, cols - full)
+        parts.append(np.concatenate([block.transpose(0, 2, 1, 3).reshape(units, G, full), tail],
+                                    axis=2))
+        start += G * cols
+    if start != stream.shape[1]:
+        raise ValueError(f"a stream of {stream.shape[1]} weights per unit holds {start}")
+    return parts[0], parts[1]
+
+
 def decode_v6m_layout(kernel, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The inverse of :meth:`tinyrnn.backend.v6masm.V6MUnitKernel.layout`: ``(units, G, nx)`` and
     ``(units, G, nh)``, read at the byte positions the kernel reads."""

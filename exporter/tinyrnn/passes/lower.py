@@ -62,7 +62,7 @@ from ..cells import CellSpec
 from ..ir import Activation, Dense, Model, RecurrentLayer, SelectStep
 from ..numerics import helpers as nm
 from ..numerics.folds import Fold, Fold32, Fold64, fold_side, sum_fits_int32
-from .layout import direction_stream, padded
+from .layout import direction_stream, float_stream, padded
 
 WEIGHT_CTYPE = {8: "int8_t", 16: "int16_t"}
 ACC_CTYPE = {32: "int32_t", 64: "int64_t"}
@@ -205,45 +205,55 @@ def _float_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
     spec = layer.spec
     consts = _Constants()
     I, P, H = layer.input_size, layer.state_size, layer.hidden_size
-    req.helpers.add("dot")
+    G = spec.G
+    f32 = "float"
+    # one fused kernel per part: G gate rows at once, G independent sums (passes/layout.py)
+    gates = direction.gates
+    stream = float_stream([g.w_x.data for g in gates], [g.w_h.data for g in gates])
+    sources = "; ".join(f"{g.w_x.source} | {g.w_h.source}" for g in gates)
+    w_name = consts.add(
+        f"{fn}_w", f32, stream,
+        f"per unit: {'/'.join(spec.gate_names)} rows interleaved in groups of 4 columns, then "
+        f"each row's last columns, x columns then h columns; float32, from {sources}")
+    sides: list[SumSide] = []
+    for k, (tag, cols) in enumerate((("x", I), ("h", P))):
+        # the x sum carries a gate's bias (b_ih + b_hh folded), the h sum only a split gate's
+        biases = [next((a.bias for a in g.accumulators if (a.w_x is not None) == (k == 0)
+                        and a.bias is not None), None) for g in gates]
+        bias = None
+        if any(b is not None for b in biases):
+            table = np.stack([b.data if b is not None else np.zeros(H, np.float32)
+                              for b in biases], axis=1)
+            bias = consts.add(f"{fn}_b{tag}", f32, table, f"biases of the {tag} sums: " +
+                              compact_sources([b.source for b in biases if b is not None]))
+        req.c_kernels.setdefault((G, 32, 32), set()).add("c")
+        sides.append(SumSide(f32, bias, 0 if k == 0 else I, cols, cols, f"{p}_mac{G}_f32"))
+    sums = UnitSums(G, 32, f32, w_name, sides[0], sides[1])
     pre: dict[str, Expr] = {}
-    for gate in direction.gates:
-        w = np.concatenate([gate.w_x.data, gate.w_h.data], axis=1)
-        w_name = consts.add(f"{fn}_w_{gate.name}", "float", w,
-                            f"{gate.w_x.source} | {gate.w_h.source}, float32")
-        for acc in gate.accumulators:
-            offset = 0 if acc.w_x is not None else I
-            cols = (I if acc.w_x is not None else 0) + (P if acc.w_h is not None else 0)
-            value: Expr = call("dot", Ptr(w_name, offset, row=True), Ptr("xh", offset),
-                               Lit(cols, "int"), ctype="float")
-            if acc.bias is not None:
-                b_name = consts.add(f"{fn}_b_{acc.name}", "float", acc.bias.data,
-                                    f"{acc.bias.source}, float32")
-                value = Bin("+", Row(b_name, None, "float"), value, "float")
-            pre[acc.name] = value
+    for g, gate in enumerate(gates):
+        if len(gate.accumulators) == 2:  # a split gate (GRU n): the x and h sums stay apart
+            for acc in gate.accumulators:
+                pre[acc.name] = Lane("ax" if acc.w_x is not None else "ah", g, f32)
+        else:
+            pre[gate.name] = Bin("+", Lane("ax", g, f32), Lane("ah", g, f32), f32)
     body: list = []
     act: dict[str, Expr] = {}
     for gate, math in zip(spec.gates, spec.math):
         if gate.split:
             continue
-        fn_name = {"sigmoid": "sigmoid", "relu": "relu"}.get(gate.activation)
-        if gate.activation in ("sigmoid", "relu"):
-            req.helpers.add(fn_name)  # type: ignore[arg-type]
-            value = Call(fn_name, (pre[gate.name],), "float")  # type: ignore[arg-type]
-        else:
-            value = Call("tanhf", (pre[gate.name],), "float", prefixed=False)
+        req.helpers.add(gate.activation)
+        value = call(gate.activation, pre[gate.name], ctype="float")
         if spec.family == "rnn":
             body.append(Store(Unit("h", 0, "float"), value, math))
         else:
             body.append(Let(Var(gate.name, "float"), value, math))
             act[gate.name] = Var(gate.name, "float")
-    f32 = "float"
     if spec.family == "lstm":
         c = Unit("c", 0, f32)
         body.append(Store(c, Bin("+", Bin("*", act["f"], c, f32), Bin("*", act["i"], act["g"], f32),
                                  f32), spec.math[4]))
         h_target = Unit("tmp" if layer.projected else "h", 0, f32)
-        body.append(Store(h_target, Bin("*", act["o"], Call("tanhf", (c,), f32, prefixed=False),
+        body.append(Store(h_target, Bin("*", act["o"], call("tanh", c, ctype=f32),
                                         f32), spec.math[5]))
     elif spec.family == "gru":
         name_x, name_h = spec.gate("n").accumulators
@@ -251,13 +261,15 @@ def _float_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
         body.append(Let(nx, pre[name_x], "W_in x + b_in"))
         body.append(Let(nh, pre[name_h], "W_hn h + b_hn"))
         n = Var("n", f32)
-        body.append(Let(n, Call("tanhf", (Bin("+", nx, Bin("*", act["r"], nh, f32), f32),),
-                                f32, prefixed=False), spec.math[2]))
+        body.append(Let(n, call("tanh", Bin("+", nx, Bin("*", act["r"], nh, f32), f32), ctype=f32),
+                        spec.math[2]))
         body.append(Store(Unit("h", 0, f32), Bin(
             "+", Bin("*", Bin("-", Lit(1.0, f32), act["z"], f32), n, f32),
             Bin("*", act["z"], Unit("xh", I, f32), f32), f32), spec.math[3]))
-    loops = [Loop(H, tuple(body))]
+    loops = [Loop(H, tuple(body), sums, f"the {', '.join(spec.gate_names)} rows of unit j: "
+                  "x part and h part")]
     if layer.projected:
+        req.helpers.add("dot")
         assert direction.w_proj is not None
         w_name = consts.add(f"{fn}_w_proj", "float", direction.w_proj.data,
                             f"{direction.w_proj.source}, float32")
@@ -266,7 +278,8 @@ def _float_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
             "h = W_hr (o * tanh(c))"),)))
     return Function(
         name=fn, kind="cell", layer=index, comment=_cell_comment(layer, direction.reverse, ""),
-        params=tuple(_cell_params(layer, "float", I + P)), named=(),
+        params=(*_cell_params(layer, "float", I + P),
+                Param("w", "const float *", "weights", int(stream.size))), named=(),
         prologue=(Copy("xh", 0, "x", I, f32), Copy("xh", I, "h", P, f32)),
         loops=tuple(loops), constants=tuple(consts.items))
 
@@ -615,8 +628,6 @@ def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirement
             req.helpers.add(f"{kind}_f")
             prologue = (Do(call(f"{kind}_f", Ptr("in"), Ptr("out"), Lit(n, "int"),
                                 ctype="void"), f"{kind} over the last axis"),)
-        elif kind == "tanh":
-            loops = (Loop(n, (Store(y, Call("tanhf", (x,), T, prefixed=False), "tanh"),)),)
         else:
             req.helpers.add(kind)
             loops = (Loop(n, (Store(y, call(kind, x, ctype=T), kind),)),)

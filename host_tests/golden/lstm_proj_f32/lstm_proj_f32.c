@@ -20,81 +20,122 @@ static inline float tr_dot(const float *w, const float *v, int n)
     return acc;
 }
 
-static inline float tr_sigmoid(float v)
+/* tanh(v) = x P(x^2) / Q(x^2), x = v clamped to [-9.0f, 9.0f]: a rational fit of degree 4 in x^2
+ * (tinyrnn/numerics/helpers.py: tanh_f), worst |error| 4e-07 over every float32 v; NaN stays NaN */
+static inline float tr_tanh(float v)
 {
-    return 1.0f / (1.0f + expf(-v));
+    const float x = v > 9.0f ? 9.0f : (v < -9.0f ? -9.0f : v);
+    const float t = x * x;
+    const float p = (((1.31841942e-08f * t + 2.0471809e-05f) * t + 0.00348658068f) * t + 0.133731961f) * t
+ + 0.999999881f;
+    const float d = (((7.7026516e-07f * t + 0.000327138318f) * t + 0.0258419737f) * t + 0.467064947f) * t + 1.0f;
+    return x * p / d;
 }
 
-/* rnn.weight_ih_l0[0:8] input gate | rnn.weight_hh_l0[0:8] input gate, float32 */
-static const float lstm_proj_f32_l0_fwd_w_i[8][8] = {
-    { 2.3352334e-01f, -2.643795e-01f, 2.8812456e-01f, 2.2622257e-01f, 2.97058e-01f, 3.271215e-02f, 2.0286003e-01f,
-    6.594511e-02f }, { -2.7107278e-01f, -2.3731104e-01f, 1.6823441e-01f, -3.3003172e-01f, 3.4944138e-01f,
-    1.5160845e-01f, 3.1824794e-01f, 5.2606724e-02f }, { 7.5256355e-02f, 4.5658775e-02f, -3.0235022e-01f,
-    1.12669654e-01f, 1.5203202e-01f, 5.883582e-02f, -1.4345497e-01f, 2.204632e-01f }, { 5.609307e-02f, 3.400667e-01f,
-    1.06178194e-01f, -3.1350717e-01f, 2.9706383e-01f, 2.9658586e-01f, -2.4556401e-01f, 3.4316385e-01f },
-    { 1.20041855e-01f, -1.6866398e-01f, -3.247634e-01f, 2.0155074e-01f, 3.3598977e-01f, 1.0665108e-01f, -4.9340386e-02f,
-    -3.235786e-01f }, { -2.8967035e-01f, 1.9321928e-02f, 1.268452e-01f, -1.6696158e-01f, -7.7360116e-02f,
-    -3.5332617e-01f, -2.777297e-01f, -2.9574183e-01f }, { -2.3607814e-01f, -1.6714875e-01f, -3.2232302e-01f,
-    -8.193937e-03f, 2.0963092e-01f, -2.3577124e-01f, -1.0295931e-01f, -2.934743e-01f }, { 1.7195885e-01f,
-    3.3213103e-01f, -3.1050923e-01f, -4.350191e-02f, 3.442302e-01f, -2.9556614e-01f, -3.9349057e-02f, -2.974609e-01f }
+/* sigmoid(v) = 0.5 + 0.5 tanh(v / 2) */
+static inline float tr_sigmoid(float v)
+{
+    return 0.5f + 0.5f * tr_tanh(0.5f * v);
+}
+
+/* acc[r] += row r of a block of 4 interleaved float weight rows times v over n columns: n / 4 groups of 4 columns (4
+ * rows of 4 weights each), then the last n % 4 columns (4 rows of n % 4 weights) (tinyrnn/passes/layout.py:
+ * float_layout). The 4 sums are independent, so the FPU never waits for the previous add; returns the next block. */
+static inline const float *lstm_proj_f32_mac4_f32(const float *w, const float *v, int n, float *acc)
+{
+    float a0 = acc[0];
+    float a1 = acc[1];
+    float a2 = acc[2];
+    float a3 = acc[3];
+    int k, tail;
+    for (k = 0; k + 4 <= n; k += 4, v += 4, w += 16) {
+        const float x0 = v[0];
+        const float x1 = v[1];
+        const float x2 = v[2];
+        const float x3 = v[3];
+        a0 += w[0] * x0;
+        a1 += w[4] * x0;
+        a2 += w[8] * x0;
+        a3 += w[12] * x0;
+        a0 += w[1] * x1;
+        a1 += w[5] * x1;
+        a2 += w[9] * x1;
+        a3 += w[13] * x1;
+        a0 += w[2] * x2;
+        a1 += w[6] * x2;
+        a2 += w[10] * x2;
+        a3 += w[14] * x2;
+        a0 += w[3] * x3;
+        a1 += w[7] * x3;
+        a2 += w[11] * x3;
+        a3 += w[15] * x3;
+    }
+    tail = n - k;
+    for (k = 0; k < tail; ++k) {
+        a0 += w[k] * v[k];
+        a1 += w[1 * tail + k] * v[k];
+        a2 += w[2 * tail + k] * v[k];
+        a3 += w[3 * tail + k] * v[k];
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+    return w + 4 * tail;
+}
+
+/* per unit: i/f/g/o rows interleaved in groups of 4 columns, then each row's last columns, x columns then h columns;
+ * float32, from rnn.weight_ih_l0[0:8] input gate | rnn.weight_hh_l0[0:8] input gate; rnn.weight_ih_l0[8:16] forget
+ * gate | rnn.weight_hh_l0[8:16] forget gate; rnn.weight_ih_l0[16:24] cell gate | rnn.weight_hh_l0[16:24] cell gate;
+ * rnn.weight_ih_l0[24:32] output gate | rnn.weight_hh_l0[24:32] output gate */
+static const float lstm_proj_f32_l0_fwd_w[8][32] = {
+    { 2.3352334e-01f, -2.643795e-01f, 2.8812456e-01f, 2.2622257e-01f, 5.7894174e-02f, -9.9701196e-02f, -3.1841362e-01f,
+    1.6452405e-01f, -1.2092647e-01f, -2.5985597e-02f, -4.298991e-02f, 1.888948e-01f, 1.0690598e-01f, -1.5622218e-01f,
+    2.4537532e-01f, -1.3258067e-01f, 2.97058e-01f, 2.6840797e-01f, 2.4301235e-01f, -1.9038785e-01f, 3.271215e-02f,
+    2.0286003e-01f, 6.594511e-02f, -3.196442e-02f, 6.0229912e-02f, 6.709588e-02f, 2.2572549e-01f, -3.367174e-01f,
+    3.204401e-01f, 7.352467e-02f, 1.9880462e-01f, -2.9674992e-01f }, { -2.7107278e-01f, -2.3731104e-01f, 1.6823441e-01f,
+    -3.3003172e-01f, 2.8350523e-01f, 2.9598033e-01f, 6.921768e-02f, 2.5199094e-01f, -2.5459844e-01f, -1.9523199e-01f,
+    -1.0873684e-01f, 4.7262378e-02f, 3.2069525e-01f, 9.365763e-02f, -2.440682e-03f, -2.4639633e-01f, 3.4944138e-01f,
+    -8.8994585e-02f, -1.3724303e-01f, -7.825789e-02f, 1.5160845e-01f, 3.1824794e-01f, 5.2606724e-02f, 2.2187449e-01f,
+    1.92983e-01f, -1.98307e-01f, 9.348651e-02f, -3.5049444e-01f, 8.797771e-02f, -1.3194083e-01f, -2.80888e-01f,
+    3.248847e-01f }, { 7.5256355e-02f, 4.5658775e-02f, -3.0235022e-01f, 1.12669654e-01f, 2.8712744e-01f,
+    -3.0249383e-02f, -7.2909154e-02f, -1.7574726e-01f, -2.198935e-01f, -6.4574406e-02f, -1.72536e-01f, 9.733815e-03f,
+    -2.716001e-01f, -2.3788136e-01f, -5.0632652e-02f, 6.835014e-02f, 1.5203202e-01f, 1.8824278e-01f, -2.6172116e-01f,
+    -2.8969264e-01f, 5.883582e-02f, -1.4345497e-01f, 2.204632e-01f, -1.1907416e-01f, 8.097295e-03f, 2.98373e-01f,
+    -2.4345794e-01f, 3.272565e-01f, 2.803425e-01f, -1.2065121e-01f, 2.1264513e-01f, 1.9272523e-01f }, { 5.609307e-02f,
+    3.400667e-01f, 1.06178194e-01f, -3.1350717e-01f, 1.4304957e-01f, 2.248888e-01f, -2.2594479e-01f, -1.8798421e-01f,
+    -8.8382274e-02f, -1.3045137e-01f, -4.8837658e-02f, 2.7779615e-01f, 3.4362e-01f, 2.6003042e-01f, -3.2903033e-01f,
+    2.209975e-01f, 2.9706383e-01f, 3.345761e-01f, 2.3183307e-01f, -2.1215707e-01f, 2.9658586e-01f, -2.4556401e-01f,
+    3.4316385e-01f, 1.7158741e-01f, -1.9785331e-01f, -4.14835e-02f, -2.331972e-01f, -2.6204687e-01f, 2.4870055e-02f,
+    3.2632533e-02f, 6.8960376e-02f, 2.2999462e-01f }, { 1.20041855e-01f, -1.6866398e-01f, -3.247634e-01f,
+    2.0155074e-01f, -1.962367e-01f, -2.016378e-01f, -9.459696e-02f, -1.1427182e-01f, -1.1409354e-01f, -3.241458e-01f,
+    -2.528923e-01f, -2.7124047e-01f, -2.8810522e-01f, 3.3122766e-01f, -1.4217152e-01f, -1.172814e-01f, 3.3598977e-01f,
+    -2.4044132e-01f, -3.3545855e-02f, 4.4058587e-02f, 1.0665108e-01f, -4.9340386e-02f, -3.235786e-01f, 6.39044e-02f,
+    1.22794084e-01f, -1.3137585e-01f, -9.365809e-02f, 1.5138549e-01f, -3.293595e-01f, -4.4666007e-02f, 1.8606636e-01f,
+    -4.7046505e-02f }, { -2.8967035e-01f, 1.9321928e-02f, 1.268452e-01f, -1.6696158e-01f, 2.8571874e-01f,
+    3.9409284e-02f, 1.6118994e-01f, 2.6224563e-01f, -1.5700886e-01f, -2.4708033e-01f, 7.83896e-02f, 2.2751711e-02f,
+    1.998349e-01f, 2.7197234e-02f, -9.50132e-02f, 2.9976524e-02f, -7.7360116e-02f, -2.2910163e-01f, -5.3003665e-02f,
+    -1.8317896e-01f, -3.5332617e-01f, -2.777297e-01f, -2.9574183e-01f, -3.1026572e-01f, -2.1565396e-01f, 1.2155825e-02f,
+    2.6212317e-01f, 3.17021e-02f, 6.944115e-03f, 5.562794e-03f, 1.2085567e-01f, -3.1898227e-01f }, { -2.3607814e-01f,
+    -1.6714875e-01f, -3.2232302e-01f, -8.193937e-03f, 2.6989755e-01f, -1.7711395e-01f, -5.6288842e-02f, 2.6755944e-01f,
+    -1.2816359e-01f, 3.0133912e-01f, -3.4060192e-01f, -8.423216e-03f, -2.571719e-01f, 9.2057355e-02f, 3.725495e-02f,
+    1.7567594e-01f, 2.0963092e-01f, 3.2596722e-01f, 1.6412589e-01f, -1.3134243e-01f, -2.3577124e-01f, -1.0295931e-01f,
+    -2.934743e-01f, -2.4127086e-01f, 9.8405726e-02f, 2.2224155e-01f, -2.2551598e-01f, 2.1970857e-02f, 2.40201e-01f,
+    -1.6833599e-01f, -2.8218693e-01f, -1.0751349e-01f }, { 1.7195885e-01f, 3.3213103e-01f, -3.1050923e-01f,
+    -4.350191e-02f, 3.1036788e-01f, 2.0333801e-01f, 3.2861555e-01f, -1.2738721e-01f, 2.4962696e-01f, -3.0758402e-01f,
+    -5.536317e-02f, 2.948578e-01f, -3.494472e-01f, -8.772799e-02f, -3.421022e-01f, -2.7836222e-02f, 3.442302e-01f,
+    -2.2503255e-02f, 5.819974e-02f, 1.7271146e-01f, -2.9556614e-01f, -3.9349057e-02f, -2.974609e-01f, -3.8611991e-03f,
+    1.8548112e-01f, 2.4766344e-01f, 3.4444162e-01f, -2.2898716e-01f, -1.4819236e-01f, -2.2235876e-02f, 1.411291e-01f,
+    -2.8295705e-01f }
 };
-static const float lstm_proj_f32_l0_fwd_b_i[8] = { /* rnn.bias_ih_l0[0:8] + rnn.bias_hh_l0[0:8] input gate, float32 */
-    -4.2717212e-01f, 3.407011e-01f, -3.6798954e-01f, -4.605888e-02f, -3.1517524e-01f, 2.1511464e-01f, -2.9770142e-01f,
-    -6.265892e-01f
-};
-/* rnn.weight_ih_l0[8:16] forget gate | rnn.weight_hh_l0[8:16] forget gate, float32 */
-static const float lstm_proj_f32_l0_fwd_w_f[8][8] = {
-    { 5.7894174e-02f, -9.9701196e-02f, -3.1841362e-01f, 1.6452405e-01f, 2.6840797e-01f, -3.196442e-02f, 6.0229912e-02f,
-    6.709588e-02f }, { 2.8350523e-01f, 2.9598033e-01f, 6.921768e-02f, 2.5199094e-01f, -8.8994585e-02f, 2.2187449e-01f,
-    1.92983e-01f, -1.98307e-01f }, { 2.8712744e-01f, -3.0249383e-02f, -7.2909154e-02f, -1.7574726e-01f, 1.8824278e-01f,
-    -1.1907416e-01f, 8.097295e-03f, 2.98373e-01f }, { 1.4304957e-01f, 2.248888e-01f, -2.2594479e-01f, -1.8798421e-01f,
-    3.345761e-01f, 1.7158741e-01f, -1.9785331e-01f, -4.14835e-02f }, { -1.962367e-01f, -2.016378e-01f, -9.459696e-02f,
-    -1.1427182e-01f, -2.4044132e-01f, 6.39044e-02f, 1.22794084e-01f, -1.3137585e-01f }, { 2.8571874e-01f,
-    3.9409284e-02f, 1.6118994e-01f, 2.6224563e-01f, -2.2910163e-01f, -3.1026572e-01f, -2.1565396e-01f, 1.2155825e-02f },
-    { 2.6989755e-01f, -1.7711395e-01f, -5.6288842e-02f, 2.6755944e-01f, 3.2596722e-01f, -2.4127086e-01f, 9.8405726e-02f,
-    2.2224155e-01f }, { 3.1036788e-01f, 2.0333801e-01f, 3.2861555e-01f, -1.2738721e-01f, -2.2503255e-02f,
-    -3.8611991e-03f, 1.8548112e-01f, 2.4766344e-01f }
-};
-/* rnn.bias_ih_l0[8:16] + rnn.bias_hh_l0[8:16] forget gate, float32 */
-static const float lstm_proj_f32_l0_fwd_b_f[8] = {
-    -3.1653723e-01f, 2.211969e-01f, 3.223329e-01f, -5.087541e-01f, -1.590839e-01f, 1.0946068e-01f, 3.5134926e-01f,
-    3.80544e-01f
-};
-/* rnn.weight_ih_l0[16:24] cell gate | rnn.weight_hh_l0[16:24] cell gate, float32 */
-static const float lstm_proj_f32_l0_fwd_w_g[8][8] = {
-    { -1.2092647e-01f, -2.5985597e-02f, -4.298991e-02f, 1.888948e-01f, 2.4301235e-01f, 2.2572549e-01f, -3.367174e-01f,
-    3.204401e-01f }, { -2.5459844e-01f, -1.9523199e-01f, -1.0873684e-01f, 4.7262378e-02f, -1.3724303e-01f,
-    9.348651e-02f, -3.5049444e-01f, 8.797771e-02f }, { -2.198935e-01f, -6.4574406e-02f, -1.72536e-01f, 9.733815e-03f,
-    -2.6172116e-01f, -2.4345794e-01f, 3.272565e-01f, 2.803425e-01f }, { -8.8382274e-02f, -1.3045137e-01f,
-    -4.8837658e-02f, 2.7779615e-01f, 2.3183307e-01f, -2.331972e-01f, -2.6204687e-01f, 2.4870055e-02f },
-    { -1.1409354e-01f, -3.241458e-01f, -2.528923e-01f, -2.7124047e-01f, -3.3545855e-02f, -9.365809e-02f, 1.5138549e-01f,
-    -3.293595e-01f }, { -1.5700886e-01f, -2.4708033e-01f, 7.83896e-02f, 2.2751711e-02f, -5.3003665e-02f, 2.6212317e-01f,
-    3.17021e-02f, 6.944115e-03f }, { -1.2816359e-01f, 3.0133912e-01f, -3.4060192e-01f, -8.423216e-03f, 1.6412589e-01f,
-    -2.2551598e-01f, 2.1970857e-02f, 2.40201e-01f }, { 2.4962696e-01f, -3.0758402e-01f, -5.536317e-02f, 2.948578e-01f,
-    5.819974e-02f, 3.4444162e-01f, -2.2898716e-01f, -1.4819236e-01f }
-};
-/* rnn.bias_ih_l0[16:24] + rnn.bias_hh_l0[16:24] cell gate, float32 */
-static const float lstm_proj_f32_l0_fwd_b_g[8] = {
-    3.4873137e-01f, 1.3407204e-01f, -1.1665052e-01f, -6.96017e-02f, 3.9975652e-01f, -2.2356579e-01f, -5.3640127e-02f,
-    4.5251185e-01f
-};
-/* rnn.weight_ih_l0[24:32] output gate | rnn.weight_hh_l0[24:32] output gate, float32 */
-static const float lstm_proj_f32_l0_fwd_w_o[8][8] = {
-    { 1.0690598e-01f, -1.5622218e-01f, 2.4537532e-01f, -1.3258067e-01f, -1.9038785e-01f, 7.352467e-02f, 1.9880462e-01f,
-    -2.9674992e-01f }, { 3.2069525e-01f, 9.365763e-02f, -2.440682e-03f, -2.4639633e-01f, -7.825789e-02f,
-    -1.3194083e-01f, -2.80888e-01f, 3.248847e-01f }, { -2.716001e-01f, -2.3788136e-01f, -5.0632652e-02f, 6.835014e-02f,
-    -2.8969264e-01f, -1.2065121e-01f, 2.1264513e-01f, 1.9272523e-01f }, { 3.4362e-01f, 2.6003042e-01f, -3.2903033e-01f,
-    2.209975e-01f, -2.1215707e-01f, 3.2632533e-02f, 6.8960376e-02f, 2.2999462e-01f }, { -2.8810522e-01f, 3.3122766e-01f,
-    -1.4217152e-01f, -1.172814e-01f, 4.4058587e-02f, -4.4666007e-02f, 1.8606636e-01f, -4.7046505e-02f },
-    { 1.998349e-01f, 2.7197234e-02f, -9.50132e-02f, 2.9976524e-02f, -1.8317896e-01f, 5.562794e-03f, 1.2085567e-01f,
-    -3.1898227e-01f }, { -2.571719e-01f, 9.2057355e-02f, 3.725495e-02f, 1.7567594e-01f, -1.3134243e-01f,
-    -1.6833599e-01f, -2.8218693e-01f, -1.0751349e-01f }, { -3.494472e-01f, -8.772799e-02f, -3.421022e-01f,
-    -2.7836222e-02f, 1.7271146e-01f, -2.2235876e-02f, 1.411291e-01f, -2.8295705e-01f }
-};
-/* rnn.bias_ih_l0[24:32] + rnn.bias_hh_l0[24:32] output gate, float32 */
-static const float lstm_proj_f32_l0_fwd_b_o[8] = {
-    3.660334e-01f, 1.0252613e-01f, -1.7212634e-01f, -1.0817726e-01f, 1.7360687e-01f, -3.551529e-01f, -2.7626175e-01f,
-    -1.5222982e-02f
+/* biases of the x sums: rnn.bias_ih_l0[0:32] + rnn.bias_hh_l0[0:32] */
+static const float lstm_proj_f32_l0_fwd_bx[8][4] = {
+    { -4.2717212e-01f, -3.1653723e-01f, 3.4873137e-01f, 3.660334e-01f }, { 3.407011e-01f, 2.211969e-01f, 1.3407204e-01f,
+    1.0252613e-01f }, { -3.6798954e-01f, 3.223329e-01f, -1.1665052e-01f, -1.7212634e-01f }, { -4.605888e-02f,
+    -5.087541e-01f, -6.96017e-02f, -1.0817726e-01f }, { -3.1517524e-01f, -1.590839e-01f, 3.9975652e-01f,
+    1.7360687e-01f }, { 2.1511464e-01f, 1.0946068e-01f, -2.2356579e-01f, -3.551529e-01f }, { -2.9770142e-01f,
+    3.5134926e-01f, -5.3640127e-02f, -2.7626175e-01f }, { -6.265892e-01f, 3.80544e-01f, 4.5251185e-01f,
+    -1.5222982e-02f }
 };
 static const float lstm_proj_f32_l0_fwd_w_proj[3][8] = { /* rnn.weight_hr_l0 projection, float32 */
     { 6.538877e-02f, -7.0449345e-02f, -2.2949073e-01f, 3.2411423e-01f, -3.3671105e-01f, -1.8725309e-01f, 3.2370007e-01f,
@@ -104,24 +145,30 @@ static const float lstm_proj_f32_l0_fwd_w_proj[3][8] = { /* rnn.weight_hr_l0 pro
 };
 /* rnn layer 0, forward direction: one LSTM step (torch.nn.LSTM, projected to 3). W_* x, W_* h are the gate's rows of
  * weight_ih and weight_hh, b_* its rows of bias_ih and bias_hh. */
-static void lstm_proj_f32_l0_fwd(const float *x, float *h, float *c, float *xh, float *tmp)
+static void lstm_proj_f32_l0_fwd(const float *x, float *h, float *c, float *xh, float *tmp, const float *w)
 {
     int j;
     memcpy(xh, x, 5 * sizeof(float));
     memcpy(xh + 5, h, 3 * sizeof(float));
     for (j = 0; j < 8; ++j) {
+        /* the i, f, g, o rows of unit j: x part and h part */
+        float ax[4] = { lstm_proj_f32_l0_fwd_bx[j][0], lstm_proj_f32_l0_fwd_bx[j][1], lstm_proj_f32_l0_fwd_bx[j][2],
+                        lstm_proj_f32_l0_fwd_bx[j][3] };
+        float ah[4] = { 0, 0, 0, 0 };
+        w = lstm_proj_f32_mac4_f32(w, xh, 5, ax);
+        w = lstm_proj_f32_mac4_f32(w, xh + 5, 3, ah);
         /* i = sigmoid(W_ii x + b_ii + W_hi h + b_hi) */
-        const float i = tr_sigmoid(lstm_proj_f32_l0_fwd_b_i[j] + tr_dot(lstm_proj_f32_l0_fwd_w_i[j], xh, 8));
+        const float i = tr_sigmoid(ax[0] + ah[0]);
         /* f = sigmoid(W_if x + b_if + W_hf h + b_hf) */
-        const float f = tr_sigmoid(lstm_proj_f32_l0_fwd_b_f[j] + tr_dot(lstm_proj_f32_l0_fwd_w_f[j], xh, 8));
+        const float f = tr_sigmoid(ax[1] + ah[1]);
         /* g = tanh(W_ig x + b_ig + W_hg h + b_hg) */
-        const float g = tanhf(lstm_proj_f32_l0_fwd_b_g[j] + tr_dot(lstm_proj_f32_l0_fwd_w_g[j], xh, 8));
+        const float g = tr_tanh(ax[2] + ah[2]);
         /* o = sigmoid(W_io x + b_io + W_ho h + b_ho) */
-        const float o = tr_sigmoid(lstm_proj_f32_l0_fwd_b_o[j] + tr_dot(lstm_proj_f32_l0_fwd_w_o[j], xh, 8));
+        const float o = tr_sigmoid(ax[3] + ah[3]);
         /* c = f * c + i * g */
         c[j] = f * c[j] + i * g;
         /* h = o * tanh(c) */
-        tmp[j] = o * tanhf(c[j]);
+        tmp[j] = o * tr_tanh(c[j]);
     }
     for (j = 0; j < 3; ++j) {
         /* h = W_hr (o * tanh(c)) */
@@ -145,7 +192,7 @@ int lstm_proj_f32_set_state(lstm_proj_f32_state_t *s, const float *h0, const flo
 int lstm_proj_f32_step(lstm_proj_f32_state_t *s, const float *x_t, float *y_t)
 {
     if (s == NULL || x_t == NULL || y_t == NULL) return LSTM_PROJ_F32_ERR_NULL;
-    lstm_proj_f32_l0_fwd(x_t, s->l0_fwd_h, s->l0_fwd_c, s->scratch0, s->scratch1);
+    lstm_proj_f32_l0_fwd(x_t, s->l0_fwd_h, s->l0_fwd_c, s->scratch0, s->scratch1, lstm_proj_f32_l0_fwd_w[0]);
     memcpy(y_t, s->l0_fwd_h, 3 * sizeof(float));
     return LSTM_PROJ_F32_OK;
 }
@@ -159,7 +206,7 @@ int lstm_proj_f32_run(lstm_proj_f32_state_t *s, const float *x, int T, float *ou
     /* unidirectional: time-major, no sequence buffers */
     for (t = 0; t < T; ++t) {
         x_t = x + (size_t)t * 5;
-        lstm_proj_f32_l0_fwd(x_t, s->l0_fwd_h, s->l0_fwd_c, s->scratch0, s->scratch1);
+        lstm_proj_f32_l0_fwd(x_t, s->l0_fwd_h, s->l0_fwd_c, s->scratch0, s->scratch1, lstm_proj_f32_l0_fwd_w[0]);
         memcpy(out0 + (size_t)t * 3, s->l0_fwd_h, 3 * sizeof(float));
     }
     return LSTM_PROJ_F32_OK;
