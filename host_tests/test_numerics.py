@@ -427,6 +427,8 @@ void w_mmulr64(const int64_t *a, const uint32_t *k, int32_t *y, int n);
 void w_sat24_32(const int32_t *x, int32_t *y, int n);
 void w_sat24(const int64_t *x, int32_t *y, int n);
 void w_requant(const int64_t *acc, const int32_t *mult, const int32_t *shift, int16_t *y, int n);
+void w_dot2_q32(const int16_t *a, const int32_t *b, int64_t ka, const int16_t *c,
+               const int32_t *d, int64_t kc, int shift, int32_t *y, int n);
 void w_sat16(const int32_t *x, int16_t *y, int n);
 void w_sat16_i64(const int64_t *x, int16_t *y, int n);
 void w_sat_shift(const int32_t *x, int shift, int16_t *y, int n);
@@ -445,6 +447,8 @@ _BODIES = {
     "w_sigmoid": "for (k = 0; k < n; ++k) y[k] = t_sigmoid_wide(x[k]);",
     "w_tanh": "for (k = 0; k < n; ++k) y[k] = t_tanh_wide(x[k]);",
     "w_dot2": "for (k = 0; k < n; ++k) y[k] = t_dot2_q(a[k], b[k], ka, c[k], d[k], kc, shift);",
+    "w_dot2_q32": "for (k = 0; k < n; ++k)\n"
+                  "    y[k] = t_dot2_q32(a[k], b[k], ka, c[k], d[k], kc, shift);",
     "w_mul_q30": "for (k = 0; k < n; ++k) y[k] = t_mul_q30(a[k], t[k], shift);",
     "w_mul_q30_hi": "for (k = 0; k < n; ++k) y[k] = t_mul_q30_hi(a[k], t[k], up);",
     "w_from_float": "for (k = 0; k < n; ++k) y[k] = t_from_float(v[k], frac);",
@@ -601,6 +605,15 @@ def test_dot2_and_mul_q30_in_c(clib):
                    _buf(ffi, "int16_t", c), _buf(ffi, "int32_t", d), kc, shift,
                    _buf(ffi, "int16_t", y), a.size)
         assert np.array_equal(y, fp.dot2_q(a, b, ka, c, d, kc, shift)), (ka, kc, shift)
+    b32 = np.concatenate([np.array([-(2**31), -(2**31) + 1, -1, 0, 1, 2**31 - 2, 2**31 - 1]),
+                          rng.integers(-(2**31), 2**31, n)]).astype(np.int32)
+    for ka, kc, shift in [(2**14, 1, 45), (1, 1, 15), (2**7, 2**16, 61), (2**14, 1, 29),
+                          (2**2, 1, 28), (1, 1, 0)]:  # c in 32 bits: frac 16..30
+        y32 = np.zeros(a.size, np.int32)
+        lib.w_dot2_q32(_buf(ffi, "int16_t", a), _buf(ffi, "int32_t", b32), ka,
+                       _buf(ffi, "int16_t", c), _buf(ffi, "int32_t", d), kc, shift,
+                       _buf(ffi, "int32_t", y32), a.size)
+        assert np.array_equal(y32, fp.dot2_q32(a, b32, ka, c, d, kc, shift)), (ka, kc, shift)
     for shift in (15, 16, 17, 24, 30, 31, 32, 33, 45):
         y = np.zeros(a.size, np.int16)
         lib.w_mul_q30(_buf(ffi, "int16_t", a), _buf(ffi, "int32_t", d), shift,
@@ -742,6 +755,10 @@ int main(void)
             for (s = 0; s <= 16; ++s) sum += t_mul_q30_hi(e16[i], (int32_t)e16[j] * 32768, s);
             sum += t_dot2_q(e16[i], e16[j], (int64_t)1 << 31, e16[j], (int32_t)e16[i] * 32768,
                             (int64_t)1 << 16, 46);
+            sum += t_dot2_q32(e16[i], (int32_t)e16[j] * 65536, (int64_t)1 << 14, e16[j],
+                              (int32_t)e16[i] * 32768, (int64_t)1 << 16, 0);
+            sum += t_dot2_q32(e16[i], INT32_MIN + e16[j] + 32768, (int64_t)1 << 14, e16[j],
+                              (int32_t)e16[i] * 32768, (int64_t)1 << 16, 45);
         }
         sum += t_relu_q(e16[i]);
     }

@@ -49,8 +49,8 @@ Inputs = Union[str, os.PathLike, np.ndarray, "torch.Tensor", Sequence[Any]]
 
 __all__ = [
     "BuildResult", "LayerCheck", "OutputCheck", "PackageResult", "ProfileResult", "QemuCheckResult",
-    "ReportResult", "RunResult", "VerifyResult", "build", "package", "profile", "report", "run",
-    "run_host", "verify",
+    "ReportResult", "RunResult", "StateCheck", "VerifyResult", "build", "package", "profile",
+    "report", "run", "run_host", "verify",
 ]
 
 
@@ -73,6 +73,18 @@ class OutputCheck(JsonResult):
 
 
 @dataclass(frozen=True)
+class StateCheck(JsonResult):
+    """One state of a recurrent layer (h, or an LSTM's c): its format and observed range."""
+
+    state: str                  # "h" or "c"
+    format: str
+    bits: int                   # 16, or 32 for an LSTM's c when its units' ranges are uneven
+    observed_max_abs: float     # the float model's largest |value| on the verify input
+    calibration_max_abs: float | None = None    # recorded at export
+    calibration_median_unit_max_abs: float | None = None  # c held in 32 bits: median unit
+
+
+@dataclass(frozen=True)
 class LayerCheck(JsonResult):
     """One layer of the bit-exact reference against the float model (integer formats)."""
 
@@ -81,6 +93,7 @@ class LayerCheck(JsonResult):
     format: str
     sqnr_db: float
     max_abs_error: float
+    states: tuple[StateCheck, ...] = ()  # recurrent layers: h, and an LSTM's c
 
 
 @dataclass(frozen=True)
@@ -120,7 +133,8 @@ def verify(model: str | Path, export_dir: str | Path, inputs: Inputs, *,
         max_abs_error=o["max_abs_error"], sqnr_db=o["sqnr_db"], bit_exact=o.get("bit_exact"),
         ok=bool(o["ok"] if "ok" in o else o["bit_exact"]),
         first_mismatch=o.get("first_mismatch")) for o in found["outputs"])
-    layers = tuple(LayerCheck(**layer) for layer in found.get("layers", ()))
+    layers = tuple(LayerCheck(**{**layer, "states": tuple(
+        StateCheck(**st) for st in layer.get("states", ()))}) for layer in found.get("layers", ()))
     return VerifyResult(model=found["model"], format=found["format"],
                         tolerance=found.get("tolerance"), outputs=outputs, layers=layers,
                         ok=bool(found["ok"]), lines=tuple(found["lines"]))

@@ -332,6 +332,7 @@ class Buffer:
     size: int
     comment: str
     scratch: bool
+    ctype: str = ""  # the plan's T unless set (a 32-bit LSTM cell state: int32_t)
 
 
 @dataclass(frozen=True)
@@ -368,6 +369,7 @@ class StateRow:
     size: int
     comment: str
     frac: int | None = None  # integer formats: the row's format
+    shift: int = 0  # a 32-bit c: the state holds c0 * 2^shift; c_n = sat16(rshift_round(c, shift))
 
 
 @dataclass(frozen=True)

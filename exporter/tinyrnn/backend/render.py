@@ -291,7 +291,8 @@ def context(plan: Plan, provenance: str, api: c_interface.CInterface) -> dict:
     q = numeric_context_text()
     outputs = [dict(index=o.index, role=o.role, width=o.width, scale=_scale(o.frac),
                     rows=[dict(buffer=r.buffer, offset=r.offset, size=r.size,
-                               comment=r.comment, scale=_scale(r.frac)) for r in o.rows])
+                               comment=r.comment, scale=_scale(r.frac), shift=r.shift)
+                          for r in o.rows])
                for o in plan.outputs]
     uses_math = any(s in plan.helpers for s in ("sigmoid", "softmax_f", "log_softmax_f")) or \
         not plan.fixed
@@ -306,12 +307,15 @@ def context(plan: Plan, provenance: str, api: c_interface.CInterface) -> dict:
         step_output_size=plan.step_output_size, max_seq_len=plan.max_seq_len,
         input_frac=plan.input_frac, final_scale=_scale(plan.final_frac),
         set_state=[dict(role=role, rows=[dict(buffer=r.buffer, offset=r.offset, size=r.size,
-                                               comment=r.comment, frac=r.frac) for r in rows])
+                                               comment=r.comment, frac=r.frac, shift=r.shift,
+                                               factor=1 << r.shift) for r in rows])
                    for role, rows in plan.set_state],
+        wide_load=any(r.shift for _, rows in plan.set_state for r in rows),
+        wide_store=any(r.shift for o in plan.outputs for r in o.rows),
         outputs=outputs, seq_outputs=[o for o in outputs if o["role"] == "sequence"],
         vec_outputs=[o for o in outputs if o["role"] == "vector"],
         state_outputs=[o for o in outputs if o["role"] in ("h_n", "c_n")],
-        state_vars=[dict(ctype=plan.T, name=b.name, size=b.size, comment=b.comment)
+        state_vars=[dict(ctype=b.ctype or plan.T, name=b.name, size=b.size, comment=b.comment)
                     for b in plan.buffers],
         weight_format=plan.format,
     )
@@ -445,7 +449,8 @@ def render(model: Model, out_dir: Path, name: str, fmt: str, options: dict,
         c_interface=api.to_json(),
         sizes=dict(
             weights_bytes=plan.weights_bytes,
-            state_bytes=width * sum(b.size for b in plan.buffers if not b.scratch),
+            state_bytes=sum(CTYPE_BYTES[b.ctype or plan.T] * b.size
+                            for b in plan.buffers if not b.scratch),
             scratch_bytes=width * sum(b.size for b in plan.buffers if b.scratch),
         ),
         layers=[_layer_summary(layer) for layer in model.layers],

@@ -75,6 +75,7 @@ _HELPERS = {
     "mul_q30": lambda a, t, s: nm.mul_q30(a, t, int(s)),
     "mul_q30_hi": lambda a, t, up: nm.mul_q30_hi(a, t, int(up)),
     "dot2_q": lambda a, b, ka, c, d, kc, s: nm.dot2_q(a, b, int(ka), c, d, int(kc), int(s)),
+    "dot2_q32": lambda a, b, ka, c, d, kc, s: nm.dot2_q32(a, b, int(ka), c, d, int(kc), int(s)),
     "rshift_round64": nm.rshift_round,
     "sigmoid": nm.sigmoid_f, "relu": lambda v: np.maximum(v, 0.0), "tanh": nm.tanh_f,
 }
@@ -232,7 +233,10 @@ class Run:
     def set_state(self, role: str, flat: np.ndarray) -> None:
         rows = dict(self.plan.set_state)[role]
         for row in rows:
-            self.memory[row.buffer][:, :row.size] = flat[:, row.offset:row.offset + row.size]
+            value = flat[:, row.offset:row.offset + row.size].astype(np.int64) * (1 << row.shift) \
+                if row.shift else flat[:, row.offset:row.offset + row.size]
+            self.memory[row.buffer][:, :row.size] = _check(value, "int32_t" if row.shift else "",
+                                                           f"set_state {row.buffer}")
 
 
 def run(plan: Plan, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray | None = None,
@@ -314,5 +318,7 @@ def run(plan: Plan, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray 
             outputs.append(vec)
         else:
             outputs.append(np.concatenate(
-                [r.memory[row.buffer][:, :row.size] for row in output.rows], axis=1))
+                [nm.sat16(nm.rshift_round(r.memory[row.buffer][:, :row.size], row.shift))
+                 if row.shift else r.memory[row.buffer][:, :row.size]
+                 for row in output.rows], axis=1))
     return outputs

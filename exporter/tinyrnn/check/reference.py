@@ -15,6 +15,7 @@ import numpy as np
 from ..numerics.helpers import (
     QFormat,
     dot2_q,
+    dot2_q32,
     log_softmax_q,
     mul_q30,
     relu_q,
@@ -74,7 +75,13 @@ class IntNumerics:
         if batch.c0 is None:
             return {key: (h,) for key, h in hs.items()}
         cs = split_state(self.q.model, batch.c0, 1)
-        return {key: (h, cs[key]) for key, h in hs.items()}
+        return {key: (h, self._cell_in(key[0], cs[key])) for key, h in hs.items()}
+
+    def _cell_in(self, index: int, c0: np.ndarray) -> np.ndarray:
+        """c0 (int16, in c's API format) in c's own format: exact, ``c0 * 2**io_shift``."""
+        layer = self.q.layers[index]
+        assert isinstance(layer, QLSTMLayer)
+        return c0 * (1 << layer.io_shift)
 
     def cell(self, index: int, direction: int, x_t: np.ndarray, state: State
              ) -> tuple[np.ndarray, State]:
@@ -87,7 +94,8 @@ class IntNumerics:
             f = sigmoid_wide(evaluate(d.acc("f"), v))
             g = tanh_wide(evaluate(d.acc("g"), v))
             o = sigmoid_wide(evaluate(d.acc("o"), v))
-            c = dot2_q(f, state[1], layer.fc_mul, i, g, layer.ig_mul, layer.c_shift)
+            c = (dot2_q32 if layer.c.bits == 32 else dot2_q)(
+                f, state[1], layer.fc_mul, i, g, layer.ig_mul, layer.c_shift)
             t = tanh_wide(sat24(rshift_round(c, layer.c_wide_shift)))
             hc = mul_q30(o, t, layer.oc_shift)
             h_new = evaluate(d.proj, hc) if d.proj is not None else hc
@@ -157,7 +165,26 @@ def quantize_batch(q: QModel, batch: Batch) -> Batch:
 
 def run(q: QModel, batch_q: Batch, all_steps: bool = False) -> Trace:
     """Run the integer model on int16 inputs (:func:`quantize_batch`); integer outputs."""
-    return walk(q.model, IntNumerics(q), batch_q, batch_q.x.astype(np.int64), all_steps)
+    trace = walk(q.model, IntNumerics(q), batch_q, batch_q.x.astype(np.int64), all_steps)
+    for k, spec in enumerate(q.model.outputs):
+        if spec.role == "c_n":
+            trace.outputs[k] = _cell_out(q, spec.group, trace.outputs[k])
+    return trace
+
+
+def _cell_out(q: QModel, group: int, flat: np.ndarray) -> np.ndarray:
+    """c_n in its int16 API format: ``sat16(rshift_round(c, io_shift))`` per row (c itself for
+    a 16-bit c)."""
+    parts, offset = [], 0
+    for index in q.model.groups[group].layers:
+        layer = q.layers[index]
+        assert isinstance(layer, QLSTMLayer)
+        for _ in layer.directions:
+            row = flat[:, offset:offset + layer.ir.hidden_size]
+            parts.append(saturate(rshift_round(row, layer.io_shift), 16) if layer.io_shift
+                         else row)
+            offset += layer.ir.hidden_size
+    return np.concatenate(parts, axis=1)
 
 
 def dequantize(q: QModel, output: int, values: np.ndarray) -> np.ndarray:

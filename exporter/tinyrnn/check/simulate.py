@@ -163,13 +163,14 @@ def _sigmoid(v: np.ndarray) -> np.ndarray:
 class FloatNumerics:
     """float64 arithmetic on the IR's float weights: what torch computes.
 
-    Records, per LSTM layer, the largest ``|c|`` and (with a projection) ``|o * tanh(c)|`` seen,
-    for calibration.
+    Records, per LSTM layer, the largest ``|c|`` (overall and per unit) and (with a
+    projection) ``|o * tanh(c)|`` seen, for calibration.
     """
 
     def __init__(self, model: Model):
         self.model = model
         self.max_cell: dict[int, float] = {}
+        self.unit_cell: dict[int, np.ndarray] = {}
         self.max_projected: dict[int, float] = {}
 
     def zero_state(self, index: int, batch: int) -> State:
@@ -187,8 +188,16 @@ class FloatNumerics:
             return {key: (h,) for key, h in hs.items()}
         cs = split_state(self.model, batch.c0.astype(np.float64), 1)
         for (index, _), c in cs.items():
-            self.max_cell[index] = max(self.max_cell.get(index, 0.0), float(np.abs(c).max()))
+            self._record_cell(index, c)
         return {key: (h, cs[key]) for key, h in hs.items()}
+
+    def _record_cell(self, index: int, c: np.ndarray) -> None:
+        if not c.size:
+            return
+        units = np.abs(c).max(axis=0)
+        self.max_cell[index] = max(self.max_cell.get(index, 0.0), float(units.max()))
+        seen = self.unit_cell.get(index)
+        self.unit_cell[index] = units if seen is None else np.maximum(seen, units)
 
     def cell(self, index: int, direction: int, x_t: np.ndarray, state: State
              ) -> tuple[np.ndarray, State]:
@@ -210,7 +219,7 @@ class FloatNumerics:
                 peak = float(np.abs(h_new).max())
                 self.max_projected[index] = max(self.max_projected.get(index, 0.0), peak)
                 h_new = h_new @ d.w_proj.data.T
-            self.max_cell[index] = max(self.max_cell.get(index, 0.0), float(np.abs(c).max()))
+            self._record_cell(index, c)
             return h_new, (h_new, c)
         if isinstance(layer, RNNLayer):
             v = pre["h"]

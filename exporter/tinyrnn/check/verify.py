@@ -51,6 +51,26 @@ def _layer_name(layer: Any, index: int) -> str:
     return f"layer {index}: time step {layer.index}"
 
 
+def _states(q: Any, index: int, recorded: dict, output: np.ndarray, numerics: Any) -> list[dict]:
+    """A recurrent layer's states: format, the largest |value| on the verify input (the float
+    model's) and in the calibration data (the manifest's record)."""
+    from ..passes.quantize import QGRULayer, QLSTMLayer, QRNNLayer
+
+    layer = q.layers[index]
+    if not isinstance(layer, (QLSTMLayer, QGRULayer, QRNNLayer)):
+        return []
+    peak = float(np.abs(output).max()) if output.size else 0.0
+    states = [dict(state="h", format=str(layer.h), bits=layer.h.bits, observed_max_abs=peak,
+                   calibration_max_abs=recorded.get("observed_max_abs"))]
+    if isinstance(layer, QLSTMLayer):
+        states.append(dict(
+            state="c", format=str(layer.c), bits=layer.c.bits,
+            observed_max_abs=float(numerics.max_cell.get(index, 0.0)),
+            calibration_max_abs=recorded.get("cell_observed_max_abs"),
+            calibration_median_unit_max_abs=recorded.get("cell_observed_median_unit_max_abs")))
+    return states
+
+
 def _fmt_db(v: float) -> str:
     return "inf" if v == math.inf else f"{v:.1f}"
 
@@ -172,7 +192,7 @@ def _verify_integer(manifest, model, inputs, model_dir, model_path) -> dict:
                      f"reference {m['reference']:.6g}{ints}")
         lines.append(head)
         lines.append(f"      against torch: SQNR {_fmt_db(db)} dB, max abs error {err:.3g}")
-    float_trace, _ = run_float(model, batch)
+    float_trace, float_numerics = run_float(model, batch)
     layers = []
     lines.append("per layer, the reference against the float model (SQNR of the layer's output):")
     for index, (lf, li) in enumerate(zip(float_trace.layers, trace.layers)):
@@ -181,8 +201,21 @@ def _verify_integer(manifest, model, inputs, model_dir, model_path) -> dict:
         err = float(np.max(np.abs(value - lf))) if lf.size else 0.0
         name = _layer_name(model.layers[index], index)
         fmt = str(q.out_format(index))
-        layers.append(dict(index=index, layer=name, format=fmt, sqnr_db=db, max_abs_error=err))
+        entry = dict(index=index, layer=name, format=fmt, sqnr_db=db, max_abs_error=err)
         lines.append(f"  {name} ({fmt}): SQNR {_fmt_db(db)} dB, max abs error {err:.3g}")
+        states = _states(q, index, manifest["quantization"]["layers"][index], lf,
+                         float_numerics)
+        if states:
+            entry["states"] = states
+            lines.append("      states: " + "; ".join(
+                f"{st['state']} {st['format']} ({st['bits']}-bit), |{st['state']}| <= "
+                f"{st['observed_max_abs']:.4g} here"
+                + (f", <= {st['calibration_max_abs']:.4g} in calibration"
+                   if st.get("calibration_max_abs") is not None else "")
+                + (f" (median unit {st['calibration_median_unit_max_abs']:.4g})"
+                   if st.get("calibration_median_unit_max_abs") is not None else "")
+                for st in states))
+        layers.append(entry)
     lines.append("PASS: the C equals the reference on every element" if ok else
                  "FAIL: the C differs from the bit-exact reference")
     return dict(model=manifest["name"], format=manifest["format"], outputs=outputs,

@@ -578,6 +578,27 @@ def dot2_q(a, b, ka: int, c, d, kc: int, shift: int) -> np.ndarray:
              + np.asarray(c, np.int64) * np.asarray(d, np.int64) * kc)
     return sat16(rshift_round(total, shift))
 
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+DOT2_Q32_KA_MAX = 2**14
+
+
+def sat32_i64(x: ArrayLike) -> IntArray:
+    """Saturate an int64 to int32 (C: ``sat32_i64``)."""
+    return np.clip(_as_int64(x, "x"), INT32_MIN, INT32_MAX)
+
+
+def dot2_q32(a, b, ka: int, c, d, kc: int, shift: int) -> np.ndarray:
+    """``sat32(rshift_round(a*b*ka + c*d*kc, shift))`` (C: ``dot2_q32``): :func:`dot2_q` with
+    an int32 ``b`` (a 32-bit LSTM cell state) and an int32 result, for ``ka <= 2**14``,
+    ``kc <= 2**16``: ``|a*b*ka| <= 2**15 * 2**31 * 2**14 = 2**60``, ``|c*d*kc| < 2**61``, so
+    the int64 sum is exact."""
+    for k, top in ((ka, DOT2_Q32_KA_MAX), (kc, DOT2_KC_MAX)):
+        if not (0 < k <= top and k & (k - 1) == 0):
+            raise ValueError(f"dot2_q32 factors must be powers of two up to {top}, got {k}")
+    total = (mul16x32(a, b) * ka + np.asarray(c, np.int64) * np.asarray(d, np.int64) * kc)
+    return sat32_i64(rshift_round(total, shift))
+
 TABLE_BITS = 7
 """Both tables have ``2**7 + 1 = 129`` points over ``[0, 1]``."""
 
@@ -798,6 +819,8 @@ HELPERS: tuple[Helper, ...] = (
     Helper("mul_q30_hi", ("sat16", "mmulr")),
     Helper("mul16x32"),
     Helper("dot2_q", ("sat16_i64", "rshift_round64", "mul16x32")),
+    Helper("sat32_i64"),
+    Helper("dot2_q32", ("sat32_i64", "rshift_round64", "mul16x32")),
     Helper("from_float"),
     Helper("dot_w8_acc32"), Helper("dot_w8_acc64"), Helper("dot_w16_acc32"),
     Helper("dot_w16_acc64"),

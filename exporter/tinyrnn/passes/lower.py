@@ -90,6 +90,19 @@ def shift_round(value: Expr, n: int, ctype: str = "int64_t") -> Expr:
     return value
 
 
+def cell_ctype(q) -> str:
+    """The C type of a quantized layer's cell state c ("" for the layer's T: no c, or 16 bits)."""
+    c = getattr(q, "c", None)
+    return "int32_t" if c is not None and c.bits == 32 else ""
+
+
+def widen_int32(value: Expr, n: int, req: _Requirements) -> Expr:
+    """An int32 ``value`` (a 32-bit cell state) in the wide pre-activation format:
+    ``sat24(rshift_round(value, n))`` in int64."""
+    req.helpers.add("sat24")
+    return call("sat24", shift_round(value, n), ctype="int32_t")
+
+
 def widen_int16(value: Expr, n: int, req: _Requirements) -> Expr:
     """An int16 ``value`` in the wide pre-activation format: ``sat24(rshift_round(value, n))``.
     A left shift by up to 16 stays in int32 (|value| * 2^16 <= 2^31) and saturates with one
@@ -176,11 +189,11 @@ def lower_recurrent(p: str, index: int, layer: RecurrentLayer, q, req: _Requirem
             for d in range(layer.num_directions)]
 
 
-def _cell_params(layer: RecurrentLayer, T: str, xh_size: int) -> list[Param]:
+def _cell_params(layer: RecurrentLayer, T: str, xh_size: int, c_type: str = "") -> list[Param]:
     params = [Param("x", f"const {T} *", "in", layer.input_size),
               Param("h", f"{T} *", "state", layer.state_size)]
     if layer.spec.cell_state:
-        params.append(Param("c", f"{T} *", "state", layer.hidden_size))
+        params.append(Param("c", f"{c_type or T} *", "state", layer.hidden_size))
     params.append(Param("xh", f"{T} *", "work", xh_size))
     if layer.projected:
         params.append(Param("tmp", f"{T} *", "work", layer.hidden_size))
@@ -475,12 +488,18 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
                                                      f"Q{q15 + q30}")
         cs = _named(q.c_shift, "int", "c_shift", f"Q{q15 + q30} to c's {q.c}")
         named += [fc, ig, cs]
-        req.helpers.update({"dot2_q", "tanh_wide"})
-        c = Unit("c", 0, "int16_t")
-        body.append(Store(c, call("dot2_q", act["f"], c, fc, act["i"], act["g"], ig, cs,
-                                  ctype="int16_t"), spec.math[4]))
+        wide_c = q.c.bits == 32
+        dot2 = "dot2_q32" if wide_c else "dot2_q"
+        c_t = "int32_t" if wide_c else "int16_t"
+        req.helpers.update({dot2, "tanh_wide"})
+        c = Unit("c", 0, c_t)
+        body.append(Store(c, call(dot2, act["f"], c, fc, act["i"], act["g"], ig, cs,
+                                  ctype=c_t), spec.math[4]
+                          + (f" (c in 32 bits, {q.c}: the units' ranges are uneven)"
+                             if wide_c else "")))
+        widen = widen_int32 if wide_c else widen_int16
         tanh_c = Var("tanh_c", "int32_t")
-        body.append(Let(tanh_c, call("tanh_wide", widen_int16(c, q.c_wide_shift, req),
+        body.append(Let(tanh_c, call("tanh_wide", widen(c, q.c_wide_shift, req),
                                      ctype="int32_t"),
                         f"tanh(c): c from {q.c} to {nm.ACT_WIDE}, tanh in Q0.30"))
         target = Unit("tmp" if layer.projected else "h", 0, "int16_t")
@@ -547,7 +566,7 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
     return Function(
         name=fn, kind="cell", layer=index,
         comment=_cell_comment(layer, direction.reverse, integers),
-        params=(*_cell_params(layer, "int16_t", I4 + padded(P)),
+        params=(*_cell_params(layer, "int16_t", I4 + padded(P), cell_ctype(q)),
                 Param("w", f"const {wtype} *", "weights", int(stream.size))),
         named=tuple(named),
         prologue=(Copy("xh", 0, "x", I, "int16_t"), Copy("xh", I4, "h", P, "int16_t")),
@@ -790,8 +809,9 @@ def _state_buffers(model: Model, functions: dict[int, list[Function]]) -> list[B
                 side = "reverse" if direction.reverse else "forward"
                 what = f"{layer.module} layer {layer.layer} {side}"
                 for param in fn.param("state"):
+                    ctype = param.ctype.rstrip(" *").replace("const ", "")
                     state.append(Buffer(_state_member(fn, param.name), param.size,
-                                        f"{param.name}, {what}", False))
+                                        f"{param.name}, {what}", False, ctype))
     return state
 
 
@@ -916,13 +936,16 @@ def _state_rows(model: Model, q, functions: dict[int, list[Function]], group_ind
         layer = model.layers[index]
         size = layer.state_size if k == 0 else layer.hidden_size
         qlayer = q.layers[index] if q is not None else None
-        fmt = (qlayer.h if k == 0 else qlayer.c) if qlayer is not None else None
+        fmt = (qlayer.h if k == 0 else qlayer.c_io) if qlayer is not None else None
+        shift = qlayer.io_shift if qlayer is not None and k == 1 else 0
         for fn, direction in zip(functions[index], layer.directions):
             comment = f"row {len(rows)}: {_title(layer, direction.reverse)}"
             if fmt is not None:
                 comment += f", {fmt}"
+            if shift:
+                comment += f" (held in 32 bits as {qlayer.c}: c = c0 * 2^{shift})"
             rows.append(StateRow(_state_member(fn, "hc"[k]), offset, size, comment,
-                                 fmt.frac if fmt is not None else None))
+                                 fmt.frac if fmt is not None else None, shift))
             offset += size
     return tuple(rows)
 
@@ -958,6 +981,8 @@ def lower(model: Model, name: str, q=None) -> Plan:
         set_state.append(("c0", _state_rows(model, q, functions, model.state_group, 1)))
     if fixed:
         req.helpers.add("from_float")
+        if any(row.shift for o in outputs for row in o.rows):  # c_n of a 32-bit c
+            req.helpers.update({"sat16_i64", "rshift_round64"})
     dsp_families = frozenset({"dsp"}) if req.dsp else frozenset()
     v6m_families = frozenset({"v6m"}) if req.v6m else frozenset()
     kernel_families = frozenset({"c"}) | dsp_families | v6m_families

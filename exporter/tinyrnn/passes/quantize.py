@@ -95,6 +95,7 @@ class Ranges:
 
     ``layers[i]``: of IR layer ``i``'s output (for recurrent layers including the initial h0
     rows of that layer); ``cells[i]``: of an LSTM layer's cell state c (c0 included);
+    ``cell_medians[i]``: the median over c's units of each unit's largest ``|c|``;
     ``projected[i]``: of ``o * tanh(c)`` of an LSTM layer with a projection.
     """
 
@@ -105,6 +106,7 @@ class Ranges:
     source: str  # "calibration data" or "example input"
     sequences: int
     steps: int
+    cell_medians: tuple[float | None, ...] = ()
 
 
 def calibrate(model: Model, batch: Batch, source: str) -> Ranges:
@@ -119,6 +121,8 @@ def calibrate(model: Model, batch: Batch, source: str) -> Ranges:
                 peak = max(peak, float(np.abs(h).max()))
         layers.append(peak)
     cells = tuple(numerics.max_cell.get(i) for i in range(len(model.layers)))
+    medians = tuple(float(np.median(numerics.unit_cell[i])) if i in numerics.unit_cell else None
+                    for i in range(len(model.layers)))
     projected = tuple(numerics.max_projected.get(i) for i in range(len(model.layers)))
     peaks = [float(np.abs(batch.x).max()), *layers,
              *(c for c in cells + projected if c is not None)]
@@ -135,17 +139,20 @@ def calibrate(model: Model, batch: Batch, source: str) -> Ranges:
         source=source,
         sequences=batch.size,
         steps=int(batch.x.shape[1]),
+        cell_medians=medians,
     )
 
 
 @dataclass(frozen=True)
 class LayerFormats:
     """The format of an IR layer's output (and of an LSTM layer's cell state c and, with a
-    projection, of ``o * tanh(c)``)."""
+    projection, of ``o * tanh(c)``). ``cell_io``: c's 16-bit format at the C API (c0, c_n);
+    it is ``cell`` itself unless c is held in 32 bits (:data:`CELL32_SPREAD`)."""
 
     out: QFormat
     cell: QFormat | None = None
     projected: QFormat | None = None
+    cell_io: QFormat | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,25 @@ def _bounded(peak: float, headroom: float) -> QFormat:
     return chosen if peak >= 1.0 else QFormat(ACT_BITS, max(chosen.frac, Q15.frac))
 
 
+CELL32_SPREAD = 4.0
+"""An LSTM's cell state is held in 32 bits when the calibration's largest |c| is at least this
+many times the median unit's largest |c|: a shared 16-bit format would then give the median
+unit 2 or more bits fewer than a format of its own (docs/fixed-point.md, "The cell state")."""
+
+CELL32_EXTRA = 16
+"""Fraction bits a 32-bit cell state has beyond its 16-bit format (up to MAX_FRAC)."""
+
+
+def cell_formats(peak: float, median: float | None, headroom: float) -> tuple[QFormat, QFormat]:
+    """``(c's format, c's 16-bit API format)`` from the calibration: the 16-bit calibrated
+    format, or, when the units' ranges are uneven (``peak >= CELL32_SPREAD * median``), 32 bits
+    with :data:`CELL32_EXTRA` more fraction bits."""
+    io = _calibrated(peak, headroom)
+    if median is not None and peak > 0 and peak >= CELL32_SPREAD * median and io.frac >= 0:
+        return QFormat(32, min(io.frac + CELL32_EXTRA, MAX_FRAC)), io
+    return io, io
+
+
 def choose_formats(model: Model, ranges: Ranges, headroom: float = HEADROOM) -> Formats:
     """Calibrated formats (with headroom) for every value the functions do not bound, and
     formats at least as fine as Q0.15 for those they bound:
@@ -184,12 +210,14 @@ def choose_formats(model: Model, ranges: Ranges, headroom: float = HEADROOM) -> 
     layers = []
     for index, layer in enumerate(model.layers):
         peak = ranges.layers[index]
-        cell = projected = None
+        cell = projected = cell_io = None
         if isinstance(layer, RecurrentLayer):
             bounded = layer.spec.bounded and not layer.projected
             out = _bounded(peak, headroom) if bounded else _calibrated(peak, headroom)
             if isinstance(layer, LSTMLayer):
-                cell = _calibrated(ranges.cells[index] or 0.0, headroom)
+                medians = ranges.cell_medians
+                cell, cell_io = cell_formats(ranges.cells[index] or 0.0,
+                                             medians[index] if medians else None, headroom)
                 if layer.projected:
                     projected = _bounded(ranges.projected[index] or 0.0, headroom)
         elif isinstance(layer, Dense):
@@ -205,7 +233,7 @@ def choose_formats(model: Model, ranges: Ranges, headroom: float = HEADROOM) -> 
                 out = Q15
         else:
             out = current
-        layers.append(LayerFormats(out, cell, projected))
+        layers.append(LayerFormats(out, cell, projected, cell_io))
         current = out
     return Formats(input_format, tuple(layers))
 
@@ -267,6 +295,7 @@ class QLSTMLayer:
 
         i, f, o = sigmoid_wide(acc_i, acc_f, acc_o) (Q0.15)    g = tanh_wide(acc_g) (Q0.30)
         c  = dot2_q(f, c, fc_mul, i, g, ig_mul, c_shift)                         (c format)
+             (dot2_q32 when c has 32 bits; c0 and c_n are int16 in c_io, c = c0 * 2**io_shift)
         hc = mul_q30(o, tanh_wide(sat24(rshift_round(c, c_wide_shift))), oc_shift)  (hc format)
         h  = hc, or the projection accumulator of hc                             (h format)
     """
@@ -282,6 +311,8 @@ class QLSTMLayer:
     c_shift: int
     c_wide_shift: int
     oc_shift: int
+    c_io: QFormat
+    io_shift: int  # c.frac - c_io.frac: 0 for a 16-bit c
 
 
 @dataclass(frozen=True, eq=False)
@@ -376,7 +407,7 @@ class QModel:
         for index in self.model.groups[group].layers:
             layer = self.layers[index]
             assert isinstance(layer, (QLSTMLayer, QGRULayer, QRNNLayer))
-            fmt = layer.h if k == 0 else layer.c  # type: ignore[union-attr]
+            fmt = layer.h if k == 0 else layer.c_io  # type: ignore[union-attr]
             out += [fmt] * len(layer.directions)
         return out
 
@@ -505,11 +536,13 @@ def quantize(model: Model, format: str, formats: Formats, ranges: Ranges | None 
             if isinstance(layer, LSTMLayer):
                 assert lf.cell is not None
                 c = lf.cell
+                c_io = lf.cell_io or c
                 hc = lf.projected or h if layer.projected else h
                 dirs = tuple(_direction(layer, index, d, current, h, ACT_WIDE, hc, bits)
                              for d in range(layer.num_directions))
                 # f*c is Q(15+cf), i*g is Q45 (g in Q0.30): sum in Q45, one rounding to c
-                _check_shift(c.frac, 0, MAX_FRAC, f"{where} cell state format")
+                _check_shift(c.frac, 0 if c.bits == ACT_BITS else CELL32_EXTRA, MAX_FRAC,
+                             f"{where} cell state format")
                 layers.append(QLSTMLayer(
                     layer, dirs, current, h, c, hc,
                     fc_mul=2 ** (TANH_Q30_PRODUCT - Q15.frac - c.frac),
@@ -517,6 +550,8 @@ def quantize(model: Model, format: str, formats: Formats, ranges: Ranges | None 
                     c_shift=TANH_Q30_PRODUCT - c.frac,
                     c_wide_shift=c.frac - ACT_WIDE.frac,
                     oc_shift=_check_shift(TANH_Q30_PRODUCT - hc.frac, 0, 62, where),
+                    c_io=c_io,
+                    io_shift=_check_shift(c.frac - c_io.frac, 0, CELL32_EXTRA, where),
                 ))
             elif isinstance(layer, GRULayer):
                 dirs = tuple(_direction(layer, index, d, current, h, ACT_WIDE, h, bits)
@@ -607,8 +642,13 @@ def manifest_section(q: QModel) -> dict:
         cell = q.formats.layers[index].cell
         if cell is not None:
             entry["cell"] = _fmt(cell)
+            wide = cell.bits != ACT_BITS  # only then: a 16-bit c's record is as before
+            if wide:
+                entry["cell_io"] = _fmt(q.formats.layers[index].cell_io or cell)
             if ranges is not None:
                 entry["cell_observed_max_abs"] = ranges.cells[index]
+                if wide and ranges.cell_medians and ranges.cell_medians[index] is not None:
+                    entry["cell_observed_median_unit_max_abs"] = ranges.cell_medians[index]
         projected = q.formats.layers[index].projected
         if projected is not None:
             entry["projected"] = _fmt(projected)
@@ -661,7 +701,8 @@ def formats_from_manifest(model: Model, section: dict) -> Formats:
             )
         return Formats(read(section["input"]), tuple(
             LayerFormats(read(e["output"]), read(e["cell"]) if "cell" in e else None,
-                         read(e["projected"]) if "projected" in e else None)
+                         read(e["projected"]) if "projected" in e else None,
+                         read(e["cell_io"]) if "cell_io" in e else None)
             for e in layers))
     except (KeyError, TypeError, ValueError) as exc:
         raise TinyRNNError(
