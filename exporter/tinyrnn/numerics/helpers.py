@@ -735,7 +735,7 @@ class Helper:
 HELPERS: tuple[Helper, ...] = (
     # float32
     Helper("dot"), Helper("sigmoid"), Helper("relu"),
-    Helper("softmax_f"), Helper("log_softmax_f"),
+    Helper("softmax_f"), Helper("log_softmax_f"), Helper("conv1d_f", ("dot",)),
     # integers
     Helper("dsp"),
     Helper("sat16"), Helper("sat16_i64", ("sat16",)),
