@@ -19,6 +19,7 @@ from tinyrnn.frontend.reader import capture, read_program
 from tinyrnn.ir import Conv1d
 from tinyrnn.passes.lower import lower
 from tinyrnn.targets.host import load_many
+from tinyrnn.targets.profile import layer_macs, macs_per_step
 
 TOL = 1e-5
 pytestmark = pytest.mark.filterwarnings(  # torch's note on padding='same' with an even kernel
@@ -167,6 +168,15 @@ def test_float32_c_equals_torch(case: ConvCase, built, compiled):
         in_torch_layout = simulated.transpose(1, 0, 2) if case.rnn == "gru_tm" else simulated
         np.testing.assert_allclose(in_torch_layout, expected, rtol=0, atol=TOL,
                                    err_msg="simulate")
+
+
+def test_the_profiler_counts_the_conv_macs(compiled):
+    """Per step: out x in / groups x kernel for the conv, beside the recurrent layer's."""
+    layers = compiled["groups2"].manifest["layers"]
+    conv = next(layer for layer in layers if layer["kind"] == "conv1d")
+    assert layer_macs(conv) == 6 * (4 // 2) * 3
+    gru = next(layer for layer in layers if layer["kind"] == "gru")
+    assert macs_per_step(compiled["groups2"].manifest) == 6 * 2 * 3 + layer_macs(gru)
 
 
 def test_step_is_refused_and_the_length_is_bounded(compiled):
