@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from c_checks import unused_warnings
 from tinyrnn.api import export_program
 from tinyrnn.check import evaluate, torchref
 from tinyrnn.check.simulate import batch_from_arrays, run_float
@@ -177,6 +178,13 @@ def test_the_profiler_counts_the_conv_macs(compiled):
     assert layer_macs(conv) == 6 * (4 // 2) * 3
     gru = next(layer for layer in layers if layer["kind"] == "gru")
     assert macs_per_step(compiled["groups2"].manifest) == 6 * 2 * 3 + layer_macs(gru)
+
+
+def test_generated_files_carry_nothing_unused(compiled):
+    """clang -Weverything and gcc -Wunused on every export of the table: no unused helper,
+    macro or array (the new helper and the layer-major schedule included)."""
+    sources = [c.folder / f"{c.name}.c" for c in compiled.values()]
+    assert unused_warnings(sources) == []
 
 
 def test_step_is_refused_and_the_length_is_bounded(compiled):
