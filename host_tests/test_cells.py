@@ -285,8 +285,9 @@ def test_cell_forms_that_do_not_fit_are_refused_with_a_rewrite(module, args, mod
 
 def test_a_whole_silero_structure_lists_every_unsupported_item_once(tmp_path, capsys):
     """Silero VAD's 16 kHz branch rebuilt from plain modules: each unsupported operation is
-    listed once per module, with its path and type, repeats counted, the kernel-1 Conv1d with
-    its rewrite; the LSTMCell step is supported and reads a reported value, so it is absent."""
+    listed once per module, with its path and type, repeats counted; the Conv1d layers and the
+    LSTMCell step are supported and read reported values, so they are absent (an item is
+    reported where the data path first breaks, not again downstream)."""
     module = SileroStructure().eval()
     args = (torch.randn(2, 576), torch.zeros(2, 128), torch.zeros(2, 128))
     (tmp_path / "vad.pt2").write_bytes(archive_bytes(trace(module, args)))
@@ -303,19 +304,11 @@ def test_a_whole_silero_structure_lists_every_unsupported_item_once(tmp_path, ca
         op, _, count, why, path, kind = match.groups()
         parsed.append((op, int(count or 1), path or "", kind or ""))
     expected = [("aten.pad.default", 1, "stft", "STFT"),
-                ("aten.conv1d.default", 1, "stft", "STFT"),
                 ("aten.pow.Tensor_Scalar", 2, "stft", "STFT"),
                 ("aten.add.Tensor", 1, "stft", "STFT"),
                 ("aten.sqrt.default", 1, "stft", "STFT"),
-                *[("aten.conv1d.default", 1, f"encoder.{k}.reparam_conv", "Conv1d")
-                  for k in range(4)],
-                ("aten.conv1d.default", 1, "decoder.decoder.2", "Conv1d"),
                 ("aten.mean.dim", 1, "", "")]
     assert sorted(parsed) == sorted(expected)
     total = sum(count for _, count, _, _ in parsed)
     assert f"the model uses {total} operation(s) tinyrnn cannot export" in err
-    kernel_one = next(line for line in items if "decoder.decoder.2" in line)
-    assert "a Conv1d with kernel size 1 is a Linear over channels" in kernel_one
-    assert "nn.Linear(128, 1)" in kernel_one
-    assert sum("Linear over channels" in line for line in items) == 1
-    assert "lstm_cell" not in err
+    assert "aten.lstm_cell" not in err and "aten.conv1d" not in err

@@ -441,6 +441,8 @@ void w_log_softmax(const int16_t *x, int16_t *y, int rows, int n, int32_t dclamp
 void w_softmax_f(const float *x, float *y, int rows, int n);
 void w_log_softmax_f(const float *x, float *y, int rows, int n);
 void w_float_cell(const float *w, const float *x, float *y, int rows, int n);
+void w_conv1d_f(const float *x, float *y, int T, const float *w, const float *b, int c, int o,
+                int kernel, int groups, int dilation, int pad);
 """
 
 _BODIES = {
@@ -471,6 +473,7 @@ _BODIES = {
     "w_softmax_f": "for (k = 0; k < rows; ++k) t_softmax_f(x + k * n, y + k * n, n);",
     "w_log_softmax_f": "for (k = 0; k < rows; ++k) t_log_softmax_f(x + k * n, y + k * n, n);",
     # y[k] = sigmoid(w_k . x) + relu(w_k . x): the float32 exports' other helpers
+    "w_conv1d_f": "k = 0;\n    t_conv1d_f(x, y, T, w, b, c, o, kernel, groups, dilation, pad + k);",
     "w_float_cell": "for (k = 0; k < rows; ++k)\n"
                     "    y[k] = t_sigmoid(t_dot(w + k * n, x, n))\n"
                     "           + t_relu(t_dot(w + k * n, x, n));",
@@ -676,6 +679,33 @@ def test_from_float_is_round_half_up_with_saturation(clib):
     y = np.ones(2, np.int16)
     lib.w_from_float(_buf(ffi, "float", nan), 5, _buf(ffi, "int16_t", y), 2)
     assert y.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("kernel, groups, dilation, pad_left, pad_right, bias", [
+    (3, 1, 1, 1, 1, True), (4, 2, 1, 1, 2, False), (3, 6, 2, 2, 2, True), (1, 3, 1, 0, 0, True)])
+def test_conv1d_helper_in_c(clib, kernel, groups, dilation, pad_left, pad_right, bias):
+    """conv1d_f (the float32 Conv1d) against the float64 reference of check/simulate.py, on
+    a sequence shorter than the kernel's span too (every tap then reads the padding)."""
+    from tinyrnn.check.simulate import conv1d_float
+    from tinyrnn.ir import Conv1d, Tensor
+
+    ffi, lib = clib
+    rng = np.random.default_rng(kernel * 10 + groups)
+    cin, cout = 6, 6
+    w = rng.standard_normal((cout, cin // groups, kernel)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    layer = Conv1d("c", Tensor(w.astype(np.float64), "w"),
+                   Tensor(b.astype(np.float64), "b") if bias else None, 1, dilation, groups,
+                   pad_left, pad_right)
+    packed = np.ascontiguousarray(w.transpose(0, 2, 1))
+    for steps in (11, 2):
+        x = rng.standard_normal((steps, cin)).astype(np.float32)
+        y = np.zeros((steps, cout), np.float32)
+        lib.w_conv1d_f(_buf(ffi, "float", x), _buf(ffi, "float", y), steps,
+                       _buf(ffi, "float", packed), _buf(ffi, "float", b) if bias else ffi.NULL,
+                       cin, cout, kernel, groups, dilation, pad_left)
+        expected = conv1d_float(layer, x[None].astype(np.float64))[0]
+        np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5, err_msg=f"T={steps}")
 
 
 def test_float_helpers_in_c(clib):

@@ -16,7 +16,7 @@ from .checks import check_name, check_number
 from .errors import TinyRNNError, TinyRNNWarning
 from .frontend.pt2 import Program
 from .frontend.reader import archive_bytes, read_captured, read_program, trace
-from .ir import Dense, Model, RecurrentLayer, SelectStep
+from .ir import Conv1d, Dense, Model, RecurrentLayer, SelectStep
 from .outputs import output_folder
 
 FORMATS = ("w8a16", "w16a16", "float32")
@@ -108,6 +108,11 @@ def quantize_model(
     from .check.simulate import batch_from_arrays
     from .passes.quantize import calibrate, choose_formats, quantize
 
+    convs = [layer.name for layer in model.layers if isinstance(layer, Conv1d)]
+    if convs:
+        raise TinyRNNError(
+            f"the {format} format has no Conv1d yet ({', '.join(convs)}): export this model "
+            "with --format float32 (format='float32')")
     if calibration is None:
         if example is None:
             raise TinyRNNError("integer formats need calibration data or an example input")
@@ -154,13 +159,15 @@ def _width(layer: Any) -> int:
         return layer.output_size
     if isinstance(layer, Dense):
         return layer.out_features
+    if isinstance(layer, Conv1d):
+        return layer.out_channels
     return layer.features
 
 
 def check_sequence_buffers(model: Model, format: str) -> None:
     """Refuse a --max-seq-len whose sequence buffers (bidirectional models) would exceed
     :data:`MAX_SEQUENCE_BUFFER_BYTES`."""
-    if not model.bidirectional:
+    if not (model.bidirectional or model.convolves):
         return
     widest = max([1] + [_width(layer) for layer in model.layers
                         if not isinstance(layer, SelectStep)])

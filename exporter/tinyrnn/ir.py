@@ -203,6 +203,41 @@ class Dense:
         return self.weight.shape[0]
 
 
+@dataclass(frozen=True, eq=False)
+class Conv1d:
+    """``y[o, t] = bias[o] + sum_{c, k} weight[o, c, k] * xpad[g(o) * C/groups + c,
+    t * stride + k * dilation]`` over a whole sequence, torch's cross-correlation; ``xpad`` is x
+    with ``pad_left`` and ``pad_right`` zero steps around it (``padding='same'`` settled into
+    the two numbers here). The data path stays (T, channels) per sample: the (B, C, T) view the
+    torch forward gives the conv is a layout, not a layer."""
+
+    name: str  # torch module path, e.g. "encoder.0"
+    weight: Tensor  # (out_channels, in_channels // groups, kernel)
+    bias: Tensor | None  # (out_channels,)
+    stride: int
+    dilation: int
+    groups: int
+    pad_left: int
+    pad_right: int
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1] * self.groups
+
+    @property
+    def kernel(self) -> int:
+        return self.weight.shape[2]
+
+    def out_steps(self, steps: int) -> int:
+        """The output length for ``steps`` input steps (torch's formula)."""
+        span = self.dilation * (self.kernel - 1) + 1
+        return (steps + self.pad_left + self.pad_right - span) // self.stride + 1
+
+
 @dataclass(frozen=True)
 class Activation:
     """An element-wise (relu, tanh, sigmoid) or last-axis (softmax, log_softmax) function."""
@@ -219,7 +254,7 @@ class SelectStep:
     features: int
 
 
-Layer = LSTMLayer | GRULayer | RNNLayer | Dense | Activation | SelectStep
+Layer = LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep
 
 
 @dataclass(frozen=True)
@@ -286,6 +321,11 @@ class Model:
         return any(layer.num_directions == 2 for layer in self.recurrent)
 
     @property
+    def convolves(self) -> bool:
+        """Whether a layer needs the whole sequence (a Conv1d): no streaming NAME_step."""
+        return any(isinstance(layer, Conv1d) for layer in self.layers)
+
+    @property
     def selects(self) -> bool:
         return any(isinstance(layer, SelectStep) for layer in self.layers)
 
@@ -298,4 +338,6 @@ class Model:
                 size = layer.output_size
             elif isinstance(layer, Dense):
                 size = layer.out_features
+            elif isinstance(layer, Conv1d):
+                size = layer.out_channels
         return size

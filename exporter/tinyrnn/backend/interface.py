@@ -207,6 +207,7 @@ def from_manifest(manifest: Mapping[str, Any]) -> CInterface:
 def build(prefix: str, *, fixed: bool, input_size: int, step_output_size: int,
           max_seq_len: int, state_size: int, set_state_args: Sequence[tuple[str, int]],
           outputs: Sequence[tuple[str, Length]], has_step: bool, sources: Sequence[str],
+          no_step_why: str = "this model is bidirectional",
           format_macros: Sequence[Macro] = ()) -> CInterface:
     """The record of one export.
 
@@ -223,8 +224,7 @@ def build(prefix: str, *, fixed: bool, input_size: int, step_output_size: int,
                         "layers).") if q else (
             "Load initial states for one sample in torch's (layers*directions, H) order.",
             f"One time step, keeping the state: y_t gets {P}_STEP_OUTPUT_SIZE values." + (
-                "" if has_step else f" Returns {P}_ERR_UNSUPPORTED: this model is "
-                "bidirectional."),
+                "" if has_step else f" Returns {P}_ERR_UNSUPPORTED: {no_step_why}."),
             f"A whole sequence x[T][{P}_INPUT_SIZE] from the state in s; the outputs follow the "
             "torch forward's return values (batch 1):\n" + "\n".join(
                 f"  out{k}: {doc}" for k, (doc, _) in enumerate(outputs)))

@@ -350,7 +350,7 @@ class Op:
 
     fn: str
     args: tuple[Arg, ...]
-    kind: str  # "cell", "dense", "activation"
+    kind: str  # "cell", "dense", "conv" (once over a whole sequence: (x, y, T)), "activation"
     layer: int
     reverse: bool = False  # layer-major cells: over t from T - 1 down to 0
     src_stride: int = 0  # layer-major: elements per step of the source sequence
@@ -406,6 +406,8 @@ class Schedule:
     step: tuple[Op, ...] | None
     step_result: Arg | None
     input_buffer: str | None  # integer formats: where the float input is converted
+    layer_major_why: str = "bidirectional"  # comments of the C: why whole sequences
+    no_step_why: str = "a bidirectional layer needs the whole sequence"
 
     @property
     def select_c(self) -> str:

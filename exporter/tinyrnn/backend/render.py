@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..checks import check_name
-from ..ir import Activation, Dense, Model, RecurrentLayer, SelectStep
+from ..ir import Activation, Conv1d, Dense, Model, RecurrentLayer, SelectStep
 from ..numerics.helpers import helper_closure, numeric_context
 from ..outputs import write_files
 from ..passes.lower import lower
@@ -96,7 +96,7 @@ def _tensors(layer: Any) -> list:
             if d.w_proj is not None:
                 out.append(d.w_proj)
         return out
-    if isinstance(layer, Dense):
+    if isinstance(layer, (Dense, Conv1d)):
         return [t for t in (layer.weight, layer.bias) if t is not None]
     return []
 
@@ -366,7 +366,9 @@ def build_interface(plan: Plan, model: Model, q: Any, sources: list[str]
         step_output_size=plan.step_output_size, max_seq_len=plan.max_seq_len,
         state_size=sizes[0][1], set_state_args=sizes, outputs=lengths,
         has_step=plan.schedule is not None and plan.schedule.step is not None,
-        sources=sources, format_macros=_format_macros(plan, q))
+        sources=sources, format_macros=_format_macros(plan, q),
+        **({"no_step_why": "this model has a Conv1d, which reads neighbouring steps"}
+           if model.convolves else {}))
 
 
 def interface(model: Model, plan: Plan) -> dict:
@@ -483,6 +485,11 @@ def _layer_summary(layer: Any) -> dict:
     if isinstance(layer, Dense):
         return dict(kind="dense", name=layer.name, in_features=layer.in_features,
                     out_features=layer.out_features, bias=layer.bias is not None)
+    if isinstance(layer, Conv1d):
+        return dict(kind="conv1d", name=layer.name, in_channels=layer.in_channels,
+                    out_channels=layer.out_channels, kernel=layer.kernel, stride=layer.stride,
+                    dilation=layer.dilation, groups=layer.groups,
+                    padding=[layer.pad_left, layer.pad_right], bias=layer.bias is not None)
     if isinstance(layer, Activation):
         return dict(kind=layer.kind, features=layer.features)
     assert isinstance(layer, SelectStep)

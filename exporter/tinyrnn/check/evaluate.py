@@ -120,6 +120,9 @@ class _Frame:
             raise TypeError(f"unknown statement {stmt!r}")
 
     def do(self, c: Call) -> None:
+        if c.fn == "conv1d_f":
+            self.conv1d(c)
+            return
         src, dst = (self.views[a.name] for a in c.args[:2])  # type: ignore[union-attr]
         n = int(self.value(c.args[2]))
         rest = [self.value(a) for a in c.args[3:]]
@@ -131,6 +134,29 @@ class _Frame:
             dst[:, :n] = _float_softmax(src[:, :n], c.fn == "log_softmax_f")
         else:
             raise TypeError(f"no evaluator for {c.fn}")
+
+    def conv1d(self, c: Call) -> None:
+        """``conv1d_f(x, y, T, w, b, c, o, kernel, groups, dilation, pad)`` in float64, over
+        the whole sequence the frame's views hold."""
+        x_arg, y_arg, _, w_arg, b_arg = c.args[:5]
+        cin, cout, kernel, groups, dilation, pad = (int(self.value(a)) for a in c.args[5:])
+        assert isinstance(x_arg, Ptr) and isinstance(y_arg, Ptr) and isinstance(w_arg, Ptr)
+        x, y = self.views[x_arg.name], self.views[y_arg.name]
+        steps = x.shape[1] // cin
+        cg, og = cin // groups, cout // groups
+        w = self.ev.const(w_arg.name).astype(np.float64).reshape(cout, kernel, cg)
+        b = (self.ev.const(b_arg.name).astype(np.float64) if isinstance(b_arg, Ptr)
+             else np.zeros(cout))
+        xs = x.reshape(x.shape[0], steps, cin)
+        out = np.broadcast_to(b, (x.shape[0], steps, cout)).copy()
+        for t in range(steps):
+            for k in range(kernel):
+                s = t + k * dilation - pad
+                if 0 <= s < steps:
+                    for g in range(groups):
+                        out[:, t, g * og:(g + 1) * og] += (
+                            xs[:, s, g * cg:(g + 1) * cg] @ w[g * og:(g + 1) * og, k].T)
+        y[:, :steps * cout] = out.reshape(x.shape[0], -1)
 
     def value(self, e: Expr):
         return self.expr(e)
@@ -230,6 +256,15 @@ class Run:
                  for k, (p, a) in enumerate(zip(fn.params, op.args)) if not a.const}
         _Frame(self, fn, views).run()
 
+    def call_sequence(self, op: Op, x: np.ndarray | None, steps: int) -> None:
+        """A ``conv`` op: once over the whole sequence (``x`` when it reads the input)."""
+        fn = self.functions[op.fn]
+        src, dst = fn.params[0], fn.params[1]
+        views = {src.name: (x.reshape(x.shape[0], -1) if x is not None
+                            else self.view(op.args[0], steps * src.size)),
+                 dst.name: self.view(op.args[1], steps * dst.size)}
+        _Frame(self, fn, views).run()
+
     def set_state(self, role: str, flat: np.ndarray) -> None:
         rows = dict(self.plan.set_state)[role]
         for row in rows:
@@ -289,6 +324,9 @@ def run(plan: Plan, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray 
             for t in order:
                 r.x_t = x[:, t] if op.args[0].buffer == "x_t" else None
                 src = 0 if op.args[0].buffer == "x_t" else t * op.src_stride
+                if op.kind == "conv":
+                    r.call_sequence(op, x if op.args[0].buffer == "x_t" else None, T)
+                    break
                 if op.kind == "cell":
                     r.call(op, {0: src})
                     assert op.dst is not None

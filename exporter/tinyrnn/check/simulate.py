@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import TinyRNNError
 from ..io import split_inputs
-from ..ir import Activation, Dense, LSTMLayer, Model, RecurrentLayer, RNNLayer, SelectStep
+from ..ir import Activation, Conv1d, Dense, LSTMLayer, Model, RecurrentLayer, RNNLayer, SelectStep
 
 State = tuple[np.ndarray, ...]  # (h,) or (h, c), each (B, size)
 
@@ -235,6 +235,8 @@ class FloatNumerics:
         if isinstance(layer, Dense):
             y = value @ layer.weight.data.T
             return y + layer.bias.data if layer.bias is not None else y
+        if isinstance(layer, Conv1d):
+            return conv1d_float(layer, value)
         assert isinstance(layer, Activation)
         if layer.kind == "relu":
             return np.maximum(value, 0.0)
@@ -245,6 +247,28 @@ class FloatNumerics:
         shifted = value - value.max(axis=-1, keepdims=True)
         log_sum = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
         return np.exp(shifted - log_sum) if layer.kind == "softmax" else shifted - log_sum
+
+
+def conv1d_float(layer: Conv1d, x: np.ndarray) -> np.ndarray:
+    """torch's Conv1d (cross-correlation) on ``x`` (B, T, C) in float64 -> (B, T_out, O)."""
+    batch, steps, _ = x.shape
+    out_steps = layer.out_steps(steps)
+    if out_steps < 1:
+        span = layer.dilation * (layer.kernel - 1) + 1
+        raise TinyRNNError(f"{layer.name}: a Conv1d of span {span} over {steps} steps gives "
+                           "no output")
+    padded = np.pad(x, ((0, 0), (layer.pad_left, layer.pad_right), (0, 0)))
+    cin, cout = layer.weight.shape[1], layer.out_channels // layer.groups
+    y = np.zeros((batch, out_steps, layer.out_channels))
+    last = layer.stride * (out_steps - 1) + 1
+    for g in range(layer.groups):
+        xs = padded[:, :, g * cin:(g + 1) * cin]
+        w = layer.weight.data[g * cout:(g + 1) * cout]
+        for k in range(layer.kernel):
+            start = k * layer.dilation
+            window = xs[:, start:start + last:layer.stride]
+            y[:, :, g * cout:(g + 1) * cout] += window @ w[:, :, k].T
+    return y + layer.bias.data if layer.bias is not None else y
 
 
 def run_float(model: Model, batch: Batch, all_steps: bool = False

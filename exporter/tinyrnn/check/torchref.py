@@ -26,6 +26,7 @@ from ..errors import TinyRNNError
 from ..io import assemble_outputs
 from ..ir import (
     Activation,
+    Conv1d,
     Dense,
     Direction,
     Gate,
@@ -83,7 +84,21 @@ def _direction_weights(direction: Direction, bias: bool) -> dict[str, torch.Tens
     return out
 
 
-def _head(layer: Dense | Activation, value: torch.Tensor) -> torch.Tensor:
+def _conv1d(layer: Conv1d, value: torch.Tensor) -> torch.Tensor:
+    """An ``nn.Conv1d`` on the (B, T, C) data path: (B, C, T) for the module and back."""
+    conv = nn.Conv1d(layer.in_channels, layer.out_channels, layer.kernel, stride=layer.stride,
+                     dilation=layer.dilation, groups=layer.groups, bias=layer.bias is not None)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(layer.weight.data.astype(np.float32)))
+        if layer.bias is not None:
+            conv.bias.copy_(torch.from_numpy(layer.bias.data.astype(np.float32)))
+    padded = nn.functional.pad(value.transpose(1, 2), (layer.pad_left, layer.pad_right))
+    return conv(padded).transpose(1, 2)
+
+
+def _head(layer: Dense | Conv1d | Activation, value: torch.Tensor) -> torch.Tensor:
+    if isinstance(layer, Conv1d):
+        return _conv1d(layer, value)
     if isinstance(layer, Dense):
         linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
         with torch.no_grad():

@@ -26,6 +26,7 @@ from ..cells import cell_spec
 from ..errors import TinyRNNError
 from ..ir import (
     Activation,
+    Conv1d,
     Dense,
     Direction,
     GRULayer,
@@ -89,12 +90,14 @@ _CELLS = {
 }
 _ZEROS = {"aten.zeros.default", "aten.zeros_like.default", "aten.new_zeros.default"}
 _SELECT = {"aten.select.int", "aten.slice.Tensor"}
+_CONV = {"aten.conv1d.default", "aten.conv1d.padding"}
 _KNOWN = {
     *_RECURRENT, *_CELLS, *_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_ZEROS, *_SELECT,
-    "aten.linear.default", "aten.transpose.int", "aten.stack.default", "aten.unbind.int",
+    *_CONV, "aten.linear.default", "aten.transpose.int", "aten.permute.default",
+    "aten.stack.default", "aten.unbind.int",
 }
-_DATA_OPS = {*_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_SELECT, "aten.linear.default",
-             "aten.transpose.int"}
+_DATA_OPS = {*_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_SELECT, *_CONV,
+             "aten.linear.default", "aten.transpose.int", "aten.permute.default"}
 _CELL_HINT = {"lstm": "(h, c) = cell(x[:, t], (h, c))", "gru": "h = cell(x[:, t], h)",
               "rnn_tanh": "h = cell(x[:, t], h)", "rnn_relu": "h = cell(x[:, t], h)"}
 MAX_LAYERS = 64
@@ -165,11 +168,26 @@ class _Data:
     shape: tuple[int, ...]
     batch_axis: int
     time_axis: int | None  # None for a vector
+    channels_first: bool = False  # (B, C, T): a Conv1d's view; otherwise the features are last
 
 
 @dataclass(frozen=True)
 class _Input:
     index: int  # position among the user inputs
+
+
+@dataclass(frozen=True)
+class _InputView:
+    """A transpose or permute of the model input x (3-d): ``axes[k]`` is the input axis that
+    the view's axis k shows. Only a Conv1d reads it, as (B, C, T)."""
+
+    index: int
+    axes: tuple[int, int, int]
+
+
+def _moved(axes: tuple[int, ...], dims: tuple[int, ...]) -> tuple[int, ...]:
+    """Where each role sits after ``permute(dims)``: ``axes`` are positions, one per role."""
+    return tuple(dims.index(a) for a in axes)
 
 
 @dataclass(frozen=True)
@@ -260,12 +278,11 @@ def _user_line(node: Node | None) -> str:
 
 def _suggestion(node: Node, weights: dict[str, np.ndarray]) -> str:
     """A rewrite that tinyrnn supports, for an unsupported operation that has one."""
-    if node.target == "aten.conv1d.default":
-        weight = node.arg("weight", None)
-        shape = weights.get(weight.name) if isinstance(weight, TensorRef) else None
-        if shape is not None and len(shape) == 3 and shape[2] == 1:
-            return ("; a Conv1d with kernel size 1 is a Linear over channels: use "
-                    f"nn.Linear({shape[1]}, {shape[0]}) on the (B, T, C) or (B, C) value")
+    module = node.module
+    if node.target == "aten.pad.default" and module is not None and module.short_type == "Conv1d":
+        mode = node.arg("mode", "constant")
+        return (f"; Conv1d padding_mode={mode!r} is not supported: use padding_mode='zeros' "
+                "(the default)")
     if node.target in ("aten.cat.default", "aten.concatenate.default"):
         return "; to gather a loop's steps use torch.stack(outs, 1) of the cell outputs"
     if node.target in ("aten.mm.default", "aten.matmul.default", "aten.addmm.default"):
@@ -395,8 +412,10 @@ class _Reader:
                 f"the model uses {len(self.problems)} operation(s) tinyrnn cannot export:\n"
                 f"  - {listing}\n"
                 "Supported: nn.LSTM/GRU/RNN (any options), nn.LSTMCell/GRUCell/RNNCell (a step "
-                "module or a loop over time, see docs/c-api.md), Linear, taking one time step, "
-                "relu/tanh/sigmoid/softmax/log_softmax, dropout, and views that move no data."
+                "module or a loop over time, see docs/c-api.md), Conv1d (keeping the "
+                "sequence length), Linear, taking one time step, "
+                "relu/tanh/sigmoid/softmax/log_softmax, dropout, transposes between (B, T, C) "
+                "and (B, C, T), and views that move no data."
             )
         if self.x_index is None:
             raise TinyRNNError("the model has no recurrent layer reading a model input")
@@ -452,8 +471,8 @@ class _Reader:
         elif target in _LAST_AXIS:
             data = self.value(node.first())
             dim = node.arg("dim")
-            if not _is_int(dim) or (isinstance(data, _Data)
-                                    and dim not in (-1, len(data.shape) - 1)):
+            if not _is_int(dim) or (isinstance(data, _Data) and (
+                    data.channels_first or dim not in (-1, len(data.shape) - 1))):
                 self.fail(node, f"softmax over dim {dim}; only the feature (last) axis works")
             else:
                 self.activation(node, _LAST_AXIS[target])
@@ -470,8 +489,10 @@ class _Reader:
             self.view(node)
         elif target in _SELECT:
             self.select(node)
-        elif target == "aten.transpose.int":
+        elif target in ("aten.transpose.int", "aten.permute.default"):
             self.transpose(node)
+        elif target in _CONV:
+            self.conv1d(node)
         elif target in _CELLS:
             self.cell(node, _CELLS[target])
         elif target == "aten.stack.default":
@@ -931,6 +952,10 @@ class _Reader:
         data = self.current(node, x)
         if data is None:
             return
+        if data.channels_first:
+            self.fail(node, "a Linear over the time axis of a (B, C, T) value; transpose it "
+                            "to (B, T, C) first (x.transpose(1, 2))")
+            return
         w = self.const(weight)
         b = self.const(bias) if bias is not None else None
         if w is None or (bias is not None and b is None):
@@ -966,6 +991,10 @@ class _Reader:
     def view(self, node: Node) -> None:
         value = self.value(node.first())
         shape = self.out_shape(node)
+        if isinstance(value, _Data) and value.channels_first and shape != value.shape:
+            self.fail(node, f"a view of a (B, C, T) value from {list(value.shape)} to "
+                            f"{list(shape)}; transpose it to (B, T, C) first")
+            return
         if isinstance(value, _Data) and shape:
             same = _squeezed(shape) == _squeezed(value.shape) and shape[-1] == value.features
             if same and value.time_axis is None:
@@ -982,22 +1011,138 @@ class _Reader:
         self.fail(node, "a view of a value other than the data path")
 
     def transpose(self, node: Node) -> None:
+        """``transpose`` or ``permute`` of a 3-d sequence: batch and time swapped, or the
+        channels moved between last and the middle of (B, C, T) (a Conv1d's layout), or the
+        same on the model input x, which a Conv1d then reads."""
         value = self.value(node.first())
-        dims = [node.arg("dim0"), node.arg("dim1")]
-        if (isinstance(value, _Data) and value.time_axis is not None
-                and all(_is_int(d) and -3 <= d < 3 for d in dims)
-                and sorted(d % 3 for d in dims) == [0, 1]):
-            swapped = (value.shape[1], value.shape[0], *value.shape[2:])
-            if not self.shape_is(node, node.outputs[0] if node.outputs else None, swapped):
-                return
-            self.set(node, replace(
-                value,
-                shape=self.out_shape(node),
-                batch_axis=value.time_axis,
-                time_axis=value.batch_axis,
-            ))
+        dims = self.permutation(node)
+        out = node.outputs[0] if node.outputs else None
+        if dims is None:
+            self.fail(node, f"{node.target} with dims of an unexpected form")
             return
-        self.fail(node, "a transpose other than swapping the batch and time axes")
+        if isinstance(value, _Input) and isinstance(node.first(), TensorRef):
+            if len(self.shape(node.first().name)) == 3:
+                self.set(node, _InputView(value.index, dims))
+                return
+        if isinstance(value, _InputView):
+            self.set(node, _InputView(value.index, tuple(value.axes[d] for d in dims)))
+            return
+        if isinstance(value, _Data) and value.time_axis is not None and len(value.shape) == 3:
+            channel = 1 if value.channels_first else 2
+            batch, time, channel = _moved((value.batch_axis, value.time_axis, channel), dims)
+            shape = tuple(value.shape[d] for d in dims)
+            if channel == 2 or (batch, channel, time) == (0, 1, 2):
+                if not self.shape_is(node, out, shape):
+                    return
+                self.set(node, replace(value, shape=shape, batch_axis=batch, time_axis=time,
+                                       channels_first=channel == 1))
+                return
+        self.fail(node, "a transpose other than swapping the batch and time axes or moving "
+                        "the channels between (B, T, C) and (B, C, T)")
+
+    def permutation(self, node: Node) -> tuple[int, int, int] | None:
+        """The dims of a 3-d transpose or permute as a permutation, or None."""
+        if node.target == "aten.permute.default":
+            dims = node.arg("dims")
+            if not (isinstance(dims, tuple) and len(dims) == 3 and all(map(_is_int, dims))):
+                return None
+            perm = tuple(d % 3 for d in dims)
+        else:
+            d0, d1 = node.arg("dim0"), node.arg("dim1")
+            if not (_is_int(d0) and _is_int(d1) and -3 <= d0 < 3 and -3 <= d1 < 3):
+                return None
+            order = [0, 1, 2]
+            order[d0 % 3], order[d1 % 3] = order[d1 % 3], order[d0 % 3]
+            perm = tuple(order)
+        return perm if sorted(perm) == [0, 1, 2] else None  # type: ignore[return-value]
+
+    def conv1d(self, node: Node) -> None:  # noqa: C901 - one check per option
+        """``nn.Conv1d`` (``aten.conv1d``) on a (B, C, T) value: the model input x (as given or
+        transposed/permuted) or the data path moved to (B, C, T)."""
+        x, weight, bias = node.arg("input"), node.arg("weight"), node.arg("bias", None)
+        stride, padding = node.arg("stride", (1,)), node.arg("padding", (0,))
+        dilation, groups = node.arg("dilation", (1,)), node.arg("groups", 1)
+        w = self.const(weight)
+        b = self.const(bias) if bias is not None else None
+        if w is None or (bias is not None and b is None):
+            self.fail(node, "a Conv1d with weights that are not parameters")
+            return
+        single = [v[0] if isinstance(v, tuple) and len(v) == 1 else v
+                  for v in (stride, dilation)]
+        if not all(_is_int(v) and v >= 1 for v in single) or not _is_int(groups) or groups < 1:
+            self.fail(node, "a Conv1d with stride, dilation or groups of an unexpected form")
+            return
+        stride, dilation = single
+        if w.tensor.ndim != 3 or w.tensor.shape[0] % groups or min(w.tensor.shape) < 1:
+            self.fail(node, f"Conv1d weights of shape {list(w.tensor.shape)} for {groups} "
+                            "group(s)")
+            return
+        out_ch, in_per_group, kernel = w.tensor.shape
+        if b is not None and b.tensor.shape != (out_ch,):
+            self.fail(node, f"a Conv1d bias of shape {list(b.tensor.shape)}")
+            return
+        span = dilation * (kernel - 1)
+        if padding == "same":
+            pad_left, pad_right = span // 2, span - span // 2
+        elif padding == "valid":
+            pad_left = pad_right = 0
+        elif isinstance(padding, tuple) and len(padding) == 1 and _is_int(padding[0]) \
+                and padding[0] >= 0:
+            pad_left = pad_right = padding[0]
+        else:
+            self.fail(node, f"Conv1d padding {padding!r}; tinyrnn reads an int, 'same' or "
+                            "'valid'")
+            return
+        # the input: (B, C, T)
+        source = self.value(x)
+        in_shape = self.shape(x.name) if isinstance(x, TensorRef) else ()
+        if len(in_shape) != 3:
+            self.fail(node, "a Conv1d on an unbatched input; pass (B, C, T)")
+            return
+        if isinstance(source, (_Input, _InputView)):
+            axes = source.axes if isinstance(source, _InputView) else (0, 1, 2)
+            if self.x_index is not None or self.layers:
+                self.fail(node, "the model input feeds a layer after other layers")
+                return
+            x_shape = self.shape(self.graph.user_inputs[source.index])
+            self.x_index = source.index
+            self.seq_len = x_shape[axes[2]]
+            self.inputs[source.index] = InputSpec("x", x_shape, axes[0], axes[2],
+                                                  features=x_shape[axes[1]])
+            batch = in_shape[0]
+        else:
+            data = self.current(node, x)
+            if data is None:
+                return
+            if not data.channels_first:
+                self.fail(node, "a Conv1d on a (B, T, C) value; it reads (B, C, T): "
+                                "transpose first (x.transpose(1, 2))")
+                return
+            batch = in_shape[0]
+        if in_shape[1] != in_per_group * groups:
+            self.fail(node, f"Conv1d weights of shape {list(w.tensor.shape)} with {groups} "
+                            f"group(s) for {in_shape[1]} input channels")
+            return
+        layer = Conv1d(
+            name=w.name.removesuffix(".weight"),
+            weight=self.tensor_of(w, None, ""),
+            bias=self.tensor_of(b, None, "") if b is not None else None,
+            stride=stride, dilation=dilation, groups=groups, pad_left=pad_left,
+            pad_right=pad_right,
+        )
+        steps = in_shape[2]
+        if layer.out_steps(steps) != steps:
+            self.fail(node, f"a Conv1d that changes the sequence length ({steps} steps to "
+                            f"{layer.out_steps(steps)}: stride {stride}, padding {padding!r}"
+                            f", kernel {kernel}, dilation {dilation}); tinyrnn's C keeps the "
+                            "length: use stride 1 and padding='same'")
+            return
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None,
+                             (batch, out_ch, steps)):
+            return
+        self.layers.append(layer)
+        self.set(node, _Data(len(self.layers), out_ch, self.out_shape(node), 0, 2,
+                             channels_first=True))
 
     def select(self, node: Node) -> None:
         value = self.value(node.first())
@@ -1155,6 +1300,10 @@ class _Reader:
             if isinstance(value, _Data):
                 if value.depth != len(self.layers):
                     self.fail_output(out, "returns an intermediate value of the data path")
+                    continue
+                if value.channels_first:
+                    self.fail_output(out, "returns a (B, C, T) value; return it as (B, T, C) "
+                                          "(y.transpose(1, 2))")
                     continue
                 if value.time_axis is not None:
                     outputs.append(

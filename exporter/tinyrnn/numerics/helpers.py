@@ -800,7 +800,7 @@ def sigmoid_f(v: np.ndarray) -> np.ndarray:
 HELPERS: tuple[Helper, ...] = (
     # float32
     Helper("dot"), Helper("tanh"), Helper("sigmoid", ("tanh",)), Helper("relu"),
-    Helper("softmax_f"), Helper("log_softmax_f"),
+    Helper("softmax_f"), Helper("log_softmax_f"), Helper("conv1d_f", ("dot",)),
     # integers
     Helper("dsp"),
     Helper("sat16"), Helper("sat16_i64", ("sat16",)),

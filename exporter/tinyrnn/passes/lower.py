@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -59,7 +59,8 @@ from ..backend.plan import (
 )
 from ..backend.v6masm import V6MUnitKernel
 from ..cells import CellSpec
-from ..ir import Activation, Dense, Model, RecurrentLayer, SelectStep
+from ..errors import TinyRNNError
+from ..ir import Activation, Conv1d, Dense, Model, RecurrentLayer, SelectStep
 from ..numerics import helpers as nm
 from ..numerics.folds import Fold, Fold32, Fold64, fold_side, sum_fits_int32
 from .layout import direction_stream, float_stream, padded
@@ -69,7 +70,7 @@ ACC_CTYPE = {32: "int32_t", 64: "int64_t"}
 INPUT_LIMIT = 2**15
 """The largest |value| of an int16 activation: the accumulator bounds assume every input."""
 
-__all__ = ["lower", "lower_activation", "lower_dense", "lower_recurrent"]
+__all__ = ["lower", "lower_activation", "lower_conv1d", "lower_dense", "lower_recurrent"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -631,6 +632,43 @@ def lower_dense(p: str, index: int, layer: Dense, q, req: _Requirements) -> list
         constants=tuple(consts.items))]
 
 
+def lower_conv1d(p: str, index: int, layer: Conv1d, q, req: _Requirements) -> list[Function]:
+    """A Conv1d once over a whole sequence ``x`` (T, C) -> ``y`` (T, O), float32: the helper
+    ``conv1d_f`` with the weights as (O, kernel, C / groups), so that each tap's channels are
+    one contiguous dot product with one step of x. The length is kept (the frontend refuses
+    other forms); the integer formats are refused before quantization."""
+    if q is not None:
+        raise TinyRNNError(f"{layer.name}: a Conv1d has no integer lowering yet; export in "
+                           "float32")
+    fn = f"{p}_conv{index}"
+    consts = _Constants()
+    data = np.ascontiguousarray(layer.weight.data.transpose(0, 2, 1)).reshape(-1)
+    w = consts.add(f"{fn}_w", "float", data,
+                   f"{layer.weight.source} as (out, kernel, in / groups) = "
+                   f"({layer.out_channels}, {layer.kernel}, {layer.weight.shape[1]}), float32")
+    bias: Expr = Lit(0, "const float *", name="NULL")
+    if layer.bias is not None:
+        bias = Ptr(consts.add(f"{fn}_b", "float", layer.bias.data,
+                              f"{layer.bias.source}, float32"))
+    req.helpers.add("conv1d_f")
+    what = (f"y = conv1d(x) over the whole sequence: {layer.in_channels} -> "
+            f"{layer.out_channels} channels, kernel {layer.kernel}, dilation {layer.dilation}, "
+            f"groups {layer.groups}, zero padding {layer.pad_left} left and {layer.pad_right} "
+            "right")
+    args = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias,
+            Lit(layer.in_channels, "int"), Lit(layer.out_channels, "int"),
+            Lit(layer.kernel, "int"), Lit(layer.groups, "int"), Lit(layer.dilation, "int"),
+            Lit(layer.pad_left, "int"))
+    return [Function(
+        name=fn, kind="conv", layer=index, comment=(f"{layer.name}: {what}",),
+        params=(Param("x", "const float *", "in", layer.in_channels),
+                Param("y", "float *", "out", layer.out_channels),
+                Param("T", "int ", "steps", 0)),
+        named=(), prologue=(Do(call("conv1d_f", *args, ctype="void"), "every step and channel"),),
+        loops=(),
+        constants=tuple(consts.items))]
+
+
 def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirements
                      ) -> list[Function]:
     """An element-wise or last-axis function; ``in`` and ``out`` may be the same buffer."""
@@ -790,6 +828,8 @@ def _args(c: _Call) -> tuple[Arg, ...]:
             args.append(Arg(next(works).buffer))
         elif param.role == "weights":
             args.append(Arg(f"{c.fn.name}_w", const=True))
+        elif param.role == "steps":  # the sequence length T, which the template passes
+            continue
         else:
             assert c.out is not None
             args.append(Arg(c.out.buffer))
@@ -856,8 +896,9 @@ def _time_major(model: Model, functions: dict[int, list[Function]], fixed: bool
 
 def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
                  ) -> tuple[Schedule, list[Buffer]]:
-    """Bidirectional models: layer by layer over whole sequences of NAME_MAX_SEQ_LEN steps;
-    the selected step is copied into a vector, and the layers after it run once."""
+    """Bidirectional models and models with a Conv1d: layer by layer over whole sequences of
+    NAME_MAX_SEQ_LEN steps (a Conv1d in one call, other layers once per step); the selected step
+    is copied into a vector, and the layers after it run once."""
     steps = model.max_seq_len
     pools = {"seq": _Pool("seq"), "scratch": _Pool("scratch")}
     x = _Value(model.input_size, buffer="x_t")
@@ -963,10 +1004,15 @@ def lower(model: Model, name: str, q=None) -> Plan:
             functions[index] = lower_recurrent(name, index, layer, qlayer, req)
         elif isinstance(layer, Dense):
             functions[index] = lower_dense(name, index, layer, qlayer, req)
+        elif isinstance(layer, Conv1d):
+            functions[index] = lower_conv1d(name, index, layer, qlayer, req)
         elif isinstance(layer, Activation):
             functions[index] = lower_activation(name, index, layer, qlayer, req)
-    schedule, buffers = (_layer_major if model.bidirectional else _time_major)(
-        model, functions, fixed)
+    whole = model.bidirectional or model.convolves
+    schedule, buffers = (_layer_major if whole else _time_major)(model, functions, fixed)
+    if model.convolves:
+        schedule = replace(schedule, layer_major_why="a Conv1d reads neighbouring steps",
+                           no_step_why="a Conv1d needs the whole sequence")
     outputs = []
     final_frac = q.final_format.frac if fixed else None
     for k, spec in enumerate(model.outputs):
@@ -997,6 +1043,6 @@ def lower(model: Model, name: str, q=None) -> Plan:
         v6m_kernels=tuple(req.v6m[k] for k in sorted(req.v6m)),
         v6m_constants=tuple(req.v6m_constants), buffers=tuple(buffers), schedule=schedule,
         input_size=model.input_size, step_output_size=model.step_output_size,
-        max_seq_len=model.max_seq_len if model.bidirectional else 0,
+        max_seq_len=model.max_seq_len if whole else 0,
         input_frac=q.input.frac if fixed else None, final_frac=final_frac,
         set_state=tuple(set_state), outputs=tuple(outputs))

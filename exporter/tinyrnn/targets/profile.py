@@ -57,6 +57,9 @@ def layer_macs(layer: Mapping[str, Any]) -> int:
     kind = layer["kind"]
     if kind == "dense":
         return int(layer["in_features"]) * int(layer["out_features"])
+    if kind == "conv1d":  # every tap, including the ones over the padding (the C skips those)
+        return (int(layer["out_channels"]) * int(layer["in_channels"]) // int(layer["groups"])
+                * int(layer["kernel"]))
     if kind not in CELLS:
         return 0
     macs = recurrent_macs(kind, int(layer["input_size"]), int(layer["hidden_size"]),
