@@ -768,7 +768,7 @@ TANH_Q = np.array([1.0, 0.4670649468898773, 0.02584197372198105, 0.0003271383175
 """Denominator coefficients (of t^0..t^4) of :func:`tanh_f`; ``Q(0) = 1``."""
 TANH_MAX_ERROR = 4e-7
 """The worst |tanh_f(v) - tanh(v)| over every float32 ``v`` (``bench/fast_tanh.py``: 3.9e-7
-near |v| = 8.95); sigmoid_f's is half of it plus one rounding (2.5e-7)."""
+near |v| = 8.95). sigmoid keeps expf (see :func:`sigmoid_f`)."""
 
 
 def _c_float(v: float) -> str:
@@ -792,14 +792,20 @@ def tanh_f(v: np.ndarray) -> np.ndarray:
 
 
 def sigmoid_f(v: np.ndarray) -> np.ndarray:
-    """sigmoid in float32 as the C helper ``sigmoid`` computes it: ``0.5 + 0.5 tanh(v / 2)``."""
-    half = np.float32(0.5)
-    return half + half * tanh_f(half * np.asarray(v, dtype=np.float32))
+    """sigmoid in float32 as the C helper ``sigmoid`` computes it: ``1 / (1 + expf(-v))``.
+
+    Not the rational tanh: a gate's sigmoid multiplies the carried state (``f * c``, ``z * h``),
+    so it needs a small *relative* error deep in its negative tail, where ``sigmoid(v)`` is tiny
+    and the state may be huge; ``0.5 + 0.5 tanh(v / 2)`` has only an absolute bound there
+    (about 3e-8 instead of, e.g., 1e-30 at v = -69)."""
+    v = np.asarray(v, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        return np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
 
 
 HELPERS: tuple[Helper, ...] = (
     # float32
-    Helper("dot"), Helper("tanh"), Helper("sigmoid", ("tanh",)), Helper("relu"),
+    Helper("dot"), Helper("tanh"), Helper("sigmoid"), Helper("relu"),
     Helper("softmax_f"), Helper("log_softmax_f"), Helper("conv1d_f", ("dot",)),
     # integers
     Helper("dsp"),

@@ -267,6 +267,7 @@ def _float_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
         body.append(Store(c, Bin("+", Bin("*", act["f"], c, f32), Bin("*", act["i"], act["g"], f32),
                                  f32), spec.math[4]))
         h_target = Unit("tmp" if layer.projected else "h", 0, f32)
+        req.helpers.add("tanh")
         body.append(Store(h_target, Bin("*", act["o"], call("tanh", c, ctype=f32),
                                         f32), spec.math[5]))
     elif spec.family == "gru":
@@ -275,6 +276,7 @@ def _float_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
         body.append(Let(nx, pre[name_x], "W_in x + b_in"))
         body.append(Let(nh, pre[name_h], "W_hn h + b_hn"))
         n = Var("n", f32)
+        req.helpers.add("tanh")
         body.append(Let(n, call("tanh", Bin("+", nx, Bin("*", act["r"], nh, f32), f32), ctype=f32),
                         spec.math[2]))
         body.append(Store(Unit("h", 0, f32), Bin(

@@ -32,10 +32,11 @@ static inline float tr_tanh(float v)
     return x * p / d;
 }
 
-/* sigmoid(v) = 0.5 + 0.5 tanh(v / 2) */
+/* sigmoid(v) = 1 / (1 + e^-v): expf, not the rational tanh, for a small relative error in the negative tail, where a
+ * gate multiplies a possibly large state (f c, z h) */
 static inline float tr_sigmoid(float v)
 {
-    return 0.5f + 0.5f * tr_tanh(0.5f * v);
+    return 1.0f / (1.0f + expf(-v));
 }
 
 /* acc[r] += row r of a block of 4 interleaved float weight rows times v over n columns: n / 4 groups of 4 columns (4
