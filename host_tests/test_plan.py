@@ -3,7 +3,7 @@ bounds, each kernel family's weight layout, and the buffer planner.
 
 The folds are checked against Python integers (the rule ``rshift_round(acc * M, n)``), never
 against earlier outputs; the layouts against the matrices they were made from. The plan as a
-whole is checked against the reference over the whole test table in test_quant_table.py.
+whole is checked against the reference over the whole test table in quant_table.py.
 """
 
 from __future__ import annotations
