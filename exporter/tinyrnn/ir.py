@@ -244,6 +244,7 @@ class Activation:
 
     kind: ActivationKind
     features: int
+    reads: tuple[int, ...] = ()  # an earlier value than the previous one (float32), see reads()
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,68 @@ class SelectStep:
     features: int
 
 
-Layer = LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep
+@dataclass(frozen=True)
+class Binary:
+    """``y = a + b`` or ``a * b`` element-wise over two data-path values of one shape (a
+    residual), float32. ``reads`` are the two values' indices (see :func:`reads`)."""
+
+    kind: Literal["add", "mul"]
+    features: int
+    reads: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Concat:
+    """``torch.cat`` of data-path values along the channel (feature) axis, float32: the
+    values ``reads`` (indices, see :func:`reads`) of ``sizes`` features each, in order."""
+
+    reads: tuple[int, ...]
+    sizes: tuple[int, ...]
+
+    @property
+    def features(self) -> int:
+        return sum(self.sizes)
+
+
+@dataclass(frozen=True)
+class ChannelSlice:
+    """Channels ``start:stop`` of the previous value (``x[:, a:b]`` of a (B, C, T) value or
+    ``x[..., a:b]`` of a (B, T, C) one), float32."""
+
+    start: int
+    stop: int
+    in_features: int
+    reads: tuple[int] = (0,)  # the value sliced (see :func:`reads`)
+
+    @property
+    def features(self) -> int:
+        return self.stop - self.start
+
+
+Layer = (LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep | Binary
+         | Concat | ChannelSlice)
+
+
+def reads(layers: tuple[Layer, ...] | list[Layer], index: int) -> tuple[int, ...]:
+    """The values layer ``index`` reads. Values are numbered along the data path: value 0 is
+    the model input x, value k + 1 the output of layer k. A layer reads the previous value
+    (``(index,)``) unless it names others (:class:`Binary`, :class:`Concat`,
+    :class:`ChannelSlice`)."""
+    return getattr(layers[index], "reads", ()) or (index,)
+
+
+def value_width(layers: tuple[Layer, ...] | list[Layer], input_size: int, value: int) -> int:
+    """Features per step of value ``value`` (numbered as :func:`reads` says)."""
+    if value == 0:
+        return input_size
+    layer = layers[value - 1]
+    if isinstance(layer, RecurrentLayer):
+        return layer.output_size
+    if isinstance(layer, Dense):
+        return layer.out_features
+    if isinstance(layer, Conv1d):
+        return layer.out_channels
+    return layer.features
 
 
 @dataclass(frozen=True)
@@ -332,12 +394,11 @@ class Model:
     @property
     def step_output_size(self) -> int:
         """Features of the data path's final value at one step."""
-        size = self.input_size
-        for layer in self.layers:
-            if isinstance(layer, RecurrentLayer):
-                size = layer.output_size
-            elif isinstance(layer, Dense):
-                size = layer.out_features
-            elif isinstance(layer, Conv1d):
-                size = layer.out_channels
-        return size
+        return value_width(self.layers, self.input_size, len(self.layers))
+
+    @property
+    def float_only(self) -> tuple[str, ...]:
+        """The layers that have a float32 lowering only (multi-input values, channel slices)."""
+        return tuple(type(layer).__name__ for layer in self.layers
+                     if isinstance(layer, (Binary, Concat, ChannelSlice))
+                     or (isinstance(layer, Activation) and layer.reads))

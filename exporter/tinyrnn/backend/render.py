@@ -20,7 +20,17 @@ import numpy as np
 
 from .. import __version__
 from ..checks import check_name
-from ..ir import Activation, Conv1d, Dense, Model, RecurrentLayer, SelectStep
+from ..ir import (
+    Activation,
+    Binary,
+    ChannelSlice,
+    Concat,
+    Conv1d,
+    Dense,
+    Model,
+    RecurrentLayer,
+    SelectStep,
+)
 from ..numerics.helpers import helper_closure, numeric_context
 from ..outputs import write_files
 from ..passes.lower import lower
@@ -492,5 +502,12 @@ def _layer_summary(layer: Any) -> dict:
                     padding=[layer.pad_left, layer.pad_right], bias=layer.bias is not None)
     if isinstance(layer, Activation):
         return dict(kind=layer.kind, features=layer.features)
+    if isinstance(layer, Binary):
+        return dict(kind=layer.kind, features=layer.features, reads=list(layer.reads))
+    if isinstance(layer, Concat):
+        return dict(kind="cat", sizes=list(layer.sizes), reads=list(layer.reads))
+    if isinstance(layer, ChannelSlice):
+        return dict(kind="channel_slice", start=layer.start, stop=layer.stop,
+                    in_features=layer.in_features, reads=list(layer.reads))
     assert isinstance(layer, SelectStep)
     return dict(kind="select_step", index=layer.index)

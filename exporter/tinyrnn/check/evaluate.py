@@ -327,6 +327,10 @@ def run(plan: Plan, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray 
                 if op.kind == "conv":
                     r.call_sequence(op, x if op.args[0].buffer == "x_t" else None, T)
                     break
+                if op.kind == "multi":
+                    r.x_t = x[:, t]
+                    r.call(op, {k: t * stride for k, stride in enumerate(op.strides)})
+                    continue
                 if op.kind == "cell":
                     r.call(op, {0: src})
                     assert op.dst is not None

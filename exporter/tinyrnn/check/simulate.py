@@ -21,7 +21,20 @@ import numpy as np
 
 from ..errors import TinyRNNError
 from ..io import split_inputs
-from ..ir import Activation, Conv1d, Dense, LSTMLayer, Model, RecurrentLayer, RNNLayer, SelectStep
+from ..ir import (
+    Activation,
+    Binary,
+    ChannelSlice,
+    Concat,
+    Conv1d,
+    Dense,
+    LSTMLayer,
+    Model,
+    RecurrentLayer,
+    RNNLayer,
+    SelectStep,
+    reads,
+)
 
 State = tuple[np.ndarray, ...]  # (h,) or (h, c), each (B, size)
 
@@ -111,7 +124,10 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
     layer_outputs: list[np.ndarray] = []
     finals: dict[tuple[int, int], State] = {}
     for index, layer in enumerate(model.layers):
-        if isinstance(layer, RecurrentLayer):
+        read = [([x] + layer_outputs)[k] for k in reads(model.layers, index)]
+        if isinstance(layer, (Binary, Concat, ChannelSlice)):
+            value = combine(layer, read)
+        elif isinstance(layer, RecurrentLayer):
             outs = []
             for d, direction in enumerate(layer.directions):
                 state = init.get((index, d)) or numerics.zero_state(index, size)
@@ -130,7 +146,7 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
                     )
                 value = value[:, layer.index]
         else:
-            value = numerics.head(index, value)
+            value = numerics.head(index, read[0])
         layer_outputs.append(value)
     outputs = []
     for spec in model.outputs:
@@ -143,6 +159,15 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
                 [finals[(i, d)][k] for i in group.layers
                  for d in range(model.layers[i].num_directions)], axis=1))
     return Trace(outputs, layer_outputs, finals)
+
+
+def combine(layer: Binary | Concat | ChannelSlice, parts: list[np.ndarray]) -> np.ndarray:
+    """A layer over several values (or a channel slice), on the last (feature) axis."""
+    if isinstance(layer, Binary):
+        return parts[0] + parts[1] if layer.kind == "add" else parts[0] * parts[1]
+    if isinstance(layer, Concat):
+        return np.concatenate(parts, axis=-1)
+    return parts[0][..., layer.start:layer.stop]
 
 
 def split_state(model: Model, flat: np.ndarray, k: int) -> dict[tuple[int, int], np.ndarray]:

@@ -26,6 +26,9 @@ from ..errors import TinyRNNError
 from ..io import assemble_outputs
 from ..ir import (
     Activation,
+    Binary,
+    ChannelSlice,
+    Concat,
     Conv1d,
     Dense,
     Direction,
@@ -35,6 +38,7 @@ from ..ir import (
     Model,
     RecurrentLayer,
     SelectStep,
+    reads,
 )
 from .simulate import batch_from_arrays, split_state
 
@@ -112,6 +116,14 @@ def _head(layer: Dense | Conv1d | Activation, value: torch.Tensor) -> torch.Tens
     return functions[layer.kind](value)
 
 
+def _combine(layer: Binary | Concat | ChannelSlice, parts: list[torch.Tensor]) -> torch.Tensor:
+    if isinstance(layer, Binary):
+        return torch.add(*parts) if layer.kind == "add" else torch.mul(*parts)
+    if isinstance(layer, Concat):
+        return torch.cat(parts, dim=-1)
+    return parts[0][..., layer.start:layer.stop]
+
+
 def run(model: Model, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     """The model's outputs on ``arrays`` (the forward's arguments in torch layout, any batch and
     length), computed by torch modules built from the IR; returned in torch layout."""
@@ -124,9 +136,12 @@ def run(model: Model, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         initial = {key: (h,) + ((cs[key],) if key in cs else ()) for key, h in hs.items()}
     finals: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
     value = torch.from_numpy(batch.x)
+    values = [value]  # by value index (ir.reads)
     with torch.no_grad():
         for index, layer in enumerate(model.layers):
-            if isinstance(layer, RecurrentLayer):
+            if isinstance(layer, (Binary, Concat, ChannelSlice)):
+                value = _combine(layer, [values[k] for k in reads(model.layers, index)])
+            elif isinstance(layer, RecurrentLayer):
                 value, finals_of = _run_recurrent(layer, index, value, initial)
                 finals.update(finals_of)
             elif isinstance(layer, SelectStep):
@@ -135,7 +150,8 @@ def run(model: Model, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
                         f"the model takes time step {layer.index} but the input has {steps}")
                 value = value[:, layer.index]
             else:
-                value = _head(layer, value)
+                value = _head(layer, values[reads(model.layers, index)[0]])
+            values.append(value)
     outputs = []
     for spec in model.outputs:
         if spec.role in ("sequence", "vector"):

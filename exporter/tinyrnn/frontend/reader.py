@@ -26,6 +26,9 @@ from ..cells import cell_spec
 from ..errors import TinyRNNError
 from ..ir import (
     Activation,
+    Binary,
+    ChannelSlice,
+    Concat,
     Conv1d,
     Dense,
     Direction,
@@ -91,10 +94,12 @@ _CELLS = {
 _ZEROS = {"aten.zeros.default", "aten.zeros_like.default", "aten.new_zeros.default"}
 _SELECT = {"aten.select.int", "aten.slice.Tensor"}
 _CONV = {"aten.conv1d.default", "aten.conv1d.padding"}
+_BINARY = {"aten.add.Tensor": "add", "aten.mul.Tensor": "mul"}
+_CAT = {"aten.cat.default", "aten.concat.default", "aten.concatenate.default"}
 _KNOWN = {
     *_RECURRENT, *_CELLS, *_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_ZEROS, *_SELECT,
-    *_CONV, "aten.linear.default", "aten.transpose.int", "aten.permute.default",
-    "aten.stack.default", "aten.unbind.int",
+    *_CONV, *_BINARY, *_CAT, "aten.linear.default", "aten.transpose.int",
+    "aten.permute.default", "aten.stack.default", "aten.unbind.int",
 }
 _DATA_OPS = {*_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_SELECT, *_CONV,
              "aten.linear.default", "aten.transpose.int", "aten.permute.default"}
@@ -283,8 +288,6 @@ def _suggestion(node: Node, weights: dict[str, np.ndarray]) -> str:
         mode = node.arg("mode", "constant")
         return (f"; Conv1d padding_mode={mode!r} is not supported: use padding_mode='zeros' "
                 "(the default)")
-    if node.target in ("aten.cat.default", "aten.concatenate.default"):
-        return "; to gather a loop's steps use torch.stack(outs, 1) of the cell outputs"
     if node.target in ("aten.mm.default", "aten.matmul.default", "aten.addmm.default"):
         return "; a product with a weight matrix is nn.Linear"
     return ""
@@ -414,7 +417,9 @@ class _Reader:
                 "Supported: nn.LSTM/GRU/RNN (any options), nn.LSTMCell/GRUCell/RNNCell (a step "
                 "module or a loop over time, see docs/c-api.md), Conv1d (keeping the "
                 "sequence length), Linear, taking one time step, "
-                "relu/tanh/sigmoid/softmax/log_softmax, dropout, transposes between (B, T, C) "
+                "relu/tanh/sigmoid/softmax/log_softmax, dropout, in float32 the add/mul of two "
+                "values of one shape (residuals), channel slices and cat on the channel axis, "
+                "transposes between (B, T, C) "
                 "and (B, C, T), and views that move no data."
             )
         if self.x_index is None:
@@ -499,6 +504,10 @@ class _Reader:
             self.stack(node)
         elif target == "aten.unbind.int":
             self.unbind(node)
+        elif target in _BINARY:
+            self.binary(node, _BINARY[target])
+        elif target in _CAT:
+            self.concat(node)
         else:
             self.fail(node, "unsupported operation" + _suggestion(node, self.weight_shapes))
 
@@ -981,11 +990,15 @@ class _Reader:
         ))
 
     def activation(self, node: Node, kind: str) -> None:
-        data = self.current(node, node.first())
+        value = self.value(node.first())
+        earlier = isinstance(value, _Data) and value.depth < len(self.layers)
+        data = self.data_value(node, node.first()) if earlier else self.current(
+            node, node.first())
         if data is None or not self.shape_is(node, node.outputs[0] if node.outputs else None,
                                              data.shape):
             return
-        self.layers.append(Activation(kind, data.features))  # type: ignore[arg-type]
+        self.layers.append(Activation(kind, data.features,  # type: ignore[arg-type]
+                                      (data.depth,) if earlier else ()))
         self.set(node, replace(data, depth=len(self.layers)))
 
     def view(self, node: Node) -> None:
@@ -1159,6 +1172,11 @@ class _Reader:
             self.set(node, _XStep(value.index, node.arg("index") % shape[dim], 1 - time_axis,
                                   time_axis, shape))
             return
+        if (isinstance(value, _Data) and node.target == "aten.slice.Tensor" and _is_int(dim)
+                and -len(value.shape) <= dim < len(value.shape)
+                and dim % len(value.shape) == self.channel_axis(value)):
+            self.channel_slice(node, value)
+            return
         if not isinstance(value, _Data) or value.time_axis is None:
             self.fail(node, "indexing something other than the sequence's time axis")
             return
@@ -1201,6 +1219,116 @@ class _Reader:
             self.fail(node, "a time step whose batch axis cannot be found")
             return
         self.set(node, _Data(len(self.layers), value.features, shape, axes[0], None))
+
+    # -- values beyond the chain: residuals, channel slices, cat ----------------------------
+    @staticmethod
+    def channel_axis(value: _Data) -> int:
+        return 1 if value.channels_first else len(value.shape) - 1
+
+    def data_value(self, node: Node, arg: Any) -> _Data | None:
+        """A data-path value ``arg``, the latest or an earlier one (a residual reads both), or
+        the model input x once a layer read it (value 0); else the node is reported."""
+        if not self.cell_as_data(node, arg):
+            return None
+        value = self.value(arg)
+        if isinstance(value, (_Input, _InputView)) and value.index == self.x_index:
+            spec = self.inputs[value.index]
+            shape = self.shape(arg.name)
+            if isinstance(value, _Input) and spec.time_axis is not None:
+                return _Data(0, spec.features, shape, spec.batch_axis, spec.time_axis,
+                             channels_first=len(shape) == 3 and spec.time_axis == 2)
+            if isinstance(value, _InputView) and spec.time_axis is not None:
+                batch, time = value.axes.index(spec.batch_axis), value.axes.index(spec.time_axis)
+                if batch == 0 and time in (1, 2):
+                    return _Data(0, spec.features, shape, 0, time, channels_first=time == 2)
+        if not isinstance(value, _Data):
+            self.fail(node, "its input is not the model's sequence data")
+            return None
+        taken = [i for i, layer in enumerate(self.layers) if isinstance(layer, SelectStep)]
+        if taken and value.depth <= taken[-1]:
+            self.fail(node, "reads a sequence from before the time step the model takes; take "
+                            "the step of each value it combines")
+            return None
+        return value
+
+    def binary(self, node: Node, kind: str) -> None:
+        """``a + b`` or ``a * b`` of two data-path values of one shape and layout."""
+        a, b = node.arg("self"), node.arg("other")
+        if node.arg("alpha", 1) != 1:
+            self.fail(node, "add with alpha other than 1")
+            return
+        if not (isinstance(a, TensorRef) and isinstance(b, TensorRef)):
+            self.fail(node, f"{kind} with a number; tinyrnn adds or multiplies two data-path "
+                            "values of one shape (a residual)")
+            return
+        values = [self.data_value(node, v) for v in (a, b)]
+        if values[0] is None or values[1] is None:
+            return
+        va, vb = values
+        if (va.shape != vb.shape or va.channels_first != vb.channels_first
+                or va.time_axis != vb.time_axis or va.batch_axis != vb.batch_axis):
+            self.fail(node, f"{kind} of values of shapes {list(va.shape)} and {list(vb.shape)}"
+                            "; tinyrnn adds or multiplies values of one shape and layout "
+                            "(no broadcasting)")
+            return
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, va.shape):
+            return
+        self.layers.append(Binary(kind, va.features, (va.depth, vb.depth)))  # type: ignore
+        self.set(node, replace(va, depth=len(self.layers)))
+
+    def concat(self, node: Node) -> None:
+        """``torch.cat`` of data-path values along their channel axis."""
+        tensors, dim = node.first(), node.arg("dim", 0)
+        if not isinstance(tensors, tuple) or not tensors or not all(
+                isinstance(t, TensorRef) for t in tensors) or not _is_int(dim):
+            self.fail(node, "cat of an unexpected form")
+            return
+        values = [self.data_value(node, t) for t in tensors]
+        if any(v is None for v in values):
+            return
+        first = values[0]
+        ndim = len(first.shape)
+        axis = self.channel_axis(first)
+        if not -ndim <= dim < ndim or dim % ndim != axis:
+            self.fail(node, f"cat over dim {dim}; tinyrnn joins values along the channel axis "
+                            f"(dim {axis}); to gather a loop's steps use torch.stack(outs, 1)")
+            return
+        others = [tuple(d for i, d in enumerate(v.shape) if i != axis) for v in values]
+        if any(o != others[0] for o in others) or any(
+                (v.channels_first, v.time_axis, v.batch_axis)
+                != (first.channels_first, first.time_axis, first.batch_axis) for v in values):
+            self.fail(node, "cat of values of different lengths or layouts")
+            return
+        shape = list(first.shape)
+        shape[axis] = sum(v.shape[axis] for v in values)
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, tuple(shape)):
+            return
+        layer = Concat(tuple(v.depth for v in values), tuple(v.features for v in values))
+        self.layers.append(layer)
+        self.set(node, replace(first, depth=len(self.layers), features=layer.features,
+                               shape=tuple(shape)))
+
+    def channel_slice(self, node: Node, value: _Data) -> None:
+        """``x[:, a:b]`` on the channel axis of a data-path value (step 1)."""
+        start, end, step = node.arg("start", None), node.arg("end", None), node.arg("step", 1)
+        if not (all(v is None or _is_int(v) for v in (start, end)) and step == 1):
+            self.fail(node, "a channel slice with a step other than 1")
+            return
+        picked = range(value.features)[slice(start, end)]
+        if len(picked) == 0:
+            self.fail(node, "an empty channel slice")
+            return
+        data = self.data_value(node, node.first())
+        if data is None:
+            return
+        shape = list(value.shape)
+        shape[self.channel_axis(value)] = len(picked)
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, tuple(shape)):
+            return
+        self.layers.append(ChannelSlice(picked.start, picked.stop, value.features,
+                                        (data.depth,)))
+        self.set(node, replace(value, depth=len(self.layers), features=len(picked),
+                               shape=tuple(shape)))
 
     def select_state(self, node: Node, value: _State) -> None:
         """h_n[-1] of a unidirectional top layer equals its output at the last step."""

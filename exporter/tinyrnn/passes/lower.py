@@ -60,7 +60,18 @@ from ..backend.plan import (
 from ..backend.v6masm import V6MUnitKernel
 from ..cells import CellSpec
 from ..errors import TinyRNNError
-from ..ir import Activation, Conv1d, Dense, Model, RecurrentLayer, SelectStep
+from ..ir import (
+    Activation,
+    Binary,
+    ChannelSlice,
+    Concat,
+    Conv1d,
+    Dense,
+    Model,
+    RecurrentLayer,
+    SelectStep,
+    reads,
+)
 from ..numerics import helpers as nm
 from ..numerics.folds import Fold, Fold32, Fold64, fold_side, sum_fits_int32
 from .layout import direction_stream, float_stream, padded
@@ -730,6 +741,64 @@ def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirement
 
 
 # ---------------------------------------------------------------------------------------------
+# Values beyond the chain: residual add/mul, channel slices, cat (float32)
+
+
+def _float_only(layer, q) -> None:
+    if q is not None:
+        raise TinyRNNError(f"a {type(layer).__name__} layer has no integer lowering yet; "
+                           "export in float32")
+
+
+def lower_binary(p: str, index: int, layer: Binary, q, req: _Requirements) -> list[Function]:
+    """``y = a + b`` (or ``a * b``) element-wise; ``y`` may be ``a``'s buffer."""
+    _float_only(layer, q)
+    n, op = layer.features, "+" if layer.kind == "add" else "*"
+    value = Bin(op, Unit("a", 0, "float"), Unit("b", 0, "float"), "float")
+    return [Function(
+        name=f"{p}_{layer.kind}{index}", kind="multi", layer=index,
+        comment=(f"y = a {op} b over {n} features, float32; y and a may be the same buffer",),
+        params=(Param("a", "const float *", "in", n), Param("b", "const float *", "in", n),
+                Param("y", "float *", "out", n)),
+        named=(), prologue=(), loops=(Loop(n, (Store(Unit("y", 0, "float"), value,
+                                                      f"a {op} b"),)),),
+        constants=())]
+
+
+def lower_concat(p: str, index: int, layer: Concat, q, req: _Requirements) -> list[Function]:
+    """``y = cat(x0, x1, ...)`` along the features: one copy loop per part."""
+    _float_only(layer, q)
+    loops, offset = [], 0
+    for k, size in enumerate(layer.sizes):
+        loops.append(Loop(size, (Store(Unit("y", offset, "float"), Unit(f"x{k}", 0, "float"),
+                                       f"part {k}: y[{offset}:{offset + size}]"),)))
+        offset += size
+    params = tuple(Param(f"x{k}", "const float *", "in", size)
+                   for k, size in enumerate(layer.sizes))
+    return [Function(
+        name=f"{p}_cat{index}", kind="multi", layer=index,
+        comment=(f"y = cat({', '.join(f'x{k}' for k in range(len(layer.sizes)))}) along the "
+                 f"features: {' + '.join(map(str, layer.sizes))} = {layer.features}, float32",),
+        params=params + (Param("y", "float *", "out", layer.features),),
+        named=(), prologue=(), loops=tuple(loops), constants=())]
+
+
+def lower_channel_slice(p: str, index: int, layer: ChannelSlice, q, req: _Requirements
+                        ) -> list[Function]:
+    """``y = x[start:stop]`` over the features."""
+    _float_only(layer, q)
+    return [Function(
+        name=f"{p}_slice{index}", kind="multi", layer=index,
+        comment=(f"y = x[{layer.start}:{layer.stop}] of {layer.in_features} features, float32",),
+        params=(Param("x", "const float *", "in", layer.in_features),
+                Param("y", "float *", "out", layer.features)),
+        named=(), prologue=(), loops=(Loop(layer.features, (
+            Store(Unit("y", 0, "float"), Unit("x", layer.start, "float"),
+                  f"x[{layer.start} + j]"),)),),
+        constants=())]
+
+
+# ---------------------------------------------------------------------------------------------
 # Buffers: a planner over the calls' inputs and outputs
 
 
@@ -822,9 +891,12 @@ def _args(c: _Call) -> tuple[Arg, ...]:
     """The arguments of a call in its function's parameter order."""
     assert c.fn is not None
     works = iter(c.works)
-    args = [Arg(c.ins[0].buffer)]
+    ins = iter(c.ins)
+    args = [Arg(next(ins).buffer)]
     for param in c.fn.params[1:]:
-        if param.role == "state":
+        if param.role == "in":
+            args.append(Arg(next(ins).buffer))
+        elif param.role == "state":
             args.append(Arg(_state_member(c.fn, param.name)))
         elif param.role == "work":
             args.append(Arg(next(works).buffer))
@@ -862,21 +934,26 @@ def _time_major(model: Model, functions: dict[int, list[Function]], fixed: bool
     """Unidirectional models: every layer at every step, no sequence buffers."""
     pools = {"scratch": _Pool("scratch")}
     current = _Value(model.input_size, buffer="x_t")
+    values = [current]  # by value index (ir.reads)
     calls: list[_Call] = []
     select_at = pre_result = None
     for index, layer in enumerate(model.layers):
         if isinstance(layer, SelectStep):
             select_at, pre_result = len(calls), current
+            values.append(current)
             continue
+        ins = [values[k] for k in reads(model.layers, index)]
         for fn in functions[index]:
             works = [_Value(p.size, "scratch", role=p.name) for p in fn.param("work")]
             if fn.kind == "cell":
-                calls.append(_Call(fn, [current], None, works))
+                calls.append(_Call(fn, ins, None, works))
                 current = _Value(fn.param("state")[0].size, buffer=_state_member(fn, "h"))
             else:
                 out = _Value(fn.param("out")[0].size, "scratch")
-                calls.append(_Call(fn, [current], out, works, fn.kind == "activation"))
+                calls.append(_Call(fn, ins, out, works, fn.kind == "activation"
+                                   or isinstance(layer, Binary)))
                 current = out
+        values.append(current)
     current.last = len(calls)  # the step's result is read after the last call
     if pre_result is None:
         pre_result = current
@@ -905,6 +982,7 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
     pools = {"seq": _Pool("seq"), "scratch": _Pool("scratch")}
     x = _Value(model.input_size, buffer="x_t")
     current, width = x, model.input_size
+    values, widths = [x], [width]  # by value index (ir.reads)
     calls: list[_Call] = []
     pre_result = selected = None
     for index, layer in enumerate(model.layers):
@@ -912,6 +990,21 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             pre_result, selected = current, _Value(width, "scratch")
             calls.append(_Call(None, [current], selected, [], meta=dict(width=width)))
             current = selected
+            values.append(current)
+            widths.append(width)
+            continue
+        if isinstance(layer, (Binary, Concat, ChannelSlice)):
+            fn = functions[index][0]
+            read = reads(model.layers, index)
+            out_w = fn.param("out")[0].size
+            out = _Value((steps if selected is None else 1) * out_w,
+                         "seq" if selected is None else "scratch")
+            calls.append(_Call(fn, [values[k] for k in read], out, [],
+                               isinstance(layer, Binary), meta=dict(
+                                   strides=tuple(widths[k] for k in read) + (out_w,))))
+            current, width = out, out_w
+            values.append(current)
+            widths.append(width)
             continue
         pool = "seq" if selected is None else "scratch"
         if isinstance(layer, RecurrentLayer):
@@ -924,13 +1017,18 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
                     dst_stride=layer.output_size, out_size=layer.state_size,
                     comment=_title(layer, direction.reverse))))
             current, width = out, layer.output_size
+            values.append(current)
+            widths.append(width)
             continue
         fn = functions[index][0]
         out_w = fn.param("out")[0].size
         out = _Value((steps if selected is None else 1) * out_w, pool)
-        calls.append(_Call(fn, [current], out, [], fn.kind == "activation",
-                           meta=dict(src_stride=width, dst_stride=out_w)))
+        source = reads(model.layers, index)[0]
+        calls.append(_Call(fn, [values[source]], out, [], fn.kind == "activation",
+                           meta=dict(src_stride=widths[source], dst_stride=out_w)))
         current, width = out, out_w
+        values.append(current)
+        widths.append(width)
     current.last = len(calls)
     if pre_result is None:
         pre_result = current
@@ -951,6 +1049,9 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             op = Op(c.fn.name, _args(c), "cell", c.fn.layer, reverse=m["reverse"],
                     src_stride=m["src_stride"], dst=Arg(c.out.buffer, m["dst_offset"]),
                     dst_stride=m["dst_stride"], out_size=m["out_size"], comment=m["comment"])
+        elif c.fn.kind == "multi":
+            op = Op(c.fn.name, _args(c), "multi", c.fn.layer, strides=m["strides"] if
+                    select_to is None else (0,) * len(m["strides"]))
         else:
             op = Op(c.fn.name, _args(c), c.fn.kind, c.fn.layer,
                     src_stride=m["src_stride"], dst_stride=m["dst_stride"])
@@ -1010,6 +1111,12 @@ def lower(model: Model, name: str, q=None) -> Plan:
             functions[index] = lower_conv1d(name, index, layer, qlayer, req)
         elif isinstance(layer, Activation):
             functions[index] = lower_activation(name, index, layer, qlayer, req)
+        elif isinstance(layer, Binary):
+            functions[index] = lower_binary(name, index, layer, qlayer, req)
+        elif isinstance(layer, Concat):
+            functions[index] = lower_concat(name, index, layer, qlayer, req)
+        elif isinstance(layer, ChannelSlice):
+            functions[index] = lower_channel_slice(name, index, layer, qlayer, req)
     whole = model.bidirectional or model.convolves
     schedule, buffers = (_layer_major if whole else _time_major)(model, functions, fixed)
     if model.convolves:
