@@ -1,7 +1,8 @@
 """Values beyond a chain (issue 12 item 2): a layer that reads an earlier value as well as the
-latest (residual add/mul), channel slices and cat on the channel axis, float32. torch -> IR, the
-float references and the C against torch, all models built in one host module; the forms
-tinyrnn refuses, each with its reason."""
+latest (residual add/mul), channel slices and cat on the channel axis; element-wise square,
+sqrt and abs; zero padding of the time axis folded into the Conv1d after it; float32. torch ->
+IR, the float references and the C against torch, all models built in one host module; the
+forms tinyrnn refuses, each with its reason."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tinyrnn.check import evaluate, torchref
 from tinyrnn.check.simulate import batch_from_arrays, run_float
 from tinyrnn.errors import TinyRNNError
 from tinyrnn.frontend.reader import capture, read_program
-from tinyrnn.ir import Binary, ChannelSlice, Concat, reads
+from tinyrnn.ir import Binary, ChannelSlice, Concat, Conv1d, Unary, reads
 from tinyrnn.numerics.helpers import TANH_MAX_ERROR
 from tinyrnn.passes.lower import lower
 from tinyrnn.targets.host import load_many
@@ -93,8 +94,38 @@ class SelectedResidual(nn.Module):
         return self.fc(last) * last
 
 
+class Unaries(nn.Module):
+    """sqrt, square (x ** 2 and torch.square) and abs of a GRU's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(4, 5, batch_first=True)
+
+    def forward(self, x):
+        out = self.rnn(x)[0]
+        return torch.cat([torch.sqrt(out ** 2 + torch.abs(out)), torch.square(out)], dim=-1)
+
+
+class TimePads(nn.Module):
+    """ZeroPad1d, ConstantPad1d(0) and F.pad before Conv1d(padding=0): causal and centred
+    convolutions whose padding is a layer of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.causal = nn.Sequential(nn.ZeroPad1d((2, 0)), nn.Conv1d(4, 6, 3))
+        self.centred = nn.Sequential(nn.ConstantPad1d((1, 1), 0.0), nn.Conv1d(6, 6, 3))
+        self.last = nn.Conv1d(6, 6, 4, padding=1)
+        self.rnn = nn.GRU(6, 5, batch_first=True)
+
+    def forward(self, x):
+        y = torch.relu(self.centred(torch.relu(self.causal(x.transpose(1, 2)))))
+        y = self.last(nn.functional.pad(y, (1, 0)))
+        return self.rnn(y.transpose(1, 2))[0]
+
+
 MODELS = {"residual-conv": ResidualConv, "branches": Branches, "input-residual": InputResidual,
-          "head-residual": HeadResidual, "selected-residual": SelectedResidual}
+          "head-residual": HeadResidual, "selected-residual": SelectedResidual,
+          "unaries": Unaries, "time-pads": TimePads}
 LAYOUT = {"input-residual": "bct"}
 
 
@@ -137,6 +168,15 @@ def test_torch_to_ir_names_the_values_each_layer_reads(built):
     assert reads(model.layers, model.layers.index(cat)) == (4, 5)
     model = read_program(built["input-residual"][1])
     assert model.layers[1] == Binary("add", 4, (1, 0))
+    model = read_program(built["unaries"][1])
+    assert [layer for layer in model.layers if isinstance(layer, Unary)] == [
+        Unary("square", 5), Unary("abs", 5, (1,)), Unary("sqrt", 5), Unary("square", 5, (1,))]
+
+
+def test_time_pads_fold_into_the_conv_after_them(built):
+    model = read_program(built["time-pads"][1])
+    convs = [layer for layer in model.layers if isinstance(layer, Conv1d)]
+    assert [(c.pad_left, c.pad_right) for c in convs] == [(2, 0), (1, 1), (2, 1)]
 
 
 @pytest.mark.parametrize("key", list(MODELS))
@@ -202,6 +242,32 @@ REFUSED = [
 ]
 
 
+class _Padded(nn.Module):
+    def __init__(self, pad: nn.Module):
+        super().__init__()
+        self.pad, self.conv = pad, nn.Conv1d(4, 4, 3)
+        self.rnn = nn.GRU(4, 3, batch_first=True)
+
+    def forward(self, x):
+        return self.rnn(self.conv(self.pad(x.transpose(1, 2))).transpose(1, 2))[0]
+
+
+PADS_REFUSED = [
+    (nn.ReflectionPad1d(1), ["aten.pad.default", "reflect padding on the time axis",
+                             "folded into the Conv1d that follows"]),
+    (nn.ConstantPad1d(1, 0.5), ["constant padding with 0.5 on the time axis"]),
+    (nn.CircularPad1d(1), ["padding mode 'circular'"]),
+]
+
+
+@pytest.mark.parametrize("pad, phrases", PADS_REFUSED, ids=["reflect", "constant", "circular"])
+def test_time_pads_tinyrnn_cannot_export_are_named(pad, phrases):
+    with pytest.raises(TinyRNNError) as info:
+        read_program(capture(_Padded(pad).eval(), (torch.randn(2, 5, 4),)))
+    for phrase in phrases:
+        assert phrase in str(info.value), (phrase, str(info.value))
+
+
 @pytest.mark.parametrize("forward, phrases", REFUSED,
                          ids=["scalar", "broadcast", "time-cat", "two-steps", "before-select"])
 def test_forms_tinyrnn_cannot_export_are_named(forward, phrases):
@@ -212,6 +278,7 @@ def test_forms_tinyrnn_cannot_export_are_named(forward, phrases):
 
 
 def test_integer_formats_are_refused_until_they_exist(built, tmp_path):
-    with pytest.raises(TinyRNNError, match="the w8a16 format has no Binary, ChannelSlice, Concat yet"):
+    with pytest.raises(TinyRNNError,
+                       match="the w8a16 format has no Binary, ChannelSlice, Concat yet"):
         export_program(built["head-residual"][1], tmp_path / "c", name="m", format="w8a16")
     assert not (tmp_path / "c").exists()

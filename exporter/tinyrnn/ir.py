@@ -293,8 +293,18 @@ class ChannelSlice:
         return self.stop - self.start
 
 
+@dataclass(frozen=True)
+class Unary:
+    """An element-wise ``x * x`` (``x ** 2``, ``torch.square``), ``sqrt(x)`` or ``|x|``,
+    float32."""
+
+    kind: Literal["square", "sqrt", "abs"]
+    features: int
+    reads: tuple[int, ...] = ()  # an earlier value than the previous one, see reads()
+
+
 Layer = (LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep | Binary
-         | Concat | ChannelSlice)
+         | Concat | ChannelSlice | Unary)
 
 
 def reads(layers: tuple[Layer, ...] | list[Layer], index: int) -> tuple[int, ...]:
@@ -400,5 +410,5 @@ class Model:
     def float_only(self) -> tuple[str, ...]:
         """The layers that have a float32 lowering only (multi-input values, channel slices)."""
         return tuple(type(layer).__name__ for layer in self.layers
-                     if isinstance(layer, (Binary, Concat, ChannelSlice))
+                     if isinstance(layer, (Binary, Concat, ChannelSlice, Unary))
                      or (isinstance(layer, Activation) and layer.reads))

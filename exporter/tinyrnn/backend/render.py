@@ -30,6 +30,7 @@ from ..ir import (
     Model,
     RecurrentLayer,
     SelectStep,
+    Unary,
 )
 from ..numerics.helpers import helper_closure, numeric_context
 from ..outputs import write_files
@@ -502,7 +503,7 @@ def _layer_summary(layer: Any) -> dict:
                     padding=[layer.pad_left, layer.pad_right], bias=layer.bias is not None)
     if isinstance(layer, Activation):
         return dict(kind=layer.kind, features=layer.features)
-    if isinstance(layer, Binary):
+    if isinstance(layer, (Binary, Unary)):
         return dict(kind=layer.kind, features=layer.features, reads=list(layer.reads))
     if isinstance(layer, Concat):
         return dict(kind="cat", sizes=list(layer.sizes), reads=list(layer.reads))

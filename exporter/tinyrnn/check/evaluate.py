@@ -78,6 +78,7 @@ _HELPERS = {
     "dot2_q32": lambda a, b, ka, c, d, kc, s: nm.dot2_q32(a, b, int(ka), c, d, int(kc), int(s)),
     "rshift_round64": nm.rshift_round,
     "sigmoid": nm.sigmoid_f, "relu": lambda v: np.maximum(v, 0.0), "tanh": nm.tanh_f,
+    "sqrtf": np.sqrt, "fabsf": np.abs,
 }
 
 

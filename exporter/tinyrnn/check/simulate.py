@@ -33,6 +33,7 @@ from ..ir import (
     RecurrentLayer,
     RNNLayer,
     SelectStep,
+    Unary,
     reads,
 )
 
@@ -125,7 +126,7 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
     finals: dict[tuple[int, int], State] = {}
     for index, layer in enumerate(model.layers):
         read = [([x] + layer_outputs)[k] for k in reads(model.layers, index)]
-        if isinstance(layer, (Binary, Concat, ChannelSlice)):
+        if isinstance(layer, (Binary, Concat, ChannelSlice, Unary)):
             value = combine(layer, read)
         elif isinstance(layer, RecurrentLayer):
             outs = []
@@ -161,8 +162,14 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
     return Trace(outputs, layer_outputs, finals)
 
 
-def combine(layer: Binary | Concat | ChannelSlice, parts: list[np.ndarray]) -> np.ndarray:
-    """A layer over several values (or a channel slice), on the last (feature) axis."""
+def combine(layer: Binary | Concat | ChannelSlice | Unary, parts: list[np.ndarray]
+            ) -> np.ndarray:
+    """A layer over several values (or a channel slice, a square, sqrt, abs), on the last
+    (feature) axis."""
+    if isinstance(layer, Unary):
+        x = parts[0]
+        return x * x if layer.kind == "square" else np.sqrt(x) if layer.kind == "sqrt" \
+            else np.abs(x)
     if isinstance(layer, Binary):
         return parts[0] + parts[1] if layer.kind == "add" else parts[0] * parts[1]
     if isinstance(layer, Concat):

@@ -38,6 +38,7 @@ from ..ir import (
     Model,
     RecurrentLayer,
     SelectStep,
+    Unary,
     reads,
 )
 from .simulate import batch_from_arrays, split_state
@@ -116,7 +117,11 @@ def _head(layer: Dense | Conv1d | Activation, value: torch.Tensor) -> torch.Tens
     return functions[layer.kind](value)
 
 
-def _combine(layer: Binary | Concat | ChannelSlice, parts: list[torch.Tensor]) -> torch.Tensor:
+def _combine(layer: Binary | Concat | ChannelSlice | Unary, parts: list[torch.Tensor]
+             ) -> torch.Tensor:
+    if isinstance(layer, Unary):
+        functions = {"square": torch.square, "sqrt": torch.sqrt, "abs": torch.abs}
+        return functions[layer.kind](parts[0])
     if isinstance(layer, Binary):
         return torch.add(*parts) if layer.kind == "add" else torch.mul(*parts)
     if isinstance(layer, Concat):
@@ -139,7 +144,7 @@ def run(model: Model, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     values = [value]  # by value index (ir.reads)
     with torch.no_grad():
         for index, layer in enumerate(model.layers):
-            if isinstance(layer, (Binary, Concat, ChannelSlice)):
+            if isinstance(layer, (Binary, Concat, ChannelSlice, Unary)):
                 value = _combine(layer, [values[k] for k in reads(model.layers, index)])
             elif isinstance(layer, RecurrentLayer):
                 value, finals_of = _run_recurrent(layer, index, value, initial)

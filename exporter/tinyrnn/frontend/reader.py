@@ -43,6 +43,7 @@ from ..ir import (
     SelectStep,
     StateGroup,
     Tensor,
+    Unary,
     split_gates,
 )
 from .graph import GraphError, Node, TensorRef
@@ -96,9 +97,13 @@ _SELECT = {"aten.select.int", "aten.slice.Tensor"}
 _CONV = {"aten.conv1d.default", "aten.conv1d.padding"}
 _BINARY = {"aten.add.Tensor": "add", "aten.mul.Tensor": "mul"}
 _CAT = {"aten.cat.default", "aten.concat.default", "aten.concatenate.default"}
+_UNARY = {"aten.sqrt.default": "sqrt", "aten.abs.default": "abs", "aten.square.default": "square",
+          "aten.pow.Tensor_Scalar": "square"}
+_PAD = "aten.pad.default"
+_PAD_MODES = ("constant", "reflect", "replicate")
 _KNOWN = {
     *_RECURRENT, *_CELLS, *_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_ZEROS, *_SELECT,
-    *_CONV, *_BINARY, *_CAT, "aten.linear.default", "aten.transpose.int",
+    *_CONV, *_BINARY, *_CAT, *_UNARY, _PAD, "aten.linear.default", "aten.transpose.int",
     "aten.permute.default", "aten.stack.default", "aten.unbind.int",
 }
 _DATA_OPS = {*_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_SELECT, *_CONV,
@@ -250,6 +255,16 @@ class _Cell:
     chain: int
     t: int
     role: str  # "h" or "c"
+
+
+@dataclass(frozen=True)
+class _TimePad:
+    """Zero padding of the time axis of ``source`` (a (B, C, T) value or the model input),
+    which the Conv1d reading it folds into its own padding."""
+
+    source: Any  # the padded tensor's TensorRef
+    left: int
+    right: int
 
 
 _FAILED = object()  # the value of a node already reported; its users are not reported again
@@ -508,6 +523,10 @@ class _Reader:
             self.binary(node, _BINARY[target])
         elif target in _CAT:
             self.concat(node)
+        elif target in _UNARY:
+            self.unary(node, _UNARY[target])
+        elif target == _PAD:
+            self.pad(node)
         else:
             self.fail(node, "unsupported operation" + _suggestion(node, self.weight_shapes))
 
@@ -1106,7 +1125,11 @@ class _Reader:
             self.fail(node, f"Conv1d padding {padding!r}; tinyrnn reads an int, 'same' or "
                             "'valid'")
             return
-        # the input: (B, C, T)
+        # the input: (B, C, T), perhaps zero-padded on the time axis first (folded here)
+        padded = self.value(x)
+        if isinstance(padded, _TimePad):
+            pad_left, pad_right = pad_left + padded.left, pad_right + padded.right
+            x = padded.source
         source = self.value(x)
         in_shape = self.shape(x.name) if isinstance(x, TensorRef) else ()
         if len(in_shape) != 3:
@@ -1283,9 +1306,12 @@ class _Reader:
                 isinstance(t, TensorRef) for t in tensors) or not _is_int(dim):
             self.fail(node, "cat of an unexpected form")
             return
-        values = [self.data_value(node, t) for t in tensors]
-        if any(v is None for v in values):
-            return
+        values = []
+        for tensor in tensors:  # one report for the first that cannot be read
+            value = self.data_value(node, tensor)
+            if value is None:
+                return
+            values.append(value)
         first = values[0]
         ndim = len(first.shape)
         axis = self.channel_axis(first)
@@ -1307,6 +1333,54 @@ class _Reader:
         self.layers.append(layer)
         self.set(node, replace(first, depth=len(self.layers), features=layer.features,
                                shape=tuple(shape)))
+
+    def unary(self, node: Node, kind: str) -> None:
+        """``x ** 2`` / ``torch.square``, ``torch.sqrt``, ``torch.abs`` of a data-path value."""
+        if node.target == "aten.pow.Tensor_Scalar" and node.arg("exponent") not in (2, 2.0):
+            self.fail(node, f"pow with exponent {node.arg('exponent')!r}; tinyrnn reads x ** 2")
+            return
+        value = self.value(node.first())
+        earlier = isinstance(value, _Data) and value.depth < len(self.layers)
+        data = self.data_value(node, node.first())
+        if data is None or not self.shape_is(node, node.outputs[0] if node.outputs else None,
+                                             data.shape):
+            return
+        self.layers.append(Unary(kind, data.features,  # type: ignore[arg-type]
+                                 (data.depth,) if earlier else ()))
+        self.set(node, replace(data, depth=len(self.layers)))
+
+    def pad(self, node: Node) -> None:
+        """``F.pad`` / ``nn.ZeroPad1d`` / ``ConstantPad1d`` / ``ReflectionPad1d`` /
+        ``ReplicationPad1d``: on the time axis, zero padding folded into the Conv1d that reads
+        it."""
+        pads, mode, fill = node.arg("pad"), node.arg("mode", "constant"), node.arg("value", None)
+        if mode not in _PAD_MODES:
+            self.fail(node, f"padding mode {mode!r}; tinyrnn pads with 'constant', 'reflect' "
+                            "or 'replicate'" + _suggestion(node, self.weight_shapes))
+            return
+        if not (isinstance(pads, tuple) and len(pads) == 2 and all(_is_int(p) and p >= 0
+                                                                   for p in pads)):
+            self.fail(node, f"padding {pads!r}; tinyrnn pads the last axis by (left, right) "
+                            ">= 0")
+            return
+        value = self.value(node.first())
+        shape = self.shape(node.first().name) if isinstance(node.first(), TensorRef) else ()
+        on_time = (isinstance(value, (_Input, _InputView)) and len(shape) == 3) or (
+            isinstance(value, _Data) and value.channels_first)
+        if not on_time:
+            self.fail(node, "padding an axis other than the time axis of a (B, C, T) value")
+            return
+        if mode != "constant" or fill not in (None, 0, 0.0):
+            self.fail(node, f"{mode} padding{'' if mode != 'constant' else f' with {fill}'} on "
+                            "the time axis; tinyrnn pads the time axis with zeros, folded into "
+                            "the Conv1d that follows" + (_suggestion(node, self.weight_shapes)
+                                                          or " (use padding= of the Conv1d)"))
+            return
+        out = list(shape)
+        out[-1] += pads[0] + pads[1]
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, tuple(out)):
+            return
+        self.set(node, _TimePad(node.first(), pads[0], pads[1]))
 
     def channel_slice(self, node: Node, value: _Data) -> None:
         """``x[:, a:b]`` on the channel axis of a data-path value (step 1)."""
