@@ -110,7 +110,7 @@ def quantize_model(
 
     if model.float_only:
         raise TinyRNNError(
-            f"the {format} format has no {', '.join(sorted(set(model.float_only)))} yet: "
+            f"the {format} format has no {', '.join(model.float_only)} yet: "
             "export this model with --format float32 (format='float32')")
     convs = [layer.name for layer in model.layers if isinstance(layer, Conv1d)]
     if convs:

@@ -272,10 +272,11 @@ class Concat:
 
     reads: tuple[int, ...]
     sizes: tuple[int, ...]
+    length: int = 1  # a frame's positions: each part is (length, size) position-major
 
     @property
     def features(self) -> int:
-        return sum(self.sizes)
+        return sum(self.sizes) * self.length
 
 
 @dataclass(frozen=True)
@@ -285,12 +286,71 @@ class ChannelSlice:
 
     start: int
     stop: int
-    in_features: int
+    in_features: int  # channels
     reads: tuple[int] = (0,)  # the value sliced (see :func:`reads`)
+    length: int = 1  # a frame's positions: the value is (length, in_features) position-major
 
     @property
     def features(self) -> int:
-        return self.stop - self.start
+        return (self.stop - self.start) * self.length
+
+
+@dataclass(frozen=True, eq=False)
+class FrameConv1d:
+    """A Conv1d over the samples of ONE step's frame (a step module's ``x_t`` viewed as
+    ``(B, C, L)``), not over time: ``y[o, p] = bias[o] + sum_{c, k} weight[o, c, k] *
+    xpad[c, p * stride + k * dilation]`` with ``pad_left``/``pad_right`` zeros, float32. A
+    frame value is stored per step as (L, C), position-major (as a sequence is (T, C))."""
+
+    name: str
+    weight: Tensor  # (out_channels, in_channels // groups, kernel)
+    bias: Tensor | None
+    stride: int
+    dilation: int
+    groups: int
+    pad_left: int
+    pad_right: int
+    length: int  # L, the positions of the input frame
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1] * self.groups
+
+    @property
+    def kernel(self) -> int:
+        return self.weight.shape[2]
+
+    @property
+    def out_length(self) -> int:
+        span = self.dilation * (self.kernel - 1) + 1
+        return (self.length + self.pad_left + self.pad_right - span) // self.stride + 1
+
+    @property
+    def features(self) -> int:
+        """Floats per step of the output frame (L_out, O)."""
+        return self.out_length * self.out_channels
+
+
+@dataclass(frozen=True)
+class FramePad:
+    """Padding of the positions of one step's frame (C, L): ``constant`` (with ``value``),
+    ``reflect`` or ``replicate``, ``left`` and ``right`` positions, float32."""
+
+    mode: Literal["constant", "reflect", "replicate"]
+    value: float
+    left: int
+    right: int
+    channels: int
+    length: int
+    reads: tuple[int, ...] = ()  # an earlier value than the previous one, see reads()
+
+    @property
+    def features(self) -> int:
+        return (self.length + self.left + self.right) * self.channels
 
 
 @dataclass(frozen=True)
@@ -304,7 +364,7 @@ class Unary:
 
 
 Layer = (LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep | Binary
-         | Concat | ChannelSlice | Unary)
+         | Concat | ChannelSlice | Unary | FrameConv1d | FramePad)
 
 
 def reads(layers: tuple[Layer, ...] | list[Layer], index: int) -> tuple[int, ...]:
@@ -408,7 +468,14 @@ class Model:
 
     @property
     def float_only(self) -> tuple[str, ...]:
-        """The layers that have a float32 lowering only (multi-input values, channel slices)."""
-        return tuple(type(layer).__name__ for layer in self.layers
-                     if isinstance(layer, (Binary, Concat, ChannelSlice, Unary))
-                     or (isinstance(layer, Activation) and layer.reads))
+        """The layers that have a float32 lowering only (values beyond a chain, frame
+        front-ends), named by kind (and module, where they have one), in order, once each."""
+        names = []
+        for layer in self.layers:
+            if isinstance(layer, (Binary, Concat, ChannelSlice, Unary, FrameConv1d, FramePad)) \
+                    or (isinstance(layer, Activation) and layer.reads):
+                kind = type(layer).__name__
+                name = f"{kind} {layer.name}" if isinstance(layer, FrameConv1d) else kind
+                if name not in names:
+                    names.append(name)
+        return tuple(names)

@@ -27,6 +27,8 @@ from ..ir import (
     Concat,
     Conv1d,
     Dense,
+    FrameConv1d,
+    FramePad,
     Model,
     RecurrentLayer,
     SelectStep,
@@ -107,7 +109,7 @@ def _tensors(layer: Any) -> list:
             if d.w_proj is not None:
                 out.append(d.w_proj)
         return out
-    if isinstance(layer, (Dense, Conv1d)):
+    if isinstance(layer, (Dense, Conv1d, FrameConv1d)):
         return [t for t in (layer.weight, layer.bias) if t is not None]
     return []
 
@@ -503,6 +505,16 @@ def _layer_summary(layer: Any) -> dict:
                     padding=[layer.pad_left, layer.pad_right], bias=layer.bias is not None)
     if isinstance(layer, Activation):
         return dict(kind=layer.kind, features=layer.features)
+    if isinstance(layer, FrameConv1d):
+        return dict(kind="frame_conv1d", name=layer.name, in_channels=layer.in_channels,
+                    out_channels=layer.out_channels, kernel=layer.kernel, stride=layer.stride,
+                    dilation=layer.dilation, groups=layer.groups, length=layer.length,
+                    out_length=layer.out_length, padding=[layer.pad_left, layer.pad_right],
+                    bias=layer.bias is not None)
+    if isinstance(layer, FramePad):
+        return dict(kind="frame_pad", mode=layer.mode, value=layer.value,
+                    padding=[layer.left, layer.right], channels=layer.channels,
+                    length=layer.length, reads=list(layer.reads))
     if isinstance(layer, (Binary, Unary)):
         return dict(kind=layer.kind, features=layer.features, reads=list(layer.reads))
     if isinstance(layer, Concat):

@@ -28,6 +28,8 @@ from ..ir import (
     Concat,
     Conv1d,
     Dense,
+    FrameConv1d,
+    FramePad,
     LSTMLayer,
     Model,
     RecurrentLayer,
@@ -126,7 +128,7 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
     finals: dict[tuple[int, int], State] = {}
     for index, layer in enumerate(model.layers):
         read = [([x] + layer_outputs)[k] for k in reads(model.layers, index)]
-        if isinstance(layer, (Binary, Concat, ChannelSlice, Unary)):
+        if isinstance(layer, (Binary, Concat, ChannelSlice, Unary, FrameConv1d, FramePad)):
             value = combine(layer, read)
         elif isinstance(layer, RecurrentLayer):
             outs = []
@@ -162,8 +164,8 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
     return Trace(outputs, layer_outputs, finals)
 
 
-def combine(layer: Binary | Concat | ChannelSlice | Unary, parts: list[np.ndarray]
-            ) -> np.ndarray:
+def combine(layer: Binary | Concat | ChannelSlice | Unary | FrameConv1d | FramePad,
+            parts: list[np.ndarray]) -> np.ndarray:
     """A layer over several values (or a channel slice, a square, sqrt, abs), on the last
     (feature) axis."""
     if isinstance(layer, Unary):
@@ -172,9 +174,37 @@ def combine(layer: Binary | Concat | ChannelSlice | Unary, parts: list[np.ndarra
             else np.abs(x)
     if isinstance(layer, Binary):
         return parts[0] + parts[1] if layer.kind == "add" else parts[0] * parts[1]
+    lead = parts[0].shape[:-1]
     if isinstance(layer, Concat):
-        return np.concatenate(parts, axis=-1)
-    return parts[0][..., layer.start:layer.stop]
+        return np.concatenate([p.reshape(*lead, layer.length, -1) for p in parts],
+                              axis=-1).reshape(*lead, -1)
+    if isinstance(layer, ChannelSlice):
+        return parts[0].reshape(*lead, layer.length, -1)[..., layer.start:layer.stop].reshape(
+            *lead, -1)
+    frames = parts[0].reshape(-1, layer.length, parts[0].shape[-1] // layer.length)
+    if isinstance(layer, FramePad):
+        mode = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}[layer.mode]
+        fill = {"constant_values": layer.value} if layer.mode == "constant" else {}
+        out = np.pad(frames, ((0, 0), (layer.left, layer.right), (0, 0)), mode=mode, **fill)
+        return out.reshape(*lead, -1)
+    return frame_conv1d_float(layer, frames).reshape(*lead, -1)
+
+
+def frame_conv1d_float(layer: FrameConv1d, x: np.ndarray) -> np.ndarray:
+    """torch's Conv1d over the positions of frames ``x`` (N, L, C) in float64 -> (N, L_out, O)."""
+    xp = np.pad(x.astype(np.float64), ((0, 0), (layer.pad_left, layer.pad_right), (0, 0)))
+    cg, og = layer.in_channels // layer.groups, layer.out_channels // layer.groups
+    w = layer.weight.data.astype(np.float64)
+    out = np.zeros((x.shape[0], layer.out_length, layer.out_channels))
+    if layer.bias is not None:
+        out += layer.bias.data
+    for p in range(layer.out_length):
+        for k in range(layer.kernel):
+            s = p * layer.stride + k * layer.dilation
+            for g in range(layer.groups):
+                out[:, p, g * og:(g + 1) * og] += (xp[:, s, g * cg:(g + 1) * cg]
+                                                   @ w[g * og:(g + 1) * og, :, k].T)
+    return out
 
 
 def split_state(model: Model, flat: np.ndarray, k: int) -> dict[tuple[int, int], np.ndarray]:

@@ -32,6 +32,8 @@ from ..ir import (
     Conv1d,
     Dense,
     Direction,
+    FrameConv1d,
+    FramePad,
     Gate,
     GRULayer,
     LSTMLayer,
@@ -117,16 +119,36 @@ def _head(layer: Dense | Conv1d | Activation, value: torch.Tensor) -> torch.Tens
     return functions[layer.kind](value)
 
 
-def _combine(layer: Binary | Concat | ChannelSlice | Unary, parts: list[torch.Tensor]
-             ) -> torch.Tensor:
+def _combine(layer: Binary | Concat | ChannelSlice | Unary | FrameConv1d | FramePad,
+             parts: list[torch.Tensor]) -> torch.Tensor:
     if isinstance(layer, Unary):
         functions = {"square": torch.square, "sqrt": torch.sqrt, "abs": torch.abs}
         return functions[layer.kind](parts[0])
     if isinstance(layer, Binary):
         return torch.add(*parts) if layer.kind == "add" else torch.mul(*parts)
+    lead = parts[0].shape[:-1]
     if isinstance(layer, Concat):
-        return torch.cat(parts, dim=-1)
-    return parts[0][..., layer.start:layer.stop]
+        return torch.cat([p.reshape(*lead, layer.length, -1) for p in parts],
+                         dim=-1).reshape(*lead, -1)
+    if isinstance(layer, ChannelSlice):
+        return parts[0].reshape(*lead, layer.length, -1)[..., layer.start:layer.stop].reshape(
+            *lead, -1)
+    # a frame (L, C) per step -> torch's (N, C, L)
+    frames = parts[0].reshape(-1, layer.length, parts[0].shape[-1] // layer.length)
+    frames = frames.transpose(1, 2)
+    if isinstance(layer, FramePad):
+        fill = {"value": layer.value} if layer.mode == "constant" else {}
+        out = nn.functional.pad(frames, (layer.left, layer.right), mode=layer.mode, **fill)
+    else:
+        conv = nn.Conv1d(layer.in_channels, layer.out_channels, layer.kernel,
+                         stride=layer.stride, dilation=layer.dilation, groups=layer.groups,
+                         bias=layer.bias is not None)
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(layer.weight.data.astype(np.float32)))
+            if layer.bias is not None:
+                conv.bias.copy_(torch.from_numpy(layer.bias.data.astype(np.float32)))
+        out = conv(nn.functional.pad(frames, (layer.pad_left, layer.pad_right)))
+    return out.transpose(1, 2).reshape(*lead, -1)
 
 
 def run(model: Model, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -144,7 +166,7 @@ def run(model: Model, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     values = [value]  # by value index (ir.reads)
     with torch.no_grad():
         for index, layer in enumerate(model.layers):
-            if isinstance(layer, (Binary, Concat, ChannelSlice, Unary)):
+            if isinstance(layer, (Binary, Concat, ChannelSlice, Unary, FrameConv1d, FramePad)):
                 value = _combine(layer, [values[k] for k in reads(model.layers, index)])
             elif isinstance(layer, RecurrentLayer):
                 value, finals_of = _run_recurrent(layer, index, value, initial)

@@ -32,6 +32,8 @@ from ..ir import (
     Conv1d,
     Dense,
     Direction,
+    FrameConv1d,
+    FramePad,
     GRULayer,
     InputSpec,
     Layer,
@@ -103,10 +105,11 @@ _PAD = "aten.pad.default"
 _PAD_MODES = ("constant", "reflect", "replicate")
 _KNOWN = {
     *_RECURRENT, *_CELLS, *_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_ZEROS, *_SELECT,
-    *_CONV, *_BINARY, *_CAT, *_UNARY, _PAD, "aten.linear.default", "aten.transpose.int",
-    "aten.permute.default", "aten.stack.default", "aten.unbind.int",
+    *_CONV, *_BINARY, *_CAT, *_UNARY, _PAD, "aten.mean.dim", "aten.linear.default",
+    "aten.transpose.int", "aten.permute.default", "aten.stack.default", "aten.unbind.int",
 }
-_DATA_OPS = {*_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_SELECT, *_CONV,
+_DATA_OPS = {*_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_SELECT, *_CONV, *_UNARY, _PAD,
+             "aten.mean.dim",
              "aten.linear.default", "aten.transpose.int", "aten.permute.default"}
 _CELL_HINT = {"lstm": "(h, c) = cell(x[:, t], (h, c))", "gru": "h = cell(x[:, t], h)",
               "rnn_tanh": "h = cell(x[:, t], h)", "rnn_relu": "h = cell(x[:, t], h)"}
@@ -179,6 +182,13 @@ class _Data:
     batch_axis: int
     time_axis: int | None  # None for a vector
     channels_first: bool = False  # (B, C, T): a Conv1d's view; otherwise the features are last
+    length: int = 0  # a frame (B, C, L) of one step: L positions of ``features`` channels,
+    # stored (L, C) position-major; 0 for a sequence or a plain vector
+
+    @property
+    def width(self) -> int:
+        """Floats per step."""
+        return self.features * max(self.length, 1)
 
 
 @dataclass(frozen=True)
@@ -527,6 +537,8 @@ class _Reader:
             self.unary(node, _UNARY[target])
         elif target == _PAD:
             self.pad(node)
+        elif target == "aten.mean.dim":
+            self.mean(node)
         else:
             self.fail(node, "unsupported operation" + _suggestion(node, self.weight_shapes))
 
@@ -612,6 +624,11 @@ class _Reader:
                 return
             input_size = self.layers[below.layer].output_size
             batch = self.shape(x.name)[0]
+        elif (isinstance(source, _Data) and self.step_module and source.time_axis is None
+              and source.depth == len(self.layers) and len(self.shape(x.name)) == 2
+              and not self.chains):
+            # a step module's frame front-end feeds the cell: x_t -> ... -> (B, I)
+            input_size, batch = source.width, self.shape(x.name)[0]
         elif isinstance(source, _Input) and len(self.shape(x.name)) == 2:
             if self.chains or self.layers:
                 self.fail(node, "a second model input used as a step's input")
@@ -622,7 +639,9 @@ class _Reader:
                             "time) nor a model input x_t of shape (B, I) (a step module: "
                             "forward(x_t, h, c) -> (y, h, c))")
             return
-        if isinstance(source, _Input) and not all(isinstance(v, _Input) for v in states):
+        front_end = isinstance(source, _Data)
+        if (isinstance(source, _Input) or front_end) and not all(
+                isinstance(v, _Input) for v in states):
             self.fail(node, "a step module takes its state as forward arguments and returns "
                             "the new state: forward(x_t, h, c) -> (y, h, c) (LSTMCell) or "
                             "forward(x_t, h) -> (y, h)")
@@ -682,8 +701,9 @@ class _Reader:
                                                      size=hidden)
             self.group_inputs[group] = tuple(v.index for v in states)
         self.chains.append(_Chain(node, group, len(self.layers) - 1, weights, module,
-                                  step_module=isinstance(source, _Input),
-                                  source=None if isinstance(source, _Input) else source))
+                                  step_module=isinstance(source, _Input) or front_end,
+                                  source=None if isinstance(source, (_Input, _Data))
+                                  else source))
         self.set_cell_outputs(node, len(self.chains) - 1, 0)
 
     def next_step(self, node: Node, cell: str, source: Any, states: list[Any],
@@ -1016,13 +1036,24 @@ class _Reader:
         if data is None or not self.shape_is(node, node.outputs[0] if node.outputs else None,
                                              data.shape):
             return
-        self.layers.append(Activation(kind, data.features,  # type: ignore[arg-type]
+        self.layers.append(Activation(kind, data.width,  # type: ignore[arg-type]
                                       (data.depth,) if earlier else ()))
         self.set(node, replace(data, depth=len(self.layers)))
 
     def view(self, node: Node) -> None:
         value = self.value(node.first())
         shape = self.out_shape(node)
+        if isinstance(value, _Input) and self.x_index is None:
+            value = self.step_input(node, value, node.first()) or value
+        if (isinstance(value, _Data) and value.time_axis is None and value.batch_axis == 0
+                and len(shape) in (2, 3) and shape[0] == value.shape[0]
+                and (value.length <= 1 or value.features == 1)
+                and (len(shape) == 2 or 1 in shape[1:])
+                and int(np.prod(shape[1:])) == value.width):
+            # one step's vector, or a frame of one channel or one position: (B, N), (B, 1, N)
+            # and (B, N, 1) hold the same floats in the same order
+            self.set(node, _Data(value.depth, value.width, shape, 0, None))
+            return
         if isinstance(value, _Data) and value.channels_first and shape != value.shape:
             self.fail(node, f"a view of a (B, C, T) value from {list(value.shape)} to "
                             f"{list(shape)}; transpose it to (B, T, C) first")
@@ -1124,6 +1155,12 @@ class _Reader:
         else:
             self.fail(node, f"Conv1d padding {padding!r}; tinyrnn reads an int, 'same' or "
                             "'valid'")
+            return
+        frame = self.frame_of(self.value(x), self.shape(x.name)) if isinstance(
+            x, TensorRef) else None
+        if frame is not None:
+            self.frame_conv(node, self.value(x), frame, w, b, stride, dilation, groups,
+                            pad_left, pad_right)
             return
         # the input: (B, C, T), perhaps zero-padded on the time axis first (folded here)
         padded = self.value(x)
@@ -1254,7 +1291,13 @@ class _Reader:
         if not self.cell_as_data(node, arg):
             return None
         value = self.value(arg)
+        if isinstance(value, _Input) and self.x_index is None:
+            data = self.step_input(node, value, arg)
+            if data is not None:
+                return data
         if isinstance(value, (_Input, _InputView)) and value.index == self.x_index:
+            if self.step_module:
+                return _Data(0, self.inputs[value.index].features, self.shape(arg.name), 0, None)
             spec = self.inputs[value.index]
             shape = self.shape(arg.name)
             if isinstance(value, _Input) and spec.time_axis is not None:
@@ -1274,6 +1317,39 @@ class _Reader:
             return None
         return value
 
+    def step_input(self, node: Node, value: _Input, arg: Any) -> _Data | None:
+        """The first forward argument ``x_t`` (B, N) of a step module whose frame front-end
+        reads it (``x_t.unsqueeze(1)``, a cat): the data path's value 0."""
+        shape = self.shape(arg.name)
+        if value.index != 0 or len(shape) != 2 or self.layers:
+            return None
+        batch, size = shape
+        self.x_index, self.step_module, self.seq_len = value.index, True, 1
+        self.inputs[value.index] = InputSpec("x", (batch, 1, size), 0, 1, features=size)
+        return _Data(0, size, shape, 0, None)
+
+    def frame_of(self, value: Any, shape: tuple[int, ...]) -> tuple[int, int] | None:
+        """(C, L) where ``value`` (torch shape ``shape``) is one step's frame (B, C, L): a frame
+        value, or a vector viewed as (B, 1, N) or (B, N, 1)."""
+        if not isinstance(value, _Data) or value.time_axis is not None or len(shape) != 3:
+            return None
+        if value.length:
+            return value.features, value.length
+        if (shape[1] == 1 or shape[2] == 1) and shape[1] * shape[2] == value.width:
+            return shape[1], shape[2]
+        return None
+
+    def mean(self, node: Node) -> None:
+        """A mean over axes of size 1 moves no data (Silero's ``mean(dim=1)`` of (B, 1))."""
+        dims = node.arg("dim", None)
+        shape = self.shape(node.first().name) if isinstance(node.first(), TensorRef) else ()
+        if (isinstance(dims, tuple) and dims and all(_is_int(d) and -len(shape) <= d < len(shape)
+                                                     and shape[d] == 1 for d in dims)
+                and node.arg("dtype", None) is None):
+            self.view(node)
+            return
+        self.fail(node, "a mean over an axis longer than 1")
+
     def binary(self, node: Node, kind: str) -> None:
         """``a + b`` or ``a * b`` of two data-path values of one shape and layout."""
         a, b = node.arg("self"), node.arg("other")
@@ -1289,14 +1365,15 @@ class _Reader:
             return
         va, vb = values
         if (va.shape != vb.shape or va.channels_first != vb.channels_first
-                or va.time_axis != vb.time_axis or va.batch_axis != vb.batch_axis):
+                or va.time_axis != vb.time_axis or va.batch_axis != vb.batch_axis
+                or va.width != vb.width):
             self.fail(node, f"{kind} of values of shapes {list(va.shape)} and {list(vb.shape)}"
                             "; tinyrnn adds or multiplies values of one shape and layout "
                             "(no broadcasting)")
             return
         if not self.shape_is(node, node.outputs[0] if node.outputs else None, va.shape):
             return
-        self.layers.append(Binary(kind, va.features, (va.depth, vb.depth)))  # type: ignore
+        self.layers.append(Binary(kind, va.width, (va.depth, vb.depth)))  # type: ignore
         self.set(node, replace(va, depth=len(self.layers)))
 
     def concat(self, node: Node) -> None:
@@ -1329,10 +1406,14 @@ class _Reader:
         shape[axis] = sum(v.shape[axis] for v in values)
         if not self.shape_is(node, node.outputs[0] if node.outputs else None, tuple(shape)):
             return
-        layer = Concat(tuple(v.depth for v in values), tuple(v.features for v in values))
+        if any(v.length != first.length for v in values):
+            self.fail(node, "cat of frames of different lengths")
+            return
+        layer = Concat(tuple(v.depth for v in values), tuple(v.features for v in values),
+                       max(first.length, 1))
         self.layers.append(layer)
-        self.set(node, replace(first, depth=len(self.layers), features=layer.features,
-                               shape=tuple(shape)))
+        self.set(node, replace(first, depth=len(self.layers),
+                               features=sum(v.features for v in values), shape=tuple(shape)))
 
     def unary(self, node: Node, kind: str) -> None:
         """``x ** 2`` / ``torch.square``, ``torch.sqrt``, ``torch.abs`` of a data-path value."""
@@ -1345,7 +1426,7 @@ class _Reader:
         if data is None or not self.shape_is(node, node.outputs[0] if node.outputs else None,
                                              data.shape):
             return
-        self.layers.append(Unary(kind, data.features,  # type: ignore[arg-type]
+        self.layers.append(Unary(kind, data.width,  # type: ignore[arg-type]
                                  (data.depth,) if earlier else ()))
         self.set(node, replace(data, depth=len(self.layers)))
 
@@ -1365,6 +1446,15 @@ class _Reader:
             return
         value = self.value(node.first())
         shape = self.shape(node.first().name) if isinstance(node.first(), TensorRef) else ()
+        if isinstance(value, _Input) and self.x_index is None:
+            value = self.step_input(node, value, node.first()) or value
+        frame = self.frame_of(value, shape)
+        if frame is None and isinstance(value, _Data) and value.time_axis is None \
+                and len(shape) == 2 and not value.length:
+            frame = (1, value.width)  # F.pad of a step's (B, N): its last axis
+        if frame is not None:
+            self.frame_pad(node, value, frame, mode, 0.0 if fill is None else fill, pads)
+            return
         on_time = (isinstance(value, (_Input, _InputView)) and len(shape) == 3) or (
             isinstance(value, _Data) and value.channels_first)
         if not on_time:
@@ -1381,6 +1471,56 @@ class _Reader:
         if not self.shape_is(node, node.outputs[0] if node.outputs else None, tuple(out)):
             return
         self.set(node, _TimePad(node.first(), pads[0], pads[1]))
+
+    def frame_pad(self, node: Node, value: _Data, frame: tuple[int, int], mode: str,
+                  fill: Any, pads: tuple[int, int]) -> None:
+        channels, length = frame
+        if mode == "reflect" and max(pads) >= length:
+            self.fail(node, f"reflect padding by {max(pads)} of a frame of {length}")
+            return
+        if not isinstance(fill, (int, float)) or isinstance(fill, bool):
+            self.fail(node, f"a padding value {fill!r}")
+            return
+        out = (value.shape[0], channels, length + pads[0] + pads[1])
+        flat = len(value.shape) == 2  # (B, N) padded as one channel: (B, N + pads)
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None,
+                             (out[0], out[2]) if flat else out):
+            return
+        earlier = value.depth < len(self.layers)
+        self.layers.append(FramePad(mode, float(fill), pads[0], pads[1],  # type: ignore
+                                    channels, length, (value.depth,) if earlier else ()))
+        if flat:
+            self.set(node, _Data(len(self.layers), out[2], (out[0], out[2]), 0, None))
+        else:
+            self.set(node, _Data(len(self.layers), channels, out, 0, None,
+                                 channels_first=True, length=out[2]))
+
+    def frame_conv(self, node: Node, value: _Data, frame: tuple[int, int], w: _Const,
+                   b: _Const | None, stride: int, dilation: int, groups: int, pad_left: int,
+                   pad_right: int) -> None:
+        """A Conv1d over the positions of one step's frame (any stride, zero padding)."""
+        channels, length = frame
+        if value.depth != len(self.layers):
+            self.fail(node, "a Conv1d over a frame computed before the latest value")
+            return
+        if channels != w.tensor.shape[1] * groups:
+            self.fail(node, f"Conv1d weights of shape {list(w.tensor.shape)} with {groups} "
+                            f"group(s) for {channels} input channels")
+            return
+        layer = FrameConv1d(
+            name=w.name.removesuffix(".weight"), weight=self.tensor_of(w, None, ""),
+            bias=self.tensor_of(b, None, "") if b is not None else None, stride=stride,
+            dilation=dilation, groups=groups, pad_left=pad_left, pad_right=pad_right,
+            length=length)
+        if layer.out_length < 1:
+            self.fail(node, f"a Conv1d of kernel {layer.kernel} over a frame of {length}")
+            return
+        out = (value.shape[0], layer.out_channels, layer.out_length)
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, out):
+            return
+        self.layers.append(layer)
+        self.set(node, _Data(len(self.layers), layer.out_channels, out, 0, None,
+                             channels_first=True, length=layer.out_length))
 
     def channel_slice(self, node: Node, value: _Data) -> None:
         """``x[:, a:b]`` on the channel axis of a data-path value (step 1)."""
@@ -1400,7 +1540,7 @@ class _Reader:
         if not self.shape_is(node, node.outputs[0] if node.outputs else None, tuple(shape)):
             return
         self.layers.append(ChannelSlice(picked.start, picked.stop, value.features,
-                                        (data.depth,)))
+                                        (data.depth,), max(value.length, 1)))
         self.set(node, replace(value, depth=len(self.layers), features=len(picked),
                                shape=tuple(shape)))
 
@@ -1452,7 +1592,13 @@ class _Reader:
     def step_states(self, names: tuple[str, ...]) -> int:
         """How many of a step module's outputs are its new state (they come last, in the
         order of the state inputs); reports a module that breaks the convention."""
-        chain = next(c for c in self.chains if c.step_module)
+        chain = next((c for c in self.chains if c.step_module), None)
+        if chain is None:
+            if not self.problems:
+                self.fail_output(names[-1] if names else "", (
+                    "a step module whose frame front-end feeds no cell; tinyrnn's step modules "
+                    "step an LSTMCell, GRUCell or RNNCell once per frame"))
+            return -1
         indices = sorted(self.group_inputs.get(chain.group, ()))
         roles = ["h" if self.inputs[i].role == "h0" else "c" for i in indices]
         tail = list(names[len(names) - len(roles):]) if len(names) >= len(roles) else []

@@ -67,6 +67,8 @@ from ..ir import (
     Concat,
     Conv1d,
     Dense,
+    FrameConv1d,
+    FramePad,
     Model,
     RecurrentLayer,
     SelectStep,
@@ -769,12 +771,15 @@ def lower_binary(p: str, index: int, layer: Binary, q, req: _Requirements) -> li
 def lower_concat(p: str, index: int, layer: Concat, q, req: _Requirements) -> list[Function]:
     """``y = cat(x0, x1, ...)`` along the features: one copy loop per part."""
     _float_only(layer, q)
-    loops, offset = [], 0
-    for k, size in enumerate(layer.sizes):
-        loops.append(Loop(size, (Store(Unit("y", offset, "float"), Unit(f"x{k}", 0, "float"),
-                                       f"part {k}: y[{offset}:{offset + size}]"),)))
-        offset += size
-    params = tuple(Param(f"x{k}", "const float *", "in", size)
+    loops, offset, total = [], 0, sum(layer.sizes)
+    for p_ in range(layer.length):  # a frame's positions, each (channels) of every part
+        for k, size in enumerate(layer.sizes):
+            at = p_ * total + offset
+            loops.append(Loop(size, (Store(Unit("y", at, "float"),
+                                           Unit(f"x{k}", p_ * size, "float"),
+                                           f"part {k}: y[{at}:{at + size}]"),)))
+            offset = (offset + size) % total
+    params = tuple(Param(f"x{k}", "const float *", "in", size * layer.length)
                    for k, size in enumerate(layer.sizes))
     return [Function(
         name=f"{p}_cat{index}", kind="multi", layer=index,
@@ -788,15 +793,78 @@ def lower_channel_slice(p: str, index: int, layer: ChannelSlice, q, req: _Requir
                         ) -> list[Function]:
     """``y = x[start:stop]`` over the features."""
     _float_only(layer, q)
+    width = layer.stop - layer.start
     return [Function(
         name=f"{p}_slice{index}", kind="multi", layer=index,
-        comment=(f"y = x[{layer.start}:{layer.stop}] of {layer.in_features} features, float32",),
-        params=(Param("x", "const float *", "in", layer.in_features),
+        comment=(f"y = x[{layer.start}:{layer.stop}] of {layer.in_features} channels"
+                 + (f" at each of {layer.length} positions" if layer.length > 1 else "")
+                 + ", float32",),
+        params=(Param("x", "const float *", "in", layer.in_features * layer.length),
                 Param("y", "float *", "out", layer.features)),
-        named=(), prologue=(), loops=(Loop(layer.features, (
-            Store(Unit("y", 0, "float"), Unit("x", layer.start, "float"),
-                  f"x[{layer.start} + j]"),)),),
+        named=(), prologue=(), loops=tuple(Loop(width, (
+            Store(Unit("y", p_ * width, "float"),
+                  Unit("x", p_ * layer.in_features + layer.start, "float"),
+                  f"x[{p_ * layer.in_features + layer.start} + j]"),))
+            for p_ in range(layer.length)),
         constants=())]
+
+
+def lower_frame_conv1d(p: str, index: int, layer: FrameConv1d, q, req: _Requirements
+                       ) -> list[Function]:
+    """A Conv1d over one step's frame (L, C) -> (L_out, O): the helper ``frame_conv1d_f`` with
+    the weights as (O, kernel, C / groups)."""
+    _float_only(layer, q)
+    fn = f"{p}_fconv{index}"
+    consts = _Constants()
+    data = np.ascontiguousarray(layer.weight.data.transpose(0, 2, 1)).reshape(-1)
+    w = consts.add(f"{fn}_w", "float", data,
+                   f"{layer.weight.source} as (out, kernel, in / groups) = "
+                   f"({layer.out_channels}, {layer.kernel}, {layer.weight.shape[1]}), float32")
+    bias: Expr = Lit(0, "const float *", name="NULL")
+    if layer.bias is not None:
+        bias = Ptr(consts.add(f"{fn}_b", "float", layer.bias.data,
+                              f"{layer.bias.source}, float32"))
+    req.helpers.add("frame_conv1d_f")
+    what = (f"y = conv1d(x) over the {layer.length} positions of one frame: "
+            f"{layer.in_channels} -> {layer.out_channels} channels, kernel {layer.kernel}, "
+            f"stride {layer.stride}, dilation {layer.dilation}, groups {layer.groups}, zero "
+            f"padding {layer.pad_left} left and {layer.pad_right} right, {layer.out_length} "
+            "positions out")
+    args = (Ptr("x"), Ptr("y"), Lit(layer.length, "int"), Lit(layer.out_length, "int"), Ptr(w),
+            bias, Lit(layer.in_channels, "int"), Lit(layer.out_channels, "int"),
+            Lit(layer.kernel, "int"), Lit(layer.groups, "int"), Lit(layer.dilation, "int"),
+            Lit(layer.stride, "int"), Lit(layer.pad_left, "int"))
+    return [Function(
+        name=fn, kind="frame", layer=index, comment=(f"{layer.name}: {what}",),
+        params=(Param("x", "const float *", "in", layer.length * layer.in_channels),
+                Param("y", "float *", "out", layer.features)),
+        named=(), prologue=(Do(call("frame_conv1d_f", *args, ctype="void"),
+                                "every position and channel"),),
+        loops=(), constants=tuple(consts.items))]
+
+
+FRAME_PAD_MODES = {"constant": 0, "reflect": 1, "replicate": 2}
+"""The ``mode`` argument of the helper ``frame_pad_f``."""
+
+
+def lower_frame_pad(p: str, index: int, layer: FramePad, q, req: _Requirements
+                    ) -> list[Function]:
+    """Padding of one step's frame (L, C) -> (L + left + right, C): ``frame_pad_f``."""
+    _float_only(layer, q)
+    req.helpers.add("frame_pad_f")
+    fill = f" {layer.value!r}" if layer.mode == "constant" else ""
+    args = (Ptr("x"), Ptr("y"), Lit(layer.length, "int"), Lit(layer.channels, "int"),
+            Lit(layer.left, "int"), Lit(layer.right, "int"),
+            Lit(FRAME_PAD_MODES[layer.mode], "int"), Lit(layer.value, "float"))
+    return [Function(
+        name=f"{p}_pad{index}", kind="frame", layer=index,
+        comment=(f"y = x padded by {layer.left} positions left and {layer.right} right "
+                 f"({layer.mode}{fill}): {layer.length} positions of {layer.channels} "
+                 "channel(s), float32",),
+        params=(Param("x", "const float *", "in", layer.length * layer.channels),
+                Param("y", "float *", "out", layer.features)),
+        named=(), prologue=(Do(call("frame_pad_f", *args, ctype="void"), layer.mode),),
+        loops=(), constants=())]
 
 
 def lower_unary(p: str, index: int, layer: Unary, q, req: _Requirements) -> list[Function]:
@@ -1136,6 +1204,10 @@ def lower(model: Model, name: str, q=None) -> Plan:
             functions[index] = lower_channel_slice(name, index, layer, qlayer, req)
         elif isinstance(layer, Unary):
             functions[index] = lower_unary(name, index, layer, qlayer, req)
+        elif isinstance(layer, FrameConv1d):
+            functions[index] = lower_frame_conv1d(name, index, layer, qlayer, req)
+        elif isinstance(layer, FramePad):
+            functions[index] = lower_frame_pad(name, index, layer, qlayer, req)
     whole = model.bidirectional or model.convolves
     schedule, buffers = (_layer_major if whole else _time_major)(model, functions, fixed)
     if model.convolves:
