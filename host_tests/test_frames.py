@@ -18,7 +18,7 @@ from tinyrnn.check import evaluate, torchref
 from tinyrnn.check.simulate import batch_from_arrays, run_float
 from tinyrnn.errors import TinyRNNError
 from tinyrnn.frontend.reader import capture, read_program
-from tinyrnn.ir import FrameConv1d, FramePad
+from tinyrnn.ir import Carry, ChannelSlice, Concat, FrameConv1d, FramePad
 from tinyrnn.numerics.helpers import TANH_MAX_ERROR
 from tinyrnn.passes.lower import lower
 from tinyrnn.targets.host import load_many
@@ -51,6 +51,24 @@ class MiniVAD(nn.Module):
         return p.squeeze(1).mean(dim=1, keepdim=True), h, c
 
 
+class ContextVAD(MiniVAD):
+    """MiniVAD with Silero's carried context: the last 4 samples of the frame before are
+    prepended (``cat([context, x_t])``) and the new context is returned before the state."""
+
+    N, CONTEXT = 8, 4
+
+    def __init__(self):
+        super().__init__()
+        with torch.no_grad():  # a head that moves with the input, for the test to mean much
+            self.head.weight.mul_(20.0)
+
+    def forward(self, x, context, h, c):
+        x = torch.cat([context, x], dim=1)
+        new_context = x[:, -self.CONTEXT:]
+        p, h, c = super().forward(x, h, c)
+        return p, new_context, h, c
+
+
 class Branchy(nn.Module):
     """Replicate and constant pads, a dilated grouped conv, two branches cat on the channel
     axis, mul and abs, a GRUCell."""
@@ -74,14 +92,18 @@ class Branchy(nn.Module):
         return self.fc(h), h
 
 
-MODELS = {"mini-vad": MiniVAD, "branchy": Branchy}
+MODELS = {"mini-vad": MiniVAD, "branchy": Branchy, "context-vad": ContextVAD}
 
 
 def _states(key: str, batch: int, seed: int) -> list[np.ndarray]:
+    """The forward's arguments after x_t: a zero context (the C starts it at zero), then the
+    cell state, random."""
     cls = MODELS[key]
-    count = 2 if key == "mini-vad" else 1
+    count = 1 if key == "branchy" else 2
     rng = np.random.default_rng(seed)
-    return [(0.5 * rng.normal(size=(batch, cls.H))).astype(np.float32) for _ in range(count)]
+    context = [np.zeros((batch, ContextVAD.CONTEXT), np.float32)] if key == "context-vad" else []
+    return context + [(0.5 * rng.normal(size=(batch, cls.H))).astype(np.float32)
+                      for _ in range(count)]
 
 
 def _frames(key: str, batch: int, steps: int, seed: int) -> np.ndarray:
@@ -95,8 +117,8 @@ def built():
     for k, (key, cls) in enumerate(MODELS.items()):
         torch.manual_seed(10 + k)
         module = cls().eval()
-        example = [torch.zeros(2, cls.N)] + [torch.zeros(2, cls.H)
-                                             for _ in _states(key, 1, 0)]
+        example = [torch.zeros(2, cls.N)] + [torch.zeros(2, a.shape[1])
+                                             for a in _states(key, 1, 0)]
         out[key] = module, capture(module, tuple(example))
     return out
 
@@ -161,12 +183,30 @@ def test_float32_c_equals_the_step_module_per_frame(key, built, compiled):
     arrays = [x] + states
     np.testing.assert_allclose(torchref.run(model, arrays)[0], expected, rtol=0, atol=1e-6,
                                err_msg="torchref")
+    if key == "context-vad":  # the context: the last samples of the last frame
+        np.testing.assert_array_equal(outs[1], x[:, -1, -ContextVAD.CONTEXT:])
+        np.testing.assert_array_equal(torchref.run(model, arrays)[1], outs[1])
     fb = batch_from_arrays(model, arrays)
     planned = evaluate.run(lower(model, "m"), fb.x, fb.h0, fb.c0)[0]
     simulated = run_float(model, fb)[0].outputs[0]
     np.testing.assert_allclose(planned, simulated, rtol=0, atol=2.5 * TANH_MAX_ERROR,
                                err_msg="plan")
     np.testing.assert_allclose(simulated, expected, rtol=0, atol=TOL, err_msg="simulate")
+
+
+def test_the_context_is_carried_state_read_before_it_is_replaced(built):
+    """Silero's context: a Carry layer read by the cat, replaced at the end of each step by
+    the cat's last samples; a non-zero initial context is refused by name."""
+    model = read_program(built["context-vad"][1])
+    assert model.layers[0] == Carry(ContextVAD.CONTEXT)
+    assert model.layers[1] == Concat((1, 0), (4, 8))
+    assert model.carries == ((0, 3),) and model.layers[2] == ChannelSlice(8, 12, 12, (2,))
+    assert [o.role for o in model.outputs] == ["sequence", "carry_n", "h_n", "c_n"]
+    x = _frames("context-vad", 1, 3, 0)
+    states = _states("context-vad", 1, 0)
+    states[0][0, 0] = 1.0
+    with pytest.raises(TinyRNNError, match=r"input in1 \(carry\) is not zero"):
+        torchref.run(model, [x] + states)
 
 
 def test_generated_files_carry_nothing_unused(compiled):

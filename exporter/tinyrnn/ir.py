@@ -354,6 +354,16 @@ class FramePad:
 
 
 @dataclass(frozen=True)
+class Carry:
+    """A step module's carried value (not a recurrent state), e.g. Silero VAD's 64 samples of
+    context: a forward argument after ``x_t`` that the forward returns updated. The layer's
+    output is the value at the start of the step (zeros after NAME_reset); at the end of each
+    step the value :attr:`Model.carries` names replaces it. Float32."""
+
+    features: int
+
+
+@dataclass(frozen=True)
 class Unary:
     """An element-wise ``x * x`` (``x ** 2``, ``torch.square``), ``sqrt(x)`` or ``|x|``,
     float32."""
@@ -364,7 +374,7 @@ class Unary:
 
 
 Layer = (LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep | Binary
-         | Concat | ChannelSlice | Unary | FrameConv1d | FramePad)
+         | Concat | ChannelSlice | Unary | FrameConv1d | FramePad | Carry)
 
 
 def reads(layers: tuple[Layer, ...] | list[Layer], index: int) -> tuple[int, ...]:
@@ -405,7 +415,7 @@ class StateGroup:
 class InputSpec:
     """One argument of the torch forward (after flattening nested tuples)."""
 
-    role: Literal["x", "h0", "c0"]
+    role: Literal["x", "h0", "c0", "carry"]
     torch_shape: tuple[int, ...]  # a step module's x: (B, 1, I), the iterated form's shape
     batch_axis: int  # h0/c0: 1 for torch's (rows, B, H), 0 for a cell's (B, H)
     time_axis: int | None = None  # x only
@@ -417,13 +427,13 @@ class InputSpec:
 class OutputSpec:
     """One value the torch forward returns (after flattening nested tuples)."""
 
-    role: Literal["sequence", "vector", "h_n", "c_n"]
+    role: Literal["sequence", "vector", "h_n", "c_n", "carry_n"]
     torch_shape: tuple[int, ...]
     batch_axis: int
     time_axis: int | None = None  # sequence only
     features: int = 0  # sequence/vector
     size: int = 0  # h_n/c_n: floats per sample; (rows, B, H) or a cell's (B, H)
-    group: int = -1  # h_n/c_n: index into Model.groups
+    group: int = -1  # h_n/c_n: index into Model.groups; carry_n: index into Model.carries
 
 
 @dataclass(frozen=True, eq=False)
@@ -438,6 +448,9 @@ class Model:
     max_seq_len: int
     state_group: int  # the group NAME_set_state loads (the one taking h0, else 0)
     source_lines: tuple[str, ...] = field(default=())
+    carries: tuple[tuple[int, int], ...] = ()
+    """A step module's carried values: (the :class:`Carry` layer's index, the value that
+    replaces it at the end of each step), in the order of the forward's arguments."""
     step_module: bool = False
     """The torch forward is ONE step of a cell, ``forward(x_t, *state) -> (*y, *state)``
     (docs/c-api.md, "Step modules"). The IR describes it iterated over a sequence: x is
@@ -472,7 +485,8 @@ class Model:
         front-ends), named by kind (and module, where they have one), in order, once each."""
         names = []
         for layer in self.layers:
-            if isinstance(layer, (Binary, Concat, ChannelSlice, Unary, FrameConv1d, FramePad)) \
+            if isinstance(layer, (Binary, Concat, ChannelSlice, Unary, FrameConv1d, FramePad,
+                                  Carry)) \
                     or (isinstance(layer, Activation) and layer.reads):
                 kind = type(layer).__name__
                 name = f"{kind} {layer.name}" if isinstance(layer, FrameConv1d) else kind

@@ -23,6 +23,7 @@ from ..checks import check_name
 from ..ir import (
     Activation,
     Binary,
+    Carry,
     ChannelSlice,
     Concat,
     Conv1d,
@@ -327,7 +328,7 @@ def context(plan: Plan, provenance: str, api: c_interface.CInterface) -> dict:
         wide_store=any(r.shift for o in plan.outputs for r in o.rows),
         outputs=outputs, seq_outputs=[o for o in outputs if o["role"] == "sequence"],
         vec_outputs=[o for o in outputs if o["role"] == "vector"],
-        state_outputs=[o for o in outputs if o["role"] in ("h_n", "c_n")],
+        state_outputs=[o for o in outputs if o["role"] in ("h_n", "c_n", "carry_n")],
         state_vars=[dict(ctype=b.ctype or plan.T, name=b.name, size=b.size, comment=b.comment)
                     for b in plan.buffers],
         weight_format=plan.format,
@@ -511,6 +512,8 @@ def _layer_summary(layer: Any) -> dict:
                     dilation=layer.dilation, groups=layer.groups, length=layer.length,
                     out_length=layer.out_length, padding=[layer.pad_left, layer.pad_right],
                     bias=layer.bias is not None)
+    if isinstance(layer, Carry):
+        return dict(kind="carry", features=layer.features)
     if isinstance(layer, FramePad):
         return dict(kind="frame_pad", mode=layer.mode, value=layer.value,
                     padding=[layer.left, layer.right], channels=layer.channels,

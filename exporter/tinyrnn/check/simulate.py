@@ -13,9 +13,9 @@ calibrated format) and the per-layer report of ``tinyrnn verify``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from ..io import split_inputs
 from ..ir import (
     Activation,
     Binary,
+    Carry,
     ChannelSlice,
     Concat,
     Conv1d,
@@ -126,9 +127,20 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
     init = numerics.initial_state(batch)
     layer_outputs: list[np.ndarray] = []
     finals: dict[tuple[int, int], State] = {}
+    carried: dict[int, np.ndarray] = {}  # a Carry layer's value after the last step
     for index, layer in enumerate(model.layers):
         read = [([x] + layer_outputs)[k] for k in reads(model.layers, index)]
-        if isinstance(layer, (Binary, Concat, ChannelSlice, Unary, FrameConv1d, FramePad)):
+        if isinstance(layer, Carry):
+            def apply(j: int, parts: list[np.ndarray]) -> np.ndarray:
+                other = model.layers[j]
+                if isinstance(other, (Binary, Concat, ChannelSlice, Unary, FrameConv1d,
+                                      FramePad)):
+                    return combine(other, parts)
+                return numerics.head(j, parts[0])
+            value, carried[index] = carry_sequence(
+                model, index, x, apply, lambda shape: np.zeros(shape, x.dtype),
+                lambda parts: np.concatenate(parts, axis=1))
+        elif isinstance(layer, (Binary, Concat, ChannelSlice, Unary, FrameConv1d, FramePad)):
             value = combine(layer, read)
         elif isinstance(layer, RecurrentLayer):
             outs = []
@@ -155,6 +167,8 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
     for spec in model.outputs:
         if spec.role in ("sequence", "vector"):
             outputs.append(value)
+        elif spec.role == "carry_n":
+            outputs.append(carried[model.carries[spec.group][0]])
         else:
             group = model.groups[spec.group]
             k = 0 if spec.role == "h_n" else 1
@@ -162,6 +176,25 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
                 [finals[(i, d)][k] for i in group.layers
                  for d in range(model.layers[i].num_directions)], axis=1))
     return Trace(outputs, layer_outputs, finals)
+
+
+def carry_sequence(model: Model, index: int, x: Any, apply: Callable[[int, list], Any],
+                   zeros: Callable[[tuple[int, ...]], Any], cat: Callable[[list], Any]
+                   ) -> tuple[Any, Any]:
+    """The value of the Carry layer ``index`` at the start of every step, ``(B, T, F)`` from
+    zeros, and after the last step ``(B, F)``: the layers between it and its new value (per-step
+    functions, which the frontend checked) run step by step; ``x`` is ``(B, T, I)``, numpy or
+    torch (``apply(j, parts)`` runs layer j, ``zeros`` and ``cat`` on axis 1 build arrays)."""
+    new = dict(model.carries)[index]
+    carry = zeros((x.shape[0], 1, model.layers[index].features))  # type: ignore[union-attr]
+    starts = []
+    for t in range(x.shape[1]):
+        local = {0: x[:, t:t + 1], index + 1: carry}
+        for j in range(index + 1, new):
+            local[j + 1] = apply(j, [local[k] for k in reads(model.layers, j)])
+        starts.append(carry)
+        carry = local[new]
+    return cat(starts), carry[:, 0]
 
 
 def combine(layer: Binary | Concat | ChannelSlice | Unary | FrameConv1d | FramePad,

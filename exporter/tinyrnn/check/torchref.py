@@ -27,6 +27,7 @@ from ..io import assemble_outputs
 from ..ir import (
     Activation,
     Binary,
+    Carry,
     ChannelSlice,
     Concat,
     Conv1d,
@@ -43,7 +44,7 @@ from ..ir import (
     Unary,
     reads,
 )
-from .simulate import batch_from_arrays, split_state
+from .simulate import batch_from_arrays, carry_sequence, split_state
 
 
 def _rows(parts: list[np.ndarray]) -> torch.Tensor:
@@ -164,9 +165,21 @@ def run(model: Model, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     finals: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
     value = torch.from_numpy(batch.x)
     values = [value]  # by value index (ir.reads)
+    carried: dict[int, torch.Tensor] = {}  # a Carry layer's value after the last step
     with torch.no_grad():
         for index, layer in enumerate(model.layers):
-            if isinstance(layer, (Binary, Concat, ChannelSlice, Unary, FrameConv1d, FramePad)):
+            if isinstance(layer, Carry):
+                def apply(j: int, parts: list[torch.Tensor]) -> torch.Tensor:
+                    other = model.layers[j]
+                    if isinstance(other, (Binary, Concat, ChannelSlice, Unary, FrameConv1d,
+                                          FramePad)):
+                        return _combine(other, parts)
+                    return _head(other, parts[0])  # type: ignore[arg-type]
+                value, carried[index] = carry_sequence(
+                    model, index, values[0], apply, lambda shape: torch.zeros(shape),
+                    lambda parts: torch.cat(parts, dim=1))
+            elif isinstance(layer, (Binary, Concat, ChannelSlice, Unary, FrameConv1d,
+                                    FramePad)):
                 value = _combine(layer, [values[k] for k in reads(model.layers, index)])
             elif isinstance(layer, RecurrentLayer):
                 value, finals_of = _run_recurrent(layer, index, value, initial)
@@ -183,6 +196,8 @@ def run(model: Model, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     for spec in model.outputs:
         if spec.role in ("sequence", "vector"):
             outputs.append(value.numpy())
+        elif spec.role == "carry_n":
+            outputs.append(carried[model.carries[spec.group][0]].numpy())
         else:
             group = model.groups[spec.group]
             k = 0 if spec.role == "h_n" else 1

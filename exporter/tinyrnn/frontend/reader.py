@@ -27,6 +27,7 @@ from ..errors import TinyRNNError
 from ..ir import (
     Activation,
     Binary,
+    Carry,
     ChannelSlice,
     Concat,
     Conv1d,
@@ -48,6 +49,7 @@ from ..ir import (
     Unary,
     split_gates,
 )
+from ..ir import reads as ir_reads
 from .graph import GraphError, Node, TensorRef
 from .pt2 import Program, read_archive
 from .pt2 import load as load_archive
@@ -364,6 +366,8 @@ class _Reader:
         self.step_module = False
         self.cell_outputs: dict[str, _Cell] = {}
         self.weight_shapes: dict[str, tuple[int, ...]] = {}
+        self.carry_of: dict[int, int] = {}  # user input -> its Carry layer
+        self.carries: list[tuple[int, int]] = []
 
     # -- helpers -------------------------------------------------------------------------------
     def shape(self, name: str) -> tuple[int, ...]:
@@ -471,6 +475,7 @@ class _Reader:
             input_size=self.inputs[self.x_index].features,
             max_seq_len=self.max_seq_len or self.seq_len,
             state_group=state_groups[0] if state_groups else 0,
+            carries=tuple(self.carries),
             step_module=self.step_module,
         )
 
@@ -1295,6 +1300,11 @@ class _Reader:
             data = self.step_input(node, value, arg)
             if data is not None:
                 return data
+            if value.index != 0:  # x_t's frame is read after a carried value (Silero: cat)
+                first = self.graph.user_inputs[0]
+                self.step_input(node, _Input(0), TensorRef(first))
+        if isinstance(value, _Input) and self.step_module and value.index != self.x_index:
+            return self.carry(node, value, arg)
         if isinstance(value, (_Input, _InputView)) and value.index == self.x_index:
             if self.step_module:
                 return _Data(0, self.inputs[value.index].features, self.shape(arg.name), 0, None)
@@ -1327,6 +1337,20 @@ class _Reader:
         self.x_index, self.step_module, self.seq_len = value.index, True, 1
         self.inputs[value.index] = InputSpec("x", (batch, 1, size), 0, 1, features=size)
         return _Data(0, size, shape, 0, None)
+
+    def carry(self, node: Node, value: _Input, arg: Any) -> _Data | None:
+        """A step module's forward argument after x_t that is neither a cell's state: a
+        carried value (Silero's context), (B, N); the forward returns its new value."""
+        shape = self.shape(arg.name)
+        if len(shape) != 2:
+            self.fail(node, f"a carried value of shape {list(shape)}; a step module carries "
+                            "(B, N) values")
+            return None
+        if value.index not in self.carry_of:
+            self.layers.append(Carry(shape[1]))
+            self.carry_of[value.index] = len(self.layers) - 1
+            self.inputs[value.index] = InputSpec("carry", shape, 0, size=shape[1])
+        return _Data(self.carry_of[value.index] + 1, shape[1], shape, 0, None)
 
     def frame_of(self, value: Any, shape: tuple[int, ...]) -> tuple[int, int] | None:
         """(C, L) where ``value`` (torch shape ``shape``) is one step's frame (B, C, L): a frame
@@ -1589,6 +1613,30 @@ class _Reader:
         return OutputSpec("h_n" if cell.role == "h" else "c_n", self.shape(out), batch_axis=0,
                           size=size, group=chain.group)
 
+    def carry_output(self, out: str, value: Any, k: int, carried: list[int]
+                     ) -> OutputSpec | None:
+        """The new value of the k-th carried argument, returned before the cell's state."""
+        layer = self.carry_of[carried[k]]
+        size = self.layers[layer].features  # type: ignore[union-attr]
+        if isinstance(value, _Cell) or not isinstance(value, _Data) or value.time_axis is not None \
+                or value.width != size or self.shape(out) != (value.shape[0], size):
+            self.fail_output(out, f"a step module returns the new value of each carried "
+                                  f"argument (here ({size},) per sample) just before its new "
+                                  f"cell state, in the order of the arguments")
+            return None
+        span = range(layer + 1, value.depth)
+        if value.depth <= layer or any(
+                isinstance(self.layers[j], (RecurrentLayer, SelectStep, Carry))
+                or any(r not in (0, *range(layer + 1, j + 1))
+                       for r in ir_reads(self.layers, j)) for j in span):
+            self.fail_output(out, "a carried value's new value computed after a cell or "
+                                  "another carried value; compute it from x_t and the value "
+                                  "first, before the cell (e.g. x = torch.cat([context, x_t], "
+                                  "1); new_context = x[:, -N:])")
+            return None
+        self.carries.append((layer, value.depth))
+        return OutputSpec("carry_n", self.shape(out), 0, size=size, group=k)
+
     def step_states(self, names: tuple[str, ...]) -> int:
         """How many of a step module's outputs are its new state (they come last, in the
         order of the state inputs); reports a module that breaks the convention."""
@@ -1619,9 +1667,16 @@ class _Reader:
         states = self.step_states(names) if self.step_module else 0
         if states < 0:
             return ()
+        carried = sorted(self.carry_of)  # their new values come just before the cell states
+        first_carry = len(names) - states - len(carried)
         for position, out in enumerate(names):
             value = self.values.get(out)
             if value is _FAILED:
+                continue
+            if carried and first_carry <= position < len(names) - states:
+                spec = self.carry_output(out, value, position - first_carry, carried)
+                if spec is not None:
+                    outputs.append(spec)
                 continue
             cell = self.cell_outputs.get(out)
             if cell is not None and (not self.step_module or position >= len(names) - states):

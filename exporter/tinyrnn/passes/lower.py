@@ -63,6 +63,7 @@ from ..errors import TinyRNNError
 from ..ir import (
     Activation,
     Binary,
+    Carry,
     ChannelSlice,
     Concat,
     Conv1d,
@@ -867,6 +868,23 @@ def lower_frame_pad(p: str, index: int, layer: FramePad, q, req: _Requirements
         loops=(), constants=())]
 
 
+def lower_carry(p: str, index: int, layer: Carry, q, req: _Requirements) -> list[Function]:
+    """The end of a step: the carried value's new value ``x`` into its ``NAME_state_t``
+    member ``y`` (read as the Carry layer's output by the next step)."""
+    _float_only(layer, q)
+    n = layer.features
+    return [Function(
+        name=f"{p}_carry{index}", kind="multi", layer=index,
+        comment=(f"the carried value ({n} floats) for the next step: y = x",),
+        params=(Param("x", "const float *", "in", n), Param("y", "float *", "out", n)),
+        named=(), prologue=(Copy("y", 0, "x", n, "float"),), loops=(), constants=())]
+
+
+def carry_buffer(index: int) -> str:
+    """The NAME_state_t member holding the value of the Carry layer ``index``."""
+    return f"carry{index}"
+
+
 def lower_unary(p: str, index: int, layer: Unary, q, req: _Requirements) -> list[Function]:
     """``y = x * x``, ``sqrtf(x)`` or ``fabsf(x)`` element-wise; ``y`` may be ``x``'s buffer."""
     _float_only(layer, q)
@@ -1027,6 +1045,9 @@ def _time_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             select_at, pre_result = len(calls), current
             values.append(current)
             continue
+        if isinstance(layer, Carry):  # the state member itself, read in place
+            values.append(_Value(layer.features, buffer=carry_buffer(index)))
+            continue
         ins = [values[k] for k in reads(model.layers, index)]
         for fn in functions[index]:
             works = [_Value(p.size, "scratch", role=p.name) for p in fn.param("work")]
@@ -1039,6 +1060,10 @@ def _time_major(model: Model, functions: dict[int, list[Function]], fixed: bool
                                    or isinstance(layer, Binary)))
                 current = out
         values.append(current)
+    for index, new in model.carries:  # after every read of the carried values
+        fn = functions[index][0]
+        calls.append(_Call(fn, [values[new]], _Value(fn.param("out")[0].size,
+                                                     buffer=carry_buffer(index)), []))
     current.last = len(calls)  # the step's result is read after the last call
     if pre_result is None:
         pre_result = current
@@ -1055,7 +1080,10 @@ def _time_major(model: Model, functions: dict[int, list[Function]], fixed: bool
         select_width=pre_result.size if select is not None else 0, select_to=None,
         step=tuple(ops), step_result=Arg(current.buffer),
         input_buffer=reserved[0].buffer if fixed else None,
-    ), _state_buffers(model, functions) + pools["scratch"].buffers("scratch")
+    ), _state_buffers(model, functions) + [
+        Buffer(carry_buffer(index), model.layers[index].features,  # type: ignore[union-attr]
+               "a carried value (the forward's argument after x_t)", False)
+        for index, _ in model.carries] + pools["scratch"].buffers("scratch")
 
 
 def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
@@ -1208,6 +1236,8 @@ def lower(model: Model, name: str, q=None) -> Plan:
             functions[index] = lower_frame_conv1d(name, index, layer, qlayer, req)
         elif isinstance(layer, FramePad):
             functions[index] = lower_frame_pad(name, index, layer, qlayer, req)
+        elif isinstance(layer, Carry):
+            functions[index] = lower_carry(name, index, layer, qlayer, req)
     whole = model.bidirectional or model.convolves
     schedule, buffers = (_layer_major if whole else _time_major)(model, functions, fixed)
     if model.convolves:
@@ -1218,6 +1248,10 @@ def lower(model: Model, name: str, q=None) -> Plan:
     for k, spec in enumerate(model.outputs):
         if spec.role in ("sequence", "vector"):
             outputs.append(Output(k, spec.role, spec.features, frac=final_frac))
+        elif spec.role == "carry_n":
+            index = model.carries[spec.group][0]
+            outputs.append(Output(k, spec.role, spec.size, (StateRow(
+                carry_buffer(index), 0, spec.size, "the carried value after the last step"),)))
         else:
             rows = _state_rows(model, q, functions, spec.group, 0 if spec.role == "h_n" else 1)
             outputs.append(Output(k, spec.role, spec.size, rows))
