@@ -16,6 +16,7 @@ from tinyrnn.cli import main
 from tinyrnn.frontend.reader import capture, read_program
 from tinyrnn.ir import Carry, FrameConv1d, FramePad, LSTMLayer
 from tinyrnn.targets.host import load
+from tinyrnn.targets.profile import macs_per_step
 
 pytestmark = pytest.mark.filterwarnings(  # the package loads its TorchScript model
     "ignore:`torch.jit.load` is deprecated:DeprecationWarning")
@@ -95,6 +96,15 @@ def test_float32_c_equals_torch_per_frame(exported, frames, expected):
     y, context, _, _ = c.run(frames[None], *zeros)
     np.testing.assert_array_equal(y[0, :, 0], got)
     np.testing.assert_array_equal(context[0], frames[-1, -vad.CONTEXT:])
+
+
+def test_the_profiler_counts_the_frame_convs(exported, module):
+    """MACs of one frame: every frame conv (output positions x out x in x kernel), the
+    LSTMCell's 4 gates over x and h."""
+    _, c = exported
+    lengths = {"stft_conv": 4, "conv1": 4, "conv2": 2, "conv3": 1, "conv4": 1, "final_conv": 1}
+    convs = sum(n * getattr(module, name).weight.numel() for name, n in lengths.items())
+    assert macs_per_step(c.manifest) == convs + 4 * vad.HIDDEN * (128 + vad.HIDDEN)
 
 
 def test_the_example_refuses_the_integer_formats_by_name(tmp_path, capsys):
