@@ -443,6 +443,11 @@ void w_log_softmax_f(const float *x, float *y, int rows, int n);
 void w_float_cell(const float *w, const float *x, float *y, int rows, int n);
 void w_conv1d_f(const float *x, float *y, int T, const float *w, const float *b, int c, int o,
                 int kernel, int groups, int dilation, int pad);
+void w_frame_conv1d_f(const float *x, float *y, int L, int L_out, const float *w,
+                      const float *b, int c, int o, int kernel, int groups, int dilation,
+                      int stride, int pad);
+void w_frame_pad_f(const float *x, float *y, int L, int c, int left, int right, int mode,
+                   float value);
 """
 
 _BODIES = {
@@ -474,6 +479,9 @@ _BODIES = {
     "w_log_softmax_f": "for (k = 0; k < rows; ++k) t_log_softmax_f(x + k * n, y + k * n, n);",
     # y[k] = sigmoid(w_k . x) + relu(w_k . x): the float32 exports' other helpers
     "w_conv1d_f": "k = 0;\n    t_conv1d_f(x, y, T, w, b, c, o, kernel, groups, dilation, pad + k);",
+    "w_frame_conv1d_f": "k = 0;\n    t_frame_conv1d_f(x, y, L, L_out, w, b, c, o, kernel, groups,"
+                        " dilation, stride, pad + k);",
+    "w_frame_pad_f": "k = 0;\n    t_frame_pad_f(x, y, L, c, left, right, mode + k, value);",
     "w_float_cell": "for (k = 0; k < rows; ++k)\n"
                     "    y[k] = t_sigmoid(t_dot(w + k * n, x, n))\n"
                     "           + t_relu(t_dot(w + k * n, x, n));",
@@ -706,6 +714,42 @@ def test_conv1d_helper_in_c(clib, kernel, groups, dilation, pad_left, pad_right,
                        cin, cout, kernel, groups, dilation, pad_left)
         expected = conv1d_float(layer, x[None].astype(np.float64))[0]
         np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5, err_msg=f"T={steps}")
+
+
+@pytest.mark.parametrize("kernel, stride, groups, dilation, pad_left, pad_right", [
+    (8, 4, 1, 1, 0, 0), (3, 2, 1, 1, 1, 1), (3, 1, 3, 2, 2, 1), (5, 5, 1, 1, 0, 0)])
+def test_frame_conv1d_helper_in_c(clib, kernel, stride, groups, dilation, pad_left, pad_right):
+    """frame_conv1d_f (a conv over one frame's positions, any stride) against the float64
+    reference of check/simulate.py."""
+    from tinyrnn.check.simulate import frame_conv1d_float
+    from tinyrnn.ir import FrameConv1d, Tensor
+
+    ffi, lib = clib
+    rng = np.random.default_rng(kernel * 10 + stride)
+    cin, cout, length = 6, 3, 15
+    w = rng.standard_normal((cout, cin // groups, kernel)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    layer = FrameConv1d("c", Tensor(w.astype(np.float64), "w"), Tensor(b.astype(np.float64),
+                        "b"), stride, dilation, groups, pad_left, pad_right, length)
+    x = rng.standard_normal((length, cin)).astype(np.float32)
+    y = np.zeros((layer.out_length, cout), np.float32)
+    lib.w_frame_conv1d_f(_buf(ffi, "float", x), _buf(ffi, "float", y), length,
+                         layer.out_length, _buf(ffi, "float", np.ascontiguousarray(
+                             w.transpose(0, 2, 1))), _buf(ffi, "float", b), cin, cout, kernel,
+                         groups, dilation, stride, pad_left)
+    expected = frame_conv1d_float(layer, x[None].astype(np.float64))[0]
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode, code", [("constant", 0), ("reflect", 1), ("edge", 2)])
+def test_frame_pad_helper_in_c(clib, mode, code):
+    """frame_pad_f against numpy.pad (replicate is numpy's 'edge')."""
+    ffi, lib = clib
+    x = np.random.default_rng(code).standard_normal((5, 2)).astype(np.float32)
+    y = np.zeros((5 + 3 + 4, 2), np.float32)
+    lib.w_frame_pad_f(_buf(ffi, "float", x), _buf(ffi, "float", y), 5, 2, 3, 4, code, 0.5)
+    fill = {"constant_values": 0.5} if mode == "constant" else {}
+    np.testing.assert_array_equal(y, np.pad(x, ((3, 4), (0, 0)), mode=mode, **fill))
 
 
 def test_float_helpers_in_c(clib):

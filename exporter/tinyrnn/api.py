@@ -16,7 +16,7 @@ from .checks import check_name, check_number
 from .errors import TinyRNNError, TinyRNNWarning
 from .frontend.pt2 import Program
 from .frontend.reader import archive_bytes, read_captured, read_program, trace
-from .ir import Conv1d, Dense, Model, RecurrentLayer, SelectStep
+from .ir import Conv1d, Model, SelectStep, value_width
 from .outputs import output_folder
 
 FORMATS = ("w8a16", "w16a16", "float32")
@@ -108,6 +108,10 @@ def quantize_model(
     from .check.simulate import batch_from_arrays
     from .passes.quantize import calibrate, choose_formats, quantize
 
+    if model.float_only:
+        raise TinyRNNError(
+            f"the {format} format has no {', '.join(model.float_only)} yet: "
+            "export this model with --format float32 (format='float32')")
     convs = [layer.name for layer in model.layers if isinstance(layer, Conv1d)]
     if convs:
         raise TinyRNNError(
@@ -154,14 +158,6 @@ def check_options(format: str, name: str, max_seq_len: int | None) -> None:
                  why="the C API's sequence length is an int")
 
 
-def _width(layer: Any) -> int:
-    if isinstance(layer, RecurrentLayer):
-        return layer.output_size
-    if isinstance(layer, Dense):
-        return layer.out_features
-    if isinstance(layer, Conv1d):
-        return layer.out_channels
-    return layer.features
 
 
 def check_sequence_buffers(model: Model, format: str) -> None:
@@ -169,7 +165,8 @@ def check_sequence_buffers(model: Model, format: str) -> None:
     :data:`MAX_SEQUENCE_BUFFER_BYTES`."""
     if not (model.bidirectional or model.convolves):
         return
-    widest = max([1] + [_width(layer) for layer in model.layers
+    widest = max([1] + [value_width(model.layers, model.input_size, k + 1)
+                        for k, layer in enumerate(model.layers)
                         if not isinstance(layer, SelectStep)])
     per_step = 2 * widest * (4 if format == "float32" else 2)
     need = model.max_seq_len * per_step

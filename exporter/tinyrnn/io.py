@@ -159,6 +159,10 @@ def split_inputs(interface: dict, arrays: Sequence[np.ndarray]) -> list[dict[str
             moved = np.moveaxis(moved, time_axis + (1 if time_axis < axis else 0), 1)
             if moved.shape[1] < 1:
                 raise TinyRNNError("input x has zero time steps")
+        if spec["role"] == "carry" and np.any(array != 0):
+            raise TinyRNNError(
+                f"input in{i} (carry) is not zero: the C starts a step module's carried value "
+                "at zero (NAME_reset) and has no setter for it yet; pass zeros")
         per_role[spec["role"]] = _finite_float32(moved, f"input in{i} ({spec['role']})")
     assert batch is not None
     samples = []

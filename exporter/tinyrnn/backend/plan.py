@@ -350,7 +350,8 @@ class Op:
 
     fn: str
     args: tuple[Arg, ...]
-    kind: str  # "cell", "dense", "conv" (once over a whole sequence: (x, y, T)), "activation"
+    kind: str  # "cell", "dense", "conv" (once over a whole sequence: (x, y, T)), "activation",
+    # "multi" (element-wise over several values: inputs..., out)
     layer: int
     reverse: bool = False  # layer-major cells: over t from T - 1 down to 0
     src_stride: int = 0  # layer-major: elements per step of the source sequence
@@ -358,6 +359,7 @@ class Op:
     dst_stride: int = 0
     out_size: int = 0  # layer-major cells: elements of h
     comment: str = ""
+    strides: tuple[int, ...] = ()  # layer-major "multi": elements per step of each argument
 
 
 @dataclass(frozen=True)

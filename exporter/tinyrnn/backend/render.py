@@ -20,7 +20,21 @@ import numpy as np
 
 from .. import __version__
 from ..checks import check_name
-from ..ir import Activation, Conv1d, Dense, Model, RecurrentLayer, SelectStep
+from ..ir import (
+    Activation,
+    Binary,
+    Carry,
+    ChannelSlice,
+    Concat,
+    Conv1d,
+    Dense,
+    FrameConv1d,
+    FramePad,
+    Model,
+    RecurrentLayer,
+    SelectStep,
+    Unary,
+)
 from ..numerics.helpers import helper_closure, numeric_context
 from ..outputs import write_files
 from ..passes.lower import lower
@@ -96,7 +110,7 @@ def _tensors(layer: Any) -> list:
             if d.w_proj is not None:
                 out.append(d.w_proj)
         return out
-    if isinstance(layer, (Dense, Conv1d)):
+    if isinstance(layer, (Dense, Conv1d, FrameConv1d)):
         return [t for t in (layer.weight, layer.bias) if t is not None]
     return []
 
@@ -314,7 +328,7 @@ def context(plan: Plan, provenance: str, api: c_interface.CInterface) -> dict:
         wide_store=any(r.shift for o in plan.outputs for r in o.rows),
         outputs=outputs, seq_outputs=[o for o in outputs if o["role"] == "sequence"],
         vec_outputs=[o for o in outputs if o["role"] == "vector"],
-        state_outputs=[o for o in outputs if o["role"] in ("h_n", "c_n")],
+        state_outputs=[o for o in outputs if o["role"] in ("h_n", "c_n", "carry_n")],
         state_vars=[dict(ctype=b.ctype or plan.T, name=b.name, size=b.size, comment=b.comment)
                     for b in plan.buffers],
         weight_format=plan.format,
@@ -492,5 +506,24 @@ def _layer_summary(layer: Any) -> dict:
                     padding=[layer.pad_left, layer.pad_right], bias=layer.bias is not None)
     if isinstance(layer, Activation):
         return dict(kind=layer.kind, features=layer.features)
+    if isinstance(layer, FrameConv1d):
+        return dict(kind="frame_conv1d", name=layer.name, in_channels=layer.in_channels,
+                    out_channels=layer.out_channels, kernel=layer.kernel, stride=layer.stride,
+                    dilation=layer.dilation, groups=layer.groups, length=layer.length,
+                    out_length=layer.out_length, padding=[layer.pad_left, layer.pad_right],
+                    bias=layer.bias is not None)
+    if isinstance(layer, Carry):
+        return dict(kind="carry", features=layer.features)
+    if isinstance(layer, FramePad):
+        return dict(kind="frame_pad", mode=layer.mode, value=layer.value,
+                    padding=[layer.left, layer.right], channels=layer.channels,
+                    length=layer.length, reads=list(layer.reads))
+    if isinstance(layer, (Binary, Unary)):
+        return dict(kind=layer.kind, features=layer.features, reads=list(layer.reads))
+    if isinstance(layer, Concat):
+        return dict(kind="cat", sizes=list(layer.sizes), reads=list(layer.reads))
+    if isinstance(layer, ChannelSlice):
+        return dict(kind="channel_slice", start=layer.start, stop=layer.stop,
+                    in_features=layer.in_features, reads=list(layer.reads))
     assert isinstance(layer, SelectStep)
     return dict(kind="select_step", index=layer.index)

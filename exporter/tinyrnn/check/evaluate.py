@@ -78,6 +78,7 @@ _HELPERS = {
     "dot2_q32": lambda a, b, ka, c, d, kc, s: nm.dot2_q32(a, b, int(ka), c, d, int(kc), int(s)),
     "rshift_round64": nm.rshift_round,
     "sigmoid": nm.sigmoid_f, "relu": lambda v: np.maximum(v, 0.0), "tanh": nm.tanh_f,
+    "sqrtf": np.sqrt, "fabsf": np.abs,
 }
 
 
@@ -123,6 +124,12 @@ class _Frame:
         if c.fn == "conv1d_f":
             self.conv1d(c)
             return
+        if c.fn == "frame_conv1d_f":
+            self.frame_conv1d(c)
+            return
+        if c.fn == "frame_pad_f":
+            self.frame_pad(c)
+            return
         src, dst = (self.views[a.name] for a in c.args[:2])  # type: ignore[union-attr]
         n = int(self.value(c.args[2]))
         rest = [self.value(a) for a in c.args[3:]]
@@ -157,6 +164,48 @@ class _Frame:
                         out[:, t, g * og:(g + 1) * og] += (
                             xs[:, s, g * cg:(g + 1) * cg] @ w[g * og:(g + 1) * og, k].T)
         y[:, :steps * cout] = out.reshape(x.shape[0], -1)
+
+    def frame_conv1d(self, c: Call) -> None:
+        """``frame_conv1d_f(x, y, L, L_out, w, b, c, o, kernel, groups, dilation, stride,
+        pad)`` in float64 over one frame per sample."""
+        x_arg, y_arg = c.args[:2]
+        length, out_length = (int(self.value(a)) for a in c.args[2:4])
+        w_arg, b_arg = c.args[4:6]
+        cin, cout, kernel, groups, dilation, stride, pad = (int(self.value(a))
+                                                           for a in c.args[6:])
+        assert isinstance(x_arg, Ptr) and isinstance(y_arg, Ptr) and isinstance(w_arg, Ptr)
+        x, y = self.views[x_arg.name], self.views[y_arg.name]
+        cg, og = cin // groups, cout // groups
+        w = self.ev.const(w_arg.name).astype(np.float64).reshape(cout, kernel, cg)
+        b = (self.ev.const(b_arg.name).astype(np.float64) if isinstance(b_arg, Ptr)
+             else np.zeros(cout))
+        xs = x[:, :length * cin].reshape(x.shape[0], length, cin)
+        out = np.broadcast_to(b, (x.shape[0], out_length, cout)).copy()
+        for p in range(out_length):
+            for k in range(kernel):
+                s = p * stride + k * dilation - pad
+                if 0 <= s < length:
+                    for g in range(groups):
+                        out[:, p, g * og:(g + 1) * og] += (
+                            xs[:, s, g * cg:(g + 1) * cg] @ w[g * og:(g + 1) * og, k].T)
+        y[:, :out_length * cout] = out.reshape(x.shape[0], -1)
+
+    def frame_pad(self, c: Call) -> None:
+        """``frame_pad_f(x, y, L, c, left, right, mode, value)`` over one frame per sample."""
+        x_arg, y_arg = c.args[:2]
+        length, channels, left, right, mode = (int(self.value(a)) for a in c.args[2:7])
+        value = float(self.value(c.args[7]))
+        assert isinstance(x_arg, Ptr) and isinstance(y_arg, Ptr)
+        x, y = self.views[x_arg.name], self.views[y_arg.name]
+        for p in range(length + left + right):
+            s = p - left
+            if not 0 <= s < length:
+                if mode == 0:
+                    y[:, p * channels:(p + 1) * channels] = value
+                    continue
+                s = (-s if s < 0 else 2 * (length - 1) - s) if mode == 1 else min(
+                    max(s, 0), length - 1)
+            y[:, p * channels:(p + 1) * channels] = x[:, s * channels:(s + 1) * channels]
 
     def value(self, e: Expr):
         return self.expr(e)
@@ -327,6 +376,10 @@ def run(plan: Plan, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray 
                 if op.kind == "conv":
                     r.call_sequence(op, x if op.args[0].buffer == "x_t" else None, T)
                     break
+                if op.kind == "multi":
+                    r.x_t = x[:, t]
+                    r.call(op, {k: t * stride for k, stride in enumerate(op.strides)})
+                    continue
                 if op.kind == "cell":
                     r.call(op, {0: src})
                     assert op.dst is not None

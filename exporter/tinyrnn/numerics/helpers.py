@@ -807,6 +807,7 @@ HELPERS: tuple[Helper, ...] = (
     # float32
     Helper("dot"), Helper("tanh"), Helper("sigmoid"), Helper("relu"),
     Helper("softmax_f"), Helper("log_softmax_f"), Helper("conv1d_f", ("dot",)),
+    Helper("frame_conv1d_f", ("dot",)), Helper("frame_pad_f"),
     # integers
     Helper("dsp"),
     Helper("sat16"), Helper("sat16_i64", ("sat16",)),

@@ -60,7 +60,22 @@ from ..backend.plan import (
 from ..backend.v6masm import V6MUnitKernel
 from ..cells import CellSpec
 from ..errors import TinyRNNError
-from ..ir import Activation, Conv1d, Dense, Model, RecurrentLayer, SelectStep
+from ..ir import (
+    Activation,
+    Binary,
+    Carry,
+    ChannelSlice,
+    Concat,
+    Conv1d,
+    Dense,
+    FrameConv1d,
+    FramePad,
+    Model,
+    RecurrentLayer,
+    SelectStep,
+    Unary,
+    reads,
+)
 from ..numerics import helpers as nm
 from ..numerics.folds import Fold, Fold32, Fold64, fold_side, sum_fits_int32
 from .layout import direction_stream, float_stream, padded
@@ -730,6 +745,163 @@ def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirement
 
 
 # ---------------------------------------------------------------------------------------------
+# Values beyond the chain: residual add/mul, channel slices, cat (float32)
+
+
+def _float_only(layer, q) -> None:
+    if q is not None:
+        raise TinyRNNError(f"a {type(layer).__name__} layer has no integer lowering yet; "
+                           "export in float32")
+
+
+def lower_binary(p: str, index: int, layer: Binary, q, req: _Requirements) -> list[Function]:
+    """``y = a + b`` (or ``a * b``) element-wise; ``y`` may be ``a``'s buffer."""
+    _float_only(layer, q)
+    n, op = layer.features, "+" if layer.kind == "add" else "*"
+    value = Bin(op, Unit("a", 0, "float"), Unit("b", 0, "float"), "float")
+    return [Function(
+        name=f"{p}_{layer.kind}{index}", kind="multi", layer=index,
+        comment=(f"y = a {op} b over {n} features, float32; y and a may be the same buffer",),
+        params=(Param("a", "const float *", "in", n), Param("b", "const float *", "in", n),
+                Param("y", "float *", "out", n)),
+        named=(), prologue=(), loops=(Loop(n, (Store(Unit("y", 0, "float"), value,
+                                                      f"a {op} b"),)),),
+        constants=())]
+
+
+def lower_concat(p: str, index: int, layer: Concat, q, req: _Requirements) -> list[Function]:
+    """``y = cat(x0, x1, ...)`` along the features: one copy loop per part."""
+    _float_only(layer, q)
+    loops, offset, total = [], 0, sum(layer.sizes)
+    for p_ in range(layer.length):  # a frame's positions, each (channels) of every part
+        for k, size in enumerate(layer.sizes):
+            at = p_ * total + offset
+            loops.append(Loop(size, (Store(Unit("y", at, "float"),
+                                           Unit(f"x{k}", p_ * size, "float"),
+                                           f"part {k}: y[{at}:{at + size}]"),)))
+            offset = (offset + size) % total
+    params = tuple(Param(f"x{k}", "const float *", "in", size * layer.length)
+                   for k, size in enumerate(layer.sizes))
+    return [Function(
+        name=f"{p}_cat{index}", kind="multi", layer=index,
+        comment=(f"y = cat({', '.join(f'x{k}' for k in range(len(layer.sizes)))}) along the "
+                 f"features: {' + '.join(map(str, layer.sizes))} = {layer.features}, float32",),
+        params=params + (Param("y", "float *", "out", layer.features),),
+        named=(), prologue=(), loops=tuple(loops), constants=())]
+
+
+def lower_channel_slice(p: str, index: int, layer: ChannelSlice, q, req: _Requirements
+                        ) -> list[Function]:
+    """``y = x[start:stop]`` over the features."""
+    _float_only(layer, q)
+    width = layer.stop - layer.start
+    return [Function(
+        name=f"{p}_slice{index}", kind="multi", layer=index,
+        comment=(f"y = x[{layer.start}:{layer.stop}] of {layer.in_features} channels"
+                 + (f" at each of {layer.length} positions" if layer.length > 1 else "")
+                 + ", float32",),
+        params=(Param("x", "const float *", "in", layer.in_features * layer.length),
+                Param("y", "float *", "out", layer.features)),
+        named=(), prologue=(), loops=tuple(Loop(width, (
+            Store(Unit("y", p_ * width, "float"),
+                  Unit("x", p_ * layer.in_features + layer.start, "float"),
+                  f"x[{p_ * layer.in_features + layer.start} + j]"),))
+            for p_ in range(layer.length)),
+        constants=())]
+
+
+def lower_frame_conv1d(p: str, index: int, layer: FrameConv1d, q, req: _Requirements
+                       ) -> list[Function]:
+    """A Conv1d over one step's frame (L, C) -> (L_out, O): the helper ``frame_conv1d_f`` with
+    the weights as (O, kernel, C / groups)."""
+    _float_only(layer, q)
+    fn = f"{p}_fconv{index}"
+    consts = _Constants()
+    data = np.ascontiguousarray(layer.weight.data.transpose(0, 2, 1)).reshape(-1)
+    w = consts.add(f"{fn}_w", "float", data,
+                   f"{layer.weight.source} as (out, kernel, in / groups) = "
+                   f"({layer.out_channels}, {layer.kernel}, {layer.weight.shape[1]}), float32")
+    bias: Expr = Lit(0, "const float *", name="NULL")
+    if layer.bias is not None:
+        bias = Ptr(consts.add(f"{fn}_b", "float", layer.bias.data,
+                              f"{layer.bias.source}, float32"))
+    req.helpers.add("frame_conv1d_f")
+    what = (f"y = conv1d(x) over the {layer.length} positions of one frame: "
+            f"{layer.in_channels} -> {layer.out_channels} channels, kernel {layer.kernel}, "
+            f"stride {layer.stride}, dilation {layer.dilation}, groups {layer.groups}, zero "
+            f"padding {layer.pad_left} left and {layer.pad_right} right, {layer.out_length} "
+            "positions out")
+    args = (Ptr("x"), Ptr("y"), Lit(layer.length, "int"), Lit(layer.out_length, "int"), Ptr(w),
+            bias, Lit(layer.in_channels, "int"), Lit(layer.out_channels, "int"),
+            Lit(layer.kernel, "int"), Lit(layer.groups, "int"), Lit(layer.dilation, "int"),
+            Lit(layer.stride, "int"), Lit(layer.pad_left, "int"))
+    return [Function(
+        name=fn, kind="frame", layer=index, comment=(f"{layer.name}: {what}",),
+        params=(Param("x", "const float *", "in", layer.length * layer.in_channels),
+                Param("y", "float *", "out", layer.features)),
+        named=(), prologue=(Do(call("frame_conv1d_f", *args, ctype="void"),
+                                "every position and channel"),),
+        loops=(), constants=tuple(consts.items))]
+
+
+FRAME_PAD_MODES = {"constant": 0, "reflect": 1, "replicate": 2}
+"""The ``mode`` argument of the helper ``frame_pad_f``."""
+
+
+def lower_frame_pad(p: str, index: int, layer: FramePad, q, req: _Requirements
+                    ) -> list[Function]:
+    """Padding of one step's frame (L, C) -> (L + left + right, C): ``frame_pad_f``."""
+    _float_only(layer, q)
+    req.helpers.add("frame_pad_f")
+    fill = f" {layer.value!r}" if layer.mode == "constant" else ""
+    args = (Ptr("x"), Ptr("y"), Lit(layer.length, "int"), Lit(layer.channels, "int"),
+            Lit(layer.left, "int"), Lit(layer.right, "int"),
+            Lit(FRAME_PAD_MODES[layer.mode], "int"), Lit(layer.value, "float"))
+    return [Function(
+        name=f"{p}_pad{index}", kind="frame", layer=index,
+        comment=(f"y = x padded by {layer.left} positions left and {layer.right} right "
+                 f"({layer.mode}{fill}): {layer.length} positions of {layer.channels} "
+                 "channel(s), float32",),
+        params=(Param("x", "const float *", "in", layer.length * layer.channels),
+                Param("y", "float *", "out", layer.features)),
+        named=(), prologue=(Do(call("frame_pad_f", *args, ctype="void"), layer.mode),),
+        loops=(), constants=())]
+
+
+def lower_carry(p: str, index: int, layer: Carry, q, req: _Requirements) -> list[Function]:
+    """The end of a step: the carried value's new value ``x`` into its ``NAME_state_t``
+    member ``y`` (read as the Carry layer's output by the next step)."""
+    _float_only(layer, q)
+    n = layer.features
+    return [Function(
+        name=f"{p}_carry{index}", kind="multi", layer=index,
+        comment=(f"the carried value ({n} floats) for the next step: y = x",),
+        params=(Param("x", "const float *", "in", n), Param("y", "float *", "out", n)),
+        named=(), prologue=(Copy("y", 0, "x", n, "float"),), loops=(), constants=())]
+
+
+def carry_buffer(index: int) -> str:
+    """The NAME_state_t member holding the value of the Carry layer ``index``."""
+    return f"carry{index}"
+
+
+def lower_unary(p: str, index: int, layer: Unary, q, req: _Requirements) -> list[Function]:
+    """``y = x * x``, ``sqrtf(x)`` or ``fabsf(x)`` element-wise; ``y`` may be ``x``'s buffer."""
+    _float_only(layer, q)
+    n, x = layer.features, Unit("x", 0, "float")
+    value: Expr = {"square": Bin("*", x, x, "float"),
+                   "sqrt": Call("sqrtf", (x,), "float", prefixed=False),
+                   "abs": Call("fabsf", (x,), "float", prefixed=False)}[layer.kind]
+    math = {"square": "x * x", "sqrt": "sqrt(x)", "abs": "|x|"}[layer.kind]
+    return [Function(
+        name=f"{p}_{layer.kind}{index}", kind="activation", layer=index,
+        comment=(f"y = {math} over {n} features, float32; x and y may be the same buffer",),
+        params=(Param("x", "const float *", "in", n), Param("y", "float *", "out", n)),
+        named=(), prologue=(), loops=(Loop(n, (Store(Unit("y", 0, "float"), value, math),)),),
+        constants=())]
+
+
+# ---------------------------------------------------------------------------------------------
 # Buffers: a planner over the calls' inputs and outputs
 
 
@@ -822,9 +994,12 @@ def _args(c: _Call) -> tuple[Arg, ...]:
     """The arguments of a call in its function's parameter order."""
     assert c.fn is not None
     works = iter(c.works)
-    args = [Arg(c.ins[0].buffer)]
+    ins = iter(c.ins)
+    args = [Arg(next(ins).buffer)]
     for param in c.fn.params[1:]:
-        if param.role == "state":
+        if param.role == "in":
+            args.append(Arg(next(ins).buffer))
+        elif param.role == "state":
             args.append(Arg(_state_member(c.fn, param.name)))
         elif param.role == "work":
             args.append(Arg(next(works).buffer))
@@ -862,21 +1037,33 @@ def _time_major(model: Model, functions: dict[int, list[Function]], fixed: bool
     """Unidirectional models: every layer at every step, no sequence buffers."""
     pools = {"scratch": _Pool("scratch")}
     current = _Value(model.input_size, buffer="x_t")
+    values = [current]  # by value index (ir.reads)
     calls: list[_Call] = []
     select_at = pre_result = None
     for index, layer in enumerate(model.layers):
         if isinstance(layer, SelectStep):
             select_at, pre_result = len(calls), current
+            values.append(current)
             continue
+        if isinstance(layer, Carry):  # the state member itself, read in place
+            values.append(_Value(layer.features, buffer=carry_buffer(index)))
+            continue
+        ins = [values[k] for k in reads(model.layers, index)]
         for fn in functions[index]:
             works = [_Value(p.size, "scratch", role=p.name) for p in fn.param("work")]
             if fn.kind == "cell":
-                calls.append(_Call(fn, [current], None, works))
+                calls.append(_Call(fn, ins, None, works))
                 current = _Value(fn.param("state")[0].size, buffer=_state_member(fn, "h"))
             else:
                 out = _Value(fn.param("out")[0].size, "scratch")
-                calls.append(_Call(fn, [current], out, works, fn.kind == "activation"))
+                calls.append(_Call(fn, ins, out, works, fn.kind == "activation"
+                                   or isinstance(layer, Binary)))
                 current = out
+        values.append(current)
+    for index, new in model.carries:  # after every read of the carried values
+        fn = functions[index][0]
+        calls.append(_Call(fn, [values[new]], _Value(fn.param("out")[0].size,
+                                                     buffer=carry_buffer(index)), []))
     current.last = len(calls)  # the step's result is read after the last call
     if pre_result is None:
         pre_result = current
@@ -893,7 +1080,10 @@ def _time_major(model: Model, functions: dict[int, list[Function]], fixed: bool
         select_width=pre_result.size if select is not None else 0, select_to=None,
         step=tuple(ops), step_result=Arg(current.buffer),
         input_buffer=reserved[0].buffer if fixed else None,
-    ), _state_buffers(model, functions) + pools["scratch"].buffers("scratch")
+    ), _state_buffers(model, functions) + [
+        Buffer(carry_buffer(index), model.layers[index].features,  # type: ignore[union-attr]
+               "a carried value (the forward's argument after x_t)", False)
+        for index, _ in model.carries] + pools["scratch"].buffers("scratch")
 
 
 def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
@@ -905,6 +1095,7 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
     pools = {"seq": _Pool("seq"), "scratch": _Pool("scratch")}
     x = _Value(model.input_size, buffer="x_t")
     current, width = x, model.input_size
+    values, widths = [x], [width]  # by value index (ir.reads)
     calls: list[_Call] = []
     pre_result = selected = None
     for index, layer in enumerate(model.layers):
@@ -912,6 +1103,21 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             pre_result, selected = current, _Value(width, "scratch")
             calls.append(_Call(None, [current], selected, [], meta=dict(width=width)))
             current = selected
+            values.append(current)
+            widths.append(width)
+            continue
+        if isinstance(layer, (Binary, Concat, ChannelSlice)):
+            fn = functions[index][0]
+            read = reads(model.layers, index)
+            out_w = fn.param("out")[0].size
+            out = _Value((steps if selected is None else 1) * out_w,
+                         "seq" if selected is None else "scratch")
+            calls.append(_Call(fn, [values[k] for k in read], out, [],
+                               isinstance(layer, Binary), meta=dict(
+                                   strides=tuple(widths[k] for k in read) + (out_w,))))
+            current, width = out, out_w
+            values.append(current)
+            widths.append(width)
             continue
         pool = "seq" if selected is None else "scratch"
         if isinstance(layer, RecurrentLayer):
@@ -924,13 +1130,18 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
                     dst_stride=layer.output_size, out_size=layer.state_size,
                     comment=_title(layer, direction.reverse))))
             current, width = out, layer.output_size
+            values.append(current)
+            widths.append(width)
             continue
         fn = functions[index][0]
         out_w = fn.param("out")[0].size
         out = _Value((steps if selected is None else 1) * out_w, pool)
-        calls.append(_Call(fn, [current], out, [], fn.kind == "activation",
-                           meta=dict(src_stride=width, dst_stride=out_w)))
+        source = reads(model.layers, index)[0]
+        calls.append(_Call(fn, [values[source]], out, [], fn.kind == "activation",
+                           meta=dict(src_stride=widths[source], dst_stride=out_w)))
         current, width = out, out_w
+        values.append(current)
+        widths.append(width)
     current.last = len(calls)
     if pre_result is None:
         pre_result = current
@@ -951,6 +1162,9 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             op = Op(c.fn.name, _args(c), "cell", c.fn.layer, reverse=m["reverse"],
                     src_stride=m["src_stride"], dst=Arg(c.out.buffer, m["dst_offset"]),
                     dst_stride=m["dst_stride"], out_size=m["out_size"], comment=m["comment"])
+        elif c.fn.kind == "multi":
+            op = Op(c.fn.name, _args(c), "multi", c.fn.layer, strides=m["strides"] if
+                    select_to is None else (0,) * len(m["strides"]))
         else:
             op = Op(c.fn.name, _args(c), c.fn.kind, c.fn.layer,
                     src_stride=m["src_stride"], dst_stride=m["dst_stride"])
@@ -1010,6 +1224,20 @@ def lower(model: Model, name: str, q=None) -> Plan:
             functions[index] = lower_conv1d(name, index, layer, qlayer, req)
         elif isinstance(layer, Activation):
             functions[index] = lower_activation(name, index, layer, qlayer, req)
+        elif isinstance(layer, Binary):
+            functions[index] = lower_binary(name, index, layer, qlayer, req)
+        elif isinstance(layer, Concat):
+            functions[index] = lower_concat(name, index, layer, qlayer, req)
+        elif isinstance(layer, ChannelSlice):
+            functions[index] = lower_channel_slice(name, index, layer, qlayer, req)
+        elif isinstance(layer, Unary):
+            functions[index] = lower_unary(name, index, layer, qlayer, req)
+        elif isinstance(layer, FrameConv1d):
+            functions[index] = lower_frame_conv1d(name, index, layer, qlayer, req)
+        elif isinstance(layer, FramePad):
+            functions[index] = lower_frame_pad(name, index, layer, qlayer, req)
+        elif isinstance(layer, Carry):
+            functions[index] = lower_carry(name, index, layer, qlayer, req)
     whole = model.bidirectional or model.convolves
     schedule, buffers = (_layer_major if whole else _time_major)(model, functions, fixed)
     if model.convolves:
@@ -1020,6 +1248,10 @@ def lower(model: Model, name: str, q=None) -> Plan:
     for k, spec in enumerate(model.outputs):
         if spec.role in ("sequence", "vector"):
             outputs.append(Output(k, spec.role, spec.features, frac=final_frac))
+        elif spec.role == "carry_n":
+            index = model.carries[spec.group][0]
+            outputs.append(Output(k, spec.role, spec.size, (StateRow(
+                carry_buffer(index), 0, spec.size, "the carried value after the last step"),)))
         else:
             rows = _state_rows(model, q, functions, spec.group, 0 if spec.role == "h_n" else 1)
             outputs.append(Output(k, spec.role, spec.size, rows))

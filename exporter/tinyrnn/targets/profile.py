@@ -60,6 +60,9 @@ def layer_macs(layer: Mapping[str, Any]) -> int:
     if kind == "conv1d":  # every tap, including the ones over the padding (the C skips those)
         return (int(layer["out_channels"]) * int(layer["in_channels"]) // int(layer["groups"])
                 * int(layer["kernel"]))
+    if kind == "frame_conv1d":  # over the positions of one step's frame, every output
+        return (int(layer["out_length"]) * int(layer["out_channels"])
+                * int(layer["in_channels"]) // int(layer["groups"]) * int(layer["kernel"]))
     if kind not in CELLS:
         return 0
     macs = recurrent_macs(kind, int(layer["input_size"]), int(layer["hidden_size"]),
