@@ -108,11 +108,14 @@ HELPER_PREFIX = "tr_"
 """The arithmetic helpers are static: one short prefix for all models keeps the statements
 that nest them readable (and within the line width whatever the model's name)."""
 
-FAMILY_MACROS = {"dsp": "DSP_KERNELS", "v6m": "V6M_KERNELS"}
-FAMILY_CONDITIONS = {"dsp": dspasm.CONDITION, "v6m": v6masm.CONDITION}
+FAMILY_MACROS = {"dsp": "DSP_KERNELS", "v6m": "V6M_KERNELS", "mve": "MVE_KERNELS"}
+MVE_CONDITION = "defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)"
+"""The builds that run the MVE kernels: a core with integer Helium (Cortex-M55, M85)."""
+FAMILY_CONDITIONS = {"dsp": dspasm.CONDITION, "v6m": v6masm.CONDITION, "mve": MVE_CONDITION}
 FAMILY_DOCS = {
-    "dsp": "the DSP unit kernels of NAME_kernels.S (Cortex-M4/M7/M33/M55)",
+    "dsp": "the DSP unit kernels of NAME_kernels.S (Cortex-M4/M7/M33)",
     "v6m": "the ARMv6-M unit kernels (Cortex-M0/M0+)",
+    "mve": "the MVE (Helium) kernels (Cortex-M55/M85: tested before the DSP ones)",
 }
 
 
@@ -225,6 +228,11 @@ def _kernels_view(plan: Plan) -> dict:
             f"void {u.name(p)}(const int8_t *w, const int16_t *xh, int32_t *acc, "
             "const int32_t *bx, const int32_t *bh)")) for u in plan.v6m_kernels],
             constants=[dict(_const_view(k, P, present), guard="") for k in plan.v6m_constants]))
+    mve = [dict(G=G, bits=bits, acc_bits=acc, name=f"{p}_mve{G}_w{bits}_acc{acc}",
+                wtype=f"int{bits}_t", acc_t=f"int{acc}_t",
+                load="vldrbq_s16" if bits == 8 else "vldrhq_s16",
+                mac="vmladavaq_s16" if acc == 32 else "vmlaldavaq_s16")
+           for G, bits, acc in plan.mve_kernels]
     selection_doc = ("The recurrent kernels of this build: "
                      + "".join(f"{f['doc']}, " for f in selection)
                      + "or the portable C kernels below (host, Cortex-M3, M23, ARM state).")
@@ -234,7 +242,7 @@ def _kernels_view(plan: Plan) -> dict:
                 else "static inline",
                 define_dsp=bool(dsp) and "dsp" not in plan.helpers,  # else the helpers do
                 c_guard=_guard(P, union, present) if c else "",
-                assembly=assembly)
+                assembly=assembly, mve=mve)
 
 
 def _assembly_view(plan: Plan) -> list[dict]:
