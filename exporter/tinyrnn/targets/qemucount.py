@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TinyRNNError
-from . import cross, toolchain
-from .boards import Board
-from .profile_image import build_image
+from . import toolchain
+from .profile_image import ProfileImage
 from .qemucheck import SPIN_LOOPS, _link_semihosted
 
 COUNTED_STEPS = 32     # NAME_step calls timed together
@@ -60,11 +59,13 @@ class QemuCount:
                 f"{self.resolution:.1f} instructions per step, the step-calling loop included")
 
 
-def count_steps(model: cross.ExportedModel, board: Board, steps: int = COUNTED_STEPS,
+def count_steps(image: ProfileImage, steps: int = COUNTED_STEPS,
                 timeout: float = 120.0) -> QemuCount:
-    """Time ``steps`` NAME_step calls of ``model`` on ``board`` (an emulated one) under QEMU."""
+    """Time ``steps`` NAME_step calls of the model of ``image`` (its objects, built for an
+    emulated board) under QEMU."""
     from .profile import deterministic_input
 
+    model, board = image.model, image.board
     if board.qemu_machine is None:
         raise TinyRNNError(f"board {board.name} is not emulated; choose one with a QEMU "
                            "machine (see `tinyrnn boards`)")
@@ -75,7 +76,6 @@ def count_steps(model: cross.ExportedModel, board: Board, steps: int = COUNTED_S
     features = api.macro("INPUT_SIZE")
     with tempfile.TemporaryDirectory(prefix="tinyrnn-qcount-") as tmp:
         work = Path(tmp)
-        image = build_image(model, board, work / "bare")
         x = deterministic_input(max(INPUTS, WARMUP_STEPS), features)
         main = toolchain.render_firmware(
             "count_main.c.j2", work / "count_main.c", name=model.name, header=api.header,
