@@ -251,6 +251,7 @@ def test_m55_profile_counts_under_qemu(tmp_path: Path, capsys: pytest.CaptureFix
     assert data["macs_per_instruction"] == round(data["macs_per_step"]
                                                  / data["instructions_per_step"], 4)
     assert "-icount" in data["method"] and data["qemu_ticks"] > 0
+    assert data["instructions_per_step_q"] > 0  # the int16 API, counted the same way
     tinyrnn.export(Cell("gru", 4, 6, bidirectional=True).eval(), torch.zeros(1, 8, 4),
                    tmp_path / "bi", format="w8a16", name="bi", calibration=torch.randn(2, 8, 4))
     with pytest.raises(TinyRNNError, match="bidirectional"):

@@ -309,6 +309,9 @@ def measure_qemu(image: ProfileImage) -> Profile:
         "method": counted.method,
         "macs_per_instruction": round(macs / instructions, 4) if instructions else None,
         "instructions_per_mac": round(instructions / macs, 4) if macs else None,
+        "instructions_per_step_q": (None if counted.instructions_per_step_q is None
+                                    else round(counted.instructions_per_step_q)),
+        "cycles_per_step_q": None,
         "qemu_ticks": counted.ticks,
         "qemu_counted_steps": counted.steps,
         "qemu_instructions_per_tick": round(counted.instructions_per_tick, 4),

@@ -22,6 +22,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import TinyRNNError
 from . import toolchain
 from .profile_image import ProfileImage
@@ -40,10 +42,18 @@ class QemuCount:
     steps: int
     ticks: int                    # SysTick ticks across the counted steps
     instructions_per_tick: float  # calibrated on a loop of known length
+    ticks_q: int | None = None    # ... across as many NAME_step_q calls (fixed-point models)
 
     @property
     def instructions_per_step(self) -> float:
         return self.ticks * self.instructions_per_tick / self.steps
+
+    @property
+    def instructions_per_step_q(self) -> float | None:
+        """The same for the int16 API (NAME_step_q), None without one."""
+        if self.ticks_q is None:
+            return None
+        return self.ticks_q * self.instructions_per_tick / self.steps
 
     @property
     def resolution(self) -> float:
@@ -77,11 +87,18 @@ def count_steps(image: ProfileImage, steps: int = COUNTED_STEPS,
     with tempfile.TemporaryDirectory(prefix="tinyrnn-qcount-") as tmp:
         work = Path(tmp)
         x = deterministic_input(max(INPUTS, WARMUP_STEPS), features)
+        has_q = api.has("step_q")
+        xq: list[int] = []
+        if has_q:  # as tinyrnn.targets.profile quantizes the input for NAME_step_q
+            frac = api.macro("INPUT_FRAC")
+            xq = [int(v) for v in np.clip(np.floor(x.astype(np.float64) * 2.0 ** frac + 0.5),
+                                          -32768, 32767).reshape(-1)]
         main = toolchain.render_firmware(
             "count_main.c.j2", work / "count_main.c", name=model.name, header=api.header,
             state_type=api.state_type, reset=api.function("reset").name,
             step=api.function("step").name, words=toolchain.hex_words(x), features=features,
-            warmup=WARMUP_STEPS, steps=steps, inputs=len(x), spin=SPIN_LOOPS,
+            warmup=WARMUP_STEPS, steps=steps, inputs=len(x), spin=SPIN_LOOPS, xq=xq,
+            step_q=api.function("step_q").name if has_q else "",
             out_floats=api.function("step").output_lengths(1)[0])
         elf = _link_semihosted(board, work, main, image.model_objects, model.directory)
         assert board.qemu_machine is not None
@@ -92,11 +109,12 @@ def count_steps(image: ProfileImage, steps: int = COUNTED_STEPS,
     if done.returncode != 0:
         raise TinyRNNError(f"the QEMU count image exited with status {done.returncode}:\n"
                            f"{(done.stdout + done.stderr)[-500:]}")
-    match = re.search(r"^@ticks (\d+) (\d+)$", done.stdout, re.MULTILINE)
+    match = re.search(r"^@ticks (\d+) (\d+) (\d+)$", done.stdout, re.MULTILINE)
     if not match:
         raise TinyRNNError(f"the QEMU count printed no @ticks line:\n{done.stdout[-500:]}")
-    ticks, spin_ticks = (int(g) for g in match.groups())
+    ticks, spin_ticks, ticks_q = (int(g) for g in match.groups())
     if spin_ticks == 0:
         raise TinyRNNError("SysTick did not move under QEMU; is -icount supported here?")
     return QemuCount(board=board.name, steps=steps, ticks=ticks,
-                     instructions_per_tick=2 * SPIN_LOOPS / spin_ticks)
+                     instructions_per_tick=2 * SPIN_LOOPS / spin_ticks,
+                     ticks_q=ticks_q if has_q else None)
