@@ -25,7 +25,7 @@ from ..numerics.helpers import helper_closure, numeric_context
 from ..outputs import write_files
 from ..passes.lower import lower
 from ..resources import resource_dir
-from . import dspasm, v6masm
+from . import dspasm, mveasm, v6masm
 from . import interface as c_interface
 from .cformat import WIDTH, wrap
 from .manifest import binding_line
@@ -228,11 +228,15 @@ def _kernels_view(plan: Plan) -> dict:
             f"void {u.name(p)}(const int8_t *w, const int16_t *xh, int32_t *acc, "
             "const int32_t *bx, const int32_t *bh)")) for u in plan.v6m_kernels],
             constants=[dict(_const_view(k, P, present), guard="") for k in plan.v6m_constants]))
-    mve = [dict(G=G, bits=bits, acc_bits=acc, name=f"{p}_mve{G}_w{bits}_acc{acc}",
-                wtype=f"int{bits}_t", acc_t=f"int{acc}_t",
-                load="vldrbq_s16" if bits == 8 else "vldrhq_s16",
-                mac="vmladavaq_s16" if acc == 32 else "vmlaldavaq_s16")
-           for G, bits, acc in plan.mve_kernels]
+    mve = []
+    for G, bits, acc in plan.mve_kernels:
+        kernel = mveasm.MveKernel(G, bits, acc)
+        mve.append(dict(G=G, bits=bits, acc=acc, name=kernel.name(p), wtype=kernel.wtype,
+                        acc_t=kernel.acc_t, mac=kernel.mac, registers=kernel.registers,
+                        loop=kernel.literals(kernel.loop()),
+                        tail=kernel.literals(kernel.tail()),
+                        sums=", ".join(f'[a{r}] "+r"(a{r})' for r in range(G)),
+                        clobbers=", ".join(f'"q{q}"' for q in range(min(G, 2) + 1))))
     selection_doc = ("The recurrent kernels of this build: "
                      + "".join(f"{f['doc']}, " for f in selection)
                      + "or the portable C kernels below (host, Cortex-M3, M23, ARM state).")

@@ -360,33 +360,49 @@ static inline const int8_t *bigru_w8_mac3_w8_acc32(const int8_t *w, const int16_
 #endif
 
 #if BIGRU_W8_MVE_KERNELS
-#include <arm_mve.h>
 
 /* acc[r] += row r of a block of 3 weight rows (int8_t) times v over n columns, in chunks of 8 columns: per chunk the 8
  * weights of each row in column order, the last chunk padded with zero weights (passes/layout.py: mve_layout). Per
- * chunk one vector load of 8 activations (a last partial chunk under a tail predicate: zeros, nothing read past v + n),
- * then per row one widening vector load of its 8 weights and one vmladavaq_s16 (8 MACs into a 32-bit sum). Exact: the
- * exporter proved every partial sum fits int32_t, and the instruction sums the 8 products exactly, wrapping only where
- * a C sum would overflow; returns the next block. */
+ * chunk one VLDRH.S16 of 8 activations (a last partial chunk under a VCTP.16 tail predicate: zeros, nothing read past
+ * v + n), then per row one widening VLDRB.S16 of its 8 weights and one VMLADAVA.S16 (8 MACs into a 32-bit sum)
+ * (backend/mveasm.py). Exact: the exporter proved every partial sum fits int32_t, and the instruction adds the 8
+ * products exactly, wrapping only where a C sum would; returns the next block. */
 static inline const int8_t *bigru_w8_mve3_w8_acc32(const int8_t *w, const int16_t *v, int n, int32_t *acc)
 {
-    int32_t a0 = acc[0];
-    int32_t a1 = acc[1];
-    int32_t a2 = acc[2];
-    int16x8_t x;
-    int k;
-    for (k = 0; k + 8 <= n; k += 8, v += 8, w += 24) {
-        x = vldrhq_s16(v);
-        a0 = vmladavaq_s16(a0, vldrbq_s16(w), x);
-        a1 = vmladavaq_s16(a1, vldrbq_s16(w + 8), x);
-        a2 = vmladavaq_s16(a2, vldrbq_s16(w + 16), x);
-    }
-    if (k < n) {
-        x = vldrhq_z_s16(v, vctp16q((uint32_t)(n - k)));
-        a0 = vmladavaq_s16(a0, vldrbq_s16(w), x);
-        a1 = vmladavaq_s16(a1, vldrbq_s16(w + 8), x);
-        a2 = vmladavaq_s16(a2, vldrbq_s16(w + 16), x);
-        w += 24;
+    register int32_t a0 __asm__("r4") = acc[0];
+    register int32_t a1 __asm__("r6") = acc[1];
+    register int32_t a2 __asm__("r8") = acc[2];
+    const int chunks = n / 8;
+    const int rest = n % 8;
+    __asm__(
+            "wls lr, %[chunks], 2f\n"
+            "1:\n"
+            "vldrh.s16 q0, [%[v]], #16\n\t"
+            "vldrb.s16 q1, [%[w]], #8\n\t"
+            "vldrb.s16 q2, [%[w]], #8\n\t"
+            "vmladava.s16 %[a0], q1, q0\n\t"
+            "vldrb.s16 q1, [%[w]], #8\n\t"
+            "vmladava.s16 %[a1], q2, q0\n\t"
+            "vmladava.s16 %[a2], q1, q0\n\t"
+            "le lr, 1b\n"
+            "2:"
+            : [w] "+r"(w), [v] "+r"(v), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2)
+            : [chunks] "r"(chunks)
+            : "q0", "q1", "q2", "lr", "memory");
+    if (rest > 0) {
+        __asm__(
+                "vctp.16 %[rest]\n\t"
+                "vpst\n\t"
+                "vldrht.s16 q0, [%[v]]\n\t"
+                "vldrb.s16 q1, [%[w]], #8\n\t"
+                "vldrb.s16 q2, [%[w]], #8\n\t"
+                "vmladava.s16 %[a0], q1, q0\n\t"
+                "vldrb.s16 q1, [%[w]], #8\n\t"
+                "vmladava.s16 %[a1], q2, q0\n\t"
+                "vmladava.s16 %[a2], q1, q0"
+                : [w] "+r"(w), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2)
+                : [v] "r"(v), [rest] "r"(rest)
+                : "q0", "q1", "q2", "memory");
     }
     acc[0] = a0;
     acc[1] = a1;

@@ -171,27 +171,39 @@ static inline const int16_t *rnn_relu_w16_mac1_w16_acc64(const int16_t *w, const
 #endif
 
 #if RNN_RELU_W16_MVE_KERNELS
-#include <arm_mve.h>
 
 /* acc[r] += row r of a block of 1 weight rows (int16_t) times v over n columns, in chunks of 8 columns: per chunk the 8
  * weights of each row in column order, the last chunk padded with zero weights (passes/layout.py: mve_layout). Per
- * chunk one vector load of 8 activations (a last partial chunk under a tail predicate: zeros, nothing read past v + n),
- * then per row one vector load of its 8 weights and one vmlaldavaq_s16 (8 MACs into a 64-bit sum). Exact: the exporter
- * proved every partial sum fits int64_t, and the instruction sums the 8 products exactly, wrapping only where a C sum
- * would overflow; returns the next block. */
+ * chunk one VLDRH.S16 of 8 activations (a last partial chunk under a VCTP.16 tail predicate: zeros, nothing read past
+ * v + n), then per row one VLDRH.S16 of its 8 weights and one VMLALDAVA.S16 (8 MACs into a 64-bit sum)
+ * (backend/mveasm.py). Exact: the exporter proved every partial sum fits int64_t, and the instruction adds the 8
+ * products exactly, wrapping only where a C sum would; returns the next block. */
 static inline const int16_t *rnn_relu_w16_mve1_w16_acc64(const int16_t *w, const int16_t *v, int n, int64_t *acc)
 {
-    int64_t a0 = acc[0];
-    int16x8_t x;
-    int k;
-    for (k = 0; k + 8 <= n; k += 8, v += 8, w += 8) {
-        x = vldrhq_s16(v);
-        a0 = vmlaldavaq_s16(a0, vldrhq_s16(w), x);
-    }
-    if (k < n) {
-        x = vldrhq_z_s16(v, vctp16q((uint32_t)(n - k)));
-        a0 = vmlaldavaq_s16(a0, vldrhq_s16(w), x);
-        w += 8;
+    register int64_t a0 __asm__("r4") = acc[0];
+    const int chunks = n / 8;
+    const int rest = n % 8;
+    __asm__(
+            "wls lr, %[chunks], 2f\n"
+            "1:\n"
+            "vldrh.s16 q0, [%[v]], #16\n\t"
+            "vldrh.s16 q1, [%[w]], #16\n\t"
+            "vmlaldava.s16 %Q[a0], %R[a0], q1, q0\n\t"
+            "le lr, 1b\n"
+            "2:"
+            : [w] "+r"(w), [v] "+r"(v), [a0] "+r"(a0)
+            : [chunks] "r"(chunks)
+            : "q0", "q1", "lr", "memory");
+    if (rest > 0) {
+        __asm__(
+                "vctp.16 %[rest]\n\t"
+                "vpst\n\t"
+                "vldrht.s16 q0, [%[v]]\n\t"
+                "vldrh.s16 q1, [%[w]], #16\n\t"
+                "vmlaldava.s16 %Q[a0], %R[a0], q1, q0"
+                : [w] "+r"(w), [a0] "+r"(a0)
+                : [v] "r"(v), [rest] "r"(rest)
+                : "q0", "q1", "memory");
     }
     acc[0] = a0;
     return w;
