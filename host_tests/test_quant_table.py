@@ -220,7 +220,8 @@ def test_float_simulation_of_the_ir_equals_torch(case: Case, exported):
 def test_generated_files_carry_nothing_unused_and_keep_their_shape(exported):
     """Over the whole table (both integer formats): no unused helper, table, macro or kernel on
     a host, Cortex-M0 (ARMv6-M assembly), Cortex-M4 (DSP assembly) or Cortex-M55 (MVE) build,
-    clang -Weverything and gcc -Wunused; lines within the width, braces where C puts them, every array const."""
+    clang -Weverything and gcc -Wunused; lines within the width, braces where C puts them,
+    every array const."""
     assert len(FOLDERS) == len(exported)
     problems = [problem for folder in FOLDERS for path in sorted(folder.iterdir())
                 if path.suffix in (".c", ".h", ".S") for problem in layout_problems(path)]
