@@ -16,6 +16,7 @@ Why assembly: gcc 12's intrinsics code (``vldrbq_s16`` + ``vmladavaq_s16``) keep
 pointer per row and adds 2 instructions per chunk. The sums live in fixed registers (local
 register variables, the only use gcc and clang define for them): VMLADAVA needs an even
 register, VMLALDAVA an even/odd pair; r7 (the Thumb frame pointer at -O0) is never taken.
+The weight pointer of int8 weights is a low register: a widening load takes no other.
 
 The sums are exact: each instruction adds its 8 products exactly and wraps modulo 2^32
 (2^64) as the C sum would, and the quantizer proved every partial sum fits the sum's type.
@@ -56,6 +57,12 @@ class MveKernel:
     @property
     def registers(self) -> tuple[str, ...]:
         return SUM_REGISTERS[self.acc][:self.G]
+
+    @property
+    def w_constraint(self) -> str:
+        """The asm constraint of the weight pointer: a widening load (VLDRB.S16) takes only a
+        low register (r0-r7, ``l``); VLDRH.S16 any (``r``)."""
+        return "l" if self.bits == 8 else "r"
 
     @property
     def mac(self) -> str:

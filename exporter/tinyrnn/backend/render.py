@@ -236,6 +236,7 @@ def _kernels_view(plan: Plan) -> dict:
                         loop=kernel.literals(kernel.loop()),
                         tail=kernel.literals(kernel.tail()),
                         sums=", ".join(f'[a{r}] "+r"(a{r})' for r in range(G)),
+                        w_constraint=kernel.w_constraint,
                         clobbers=", ".join(f'"q{q}"' for q in range(min(G, 2) + 1))))
     selection_doc = ("The recurrent kernels of this build: "
                      + "".join(f"{f['doc']}, " for f in selection)

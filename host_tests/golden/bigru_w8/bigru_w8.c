@@ -386,7 +386,7 @@ static inline const int8_t *bigru_w8_mve3_w8_acc32(const int8_t *w, const int16_
             "vmladava.s16 %[a2], q1, q0\n\t"
             "le lr, 1b\n"
             "2:"
-            : [w] "+r"(w), [v] "+r"(v), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2)
+            : [w] "+l"(w), [v] "+r"(v), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2)
             : [chunks] "r"(chunks)
             : "q0", "q1", "q2", "lr", "memory");
     if (rest > 0) {
@@ -400,7 +400,7 @@ static inline const int8_t *bigru_w8_mve3_w8_acc32(const int8_t *w, const int16_
                 "vldrb.s16 q1, [%[w]], #8\n\t"
                 "vmladava.s16 %[a1], q2, q0\n\t"
                 "vmladava.s16 %[a2], q1, q0"
-                : [w] "+r"(w), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2)
+                : [w] "+l"(w), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2)
                 : [v] "r"(v), [rest] "r"(rest)
                 : "q0", "q1", "q2", "memory");
     }

@@ -392,7 +392,7 @@ static inline const int8_t *lstm_w8_mve4_w8_acc32(const int8_t *w, const int16_t
             "vmladava.s16 %[a3], q2, q0\n\t"
             "le lr, 1b\n"
             "2:"
-            : [w] "+r"(w), [v] "+r"(v), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3)
+            : [w] "+l"(w), [v] "+r"(v), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3)
             : [chunks] "r"(chunks)
             : "q0", "q1", "q2", "lr", "memory");
     if (rest > 0) {
@@ -408,7 +408,7 @@ static inline const int8_t *lstm_w8_mve4_w8_acc32(const int8_t *w, const int16_t
                 "vldrb.s16 q2, [%[w]], #8\n\t"
                 "vmladava.s16 %[a2], q1, q0\n\t"
                 "vmladava.s16 %[a3], q2, q0"
-                : [w] "+r"(w), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3)
+                : [w] "+l"(w), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3)
                 : [v] "r"(v), [rest] "r"(rest)
                 : "q0", "q1", "q2", "memory");
     }
