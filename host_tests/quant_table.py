@@ -231,9 +231,10 @@ def make(cells: tuple[str, ...]) -> dict[str, Any]:
 
 
     def test_generated_files_carry_nothing_unused_and_keep_their_shape(exported):
-        """Over the whole table (both integer formats): no unused helper, table, macro or kernel on
-        a host, Cortex-M0 (ARMv6-M assembly) or Cortex-M4 (DSP assembly) build, clang -Weverything
-        and gcc -Wunused; lines within the width, braces where C puts them, every array const."""
+        """Over the share (both integer formats): no unused helper, table, macro or kernel on a
+        host, Cortex-M0 (ARMv6-M assembly), Cortex-M4 (DSP assembly) or Cortex-M55 (MVE) build,
+        clang -Weverything and gcc -Wunused; lines within the width, braces where C puts them,
+        every array const."""
         assert len(FOLDERS) == len(exported)
         problems = [problem for folder in FOLDERS for path in sorted(folder.iterdir())
                     if path.suffix in (".c", ".h", ".S") for problem in layout_problems(path)]

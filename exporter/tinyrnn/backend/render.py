@@ -39,7 +39,7 @@ from ..numerics.helpers import helper_closure, numeric_context
 from ..outputs import write_files
 from ..passes.lower import lower
 from ..resources import resource_dir
-from . import dspasm, v6masm
+from . import dspasm, mveasm, v6masm
 from . import interface as c_interface
 from .cformat import WIDTH, wrap
 from .manifest import binding_line
@@ -122,11 +122,14 @@ HELPER_PREFIX = "tr_"
 """The arithmetic helpers are static: one short prefix for all models keeps the statements
 that nest them readable (and within the line width whatever the model's name)."""
 
-FAMILY_MACROS = {"dsp": "DSP_KERNELS", "v6m": "V6M_KERNELS"}
-FAMILY_CONDITIONS = {"dsp": dspasm.CONDITION, "v6m": v6masm.CONDITION}
+FAMILY_MACROS = {"dsp": "DSP_KERNELS", "v6m": "V6M_KERNELS", "mve": "MVE_KERNELS"}
+MVE_CONDITION = "defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)"
+"""The builds that run the MVE kernels: a core with integer Helium (Cortex-M55, M85)."""
+FAMILY_CONDITIONS = {"dsp": dspasm.CONDITION, "v6m": v6masm.CONDITION, "mve": MVE_CONDITION}
 FAMILY_DOCS = {
-    "dsp": "the DSP unit kernels of NAME_kernels.S (Cortex-M4/M7/M33/M55)",
+    "dsp": "the DSP unit kernels of NAME_kernels.S (Cortex-M4/M7/M33)",
     "v6m": "the ARMv6-M unit kernels (Cortex-M0/M0+)",
+    "mve": "the MVE (Helium) kernels (Cortex-M55/M85: tested before the DSP ones)",
 }
 
 
@@ -239,6 +242,16 @@ def _kernels_view(plan: Plan) -> dict:
             f"void {u.name(p)}(const int8_t *w, const int16_t *xh, int32_t *acc, "
             "const int32_t *bx, const int32_t *bh)")) for u in plan.v6m_kernels],
             constants=[dict(_const_view(k, P, present), guard="") for k in plan.v6m_constants]))
+    mve = []
+    for G, bits, acc in plan.mve_kernels:
+        kernel = mveasm.MveKernel(G, bits, acc)
+        mve.append(dict(G=G, bits=bits, acc=acc, name=kernel.name(p), wtype=kernel.wtype,
+                        acc_t=kernel.acc_t, mac=kernel.mac, registers=kernel.registers,
+                        loop=kernel.literals(kernel.loop()),
+                        tail=kernel.literals(kernel.tail()),
+                        sums=", ".join(f'[a{r}] "+r"(a{r})' for r in range(G)),
+                        w_constraint=kernel.w_constraint,
+                        clobbers=", ".join(f'"q{q}"' for q in range(min(G, 2) + 1))))
     selection_doc = ("The recurrent kernels of this build: "
                      + "".join(f"{f['doc']}, " for f in selection)
                      + "or the portable C kernels below (host, Cortex-M3, M23, ARM state).")
@@ -248,7 +261,7 @@ def _kernels_view(plan: Plan) -> dict:
                 else "static inline",
                 define_dsp=bool(dsp) and "dsp" not in plan.helpers,  # else the helpers do
                 c_guard=_guard(P, union, present) if c else "",
-                assembly=assembly)
+                assembly=assembly, mve=mve)
 
 
 def _assembly_view(plan: Plan) -> list[dict]:

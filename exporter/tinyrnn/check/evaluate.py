@@ -37,7 +37,12 @@ from ..backend.plan import (
     Var,
 )
 from ..numerics import helpers as nm
-from ..passes.layout import decode_float_stream, decode_stream, decode_v6m_layout
+from ..passes.layout import (
+    decode_float_stream,
+    decode_mve_stream,
+    decode_stream,
+    decode_v6m_layout,
+)
 
 __all__ = ["PlanError", "Run", "run"]
 
@@ -255,6 +260,9 @@ class _Frame:
             if family == "v6m":
                 kernel = self.ev.v6m[sums.v6m]  # type: ignore[index]
                 wx, wh = decode_v6m_layout(kernel, self.ev.const(sums.v6m_weights))
+            elif family == "mve":
+                wx, wh = decode_mve_stream(self.ev.const(sums.mve_weights), sums.G,
+                                           sums.x.cols, sums.h.cols)
             elif sums.wtype == "float":
                 wx, wh = decode_float_stream(self.ev.const(sums.weights), sums.G, sums.x.cols,
                                              sums.h.cols)

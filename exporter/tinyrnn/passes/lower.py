@@ -78,7 +78,7 @@ from ..ir import (
 )
 from ..numerics import helpers as nm
 from ..numerics.folds import Fold, Fold32, Fold64, fold_side, sum_fits_int32
-from .layout import direction_stream, float_stream, padded
+from .layout import direction_stream, float_stream, mve_stream, padded
 
 WEIGHT_CTYPE = {8: "int8_t", 16: "int16_t"}
 ACC_CTYPE = {32: "int32_t", 64: "int64_t"}
@@ -196,6 +196,7 @@ class _Requirements:
     dsp: set[UnitKernel] = field(default_factory=set)
     v6m: dict[str, V6MUnitKernel] = field(default_factory=dict)
     v6m_constants: list[Const] = field(default_factory=list)
+    mve: set[tuple[int, int, int]] = field(default_factory=set)  # (G, bits, acc)
 
 
 def lower_recurrent(p: str, index: int, layer: RecurrentLayer, q, req: _Requirements
@@ -407,18 +408,33 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
             "part, then of the h part, at a stride of 2 bytes per column, two rows to a block "
             f"{'(the last rows of x and h share one) ' if G % 2 else ''}"
             "(backend/v6masm.py); int8_t", frozenset({"v6m"}), symbol=f"{fn}_w"))
-    families = frozenset({"c", "dsp"}) if v6m else ALL
+    # the MVE kernels: one kernel for both parts, so both sums must have one width
+    mve = mve_w = None
+    if sum_sides[0].acc_ctype == sum_sides[1].acc_ctype:
+        acc_bits = 64 if sum_sides[0].acc_ctype == "int64_t" else 32
+        req.mve.add((G, bits, acc_bits))
+        mve = f"{p}_mve{G}_w{bits}_acc{acc_bits}"
+        mve_w = f"{fn}_w_mve"
+        consts.items.insert(0, Const(
+            mve_w, wtype, mve_stream([part.weights for part in sides[0]],
+                                     [part.weights for part in sides[1]]),
+            f"{fn}_w for the MVE kernels: per unit, x columns then h columns in chunks of 8, "
+            f"each chunk the 8 weights of the {'/'.join(names)} rows, padded with zeros "
+            f"(passes/layout.py: mve_layout); {wtype}, per-row scale for each part; from "
+            f"{sources}", frozenset({"mve"}), symbol=f"{fn}_w"))
+    families = ALL - ({"v6m"} if v6m else set()) - ({"mve"} if mve else set())
     consts.items.insert(0, Const(
         f"{fn}_w", wtype, stream,
         f"per unit: {'/'.join(names)} rows interleaved, x columns then h columns, each padded "
         f"to a multiple of 4 with zeros, {order}; {wtype}, per-row scale for each part; from "
         f"{sources}", families))
     # the portable C kernels run where no assembly kernel does
-    used = {"c"} | ({"dsp"} if dsp is None else set()) | ({"v6m"} if v6m is None else set())
+    used = {"c"} | ({"dsp"} if dsp is None else set()) | ({"v6m"} if v6m is None else set()) \
+        | ({"mve"} if mve is None else set())
     for side in sum_sides:
         req.c_kernels[(G, bits, 64 if side.acc_ctype == "int64_t" else 32)] |= used
     sums = UnitSums(G, bits, wtype, f"{fn}_w", sum_sides[0], sum_sides[1], dsp, v6m, v6m_w,
-                    v6m_stride)
+                    v6m_stride, mve, mve_w)
 
     # the gate math
     aliases: dict[str, tuple[str, str, str]] = {}
@@ -1265,7 +1281,8 @@ def lower(model: Model, name: str, q=None) -> Plan:
             req.helpers.update({"sat16_i64", "rshift_round64"})
     dsp_families = frozenset({"dsp"}) if req.dsp else frozenset()
     v6m_families = frozenset({"v6m"}) if req.v6m else frozenset()
-    kernel_families = frozenset({"c"}) | dsp_families | v6m_families
+    mve_families = frozenset({"mve"}) if req.mve else frozenset()
+    kernel_families = frozenset({"c"}) | dsp_families | v6m_families | mve_families
     c_kernels = tuple(sorted((G, bits, acc, frozenset(fams) & kernel_families)
                              for (G, bits, acc), fams in req.c_kernels.items()))
     return Plan(
@@ -1275,7 +1292,8 @@ def lower(model: Model, name: str, q=None) -> Plan:
         portable_helpers=tuple(h.name for h, only in nm.helper_guards(req.helpers) if only),
         c_kernels=c_kernels, dsp_kernels=tuple(sorted(req.dsp)),
         v6m_kernels=tuple(req.v6m[k] for k in sorted(req.v6m)),
-        v6m_constants=tuple(req.v6m_constants), buffers=tuple(buffers), schedule=schedule,
+        v6m_constants=tuple(req.v6m_constants), mve_kernels=tuple(sorted(req.mve)),
+        buffers=tuple(buffers), schedule=schedule,
         input_size=model.input_size, step_output_size=model.step_output_size,
         max_seq_len=model.max_seq_len if whole else 0,
         input_frac=q.input.frac if fixed else None, final_frac=final_frac,
