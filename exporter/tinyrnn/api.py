@@ -108,11 +108,6 @@ def quantize_model(
     from .check.simulate import batch_from_arrays
     from .passes.quantize import calibrate, choose_formats, quantize
 
-    convs = [layer.name for layer in model.layers if isinstance(layer, Conv1d)]
-    if convs:
-        raise TinyRNNError(
-            f"the {format} format has no Conv1d yet ({', '.join(convs)}): export this model "
-            "with --format float32 (format='float32')")
     if calibration is None:
         if example is None:
             raise TinyRNNError("integer formats need calibration data or an example input")

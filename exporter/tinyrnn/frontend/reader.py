@@ -1131,14 +1131,14 @@ class _Reader:
             pad_right=pad_right,
         )
         steps = in_shape[2]
-        if layer.out_steps(steps) != steps:
-            self.fail(node, f"a Conv1d that changes the sequence length ({steps} steps to "
-                            f"{layer.out_steps(steps)}: stride {stride}, padding {padding!r}"
-                            f", kernel {kernel}, dilation {dilation}); tinyrnn's C keeps the "
-                            "length: use stride 1 and padding='same'")
+        out_steps = layer.out_steps(steps)
+        if out_steps < 1:
+            self.fail(node, f"a Conv1d that gives no output step from the {steps} steps it "
+                            f"reads (stride {stride}, padding {padding!r}, kernel {kernel}, "
+                            f"dilation {dilation})")
             return
         if not self.shape_is(node, node.outputs[0] if node.outputs else None,
-                             (batch, out_ch, steps)):
+                             (batch, out_ch, out_steps)):
             return
         self.layers.append(layer)
         self.set(node, _Data(len(self.layers), out_ch, self.out_shape(node), 0, 2,
