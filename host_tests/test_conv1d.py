@@ -231,11 +231,13 @@ REFUSED = [
       "padding_mode='zeros'"]),
     (_Conv(lambda self, x: self.encoder(x.transpose(1, 2)), padding=1),
      ["returns a (B, C, T) value", "y.transpose(1, 2)"]),
+    (_Conv(lambda self, x: self.encoder(x.transpose(1, 2)).transpose(1, 2), padding=1),
+     ["the model has no recurrent layer", "optionally behind Conv1d layers"]),
 ]
 
 
 @pytest.mark.parametrize("module, phrases", REFUSED,
-                         ids=["circular", "bct-output"])
+                         ids=["circular", "bct-output", "no-recurrent-layer"])
 def test_forms_tinyrnn_cannot_export_are_named(module, phrases):
     with pytest.raises(TinyRNNError) as info:
         read_program(capture(module.eval(), (torch.randn(2, 9, 4),)))

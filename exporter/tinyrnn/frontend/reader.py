@@ -412,13 +412,17 @@ class _Reader:
                 f"the model uses {len(self.problems)} operation(s) tinyrnn cannot export:\n"
                 f"  - {listing}\n"
                 "Supported: nn.LSTM/GRU/RNN (any options), nn.LSTMCell/GRUCell/RNNCell (a step "
-                "module or a loop over time, see docs/c-api.md), Conv1d (keeping the "
-                "sequence length), Linear, taking one time step, "
+                "module or a loop over time, see docs/c-api.md), Conv1d, Linear, taking one "
+                "time step, "
                 "relu/tanh/sigmoid/softmax/log_softmax, dropout, transposes between (B, T, C) "
                 "and (B, C, T), and views that move no data."
             )
         if self.x_index is None:
             raise TinyRNNError("the model has no recurrent layer reading a model input")
+        if not self.groups:
+            raise TinyRNNError(
+                "the model has no recurrent layer (nn.LSTM/GRU/RNN or a cell); tinyrnn exports "
+                "recurrent models, optionally behind Conv1d layers and followed by a head")
         inputs = []
         for i in range(len(user_inputs)):
             if i not in self.inputs:
