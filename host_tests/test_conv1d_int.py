@@ -15,8 +15,11 @@ from test_conv1d import ConvCase, ConvRNN, _x
 from tinyrnn.api import export_program
 from tinyrnn.check import evaluate
 from tinyrnn.frontend.reader import capture
+from tinyrnn.io import assemble_outputs, split_inputs
 from tinyrnn.passes.lower import lower
 from tinyrnn.passes.quantize import QConv1d
+from tinyrnn.targets import cross
+from tinyrnn.targets.boards import load_board
 from tinyrnn.targets.host import load_many
 
 pytestmark = pytest.mark.filterwarnings(  # torch's note on padding='same' with an even kernel
@@ -53,6 +56,10 @@ CASES = [
                                                    {"out_channels": 6, "kernel_size": 2,
                                                     "stride": 3, "groups": 2}),
              rnn="bilstm", head=True, seed=10),
+    # the blocked int8 helper (4 output channels per block, SMLAD on DSP cores): one group,
+    # dilation 1, channels in multiples of 4; taps cut at both ends, and a stride
+    ConvCase("blocked-k4-stride2-pad2", ({"out_channels": 8, "kernel_size": 4, "stride": 2,
+                                          "padding": 2},), seed=11),
 ]
 PARAMS = [(case, fmt) for case in CASES for fmt in FORMATS]
 IDS = [f"{case.id}-{fmt}" for case, fmt in PARAMS]
@@ -123,6 +130,38 @@ def test_the_manifest_records_the_conv_quantization(exported):
     weight = module.convs[0].weight.detach().numpy()
     peak = np.abs(weight).max(axis=(1, 2))
     np.testing.assert_allclose(np.array(part["weight_scale"]) * 127, peak, rtol=1e-6)
+
+
+def test_the_blocked_helper_runs_where_it_applies(exported):
+    """int8 weights, int32 sums, one group, dilation 1, channels in multiples of 4: the
+    blocked helper; any other conv the per-tap one."""
+    for (case_id, fmt), (c, *_) in exported.items():
+        text = (c.folder / f"{c.name}.c").read_text()
+        blocked = "conv1d_x4_w8_acc32(" in text
+        assert blocked == (fmt == "w8a16" and case_id in (
+            "two-convs-bilstm-head", "blocked-k4-stride2-pad2")), (case_id, fmt)
+
+
+@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an385"], ids=["m4-dsp", "m3"])
+def test_the_boards_equal_the_host_bit_for_bit(board, exported, tmp_path):
+    """Every w8a16 model of the table (and two w16a16 ones) in one image under QEMU: the
+    Cortex-M4 runs the blocked helper's SMLAD path, the M3 its portable C; both equal the
+    host build, which equals the reference."""
+    chosen = [key for key in exported if key[1] == "w8a16"] + [
+        ("k3-pad1", "w16a16"), ("valid-dilation2-then-stride3-head", "w16a16")]
+    cases = {case.id: case for case in CASES}
+    jobs, expected = [], []
+    for key in chosen:
+        compiled = exported[key][0]
+        x = _x(cases[key[0]], 2, STEPS, 7)
+        model = cross.ExportedModel.load(compiled.folder)
+        jobs.append(cross.ModelInputs(model, tuple(split_inputs(model.interface, [x]))))
+        expected.append(compiled.run(x))
+    result = cross.run_qemu(cross.build(jobs, load_board(board), tmp_path), timeout=60)
+    for key, job, outs, want in zip(chosen, jobs, result.outputs, expected):
+        got = assemble_outputs(job.model.interface, outs, STEPS)
+        for k, (g, w) in enumerate(zip(got, want)):
+            assert np.array_equal(g, w), f"{key} out{k} on {board}: {first_mismatch(g, w)}"
 
 
 def test_generated_files_carry_nothing_unused(exported):

@@ -37,7 +37,12 @@ from ..backend.plan import (
     Var,
 )
 from ..numerics import helpers as nm
-from ..passes.layout import decode_float_stream, decode_stream, decode_v6m_layout
+from ..passes.layout import (
+    SXTB16_ORDER,
+    decode_float_stream,
+    decode_stream,
+    decode_v6m_layout,
+)
 
 __all__ = ["PlanError", "Run", "run"]
 
@@ -142,16 +147,22 @@ class _Frame:
         pad, pad_right``. As the C: per output step, the taps inside x only."""
         fixed = c.fn != "conv1d_f"
         x_arg, y_arg, _, w_arg, b_arg = c.args[:5]
-        rest = c.args[7:] if fixed else c.args[5:]
-        cin, cout, kernel, groups, dilation, stride, pad, pad_right = (
-            int(self.value(a)) for a in rest)
+        rest = [int(self.value(a)) for a in (c.args[7:] if fixed else c.args[5:])]
+        blocked = c.fn == "conv1d_x4_w8_acc32"  # one group, dilation 1, rows in blocks of 4
+        if blocked:
+            rest = rest[:3] + [1, 1] + rest[3:]
+        cin, cout, kernel, groups, dilation, stride, pad, pad_right = rest
         assert isinstance(x_arg, Ptr) and isinstance(y_arg, Ptr) and isinstance(w_arg, Ptr)
         x, y = self.views[x_arg.name], self.views[y_arg.name]
         steps = x.shape[1] // cin
         out_steps = (steps + pad + pad_right - dilation * (kernel - 1) - 1) // stride + 1
         cg, og = cin // groups, cout // groups
         dtype = np.int64 if fixed else np.float64
-        w = self.ev.const(w_arg.name).astype(dtype).reshape(cout, kernel, cg)
+        w = self.ev.const(w_arg.name).astype(dtype)
+        if blocked:  # (blocks, groups of 4 columns, 4 channels, 4 bytes in SXTB16 order)
+            w = w.reshape(cout // 4, kernel * cin // 4, 4, 4)[..., np.argsort(SXTB16_ORDER)]
+            w = w.transpose(0, 2, 1, 3)
+        w = w.reshape(cout, kernel, cg)
         b = (self.ev.const(b_arg.name).astype(dtype) if isinstance(b_arg, Ptr)
              else np.zeros(cout, dtype))
         xs = x.reshape(x.shape[0], steps, cin).astype(dtype)

@@ -62,14 +62,15 @@ from ..cells import CellSpec
 from ..ir import Activation, Conv1d, Dense, Model, RecurrentLayer, SelectStep
 from ..numerics import helpers as nm
 from ..numerics.folds import Fold, Fold32, Fold64, fold_side, sum_fits_int32
-from .layout import direction_stream, float_stream, padded
+from .layout import direction_stream, float_stream, kernel_layout, padded
 
 WEIGHT_CTYPE = {8: "int8_t", 16: "int16_t"}
 ACC_CTYPE = {32: "int32_t", 64: "int64_t"}
 INPUT_LIMIT = 2**15
 """The largest |value| of an int16 activation: the accumulator bounds assume every input."""
 
-__all__ = ["lower", "lower_activation", "lower_conv1d", "lower_dense", "lower_recurrent"]
+__all__ = ["conv_rows4", "lower", "lower_activation", "lower_conv1d", "lower_dense",
+           "lower_recurrent"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -633,6 +634,15 @@ def lower_dense(p: str, index: int, layer: Dense, q, req: _Requirements) -> list
         constants=tuple(consts.items))]
 
 
+def conv_rows4(layer: Conv1d, q) -> bool:
+    """Whether an integer Conv1d takes the blocked helper ``conv1d_x4_w8_acc32`` (SMLAD on the
+    DSP cores): int8 weights with int32 sums, one group, dilation 1, and channel counts that
+    are multiples of 4 (so that every tap's run of x is whole 4-column groups)."""
+    return (q.acc.bits == 8 and q.acc.parts[0].acc_bits == 32 and layer.groups == 1
+            and layer.dilation == 1 and layer.in_channels % 4 == 0
+            and layer.out_channels % 4 == 0)
+
+
 def lower_conv1d(p: str, index: int, layer: Conv1d, q, req: _Requirements) -> list[Function]:
     """A Conv1d once over a whole sequence ``x`` (T, C) -> ``y`` (T_out, O): float32, the helper
     ``conv1d_f``; the integer formats, ``conv1d_w{bits}_acc{32,64}`` (exact sums, one
@@ -666,9 +676,17 @@ def lower_conv1d(p: str, index: int, layer: Conv1d, q, req: _Requirements) -> li
         T = "int16_t"
         part = q.acc.parts[0]
         wtype, acc_t = WEIGHT_CTYPE[q.acc.bits], ACC_CTYPE[part.acc_bits]
-        w = consts.add(f"{fn}_w", wtype, part.weights.reshape(-1),
-                       f"{layer.weight.source} as (out, kernel, in / groups) = {shape}, "
-                       f"{wtype}, per-channel scale")
+        rows4 = conv_rows4(layer, q)
+        if rows4:
+            w = consts.add(f"{fn}_w", wtype, kernel_layout(
+                [part.weights[r::4] for r in range(4)], 8).reshape(-1),
+                f"{layer.weight.source} as (out, kernel, in) = {shape} in blocks of 4 output "
+                "channels: per group of 4 columns, one word per channel, bytes in SXTB16 order "
+                f"0,2,1,3; {wtype}, per-channel scale")
+        else:
+            w = consts.add(f"{fn}_w", wtype, part.weights.reshape(-1),
+                           f"{layer.weight.source} as (out, kernel, in / groups) = {shape}, "
+                           f"{wtype}, per-channel scale")
         bias = Lit(0, f"const {acc_t} *", name="NULL")
         if part.bias is not None:
             bias = Ptr(consts.add(f"{fn}_b", acc_t, part.bias,
@@ -677,8 +695,14 @@ def lower_conv1d(p: str, index: int, layer: Conv1d, q, req: _Requirements) -> li
                        f"requant multipliers of {layer.weight.source}, per channel")
         sh = consts.add(f"{fn}_s", "uint8_t", part.shift,
                         f"requant shifts of {layer.weight.source}, per channel")
-        helper = f"conv1d_w{q.acc.bits}_acc{part.acc_bits}"
-        args = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias, Ptr(m), Ptr(sh), *geometry)
+        if rows4:  # no groups, no dilation: those geometry arguments drop out
+            helper = "conv1d_x4_w8_acc32"
+            args = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias, Ptr(m), Ptr(sh),
+                    *geometry[:3], *geometry[5:])
+        else:
+            helper = f"conv1d_w{q.acc.bits}_acc{part.acc_bits}"
+            args = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias, Ptr(m), Ptr(sh),
+                    *geometry)
         formats = f"; x {q.x}, y {q.out}, exact {acc_t} sums (|sum| <= {part.bound})"
     req.helpers.add(helper)
     return [Function(
