@@ -133,22 +133,23 @@ def test_the_manifest_records_the_conv_quantization(exported):
 
 
 def test_the_blocked_helper_runs_where_it_applies(exported):
-    """int8 weights, int32 sums, one group, dilation 1, channels in multiples of 4: the
-    blocked helper; any other conv the per-tap one."""
+    """int8 weights with int32 sums or int16 with int64 sums, one group, dilation 1, channels
+    in multiples of 4: a blocked helper; any other conv the per-tap one."""
     for (case_id, fmt), (c, *_) in exported.items():
         text = (c.folder / f"{c.name}.c").read_text()
-        blocked = "conv1d_x4_w8_acc32(" in text
-        assert blocked == (fmt == "w8a16" and case_id in (
-            "two-convs-bilstm-head", "blocked-k4-stride2-pad2")), (case_id, fmt)
+        blocked = "conv1d_x4_w8_acc32(" in text or "conv1d_x4_w16_acc64(" in text
+        assert blocked == (case_id in ("two-convs-bilstm-head", "blocked-k4-stride2-pad2")), \
+            (case_id, fmt)
 
 
 @pytest.mark.parametrize("board", ["mps2-an386", "mps2-an385"], ids=["m4-dsp", "m3"])
 def test_the_boards_equal_the_host_bit_for_bit(board, exported, tmp_path):
-    """Every w8a16 model of the table (and two w16a16 ones) in one image under QEMU: the
-    Cortex-M4 runs the blocked helper's SMLAD path, the M3 its portable C; both equal the
-    host build, which equals the reference."""
+    """Every w8a16 model of the table (and three w16a16 ones) in one image under QEMU: the
+    Cortex-M4 runs the blocked helpers' SMLAD/SMLALD paths, the M3 their portable C; both
+    equal the host build, which equals the reference."""
     chosen = [key for key in exported if key[1] == "w8a16"] + [
-        ("k3-pad1", "w16a16"), ("valid-dilation2-then-stride3-head", "w16a16")]
+        ("k3-pad1", "w16a16"), ("blocked-k4-stride2-pad2", "w16a16"),
+        ("two-convs-bilstm-head", "w16a16")]
     cases = {case.id: case for case in CASES}
     jobs, expected = [], []
     for key in chosen:

@@ -458,6 +458,9 @@ void w_conv1d_w16_acc64(const int16_t *x, int16_t *y, int T, const int16_t *w,
 void w_conv1d_x4_w8_acc32(const int16_t *x, int16_t *y, int T, const int8_t *w,
     const int32_t *b, const int16_t *m, const uint8_t *s, int c, int o, int kernel, int stride,
     int pad, int pad_right);
+void w_conv1d_x4_w16_acc64(const int16_t *x, int16_t *y, int T, const int16_t *w,
+    const int64_t *b, const int16_t *m, const uint8_t *s, int c, int o, int kernel, int stride,
+    int pad, int pad_right);
 """
 
 _BODIES = {
@@ -493,8 +496,9 @@ _BODIES = {
     **{f"w_conv1d_w{w}_acc{a}": f"k = 0;\n    t_conv1d_w{w}_acc{a}(x, y, T, w, b, m, s, c, o, "
                                 "kernel, groups, dilation, stride, pad + k, pad_right);"
        for w in (8, 16) for a in (32, 64)},
-    "w_conv1d_x4_w8_acc32": "k = 0;\n    t_conv1d_x4_w8_acc32(x, y, T, w, b, m, s, c, o, kernel, "
-                            "stride, pad + k, pad_right);",
+    **{f"w_conv1d_x4_w{w}_acc{a}": f"k = 0;\n    t_conv1d_x4_w{w}_acc{a}(x, y, T, w, b, m, s, c, "
+                                   "o, kernel, stride, pad + k, pad_right);"
+       for w, a in ((8, 32), (16, 64))},
     "w_float_cell": "for (k = 0; k < rows; ++k)\n"
                     "    y[k] = t_sigmoid(t_dot(w + k * n, x, n))\n"
                     "           + t_relu(t_dot(w + k * n, x, n));",
@@ -781,12 +785,13 @@ def test_conv1d_integer_helpers_in_c(clib, bits, kernel, groups, dilation, strid
             assert np.array_equal(y, want), (acc_bits, steps, np.argwhere(y != want)[:3])
 
 
+@pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("kernel, stride, pad_left, pad_right, bias", [
     (3, 1, 1, 1, True), (4, 2, 1, 2, False), (1, 1, 0, 0, True), (5, 3, 4, 0, True),
     (2, 1, 3, 3, False)])
-def test_blocked_conv_helper_in_c(clib, kernel, stride, pad_left, pad_right, bias):
-    """conv1d_x4_w8_acc32 (4 output channels per block, the DSP cores' SMLAD path; here its
-    portable path) against the bit-exact reference."""
+def test_blocked_conv_helper_in_c(clib, bits, kernel, stride, pad_left, pad_right, bias):
+    """conv1d_x4_w8_acc32 and conv1d_x4_w16_acc64 (4 output channels per block, the DSP
+    cores' SMLAD/SMLALD path; here their portable path) against the bit-exact reference."""
     from tinyrnn.check.reference import conv1d_int
     from tinyrnn.ir import Conv1d, Tensor
     from tinyrnn.numerics.helpers import QFormat
@@ -799,19 +804,20 @@ def test_blocked_conv_helper_in_c(clib, kernel, stride, pad_left, pad_right, bia
     w = rng.standard_normal((cout, cin, kernel))
     layer = Conv1d("c", Tensor(w, "w"), Tensor(rng.standard_normal(cout), "b") if bias else None,
                    stride, 1, 1, pad_left, pad_right)
-    q = quantize_conv1d(layer, 0, QFormat(16, 13), QFormat(16, 11), 8)
+    q = quantize_conv1d(layer, 0, QFormat(16, 13), QFormat(16, 11), bits)
     part = q.acc.parts[0]
-    assert part.acc_bits == 32
-    blocked = kernel_layout([part.weights[r::4] for r in range(4)], 8).reshape(-1)
+    acc = {8: 32, 16: 64}[bits]
+    assert part.acc_bits <= acc
+    blocked = kernel_layout([part.weights[r::4] for r in range(4)], bits).reshape(-1)
     for steps in (9, 2):
         if layer.out_steps(steps) < 1:
             continue
         x = rng.integers(-32768, 32768, (steps, cin)).astype(np.int16)
         y = np.zeros((layer.out_steps(steps), cout), np.int16)
-        lib.w_conv1d_x4_w8_acc32(
+        getattr(lib, f"w_conv1d_x4_w{bits}_acc{acc}")(
             _buf(ffi, "int16_t", x), _buf(ffi, "int16_t", y), steps,
-            _buf(ffi, "int8_t", blocked.astype(np.int8)),
-            _buf(ffi, "int32_t", part.bias.astype(np.int32)) if bias else ffi.NULL,
+            _buf(ffi, f"int{bits}_t", blocked.astype(f"int{bits}")),
+            _buf(ffi, f"int{acc}_t", part.bias.astype(f"int{acc}")) if bias else ffi.NULL,
             _buf(ffi, "int16_t", part.mult.astype(np.int16)),
             _buf(ffi, "uint8_t", part.shift.astype(np.uint8)),
             cin, cout, kernel, stride, pad_left, pad_right)

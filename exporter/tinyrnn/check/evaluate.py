@@ -148,7 +148,7 @@ class _Frame:
         fixed = c.fn != "conv1d_f"
         x_arg, y_arg, _, w_arg, b_arg = c.args[:5]
         rest = [int(self.value(a)) for a in (c.args[7:] if fixed else c.args[5:])]
-        blocked = c.fn == "conv1d_x4_w8_acc32"  # one group, dilation 1, rows in blocks of 4
+        blocked = c.fn.startswith("conv1d_x4_")  # one group, dilation 1, rows in blocks of 4
         if blocked:
             rest = rest[:3] + [1, 1] + rest[3:]
         cin, cout, kernel, groups, dilation, stride, pad, pad_right = rest
@@ -159,8 +159,9 @@ class _Frame:
         cg, og = cin // groups, cout // groups
         dtype = np.int64 if fixed else np.float64
         w = self.ev.const(w_arg.name).astype(dtype)
-        if blocked:  # (blocks, groups of 4 columns, 4 channels, 4 bytes in SXTB16 order)
-            w = w.reshape(cout // 4, kernel * cin // 4, 4, 4)[..., np.argsort(SXTB16_ORDER)]
+        if blocked:  # (blocks, groups of 4 columns, 4 channels, 4 weights; int8 in SXTB16 order)
+            order = np.argsort(SXTB16_ORDER) if "_w8_" in c.fn else np.arange(4)
+            w = w.reshape(cout // 4, kernel * cin // 4, 4, 4)[..., order]
             w = w.transpose(0, 2, 1, 3)
         w = w.reshape(cout, kernel, cg)
         b = (self.ev.const(b_arg.name).astype(dtype) if isinstance(b_arg, Ptr)

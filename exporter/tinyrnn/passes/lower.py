@@ -635,11 +635,12 @@ def lower_dense(p: str, index: int, layer: Dense, q, req: _Requirements) -> list
 
 
 def conv_rows4(layer: Conv1d, q) -> bool:
-    """Whether an integer Conv1d takes the blocked helper ``conv1d_x4_w8_acc32`` (SMLAD on the
-    DSP cores): int8 weights with int32 sums, one group, dilation 1, and channel counts that
-    are multiples of 4 (so that every tap's run of x is whole 4-column groups)."""
-    return (q.acc.bits == 8 and q.acc.parts[0].acc_bits == 32 and layer.groups == 1
-            and layer.dilation == 1 and layer.in_channels % 4 == 0
+    """Whether an integer Conv1d takes a blocked helper, ``conv1d_x4_w8_acc32`` (SMLAD on the
+    DSP cores) or ``conv1d_x4_w16_acc64`` (SMLALD): int8 weights with int32 sums or int16
+    weights with int64 sums, one group, dilation 1, and channel counts that are multiples of
+    4 (so that every tap's run of x is whole 4-column groups)."""
+    return ((q.acc.bits, q.acc.parts[0].acc_bits) in ((8, 32), (16, 64))
+            and layer.groups == 1 and layer.dilation == 1 and layer.in_channels % 4 == 0
             and layer.out_channels % 4 == 0)
 
 
@@ -678,11 +679,12 @@ def lower_conv1d(p: str, index: int, layer: Conv1d, q, req: _Requirements) -> li
         wtype, acc_t = WEIGHT_CTYPE[q.acc.bits], ACC_CTYPE[part.acc_bits]
         rows4 = conv_rows4(layer, q)
         if rows4:
+            order = ("one word per channel, bytes in SXTB16 order 0,2,1,3" if q.acc.bits == 8
+                     else "the 4 weights of each channel")
             w = consts.add(f"{fn}_w", wtype, kernel_layout(
-                [part.weights[r::4] for r in range(4)], 8).reshape(-1),
+                [part.weights[r::4] for r in range(4)], q.acc.bits).reshape(-1),
                 f"{layer.weight.source} as (out, kernel, in) = {shape} in blocks of 4 output "
-                "channels: per group of 4 columns, one word per channel, bytes in SXTB16 order "
-                f"0,2,1,3; {wtype}, per-channel scale")
+                f"channels: per group of 4 columns, {order}; {wtype}, per-channel scale")
         else:
             w = consts.add(f"{fn}_w", wtype, part.weights.reshape(-1),
                            f"{layer.weight.source} as (out, kernel, in / groups) = {shape}, "
@@ -696,7 +698,7 @@ def lower_conv1d(p: str, index: int, layer: Conv1d, q, req: _Requirements) -> li
         sh = consts.add(f"{fn}_s", "uint8_t", part.shift,
                         f"requant shifts of {layer.weight.source}, per channel")
         if rows4:  # no groups, no dilation: those geometry arguments drop out
-            helper = "conv1d_x4_w8_acc32"
+            helper = f"conv1d_x4_w{q.acc.bits}_acc{part.acc_bits}"
             args = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias, Ptr(m), Ptr(sh),
                     *geometry[:3], *geometry[5:])
         else:
