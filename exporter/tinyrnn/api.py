@@ -112,11 +112,6 @@ def quantize_model(
         raise TinyRNNError(
             f"the {format} format has no {', '.join(model.float_only)} yet: "
             "export this model with --format float32 (format='float32')")
-    convs = [layer.name for layer in model.layers if isinstance(layer, Conv1d)]
-    if convs:
-        raise TinyRNNError(
-            f"the {format} format has no Conv1d yet ({', '.join(convs)}): export this model "
-            "with --format float32 (format='float32')")
     if calibration is None:
         if example is None:
             raise TinyRNNError("integer formats need calibration data or an example input")
@@ -169,11 +164,16 @@ def check_sequence_buffers(model: Model, format: str) -> None:
                         for k, layer in enumerate(model.layers)
                         if not isinstance(layer, SelectStep)])
     per_step = 2 * widest * (4 if format == "float32" else 2)
-    need = model.max_seq_len * per_step
+    longest = steps = model.max_seq_len  # a Conv1d with padding beyond its span lengthens it
+    for layer in model.layers:
+        if isinstance(layer, Conv1d):
+            steps = layer.out_steps(steps)
+            longest = max(longest, steps)
+    need = longest * per_step
     if need > MAX_SEQUENCE_BUFFER_BYTES:
         raise TinyRNNError(
             f"--max-seq-len {model.max_seq_len} needs two sequence buffers of "
-            f"{model.max_seq_len} steps x {widest} features ({need / (1 << 20):,.0f} MiB of "
+            f"{longest} steps x {widest} features ({need / (1 << 20):,.0f} MiB of "
             f"scratch in the state struct); the limit is "
             f"{MAX_SEQUENCE_BUFFER_BYTES >> 20} MiB, more RAM than any Cortex-M has: this "
             f"model allows at most --max-seq-len {MAX_SEQUENCE_BUFFER_BYTES // per_step}"

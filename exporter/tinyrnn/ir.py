@@ -232,10 +232,23 @@ class Conv1d:
     def kernel(self) -> int:
         return self.weight.shape[2]
 
-    def out_steps(self, steps: int) -> int:
-        """The output length for ``steps`` input steps (torch's formula)."""
+    @property
+    def length_rule(self) -> tuple[int, int]:
+        """``(add, stride)``: ``steps`` input steps give ``(steps + add) // stride + 1`` output
+        steps (torch's formula), none when ``steps + add < 0``."""
         span = self.dilation * (self.kernel - 1) + 1
-        return (steps + self.pad_left + self.pad_right - span) // self.stride + 1
+        return self.pad_left + self.pad_right - span, self.stride
+
+    @property
+    def changes_length(self) -> bool:
+        """Whether the output length differs from the input's (stride > 1, or padding other
+        than ``span - 1`` in total)."""
+        return self.length_rule != (0, 1)
+
+    def out_steps(self, steps: int) -> int:
+        """The output length for ``steps`` input steps (torch's formula; 0 for none)."""
+        add, stride = self.length_rule
+        return (steps + add) // stride + 1 if steps + add >= 0 else 0
 
 
 @dataclass(frozen=True)
@@ -469,6 +482,21 @@ class Model:
     def convolves(self) -> bool:
         """Whether a layer needs the whole sequence (a Conv1d): no streaming NAME_step."""
         return any(isinstance(layer, Conv1d) for layer in self.layers)
+
+    def out_steps(self, steps: int) -> int:
+        """The length of the data path's sequence after its last layer for ``steps`` input
+        steps: each length-changing Conv1d applies torch's formula (0: no output)."""
+        for layer in self.layers:
+            if isinstance(layer, Conv1d) and steps > 0:
+                steps = layer.out_steps(steps)
+        return max(steps, 0)
+
+    @property
+    def length_rules(self) -> tuple[tuple[int, int], ...]:
+        """The ``(add, stride)`` of each length-changing Conv1d, in order (see
+        :attr:`Conv1d.length_rule`)."""
+        return tuple(layer.length_rule for layer in self.layers
+                     if isinstance(layer, Conv1d) and layer.changes_length)
 
     @property
     def selects(self) -> bool:

@@ -366,6 +366,7 @@ class Op:
     out_size: int = 0  # layer-major cells: elements of h
     comment: str = ""
     strides: tuple[int, ...] = ()  # layer-major "multi": elements per step of each argument
+    steps: int = 0  # layer-major: its input's length, 0 for T, k after Schedule.lengths[:k]
 
 
 @dataclass(frozen=True)
@@ -413,9 +414,18 @@ class Schedule:
     select_to: Arg | None
     step: tuple[Op, ...] | None
     step_result: Arg | None
-    input_buffer: str | None  # integer formats: where the float input is converted
+    input_buffer: str | None  # integer formats: where the float input is converted, per step
+    input_sequence: str | None = None  # ... and whole, for a Conv1d reading the model input
     layer_major_why: str = "bidirectional"  # comments of the C: why whole sequences
     no_step_why: str = "a bidirectional layer needs the whole sequence"
+    lengths: tuple[tuple[int, int], ...] = ()
+    """Layer-major: ``(add, stride)`` of each Conv1d that changes the length, in order; after
+    it the sequence has ``(n + add) / stride + 1`` steps (none when ``n + add < 0``)."""
+
+    def select_at(self, steps: str) -> str:
+        """The selected step as a C expression of the final sequence length ``steps``."""
+        assert self.select is not None
+        return f"{steps} - {-self.select}" if self.select < 0 else str(self.select)
 
     @property
     def select_c(self) -> str:

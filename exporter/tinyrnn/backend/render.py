@@ -380,7 +380,12 @@ def build_interface(plan: Plan, model: Model, q: Any, sources: list[str]
     """The typed C interface of the plan (written into NAME.json)."""
     lengths = []
     for out in plan.outputs:
-        if out.role == "sequence":
+        if out.role == "sequence" and model.length_rules:
+            steps = " then ".join(f"T = (T {'+' if add >= 0 else '-'} {abs(add)}) / {stride} + 1"
+                                  for add, stride in model.length_rules)
+            lengths.append((f"sequence, T' x {out.width} values, T' from the Conv1d layers: "
+                            f"{steps}", c_interface.Length(out.width, 0, model.length_rules)))
+        elif out.role == "sequence":
             lengths.append((f"sequence, T x {out.width} values", c_interface.Length(out.width, 0)))
         elif out.role == "vector":
             lengths.append((f"vector, {out.width} values", c_interface.Length(0, out.width)))

@@ -38,6 +38,7 @@ from ..backend.plan import (
 )
 from ..numerics import helpers as nm
 from ..passes.layout import (
+    SXTB16_ORDER,
     decode_float_stream,
     decode_mve_stream,
     decode_stream,
@@ -126,7 +127,7 @@ class _Frame:
             raise TypeError(f"unknown statement {stmt!r}")
 
     def do(self, c: Call) -> None:
-        if c.fn == "conv1d_f":
+        if c.fn.startswith("conv1d_"):
             self.conv1d(c)
             return
         if c.fn == "frame_conv1d_f":
@@ -148,27 +149,48 @@ class _Frame:
             raise TypeError(f"no evaluator for {c.fn}")
 
     def conv1d(self, c: Call) -> None:
-        """``conv1d_f(x, y, T, w, b, c, o, kernel, groups, dilation, pad)`` in float64, over
-        the whole sequence the frame's views hold."""
+        """``conv1d_f(x, y, T, w, b, geometry)`` in float64, or ``conv1d_w*_acc*(x, y, T, w, b,
+        m, s, geometry)`` in integers (every sum checked against its C type), over the whole
+        sequence the frame's views hold; geometry is ``c, o, kernel, groups, dilation, stride,
+        pad, pad_right``. As the C: per output step, the taps inside x only."""
+        fixed = c.fn != "conv1d_f"
         x_arg, y_arg, _, w_arg, b_arg = c.args[:5]
-        cin, cout, kernel, groups, dilation, pad = (int(self.value(a)) for a in c.args[5:])
+        rest = [int(self.value(a)) for a in (c.args[7:] if fixed else c.args[5:])]
+        blocked = c.fn.startswith("conv1d_x4_")  # one group, dilation 1, rows in blocks of 4
+        if blocked:
+            rest = rest[:3] + [1, 1] + rest[3:]
+        cin, cout, kernel, groups, dilation, stride, pad, pad_right = rest
         assert isinstance(x_arg, Ptr) and isinstance(y_arg, Ptr) and isinstance(w_arg, Ptr)
         x, y = self.views[x_arg.name], self.views[y_arg.name]
         steps = x.shape[1] // cin
+        out_steps = (steps + pad + pad_right - dilation * (kernel - 1) - 1) // stride + 1
         cg, og = cin // groups, cout // groups
-        w = self.ev.const(w_arg.name).astype(np.float64).reshape(cout, kernel, cg)
-        b = (self.ev.const(b_arg.name).astype(np.float64) if isinstance(b_arg, Ptr)
-             else np.zeros(cout))
-        xs = x.reshape(x.shape[0], steps, cin)
-        out = np.broadcast_to(b, (x.shape[0], steps, cout)).copy()
-        for t in range(steps):
+        dtype = np.int64 if fixed else np.float64
+        w = self.ev.const(w_arg.name).astype(dtype)
+        if blocked:  # (blocks, groups of 4 columns, 4 channels, 4 weights; int8 in SXTB16 order)
+            order = np.argsort(SXTB16_ORDER) if "_w8_" in c.fn else np.arange(4)
+            w = w.reshape(cout // 4, kernel * cin // 4, 4, 4)[..., order]
+            w = w.transpose(0, 2, 1, 3)
+        w = w.reshape(cout, kernel, cg)
+        b = (self.ev.const(b_arg.name).astype(dtype) if isinstance(b_arg, Ptr)
+             else np.zeros(cout, dtype))
+        xs = x.reshape(x.shape[0], steps, cin).astype(dtype)
+        out = np.broadcast_to(b, (x.shape[0], out_steps, cout)).copy()
+        for t in range(out_steps):
             for k in range(kernel):
-                s = t + k * dilation - pad
+                s = t * stride + k * dilation - pad
                 if 0 <= s < steps:
                     for g in range(groups):
                         out[:, t, g * og:(g + 1) * og] += (
                             xs[:, s, g * cg:(g + 1) * cg] @ w[g * og:(g + 1) * og, k].T)
-        y[:, :steps * cout] = out.reshape(x.shape[0], -1)
+        if fixed:
+            acc_t = "int32_t" if c.fn.endswith("acc32") else "int64_t"
+            _check(out, acc_t, f"{self.fn.name}: {c.fn} sums")
+            m_arg, s_arg = c.args[5:7]
+            assert isinstance(m_arg, Ptr) and isinstance(s_arg, Ptr)
+            out = nm.requant(out, self.ev.const(m_arg.name).astype(np.int64),
+                             self.ev.const(s_arg.name).astype(np.int64))
+        y[:, :out_steps * cout] = out.reshape(x.shape[0], -1)
 
     def frame_conv1d(self, c: Call) -> None:
         """``frame_conv1d_f(x, y, L, L_out, w, b, c, o, kernel, groups, dilation, stride,
@@ -319,7 +341,7 @@ class Run:
         src, dst = fn.params[0], fn.params[1]
         views = {src.name: (x.reshape(x.shape[0], -1) if x is not None
                             else self.view(op.args[0], steps * src.size)),
-                 dst.name: self.view(op.args[1], steps * dst.size)}
+                 dst.name: self.memory[op.args[1].buffer]}  # the conv sets its length
         _Frame(self, fn, views).run()
 
     def set_state(self, role: str, flat: np.ndarray) -> None:
@@ -358,7 +380,7 @@ def run(plan: Plan, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray 
     sel = None
     if schedule.select is not None:
         sel = schedule.select + T if schedule.select < 0 else schedule.select
-        if not 0 <= sel < T:
+        if not 0 <= sel < T and not schedule.lengths:
             raise ValueError(f"the model takes time step {schedule.select} of {T}")
     seq = vec = None
     if not schedule.layer_major:
@@ -376,13 +398,24 @@ def run(plan: Plan, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray 
         if sel is None:
             seq = np.stack(collected, axis=1)
     else:
+        lengths = [T]  # the sequence's length after each length-changing Conv1d
+        for add, stride in schedule.lengths:
+            if lengths[-1] + add < 0:
+                raise ValueError(f"{lengths[-1]} steps are too few for a Conv1d (no output)")
+            lengths.append((lengths[-1] + add) // stride + 1)
+        final = lengths[-1]
+        if sel is not None and schedule.select is not None:
+            sel = schedule.select + final if schedule.select < 0 else schedule.select
+            if not 0 <= sel < final:
+                raise ValueError(f"the model takes time step {schedule.select} of {final}")
         for op in schedule.pre:
-            order = range(T - 1, -1, -1) if op.reverse else range(T)
+            n = lengths[op.steps]
+            order = range(n - 1, -1, -1) if op.reverse else range(n)
             for t in order:
                 r.x_t = x[:, t] if op.args[0].buffer == "x_t" else None
                 src = 0 if op.args[0].buffer == "x_t" else t * op.src_stride
                 if op.kind == "conv":
-                    r.call_sequence(op, x if op.args[0].buffer == "x_t" else None, T)
+                    r.call_sequence(op, x if op.args[0].buffer == "x_t" else None, n)
                     break
                 if op.kind == "multi":
                     r.x_t = x[:, t]
@@ -401,7 +434,7 @@ def run(plan: Plan, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray 
             else x
         if sel is None:
             width = plan.step_output_size
-            seq = result[:, :T * width].reshape(batch, T, width).copy()
+            seq = result[:, :final * width].reshape(batch, final, width).copy()
         else:
             w = schedule.select_width
             assert schedule.select_to is not None

@@ -162,6 +162,8 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
                 value = value[:, layer.index]
         else:
             value = numerics.head(index, read[0])
+            if isinstance(layer, Conv1d):  # a Conv1d may change the length
+                steps = value.shape[1]
         layer_outputs.append(value)
     outputs = []
     for spec in model.outputs:
@@ -344,25 +346,30 @@ class FloatNumerics:
         return np.exp(shifted - log_sum) if layer.kind == "softmax" else shifted - log_sum
 
 
-def conv1d_float(layer: Conv1d, x: np.ndarray) -> np.ndarray:
-    """torch's Conv1d (cross-correlation) on ``x`` (B, T, C) in float64 -> (B, T_out, O)."""
+def conv1d_taps(layer: Conv1d, x: np.ndarray) -> np.ndarray:
+    """The taps each output step of ``layer`` reads from ``x`` (B, T, C): (B, T_out, kernel, C),
+    zeros where a tap falls in the padding (torch's formula for T_out)."""
     batch, steps, _ = x.shape
     out_steps = layer.out_steps(steps)
     if out_steps < 1:
         span = layer.dilation * (layer.kernel - 1) + 1
-        raise TinyRNNError(f"{layer.name}: a Conv1d of span {span} over {steps} steps gives "
-                           "no output")
+        raise TinyRNNError(f"{layer.name}: a Conv1d of span {span} over {steps} steps "
+                           f"(padding {layer.pad_left} + {layer.pad_right}) gives no output")
     padded = np.pad(x, ((0, 0), (layer.pad_left, layer.pad_right), (0, 0)))
-    cin, cout = layer.weight.shape[1], layer.out_channels // layer.groups
-    y = np.zeros((batch, out_steps, layer.out_channels))
     last = layer.stride * (out_steps - 1) + 1
+    return np.stack([padded[:, k * layer.dilation:k * layer.dilation + last:layer.stride]
+                     for k in range(layer.kernel)], axis=2)
+
+
+def conv1d_float(layer: Conv1d, x: np.ndarray) -> np.ndarray:
+    """torch's Conv1d (cross-correlation) on ``x`` (B, T, C) in float64 -> (B, T_out, O)."""
+    taps = conv1d_taps(layer, x)
+    cin, cout = layer.weight.shape[1], layer.out_channels // layer.groups
+    y = np.zeros(taps.shape[:2] + (layer.out_channels,))
     for g in range(layer.groups):
-        xs = padded[:, :, g * cin:(g + 1) * cin]
         w = layer.weight.data[g * cout:(g + 1) * cout]
         for k in range(layer.kernel):
-            start = k * layer.dilation
-            window = xs[:, start:start + last:layer.stride]
-            y[:, :, g * cout:(g + 1) * cout] += window @ w[:, :, k].T
+            y[:, :, g * cout:(g + 1) * cout] += taps[:, :, k, g * cin:(g + 1) * cin] @ w[:, :, k].T
     return y + layer.bias.data if layer.bias is not None else y
 
 

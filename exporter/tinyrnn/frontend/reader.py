@@ -444,15 +444,19 @@ class _Reader:
                 f"the model uses {len(self.problems)} operation(s) tinyrnn cannot export:\n"
                 f"  - {listing}\n"
                 "Supported: nn.LSTM/GRU/RNN (any options), nn.LSTMCell/GRUCell/RNNCell (a step "
-                "module or a loop over time, see docs/c-api.md), Conv1d (keeping the "
-                "sequence length), Linear, taking one time step, "
-                "relu/tanh/sigmoid/softmax/log_softmax, dropout, in float32 the add/mul of two "
-                "values of one shape (residuals), channel slices and cat on the channel axis, "
-                "transposes between (B, T, C) "
+                "module or a loop over time, see docs/c-api.md), Conv1d, Linear, taking one "
+                "time step, relu/tanh/sigmoid/softmax/log_softmax, dropout, in float32 the "
+                "add/mul of two values of one shape (residuals), channel slices and cat on the "
+                "channel axis, per-frame convs and pads in a step module, transposes between "
+                "(B, T, C) "
                 "and (B, C, T), and views that move no data."
             )
         if self.x_index is None:
             raise TinyRNNError("the model has no recurrent layer reading a model input")
+        if not self.groups:
+            raise TinyRNNError(
+                "the model has no recurrent layer (nn.LSTM/GRU/RNN or a cell); tinyrnn exports "
+                "recurrent models, optionally behind Conv1d layers and followed by a head")
         inputs = []
         for i in range(len(user_inputs)):
             if i not in self.inputs:
@@ -1209,14 +1213,14 @@ class _Reader:
             pad_right=pad_right,
         )
         steps = in_shape[2]
-        if layer.out_steps(steps) != steps:
-            self.fail(node, f"a Conv1d that changes the sequence length ({steps} steps to "
-                            f"{layer.out_steps(steps)}: stride {stride}, padding {padding!r}"
-                            f", kernel {kernel}, dilation {dilation}); tinyrnn's C keeps the "
-                            "length: use stride 1 and padding='same'")
+        out_steps = layer.out_steps(steps)
+        if out_steps < 1:
+            self.fail(node, f"a Conv1d that gives no output step from the {steps} steps it "
+                            f"reads (stride {stride}, padding {padding!r}, kernel {kernel}, "
+                            f"dilation {dilation})")
             return
         if not self.shape_is(node, node.outputs[0] if node.outputs else None,
-                             (batch, out_ch, steps)):
+                             (batch, out_ch, out_steps)):
             return
         self.layers.append(layer)
         self.set(node, _Data(len(self.layers), out_ch, self.out_shape(node), 0, 2,

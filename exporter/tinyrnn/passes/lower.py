@@ -78,14 +78,15 @@ from ..ir import (
 )
 from ..numerics import helpers as nm
 from ..numerics.folds import Fold, Fold32, Fold64, fold_side, sum_fits_int32
-from .layout import direction_stream, float_stream, mve_stream, padded
+from .layout import direction_stream, float_stream, kernel_layout, mve_stream, padded
 
 WEIGHT_CTYPE = {8: "int8_t", 16: "int16_t"}
 ACC_CTYPE = {32: "int32_t", 64: "int64_t"}
 INPUT_LIMIT = 2**15
 """The largest |value| of an int16 activation: the accumulator bounds assume every input."""
 
-__all__ = ["lower", "lower_activation", "lower_conv1d", "lower_dense", "lower_recurrent"]
+__all__ = ["conv_rows4", "lower", "lower_activation", "lower_conv1d", "lower_dense",
+           "lower_recurrent"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -665,39 +666,85 @@ def lower_dense(p: str, index: int, layer: Dense, q, req: _Requirements) -> list
         constants=tuple(consts.items))]
 
 
+def conv_rows4(layer: Conv1d, q) -> bool:
+    """Whether an integer Conv1d takes a blocked helper, ``conv1d_x4_w8_acc32`` (SMLAD on the
+    DSP cores) or ``conv1d_x4_w16_acc64`` (SMLALD): int8 weights with int32 sums or int16
+    weights with int64 sums, one group, dilation 1, and channel counts that are multiples of
+    4 (so that every tap's run of x is whole 4-column groups)."""
+    return ((q.acc.bits, q.acc.parts[0].acc_bits) in ((8, 32), (16, 64))
+            and layer.groups == 1 and layer.dilation == 1 and layer.in_channels % 4 == 0
+            and layer.out_channels % 4 == 0)
+
+
 def lower_conv1d(p: str, index: int, layer: Conv1d, q, req: _Requirements) -> list[Function]:
-    """A Conv1d once over a whole sequence ``x`` (T, C) -> ``y`` (T, O), float32: the helper
-    ``conv1d_f`` with the weights as (O, kernel, C / groups), so that each tap's channels are
-    one contiguous dot product with one step of x. The length is kept (the frontend refuses
-    other forms); the integer formats are refused before quantization."""
-    if q is not None:
-        raise TinyRNNError(f"{layer.name}: a Conv1d has no integer lowering yet; export in "
-                           "float32")
+    """A Conv1d once over a whole sequence ``x`` (T, C) -> ``y`` (T_out, O): float32, the helper
+    ``conv1d_f``; the integer formats, ``conv1d_w{bits}_acc{32,64}`` (exact sums, one
+    requantization per output, :class:`tinyrnn.passes.quantize.QConv1d`). The weights are
+    (O, kernel, C / groups), so that each tap's channels are one contiguous dot product with
+    one step of x (and, with dilation 1 and one group, all taps one run)."""
     fn = f"{p}_conv{index}"
     consts = _Constants()
-    data = np.ascontiguousarray(layer.weight.data.transpose(0, 2, 1)).reshape(-1)
-    w = consts.add(f"{fn}_w", "float", data,
-                   f"{layer.weight.source} as (out, kernel, in / groups) = "
-                   f"({layer.out_channels}, {layer.kernel}, {layer.weight.shape[1]}), float32")
-    bias: Expr = Lit(0, "const float *", name="NULL")
-    if layer.bias is not None:
-        bias = Ptr(consts.add(f"{fn}_b", "float", layer.bias.data,
-                              f"{layer.bias.source}, float32"))
-    req.helpers.add("conv1d_f")
+    shape = f"({layer.out_channels}, {layer.kernel}, {layer.weight.shape[1]})"
     what = (f"y = conv1d(x) over the whole sequence: {layer.in_channels} -> "
-            f"{layer.out_channels} channels, kernel {layer.kernel}, dilation {layer.dilation}, "
-            f"groups {layer.groups}, zero padding {layer.pad_left} left and {layer.pad_right} "
-            "right")
-    args = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias,
-            Lit(layer.in_channels, "int"), Lit(layer.out_channels, "int"),
-            Lit(layer.kernel, "int"), Lit(layer.groups, "int"), Lit(layer.dilation, "int"),
-            Lit(layer.pad_left, "int"))
+            f"{layer.out_channels} channels, kernel {layer.kernel}, stride {layer.stride}, "
+            f"dilation {layer.dilation}, groups {layer.groups}, zero padding {layer.pad_left} "
+            f"left and {layer.pad_right} right")
+    geometry = (Lit(layer.in_channels, "int"), Lit(layer.out_channels, "int"),
+                Lit(layer.kernel, "int"), Lit(layer.groups, "int"), Lit(layer.dilation, "int"),
+                Lit(layer.stride, "int"), Lit(layer.pad_left, "int"),
+                Lit(layer.pad_right, "int"))
+    if q is None:
+        T = "float"
+        data = np.ascontiguousarray(layer.weight.data.transpose(0, 2, 1)).reshape(-1)
+        w = consts.add(f"{fn}_w", "float", data,
+                       f"{layer.weight.source} as (out, kernel, in / groups) = {shape}, float32")
+        bias: Expr = Lit(0, "const float *", name="NULL")
+        if layer.bias is not None:
+            bias = Ptr(consts.add(f"{fn}_b", "float", layer.bias.data,
+                                  f"{layer.bias.source}, float32"))
+        helper = "conv1d_f"
+        args: tuple = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias, *geometry)
+        formats = ""
+    else:
+        T = "int16_t"
+        part = q.acc.parts[0]
+        wtype, acc_t = WEIGHT_CTYPE[q.acc.bits], ACC_CTYPE[part.acc_bits]
+        rows4 = conv_rows4(layer, q)
+        if rows4:
+            order = ("one word per channel, bytes in SXTB16 order 0,2,1,3" if q.acc.bits == 8
+                     else "the 4 weights of each channel")
+            w = consts.add(f"{fn}_w", wtype, kernel_layout(
+                [part.weights[r::4] for r in range(4)], q.acc.bits).reshape(-1),
+                f"{layer.weight.source} as (out, kernel, in) = {shape} in blocks of 4 output "
+                f"channels: per group of 4 columns, {order}; {wtype}, per-channel scale")
+        else:
+            w = consts.add(f"{fn}_w", wtype, part.weights.reshape(-1),
+                           f"{layer.weight.source} as (out, kernel, in / groups) = {shape}, "
+                           f"{wtype}, per-channel scale")
+        bias = Lit(0, f"const {acc_t} *", name="NULL")
+        if part.bias is not None:
+            bias = Ptr(consts.add(f"{fn}_b", acc_t, part.bias,
+                                  f"{part.bias_source}, {acc_t} in accumulator units"))
+        m = consts.add(f"{fn}_m", "int16_t", part.mult,
+                       f"requant multipliers of {layer.weight.source}, per channel")
+        sh = consts.add(f"{fn}_s", "uint8_t", part.shift,
+                        f"requant shifts of {layer.weight.source}, per channel")
+        if rows4:  # no groups, no dilation: those geometry arguments drop out
+            helper = f"conv1d_x4_w{q.acc.bits}_acc{part.acc_bits}"
+            args = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias, Ptr(m), Ptr(sh),
+                    *geometry[:3], *geometry[5:])
+        else:
+            helper = f"conv1d_w{q.acc.bits}_acc{part.acc_bits}"
+            args = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias, Ptr(m), Ptr(sh),
+                    *geometry)
+        formats = f"; x {q.x}, y {q.out}, exact {acc_t} sums (|sum| <= {part.bound})"
+    req.helpers.add(helper)
     return [Function(
-        name=fn, kind="conv", layer=index, comment=(f"{layer.name}: {what}",),
-        params=(Param("x", "const float *", "in", layer.in_channels),
-                Param("y", "float *", "out", layer.out_channels),
+        name=fn, kind="conv", layer=index, comment=(f"{layer.name}: {what}{formats}",),
+        params=(Param("x", f"const {T} *", "in", layer.in_channels),
+                Param("y", f"{T} *", "out", layer.out_channels),
                 Param("T", "int ", "steps", 0)),
-        named=(), prologue=(Do(call("conv1d_f", *args, ctype="void"), "every step and channel"),),
+        named=(), prologue=(Do(call(helper, *args, ctype="void"), "every step and channel"),),
         loops=(),
         constants=tuple(consts.items))]
 
@@ -1107,7 +1154,9 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
     """Bidirectional models and models with a Conv1d: layer by layer over whole sequences of
     NAME_MAX_SEQ_LEN steps (a Conv1d in one call, other layers once per step); the selected step
     is copied into a vector, and the layers after it run once."""
-    steps = model.max_seq_len
+    steps = model.max_seq_len  # of the stage's sequence: a Conv1d may change it
+    first_steps = steps
+    length = 0  # which length the stage has: 0 for T, k after k length-changing convs
     pools = {"seq": _Pool("seq"), "scratch": _Pool("scratch")}
     x = _Value(model.input_size, buffer="x_t")
     current, width = x, model.input_size
@@ -1130,6 +1179,7 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
                          "seq" if selected is None else "scratch")
             calls.append(_Call(fn, [values[k] for k in read], out, [],
                                isinstance(layer, Binary), meta=dict(
+                                   steps=length,
                                    strides=tuple(widths[k] for k in read) + (out_w,))))
             current, width = out, out_w
             values.append(current)
@@ -1141,7 +1191,7 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             for fn, direction in zip(functions[index], layer.directions):
                 works = [_Value(p.size, "scratch", role=p.name) for p in fn.param("work")]
                 calls.append(_Call(fn, [current], out, works, meta=dict(
-                    reverse=direction.reverse, src_stride=width,
+                    steps=length, reverse=direction.reverse, src_stride=width,
                     dst_offset=layer.state_size if direction.reverse else 0,
                     dst_stride=layer.output_size, out_size=layer.state_size,
                     comment=_title(layer, direction.reverse))))
@@ -1151,10 +1201,13 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             continue
         fn = functions[index][0]
         out_w = fn.param("out")[0].size
+        meta = dict(steps=length, src_stride=width, dst_stride=out_w)
+        if isinstance(layer, Conv1d) and layer.changes_length:
+            steps, length = layer.out_steps(steps), length + 1
         out = _Value((steps if selected is None else 1) * out_w, pool)
         source = reads(model.layers, index)[0]
-        calls.append(_Call(fn, [values[source]], out, [], fn.kind == "activation",
-                           meta=dict(src_stride=widths[source], dst_stride=out_w)))
+        meta["src_stride"] = widths[source]
+        calls.append(_Call(fn, [values[source]], out, [], fn.kind == "activation", meta=meta))
         current, width = out, out_w
         values.append(current)
         widths.append(width)
@@ -1162,9 +1215,18 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
     if pre_result is None:
         pre_result = current
     reserved = []
-    if fixed:  # the float input converted one step at a time, for the first layer's cells
-        reserved.append(_Value(model.input_size, "scratch", last=max(
-            k for k, c in enumerate(calls) if c.ins and c.ins[0] is x)))
+    step_input = seq_input = None
+    if fixed:  # the float input converted one step at a time (cells, Linear layers) or whole
+        readers = [(k, c.fn is not None and c.fn.kind == "conv") for k, c in enumerate(calls)
+                   if c.ins and c.ins[0] is x]
+        per_step = [k for k, whole in readers if not whole]
+        per_sequence = [k for k, whole in readers if whole]
+        if per_step:
+            step_input = _Value(model.input_size, "scratch", last=max(per_step))
+            reserved.append(step_input)
+        if per_sequence:
+            seq_input = _Value(first_steps * model.input_size, "seq", last=max(per_sequence))
+            reserved.append(seq_input)
     _plan_buffers(calls, pools, reserved)
     ops, post, select_to = [], [], None
     for c in calls:
@@ -1177,21 +1239,23 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             assert c.out is not None
             op = Op(c.fn.name, _args(c), "cell", c.fn.layer, reverse=m["reverse"],
                     src_stride=m["src_stride"], dst=Arg(c.out.buffer, m["dst_offset"]),
-                    dst_stride=m["dst_stride"], out_size=m["out_size"], comment=m["comment"])
+                    dst_stride=m["dst_stride"], out_size=m["out_size"], comment=m["comment"],
+                    steps=m["steps"])
         elif c.fn.kind == "multi":
             op = Op(c.fn.name, _args(c), "multi", c.fn.layer, strides=m["strides"] if
-                    select_to is None else (0,) * len(m["strides"]))
+                    select_to is None else (0,) * len(m["strides"]), steps=m["steps"])
         else:
             op = Op(c.fn.name, _args(c), c.fn.kind, c.fn.layer,
-                    src_stride=m["src_stride"], dst_stride=m["dst_stride"])
+                    src_stride=m["src_stride"], dst_stride=m["dst_stride"], steps=m["steps"])
         (ops if select_to is None else post).append(op)
     select = next((lay.index for lay in model.layers if isinstance(lay, SelectStep)), None)
     return Schedule(
         layer_major=True, pre=tuple(ops), pre_result=Arg(pre_result.buffer), post=tuple(post),
         post_result=Arg(current.buffer), select=select,
         select_width=pre_result.size // steps if select is not None else 0,
-        select_to=select_to, step=None, step_result=None,
-        input_buffer=reserved[0].buffer if fixed else None,
+        select_to=select_to, step=None, step_result=None, lengths=model.length_rules,
+        input_buffer=step_input.buffer if step_input is not None else None,
+        input_sequence=seq_input.buffer if seq_input is not None else None,
     ), (_state_buffers(model, functions) + pools["seq"].buffers(f"scratch: {steps} steps")
         + pools["scratch"].buffers("scratch"))
 
