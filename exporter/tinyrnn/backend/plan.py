@@ -22,9 +22,10 @@ import numpy as np
 # ---------------------------------------------------------------------------------------------
 # Kernel families and guards
 
-FAMILIES = ("c", "dsp", "v6m")
+FAMILIES = ("c", "dsp", "v6m", "fpu")
 """The matrix-vector kernel families a build runs: the portable C kernels, the DSP assembly
-unit kernels (Cortex-M4/M7/M33/M55) and the ARMv6-M assembly unit kernels (Cortex-M0/M0+)."""
+unit kernels (Cortex-M4/M7/M33/M55), the ARMv6-M assembly unit kernels (Cortex-M0/M0+) and
+the float32 assembly unit kernels of cores with an FPU (Cortex-M4F/M7/M33/M55)."""
 
 ALL = frozenset(FAMILIES)
 
@@ -271,10 +272,12 @@ class UnitSums:
     v6m: str | None = None  # symbol of the ARMv6-M unit kernel
     v6m_weights: str | None = None  # its copy of the weights
     v6m_stride: int = 0  # bytes per unit of that copy
+    fpu: str | None = None  # symbol of the float unit kernel (NAME_kernels.S)
 
     @property
     def families(self) -> tuple[str, ...]:
-        return tuple(f for f, has in (("dsp", self.dsp), ("v6m", self.v6m), ("c", True)) if has)
+        return tuple(f for f, has in (("dsp", self.dsp), ("v6m", self.v6m), ("fpu", self.fpu),
+                                      ("c", True)) if has)
 
 
 @dataclass(frozen=True)
@@ -436,6 +439,7 @@ class Plan:
     dsp_kernels: tuple = ()  # tinyrnn.backend.dspasm.UnitKernel, each once
     v6m_kernels: tuple = ()  # tinyrnn.backend.v6masm.V6MUnitKernel, each once
     v6m_constants: tuple[Const, ...] = ()
+    fpu_kernels: tuple = ()  # tinyrnn.backend.fpuasm.FloatUnitKernel, each once
     buffers: tuple[Buffer, ...] = ()
     schedule: Schedule | None = None
     input_size: int = 0
@@ -454,6 +458,8 @@ class Plan:
             found.add("dsp")
         if self.v6m_kernels:
             found.add("v6m")
+        if self.fpu_kernels:
+            found.add("fpu")
         return tuple(f for f in FAMILIES if f in found)
 
     @property
