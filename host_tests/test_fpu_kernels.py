@@ -104,3 +104,49 @@ def test_fpu_kernels_on_the_board_equal_torch(board, exported, host_outputs, tmp
     assert len(bodies) == len(LAYERS)
     for name, body in bodies:
         assert re.search(r"\bvldmia\b", body) and re.search(r"\bvmul\.f32\b", body), name
+
+
+def test_sigmoid_in_c_equals_its_numpy_spec_and_torch(tmp_path):
+    """The float32 exports' sigmoid (no libm: 2^n e^r, tinyrnn.numerics.helpers.sigmoid_f)
+    compiled for the host equals its numpy spec bit for bit, on random inputs and at the edges
+    (the clamps, NaN, infinities, subnormal results), and stays within its stated relative
+    error of torch's float64 sigmoid down to SIGMOID_LOW."""
+    import cffi
+
+    from tinyrnn.backend.render import helpers_source
+    from tinyrnn.numerics.helpers import (
+        SIGMOID_HIGH,
+        SIGMOID_LOW,
+        SIGMOID_MAX_RELATIVE_ERROR,
+        sigmoid_f,
+    )
+    from tinyrnn.targets.host import CFLAGS
+
+    source = ("#include <math.h>\n#include <stdint.h>\n#include <string.h>\n"
+              + helpers_source(["sigmoid"], prefix="t_", P="T")
+              + "\nvoid w_sigmoid(const float *x, float *y, int n)\n{\n    int k;\n"
+              "    for (k = 0; k < n; ++k) y[k] = t_sigmoid(x[k]);\n}\n")
+    (tmp_path / "s.c").write_text(source)
+    subprocess.run(["gcc", *CFLAGS, "-fPIC", "-shared", "s.c", "-o", "libs.so", "-lm"],
+                   cwd=tmp_path, check=True, capture_output=True, text=True)
+    ffi = cffi.FFI()
+    ffi.cdef("void w_sigmoid(const float *x, float *y, int n);")
+    lib = ffi.dlopen(str(tmp_path / "libs.so"))
+    rng = np.random.default_rng(14)
+    edges = np.array([SIGMOID_LOW, np.nextafter(SIGMOID_LOW, np.float32(-1)),
+                      np.nextafter(SIGMOID_LOW, np.float32(1)), -88.72, -88.0, -87.33, -100.0,
+                      SIGMOID_HIGH, np.nextafter(SIGMOID_HIGH, np.float32(0)), 16.5, 0.0, -0.0,
+                      0.3465, -0.3466, 1e-30, -1e-30, np.inf, -np.inf, np.nan, 3.4e38, -3.4e38],
+                     dtype=np.float32)
+    x = np.concatenate([edges, (rng.standard_normal(200_000) * 8).astype(np.float32),
+                        rng.uniform(-89, 18, 200_000).astype(np.float32)])
+    y = np.zeros_like(x)
+    lib.w_sigmoid(ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y), x.size)
+    want = sigmoid_f(x)
+    assert np.array_equal(y.view(np.uint32), want.view(np.uint32)), \
+        f"first difference at x = {x[np.argmax(y.view(np.uint32) != want.view(np.uint32))]!r}"
+    inside = (x >= SIGMOID_LOW) & np.isfinite(x)
+    exact = torch.sigmoid(torch.from_numpy(x[inside].astype(np.float64))).numpy()
+    assert np.abs(y[inside] / exact - 1).max() <= SIGMOID_MAX_RELATIVE_ERROR
+    assert np.isnan(y[np.isnan(x)]).all() and y[x == -np.inf].tolist() == [0.0] \
+        and y[x == np.inf].tolist() == [1.0]

@@ -41,11 +41,28 @@ static inline float tr_tanh(float v)
     return x * p / d;
 }
 
-/* sigmoid(v) = 1 / (1 + e^-v): expf, not the rational tanh, for a small relative error in the negative tail, where a
- * gate multiplies a possibly large state (f c, z h) */
+/* sigmoid(v) = 1 / (1 + e^-v), e^-v = 2^n e^r with n = round(-v log2(e)), r = -v - n ln(2) (ln 2 in two parts), e^r by
+ * its Taylor polynomial of degree 7, 2^n = 2^(n-1) * 2 from the exponent bits (tinyrnn/numerics/helpers.py: sigmoid_f):
+ * no libm call, and a small relative error (at most 3e-07) in the negative tail, where a gate multiplies a possibly
+ * large state (f c, z h), which the rational tanh lacks; 0 below -88.6999969f (e^-v overflows), 1 above 17.0f, NaN
+ * stays NaN */
 static inline float tr_sigmoid(float v)
 {
-    return 1.0f / (1.0f + expf(-v));
+    if (!(v >= -88.6999969f)) {
+        return v < 0.0f ? 0.0f : v;
+    }
+    if (v > 17.0f) {
+        return 1.0f;
+    }
+    const float x = -v;
+    const float n = (x * 1.44269502f + 12582912.0f) - 12582912.0f;
+    const float r = (x - n * 0.693145752f) - n * 1.42860677e-06f;
+    const float h = ((0.000198412701f * r + 0.00138888892f) * r + 0.00833333377f) * r + 0.0416666679f;
+    const float p = (((h * r + 0.166666672f) * r + 0.5f) * r + 1.0f) * r + 1.0f;
+    const uint32_t bits = (uint32_t)((int32_t)n + 126) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return 1.0f / (1.0f + p * scale * 2.0f);
 }
 
 #if !LSTM_PROJ_F32_FPU_KERNELS
