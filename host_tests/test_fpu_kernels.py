@@ -44,8 +44,10 @@ def test_layers_reach_every_path_of_the_generator():
         kernel = FloatUnitKernel(G, i, h, bias, bias)
         text = "\n".join(str(line) for line in kernel.assembly(2))
         seen |= {("loop", bool(re.search(r"^1:$", text, re.M))),
-                 ("tail", i % 4 or h % 4 > 0), ("bias", bias), ("G", G)}
+                 ("tail", bool(i % 4 or h % 4)), ("bias", bias), ("G", G),
+                 ("rest", any(n // 4 % kernel.b for n in (i, h)))}
     assert seen >= {("loop", True), ("loop", False), ("tail", True), ("tail", False),
+                    ("rest", True),
                     ("bias", True), ("bias", False), ("G", 1), ("G", 3), ("G", 4)}
 
 
