@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "exporter"))
 import tinyrnn  # noqa: E402
 from tinyrnn import api  # noqa: E402
 from tinyrnn.backend.dspasm import steady_cycles  # noqa: E402
+from tinyrnn.backend.fpuasm import steady_cycles as float_steady_cycles  # noqa: E402
 from tinyrnn.backend.mveasm import MveKernel  # noqa: E402
 from tinyrnn.backend.v6masm import steady_instructions_per_mac  # noqa: E402
 from tinyrnn.cells import cell_spec, recurrent_macs  # noqa: E402
@@ -206,6 +207,15 @@ TARGETS = (
     ("Cortex-M0 LSTM I=H=64", "lstm", 64, 64, "w8a16", "cortex-m0", 3.0, None,
      "instructions/MAC"),
 )
+# float32 on the M4F (issue 14): the bound is 3 cycles per MAC, the cheapest float MAC on the M4
+# table (VLDM 1 per weight, VMUL 1, VADD 1; a VFMA alone is 3).
+FLOAT_CYCLES_PER_MAC = 3
+FLOAT_TARGETS = (
+    ("LSTM I=H=64", "lstm", 64, 64, "float32", "cortex-m4", 110_000,
+     FLOAT_CYCLES_PER_MAC * 4 * 64 * 128, "cycles"),
+    ("GRU I=H=64", "gru", 64, 64, "float32", "cortex-m4", 85_000,
+     FLOAT_CYCLES_PER_MAC * 3 * 64 * 128, "cycles"),
+)
 # Measured elsewhere with the same method (issue 6): unicorn block counts + the static M4 table.
 ANCHORS = {
     ("lstm", 64, 64, "w8a16"): "CMSIS-NN arm_lstm_unidirectional_s8 131,598; keras2c float32 "
@@ -307,6 +317,8 @@ def kernel_floor(cell: str, input_size: int, hidden: int, fmt: str, cpu: str) ->
     G = cell_spec(cell).G
     if cpu == "cortex-m0":
         return steady_instructions_per_mac(G)
+    if fmt == "float32":  # tinyrnn.backend.fpuasm.steady_cycles (columns in groups of 4)
+        return hidden * (float_steady_cycles(G, input_size) + float_steady_cycles(G, hidden))
     groups = padded(input_size) // 4 + padded(hidden) // 4
     return hidden * steady_cycles(G, 8 if fmt == "w8a16" else 16, groups)
 
@@ -314,7 +326,7 @@ def kernel_floor(cell: str, input_size: int, hidden: int, fmt: str, cpu: str) ->
 def targets(cost: list[dict[str, Any]], work: Path) -> list[dict[str, Any]]:
     """Each target of issue 6 with its measured figure (profiling what the cost suite lacks)."""
     rows = []
-    for what, cell, i, h, fmt, cpu, target, bound, unit in TARGETS:
+    for what, cell, i, h, fmt, cpu, target, bound, unit in (*TARGETS, *FLOAT_TARGETS):
         match = [r for r in cost if (r["cell"], r["input"], r["hidden"], r["format"])
                  == (cell, i, h, fmt)]
         value_q = None
@@ -674,14 +686,17 @@ def write_report(out: Path, env: dict[str, str], formats: Sequence[str],
               f"| run time | {seconds:.0f} s |", ""]
     if goals:
         lines += [
-            "## Targets (issue 6: DSP kernels)", "",
+            "## Targets (issue 6: DSP kernels; issue 14: float32)", "",
             "Each figure beside its target and its bound (gates x H x (I + H) / 0.8 cycles for "
-            "w8a16, / 1.0 for w16a16), and beside implementations **measured elsewhere with the "
+            "w8a16, / 1.0 for w16a16, x 3 for float32: VLDM + VMUL + VADD per MAC), and "
+            "beside implementations **measured elsewhere with the "
             "same method** (unicorn block counts + the static Cortex-M4 table, gcc 12.2 -O2; the "
             "figures quoted in issue 6, not re-measured here). *Kernel floor*: what the "
             "matrix-vector kernels alone cost at their steady rate, before loop, call and "
             "per-unit work (`tinyrnn.backend.dspasm.steady_cycles`: 3 + 5G cycles per group of 4 "
-            "columns for int8 weights, 11 per 2-row pass for int16; the ARMv6-M kernel's 3 + 2/G "
+            "columns for int8 weights, 11 per 2-row pass for int16; for float32 "
+            "`tinyrnn.backend.fpuasm.steady_cycles`, 3 + (1 + 4b) / (4Gb) + 1 / (4G) per MAC; "
+            "the ARMv6-M kernel's 3 + 2/G "
             "instructions per MAC, 4.5 for one row): the 14 registers of the M4 limit a block to "
             "4 rows, so 2 activation loads and a load-use cycle come on top of the bound's LDR + "
             "2 SXTB16 + 2 SMLAD. *Where the cycles go*: the M4 estimate per function of the "

@@ -22,10 +22,11 @@ import numpy as np
 # ---------------------------------------------------------------------------------------------
 # Kernel families and guards
 
-FAMILIES = ("c", "dsp", "v6m", "mve")
+FAMILIES = ("c", "dsp", "v6m", "mve", "fpu")
 """The matrix-vector kernel families a build runs: the portable C kernels, the DSP assembly
-unit kernels (Cortex-M4/M7/M33), the ARMv6-M assembly unit kernels (Cortex-M0/M0+) and the
-MVE (Helium) C kernels (Cortex-M55/M85, which also have the DSP extension: MVE wins)."""
+unit kernels (Cortex-M4/M7/M33), the ARMv6-M assembly unit kernels (Cortex-M0/M0+), the MVE
+(Helium) C kernels (Cortex-M55/M85, which also have the DSP extension: MVE wins) and the float32
+assembly unit kernels of cores with an FPU (Cortex-M4F/M7/M33/M55)."""
 
 ALL = frozenset(FAMILIES)
 
@@ -275,11 +276,13 @@ class UnitSums:
     v6m_stride: int = 0  # bytes per unit of that copy
     mve: str | None = None  # the MVE C kernel: NAME_mve{G}_w{bits}_acc{32|64}, on both parts
     mve_weights: str | None = None  # its copy of the weights
+    fpu: str | None = None  # symbol of the float unit kernel (NAME_kernels.S)
 
     @property
     def families(self) -> tuple[str, ...]:
         """In the order the C tests them: MVE cores also have the DSP extension."""
         return tuple(f for f, has in (("mve", self.mve), ("dsp", self.dsp), ("v6m", self.v6m),
+                                      ("fpu", self.fpu),
                                       ("c", True)) if has)
 
 
@@ -455,6 +458,7 @@ class Plan:
     v6m_kernels: tuple = ()  # tinyrnn.backend.v6masm.V6MUnitKernel, each once
     v6m_constants: tuple[Const, ...] = ()
     mve_kernels: tuple[tuple[int, int, int], ...] = ()  # (G, bits, acc) of the MVE C kernels
+    fpu_kernels: tuple = ()  # tinyrnn.backend.fpuasm.FloatUnitKernel, each once
     buffers: tuple[Buffer, ...] = ()
     schedule: Schedule | None = None
     input_size: int = 0
@@ -475,6 +479,8 @@ class Plan:
             found.add("v6m")
         if self.mve_kernels:
             found.add("mve")
+        if self.fpu_kernels:
+            found.add("fpu")
         return tuple(f for f in FAMILIES if f in found)
 
     @property

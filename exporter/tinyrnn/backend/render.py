@@ -39,7 +39,7 @@ from ..numerics.helpers import helper_closure, numeric_context
 from ..outputs import write_files
 from ..passes.lower import lower
 from ..resources import resource_dir
-from . import dspasm, mveasm, v6masm
+from . import dspasm, fpuasm, mveasm, v6masm
 from . import interface as c_interface
 from .cformat import WIDTH, wrap
 from .manifest import binding_line
@@ -122,14 +122,17 @@ HELPER_PREFIX = "tr_"
 """The arithmetic helpers are static: one short prefix for all models keeps the statements
 that nest them readable (and within the line width whatever the model's name)."""
 
-FAMILY_MACROS = {"dsp": "DSP_KERNELS", "v6m": "V6M_KERNELS", "mve": "MVE_KERNELS"}
+FAMILY_MACROS = {"dsp": "DSP_KERNELS", "v6m": "V6M_KERNELS", "mve": "MVE_KERNELS",
+                 "fpu": "FPU_KERNELS"}
 MVE_CONDITION = "defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)"
 """The builds that run the MVE kernels: a core with integer Helium (Cortex-M55, M85)."""
-FAMILY_CONDITIONS = {"dsp": dspasm.CONDITION, "v6m": v6masm.CONDITION, "mve": MVE_CONDITION}
+FAMILY_CONDITIONS = {"dsp": dspasm.CONDITION, "v6m": v6masm.CONDITION, "mve": MVE_CONDITION,
+                     "fpu": fpuasm.CONDITION}
 FAMILY_DOCS = {
     "dsp": "the DSP unit kernels of NAME_kernels.S (Cortex-M4/M7/M33)",
     "v6m": "the ARMv6-M unit kernels (Cortex-M0/M0+)",
     "mve": "the MVE (Helium) kernels (Cortex-M55/M85: tested before the DSP ones)",
+    "fpu": "the float unit kernels of NAME_kernels.S (cores with an FPU: Cortex-M4F/M7/M33/M55)",
 }
 
 
@@ -205,7 +208,8 @@ def _kernels_view(plan: Plan) -> dict:
     for G, bits, acc_bits, families in plan.c_kernels:
         if bits == 32:
             f32.append(dict(G=G, name=f"{p}_mac{G}_f32",
-                            tail=[f"{r} * tail + k" if r else "k" for r in range(G)]))
+                            tail=[f"{r} * tail + k" if r else "k" for r in range(G)],
+                            guard=_guard(P, families, present)))
             continue
         wtype = {8: "int8_t", 16: "int16_t"}[bits]
         c.append(dict(G=G, bits=bits, acc_bits=acc_bits, wtype=wtype, acc_t=f"int{acc_bits}_t",
@@ -252,6 +256,14 @@ def _kernels_view(plan: Plan) -> dict:
                         sums=", ".join(f'[a{r}] "+r"(a{r})' for r in range(G)),
                         w_constraint=kernel.w_constraint,
                         clobbers=", ".join(f'"q{q}"' for q in range(min(G, 2) + 1))))
+    if plan.fpu_kernels:
+        assembly.append(dict(macro=f"{P}_FPU_KERNELS", doc=(
+            "NAME_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit in "
+            "float32; returns the next unit's weights").replace("NAME", p),
+            kernels=[dict(prototype=(
+                f"const float *{u.name(p)}(const float *w, const float *xh, float *acc, "
+                "const float *bx, const float *bh)")) for u in plan.fpu_kernels],
+            constants=[]))
     selection_doc = ("The recurrent kernels of this build: "
                      + "".join(f"{f['doc']}, " for f in selection)
                      + "or the portable C kernels below (host, Cortex-M3, M23, ARM state).")
@@ -284,6 +296,14 @@ def _assembly_view(plan: Plan) -> list[dict]:
             dict(name=name, lines=lines) for name, lines in sorted(macros.items())],
             kernels=[dict(name=k.name(p), doc=k.doc(), lines=_variants(
                 k, v6masm.UNROLL_SPEED, v6masm.UNROLL_SIZE)) for k in plan.v6m_kernels]))
+    if plan.fpu_kernels:
+        macros = {}
+        for f in plan.fpu_kernels:
+            macros.update(f.macros())
+        families.append(dict(condition=fpuasm.CONDITION, macros=[
+            dict(name=name, lines=lines) for name, lines in sorted(macros.items())],
+            kernels=[dict(name=f.name(p), doc=f.doc(), lines=_variants(
+                f, fpuasm.UNROLL_SPEED, fpuasm.UNROLL_SIZE)) for f in plan.fpu_kernels]))
     return families
 
 
@@ -447,7 +467,8 @@ def render(model: Model, out_dir: Path, name: str, fmt: str, options: dict,
         quant_line = (f" * {fmt} formats and integers sha256: "
                       f"{hashlib.sha256(section).hexdigest()}\n")
     plan = lower(model, name, quantized)
-    kernels_file = f"{name}_kernels.S" if plan.dsp_kernels or plan.v6m_kernels else None
+    kernels_file = f"{name}_kernels.S" if plan.dsp_kernels or plan.v6m_kernels \
+        or plan.fpu_kernels else None
     sources = [f"{name}.c"] + ([kernels_file] if kernels_file else [])
     api = build_interface(plan, model, quantized, sources)
     summary = interface(model, plan)

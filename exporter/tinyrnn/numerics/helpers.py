@@ -768,7 +768,24 @@ TANH_Q = np.array([1.0, 0.4670649468898773, 0.02584197372198105, 0.0003271383175
 """Denominator coefficients (of t^0..t^4) of :func:`tanh_f`; ``Q(0) = 1``."""
 TANH_MAX_ERROR = 4e-7
 """The worst |tanh_f(v) - tanh(v)| over every float32 ``v`` (``bench/fast_tanh.py``: 3.9e-7
-near |v| = 8.95). sigmoid keeps expf (see :func:`sigmoid_f`)."""
+near |v| = 8.95); also a bound of |sigmoid_f(v) - sigmoid(v)| (1.2e-7, see :func:`sigmoid_f`)."""
+
+SIGMOID_LOW = np.float32(-88.7)
+"""sigmoid_f(v) = 0 below this: e^-v would overflow float32 (expf's limit is 88.72)."""
+SIGMOID_HIGH = np.float32(17.0)
+"""sigmoid_f(v) = 1 above this: e^-17 = 4.1e-8 is below half an ulp of 1."""
+EXP_LOG2E = np.float32(1.4426950408889634)
+EXP_ROUND = np.float32(12582912.0)
+"""1.5 * 2^23: ``(t + EXP_ROUND) - EXP_ROUND`` is t rounded to the nearest integer (|t| < 2^22)."""
+EXP_LN2_HI = np.float32(0.693145751953125)
+"""ln 2 to 16 significant bits: n * EXP_LN2_HI is exact for |n| < 256."""
+EXP_LN2_LO = np.float32(1.4286068203094173e-06)
+"""ln 2 - EXP_LN2_HI."""
+EXP_POLY = np.array([1.0 / math.factorial(k) for k in range(8)], dtype=np.float32)
+"""e^r = sum r^k / k!, k = 0..7 (Horner): the truncation is 5e-9 relative for |r| <= ln 2 / 2."""
+SIGMOID_MAX_RELATIVE_ERROR = 3e-7
+"""The worst |sigmoid_f(v) / sigmoid(v) - 1| over float32 ``v`` >= -88.7 (``bench/fast_tanh.py``:
+2.5e-7, at v = -88.57, where sigmoid is subnormal; about 1.5e-7 elsewhere)."""
 
 
 def _c_float(v: float) -> str:
@@ -792,15 +809,31 @@ def tanh_f(v: np.ndarray) -> np.ndarray:
 
 
 def sigmoid_f(v: np.ndarray) -> np.ndarray:
-    """sigmoid in float32 as the C helper ``sigmoid`` computes it: ``1 / (1 + expf(-v))``.
+    """sigmoid in float32 as the C helper ``sigmoid`` computes it, operation by operation (C99
+    without contraction): ``1 / (1 + e)``, ``e = e^-v = 2^n e^r`` with ``n = round(-v log2 e)``
+    (:data:`EXP_ROUND`), ``r = (-v - n ln2_hi) - n ln2_lo`` and e^r by :data:`EXP_POLY`, 2^n
+    from the exponent bits (as ``2^(n-1) * 2``, so n = 128 rounds to infinity as it should);
+    0 below :data:`SIGMOID_LOW`, 1 above :data:`SIGMOID_HIGH`, NaN stays NaN. No libm call.
 
     Not the rational tanh: a gate's sigmoid multiplies the carried state (``f * c``, ``z * h``),
     so it needs a small *relative* error deep in its negative tail, where ``sigmoid(v)`` is tiny
     and the state may be huge; ``0.5 + 0.5 tanh(v / 2)`` has only an absolute bound there
-    (about 3e-8 instead of, e.g., 1e-30 at v = -69)."""
+    (about 3e-8 instead of, e.g., 1e-30 at v = -69). This form keeps the relative error within
+    :data:`SIGMOID_MAX_RELATIVE_ERROR` down to v = -88.7."""
     v = np.asarray(v, dtype=np.float32)
-    with np.errstate(over="ignore"):
-        return np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
+    with np.errstate(all="ignore"):
+        x = np.clip(-v, -SIGMOID_HIGH, -SIGMOID_LOW)  # the result is replaced outside
+        n = (x * EXP_LOG2E + EXP_ROUND) - EXP_ROUND
+        r = (x - n * EXP_LN2_HI) - n * EXP_LN2_LO
+        p = EXP_POLY[7]
+        for c in EXP_POLY[6::-1]:
+            p = p * r + c
+        scale = ((n.astype(np.int32) + 126) << 23).astype(np.uint32).view(np.float32)
+        e = p * scale * np.float32(2.0)
+        out = np.float32(1.0) / (np.float32(1.0) + e)
+    out = np.where(v > SIGMOID_HIGH, np.float32(1.0), np.where(v >= SIGMOID_LOW, out,
+                                                               np.float32(0.0)))
+    return np.where(np.isnan(v), v, out).astype(np.float32)
 
 
 HELPERS: tuple[Helper, ...] = (
@@ -876,6 +909,14 @@ def numeric_context() -> dict[str, object]:
         tanh_p=[_c_float(v) for v in TANH_P],
         tanh_q=[_c_float(v) for v in TANH_Q],
         tanh_max_error=f"{TANH_MAX_ERROR:.0e}",
+        sigmoid_low=_c_float(SIGMOID_LOW),
+        sigmoid_high=_c_float(SIGMOID_HIGH),
+        exp_log2e=_c_float(EXP_LOG2E),
+        exp_round=_c_float(EXP_ROUND),
+        exp_ln2_hi=_c_float(EXP_LN2_HI),
+        exp_ln2_lo=_c_float(EXP_LN2_LO),
+        exp_poly=[_c_float(v) for v in EXP_POLY],
+        sigmoid_max_relative_error=f"{SIGMOID_MAX_RELATIVE_ERROR:.0e}",
         sigmoid_table=[int(v) for v in SIGMOID_TABLE],
         tanh30_table=[int(v) for v in TANH30_TABLE],
         act_table_len=ACT_TABLE_LEN,

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..backend.dspasm import UnitKernel
+from ..backend.fpuasm import FloatUnitKernel
 from ..backend.plan import (
     ALL,
     Arg,
@@ -196,6 +197,7 @@ class _Requirements:
     c_kernels: dict[tuple[int, int, int], set[str]] = field(default_factory=dict)
     dsp: set[UnitKernel] = field(default_factory=set)
     v6m: dict[str, V6MUnitKernel] = field(default_factory=dict)
+    fpu: set[FloatUnitKernel] = field(default_factory=set)
     v6m_constants: list[Const] = field(default_factory=list)
     mve: set[tuple[int, int, int]] = field(default_factory=set)  # (G, bits, acc)
 
@@ -259,7 +261,10 @@ def _float_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
                               compact_sources([b.source for b in biases if b is not None]))
         req.c_kernels.setdefault((G, 32, 32), set()).add("c")
         sides.append(SumSide(f32, bias, 0 if k == 0 else I, cols, cols, f"{p}_mac{G}_f32"))
-    sums = UnitSums(G, 32, f32, w_name, sides[0], sides[1])
+    # cores with an FPU run the float unit kernel of NAME_kernels.S (backend/fpuasm.py)
+    fpu = FloatUnitKernel(G, I, P, sides[0].bias is not None, sides[1].bias is not None)
+    req.fpu.add(fpu)
+    sums = UnitSums(G, 32, f32, w_name, sides[0], sides[1], fpu=fpu.name(p))
     pre: dict[str, Expr] = {}
     for g, gate in enumerate(gates):
         if len(gate.accumulators) == 2:  # a split gate (GRU n): the x and h sums stay apart
@@ -1357,6 +1362,7 @@ def lower(model: Model, name: str, q=None) -> Plan:
         c_kernels=c_kernels, dsp_kernels=tuple(sorted(req.dsp)),
         v6m_kernels=tuple(req.v6m[k] for k in sorted(req.v6m)),
         v6m_constants=tuple(req.v6m_constants), mve_kernels=tuple(sorted(req.mve)),
+        fpu_kernels=tuple(sorted(req.fpu)),
         buffers=tuple(buffers), schedule=schedule,
         input_size=model.input_size, step_output_size=model.step_output_size,
         max_seq_len=model.max_seq_len if whole else 0,
