@@ -25,7 +25,9 @@ import numpy as np
 from .cells import CellSpec, cell_spec
 
 CellKind = Literal["lstm", "gru", "rnn_tanh", "rnn_relu"]
-ActivationKind = Literal["relu", "tanh", "sigmoid", "softmax", "log_softmax"]
+ActivationKind = Literal["relu", "tanh", "sigmoid", "softmax", "log_softmax", "relu6",
+                         "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs", "square",
+                         "sqrt"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -240,10 +242,18 @@ class Conv1d:
 
 @dataclass(frozen=True)
 class Activation:
-    """An element-wise (relu, tanh, sigmoid) or last-axis (softmax, log_softmax) function."""
+    """An element-wise (relu, tanh, sigmoid, relu6, hardtanh, leaky_relu, hardsigmoid,
+    hardswish, abs, square, sqrt) or last-axis (softmax, log_softmax) function.
+
+    relu6 and hardtanh clamp to ``[low, high]`` (relu6: ``[0, 6]``); leaky_relu is ``x`` for
+    ``x >= 0``, else ``slope * x``; hardsigmoid is ``clamp(x / 6 + 1/2, 0, 1)`` and hardswish
+    ``x * hardsigmoid(x)``, as torch defines them."""
 
     kind: ActivationKind
     features: int
+    low: float = 0.0
+    high: float = 0.0
+    slope: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,13 @@ _HELPERS = {
     "dot2_q32": lambda a, b, ka, c, d, kc, s: nm.dot2_q32(a, b, int(ka), c, d, int(kc), int(s)),
     "rshift_round64": nm.rshift_round,
     "sigmoid": nm.sigmoid_f, "relu": lambda v: np.maximum(v, 0.0), "tanh": nm.tanh_f,
+    "clamp_q": lambda x, lo, hi: nm.clamp_q(x, int(lo), int(hi)),
+    "leaky_q": lambda x, m, n: nm.leaky_q(x, int(m), int(n)), "abs_q": nm.abs_q,
+    "clamp_f": lambda v, lo, hi: np.minimum(np.maximum(v, lo), hi),
+    "leaky_relu_f": lambda v, slope: np.where(v < 0, v * slope, v),
+    "hardsigmoid_f": lambda v: np.clip(v + 3.0, 0.0, 6.0) / 6.0,
+    "hardswish_f": lambda v: v * np.clip(v + 3.0, 0.0, 6.0) / 6.0,
+    "abs_f": np.abs, "sqrt_f": np.sqrt,
 }
 
 

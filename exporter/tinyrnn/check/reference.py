@@ -13,12 +13,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..numerics.helpers import (
+    ACT_OUT,
     QFormat,
+    abs_q,
+    clamp_q,
     dot2_q,
     dot2_q32,
+    leaky_q,
     log_softmax_q,
     mul_q30,
     relu_q,
+    requant,
     rescale,
     rshift_round,
     sat24,
@@ -124,6 +129,18 @@ class IntNumerics:
         kind = layer.ir.kind
         if kind == "relu":
             return relu_q(value)
+        if kind in ("relu6", "hardtanh"):
+            return clamp_q(value, layer.low, layer.high)
+        if kind == "leaky_relu":
+            return leaky_q(value, layer.mult, layer.shift)
+        if kind == "abs":
+            return abs_q(value)
+        if kind == "square":
+            return requant(value * value, layer.mult, layer.shift)
+        if kind in ("hardsigmoid", "hardswish"):
+            hs = clamp_q(requant(value, layer.mult, layer.shift) + (1 << (ACT_OUT.frac - 1)),
+                         0, ACT_OUT.qmax)
+            return hs if kind == "hardsigmoid" else mul_q30(value, hs, ACT_OUT.frac)
         if kind == "sigmoid":
             return sigmoid_wide(sat24(rshift_round(value, layer.in_shift)))
         if kind == "tanh":

@@ -244,9 +244,24 @@ class FloatNumerics:
             return np.tanh(value)
         if layer.kind == "sigmoid":
             return _sigmoid(value)
+        if layer.kind in POINTWISE:
+            return POINTWISE[layer.kind](layer, value)
         shifted = value - value.max(axis=-1, keepdims=True)
         log_sum = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
         return np.exp(shifted - log_sum) if layer.kind == "softmax" else shifted - log_sum
+
+
+POINTWISE = {
+    "relu6": lambda a, v: np.clip(v, a.low, a.high),
+    "hardtanh": lambda a, v: np.clip(v, a.low, a.high),
+    "leaky_relu": lambda a, v: np.where(v < 0, v * a.slope, v),
+    "hardsigmoid": lambda a, v: np.clip(v / 6.0 + 0.5, 0.0, 1.0),
+    "hardswish": lambda a, v: v * np.clip(v / 6.0 + 0.5, 0.0, 1.0),
+    "abs": lambda a, v: np.abs(v),
+    "square": lambda a, v: v * v,
+    "sqrt": lambda a, v: np.sqrt(v),
+}
+"""The element-wise activations beyond relu/tanh/sigmoid, in float64 (as torch defines them)."""
 
 
 def conv1d_float(layer: Conv1d, x: np.ndarray) -> np.ndarray:

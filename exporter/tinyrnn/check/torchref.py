@@ -106,9 +106,14 @@ def _head(layer: Dense | Conv1d | Activation, value: torch.Tensor) -> torch.Tens
             if layer.bias is not None:
                 linear.bias.copy_(torch.from_numpy(layer.bias.data.astype(np.float32)))
         return linear(value)
+    F = nn.functional
     functions = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
                  "softmax": lambda v: torch.softmax(v, dim=-1),
-                 "log_softmax": lambda v: torch.log_softmax(v, dim=-1)}
+                 "log_softmax": lambda v: torch.log_softmax(v, dim=-1),
+                 "relu6": F.relu6, "hardtanh": lambda v: F.hardtanh(v, layer.low, layer.high),
+                 "leaky_relu": lambda v: F.leaky_relu(v, layer.slope),
+                 "hardsigmoid": F.hardsigmoid, "hardswish": F.hardswish, "abs": torch.abs,
+                 "square": torch.square, "sqrt": torch.sqrt}
     return functions[layer.kind](value)
 
 

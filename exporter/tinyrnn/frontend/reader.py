@@ -57,7 +57,18 @@ _ELEMENTWISE = {
     "aten.relu.default": "relu",
     "aten.tanh.default": "tanh",
     "aten.sigmoid.default": "sigmoid",
+    "aten.relu6.default": "relu6",
+    "aten.hardtanh.default": "hardtanh",
+    "aten.leaky_relu.default": "leaky_relu",
+    "aten.hardsigmoid.default": "hardsigmoid",
+    "aten.hardswish.default": "hardswish",
+    "aten.abs.default": "abs",
+    "aten.square.default": "square",
+    "aten.sqrt.default": "sqrt",
 }
+_SCALAR_OPS = {"aten.mul.Tensor", "aten.mul.Scalar", "aten.add.Tensor", "aten.add.Scalar",
+               "aten.sub.Tensor", "aten.sub.Scalar", "aten.rsub.Scalar", "aten.div.Tensor",
+               "aten.div.Scalar", "aten.pow.Tensor_Scalar"}
 _LAST_AXIS = {
     "aten.softmax.int": "softmax",
     "aten._softmax.default": "softmax",
@@ -91,12 +102,14 @@ _CELLS = {
 _ZEROS = {"aten.zeros.default", "aten.zeros_like.default", "aten.new_zeros.default"}
 _SELECT = {"aten.select.int", "aten.slice.Tensor"}
 _CONV = {"aten.conv1d.default", "aten.conv1d.padding"}
+_BATCH_NORM = {"aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default"}
 _KNOWN = {
     *_RECURRENT, *_CELLS, *_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_ZEROS, *_SELECT,
-    *_CONV, "aten.linear.default", "aten.transpose.int", "aten.permute.default",
-    "aten.stack.default", "aten.unbind.int",
+    *_CONV, *_BATCH_NORM, *_SCALAR_OPS, "aten.linear.default", "aten.transpose.int",
+    "aten.permute.default", "aten.stack.default", "aten.unbind.int",
 }
-_DATA_OPS = {*_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_SELECT, *_CONV,
+_DATA_OPS = {*_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_SELECT, *_CONV, *_BATCH_NORM,
+             *_SCALAR_OPS,
              "aten.linear.default", "aten.transpose.int", "aten.permute.default"}
 _CELL_HINT = {"lstm": "(h, c) = cell(x[:, t], (h, c))", "gru": "h = cell(x[:, t], h)",
               "rnn_tanh": "h = cell(x[:, t], h)", "rnn_relu": "h = cell(x[:, t], h)"}
@@ -414,7 +427,9 @@ class _Reader:
                 "Supported: nn.LSTM/GRU/RNN (any options), nn.LSTMCell/GRUCell/RNNCell (a step "
                 "module or a loop over time, see docs/c-api.md), Conv1d (keeping the "
                 "sequence length), Linear, taking one time step, "
-                "relu/tanh/sigmoid/softmax/log_softmax, dropout, transposes between (B, T, C) "
+                "relu/tanh/sigmoid/softmax/log_softmax/relu6/hardtanh/leaky_relu/"
+                "hardsigmoid/hardswish/abs/square/sqrt, BatchNorm1d (folded), x * c, x + c, "
+                "dropout, transposes between (B, T, C) "
                 "and (B, C, T), and views that move no data."
             )
         if self.x_index is None:
@@ -493,6 +508,10 @@ class _Reader:
             self.transpose(node)
         elif target in _CONV:
             self.conv1d(node)
+        elif target in _BATCH_NORM:
+            self.batch_norm(node)
+        elif target in _SCALAR_OPS:
+            self.scalar_op(node)
         elif target in _CELLS:
             self.cell(node, _CELLS[target])
         elif target == "aten.stack.default":
@@ -985,8 +1004,146 @@ class _Reader:
         if data is None or not self.shape_is(node, node.outputs[0] if node.outputs else None,
                                              data.shape):
             return
-        self.layers.append(Activation(kind, data.features))  # type: ignore[arg-type]
+        options: dict[str, float] = {}
+        if kind == "relu6":
+            options = dict(low=0.0, high=6.0)
+        elif kind == "hardtanh":
+            low, high = node.arg("min_val", -1.0), node.arg("max_val", 1.0)
+            if not (type(low) in (int, float) and type(high) in (int, float) and low < high
+                    and np.isfinite([low, high]).all()):
+                self.fail(node, f"hardtanh bounds {low!r}, {high!r}; tinyrnn needs finite "
+                                "min_val < max_val")
+                return
+            options = dict(low=float(low), high=float(high))
+        elif kind == "leaky_relu":
+            slope = node.arg("negative_slope", 0.01)
+            if type(slope) not in (int, float) or not np.isfinite(slope):
+                self.fail(node, f"leaky_relu with negative_slope {slope!r}")
+                return
+            options = dict(slope=float(slope))
+        self.layers.append(Activation(kind, data.features, **options))  # type: ignore[arg-type]
         self.set(node, replace(data, depth=len(self.layers)))
+
+    def scalar_op(self, node: Node) -> None:
+        """``x * c``, ``x + c``, ``x - c``, ``c - x``, ``x / c`` with a number ``c`` (an affine
+        map: folded into a Linear or Conv1d before it, see :meth:`affine`), ``x * x`` and
+        ``x ** 2`` (square), ``x ** 0.5`` (sqrt)."""
+        target = node.target
+        other = node.arg("exponent") if target == "aten.pow.Tensor_Scalar" else node.arg("other")
+        x = node.first()
+        if target == "aten.pow.Tensor_Scalar":
+            kinds = {2: "square", 0.5: "sqrt", 1: None}
+            if type(other) not in (int, float) or other not in kinds:
+                self.fail(node, f"x ** {other!r}; tinyrnn reads the powers 2 (square) and 0.5 "
+                                "(sqrt)")
+            elif kinds[other] is None:
+                data = self.current(node, x)
+                if data is not None:
+                    self.set(node, data)
+            else:
+                self.activation(node, kinds[other])  # type: ignore[arg-type]
+            return
+        if (target == "aten.mul.Tensor" and isinstance(other, TensorRef)
+                and isinstance(x, TensorRef) and other.name == x.name):
+            self.activation(node, "square")
+            return
+        if type(other) not in (int, float) or not np.isfinite(other):
+            self.fail(node, "unsupported operation (tinyrnn reads this operation with a "
+                            "number, e.g. x * 0.5 or x + 1, or as x * x)")
+            return
+        if "alpha" in dict(node.args) and node.arg("alpha") != 1:
+            self.fail(node, f"{target} with alpha {node.arg('alpha')!r}")
+            return
+        data = self.current(node, x)
+        if data is None or not self.shape_is(node, node.outputs[0] if node.outputs else None,
+                                             data.shape):
+            return
+        c = float(other)
+        op = target.split(".")[1]
+        if op == "div" and c == 0:
+            self.fail(node, "a division by zero")
+            return
+        scale, shift = {"mul": (c, 0.0), "add": (1.0, c), "sub": (1.0, -c),
+                        "rsub": (-1.0, c), "div": (1.0 / c, 0.0)}[op]
+        what = {"mul": f"x * {c!r}", "add": f"x + {c!r}", "sub": f"x - {c!r}",
+                "rsub": f"{c!r} - x", "div": f"x / {c!r}"}[op]
+        n = data.features
+        self.affine(node, data, what, np.full(n, scale), np.full(n, shift),
+                    f"s = {scale!r} ({what})", f"+ {shift!r} ({what})")
+
+    def batch_norm(self, node: Node) -> None:  # noqa: C901 - one check per argument
+        """``nn.BatchNorm1d`` in eval mode: ``y = (x - mean) / sqrt(var + eps) * weight + bias``
+        per channel (axis 1 of its input: (B, C, T) or (B, C)), an affine map folded into the
+        layer before it (:meth:`affine`)."""
+        names = ("weight", "bias", "running_mean", "running_var")
+        refs = [node.arg(n, None) for n in names]
+        consts = [self.const(r) if r is not None else None for r in refs]
+        if any(r is not None and c is None for r, c in zip(refs, consts)):
+            self.fail(node, "a BatchNorm with parameters that are computed, not stored")
+            return
+        weight, bias, mean, var = consts
+        if mean is None or var is None:
+            self.fail(node, "a BatchNorm without running statistics (track_running_stats=False "
+                            "normalizes with each batch's own statistics); tinyrnn folds the "
+                            "running mean and variance of eval()")
+            return
+        if node.target == "aten.batch_norm.default" and node.arg("training", False) is not False:
+            self.fail(node, "BatchNorm in training mode; export the model in eval()")
+            return
+        eps = node.arg("eps")
+        if type(eps) not in (int, float) or not 0 <= eps < 1:
+            self.fail(node, f"a BatchNorm with eps {eps!r}")
+            return
+        data = self.current(node, node.first())
+        if data is None:
+            return
+        if not (data.channels_first or (data.time_axis is None and len(data.shape) == 2
+                                        and data.batch_axis == 0)):
+            self.fail(node, f"a BatchNorm over axis 1 of a value of shape {list(data.shape)}, "
+                            "which is not its features; BatchNorm1d reads (B, C, T) or (B, C): "
+                            "apply it as bn(y.transpose(1, 2)).transpose(1, 2)")
+            return
+        channels = data.features
+        if any(c is not None and c.tensor.shape != (channels,) for c in consts):
+            self.fail(node, f"BatchNorm statistics that are not {channels} per-channel values")
+            return
+        if np.any(var.tensor + eps <= 0):
+            self.fail(node, f"a BatchNorm whose running_var + eps is not positive "
+                            f"({var.name})")
+            return
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, data.shape):
+            return
+        bn = mean.name.removesuffix(".running_mean")
+        scale = 1.0 / np.sqrt(var.tensor + eps)
+        what = f"1 / sqrt({var.name} + {eps!r})"
+        if weight is not None:
+            scale, what = scale * weight.tensor, f"{weight.name} / sqrt({var.name} + {eps!r})"
+        shift = -mean.tensor * scale
+        shift_what = f"- {mean.name} * s"
+        if bias is not None:
+            shift, shift_what = shift + bias.tensor, f"+ {bias.name} {shift_what}"
+        self.affine(node, data, bn, scale, shift, f"s = {what}", shift_what)
+
+    def affine(self, node: Node, data: _Data, name: str, scale: np.ndarray, shift: np.ndarray,
+               scale_what: str, shift_what: str) -> None:
+        """``y = scale * x + shift`` per channel of the data path's current value: folded into
+        the layer that computed it when that is a Linear or a Conv1d (only its weights change,
+        in every format), else a Dense layer with the diagonal weights ``diag(scale)``. The
+        value before the fold becomes an intermediate value: nothing may read it any more."""
+        last = self.layers[-1] if self.layers else None
+        if isinstance(last, (Dense, Conv1d)):
+            self.layers[-1] = _fold(last, scale, shift, f"{name}: {scale_what}", shift_what)
+            for key, value in self.values.items():
+                if isinstance(value, _Data) and value.depth == len(self.layers):
+                    self.values[key] = replace(value, depth=-1)
+            self.set(node, replace(data, shape=self.out_shape(node)))
+            return
+        self.layers.append(Dense(
+            name=name,
+            weight=Tensor(np.diag(scale), f"diag(s), {scale_what}"),
+            bias=Tensor(np.asarray(shift, dtype=np.float64), f"{shift_what.lstrip('+ ')}"),
+        ))
+        self.set(node, replace(data, depth=len(self.layers), shape=self.out_shape(node)))
 
     def view(self, node: Node) -> None:
         value = self.value(node.first())
@@ -1334,6 +1491,20 @@ class _Reader:
             else:
                 self.fail_output(out, "an unsupported output")
         return tuple(outputs)
+
+
+def _fold(layer: Dense | Conv1d, scale: np.ndarray, shift: np.ndarray, scale_what: str,
+          shift_what: str) -> Dense | Conv1d:
+    """``layer`` followed by ``y = scale * y + shift`` per output channel, as one layer:
+    ``W' = scale W`` (row by row), ``b' = scale b + shift``."""
+    shape = (-1,) + (1,) * (layer.weight.data.ndim - 1)
+    weight = Tensor(layer.weight.data * scale.reshape(shape),
+                    f"{layer.weight.source} * s ({scale_what})")
+    if layer.bias is not None:
+        bias = Tensor(layer.bias.data * scale + shift, f"{layer.bias.source} * s {shift_what}")
+    else:
+        bias = Tensor(np.asarray(shift, dtype=np.float64), f"{shift_what.lstrip('+ ')}")
+    return replace(layer, weight=weight, bias=bias)
 
 
 def _proj(direction: Direction) -> int:

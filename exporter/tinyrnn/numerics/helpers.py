@@ -396,6 +396,26 @@ def relu_q(x: ArrayLike) -> IntArray:
     return np.maximum(_as_int16(x, "x"), 0)
 
 
+def clamp_q(x: ArrayLike, lo: int, hi: int) -> IntArray:
+    """``min(max(x, lo), hi)`` of int32s into int16, ``-2**15 <= lo <= hi < 2**15`` (relu6,
+    hardtanh, hardsigmoid's final clamp). C: ``clamp_q(int32_t x, int32_t lo, int32_t hi)``."""
+    if not -(2**15) <= int(lo) <= int(hi) < 2**15:
+        raise ValueError(f"clamp_q needs -2**15 <= lo <= hi < 2**15, got {lo}, {hi}")
+    return np.clip(_as_int64(x, "x"), int(lo), int(hi))
+
+
+def leaky_q(x: ArrayLike, M: int, n: int) -> IntArray:
+    """leaky_relu of int16s, in their format: ``x`` for ``x >= 0``, else ``requant(x, M, n)``
+    (the slope ``M * 2**-n``). C: ``leaky_q(int16_t x, int32_t M, int n)``."""
+    xa = _as_int16(x, "x")
+    return np.where(xa >= 0, xa, requant(xa, M, n))
+
+
+def abs_q(x: ArrayLike) -> IntArray:
+    """``|x|`` of int16s, saturating (``|-32768|`` is 32767). C: ``abs_q(int16_t x)``."""
+    return sat16(np.abs(_as_int16(x, "x")))
+
+
 
 # ----------------------------------------------------------------------------------------------
 # Wide activations: Q3.20 -> sigmoid Q0.15, tanh Q0.30, by table and linear interpolation
@@ -807,6 +827,8 @@ HELPERS: tuple[Helper, ...] = (
     # float32
     Helper("dot"), Helper("tanh"), Helper("sigmoid"), Helper("relu"),
     Helper("softmax_f"), Helper("log_softmax_f"), Helper("conv1d_f", ("dot",)),
+    Helper("clamp_f"), Helper("leaky_relu_f"), Helper("hardsigmoid_f", ("clamp_f",)),
+    Helper("hardswish_f", ("hardsigmoid_f",)), Helper("abs_f"), Helper("sqrt_f"),
     # integers
     Helper("dsp"),
     Helper("sat16"), Helper("sat16_i64", ("sat16",)),
@@ -816,6 +838,7 @@ HELPERS: tuple[Helper, ...] = (
     Helper("requant", ("sat16_i64", "rshift_round64")),
     Helper("sat_shift", ("sat16_i64", "rshift_round64")),
     Helper("relu_q"),
+    Helper("clamp_q"), Helper("leaky_q", ("requant",)), Helper("abs_q"),
     Helper("mmulr", ("dsp",)), Helper("mmlar", ("dsp",), portable=("mmulr",)),
     Helper("mmulr64"),
     Helper("clamp_wide"),

@@ -687,6 +687,8 @@ def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirement
             req.helpers.add(f"{kind}_f")
             prologue = (Do(call(f"{kind}_f", Ptr("in"), Ptr("out"), Lit(n, "int"),
                                 ctype="void"), f"{kind} over the last axis"),)
+        elif kind in _FLOAT_POINTWISE:
+            loops = (Loop(n, (Store(y, _float_pointwise(layer, x, req), kind),)),)
         else:
             req.helpers.add(kind)
             loops = (Loop(n, (Store(y, call(kind, x, ctype=T), kind),)),)
@@ -710,6 +712,9 @@ def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirement
         elif kind == "relu":
             req.helpers.add("relu_q")
             loops = (Loop(n, (Store(y, call("relu_q", x, ctype=T), "relu"),)),)
+        elif kind in _INT_POINTWISE:
+            value, what, named = _int_pointwise(layer, q, x, req)
+            loops = (Loop(n, (Store(y, value, what),)),)
         else:
             wide = widen_int16(x, q.in_shift, req)
             if kind == "sigmoid":
@@ -727,6 +732,69 @@ def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirement
         comment=(f"{kind} over {n} features{formats}; in and out may be the same buffer",),
         params=(Param("in", f"const {T} *", "in", n), Param("out", f"{T} *", "out", n)),
         named=tuple(named), prologue=prologue, loops=loops, constants=())]
+
+
+_FLOAT_POINTWISE = {"relu6", "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs",
+                    "square", "sqrt"}
+_INT_POINTWISE = {"relu6", "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs",
+                  "square"}
+
+
+def _float_pointwise(layer: Activation, x: Expr, req: _Requirements) -> Expr:
+    """The float32 value of one of :data:`_FLOAT_POINTWISE` at ``x``."""
+    kind = layer.kind
+    if kind in ("relu6", "hardtanh"):
+        req.helpers.add("clamp_f")
+        return call("clamp_f", x, Lit(layer.low, "float"), Lit(layer.high, "float"),
+                    ctype="float")
+    if kind == "leaky_relu":
+        req.helpers.add("leaky_relu_f")
+        return call("leaky_relu_f", x, Lit(layer.slope, "float"), ctype="float")
+    if kind == "square":
+        return Bin("*", x, x, "float")
+    helper = f"{kind}_f"
+    req.helpers.add(helper)
+    return call(helper, x, ctype="float")
+
+
+def _int_pointwise(layer: Activation, q, x: Expr, req: _Requirements
+                   ) -> tuple[Expr, str, list[Lit]]:
+    """The int16 value of one of :data:`_INT_POINTWISE` at ``x`` (the quantizer's constants in
+    ``q``: clamp bounds, a multiplier ``M * 2^-n``), what it computes, its named constants."""
+    kind = layer.kind
+    if kind in ("relu6", "hardtanh"):
+        req.helpers.add("clamp_q")
+        lo = _named(q.low, "int32_t", "lo", f"{layer.low!r} in {q.x}")
+        hi = _named(q.high, "int32_t", "hi", f"{layer.high!r} in {q.x}")
+        return (call("clamp_q", Cast("int32_t", x), lo, hi, ctype="int16_t"),
+                f"{kind}: clamp to [{layer.low!r}, {layer.high!r}]", [lo, hi])
+    if kind == "abs":
+        req.helpers.add("abs_q")
+        return call("abs_q", x, ctype="int16_t"), "|x|", []
+    mult = _named(q.mult, "int32_t", "mult", "M of the multiplier M * 2^-n")
+    shift = _named(q.shift, "int", "shift", "... and n")
+    if kind == "leaky_relu":
+        req.helpers.add("leaky_q")
+        return (call("leaky_q", x, mult, shift, ctype="int16_t"),
+                f"leaky_relu: x, or x * {layer.slope!r} below 0", [mult, shift])
+    if kind == "square":
+        req.helpers.add("requant")
+        square = Bin("*", Cast("int32_t", x), Cast("int32_t", x), "int32_t")
+        return (call("requant", square, mult, shift, ctype="int16_t"),
+                f"x * x ({q.x} squared) to {q.out}", [mult, shift])
+    # hardsigmoid in Q0.15: clamp(x / 6 + 1/2, 0, 1); hardswish: x * that, in x's format
+    req.helpers.update({"requant", "clamp_q"})
+    half = Lit(1 << (nm.ACT_OUT.frac - 1), "int32_t")
+    sixth = Bin("+", Cast("int32_t", call("requant", x, mult, shift, ctype="int16_t")), half,
+                "int32_t")
+    hs = call("clamp_q", sixth, Lit(0, "int32_t"), Lit(nm.ACT_OUT.qmax, "int32_t"),
+              ctype="int16_t")
+    if kind == "hardsigmoid":
+        return hs, f"hardsigmoid: clamp(x / 6 + 1/2, 0, 1) in {q.out}", [mult, shift]
+    req.helpers.add("mul_q30")
+    return (call("mul_q30", x, Cast("int32_t", hs), Lit(nm.ACT_OUT.frac, "int"),
+                 ctype="int16_t"),
+            f"hardswish: x * hardsigmoid(x), hardsigmoid in {nm.ACT_OUT}", [mult, shift])
 
 
 # ---------------------------------------------------------------------------------------------

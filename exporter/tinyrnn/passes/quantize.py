@@ -223,8 +223,10 @@ def choose_formats(model: Model, ranges: Ranges, headroom: float = HEADROOM) -> 
         elif isinstance(layer, Dense):
             out = _calibrated(peak, headroom)
         elif isinstance(layer, Activation):
-            if layer.kind == "relu":
+            if layer.kind in ("relu", "relu6", "hardtanh", "leaky_relu", "hardswish", "abs"):
                 out = current
+            elif layer.kind == "square":
+                out = _calibrated(peak, headroom)
             elif layer.kind == "log_softmax":
                 out = _calibrated(peak, headroom)
             elif layer.kind == "tanh":
@@ -368,6 +370,10 @@ class QActivation:
     in_shift: int = 0
     out_shift: int = 0
     softmax: SoftmaxParams | None = None
+    low: int = 0  # relu6/hardtanh: the clamp bounds in x's format
+    high: int = 0
+    mult: int = 0  # leaky_relu (the slope), hardsigmoid/hardswish (1/6), square: M * 2^-shift
+    shift: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -595,6 +601,8 @@ def quantize(model: Model, format: str, formats: Formats, ranges: Ranges | None 
                         f"the supported range ({exc}); the logits are extreme"
                     ) from None
                 layers.append(QActivation(layer, current, lf.out, softmax=params))
+            elif layer.kind in _POINTWISE:
+                layers.append(_pointwise(layer, index, current, lf.out))
             else:
                 layers.append(QActivation(layer, current, lf.out))
         else:
@@ -602,6 +610,45 @@ def quantize(model: Model, format: str, formats: Formats, ranges: Ranges | None 
             layers.append(QSelectStep(layer, current))
         current = lf.out
     return QModel(model, format, bits, formats.input, tuple(layers), formats, ranges)
+
+
+_POINTWISE = {"relu6", "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs", "square",
+              "sqrt"}
+
+
+def _pointwise(layer: Activation, index: int, x: QFormat, out: QFormat) -> QActivation:
+    """The integer constants of an element-wise function other than relu/sigmoid/tanh:
+    clamp bounds in x's format (relu6, hardtanh), or one multiplier ``M * 2^-n`` (leaky_relu:
+    the slope; hardsigmoid and hardswish: ``x / 6`` into Q0.15; square: ``x * x`` into the
+    output format). sqrt has no integer form."""
+    where = f"layer {index} ({layer.kind})"
+    kind = layer.kind
+    if kind in ("relu6", "hardtanh"):
+        low, high = (int(x.saturate(fp.round_half_up(v * 2.0**x.frac)))
+                     for v in (layer.low, layer.high))
+        return QActivation(layer, x, out, low=low, high=high)
+    if kind == "abs":
+        return QActivation(layer, x, out)
+    if kind == "sqrt":
+        raise TinyRNNError(f"{where}: sqrt has no integer form in tinyrnn yet; export this "
+                           "model with --format float32 (format='float32')")
+    if kind == "leaky_relu":
+        real = layer.slope
+    elif kind == "square":
+        real = 2.0 ** (out.frac - 2 * x.frac)
+    else:  # hardsigmoid, hardswish: x / 6 in Q0.15
+        real = 2.0 ** (fp.ACT_OUT.frac - x.frac) / 6.0
+    if kind == "leaky_relu" and real <= 0:
+        raise TinyRNNError(f"{where}: leaky_relu with negative_slope {real!r} has no integer "
+                           "form (it takes a slope > 0; use relu for 0); export this model "
+                           "with --format float32 (format='float32')")
+    try:
+        mult, shift = fp.quantize_multiplier(real)
+    except ValueError as exc:
+        raise TinyRNNError(f"{where}: its multiplier {real!r} has no integer form ({exc}); "
+                           "export this model with --format float32 (format='float32')"
+                           ) from None
+    return QActivation(layer, x, out, mult=mult, shift=shift)
 
 
 # ----------------------------------------------------------------------------------------------
