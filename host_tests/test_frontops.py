@@ -109,6 +109,25 @@ CASES = [
                       fc2=nn.Linear(3, 2)),
          lambda m, x: m.fc2(torch.square(F.relu6(m.fc(m.rnn(x)[0] * 2.0))) / 4),
          seed=6),
+    Case("conv-bn-relu-lstm-mean-linear",
+         lambda: dict(conv=nn.Conv1d(4, 6, 3, padding=1), bn=_bn(6, 8),
+                      rnn=nn.LSTM(6, 5, batch_first=True), fc=nn.Linear(5, 3)),
+         lambda m, x: m.fc(m.rnn(F.relu(m.bn(m.conv(x.transpose(1, 2)))).transpose(1, 2))[0]
+                           .mean(1)),
+         formats=("float32",), seed=8),
+    Case("gru-adaptiveavgpool-linear",
+         lambda: dict(rnn=nn.GRU(4, 5, batch_first=True), pool=nn.AdaptiveAvgPool1d(1),
+                      fc=nn.Linear(5, 2)),
+         lambda m, x: m.fc(m.pool(m.rnn(x)[0].transpose(1, 2)).squeeze(-1)),
+         formats=("float32",), seed=9),
+    Case("bigru-amax-hardsigmoid",
+         lambda: dict(rnn=nn.GRU(4, 5, batch_first=True, bidirectional=True)),
+         lambda m, x: F.hardsigmoid(torch.amax(m.rnn(x)[0], dim=1) * 2),
+         formats=("float32",), seed=10),
+    Case("rnn-sum-keepdim-sigmoid",
+         lambda: dict(rnn=nn.RNN(4, 5, batch_first=True)),
+         lambda m, x: torch.sigmoid(m.rnn(x)[0].sum(dim=1, keepdim=True)),
+         formats=("float32",), seed=11),
     Case("gru-linear-square-sqrt",
          lambda: dict(rnn=nn.GRU(4, 6, batch_first=True), fc=nn.Linear(6, 3)),
          lambda m, x: torch.sqrt(m.fc(m.rnn(x)[0]) ** 2 + 0.25),
@@ -228,7 +247,8 @@ def test_float32_c_equals_torch(case: Case, built, compiled):
                                    err_msg=f"torchref, T={steps}")
         fb = batch_from_arrays(model, [x])
         simulated = run_float(model, fb)[0].outputs[0]
-        np.testing.assert_allclose(simulated, expected, rtol=0, atol=TOL, err_msg="simulate")
+        np.testing.assert_allclose(simulated.reshape(expected.shape), expected, rtol=0,
+                                   atol=TOL, err_msg="simulate")  # keepdim: (B, 1, F)
         planned = evaluate.run(lower(model, "m"), fb.x)[0]
         np.testing.assert_allclose(planned, simulated, rtol=0, atol=2.5 * TANH_MAX_ERROR,
                                    err_msg="plan")
@@ -287,8 +307,19 @@ REFUSED = [
 ]
 
 
+REFUSED += [
+    (_Refused(lambda m, x: m.rnn(x)[0].mean(2), rnn=nn.GRU(4, 5, batch_first=True)),
+     ["aten.mean.dim", "tinyrnn reduces the time axis only (dim 1)"]),
+    (_Refused(lambda m, x: m.pool(m.rnn(x)[0].transpose(1, 2)),
+              rnn=nn.GRU(4, 5, batch_first=True), pool=nn.MaxPool1d(2)),
+     ["aten.max_pool1d.default", "at pool (MaxPool1d)", "changes the sequence length",
+      "AdaptiveAvgPool1d(1)"]),
+]
+
+
 @pytest.mark.parametrize("module, phrases", REFUSED,
-                         ids=["bn-over-time", "bn-batch-stats", "pow3", "mul-by-tensor"])
+                         ids=["bn-over-time", "bn-batch-stats", "pow3", "mul-by-tensor",
+                              "mean-over-features", "maxpool"])
 def test_unsupported_forms_are_refused_clearly(module, phrases):
     with pytest.raises(TinyRNNError) as info:
         read_program(capture(module.eval(), (torch.from_numpy(_x(2, STEPS, 0)),)))
@@ -296,16 +327,20 @@ def test_unsupported_forms_are_refused_clearly(module, phrases):
         assert phrase in str(info.value), str(info.value)
 
 
-@pytest.mark.parametrize("kind, fmt", [("sqrt", "w8a16"), ("leaky", "w16a16")])
+INT_REFUSED = {
+    "sqrt": (lambda m, x: torch.sqrt(torch.abs(m.rnn(x)[0])), "sqrt has no integer form"),
+    "leaky": (lambda m, x: F.leaky_relu(m.rnn(x)[0], -0.2),
+              "negative_slope -0.2 has no integer form"),
+    "mean": (lambda m, x: m.rnn(x)[0].mean(1), "no pooling over time yet (layer 1 (mean over"),
+}
+
+
+@pytest.mark.parametrize("kind, fmt", [("sqrt", "w8a16"), ("leaky", "w16a16"),
+                                       ("mean", "w8a16")])
 def test_integer_forms_that_do_not_exist_are_refused(kind, fmt, tmp_path):
-    """sqrt and a negative leaky_relu slope have no integer form: the export names the layer
-    and the format to use instead, and writes nothing."""
-    if kind == "sqrt":
-        forward = lambda m, x: torch.sqrt(torch.abs(m.rnn(x)[0]))  # noqa: E731
-        phrase = "sqrt has no integer form"
-    else:
-        forward = lambda m, x: F.leaky_relu(m.rnn(x)[0], -0.2)  # noqa: E731
-        phrase = "negative_slope -0.2 has no integer form"
+    """sqrt, a negative leaky_relu slope and pooling over time have no integer form yet: the
+    export names the layer and the format to use instead, and writes nothing."""
+    forward, phrase = INT_REFUSED[kind]
     module = _Refused(forward, rnn=nn.GRU(4, 5, batch_first=True)).eval()
     program = capture(module, (torch.from_numpy(_x(2, STEPS, 0)),))
     with pytest.raises(TinyRNNError, match="float32") as info:

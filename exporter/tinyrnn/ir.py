@@ -264,7 +264,17 @@ class SelectStep:
     features: int
 
 
-Layer = LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep
+@dataclass(frozen=True)
+class PoolTime:
+    """The mean, sum or maximum over the whole time axis, kept as a sequence of ONE step (as
+    ``AdaptiveAvgPool1d(1)`` or ``mean(dim, keepdim=True)`` give it); the frontend follows it
+    with ``SelectStep(0)`` to make the vector ``mean(dim)`` gives."""
+
+    kind: Literal["mean", "sum", "max"]
+    features: int
+
+
+Layer = LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep | PoolTime
 
 
 @dataclass(frozen=True)
@@ -334,6 +344,11 @@ class Model:
     def convolves(self) -> bool:
         """Whether a layer needs the whole sequence (a Conv1d): no streaming NAME_step."""
         return any(isinstance(layer, Conv1d) for layer in self.layers)
+
+    @property
+    def pools(self) -> bool:
+        """Whether a layer reduces the whole time axis (a PoolTime): no streaming NAME_step."""
+        return any(isinstance(layer, PoolTime) for layer in self.layers)
 
     @property
     def selects(self) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..checks import check_name
-from ..ir import Activation, Conv1d, Dense, Model, RecurrentLayer, SelectStep
+from ..ir import Activation, Conv1d, Dense, Model, PoolTime, RecurrentLayer, SelectStep
 from ..numerics.helpers import helper_closure, numeric_context
 from ..outputs import write_files
 from ..passes.lower import lower
@@ -368,7 +368,9 @@ def build_interface(plan: Plan, model: Model, q: Any, sources: list[str]
         has_step=plan.schedule is not None and plan.schedule.step is not None,
         sources=sources, format_macros=_format_macros(plan, q),
         **({"no_step_why": "this model has a Conv1d, which reads neighbouring steps"}
-           if model.convolves else {}))
+           if model.convolves else
+           {"no_step_why": "this model pools over time, which reads every step"}
+           if model.pools else {}))
 
 
 def interface(model: Model, plan: Plan) -> dict:
@@ -491,6 +493,13 @@ def _layer_summary(layer: Any) -> dict:
                     dilation=layer.dilation, groups=layer.groups,
                     padding=[layer.pad_left, layer.pad_right], bias=layer.bias is not None)
     if isinstance(layer, Activation):
-        return dict(kind=layer.kind, features=layer.features)
+        options: dict = {}
+        if layer.kind in ("relu6", "hardtanh"):
+            options = dict(min=layer.low, max=layer.high)
+        elif layer.kind == "leaky_relu":
+            options = dict(negative_slope=layer.slope)
+        return dict(kind=layer.kind, features=layer.features, **options)
+    if isinstance(layer, PoolTime):
+        return dict(kind=f"{layer.kind}_time", features=layer.features)
     assert isinstance(layer, SelectStep)
     return dict(kind="select_step", index=layer.index)

@@ -88,6 +88,9 @@ _HELPERS = {
 }
 
 
+_POOL_TIME = {"mean_time_f": np.mean, "sum_time_f": np.sum, "max_time_f": np.max}
+
+
 class _Frame:
     """One call of one function: its parameters (views into the buffers) and temporaries."""
 
@@ -129,6 +132,12 @@ class _Frame:
     def do(self, c: Call) -> None:
         if c.fn == "conv1d_f":
             self.conv1d(c)
+            return
+        if c.fn in _POOL_TIME:
+            x, y = (self.views[a.name] for a in c.args[:2])  # type: ignore[union-attr]
+            n = int(self.value(c.args[3]))
+            steps = x.shape[1] // n
+            y[:, :n] = _POOL_TIME[c.fn](x[:, :steps * n].reshape(x.shape[0], steps, n), axis=1)
             return
         src, dst = (self.views[a.name] for a in c.args[:2])  # type: ignore[union-attr]
         n = int(self.value(c.args[2]))

@@ -21,7 +21,17 @@ import numpy as np
 
 from ..errors import TinyRNNError
 from ..io import split_inputs
-from ..ir import Activation, Conv1d, Dense, LSTMLayer, Model, RecurrentLayer, RNNLayer, SelectStep
+from ..ir import (
+    Activation,
+    Conv1d,
+    Dense,
+    LSTMLayer,
+    Model,
+    PoolTime,
+    RecurrentLayer,
+    RNNLayer,
+    SelectStep,
+)
 
 State = tuple[np.ndarray, ...]  # (h,) or (h, c), each (B, size)
 
@@ -237,6 +247,9 @@ class FloatNumerics:
             return y + layer.bias.data if layer.bias is not None else y
         if isinstance(layer, Conv1d):
             return conv1d_float(layer, value)
+        if isinstance(layer, PoolTime):
+            reduce = {"mean": np.mean, "sum": np.sum, "max": np.max}[layer.kind]
+            return reduce(value, axis=1, keepdims=True)
         assert isinstance(layer, Activation)
         if layer.kind == "relu":
             return np.maximum(value, 0.0)

@@ -33,6 +33,7 @@ from ..ir import (
     GRULayer,
     LSTMLayer,
     Model,
+    PoolTime,
     RecurrentLayer,
     SelectStep,
 )
@@ -96,9 +97,13 @@ def _conv1d(layer: Conv1d, value: torch.Tensor) -> torch.Tensor:
     return conv(padded).transpose(1, 2)
 
 
-def _head(layer: Dense | Conv1d | Activation, value: torch.Tensor) -> torch.Tensor:
+def _head(layer: Dense | Conv1d | Activation | PoolTime, value: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, Conv1d):
         return _conv1d(layer, value)
+    if isinstance(layer, PoolTime):
+        if layer.kind == "max":
+            return torch.amax(value, dim=1, keepdim=True)
+        return (torch.mean if layer.kind == "mean" else torch.sum)(value, dim=1, keepdim=True)
     if isinstance(layer, Dense):
         linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
         with torch.no_grad():

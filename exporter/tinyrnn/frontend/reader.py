@@ -35,6 +35,7 @@ from ..ir import (
     LSTMLayer,
     Model,
     OutputSpec,
+    PoolTime,
     RecurrentLayer,
     RNNLayer,
     SelectStep,
@@ -103,13 +104,15 @@ _ZEROS = {"aten.zeros.default", "aten.zeros_like.default", "aten.new_zeros.defau
 _SELECT = {"aten.select.int", "aten.slice.Tensor"}
 _CONV = {"aten.conv1d.default", "aten.conv1d.padding"}
 _BATCH_NORM = {"aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default"}
+_POOL_TIME = {"aten.mean.dim": "mean", "aten.sum.dim_IntList": "sum", "aten.amax.default": "max",
+              "aten.adaptive_avg_pool1d.default": "mean"}
 _KNOWN = {
     *_RECURRENT, *_CELLS, *_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_ZEROS, *_SELECT,
-    *_CONV, *_BATCH_NORM, *_SCALAR_OPS, "aten.linear.default", "aten.transpose.int",
+    *_CONV, *_BATCH_NORM, *_SCALAR_OPS, *_POOL_TIME, "aten.linear.default", "aten.transpose.int",
     "aten.permute.default", "aten.stack.default", "aten.unbind.int",
 }
 _DATA_OPS = {*_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_SELECT, *_CONV, *_BATCH_NORM,
-             *_SCALAR_OPS,
+             *_SCALAR_OPS, *_POOL_TIME,
              "aten.linear.default", "aten.transpose.int", "aten.permute.default"}
 _CELL_HINT = {"lstm": "(h, c) = cell(x[:, t], (h, c))", "gru": "h = cell(x[:, t], h)",
               "rnn_tanh": "h = cell(x[:, t], h)", "rnn_relu": "h = cell(x[:, t], h)"}
@@ -298,6 +301,12 @@ def _suggestion(node: Node, weights: dict[str, np.ndarray]) -> str:
                 "(the default)")
     if node.target in ("aten.cat.default", "aten.concatenate.default"):
         return "; to gather a loop's steps use torch.stack(outs, 1) of the cell outputs"
+    if node.target in ("aten.max_pool1d.default", "aten.avg_pool1d.default",
+                       "aten.max_pool1d_with_indices.default",
+                       "aten.adaptive_max_pool1d.default"):
+        return ("; a pooling window that changes the sequence length is not supported yet: to "
+                "pool the whole sequence into one vector use y.mean(dim), y.sum(dim), "
+                "y.amax(dim) over the time axis or AdaptiveAvgPool1d(1)")
     if node.target in ("aten.mm.default", "aten.matmul.default", "aten.addmm.default"):
         return "; a product with a weight matrix is nn.Linear"
     return ""
@@ -429,6 +438,7 @@ class _Reader:
                 "sequence length), Linear, taking one time step, "
                 "relu/tanh/sigmoid/softmax/log_softmax/relu6/hardtanh/leaky_relu/"
                 "hardsigmoid/hardswish/abs/square/sqrt, BatchNorm1d (folded), x * c, x + c, "
+                "mean/sum/amax over time and AdaptiveAvgPool1d(1) (float32), "
                 "dropout, transposes between (B, T, C) "
                 "and (B, C, T), and views that move no data."
             )
@@ -512,6 +522,8 @@ class _Reader:
             self.batch_norm(node)
         elif target in _SCALAR_OPS:
             self.scalar_op(node)
+        elif target in _POOL_TIME:
+            self.pool_time(node, _POOL_TIME[target])
         elif target in _CELLS:
             self.cell(node, _CELLS[target])
         elif target == "aten.stack.default":
@@ -1024,6 +1036,52 @@ class _Reader:
         self.layers.append(Activation(kind, data.features, **options))  # type: ignore[arg-type]
         self.set(node, replace(data, depth=len(self.layers)))
 
+    def pool_time(self, node: Node, kind: str) -> None:
+        """The mean, sum or max over the whole time axis (``y.mean(1)``, ``y.sum(dim=1)``,
+        ``y.amax(1)``, ``AdaptiveAvgPool1d(1)`` of (B, C, T)): a sequence becomes a vector, as
+        taking one step does (a PoolTime layer, then SelectStep(0))."""
+        data = self.current(node, node.first())
+        if data is None:
+            return
+        if data.time_axis is None:
+            self.fail(node, "a reduction of a value that has no time axis")
+            return
+        ndim = len(data.shape)
+        if node.target == "aten.adaptive_avg_pool1d.default":
+            size = node.arg("output_size")
+            if size not in ((1,), 1) or not data.channels_first:
+                self.fail(node, f"AdaptiveAvgPool1d({size!r}) of a value of shape "
+                                f"{list(data.shape)}; tinyrnn reads AdaptiveAvgPool1d(1) of "
+                                "(B, C, T) (the mean over time)")
+                return
+            dims: Any = (data.time_axis,)
+            keep = True
+        else:
+            dims = node.arg("dim", None)
+            dims = (dims,) if _is_int(dims) else dims
+            keep = node.arg("keepdim", False)
+            if node.arg("dtype", None) is not None:
+                self.fail(node, f"{kind} with a dtype")
+                return
+        if not (isinstance(dims, tuple) and len(dims) == 1 and _is_int(dims[0])
+                and -ndim <= dims[0] < ndim and dims[0] % ndim == data.time_axis
+                and type(keep) is bool):
+            what = "the time axis and the batch" if dims in (None, ()) else f"dim {dims!r}"
+            self.fail(node, f"a {kind} over {what} of a value of shape {list(data.shape)}; "
+                            f"tinyrnn reduces the time axis only (dim {data.time_axis})")
+            return
+        shape = list(data.shape)
+        if keep:
+            shape[data.time_axis] = 1
+        else:
+            del shape[data.time_axis]
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, tuple(shape)):
+            return
+        self.layers.append(PoolTime(kind, data.features))  # type: ignore[arg-type]
+        self.layers.append(SelectStep(0, data.features))
+        batch = data.batch_axis - (0 if keep or data.batch_axis < data.time_axis else 1)
+        self.set(node, _Data(len(self.layers), data.features, tuple(shape), batch, None))
+
     def scalar_op(self, node: Node) -> None:
         """``x * c``, ``x + c``, ``x - c``, ``c - x``, ``x / c`` with a number ``c`` (an affine
         map: folded into a Linear or Conv1d before it, see :meth:`affine`), ``x * x`` and
@@ -1064,7 +1122,7 @@ class _Reader:
             self.fail(node, "a division by zero")
             return
         scale, shift = {"mul": (c, 0.0), "add": (1.0, c), "sub": (1.0, -c),
-                        "rsub": (-1.0, c), "div": (1.0 / c, 0.0)}[op]
+                        "rsub": (-1.0, c), "div": (1.0 / (c or 1.0), 0.0)}[op]
         what = {"mul": f"x * {c!r}", "add": f"x + {c!r}", "sub": f"x - {c!r}",
                 "rsub": f"{c!r} - x", "div": f"x / {c!r}"}[op]
         n = data.features

@@ -829,6 +829,7 @@ HELPERS: tuple[Helper, ...] = (
     Helper("softmax_f"), Helper("log_softmax_f"), Helper("conv1d_f", ("dot",)),
     Helper("clamp_f"), Helper("leaky_relu_f"), Helper("hardsigmoid_f", ("clamp_f",)),
     Helper("hardswish_f", ("hardsigmoid_f",)), Helper("abs_f"), Helper("sqrt_f"),
+    Helper("mean_time_f"), Helper("sum_time_f"), Helper("max_time_f"),
     # integers
     Helper("dsp"),
     Helper("sat16"), Helper("sat16_i64", ("sat16",)),

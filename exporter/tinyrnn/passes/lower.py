@@ -60,7 +60,7 @@ from ..backend.plan import (
 from ..backend.v6masm import V6MUnitKernel
 from ..cells import CellSpec
 from ..errors import TinyRNNError
-from ..ir import Activation, Conv1d, Dense, Model, RecurrentLayer, SelectStep
+from ..ir import Activation, Conv1d, Dense, Model, PoolTime, RecurrentLayer, SelectStep
 from ..numerics import helpers as nm
 from ..numerics.folds import Fold, Fold32, Fold64, fold_side, sum_fits_int32
 from .layout import direction_stream, float_stream, padded
@@ -70,7 +70,8 @@ ACC_CTYPE = {32: "int32_t", 64: "int64_t"}
 INPUT_LIMIT = 2**15
 """The largest |value| of an int16 activation: the accumulator bounds assume every input."""
 
-__all__ = ["lower", "lower_activation", "lower_conv1d", "lower_dense", "lower_recurrent"]
+__all__ = ["lower", "lower_activation", "lower_conv1d", "lower_dense", "lower_pool_time",
+           "lower_recurrent"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -734,6 +735,28 @@ def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirement
         named=tuple(named), prologue=prologue, loops=loops, constants=())]
 
 
+def lower_pool_time(p: str, index: int, layer: PoolTime, q, req: _Requirements
+                    ) -> list[Function]:
+    """The mean, sum or max over the whole sequence ``x`` (T, n) into one step ``y`` (n),
+    float32, once per sequence (a ``conv`` op: it reads every step). The integer formats are
+    refused before quantization."""
+    if q is not None:
+        raise TinyRNNError(f"layer {index}: a {layer.kind} over time has no integer lowering "
+                           "yet; export in float32")
+    fn = f"{p}_{layer.kind}_time{index}"
+    helper = f"{layer.kind}_time_f"
+    req.helpers.add(helper)
+    n = layer.features
+    return [Function(
+        name=fn, kind="conv", layer=index,
+        comment=(f"y = the {layer.kind} of x over its T steps, {n} features",),
+        params=(Param("x", "const float *", "in", n), Param("y", "float *", "out", n),
+                Param("T", "int ", "steps", 0)),
+        named=(), prologue=(Do(call(helper, Ptr("x"), Ptr("y"), Var("T", "int"), Lit(n, "int"),
+                                    ctype="void"), f"the {layer.kind} over time"),),
+        loops=(), constants=())]
+
+
 _FLOAT_POINTWISE = {"relu6", "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs",
                     "square", "sqrt"}
 _INT_POINTWISE = {"relu6", "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs",
@@ -975,9 +998,10 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
     current, width = x, model.input_size
     calls: list[_Call] = []
     pre_result = selected = None
+    select_width = 0
     for index, layer in enumerate(model.layers):
         if isinstance(layer, SelectStep):
-            pre_result, selected = current, _Value(width, "scratch")
+            pre_result, selected, select_width = current, _Value(width, "scratch"), width
             calls.append(_Call(None, [current], selected, [], meta=dict(width=width)))
             current = selected
             continue
@@ -995,7 +1019,8 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             continue
         fn = functions[index][0]
         out_w = fn.param("out")[0].size
-        out = _Value((steps if selected is None else 1) * out_w, pool)
+        one = selected is not None or isinstance(layer, PoolTime)  # a pooling gives one step
+        out = _Value((1 if one else steps) * out_w, pool)
         calls.append(_Call(fn, [current], out, [], fn.kind == "activation",
                            meta=dict(src_stride=width, dst_stride=out_w)))
         current, width = out, out_w
@@ -1027,8 +1052,7 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
     return Schedule(
         layer_major=True, pre=tuple(ops), pre_result=Arg(pre_result.buffer), post=tuple(post),
         post_result=Arg(current.buffer), select=select,
-        select_width=pre_result.size // steps if select is not None else 0,
-        select_to=select_to, step=None, step_result=None,
+        select_width=select_width, select_to=select_to, step=None, step_result=None,
         input_buffer=reserved[0].buffer if fixed else None,
     ), (_state_buffers(model, functions) + pools["seq"].buffers(f"scratch: {steps} steps")
         + pools["scratch"].buffers("scratch"))
@@ -1078,11 +1102,16 @@ def lower(model: Model, name: str, q=None) -> Plan:
             functions[index] = lower_conv1d(name, index, layer, qlayer, req)
         elif isinstance(layer, Activation):
             functions[index] = lower_activation(name, index, layer, qlayer, req)
-    whole = model.bidirectional or model.convolves
+        elif isinstance(layer, PoolTime):
+            functions[index] = lower_pool_time(name, index, layer, qlayer, req)
+    whole = model.bidirectional or model.convolves or model.pools
     schedule, buffers = (_layer_major if whole else _time_major)(model, functions, fixed)
     if model.convolves:
         schedule = replace(schedule, layer_major_why="a Conv1d reads neighbouring steps",
                            no_step_why="a Conv1d needs the whole sequence")
+    elif model.pools:
+        schedule = replace(schedule, layer_major_why="a pooling over time reads every step",
+                           no_step_why="a pooling over time needs the whole sequence")
     outputs = []
     final_frac = q.final_format.frac if fixed else None
     for k, spec in enumerate(model.outputs):

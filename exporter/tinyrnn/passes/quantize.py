@@ -715,6 +715,10 @@ def manifest_section(q: QModel) -> dict:
             entry["kind"] = layer.ir.kind
             if layer.softmax is not None:
                 entry["softmax"] = dict(vars(layer.softmax))
+            if layer.ir.kind in ("relu6", "hardtanh"):
+                entry["clamp"] = [layer.low, layer.high]
+            if layer.mult:
+                entry["multiplier"] = dict(M=layer.mult, shift=layer.shift)
         else:
             entry["kind"] = "select_step"
         layers.append(entry)
