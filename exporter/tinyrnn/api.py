@@ -16,7 +16,7 @@ from .checks import check_name, check_number
 from .errors import TinyRNNError, TinyRNNWarning
 from .frontend.pt2 import Program
 from .frontend.reader import archive_bytes, read_captured, read_program, trace
-from .ir import Conv1d, Dense, Model, PoolTime, RecurrentLayer, SelectStep
+from .ir import Conv1d, Dense, Model, RecurrentLayer, SelectStep
 from .outputs import output_folder
 
 FORMATS = ("w8a16", "w16a16", "float32")
@@ -108,12 +108,6 @@ def quantize_model(
     from .check.simulate import batch_from_arrays
     from .passes.quantize import calibrate, choose_formats, quantize
 
-    pools = [f"layer {k} ({layer.kind} over time)" for k, layer in enumerate(model.layers)
-             if isinstance(layer, PoolTime)]
-    if pools:
-        raise TinyRNNError(
-            f"the {format} format has no pooling over time yet ({', '.join(pools)}): export "
-            "this model with --format float32 (format='float32')")
     convs = [layer.name for layer in model.layers if isinstance(layer, Conv1d)]
     if convs:
         raise TinyRNNError(

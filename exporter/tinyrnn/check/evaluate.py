@@ -88,7 +88,9 @@ _HELPERS = {
 }
 
 
-_POOL_TIME = {"mean_time_f": np.mean, "sum_time_f": np.sum, "max_time_f": np.max}
+_POOL_TIME = {"mean_time_f": np.mean, "sum_time_f": np.sum, "max_time_f": np.max,
+              "mean_time_q": nm.mean_time_q, "max_time_q": nm.max_time_q,
+              "sum_time_q": nm.sum_time_q}
 
 
 class _Frame:
@@ -137,7 +139,13 @@ class _Frame:
             x, y = (self.views[a.name] for a in c.args[:2])  # type: ignore[union-attr]
             n = int(self.value(c.args[3]))
             steps = x.shape[1] // n
-            y[:, :n] = _POOL_TIME[c.fn](x[:, :steps * n].reshape(x.shape[0], steps, n), axis=1)
+            seq = x[:, :steps * n].reshape(x.shape[0], steps, n)
+            if c.fn == "sum_time_q":
+                y[:, :n] = nm.sum_time_q(seq, int(self.value(c.args[4])))
+            elif c.fn.endswith("_q"):
+                y[:, :n] = _POOL_TIME[c.fn](seq)
+            else:
+                y[:, :n] = _POOL_TIME[c.fn](seq, axis=1)
             return
         src, dst = (self.views[a.name] for a in c.args[:2])  # type: ignore[union-attr]
         n = int(self.value(c.args[2]))

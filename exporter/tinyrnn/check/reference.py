@@ -21,6 +21,8 @@ from ..numerics.helpers import (
     dot2_q32,
     leaky_q,
     log_softmax_q,
+    max_time_q,
+    mean_time_q,
     mul_q30,
     relu_q,
     requant,
@@ -31,6 +33,7 @@ from ..numerics.helpers import (
     saturate,
     sigmoid_wide,
     softmax_q,
+    sum_time_q,
     tanh_wide,
 )
 from ..passes.quantize import (
@@ -40,6 +43,7 @@ from ..passes.quantize import (
     QGRULayer,
     QLSTMLayer,
     QModel,
+    QPoolTime,
     QRNNLayer,
 )
 from .simulate import Batch, State, Trace, split_state, walk
@@ -125,6 +129,10 @@ class IntNumerics:
         layer = self.q.layers[index]
         if isinstance(layer, QDense):
             return evaluate(layer.acc, value)
+        if isinstance(layer, QPoolTime):
+            if layer.ir.kind == "sum":
+                return sum_time_q(value, layer.shift)[:, None]
+            return (mean_time_q if layer.ir.kind == "mean" else max_time_q)(value)[:, None]
         assert isinstance(layer, QActivation)
         kind = layer.ir.kind
         if kind == "relu":

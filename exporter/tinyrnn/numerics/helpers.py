@@ -411,6 +411,29 @@ def leaky_q(x: ArrayLike, M: int, n: int) -> IntArray:
     return np.where(xa >= 0, xa, requant(xa, M, n))
 
 
+def sum_time_q(x: ArrayLike, shift: int) -> IntArray:
+    """The sum over axis 1 (time) of int16s, exact in int64, into int16 with ``shift`` fewer
+    fraction bits: ``sat16(rshift_round(sum, shift))``, ``0 <= shift <= 62``.
+    C: ``sum_time_q(x, y, T, n, shift)``."""
+    if not 0 <= int(shift) <= REQUANT_MAX_SHIFT:
+        raise ValueError(f"sum_time_q needs 0 <= shift <= {REQUANT_MAX_SHIFT}, got {shift}")
+    return sat16(rshift_round(_as_int16(x, "x").sum(axis=1), int(shift)))
+
+
+def mean_time_q(x: ArrayLike) -> IntArray:
+    """The mean over axis 1 (time, T steps) of int16s in their format, rounded half up:
+    ``floor((2 sum + T) / (2 T))`` with the exact int64 sum (always within int16).
+    C: ``mean_time_q(x, y, T, n)``."""
+    xa = _as_int16(x, "x")
+    steps = xa.shape[1]
+    return np.floor_divide(2 * xa.sum(axis=1) + steps, 2 * steps)
+
+
+def max_time_q(x: ArrayLike) -> IntArray:
+    """The maximum over axis 1 (time) of int16s. C: ``max_time_q(x, y, T, n)``."""
+    return _as_int16(x, "x").max(axis=1)
+
+
 def abs_q(x: ArrayLike) -> IntArray:
     """``|x|`` of int16s, saturating (``|-32768|`` is 32767). C: ``abs_q(int16_t x)``."""
     return sat16(np.abs(_as_int16(x, "x")))
@@ -840,6 +863,8 @@ HELPERS: tuple[Helper, ...] = (
     Helper("sat_shift", ("sat16_i64", "rshift_round64")),
     Helper("relu_q"),
     Helper("clamp_q"), Helper("leaky_q", ("requant",)), Helper("abs_q"),
+    Helper("sum_time_q", ("sat16_i64", "rshift_round64")), Helper("mean_time_q"),
+    Helper("max_time_q"),
     Helper("mmulr", ("dsp",)), Helper("mmlar", ("dsp",), portable=("mmulr",)),
     Helper("mmulr64"),
     Helper("clamp_wide"),

@@ -738,22 +738,26 @@ def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirement
 def lower_pool_time(p: str, index: int, layer: PoolTime, q, req: _Requirements
                     ) -> list[Function]:
     """The mean, sum or max over the whole sequence ``x`` (T, n) into one step ``y`` (n),
-    float32, once per sequence (a ``conv`` op: it reads every step). The integer formats are
-    refused before quantization."""
-    if q is not None:
-        raise TinyRNNError(f"layer {index}: a {layer.kind} over time has no integer lowering "
-                           "yet; export in float32")
+    once per sequence (a ``conv`` op: it reads every step); integers: the exact int64 sum,
+    then the rounded mean, or the sum shifted into its format."""
     fn = f"{p}_{layer.kind}_time{index}"
-    helper = f"{layer.kind}_time_f"
+    helper = f"{layer.kind}_time_{'q' if q is not None else 'f'}"
     req.helpers.add(helper)
     n = layer.features
+    T = "int16_t" if q is not None else "float"
+    args: tuple = (Ptr("x"), Ptr("y"), Var("T", "int"), Lit(n, "int"))
+    formats = ""
+    if q is not None:
+        formats = f"; x {q.x}, y {q.out}"
+        if layer.kind == "sum":
+            args += (Lit(q.shift, "int"),)
     return [Function(
         name=fn, kind="conv", layer=index,
-        comment=(f"y = the {layer.kind} of x over its T steps, {n} features",),
-        params=(Param("x", "const float *", "in", n), Param("y", "float *", "out", n),
+        comment=(f"y = the {layer.kind} of x over its T steps, {n} features{formats}",),
+        params=(Param("x", f"const {T} *", "in", n), Param("y", f"{T} *", "out", n),
                 Param("T", "int ", "steps", 0)),
-        named=(), prologue=(Do(call(helper, Ptr("x"), Ptr("y"), Var("T", "int"), Lit(n, "int"),
-                                    ctype="void"), f"the {layer.kind} over time"),),
+        named=(), prologue=(Do(call(helper, *args, ctype="void"),
+                               f"the {layer.kind} over time"),),
         loops=(), constants=())]
 
 

@@ -48,6 +48,7 @@ from ..ir import (
     GRULayer,
     LSTMLayer,
     Model,
+    PoolTime,
     RecurrentLayer,
     RNNLayer,
     SelectStep,
@@ -222,6 +223,9 @@ def choose_formats(model: Model, ranges: Ranges, headroom: float = HEADROOM) -> 
                     projected = _bounded(ranges.projected[index] or 0.0, headroom)
         elif isinstance(layer, Dense):
             out = _calibrated(peak, headroom)
+        elif isinstance(layer, PoolTime):  # a sum: calibrated, never finer than its input
+            out = current if layer.kind != "sum" else min(
+                _calibrated(peak, headroom), current, key=lambda f: f.frac)
         elif isinstance(layer, Activation):
             if layer.kind in ("relu", "relu6", "hardtanh", "leaky_relu", "hardswish", "abs"):
                 out = current
@@ -377,13 +381,24 @@ class QActivation:
 
 
 @dataclass(frozen=True, eq=False)
+class QPoolTime:
+    """mean (x's format, rounded half up) or max (x's format) over time, or the sum: exact,
+    then ``shift`` fraction bits fewer (its calibrated format, never finer than x's)."""
+
+    ir: PoolTime
+    x: QFormat
+    out: QFormat
+    shift: int = 0
+
+
+@dataclass(frozen=True, eq=False)
 class QSelectStep:
     ir: SelectStep
     x: QFormat
 
 
 QRecurrent = QLSTMLayer | QGRULayer | QRNNLayer
-QLayer = QLSTMLayer | QGRULayer | QRNNLayer | QDense | QActivation | QSelectStep
+QLayer = QLSTMLayer | QGRULayer | QRNNLayer | QDense | QActivation | QSelectStep | QPoolTime
 
 
 @dataclass(frozen=True, eq=False)
@@ -605,6 +620,9 @@ def quantize(model: Model, format: str, formats: Formats, ranges: Ranges | None 
                 layers.append(_pointwise(layer, index, current, lf.out))
             else:
                 layers.append(QActivation(layer, current, lf.out))
+        elif isinstance(layer, PoolTime):
+            shift = _check_shift(current.frac - lf.out.frac, 0, fp.REQUANT_MAX_SHIFT, where)
+            layers.append(QPoolTime(layer, current, lf.out, shift))
         else:
             assert isinstance(layer, SelectStep)
             layers.append(QSelectStep(layer, current))
@@ -719,6 +737,8 @@ def manifest_section(q: QModel) -> dict:
                 entry["clamp"] = [layer.low, layer.high]
             if layer.mult:
                 entry["multiplier"] = dict(M=layer.mult, shift=layer.shift)
+        elif isinstance(layer, QPoolTime):
+            entry["kind"] = f"{layer.ir.kind}_time"
         else:
             entry["kind"] = "select_step"
         layers.append(entry)
@@ -786,7 +806,8 @@ def interface_section(q: QModel) -> dict:
 
 __all__ = [
     "Formats", "LayerFormats", "QAccumulator", "QActivation", "QDense", "QDirection",
-    "QGRULayer", "QLSTMLayer", "QModel", "QPart", "QRNNLayer", "QSelectStep", "Ranges",
+    "QGRULayer", "QLSTMLayer", "QModel", "QPart", "QPoolTime", "QRNNLayer", "QSelectStep",
+    "Ranges",
     "WEIGHT_BITS", "calibrate", "choose_formats", "formats_from_manifest", "interface_section",
     "manifest_section", "quantize", "state_rows",
 ]
