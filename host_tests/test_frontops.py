@@ -215,11 +215,25 @@ def test_a_batchnorm_with_nothing_to_fold_into_is_a_diagonal_linear(built):
     model = read_program(program)
     bn, act, scaled = model.layers[1:4]
     assert isinstance(bn, Dense) and isinstance(act, Activation) and act.kind == "abs"
+    assert bn.diagonal and scaled.diagonal
     assert np.count_nonzero(bn.weight.data - np.diag(np.diag(bn.weight.data))) == 0
     # 0.5 - |y| * 1.5: one diagonal layer of -1.5 and a bias of 0.5
     assert isinstance(scaled, Dense)
     np.testing.assert_allclose(scaled.weight.data, -1.5 * np.eye(6))
     np.testing.assert_allclose(scaled.bias.data, np.full(6, 0.5))
+
+
+def test_a_diagonal_linear_multiplies_once_per_feature(compiled):
+    """The C of a diagonal layer holds its diagonal only (6 values, not 36), and the
+    profiler counts 6 multiply-accumulates for it."""
+    from tinyrnn.targets.profile import layer_macs
+
+    for fmt in ("float32", "w8a16"):
+        c = compiled[("gru-bn-abs-scale-shift-linear", fmt)]
+        layers = [layer for layer in c.manifest["layers"] if layer.get("diagonal")]
+        assert len(layers) == 2 and all(layer_macs(layer) == 6 for layer in layers)
+        text = (c.folder / f"{c.name}.c").read_text()
+        assert f"{c.name}_dense1_s[6]" in text and f"{c.name}_dense1_w" not in text
 
 
 def test_the_activations_keep_their_options(built):

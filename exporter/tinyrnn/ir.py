@@ -195,6 +195,9 @@ class Dense:
     name: str
     weight: Tensor  # (out, in)
     bias: Tensor | None
+    diagonal: bool = False
+    """Only the diagonal of ``weight`` may be non-zero (a BatchNorm or ``x * c`` with no layer
+    to fold into): ``y[j] = weight[j, j] x[j] + bias[j]``, F multiplies instead of F x F."""
 
     @property
     def in_features(self) -> int:

@@ -486,7 +486,8 @@ def _layer_summary(layer: Any) -> dict:
         )
     if isinstance(layer, Dense):
         return dict(kind="dense", name=layer.name, in_features=layer.in_features,
-                    out_features=layer.out_features, bias=layer.bias is not None)
+                    out_features=layer.out_features, bias=layer.bias is not None,
+                    **({"diagonal": True} if layer.diagonal else {}))
     if isinstance(layer, Conv1d):
         return dict(kind="conv1d", name=layer.name, in_channels=layer.in_channels,
                     out_channels=layer.out_channels, kernel=layer.kernel, stride=layer.stride,

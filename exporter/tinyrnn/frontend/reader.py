@@ -1200,6 +1200,7 @@ class _Reader:
             name=name,
             weight=Tensor(np.diag(scale), f"diag(s), {scale_what}"),
             bias=Tensor(np.asarray(shift, dtype=np.float64), f"{shift_what.lstrip('+ ')}"),
+            diagonal=True,
         ))
         self.set(node, replace(data, depth=len(self.layers), shape=self.out_shape(node)))
 

@@ -610,6 +610,8 @@ def lower_dense(p: str, index: int, layer: Dense, q, req: _Requirements) -> list
     consts = _Constants()
     T = "int16_t" if q is not None else "float"
     what = f"y = W x{' + b' if layer.bias is not None else ''}"
+    if layer.diagonal:
+        return [_lower_diagonal(fn, index, layer, q, req)]
     if q is None:
         w = consts.add(f"{fn}_w", "float", layer.weight.data, f"{layer.weight.source}, float32")
         req.helpers.add("dot")
@@ -633,6 +635,51 @@ def lower_dense(p: str, index: int, layer: Dense, q, req: _Requirements) -> list
                 Param("y", f"{T} *", "out", layer.out_features)),
         named=(), prologue=(), loops=(Loop(layer.out_features, body),),
         constants=tuple(consts.items))]
+
+
+def _lower_diagonal(fn: str, index: int, layer: Dense, q, req: _Requirements) -> Function:
+    """A Dense layer whose weights are diagonal (:attr:`tinyrnn.ir.Dense.diagonal`): one
+    multiply per feature, ``y[j] = s[j] x[j] + b[j]``. The integers are those of the full
+    matrix (per-row scales, the same accumulator bounds): the zeros add nothing, so the result
+    is the Dense layer's to the bit."""
+    consts = _Constants()
+    n = layer.out_features
+    scale = np.diag(layer.weight.data)
+    what = f"y = s x{' + b' if layer.bias is not None else ''}, per feature"
+    if q is None:
+        T = "float"
+        s = consts.add(f"{fn}_s", "float", scale, f"diagonal of {layer.weight.source}, float32")
+        value: Expr = Bin("*", Row(s, None, "float"), Unit("x", 0, "float"), "float")
+        if layer.bias is not None:
+            b = consts.add(f"{fn}_b", "float", layer.bias.data, f"{layer.bias.source}, float32")
+            value = Bin("+", value, Row(b, None, "float"), "float")
+        body: tuple = (Store(Unit("y", 0, "float"), value, what),)
+        formats = ""
+    else:
+        T = "int16_t"
+        part = q.acc.parts[0]
+        wtype, acc_t = WEIGHT_CTYPE[q.acc.bits], ACC_CTYPE[part.acc_bits]
+        s = consts.add(f"{fn}_s", wtype, np.diag(part.weights),
+                       f"diagonal of {layer.weight.source}, {wtype}, per-row scale")
+        value = Bin("*", Cast(acc_t, Unit("x", 0, "int16_t")), Row(s, None, wtype), acc_t)
+        if part.bias is not None:
+            b = consts.add(f"{fn}_b", acc_t, part.bias,
+                           f"{part.bias_source}, {acc_t} in accumulator units")
+            value = Bin("+", Row(b, None, acc_t), value, acc_t)
+        m = consts.add(f"{fn}_m", "int16_t", part.mult, f"requant multipliers of {part.source}")
+        sh = consts.add(f"{fn}_sh", "uint8_t", part.shift, f"requant shifts of {part.source}")
+        req.helpers.add("requant")
+        total = Var("acc", acc_t)
+        body = (Let(total, value, f"the exact product and bias, {acc_t}"),
+                Store(Unit("y", 0, "int16_t"), call(
+                    "requant", total, Row(m, None, "int16_t"), Row(sh, None, "uint8_t"),
+                    ctype="int16_t"), what))
+        formats = f"; x {q.x}, y {q.out}"
+    return Function(
+        name=fn, kind="dense", layer=index,
+        comment=(f"{layer.name}: {what} ({n} features){formats}",),
+        params=(Param("x", f"const {T} *", "in", n), Param("y", f"{T} *", "out", n)),
+        named=(), prologue=(), loops=(Loop(n, body),), constants=tuple(consts.items))
 
 
 def lower_conv1d(p: str, index: int, layer: Conv1d, q, req: _Requirements) -> list[Function]:
