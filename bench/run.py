@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "exporter"))
 import tinyrnn  # noqa: E402
 from tinyrnn import api  # noqa: E402
 from tinyrnn.backend.dspasm import steady_cycles  # noqa: E402
+from tinyrnn.backend.mveasm import MveKernel  # noqa: E402
 from tinyrnn.backend.v6masm import steady_instructions_per_mac  # noqa: E402
 from tinyrnn.cells import cell_spec, recurrent_macs  # noqa: E402
 from tinyrnn.check.report import progress_bar, save_figure, sqnr_db  # noqa: E402
@@ -214,6 +215,62 @@ ANCHORS = {
     ("lstm", 12, 32, "w8a16"): "CMSIS-NN s8 40,096",
 }
 CODE_SIZE_TARGET = 2048
+
+
+# ---------------------------------------------------------------------------------------------
+# Cortex-M55 (Helium): instructions per step counted under QEMU, the MVE kernels against the
+# scalar DSP path the same core ran before them
+
+M55_CASES = (("lstm", 64, 64), ("gru", 64, 64), ("lstm", 12, 32), ("lstm", 32, 128))
+M55_LANES = 8  # int16 MACs per MVE instruction (VMLADAVA.S16: 8 lanes)
+M55_TARGET = ("lstm", 64, 64, "w8a16", 0.5)  # issue 14: <= 0.5 instructions per MAC
+
+
+def run_m55_suite(formats: Sequence[str], work: Path) -> list[dict[str, Any]]:
+    """Each M55 case in each integer format built twice for mps3-an547: ``-mcpu=cortex-m55``
+    (the MVE kernels) and ``-mcpu=cortex-m55+nomve`` (no Helium: the DSP assembly path, what
+    the M55 ran before), each counted under QEMU -icount (tinyrnn.targets.qemucount)."""
+    from dataclasses import replace
+
+    from tinyrnn.targets import cross
+    from tinyrnn.targets.boards import load_board
+    from tinyrnn.targets.profile import measure_qemu
+    from tinyrnn.targets.profile_image import build_image
+
+    board = load_board("mps3-an547")
+    scalar = replace(board, cpu_flags=tuple(
+        f"{f}+nomve" if f == "-mcpu=cortex-m55" else f for f in board.cpu_flags))
+    cases = [CostCase(cell, i, h, fmt) for cell, i, h in M55_CASES for fmt in formats
+             if fmt in ("w8a16", "w16a16")]
+    rows = []
+    with progress_bar(len(cases), "cortex-m55") as bar:
+        for case in cases:
+            folder = work / case.id
+            if not folder.exists():
+                torch.manual_seed(SEED)
+                calibration = torch.randn(8, 24, case.input_size,
+                                          generator=torch.Generator().manual_seed(SEED))
+                export(Cell(case.cell, case.input_size, case.hidden).eval(),
+                       torch.zeros(1, 4, case.input_size), folder, case.fmt, "bench",
+                       calibration)
+            model = cross.ExportedModel.load(folder)
+            counts = {label: measure_qemu(build_image(model, b, work / f"m55_{label}_{case.id}"))
+                      for label, b in (("before", scalar), ("after", board))}
+            bound = case.macs / M55_LANES
+            kernel = MveKernel(cell_spec(case.cell).G, 8 if case.fmt == "w8a16" else 16,
+                               32 if case.fmt == "w8a16" else 64)
+            floor = case.hidden * kernel.steady_instructions(case.input_size, case.hidden)
+            after = counts["after"].instructions_per_step
+            rows.append({"cell": case.cell, "input": case.input_size, "hidden": case.hidden,
+                         "format": case.fmt, "macs": case.macs,
+                         "before": counts["before"].instructions_per_step,
+                         "after": after, "after_q": counts["after"].details.get(
+                             "instructions_per_step_q"), "bound": bound, "floor": floor,
+                         "instructions_per_mac": after / case.macs,
+                         "ratio_to_bound": after / bound,
+                         "method": counts["after"].details["method"]})
+            bar.update()
+    return rows
 
 
 def _head_model(input_size: int, hidden: int) -> nn.Module:
@@ -601,7 +658,8 @@ def _db(value: float) -> str:
 def write_report(out: Path, env: dict[str, str], formats: Sequence[str],
                  missing: Sequence[str], cost: list[dict[str, Any]],
                  accuracy: list[dict[str, Any]], images: Sequence[Path],
-                 seconds: float, goals: Sequence[dict[str, Any]] = ()) -> Path:
+                 seconds: float, goals: Sequence[dict[str, Any]] = (),
+                 m55: Sequence[dict[str, Any]] = ()) -> Path:
     lines = ["# tinyrnn benchmark", "",
              "Cost and accuracy of exported recurrent layers on Cortex-M cores, measured "
              "without hardware (`tinyrnn profile`, method and cost table in "
@@ -687,6 +745,39 @@ def write_report(out: Path, env: dict[str, str], formats: Sequence[str],
                 f"{r['flash_code'] - r['flash_model_code']:,} | {r['ram_state']:,} | "
                 f"{r['ram_scratch']:,} | {r['stack']:,} |")
         lines += ["", "![memory](memory.png)", ""]
+    if m55:
+        cell, i, h, fmt, target = M55_TARGET
+        lines += [
+            "## Cortex-M55 (Helium)", "",
+            "Instructions per step on `mps3-an547`, counted by QEMU 7.2 with `-icount shift=0` "
+            "(one virtual nanosecond per instruction; SysTick across 32 `NAME_step` calls, "
+            "calibrated on a loop of known length: `tinyrnn profile --cpu cortex-m55`, "
+            "docs/profiling.md). *Before*: the same export built with `-mcpu=cortex-m55+nomve`, "
+            "which runs the scalar DSP assembly kernels, as every M55 build did before the MVE "
+            "kernels. *After*: `-mcpu=cortex-m55`, the MVE kernels (VLDRB.S16 / VLDRH.S16 and "
+            "VMLADAVA / VMLALDAVA). *Bound*: MACs / 8, one instruction per 8 int16 lanes, the "
+            "multiply-accumulates alone (no loads, no per-unit work). *Kernel floor*: the MVE "
+            "chunk loops alone, 2 + 2G instructions per chunk of 8 columns and unit "
+            "(`tinyrnn.backend.mveasm.MveKernel.steady_instructions`); the rest of *after* is "
+            "the per-unit scalar work (requantization, sigmoid/tanh tables, cell update), the "
+            "sums' set-up and the float API's conversions. Instruction counts, not cycles: a "
+            "vector instruction counts once whatever its beats.", "",
+            f"Target (issue 14): {cell.upper()} I={i} H={h} {fmt} <= {target} instructions / "
+            "MAC. *int16 API*: the same step through `NAME_step_q` (int16 in and out, no float "
+            "conversion), as the M4 targets show it.", "",
+            "| cell | I | H | format | MACs | before (DSP) | after (MVE) | instructions / MAC "
+            "| int16 API | its instructions / MAC | bound | kernel floor | after / bound "
+            "| before / after |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in m55:
+            lines.append(
+                f"| {r['cell'].upper()} | {r['input']} | {r['hidden']} | {r['format']} | "
+                f"{r['macs']:,} | {r['before']:,} | {r['after']:,} | "
+                f"{r['instructions_per_mac']:.3f} | {_num(r['after_q'])} | "
+                f"{_num(r['after_q'] and r['after_q'] / r['macs'], '.3f')} | {r['bound']:,.0f} | "
+                f"{r['floor']:,} | "
+                f"{r['ratio_to_bound']:.2f} | {r['before'] / r['after']:.2f} |")
+        lines.append("")
     if accuracy:
         lines += [
             "## Accuracy", "",
@@ -725,6 +816,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a smoke run: two shapes, M4 only, few training epochs")
     parser.add_argument("--no-cost", action="store_true", help="skip the cost suite")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the accuracy suite")
+    parser.add_argument("--no-m55", action="store_true",
+                        help="skip the Cortex-M55 (Helium) rows counted under QEMU")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="profiles run in parallel (default: all cores)")
     args = parser.parse_args(argv)
@@ -751,6 +844,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         cost = [] if args.no_cost else run_cost_suite(formats, shapes, cores, work, args.jobs)
         goals = targets(cost, work) if cost else []
+        m55 = [] if args.no_m55 or args.quick else run_m55_suite(formats, work)
         accuracy = [] if args.no_accuracy else run_accuracy_suite(formats, work, epochs)
     images: list[Path] = []
     if cost:
@@ -760,9 +854,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.monotonic() - started
     (out / "results.json").write_text(json.dumps(_finite(
         {"environment": env, "formats": formats, "missing_formats": missing, "targets": goals,
-         "cost": cost,
+         "cost": cost, "cortex_m55": m55,
          "accuracy": accuracy}), indent=1, default=_json_default) + "\n", encoding="utf-8")
-    report = write_report(out, env, formats, missing, cost, accuracy, images, seconds, goals)
+    report = write_report(out, env, formats, missing, cost, accuracy, images, seconds, goals,
+                          m55)
     print(f"wrote {report} and {len(images)} plot(s) in {seconds:.0f} s"
           + (f"; formats not offered yet: {', '.join(missing)}" if missing else ""))
     return 0

@@ -17,12 +17,14 @@ CLANG_TARGETS = {
     "cortex-m0": ["--target=arm-none-eabi", "-mthumb", "-mcpu=cortex-m0", "-mfloat-abi=soft"],
     "cortex-m4": ["--target=arm-none-eabi", "-mthumb", "-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16",
                   "-mfloat-abi=hard"],
+    "cortex-m55": ["--target=arm-none-eabi", "-mthumb", "-mcpu=cortex-m55", "-mfloat-abi=hard"],
 }
 GCC_TARGETS = {
     "host": ["gcc"],
     "cortex-m0": ["arm-none-eabi-gcc", "-mthumb", "-mcpu=cortex-m0", "-mfloat-abi=soft"],
     "cortex-m4": ["arm-none-eabi-gcc", "-mthumb", "-mcpu=cortex-m4", "-mfpu=fpv4-sp-d16",
                   "-mfloat-abi=hard"],
+    "cortex-m55": ["arm-none-eabi-gcc", "-mthumb", "-mcpu=cortex-m55", "-mfloat-abi=hard"],
 }
 WARNING = re.compile(r"warning: .*\[-W([\w-]+)[^\]]*\]$")
 STYLE_ONLY = {
@@ -40,7 +42,7 @@ NO_INLINE = "-Dinline="
 def compiler_warnings(sources: Sequence[Path]) -> list[str]:
     """Every warning clang -Weverything (but :data:`STYLE_ONLY`) or gcc -Wall -Wextra -Wunused
     reports in ``sources`` (an unused function, macro, variable or table among them), on the
-    host, a Cortex-M0 and a Cortex-M4."""
+    host, a Cortex-M0, a Cortex-M4 and a Cortex-M55 (the MVE kernels)."""
     found = []
     sysroot = f"--sysroot={newlib_sysroot()}"
     files = [str(s) for s in sources]

@@ -260,7 +260,8 @@ ROWS = [
     # ---- profile
     Row("profile-unknown-cpu", ("profile", "{f32}", "--cpu", "cortex-m99"), 2,
         r"unknown core 'cortex-m99'; choose one of m0"),
-    Row("profile-m55", ("profile", "{f32}", "--cpu", "m55"), 2, r"cannot profile cortex-m55"),
+    Row("profile-m55-check", ("profile", "{f32}", "--cpu", "m55", "--qemu-check"), 2,
+        r"count already comes from QEMU: leave --qemu-check out"),
     Row("profile-no-core", ("profile", "{f32}"), 2, r"say which core to profile for"),
     Row("profile-cpu-differs-from-board", ("profile", "{f32}", "--cpu", "m4", "--board",
                                            "mps2-an385"), 2,

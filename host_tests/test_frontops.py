@@ -316,8 +316,8 @@ REFUSED = [
      ["at bn (BatchNorm1d)", "without running statistics"]),
     (_Refused(lambda m, x: m.rnn(x)[0] ** 3, rnn=nn.GRU(4, 5, batch_first=True)),
      ["aten.pow.Tensor_Scalar", "x ** 3", "powers 2 (square) and 0.5 (sqrt)"]),
-    (_Refused(lambda m, x: (lambda y: y * torch.tanh(y))(m.rnn(x)[0]),
-              rnn=nn.GRU(4, 5, batch_first=True)),
+    (_Refused(lambda m, x: m.rnn(x)[0] * m.w, rnn=nn.GRU(4, 5, batch_first=True),
+              w=nn.Parameter(torch.ones(5))),
      ["aten.mul.Tensor", "with a number"]),
 ]
 

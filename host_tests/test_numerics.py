@@ -442,7 +442,36 @@ void w_softmax_f(const float *x, float *y, int rows, int n);
 void w_log_softmax_f(const float *x, float *y, int rows, int n);
 void w_float_cell(const float *w, const float *x, float *y, int rows, int n);
 void w_conv1d_f(const float *x, float *y, int T, const float *w, const float *b, int c, int o,
-                int kernel, int groups, int dilation, int pad);
+                int kernel, int groups, int dilation, int stride, int pad, int pad_right);
+void w_frame_conv1d_f(const float *x, float *y, int L, int L_out, const float *w,
+                      const float *b, int c, int o, int kernel, int groups, int dilation,
+                      int stride, int pad);
+void w_mean_time_f(const float *x, float *y, int T, int n);
+void w_sum_time_f(const float *x, float *y, int T, int n);
+void w_max_time_f(const float *x, float *y, int T, int n);
+void w_mean_time_q(const int16_t *x, int16_t *y, int T, int n);
+void w_sum_time_q(const int16_t *x, int16_t *y, int T, int n, int shift);
+void w_max_time_q(const int16_t *x, int16_t *y, int T, int n);
+void w_frame_pad_f(const float *x, float *y, int L, int c, int left, int right, int mode,
+                   float value);
+void w_conv1d_w8_acc32(const int16_t *x, int16_t *y, int T, const int8_t *w,
+    const int32_t *b, const int16_t *m, const uint8_t *s, int c, int o, int kernel, int groups,
+    int dilation, int stride, int pad, int pad_right);
+void w_conv1d_w8_acc64(const int16_t *x, int16_t *y, int T, const int8_t *w,
+    const int64_t *b, const int16_t *m, const uint8_t *s, int c, int o, int kernel, int groups,
+    int dilation, int stride, int pad, int pad_right);
+void w_conv1d_w16_acc32(const int16_t *x, int16_t *y, int T, const int16_t *w,
+    const int32_t *b, const int16_t *m, const uint8_t *s, int c, int o, int kernel, int groups,
+    int dilation, int stride, int pad, int pad_right);
+void w_conv1d_w16_acc64(const int16_t *x, int16_t *y, int T, const int16_t *w,
+    const int64_t *b, const int16_t *m, const uint8_t *s, int c, int o, int kernel, int groups,
+    int dilation, int stride, int pad, int pad_right);
+void w_conv1d_x4_w8_acc32(const int16_t *x, int16_t *y, int T, const int8_t *w,
+    const int32_t *b, const int16_t *m, const uint8_t *s, int c, int o, int kernel, int stride,
+    int pad, int pad_right);
+void w_conv1d_x4_w16_acc64(const int16_t *x, int16_t *y, int T, const int16_t *w,
+    const int64_t *b, const int16_t *m, const uint8_t *s, int c, int o, int kernel, int stride,
+    int pad, int pad_right);
 """
 
 _BODIES = {
@@ -473,7 +502,20 @@ _BODIES = {
     "w_softmax_f": "for (k = 0; k < rows; ++k) t_softmax_f(x + k * n, y + k * n, n);",
     "w_log_softmax_f": "for (k = 0; k < rows; ++k) t_log_softmax_f(x + k * n, y + k * n, n);",
     # y[k] = sigmoid(w_k . x) + relu(w_k . x): the float32 exports' other helpers
-    "w_conv1d_f": "k = 0;\n    t_conv1d_f(x, y, T, w, b, c, o, kernel, groups, dilation, pad + k);",
+    "w_conv1d_f": "k = 0;\n    t_conv1d_f(x, y, T, w, b, c, o, kernel, groups, dilation, stride, "
+                  "pad + k, pad_right);",
+    "w_frame_conv1d_f": "k = 0;\n    t_frame_conv1d_f(x, y, L, L_out, w, b, c, o, kernel, groups,"
+                        " dilation, stride, pad + k);",
+    **{f"w_{kind}_time_{t}": f"k = 0;\n    t_{kind}_time_{t}(x, y, T, n + k);"
+       for kind in ("mean", "sum", "max") for t in ("f", "q") if (kind, t) != ("sum", "q")},
+    "w_sum_time_q": "k = 0;\n    t_sum_time_q(x, y, T, n + k, shift);",
+    "w_frame_pad_f": "k = 0;\n    t_frame_pad_f(x, y, L, c, left, right, mode + k, value);",
+    **{f"w_conv1d_w{w}_acc{a}": f"k = 0;\n    t_conv1d_w{w}_acc{a}(x, y, T, w, b, m, s, c, o, "
+                                "kernel, groups, dilation, stride, pad + k, pad_right);"
+       for w in (8, 16) for a in (32, 64)},
+    **{f"w_conv1d_x4_w{w}_acc{a}": f"k = 0;\n    t_conv1d_x4_w{w}_acc{a}(x, y, T, w, b, m, s, c, "
+                                   "o, kernel, stride, pad + k, pad_right);"
+       for w, a in ((8, 32), (16, 64))},
     "w_float_cell": "for (k = 0; k < rows; ++k)\n"
                     "    y[k] = t_sigmoid(t_dot(w + k * n, x, n))\n"
                     "           + t_relu(t_dot(w + k * n, x, n));",
@@ -681,31 +723,159 @@ def test_from_float_is_round_half_up_with_saturation(clib):
     assert y.tolist() == [0, 0]
 
 
-@pytest.mark.parametrize("kernel, groups, dilation, pad_left, pad_right, bias", [
-    (3, 1, 1, 1, 1, True), (4, 2, 1, 1, 2, False), (3, 6, 2, 2, 2, True), (1, 3, 1, 0, 0, True)])
-def test_conv1d_helper_in_c(clib, kernel, groups, dilation, pad_left, pad_right, bias):
-    """conv1d_f (the float32 Conv1d) against the float64 reference of check/simulate.py, on
-    a sequence shorter than the kernel's span too (every tap then reads the padding)."""
-    from tinyrnn.check.simulate import conv1d_float
+CONV_OPTIONS = [(3, 1, 1, 1, 1, 1, True), (4, 2, 1, 1, 1, 2, False), (3, 6, 2, 1, 2, 2, True),
+                (1, 3, 1, 1, 0, 0, True), (3, 1, 1, 2, 1, 0, True), (2, 2, 3, 3, 0, 0, False),
+                (1, 1, 1, 1, 2, 2, True)]
+CONV_IDS = [f"k{k}-g{g}-d{d}-s{st}-p{pl}.{pr}{'' if b else '-nobias'}"
+            for k, g, d, st, pl, pr, b in CONV_OPTIONS]
+
+
+def _conv_layer(rng, kernel, groups, dilation, stride, pad_left, pad_right, bias):
     from tinyrnn.ir import Conv1d, Tensor
 
-    ffi, lib = clib
-    rng = np.random.default_rng(kernel * 10 + groups)
     cin, cout = 6, 6
     w = rng.standard_normal((cout, cin // groups, kernel)).astype(np.float32)
     b = rng.standard_normal(cout).astype(np.float32)
-    layer = Conv1d("c", Tensor(w.astype(np.float64), "w"),
-                   Tensor(b.astype(np.float64), "b") if bias else None, 1, dilation, groups,
-                   pad_left, pad_right)
-    packed = np.ascontiguousarray(w.transpose(0, 2, 1))
+    return Conv1d("c", Tensor(w.astype(np.float64), "w"),
+                  Tensor(b.astype(np.float64), "b") if bias else None, stride, dilation, groups,
+                  pad_left, pad_right)
+
+
+@pytest.mark.parametrize("kernel, groups, dilation, stride, pad_left, pad_right, bias",
+                         CONV_OPTIONS, ids=CONV_IDS)
+def test_conv1d_helper_in_c(clib, kernel, groups, dilation, stride, pad_left, pad_right, bias):
+    """conv1d_f (the float32 Conv1d) against the float64 reference of check/simulate.py, on
+    a sequence shorter than the kernel's span too (every tap then reads the padding)."""
+    from tinyrnn.check.simulate import conv1d_float
+
+    ffi, lib = clib
+    rng = np.random.default_rng(kernel * 10 + groups)
+    layer = _conv_layer(rng, kernel, groups, dilation, stride, pad_left, pad_right, bias)
+    packed = np.ascontiguousarray(layer.weight.data.transpose(0, 2, 1)).astype(np.float32)
+    b = layer.bias.data.astype(np.float32) if bias else None
     for steps in (11, 2):
-        x = rng.standard_normal((steps, cin)).astype(np.float32)
-        y = np.zeros((steps, cout), np.float32)
+        if layer.out_steps(steps) < 1:
+            continue
+        x = rng.standard_normal((steps, 6)).astype(np.float32)
+        y = np.zeros((layer.out_steps(steps), 6), np.float32)
         lib.w_conv1d_f(_buf(ffi, "float", x), _buf(ffi, "float", y), steps,
                        _buf(ffi, "float", packed), _buf(ffi, "float", b) if bias else ffi.NULL,
-                       cin, cout, kernel, groups, dilation, pad_left)
+                       6, 6, kernel, groups, dilation, stride, pad_left, pad_right)
         expected = conv1d_float(layer, x[None].astype(np.float64))[0]
         np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5, err_msg=f"T={steps}")
+
+
+@pytest.mark.parametrize("kernel, stride, groups, dilation, pad_left, pad_right", [
+    (8, 4, 1, 1, 0, 0), (3, 2, 1, 1, 1, 1), (3, 1, 3, 2, 2, 1), (5, 5, 1, 1, 0, 0)])
+def test_frame_conv1d_helper_in_c(clib, kernel, stride, groups, dilation, pad_left, pad_right):
+    """frame_conv1d_f (a conv over one frame's positions, any stride) against the float64
+    reference of check/simulate.py."""
+    from tinyrnn.check.simulate import frame_conv1d_float
+    from tinyrnn.ir import FrameConv1d, Tensor
+
+    ffi, lib = clib
+    rng = np.random.default_rng(kernel * 10 + stride)
+    cin, cout, length = 6, 3, 15
+    w = rng.standard_normal((cout, cin // groups, kernel)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    layer = FrameConv1d("c", Tensor(w.astype(np.float64), "w"), Tensor(b.astype(np.float64),
+                        "b"), stride, dilation, groups, pad_left, pad_right, length)
+    x = rng.standard_normal((length, cin)).astype(np.float32)
+    y = np.zeros((layer.out_length, cout), np.float32)
+    lib.w_frame_conv1d_f(_buf(ffi, "float", x), _buf(ffi, "float", y), length,
+                         layer.out_length, _buf(ffi, "float", np.ascontiguousarray(
+                             w.transpose(0, 2, 1))), _buf(ffi, "float", b), cin, cout, kernel,
+                         groups, dilation, stride, pad_left)
+    expected = frame_conv1d_float(layer, x[None].astype(np.float64))[0]
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode, code", [("constant", 0), ("reflect", 1), ("edge", 2)])
+def test_frame_pad_helper_in_c(clib, mode, code):
+    """frame_pad_f against numpy.pad (replicate is numpy's 'edge')."""
+    ffi, lib = clib
+    x = np.random.default_rng(code).standard_normal((5, 2)).astype(np.float32)
+    y = np.zeros((5 + 3 + 4, 2), np.float32)
+    lib.w_frame_pad_f(_buf(ffi, "float", x), _buf(ffi, "float", y), 5, 2, 3, 4, code, 0.5)
+    fill = {"constant_values": 0.5} if mode == "constant" else {}
+    np.testing.assert_array_equal(y, np.pad(x, ((3, 4), (0, 0)), mode=mode, **fill))
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("kernel, groups, dilation, stride, pad_left, pad_right, bias",
+                         CONV_OPTIONS, ids=CONV_IDS)
+def test_conv1d_integer_helpers_in_c(clib, bits, kernel, groups, dilation, stride, pad_left,
+                                     pad_right, bias):
+    """conv1d_w{8,16}_acc{32,64} against the bit-exact reference (check/reference.py), on
+    full-range int16 inputs and a sequence shorter than the span."""
+    from tinyrnn.check.reference import conv1d_int
+    from tinyrnn.numerics.helpers import QFormat
+    from tinyrnn.passes.quantize import quantize_conv1d
+
+    ffi, lib = clib
+    rng = np.random.default_rng(kernel * 10 + groups + bits)
+    layer = _conv_layer(rng, kernel, groups, dilation, stride, pad_left, pad_right, bias)
+    q = quantize_conv1d(layer, 0, QFormat(16, 13), QFormat(16, 11), bits)
+    part = q.acc.parts[0]
+    wtype = f"int{bits}_t"
+    for acc_bits in (32, 64):
+        if acc_bits < part.acc_bits:
+            continue  # the exporter would not call it: the sum may not fit
+        fn = getattr(lib, f"w_conv1d_w{bits}_acc{acc_bits}")
+        for steps in (11, 2):
+            if layer.out_steps(steps) < 1:
+                continue
+            x = rng.integers(-32768, 32768, (steps, 6)).astype(np.int16)
+            y = np.zeros((layer.out_steps(steps), 6), np.int16)
+            bias_buf = (_buf(ffi, f"int{acc_bits}_t", part.bias.astype(f"int{acc_bits}"))
+                        if bias else ffi.NULL)
+            fn(_buf(ffi, "int16_t", x), _buf(ffi, "int16_t", y), steps,
+               _buf(ffi, wtype, part.weights.astype(f"int{bits}")), bias_buf,
+               _buf(ffi, "int16_t", part.mult.astype(np.int16)),
+               _buf(ffi, "uint8_t", part.shift.astype(np.uint8)),
+               6, 6, kernel, groups, dilation, stride, pad_left, pad_right)
+            want = conv1d_int(q, x[None].astype(np.int64))[0]
+            assert np.array_equal(y, want), (acc_bits, steps, np.argwhere(y != want)[:3])
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("kernel, stride, pad_left, pad_right, bias", [
+    (3, 1, 1, 1, True), (4, 2, 1, 2, False), (1, 1, 0, 0, True), (5, 3, 4, 0, True),
+    (2, 1, 3, 3, False)])
+def test_blocked_conv_helper_in_c(clib, bits, kernel, stride, pad_left, pad_right, bias):
+    """conv1d_x4_w8_acc32 and conv1d_x4_w16_acc64 (4 output channels per block, the DSP
+    cores' SMLAD/SMLALD path; here their portable path) against the bit-exact reference."""
+    from tinyrnn.check.reference import conv1d_int
+    from tinyrnn.ir import Conv1d, Tensor
+    from tinyrnn.numerics.helpers import QFormat
+    from tinyrnn.passes.layout import kernel_layout
+    from tinyrnn.passes.quantize import quantize_conv1d
+
+    ffi, lib = clib
+    rng = np.random.default_rng(kernel * 7 + stride)
+    cin, cout = 8, 12
+    w = rng.standard_normal((cout, cin, kernel))
+    layer = Conv1d("c", Tensor(w, "w"), Tensor(rng.standard_normal(cout), "b") if bias else None,
+                   stride, 1, 1, pad_left, pad_right)
+    q = quantize_conv1d(layer, 0, QFormat(16, 13), QFormat(16, 11), bits)
+    part = q.acc.parts[0]
+    acc = {8: 32, 16: 64}[bits]
+    assert part.acc_bits <= acc
+    blocked = kernel_layout([part.weights[r::4] for r in range(4)], bits).reshape(-1)
+    for steps in (9, 2):
+        if layer.out_steps(steps) < 1:
+            continue
+        x = rng.integers(-32768, 32768, (steps, cin)).astype(np.int16)
+        y = np.zeros((layer.out_steps(steps), cout), np.int16)
+        getattr(lib, f"w_conv1d_x4_w{bits}_acc{acc}")(
+            _buf(ffi, "int16_t", x), _buf(ffi, "int16_t", y), steps,
+            _buf(ffi, f"int{bits}_t", blocked.astype(f"int{bits}")),
+            _buf(ffi, f"int{acc}_t", part.bias.astype(f"int{acc}")) if bias else ffi.NULL,
+            _buf(ffi, "int16_t", part.mult.astype(np.int16)),
+            _buf(ffi, "uint8_t", part.shift.astype(np.uint8)),
+            cin, cout, kernel, stride, pad_left, pad_right)
+        want = conv1d_int(q, x[None].astype(np.int64))[0]
+        assert np.array_equal(y, want), (steps, np.argwhere(y != want)[:3])
 
 
 def test_float_helpers_in_c(clib):
@@ -824,3 +994,29 @@ def test_c_compiles_for_cortex_m4(tmp_path: Path) -> None:
     )
 
 
+
+
+def test_pooling_over_time_helpers_in_c(clib):
+    """mean/sum/max over time in C: the integer forms bit-exact against the numpy reference
+    (extremes included: the int64 sum, the mean's rounding, saturation of the shifted sum), the
+    float forms against numpy."""
+    ffi, lib = clib
+    rng = np.random.default_rng(5)
+    T, n = 7, 5
+    xq = rng.integers(-32768, 32768, size=(T, n)).astype(np.int16)
+    xq[:, 0] = 32767
+    xq[:, 1] = -32768
+    y = np.zeros(n, np.int16)
+    lib.w_mean_time_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", y), T, n)
+    assert np.array_equal(y, fp.mean_time_q(xq[None])[0])
+    lib.w_max_time_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", y), T, n)
+    assert np.array_equal(y, fp.max_time_q(xq[None])[0])
+    for shift in (0, 2, 5):
+        lib.w_sum_time_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", y), T, n, shift)
+        assert np.array_equal(y, fp.sum_time_q(xq[None], shift)[0]), shift
+    xf = rng.normal(size=(T, n)).astype(np.float32)
+    yf = np.zeros(n, np.float32)
+    for name, ref in (("mean", np.mean), ("sum", np.sum), ("max", np.max)):
+        getattr(lib, f"w_{name}_time_f")(_buf(ffi, "float", xf), _buf(ffi, "float", yf), T, n)
+        np.testing.assert_allclose(yf, ref(xf.astype(np.float64), axis=0), rtol=1e-6,
+                                   atol=1e-6, err_msg=name)

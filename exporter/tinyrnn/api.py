@@ -16,7 +16,7 @@ from .checks import check_name, check_number
 from .errors import TinyRNNError, TinyRNNWarning
 from .frontend.pt2 import Program
 from .frontend.reader import archive_bytes, read_captured, read_program, trace
-from .ir import Conv1d, Dense, Model, RecurrentLayer, SelectStep
+from .ir import Conv1d, Model, SelectStep, value_width
 from .outputs import output_folder
 
 FORMATS = ("w8a16", "w16a16", "float32")
@@ -108,11 +108,10 @@ def quantize_model(
     from .check.simulate import batch_from_arrays
     from .passes.quantize import calibrate, choose_formats, quantize
 
-    convs = [layer.name for layer in model.layers if isinstance(layer, Conv1d)]
-    if convs:
+    if model.float_only:
         raise TinyRNNError(
-            f"the {format} format has no Conv1d yet ({', '.join(convs)}): export this model "
-            "with --format float32 (format='float32')")
+            f"the {format} format has no {', '.join(model.float_only)} yet: "
+            "export this model with --format float32 (format='float32')")
     if calibration is None:
         if example is None:
             raise TinyRNNError("integer formats need calibration data or an example input")
@@ -154,14 +153,6 @@ def check_options(format: str, name: str, max_seq_len: int | None) -> None:
                  why="the C API's sequence length is an int")
 
 
-def _width(layer: Any) -> int:
-    if isinstance(layer, RecurrentLayer):
-        return layer.output_size
-    if isinstance(layer, Dense):
-        return layer.out_features
-    if isinstance(layer, Conv1d):
-        return layer.out_channels
-    return layer.features
 
 
 def check_sequence_buffers(model: Model, format: str) -> None:
@@ -169,14 +160,20 @@ def check_sequence_buffers(model: Model, format: str) -> None:
     :data:`MAX_SEQUENCE_BUFFER_BYTES`."""
     if not (model.bidirectional or model.convolves or model.pools):
         return
-    widest = max([1] + [_width(layer) for layer in model.layers
+    widest = max([1] + [value_width(model.layers, model.input_size, k + 1)
+                        for k, layer in enumerate(model.layers)
                         if not isinstance(layer, SelectStep)])
     per_step = 2 * widest * (4 if format == "float32" else 2)
-    need = model.max_seq_len * per_step
+    longest = steps = model.max_seq_len  # a Conv1d with padding beyond its span lengthens it
+    for layer in model.layers:
+        if isinstance(layer, Conv1d):
+            steps = layer.out_steps(steps)
+            longest = max(longest, steps)
+    need = longest * per_step
     if need > MAX_SEQUENCE_BUFFER_BYTES:
         raise TinyRNNError(
             f"--max-seq-len {model.max_seq_len} needs two sequence buffers of "
-            f"{model.max_seq_len} steps x {widest} features ({need / (1 << 20):,.0f} MiB of "
+            f"{longest} steps x {widest} features ({need / (1 << 20):,.0f} MiB of "
             f"scratch in the state struct); the limit is "
             f"{MAX_SEQUENCE_BUFFER_BYTES >> 20} MiB, more RAM than any Cortex-M has: this "
             f"model allows at most --max-seq-len {MAX_SEQUENCE_BUFFER_BYTES // per_step}"

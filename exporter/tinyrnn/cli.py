@@ -80,9 +80,13 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _example(args: argparse.Namespace) -> int:
+    if args.model == "silero-vad":
+        from .vad_example import main as vad_main
+
+        return vad_main(Path(args.out), board=args.board, fmt=args.format or "float32")
     from .example import main as example_main
 
-    return example_main(Path(args.out), board=args.board, fmt=args.format)
+    return example_main(Path(args.out), board=args.board, fmt=args.format or "w8a16")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,10 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("example", help="train, export, compile and verify the built-in example")
+    p.add_argument("--model", default="gesture", choices=("gesture", "silero-vad"),
+                   help="gesture: a small LSTM classifier trained in seconds (default); "
+                        "silero-vad: Silero VAD with the silero-vad package's weights, one "
+                        "step per 32 ms frame (pip install 'tinyrnn[silero]')")
     p.add_argument("--out", default="tinyrnn-example", help="working directory")
     p.add_argument("--board", default="mps2-an386", help="emulated board to run on (QEMU)")
-    p.add_argument("--format", default="w8a16", choices=("w8a16", "w16a16", "float32"),
-                   help="number format of the export")
+    p.add_argument("--format", default=None, choices=("w8a16", "w16a16", "float32"),
+                   help="number format of the export (default: w8a16 for gesture, float32 "
+                        "for silero-vad)")
     p.set_defaults(func=_example)
 
     # the board (cross.py) and measurement (profile.py, report.py) commands

@@ -159,6 +159,10 @@ def split_inputs(interface: dict, arrays: Sequence[np.ndarray]) -> list[dict[str
             moved = np.moveaxis(moved, time_axis + (1 if time_axis < axis else 0), 1)
             if moved.shape[1] < 1:
                 raise TinyRNNError("input x has zero time steps")
+        if spec["role"] == "carry" and np.any(array != 0):
+            raise TinyRNNError(
+                f"input in{i} (carry) is not zero: the C starts a step module's carried value "
+                "at zero (NAME_reset) and has no setter for it yet; pass zeros")
         per_role[spec["role"]] = _finite_float32(moved, f"input in{i} ({spec['role']})")
     assert batch is not None
     samples = []
@@ -180,9 +184,10 @@ def assemble_outputs(
     for k, spec in enumerate(interface["outputs"]):
         shape = list(spec["torch_shape"])
         shape[spec["batch_axis"]] = batch
-        if spec["role"] == "sequence":
-            shape[spec["time_axis"]] = seq_len
-            parts = [np.reshape(s[k], (seq_len, spec["features"])) for s in per_sample]
+        if spec["role"] == "sequence":  # a Conv1d may have changed the input's length
+            steps = per_sample[0][k].size // spec["features"] if per_sample else seq_len
+            shape[spec["time_axis"]] = steps
+            parts = [np.reshape(s[k], (steps, spec["features"])) for s in per_sample]
             stacked = np.stack(parts, axis=0)  # (B, T, F)
             if spec["time_axis"] < spec["batch_axis"]:
                 stacked = stacked.transpose(1, 0, 2)

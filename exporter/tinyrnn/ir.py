@@ -237,10 +237,23 @@ class Conv1d:
     def kernel(self) -> int:
         return self.weight.shape[2]
 
-    def out_steps(self, steps: int) -> int:
-        """The output length for ``steps`` input steps (torch's formula)."""
+    @property
+    def length_rule(self) -> tuple[int, int]:
+        """``(add, stride)``: ``steps`` input steps give ``(steps + add) // stride + 1`` output
+        steps (torch's formula), none when ``steps + add < 0``."""
         span = self.dilation * (self.kernel - 1) + 1
-        return (steps + self.pad_left + self.pad_right - span) // self.stride + 1
+        return self.pad_left + self.pad_right - span, self.stride
+
+    @property
+    def changes_length(self) -> bool:
+        """Whether the output length differs from the input's (stride > 1, or padding other
+        than ``span - 1`` in total)."""
+        return self.length_rule != (0, 1)
+
+    def out_steps(self, steps: int) -> int:
+        """The output length for ``steps`` input steps (torch's formula; 0 for none)."""
+        add, stride = self.length_rule
+        return (steps + add) // stride + 1 if steps + add >= 0 else 0
 
 
 @dataclass(frozen=True)
@@ -257,6 +270,7 @@ class Activation:
     low: float = 0.0
     high: float = 0.0
     slope: float = 0.0
+    reads: tuple[int, ...] = ()  # an earlier value than the previous one (float32), see reads()
 
 
 @dataclass(frozen=True)
@@ -277,7 +291,148 @@ class PoolTime:
     features: int
 
 
-Layer = LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep | PoolTime
+@dataclass(frozen=True)
+class Binary:
+    """``y = a + b`` or ``a * b`` element-wise over two data-path values of one shape (a
+    residual), float32. ``reads`` are the two values' indices (see :func:`reads`)."""
+
+    kind: Literal["add", "mul"]
+    features: int
+    reads: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Concat:
+    """``torch.cat`` of data-path values along the channel (feature) axis, float32: the
+    values ``reads`` (indices, see :func:`reads`) of ``sizes`` features each, in order."""
+
+    reads: tuple[int, ...]
+    sizes: tuple[int, ...]
+    length: int = 1  # a frame's positions: each part is (length, size) position-major
+
+    @property
+    def features(self) -> int:
+        return sum(self.sizes) * self.length
+
+
+@dataclass(frozen=True)
+class ChannelSlice:
+    """Channels ``start:stop`` of the previous value (``x[:, a:b]`` of a (B, C, T) value or
+    ``x[..., a:b]`` of a (B, T, C) one), float32."""
+
+    start: int
+    stop: int
+    in_features: int  # channels
+    reads: tuple[int] = (0,)  # the value sliced (see :func:`reads`)
+    length: int = 1  # a frame's positions: the value is (length, in_features) position-major
+
+    @property
+    def features(self) -> int:
+        return (self.stop - self.start) * self.length
+
+
+@dataclass(frozen=True, eq=False)
+class FrameConv1d:
+    """A Conv1d over the samples of ONE step's frame (a step module's ``x_t`` viewed as
+    ``(B, C, L)``), not over time: ``y[o, p] = bias[o] + sum_{c, k} weight[o, c, k] *
+    xpad[c, p * stride + k * dilation]`` with ``pad_left``/``pad_right`` zeros, float32. A
+    frame value is stored per step as (L, C), position-major (as a sequence is (T, C))."""
+
+    name: str
+    weight: Tensor  # (out_channels, in_channels // groups, kernel)
+    bias: Tensor | None
+    stride: int
+    dilation: int
+    groups: int
+    pad_left: int
+    pad_right: int
+    length: int  # L, the positions of the input frame
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1] * self.groups
+
+    @property
+    def kernel(self) -> int:
+        return self.weight.shape[2]
+
+    @property
+    def out_length(self) -> int:
+        span = self.dilation * (self.kernel - 1) + 1
+        return (self.length + self.pad_left + self.pad_right - span) // self.stride + 1
+
+    @property
+    def features(self) -> int:
+        """Floats per step of the output frame (L_out, O)."""
+        return self.out_length * self.out_channels
+
+
+@dataclass(frozen=True)
+class FramePad:
+    """Padding of the positions of one step's frame (C, L): ``constant`` (with ``value``),
+    ``reflect`` or ``replicate``, ``left`` and ``right`` positions, float32."""
+
+    mode: Literal["constant", "reflect", "replicate"]
+    value: float
+    left: int
+    right: int
+    channels: int
+    length: int
+    reads: tuple[int, ...] = ()  # an earlier value than the previous one, see reads()
+
+    @property
+    def features(self) -> int:
+        return (self.length + self.left + self.right) * self.channels
+
+
+@dataclass(frozen=True)
+class Carry:
+    """A step module's carried value (not a recurrent state), e.g. Silero VAD's 64 samples of
+    context: a forward argument after ``x_t`` that the forward returns updated. The layer's
+    output is the value at the start of the step (zeros after NAME_reset); at the end of each
+    step the value :attr:`Model.carries` names replaces it. Float32."""
+
+    features: int
+
+
+@dataclass(frozen=True)
+class Unary:
+    """An element-wise ``x * x`` (``x ** 2``, ``torch.square``), ``sqrt(x)`` or ``|x|``,
+    float32."""
+
+    kind: Literal["square", "sqrt", "abs"]
+    features: int
+    reads: tuple[int, ...] = ()  # an earlier value than the previous one, see reads()
+
+
+Layer = (LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep | PoolTime
+         | Binary | Concat | ChannelSlice | Unary | FrameConv1d | FramePad | Carry)
+
+
+def reads(layers: tuple[Layer, ...] | list[Layer], index: int) -> tuple[int, ...]:
+    """The values layer ``index`` reads. Values are numbered along the data path: value 0 is
+    the model input x, value k + 1 the output of layer k. A layer reads the previous value
+    (``(index,)``) unless it names others (:class:`Binary`, :class:`Concat`,
+    :class:`ChannelSlice`)."""
+    return getattr(layers[index], "reads", ()) or (index,)
+
+
+def value_width(layers: tuple[Layer, ...] | list[Layer], input_size: int, value: int) -> int:
+    """Features per step of value ``value`` (numbered as :func:`reads` says)."""
+    if value == 0:
+        return input_size
+    layer = layers[value - 1]
+    if isinstance(layer, RecurrentLayer):
+        return layer.output_size
+    if isinstance(layer, Dense):
+        return layer.out_features
+    if isinstance(layer, Conv1d):
+        return layer.out_channels
+    return layer.features
 
 
 @dataclass(frozen=True)
@@ -296,7 +451,7 @@ class StateGroup:
 class InputSpec:
     """One argument of the torch forward (after flattening nested tuples)."""
 
-    role: Literal["x", "h0", "c0"]
+    role: Literal["x", "h0", "c0", "carry"]
     torch_shape: tuple[int, ...]  # a step module's x: (B, 1, I), the iterated form's shape
     batch_axis: int  # h0/c0: 1 for torch's (rows, B, H), 0 for a cell's (B, H)
     time_axis: int | None = None  # x only
@@ -308,13 +463,13 @@ class InputSpec:
 class OutputSpec:
     """One value the torch forward returns (after flattening nested tuples)."""
 
-    role: Literal["sequence", "vector", "h_n", "c_n"]
+    role: Literal["sequence", "vector", "h_n", "c_n", "carry_n"]
     torch_shape: tuple[int, ...]
     batch_axis: int
     time_axis: int | None = None  # sequence only
     features: int = 0  # sequence/vector
     size: int = 0  # h_n/c_n: floats per sample; (rows, B, H) or a cell's (B, H)
-    group: int = -1  # h_n/c_n: index into Model.groups
+    group: int = -1  # h_n/c_n: index into Model.groups; carry_n: index into Model.carries
 
 
 @dataclass(frozen=True, eq=False)
@@ -329,6 +484,9 @@ class Model:
     max_seq_len: int
     state_group: int  # the group NAME_set_state loads (the one taking h0, else 0)
     source_lines: tuple[str, ...] = field(default=())
+    carries: tuple[tuple[int, int], ...] = ()
+    """A step module's carried values: (the :class:`Carry` layer's index, the value that
+    replaces it at the end of each step), in the order of the forward's arguments."""
     step_module: bool = False
     """The torch forward is ONE step of a cell, ``forward(x_t, *state) -> (*y, *state)``
     (docs/c-api.md, "Step modules"). The IR describes it iterated over a sequence: x is
@@ -348,6 +506,21 @@ class Model:
         """Whether a layer needs the whole sequence (a Conv1d): no streaming NAME_step."""
         return any(isinstance(layer, Conv1d) for layer in self.layers)
 
+    def out_steps(self, steps: int) -> int:
+        """The length of the data path's sequence after its last layer for ``steps`` input
+        steps: each length-changing Conv1d applies torch's formula (0: no output)."""
+        for layer in self.layers:
+            if isinstance(layer, Conv1d) and steps > 0:
+                steps = layer.out_steps(steps)
+        return max(steps, 0)
+
+    @property
+    def length_rules(self) -> tuple[tuple[int, int], ...]:
+        """The ``(add, stride)`` of each length-changing Conv1d, in order (see
+        :attr:`Conv1d.length_rule`)."""
+        return tuple(layer.length_rule for layer in self.layers
+                     if isinstance(layer, Conv1d) and layer.changes_length)
+
     @property
     def pools(self) -> bool:
         """Whether a layer reduces the whole time axis (a PoolTime): no streaming NAME_step."""
@@ -360,12 +533,21 @@ class Model:
     @property
     def step_output_size(self) -> int:
         """Features of the data path's final value at one step."""
-        size = self.input_size
+        return value_width(self.layers, self.input_size, len(self.layers))
+
+    @property
+    def float_only(self) -> tuple[str, ...]:
+        """The layers that have a float32 lowering only (values beyond a chain, frame
+        front-ends), named by kind (and module, where they have one), in order, once each."""
+        names = []
         for layer in self.layers:
-            if isinstance(layer, RecurrentLayer):
-                size = layer.output_size
-            elif isinstance(layer, Dense):
-                size = layer.out_features
-            elif isinstance(layer, Conv1d):
-                size = layer.out_channels
-        return size
+            if isinstance(layer, (Binary, Concat, ChannelSlice, Unary, FrameConv1d, FramePad,
+                                  Carry)) \
+                    or (isinstance(layer, Activation) and layer.reads):
+                kind = type(layer).__name__
+                name = f"{kind} {layer.name}" if isinstance(layer, FrameConv1d) else kind
+                if isinstance(layer, Activation):  # one reading an earlier value
+                    name = f"{layer.kind} of an earlier value"
+                if name not in names:
+                    names.append(name)
+        return tuple(names)

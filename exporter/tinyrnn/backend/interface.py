@@ -46,12 +46,17 @@ ERRORS: tuple[ErrorCode, ...] = (
 
 @dataclass(frozen=True)
 class Length:
-    """Elements of a buffer argument: ``per_step * T + fixed``."""
+    """Elements of a buffer argument: ``per_step * T' + fixed``, where ``T'`` is ``T`` after
+    each ``(add, stride)`` of ``rules`` (a length-changing Conv1d: ``T' = (T + add) // stride
+    + 1``, torch's formula; ``tinyrnn.ir.Conv1d.length_rule``)."""
 
     per_step: int = 0
     fixed: int = 0
+    rules: tuple[tuple[int, int], ...] = ()
 
     def at(self, steps: int) -> int:
+        for add, stride in self.rules:
+            steps = (steps + add) // stride + 1 if steps > 0 and steps + add >= 0 else 0
         return self.per_step * steps + self.fixed
 
 
@@ -142,13 +147,20 @@ class CInterface:
         return "\n".join(lines) + "\n"
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for fn in data["functions"]:  # a length's rules only where a Conv1d changes the length
+            for arg in fn["args"]:
+                if arg.get("length") and not arg["length"]["rules"]:
+                    del arg["length"]["rules"]
+        return data
 
 
 def _arg(data: Mapping[str, Any]) -> CArg:
     length = data.get("length")
     return CArg(str(data["name"]), str(data["ctype"]), str(data["role"]),
-                Length(int(length["per_step"]), int(length["fixed"])) if length else None,
+                Length(int(length["per_step"]), int(length["fixed"]),
+                       tuple((int(a), int(b)) for a, b in length.get("rules", ())))
+                if length else None,
                 str(data.get("dtype", "")))
 
 

@@ -22,9 +22,10 @@ import numpy as np
 # ---------------------------------------------------------------------------------------------
 # Kernel families and guards
 
-FAMILIES = ("c", "dsp", "v6m")
+FAMILIES = ("c", "dsp", "v6m", "mve")
 """The matrix-vector kernel families a build runs: the portable C kernels, the DSP assembly
-unit kernels (Cortex-M4/M7/M33/M55) and the ARMv6-M assembly unit kernels (Cortex-M0/M0+)."""
+unit kernels (Cortex-M4/M7/M33), the ARMv6-M assembly unit kernels (Cortex-M0/M0+) and the
+MVE (Helium) C kernels (Cortex-M55/M85, which also have the DSP extension: MVE wins)."""
 
 ALL = frozenset(FAMILIES)
 
@@ -258,7 +259,8 @@ class UnitSums:
     the C kernels and the DSP unit kernel read ``weights``
     (:func:`tinyrnn.passes.layout.kernel_layout`),
     the ARMv6-M unit kernel reads ``v6m_weights``
-    (:meth:`tinyrnn.backend.v6masm.V6MUnitKernel.layout`).
+    (:meth:`tinyrnn.backend.v6masm.V6MUnitKernel.layout`), the MVE kernel ``mve_weights``
+    (:func:`tinyrnn.passes.layout.mve_stream`).
     """
 
     G: int
@@ -271,10 +273,14 @@ class UnitSums:
     v6m: str | None = None  # symbol of the ARMv6-M unit kernel
     v6m_weights: str | None = None  # its copy of the weights
     v6m_stride: int = 0  # bytes per unit of that copy
+    mve: str | None = None  # the MVE C kernel: NAME_mve{G}_w{bits}_acc{32|64}, on both parts
+    mve_weights: str | None = None  # its copy of the weights
 
     @property
     def families(self) -> tuple[str, ...]:
-        return tuple(f for f, has in (("dsp", self.dsp), ("v6m", self.v6m), ("c", True)) if has)
+        """In the order the C tests them: MVE cores also have the DSP extension."""
+        return tuple(f for f, has in (("mve", self.mve), ("dsp", self.dsp), ("v6m", self.v6m),
+                                      ("c", True)) if has)
 
 
 @dataclass(frozen=True)
@@ -350,7 +356,8 @@ class Op:
 
     fn: str
     args: tuple[Arg, ...]
-    kind: str  # "cell", "dense", "conv" (once over a whole sequence: (x, y, T)), "activation"
+    kind: str  # "cell", "dense", "conv" (once over a whole sequence: (x, y, T)), "activation",
+    # "multi" (element-wise over several values: inputs..., out)
     layer: int
     reverse: bool = False  # layer-major cells: over t from T - 1 down to 0
     src_stride: int = 0  # layer-major: elements per step of the source sequence
@@ -358,6 +365,8 @@ class Op:
     dst_stride: int = 0
     out_size: int = 0  # layer-major cells: elements of h
     comment: str = ""
+    strides: tuple[int, ...] = ()  # layer-major "multi": elements per step of each argument
+    steps: int = 0  # layer-major: its input's length, 0 for T, k after Schedule.lengths[:k]
 
 
 @dataclass(frozen=True)
@@ -405,9 +414,18 @@ class Schedule:
     select_to: Arg | None
     step: tuple[Op, ...] | None
     step_result: Arg | None
-    input_buffer: str | None  # integer formats: where the float input is converted
+    input_buffer: str | None  # integer formats: where the float input is converted, per step
+    input_sequence: str | None = None  # ... and whole, for a Conv1d reading the model input
     layer_major_why: str = "bidirectional"  # comments of the C: why whole sequences
     no_step_why: str = "a bidirectional layer needs the whole sequence"
+    lengths: tuple[tuple[int, int], ...] = ()
+    """Layer-major: ``(add, stride)`` of each Conv1d that changes the length, in order; after
+    it the sequence has ``(n + add) / stride + 1`` steps (none when ``n + add < 0``)."""
+
+    def select_at(self, steps: str) -> str:
+        """The selected step as a C expression of the final sequence length ``steps``."""
+        assert self.select is not None
+        return f"{steps} - {-self.select}" if self.select < 0 else str(self.select)
 
     @property
     def select_c(self) -> str:
@@ -436,6 +454,7 @@ class Plan:
     dsp_kernels: tuple = ()  # tinyrnn.backend.dspasm.UnitKernel, each once
     v6m_kernels: tuple = ()  # tinyrnn.backend.v6masm.V6MUnitKernel, each once
     v6m_constants: tuple[Const, ...] = ()
+    mve_kernels: tuple[tuple[int, int, int], ...] = ()  # (G, bits, acc) of the MVE C kernels
     buffers: tuple[Buffer, ...] = ()
     schedule: Schedule | None = None
     input_size: int = 0
@@ -454,6 +473,8 @@ class Plan:
             found.add("dsp")
         if self.v6m_kernels:
             found.add("v6m")
+        if self.mve_kernels:
+            found.add("mve")
         return tuple(f for f in FAMILIES if f in found)
 
     @property

@@ -20,12 +20,27 @@ import numpy as np
 
 from .. import __version__
 from ..checks import check_name
-from ..ir import Activation, Conv1d, Dense, Model, PoolTime, RecurrentLayer, SelectStep
+from ..ir import (
+    Activation,
+    Binary,
+    Carry,
+    ChannelSlice,
+    Concat,
+    Conv1d,
+    Dense,
+    FrameConv1d,
+    FramePad,
+    Model,
+    PoolTime,
+    RecurrentLayer,
+    SelectStep,
+    Unary,
+)
 from ..numerics.helpers import helper_closure, numeric_context
 from ..outputs import write_files
 from ..passes.lower import lower
 from ..resources import resource_dir
-from . import dspasm, v6masm
+from . import dspasm, mveasm, v6masm
 from . import interface as c_interface
 from .cformat import WIDTH, wrap
 from .manifest import binding_line
@@ -96,7 +111,7 @@ def _tensors(layer: Any) -> list:
             if d.w_proj is not None:
                 out.append(d.w_proj)
         return out
-    if isinstance(layer, (Dense, Conv1d)):
+    if isinstance(layer, (Dense, Conv1d, FrameConv1d)):
         return [t for t in (layer.weight, layer.bias) if t is not None]
     return []
 
@@ -108,11 +123,14 @@ HELPER_PREFIX = "tr_"
 """The arithmetic helpers are static: one short prefix for all models keeps the statements
 that nest them readable (and within the line width whatever the model's name)."""
 
-FAMILY_MACROS = {"dsp": "DSP_KERNELS", "v6m": "V6M_KERNELS"}
-FAMILY_CONDITIONS = {"dsp": dspasm.CONDITION, "v6m": v6masm.CONDITION}
+FAMILY_MACROS = {"dsp": "DSP_KERNELS", "v6m": "V6M_KERNELS", "mve": "MVE_KERNELS"}
+MVE_CONDITION = "defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)"
+"""The builds that run the MVE kernels: a core with integer Helium (Cortex-M55, M85)."""
+FAMILY_CONDITIONS = {"dsp": dspasm.CONDITION, "v6m": v6masm.CONDITION, "mve": MVE_CONDITION}
 FAMILY_DOCS = {
-    "dsp": "the DSP unit kernels of NAME_kernels.S (Cortex-M4/M7/M33/M55)",
+    "dsp": "the DSP unit kernels of NAME_kernels.S (Cortex-M4/M7/M33)",
     "v6m": "the ARMv6-M unit kernels (Cortex-M0/M0+)",
+    "mve": "the MVE (Helium) kernels (Cortex-M55/M85: tested before the DSP ones)",
 }
 
 
@@ -225,6 +243,16 @@ def _kernels_view(plan: Plan) -> dict:
             f"void {u.name(p)}(const int8_t *w, const int16_t *xh, int32_t *acc, "
             "const int32_t *bx, const int32_t *bh)")) for u in plan.v6m_kernels],
             constants=[dict(_const_view(k, P, present), guard="") for k in plan.v6m_constants]))
+    mve = []
+    for G, bits, acc in plan.mve_kernels:
+        kernel = mveasm.MveKernel(G, bits, acc)
+        mve.append(dict(G=G, bits=bits, acc=acc, name=kernel.name(p), wtype=kernel.wtype,
+                        acc_t=kernel.acc_t, mac=kernel.mac, registers=kernel.registers,
+                        loop=kernel.literals(kernel.loop()),
+                        tail=kernel.literals(kernel.tail()),
+                        sums=", ".join(f'[a{r}] "+r"(a{r})' for r in range(G)),
+                        w_constraint=kernel.w_constraint,
+                        clobbers=", ".join(f'"q{q}"' for q in range(min(G, 2) + 1))))
     selection_doc = ("The recurrent kernels of this build: "
                      + "".join(f"{f['doc']}, " for f in selection)
                      + "or the portable C kernels below (host, Cortex-M3, M23, ARM state).")
@@ -234,7 +262,7 @@ def _kernels_view(plan: Plan) -> dict:
                 else "static inline",
                 define_dsp=bool(dsp) and "dsp" not in plan.helpers,  # else the helpers do
                 c_guard=_guard(P, union, present) if c else "",
-                assembly=assembly)
+                assembly=assembly, mve=mve)
 
 
 def _assembly_view(plan: Plan) -> list[dict]:
@@ -314,7 +342,7 @@ def context(plan: Plan, provenance: str, api: c_interface.CInterface) -> dict:
         wide_store=any(r.shift for o in plan.outputs for r in o.rows),
         outputs=outputs, seq_outputs=[o for o in outputs if o["role"] == "sequence"],
         vec_outputs=[o for o in outputs if o["role"] == "vector"],
-        state_outputs=[o for o in outputs if o["role"] in ("h_n", "c_n")],
+        state_outputs=[o for o in outputs if o["role"] in ("h_n", "c_n", "carry_n")],
         state_vars=[dict(ctype=b.ctype or plan.T, name=b.name, size=b.size, comment=b.comment)
                     for b in plan.buffers],
         weight_format=plan.format,
@@ -353,7 +381,12 @@ def build_interface(plan: Plan, model: Model, q: Any, sources: list[str]
     """The typed C interface of the plan (written into NAME.json)."""
     lengths = []
     for out in plan.outputs:
-        if out.role == "sequence":
+        if out.role == "sequence" and model.length_rules:
+            steps = " then ".join(f"T = (T {'+' if add >= 0 else '-'} {abs(add)}) / {stride} + 1"
+                                  for add, stride in model.length_rules)
+            lengths.append((f"sequence, T' x {out.width} values, T' from the Conv1d layers: "
+                            f"{steps}", c_interface.Length(out.width, 0, model.length_rules)))
+        elif out.role == "sequence":
             lengths.append((f"sequence, T x {out.width} values", c_interface.Length(out.width, 0)))
         elif out.role == "vector":
             lengths.append((f"vector, {out.width} values", c_interface.Length(0, out.width)))
@@ -499,8 +532,29 @@ def _layer_summary(layer: Any) -> dict:
             options = dict(min=layer.low, max=layer.high)
         elif layer.kind == "leaky_relu":
             options = dict(negative_slope=layer.slope)
+        if layer.reads:
+            options["reads"] = list(layer.reads)
         return dict(kind=layer.kind, features=layer.features, **options)
     if isinstance(layer, PoolTime):
         return dict(kind=f"{layer.kind}_time", features=layer.features)
+    if isinstance(layer, FrameConv1d):
+        return dict(kind="frame_conv1d", name=layer.name, in_channels=layer.in_channels,
+                    out_channels=layer.out_channels, kernel=layer.kernel, stride=layer.stride,
+                    dilation=layer.dilation, groups=layer.groups, length=layer.length,
+                    out_length=layer.out_length, padding=[layer.pad_left, layer.pad_right],
+                    bias=layer.bias is not None)
+    if isinstance(layer, Carry):
+        return dict(kind="carry", features=layer.features)
+    if isinstance(layer, FramePad):
+        return dict(kind="frame_pad", mode=layer.mode, value=layer.value,
+                    padding=[layer.left, layer.right], channels=layer.channels,
+                    length=layer.length, reads=list(layer.reads))
+    if isinstance(layer, (Binary, Unary)):
+        return dict(kind=layer.kind, features=layer.features, reads=list(layer.reads))
+    if isinstance(layer, Concat):
+        return dict(kind="cat", sizes=list(layer.sizes), reads=list(layer.reads))
+    if isinstance(layer, ChannelSlice):
+        return dict(kind="channel_slice", start=layer.start, stop=layer.stop,
+                    in_features=layer.in_features, reads=list(layer.reads))
     assert isinstance(layer, SelectStep)
     return dict(kind="select_step", index=layer.index)

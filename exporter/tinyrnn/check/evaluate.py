@@ -37,7 +37,13 @@ from ..backend.plan import (
     Var,
 )
 from ..numerics import helpers as nm
-from ..passes.layout import decode_float_stream, decode_stream, decode_v6m_layout
+from ..passes.layout import (
+    SXTB16_ORDER,
+    decode_float_stream,
+    decode_mve_stream,
+    decode_stream,
+    decode_v6m_layout,
+)
 
 __all__ = ["PlanError", "Run", "run"]
 
@@ -85,6 +91,7 @@ _HELPERS = {
     "hardsigmoid_f": lambda v: np.clip(v + 3.0, 0.0, 6.0) / 6.0,
     "hardswish_f": lambda v: v * np.clip(v + 3.0, 0.0, 6.0) / 6.0,
     "abs_f": np.abs, "sqrt_f": np.sqrt,
+    "sqrtf": np.sqrt, "fabsf": np.abs,
 }
 
 
@@ -132,7 +139,7 @@ class _Frame:
             raise TypeError(f"unknown statement {stmt!r}")
 
     def do(self, c: Call) -> None:
-        if c.fn == "conv1d_f":
+        if c.fn.startswith("conv1d_"):
             self.conv1d(c)
             return
         if c.fn in _POOL_TIME:
@@ -147,6 +154,12 @@ class _Frame:
             else:
                 y[:, :n] = _POOL_TIME[c.fn](seq, axis=1)
             return
+        if c.fn == "frame_conv1d_f":
+            self.frame_conv1d(c)
+            return
+        if c.fn == "frame_pad_f":
+            self.frame_pad(c)
+            return
         src, dst = (self.views[a.name] for a in c.args[:2])  # type: ignore[union-attr]
         n = int(self.value(c.args[2]))
         rest = [self.value(a) for a in c.args[3:]]
@@ -160,27 +173,90 @@ class _Frame:
             raise TypeError(f"no evaluator for {c.fn}")
 
     def conv1d(self, c: Call) -> None:
-        """``conv1d_f(x, y, T, w, b, c, o, kernel, groups, dilation, pad)`` in float64, over
-        the whole sequence the frame's views hold."""
+        """``conv1d_f(x, y, T, w, b, geometry)`` in float64, or ``conv1d_w*_acc*(x, y, T, w, b,
+        m, s, geometry)`` in integers (every sum checked against its C type), over the whole
+        sequence the frame's views hold; geometry is ``c, o, kernel, groups, dilation, stride,
+        pad, pad_right``. As the C: per output step, the taps inside x only."""
+        fixed = c.fn != "conv1d_f"
         x_arg, y_arg, _, w_arg, b_arg = c.args[:5]
-        cin, cout, kernel, groups, dilation, pad = (int(self.value(a)) for a in c.args[5:])
+        rest = [int(self.value(a)) for a in (c.args[7:] if fixed else c.args[5:])]
+        blocked = c.fn.startswith("conv1d_x4_")  # one group, dilation 1, rows in blocks of 4
+        if blocked:
+            rest = rest[:3] + [1, 1] + rest[3:]
+        cin, cout, kernel, groups, dilation, stride, pad, pad_right = rest
         assert isinstance(x_arg, Ptr) and isinstance(y_arg, Ptr) and isinstance(w_arg, Ptr)
         x, y = self.views[x_arg.name], self.views[y_arg.name]
         steps = x.shape[1] // cin
+        out_steps = (steps + pad + pad_right - dilation * (kernel - 1) - 1) // stride + 1
         cg, og = cin // groups, cout // groups
-        w = self.ev.const(w_arg.name).astype(np.float64).reshape(cout, kernel, cg)
-        b = (self.ev.const(b_arg.name).astype(np.float64) if isinstance(b_arg, Ptr)
-             else np.zeros(cout))
-        xs = x.reshape(x.shape[0], steps, cin)
-        out = np.broadcast_to(b, (x.shape[0], steps, cout)).copy()
-        for t in range(steps):
+        dtype = np.int64 if fixed else np.float64
+        w = self.ev.const(w_arg.name).astype(dtype)
+        if blocked:  # (blocks, groups of 4 columns, 4 channels, 4 weights; int8 in SXTB16 order)
+            order = np.argsort(SXTB16_ORDER) if "_w8_" in c.fn else np.arange(4)
+            w = w.reshape(cout // 4, kernel * cin // 4, 4, 4)[..., order]
+            w = w.transpose(0, 2, 1, 3)
+        w = w.reshape(cout, kernel, cg)
+        b = (self.ev.const(b_arg.name).astype(dtype) if isinstance(b_arg, Ptr)
+             else np.zeros(cout, dtype))
+        xs = x.reshape(x.shape[0], steps, cin).astype(dtype)
+        out = np.broadcast_to(b, (x.shape[0], out_steps, cout)).copy()
+        for t in range(out_steps):
             for k in range(kernel):
-                s = t + k * dilation - pad
+                s = t * stride + k * dilation - pad
                 if 0 <= s < steps:
                     for g in range(groups):
                         out[:, t, g * og:(g + 1) * og] += (
                             xs[:, s, g * cg:(g + 1) * cg] @ w[g * og:(g + 1) * og, k].T)
-        y[:, :steps * cout] = out.reshape(x.shape[0], -1)
+        if fixed:
+            acc_t = "int32_t" if c.fn.endswith("acc32") else "int64_t"
+            _check(out, acc_t, f"{self.fn.name}: {c.fn} sums")
+            m_arg, s_arg = c.args[5:7]
+            assert isinstance(m_arg, Ptr) and isinstance(s_arg, Ptr)
+            out = nm.requant(out, self.ev.const(m_arg.name).astype(np.int64),
+                             self.ev.const(s_arg.name).astype(np.int64))
+        y[:, :out_steps * cout] = out.reshape(x.shape[0], -1)
+
+    def frame_conv1d(self, c: Call) -> None:
+        """``frame_conv1d_f(x, y, L, L_out, w, b, c, o, kernel, groups, dilation, stride,
+        pad)`` in float64 over one frame per sample."""
+        x_arg, y_arg = c.args[:2]
+        length, out_length = (int(self.value(a)) for a in c.args[2:4])
+        w_arg, b_arg = c.args[4:6]
+        cin, cout, kernel, groups, dilation, stride, pad = (int(self.value(a))
+                                                           for a in c.args[6:])
+        assert isinstance(x_arg, Ptr) and isinstance(y_arg, Ptr) and isinstance(w_arg, Ptr)
+        x, y = self.views[x_arg.name], self.views[y_arg.name]
+        cg, og = cin // groups, cout // groups
+        w = self.ev.const(w_arg.name).astype(np.float64).reshape(cout, kernel, cg)
+        b = (self.ev.const(b_arg.name).astype(np.float64) if isinstance(b_arg, Ptr)
+             else np.zeros(cout))
+        xs = x[:, :length * cin].reshape(x.shape[0], length, cin)
+        out = np.broadcast_to(b, (x.shape[0], out_length, cout)).copy()
+        for p in range(out_length):
+            for k in range(kernel):
+                s = p * stride + k * dilation - pad
+                if 0 <= s < length:
+                    for g in range(groups):
+                        out[:, p, g * og:(g + 1) * og] += (
+                            xs[:, s, g * cg:(g + 1) * cg] @ w[g * og:(g + 1) * og, k].T)
+        y[:, :out_length * cout] = out.reshape(x.shape[0], -1)
+
+    def frame_pad(self, c: Call) -> None:
+        """``frame_pad_f(x, y, L, c, left, right, mode, value)`` over one frame per sample."""
+        x_arg, y_arg = c.args[:2]
+        length, channels, left, right, mode = (int(self.value(a)) for a in c.args[2:7])
+        value = float(self.value(c.args[7]))
+        assert isinstance(x_arg, Ptr) and isinstance(y_arg, Ptr)
+        x, y = self.views[x_arg.name], self.views[y_arg.name]
+        for p in range(length + left + right):
+            s = p - left
+            if not 0 <= s < length:
+                if mode == 0:
+                    y[:, p * channels:(p + 1) * channels] = value
+                    continue
+                s = (-s if s < 0 else 2 * (length - 1) - s) if mode == 1 else min(
+                    max(s, 0), length - 1)
+            y[:, p * channels:(p + 1) * channels] = x[:, s * channels:(s + 1) * channels]
 
     def value(self, e: Expr):
         return self.expr(e)
@@ -230,6 +306,9 @@ class _Frame:
             if family == "v6m":
                 kernel = self.ev.v6m[sums.v6m]  # type: ignore[index]
                 wx, wh = decode_v6m_layout(kernel, self.ev.const(sums.v6m_weights))
+            elif family == "mve":
+                wx, wh = decode_mve_stream(self.ev.const(sums.mve_weights), sums.G,
+                                           sums.x.cols, sums.h.cols)
             elif sums.wtype == "float":
                 wx, wh = decode_float_stream(self.ev.const(sums.weights), sums.G, sums.x.cols,
                                              sums.h.cols)
@@ -286,7 +365,7 @@ class Run:
         src, dst = fn.params[0], fn.params[1]
         views = {src.name: (x.reshape(x.shape[0], -1) if x is not None
                             else self.view(op.args[0], steps * src.size)),
-                 dst.name: self.view(op.args[1], steps * dst.size)}
+                 dst.name: self.memory[op.args[1].buffer]}  # the conv sets its length
         _Frame(self, fn, views).run()
 
     def set_state(self, role: str, flat: np.ndarray) -> None:
@@ -325,7 +404,7 @@ def run(plan: Plan, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray 
     sel = None
     if schedule.select is not None:
         sel = schedule.select + T if schedule.select < 0 else schedule.select
-        if not 0 <= sel < T:
+        if not 0 <= sel < T and not schedule.lengths:
             raise ValueError(f"the model takes time step {schedule.select} of {T}")
     seq = vec = None
     if not schedule.layer_major:
@@ -343,14 +422,29 @@ def run(plan: Plan, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray 
         if sel is None:
             seq = np.stack(collected, axis=1)
     else:
+        lengths = [T]  # the sequence's length after each length-changing Conv1d
+        for add, stride in schedule.lengths:
+            if lengths[-1] + add < 0:
+                raise ValueError(f"{lengths[-1]} steps are too few for a Conv1d (no output)")
+            lengths.append((lengths[-1] + add) // stride + 1)
+        final = lengths[-1]
+        if sel is not None and schedule.select is not None:
+            sel = schedule.select + final if schedule.select < 0 else schedule.select
+            if not 0 <= sel < final:
+                raise ValueError(f"the model takes time step {schedule.select} of {final}")
         for op in schedule.pre:
-            order = range(T - 1, -1, -1) if op.reverse else range(T)
+            n = lengths[op.steps]
+            order = range(n - 1, -1, -1) if op.reverse else range(n)
             for t in order:
                 r.x_t = x[:, t] if op.args[0].buffer == "x_t" else None
                 src = 0 if op.args[0].buffer == "x_t" else t * op.src_stride
                 if op.kind == "conv":
-                    r.call_sequence(op, x if op.args[0].buffer == "x_t" else None, T)
+                    r.call_sequence(op, x if op.args[0].buffer == "x_t" else None, n)
                     break
+                if op.kind == "multi":
+                    r.x_t = x[:, t]
+                    r.call(op, {k: t * stride for k, stride in enumerate(op.strides)})
+                    continue
                 if op.kind == "cell":
                     r.call(op, {0: src})
                     assert op.dst is not None
@@ -364,7 +458,7 @@ def run(plan: Plan, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray 
             else x
         if sel is None:
             width = plan.step_output_size
-            seq = result[:, :T * width].reshape(batch, T, width).copy()
+            seq = result[:, :final * width].reshape(batch, final, width).copy()
         else:
             w = schedule.select_width
             assert schedule.select_to is not None

@@ -39,6 +39,7 @@ from ..numerics.helpers import (
 from ..passes.quantize import (
     QAccumulator,
     QActivation,
+    QConv1d,
     QDense,
     QGRULayer,
     QLSTMLayer,
@@ -46,7 +47,7 @@ from ..passes.quantize import (
     QPoolTime,
     QRNNLayer,
 )
-from .simulate import Batch, State, Trace, split_state, walk
+from .simulate import Batch, State, Trace, conv1d_taps, split_state, walk
 
 
 def evaluate(acc: QAccumulator, v: np.ndarray) -> np.ndarray:
@@ -133,6 +134,8 @@ class IntNumerics:
             if layer.ir.kind == "sum":
                 return sum_time_q(value, layer.shift)[:, None]
             return (mean_time_q if layer.ir.kind == "mean" else max_time_q)(value)[:, None]
+        if isinstance(layer, QConv1d):
+            return conv1d_int(layer, value)
         assert isinstance(layer, QActivation)
         kind = layer.ir.kind
         if kind == "relu":
@@ -156,6 +159,24 @@ class IntNumerics:
                              layer.out_shift)
         assert layer.softmax is not None
         return (softmax_q if kind == "softmax" else log_softmax_q)(value, layer.softmax)
+
+
+def conv1d_int(layer: QConv1d, x: np.ndarray) -> np.ndarray:
+    """A Conv1d on int16 ``x`` (B, T, C) -> (B, T_out, O): per output step and channel the
+    exact sum of its row of weights (kernel, in / groups) against the taps of its group's
+    channels (zeros outside the sequence), plus the bias, then ``requant`` (what the C's
+    ``conv1d_w*`` helpers compute)."""
+    conv = layer.ir
+    taps = conv1d_taps(conv, x)  # (B, T_out, kernel, C)
+    part = layer.acc.parts[0]
+    cg, og = conv.weight.shape[1], conv.out_channels // conv.groups
+    acc = np.empty(taps.shape[:2] + (conv.out_channels,), dtype=np.int64)
+    for g in range(conv.groups):
+        v = taps[..., g * cg:(g + 1) * cg].reshape(taps.shape[:2] + (-1,)).astype(np.int64)
+        acc[..., g * og:(g + 1) * og] = v @ part.weights[g * og:(g + 1) * og].T
+    if part.bias is not None:
+        acc = acc + part.bias
+    return requant(acc, part.mult, part.shift)
 
 
 def _rows(q: QModel, flat: np.ndarray, fmts: list[QFormat], fn) -> np.ndarray:

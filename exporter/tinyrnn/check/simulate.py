@@ -13,9 +13,9 @@ calibrated format) and the per-layer report of ``tinyrnn verify``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,14 +23,22 @@ from ..errors import TinyRNNError
 from ..io import split_inputs
 from ..ir import (
     Activation,
+    Binary,
+    Carry,
+    ChannelSlice,
+    Concat,
     Conv1d,
     Dense,
+    FrameConv1d,
+    FramePad,
     LSTMLayer,
     Model,
     PoolTime,
     RecurrentLayer,
     RNNLayer,
     SelectStep,
+    Unary,
+    reads,
 )
 
 State = tuple[np.ndarray, ...]  # (h,) or (h, c), each (B, size)
@@ -120,8 +128,22 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
     init = numerics.initial_state(batch)
     layer_outputs: list[np.ndarray] = []
     finals: dict[tuple[int, int], State] = {}
+    carried: dict[int, np.ndarray] = {}  # a Carry layer's value after the last step
     for index, layer in enumerate(model.layers):
-        if isinstance(layer, RecurrentLayer):
+        read = [([x] + layer_outputs)[k] for k in reads(model.layers, index)]
+        if isinstance(layer, Carry):
+            def apply(j: int, parts: list[np.ndarray]) -> np.ndarray:
+                other = model.layers[j]
+                if isinstance(other, (Binary, Concat, ChannelSlice, Unary, FrameConv1d,
+                                      FramePad)):
+                    return combine(other, parts)
+                return numerics.head(j, parts[0])
+            value, carried[index] = carry_sequence(
+                model, index, x, apply, lambda shape: np.zeros(shape, x.dtype),
+                lambda parts: np.concatenate(parts, axis=1))
+        elif isinstance(layer, (Binary, Concat, ChannelSlice, Unary, FrameConv1d, FramePad)):
+            value = combine(layer, read)
+        elif isinstance(layer, RecurrentLayer):
             outs = []
             for d, direction in enumerate(layer.directions):
                 state = init.get((index, d)) or numerics.zero_state(index, size)
@@ -140,12 +162,16 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
                     )
                 value = value[:, layer.index]
         else:
-            value = numerics.head(index, value)
+            value = numerics.head(index, read[0])
+            if isinstance(layer, Conv1d):  # a Conv1d may change the length
+                steps = value.shape[1]
         layer_outputs.append(value)
     outputs = []
     for spec in model.outputs:
         if spec.role in ("sequence", "vector"):
             outputs.append(value)
+        elif spec.role == "carry_n":
+            outputs.append(carried[model.carries[spec.group][0]])
         else:
             group = model.groups[spec.group]
             k = 0 if spec.role == "h_n" else 1
@@ -153,6 +179,68 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
                 [finals[(i, d)][k] for i in group.layers
                  for d in range(model.layers[i].num_directions)], axis=1))
     return Trace(outputs, layer_outputs, finals)
+
+
+def carry_sequence(model: Model, index: int, x: Any, apply: Callable[[int, list], Any],
+                   zeros: Callable[[tuple[int, ...]], Any], cat: Callable[[list], Any]
+                   ) -> tuple[Any, Any]:
+    """The value of the Carry layer ``index`` at the start of every step, ``(B, T, F)`` from
+    zeros, and after the last step ``(B, F)``: the layers between it and its new value (per-step
+    functions, which the frontend checked) run step by step; ``x`` is ``(B, T, I)``, numpy or
+    torch (``apply(j, parts)`` runs layer j, ``zeros`` and ``cat`` on axis 1 build arrays)."""
+    new = dict(model.carries)[index]
+    carry = zeros((x.shape[0], 1, model.layers[index].features))  # type: ignore[union-attr]
+    starts = []
+    for t in range(x.shape[1]):
+        local = {0: x[:, t:t + 1], index + 1: carry}
+        for j in range(index + 1, new):
+            local[j + 1] = apply(j, [local[k] for k in reads(model.layers, j)])
+        starts.append(carry)
+        carry = local[new]
+    return cat(starts), carry[:, 0]
+
+
+def combine(layer: Binary | Concat | ChannelSlice | Unary | FrameConv1d | FramePad,
+            parts: list[np.ndarray]) -> np.ndarray:
+    """A layer over several values (or a channel slice, a square, sqrt, abs), on the last
+    (feature) axis."""
+    if isinstance(layer, Unary):
+        x = parts[0]
+        return x * x if layer.kind == "square" else np.sqrt(x) if layer.kind == "sqrt" \
+            else np.abs(x)
+    if isinstance(layer, Binary):
+        return parts[0] + parts[1] if layer.kind == "add" else parts[0] * parts[1]
+    lead = parts[0].shape[:-1]
+    if isinstance(layer, Concat):
+        return np.concatenate([p.reshape(*lead, layer.length, -1) for p in parts],
+                              axis=-1).reshape(*lead, -1)
+    if isinstance(layer, ChannelSlice):
+        return parts[0].reshape(*lead, layer.length, -1)[..., layer.start:layer.stop].reshape(
+            *lead, -1)
+    frames = parts[0].reshape(-1, layer.length, parts[0].shape[-1] // layer.length)
+    if isinstance(layer, FramePad):
+        mode = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}[layer.mode]
+        fill = {"constant_values": layer.value} if layer.mode == "constant" else {}
+        out = np.pad(frames, ((0, 0), (layer.left, layer.right), (0, 0)), mode=mode, **fill)
+        return out.reshape(*lead, -1)
+    return frame_conv1d_float(layer, frames).reshape(*lead, -1)
+
+
+def frame_conv1d_float(layer: FrameConv1d, x: np.ndarray) -> np.ndarray:
+    """torch's Conv1d over the positions of frames ``x`` (N, L, C) in float64 -> (N, L_out, O)."""
+    xp = np.pad(x.astype(np.float64), ((0, 0), (layer.pad_left, layer.pad_right), (0, 0)))
+    cg, og = layer.in_channels // layer.groups, layer.out_channels // layer.groups
+    w = layer.weight.data.astype(np.float64)
+    out = np.zeros((x.shape[0], layer.out_length, layer.out_channels))
+    if layer.bias is not None:
+        out += layer.bias.data
+    for p in range(layer.out_length):
+        for k in range(layer.kernel):
+            s = p * layer.stride + k * layer.dilation
+            for g in range(layer.groups):
+                out[:, p, g * og:(g + 1) * og] += (xp[:, s, g * cg:(g + 1) * cg]
+                                                   @ w[g * og:(g + 1) * og, :, k].T)
+    return out
 
 
 def split_state(model: Model, flat: np.ndarray, k: int) -> dict[tuple[int, int], np.ndarray]:
@@ -277,25 +365,30 @@ POINTWISE = {
 """The element-wise activations beyond relu/tanh/sigmoid, in float64 (as torch defines them)."""
 
 
-def conv1d_float(layer: Conv1d, x: np.ndarray) -> np.ndarray:
-    """torch's Conv1d (cross-correlation) on ``x`` (B, T, C) in float64 -> (B, T_out, O)."""
+def conv1d_taps(layer: Conv1d, x: np.ndarray) -> np.ndarray:
+    """The taps each output step of ``layer`` reads from ``x`` (B, T, C): (B, T_out, kernel, C),
+    zeros where a tap falls in the padding (torch's formula for T_out)."""
     batch, steps, _ = x.shape
     out_steps = layer.out_steps(steps)
     if out_steps < 1:
         span = layer.dilation * (layer.kernel - 1) + 1
-        raise TinyRNNError(f"{layer.name}: a Conv1d of span {span} over {steps} steps gives "
-                           "no output")
+        raise TinyRNNError(f"{layer.name}: a Conv1d of span {span} over {steps} steps "
+                           f"(padding {layer.pad_left} + {layer.pad_right}) gives no output")
     padded = np.pad(x, ((0, 0), (layer.pad_left, layer.pad_right), (0, 0)))
-    cin, cout = layer.weight.shape[1], layer.out_channels // layer.groups
-    y = np.zeros((batch, out_steps, layer.out_channels))
     last = layer.stride * (out_steps - 1) + 1
+    return np.stack([padded[:, k * layer.dilation:k * layer.dilation + last:layer.stride]
+                     for k in range(layer.kernel)], axis=2)
+
+
+def conv1d_float(layer: Conv1d, x: np.ndarray) -> np.ndarray:
+    """torch's Conv1d (cross-correlation) on ``x`` (B, T, C) in float64 -> (B, T_out, O)."""
+    taps = conv1d_taps(layer, x)
+    cin, cout = layer.weight.shape[1], layer.out_channels // layer.groups
+    y = np.zeros(taps.shape[:2] + (layer.out_channels,))
     for g in range(layer.groups):
-        xs = padded[:, :, g * cin:(g + 1) * cin]
         w = layer.weight.data[g * cout:(g + 1) * cout]
         for k in range(layer.kernel):
-            start = k * layer.dilation
-            window = xs[:, start:start + last:layer.stride]
-            y[:, :, g * cout:(g + 1) * cout] += window @ w[:, :, k].T
+            y[:, :, g * cout:(g + 1) * cout] += taps[:, :, k, g * cin:(g + 1) * cin] @ w[:, :, k].T
     return y + layer.bias.data if layer.bias is not None else y
 
 

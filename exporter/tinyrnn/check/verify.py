@@ -39,12 +39,14 @@ def _where(spec: dict, flat_index: int, shape: tuple[int, ...]) -> dict:
 
 
 def _layer_name(layer: Any, index: int) -> str:
-    from ..ir import Activation, Dense, RecurrentLayer, SelectStep
+    from ..ir import Activation, Conv1d, Dense, RecurrentLayer, SelectStep
 
     if isinstance(layer, RecurrentLayer):
         return f"layer {index}: {layer.kind} {layer.module or 'rnn'} layer {layer.layer}"
     if isinstance(layer, Dense):
         return f"layer {index}: Linear {layer.name}"
+    if isinstance(layer, Conv1d):
+        return f"layer {index}: Conv1d {layer.name}"
     if isinstance(layer, Activation):
         return f"layer {index}: {layer.kind}"
     if not isinstance(layer, SelectStep):  # a PoolTime

@@ -26,9 +26,15 @@ from ..cells import cell_spec
 from ..errors import TinyRNNError
 from ..ir import (
     Activation,
+    Binary,
+    Carry,
+    ChannelSlice,
+    Concat,
     Conv1d,
     Dense,
     Direction,
+    FrameConv1d,
+    FramePad,
     GRULayer,
     InputSpec,
     Layer,
@@ -43,6 +49,7 @@ from ..ir import (
     Tensor,
     split_gates,
 )
+from ..ir import reads as ir_reads
 from .graph import GraphError, Node, TensorRef
 from .pt2 import Program, read_archive
 from .pt2 import load as load_archive
@@ -106,13 +113,18 @@ _CONV = {"aten.conv1d.default", "aten.conv1d.padding"}
 _BATCH_NORM = {"aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default"}
 _POOL_TIME = {"aten.mean.dim": "mean", "aten.sum.dim_IntList": "sum", "aten.amax.default": "max",
               "aten.adaptive_avg_pool1d.default": "mean"}
+_BINARY = {"aten.add.Tensor": "add", "aten.mul.Tensor": "mul"}
+_CAT = {"aten.cat.default", "aten.concat.default", "aten.concatenate.default"}
+_PAD = "aten.pad.default"
+_PAD_MODES = ("constant", "reflect", "replicate")
 _KNOWN = {
     *_RECURRENT, *_CELLS, *_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_ZEROS, *_SELECT,
-    *_CONV, *_BATCH_NORM, *_SCALAR_OPS, *_POOL_TIME, "aten.linear.default", "aten.transpose.int",
-    "aten.permute.default", "aten.stack.default", "aten.unbind.int",
+    *_CONV, *_BATCH_NORM, *_SCALAR_OPS, *_POOL_TIME, *_BINARY, *_CAT, _PAD,
+    "aten.linear.default", "aten.transpose.int", "aten.permute.default", "aten.stack.default",
+    "aten.unbind.int",
 }
 _DATA_OPS = {*_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_SELECT, *_CONV, *_BATCH_NORM,
-             *_SCALAR_OPS, *_POOL_TIME,
+             *_SCALAR_OPS, *_POOL_TIME, _PAD,
              "aten.linear.default", "aten.transpose.int", "aten.permute.default"}
 _CELL_HINT = {"lstm": "(h, c) = cell(x[:, t], (h, c))", "gru": "h = cell(x[:, t], h)",
               "rnn_tanh": "h = cell(x[:, t], h)", "rnn_relu": "h = cell(x[:, t], h)"}
@@ -185,6 +197,13 @@ class _Data:
     batch_axis: int
     time_axis: int | None  # None for a vector
     channels_first: bool = False  # (B, C, T): a Conv1d's view; otherwise the features are last
+    length: int = 0  # a frame (B, C, L) of one step: L positions of ``features`` channels,
+    # stored (L, C) position-major; 0 for a sequence or a plain vector
+
+    @property
+    def width(self) -> int:
+        """Floats per step."""
+        return self.features * max(self.length, 1)
 
 
 @dataclass(frozen=True)
@@ -263,6 +282,16 @@ class _Cell:
     role: str  # "h" or "c"
 
 
+@dataclass(frozen=True)
+class _TimePad:
+    """Zero padding of the time axis of ``source`` (a (B, C, T) value or the model input),
+    which the Conv1d reading it folds into its own padding."""
+
+    source: Any  # the padded tensor's TensorRef
+    left: int
+    right: int
+
+
 _FAILED = object()  # the value of a node already reported; its users are not reported again
 
 
@@ -299,8 +328,6 @@ def _suggestion(node: Node, weights: dict[str, np.ndarray]) -> str:
         mode = node.arg("mode", "constant")
         return (f"; Conv1d padding_mode={mode!r} is not supported: use padding_mode='zeros' "
                 "(the default)")
-    if node.target in ("aten.cat.default", "aten.concatenate.default"):
-        return "; to gather a loop's steps use torch.stack(outs, 1) of the cell outputs"
     if node.target in ("aten.max_pool1d.default", "aten.avg_pool1d.default",
                        "aten.max_pool1d_with_indices.default",
                        "aten.adaptive_max_pool1d.default"):
@@ -358,6 +385,8 @@ class _Reader:
         self.step_module = False
         self.cell_outputs: dict[str, _Cell] = {}
         self.weight_shapes: dict[str, tuple[int, ...]] = {}
+        self.carry_of: dict[int, int] = {}  # user input -> its Carry layer
+        self.carries: list[tuple[int, int]] = []
 
     # -- helpers -------------------------------------------------------------------------------
     def shape(self, name: str) -> tuple[int, ...]:
@@ -434,16 +463,21 @@ class _Reader:
                 f"the model uses {len(self.problems)} operation(s) tinyrnn cannot export:\n"
                 f"  - {listing}\n"
                 "Supported: nn.LSTM/GRU/RNN (any options), nn.LSTMCell/GRUCell/RNNCell (a step "
-                "module or a loop over time, see docs/c-api.md), Conv1d (keeping the "
-                "sequence length), Linear, taking one time step, "
-                "relu/tanh/sigmoid/softmax/log_softmax/relu6/hardtanh/leaky_relu/"
+                "module or a loop over time, see docs/c-api.md), Conv1d, Linear, taking one "
+                "time step, relu/tanh/sigmoid/softmax/log_softmax/relu6/hardtanh/leaky_relu/"
                 "hardsigmoid/hardswish/abs/square/sqrt, BatchNorm1d (folded), x * c, x + c, "
-                "mean/sum/amax over time and AdaptiveAvgPool1d(1) (float32), "
-                "dropout, transposes between (B, T, C) "
+                "mean/sum/amax over time and AdaptiveAvgPool1d(1) (float32), dropout, in "
+                "float32 the add/mul of two values of one shape (residuals), channel slices and "
+                "cat on the channel axis, per-frame convs and pads in a step module, transposes "
+                "between (B, T, C) "
                 "and (B, C, T), and views that move no data."
             )
         if self.x_index is None:
             raise TinyRNNError("the model has no recurrent layer reading a model input")
+        if not self.groups:
+            raise TinyRNNError(
+                "the model has no recurrent layer (nn.LSTM/GRU/RNN or a cell); tinyrnn exports "
+                "recurrent models, optionally behind Conv1d layers and followed by a head")
         inputs = []
         for i in range(len(user_inputs)):
             if i not in self.inputs:
@@ -466,6 +500,7 @@ class _Reader:
             input_size=self.inputs[self.x_index].features,
             max_seq_len=self.max_seq_len or self.seq_len,
             state_group=state_groups[0] if state_groups else 0,
+            carries=tuple(self.carries),
             step_module=self.step_module,
         )
 
@@ -483,6 +518,12 @@ class _Reader:
 
     def dispatch(self, node: Node) -> None:
         target = node.target
+        if target in _BINARY and self.two_values(node):
+            self.binary(node, _BINARY[target])
+            return
+        if target == "aten.mean.dim" and self.over_ones(node):
+            self.mean(node)
+            return
         if target in _DATA_OPS and not self.cell_as_data(node, node.first()):
             return
         if target in _RECURRENT:
@@ -530,6 +571,10 @@ class _Reader:
             self.stack(node)
         elif target == "aten.unbind.int":
             self.unbind(node)
+        elif target in _CAT:
+            self.concat(node)
+        elif target == _PAD:
+            self.pad(node)
         else:
             self.fail(node, "unsupported operation" + _suggestion(node, self.weight_shapes))
 
@@ -615,6 +660,11 @@ class _Reader:
                 return
             input_size = self.layers[below.layer].output_size
             batch = self.shape(x.name)[0]
+        elif (isinstance(source, _Data) and self.step_module and source.time_axis is None
+              and source.depth == len(self.layers) and len(self.shape(x.name)) == 2
+              and not self.chains):
+            # a step module's frame front-end feeds the cell: x_t -> ... -> (B, I)
+            input_size, batch = source.width, self.shape(x.name)[0]
         elif isinstance(source, _Input) and len(self.shape(x.name)) == 2:
             if self.chains or self.layers:
                 self.fail(node, "a second model input used as a step's input")
@@ -625,7 +675,9 @@ class _Reader:
                             "time) nor a model input x_t of shape (B, I) (a step module: "
                             "forward(x_t, h, c) -> (y, h, c))")
             return
-        if isinstance(source, _Input) and not all(isinstance(v, _Input) for v in states):
+        front_end = isinstance(source, _Data)
+        if (isinstance(source, _Input) or front_end) and not all(
+                isinstance(v, _Input) for v in states):
             self.fail(node, "a step module takes its state as forward arguments and returns "
                             "the new state: forward(x_t, h, c) -> (y, h, c) (LSTMCell) or "
                             "forward(x_t, h) -> (y, h)")
@@ -685,8 +737,9 @@ class _Reader:
                                                      size=hidden)
             self.group_inputs[group] = tuple(v.index for v in states)
         self.chains.append(_Chain(node, group, len(self.layers) - 1, weights, module,
-                                  step_module=isinstance(source, _Input),
-                                  source=None if isinstance(source, _Input) else source))
+                                  step_module=isinstance(source, _Input) or front_end,
+                                  source=None if isinstance(source, (_Input, _Data))
+                                  else source))
         self.set_cell_outputs(node, len(self.chains) - 1, 0)
 
     def next_step(self, node: Node, cell: str, source: Any, states: list[Any],
@@ -1012,7 +1065,10 @@ class _Reader:
         ))
 
     def activation(self, node: Node, kind: str) -> None:
-        data = self.current(node, node.first())
+        value = self.value(node.first())
+        earlier = isinstance(value, _Data) and value.depth < len(self.layers)
+        data = self.data_value(node, node.first()) if earlier else self.current(
+            node, node.first())
         if data is None or not self.shape_is(node, node.outputs[0] if node.outputs else None,
                                              data.shape):
             return
@@ -1033,7 +1089,8 @@ class _Reader:
                 self.fail(node, f"leaky_relu with negative_slope {slope!r}")
                 return
             options = dict(slope=float(slope))
-        self.layers.append(Activation(kind, data.features, **options))  # type: ignore[arg-type]
+        self.layers.append(Activation(kind, data.width,  # type: ignore[arg-type]
+                                      reads=(data.depth,) if earlier else (), **options))
         self.set(node, replace(data, depth=len(self.layers)))
 
     def pool_time(self, node: Node, kind: str) -> None:
@@ -1044,7 +1101,8 @@ class _Reader:
         if data is None:
             return
         if data.time_axis is None:
-            self.fail(node, "a reduction of a value that has no time axis")
+            self.fail(node, f"a {kind} over an axis longer than 1 of a value that has no "
+                            "time axis (tinyrnn reduces the time axis only)")
             return
         ndim = len(data.shape)
         if node.target == "aten.adaptive_avg_pool1d.default":
@@ -1207,6 +1265,17 @@ class _Reader:
     def view(self, node: Node) -> None:
         value = self.value(node.first())
         shape = self.out_shape(node)
+        if isinstance(value, _Input) and self.x_index is None:
+            value = self.step_input(node, value, node.first()) or value
+        if (isinstance(value, _Data) and value.time_axis is None and value.batch_axis == 0
+                and len(shape) in (2, 3) and shape[0] == value.shape[0]
+                and (value.length <= 1 or value.features == 1)
+                and (len(shape) == 2 or 1 in shape[1:])
+                and int(np.prod(shape[1:])) == value.width):
+            # one step's vector, or a frame of one channel or one position: (B, N), (B, 1, N)
+            # and (B, N, 1) hold the same floats in the same order
+            self.set(node, _Data(value.depth, value.width, shape, 0, None))
+            return
         if isinstance(value, _Data) and value.channels_first and shape != value.shape:
             self.fail(node, f"a view of a (B, C, T) value from {list(value.shape)} to "
                             f"{list(shape)}; transpose it to (B, T, C) first")
@@ -1309,7 +1378,17 @@ class _Reader:
             self.fail(node, f"Conv1d padding {padding!r}; tinyrnn reads an int, 'same' or "
                             "'valid'")
             return
-        # the input: (B, C, T)
+        frame = self.frame_of(self.value(x), self.shape(x.name)) if isinstance(
+            x, TensorRef) else None
+        if frame is not None:
+            self.frame_conv(node, self.value(x), frame, w, b, stride, dilation, groups,
+                            pad_left, pad_right)
+            return
+        # the input: (B, C, T), perhaps zero-padded on the time axis first (folded here)
+        padded = self.value(x)
+        if isinstance(padded, _TimePad):
+            pad_left, pad_right = pad_left + padded.left, pad_right + padded.right
+            x = padded.source
         source = self.value(x)
         in_shape = self.shape(x.name) if isinstance(x, TensorRef) else ()
         if len(in_shape) != 3:
@@ -1347,14 +1426,14 @@ class _Reader:
             pad_right=pad_right,
         )
         steps = in_shape[2]
-        if layer.out_steps(steps) != steps:
-            self.fail(node, f"a Conv1d that changes the sequence length ({steps} steps to "
-                            f"{layer.out_steps(steps)}: stride {stride}, padding {padding!r}"
-                            f", kernel {kernel}, dilation {dilation}); tinyrnn's C keeps the "
-                            "length: use stride 1 and padding='same'")
+        out_steps = layer.out_steps(steps)
+        if out_steps < 1:
+            self.fail(node, f"a Conv1d that gives no output step from the {steps} steps it "
+                            f"reads (stride {stride}, padding {padding!r}, kernel {kernel}, "
+                            f"dilation {dilation})")
             return
         if not self.shape_is(node, node.outputs[0] if node.outputs else None,
-                             (batch, out_ch, steps)):
+                             (batch, out_ch, out_steps)):
             return
         self.layers.append(layer)
         self.set(node, _Data(len(self.layers), out_ch, self.out_shape(node), 0, 2,
@@ -1374,6 +1453,11 @@ class _Reader:
             time_axis = dim % 3
             self.set(node, _XStep(value.index, node.arg("index") % shape[dim], 1 - time_axis,
                                   time_axis, shape))
+            return
+        if (isinstance(value, _Data) and node.target == "aten.slice.Tensor" and _is_int(dim)
+                and -len(value.shape) <= dim < len(value.shape)
+                and dim % len(value.shape) == self.channel_axis(value)):
+            self.channel_slice(node, value)
             return
         if not isinstance(value, _Data) or value.time_axis is None:
             self.fail(node, "indexing something other than the sequence's time axis")
@@ -1417,6 +1501,286 @@ class _Reader:
             self.fail(node, "a time step whose batch axis cannot be found")
             return
         self.set(node, _Data(len(self.layers), value.features, shape, axes[0], None))
+
+    # -- values beyond the chain: residuals, channel slices, cat ----------------------------
+    @staticmethod
+    def channel_axis(value: _Data) -> int:
+        return 1 if value.channels_first else len(value.shape) - 1
+
+    def data_value(self, node: Node, arg: Any) -> _Data | None:
+        """A data-path value ``arg``, the latest or an earlier one (a residual reads both), or
+        the model input x once a layer read it (value 0); else the node is reported."""
+        if not self.cell_as_data(node, arg):
+            return None
+        value = self.value(arg)
+        if isinstance(value, _Input) and self.x_index is None:
+            data = self.step_input(node, value, arg)
+            if data is not None:
+                return data
+            if value.index != 0:  # x_t's frame is read after a carried value (Silero: cat)
+                first = self.graph.user_inputs[0]
+                self.step_input(node, _Input(0), TensorRef(first))
+        if isinstance(value, _Input) and self.step_module and value.index != self.x_index:
+            return self.carry(node, value, arg)
+        if isinstance(value, (_Input, _InputView)) and value.index == self.x_index:
+            if self.step_module:
+                return _Data(0, self.inputs[value.index].features, self.shape(arg.name), 0, None)
+            spec = self.inputs[value.index]
+            shape = self.shape(arg.name)
+            if isinstance(value, _Input) and spec.time_axis is not None:
+                return _Data(0, spec.features, shape, spec.batch_axis, spec.time_axis,
+                             channels_first=len(shape) == 3 and spec.time_axis == 2)
+            if isinstance(value, _InputView) and spec.time_axis is not None:
+                batch, time = value.axes.index(spec.batch_axis), value.axes.index(spec.time_axis)
+                if batch == 0 and time in (1, 2):
+                    return _Data(0, spec.features, shape, 0, time, channels_first=time == 2)
+        if not isinstance(value, _Data):
+            self.fail(node, "its input is not the model's sequence data")
+            return None
+        taken = [i for i, layer in enumerate(self.layers) if isinstance(layer, SelectStep)]
+        if taken and value.depth <= taken[-1]:
+            self.fail(node, "reads a sequence from before the time step the model takes; take "
+                            "the step of each value it combines")
+            return None
+        return value
+
+    def step_input(self, node: Node, value: _Input, arg: Any) -> _Data | None:
+        """The first forward argument ``x_t`` (B, N) of a step module whose frame front-end
+        reads it (``x_t.unsqueeze(1)``, a cat): the data path's value 0."""
+        shape = self.shape(arg.name)
+        if value.index != 0 or len(shape) != 2 or self.layers:
+            return None
+        batch, size = shape
+        self.x_index, self.step_module, self.seq_len = value.index, True, 1
+        self.inputs[value.index] = InputSpec("x", (batch, 1, size), 0, 1, features=size)
+        return _Data(0, size, shape, 0, None)
+
+    def carry(self, node: Node, value: _Input, arg: Any) -> _Data | None:
+        """A step module's forward argument after x_t that is neither a cell's state: a
+        carried value (Silero's context), (B, N); the forward returns its new value."""
+        shape = self.shape(arg.name)
+        if len(shape) != 2:
+            self.fail(node, f"a carried value of shape {list(shape)}; a step module carries "
+                            "(B, N) values")
+            return None
+        if value.index not in self.carry_of:
+            self.layers.append(Carry(shape[1]))
+            self.carry_of[value.index] = len(self.layers) - 1
+            self.inputs[value.index] = InputSpec("carry", shape, 0, size=shape[1])
+        return _Data(self.carry_of[value.index] + 1, shape[1], shape, 0, None)
+
+    def frame_of(self, value: Any, shape: tuple[int, ...]) -> tuple[int, int] | None:
+        """(C, L) where ``value`` (torch shape ``shape``) is one step's frame (B, C, L): a frame
+        value, or a vector viewed as (B, 1, N) or (B, N, 1)."""
+        if not isinstance(value, _Data) or value.time_axis is not None or len(shape) != 3:
+            return None
+        if value.length:
+            return value.features, value.length
+        if (shape[1] == 1 or shape[2] == 1) and shape[1] * shape[2] == value.width:
+            return shape[1], shape[2]
+        return None
+
+    def two_values(self, node: Node) -> bool:
+        """Whether ``a + b`` / ``a * b`` combines two different tensors that are not stored
+        constants (a residual, :meth:`binary`); a number, a constant or ``x * x`` is a
+        :meth:`scalar_op`."""
+        a, b = node.arg("self", None), node.arg("other", None)
+        return (isinstance(a, TensorRef) and isinstance(b, TensorRef) and a.name != b.name
+                and self.const(a) is None and self.const(b) is None)
+
+    def over_ones(self, node: Node) -> bool:
+        """Whether a mean is over axes of size 1 only (Silero's ``mean(dim=1)`` of (B, 1)),
+        which moves no data (:meth:`mean`); a mean over the time axis is a PoolTime."""
+        dims = node.arg("dim", None)
+        dims = (dims,) if _is_int(dims) else dims
+        shape = self.shape(node.first().name) if isinstance(node.first(), TensorRef) else ()
+        return (isinstance(dims, tuple) and bool(dims) and bool(shape)
+                and all(_is_int(d) and -len(shape) <= d < len(shape) and shape[d] == 1
+                        for d in dims)
+                and node.arg("dtype", None) is None)
+
+    def mean(self, node: Node) -> None:
+        """A mean over axes of size 1 moves no data (Silero's ``mean(dim=1)`` of (B, 1))."""
+        self.view(node)
+
+    def binary(self, node: Node, kind: str) -> None:
+        """``a + b`` or ``a * b`` of two data-path values of one shape and layout."""
+        a, b = node.arg("self"), node.arg("other")
+        if node.arg("alpha", 1) != 1:
+            self.fail(node, "add with alpha other than 1")
+            return
+        if not (isinstance(a, TensorRef) and isinstance(b, TensorRef)):
+            self.fail(node, f"{kind} with a number; tinyrnn adds or multiplies two data-path "
+                            "values of one shape (a residual)")
+            return
+        values = [self.data_value(node, v) for v in (a, b)]
+        if values[0] is None or values[1] is None:
+            return
+        va, vb = values
+        if (va.shape != vb.shape or va.channels_first != vb.channels_first
+                or va.time_axis != vb.time_axis or va.batch_axis != vb.batch_axis
+                or va.width != vb.width):
+            self.fail(node, f"{kind} of values of shapes {list(va.shape)} and {list(vb.shape)}"
+                            "; tinyrnn adds or multiplies values of one shape and layout "
+                            "(no broadcasting)")
+            return
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, va.shape):
+            return
+        self.layers.append(Binary(kind, va.width, (va.depth, vb.depth)))  # type: ignore
+        self.set(node, replace(va, depth=len(self.layers)))
+
+    def concat(self, node: Node) -> None:
+        """``torch.cat`` of data-path values along their channel axis."""
+        tensors, dim = node.first(), node.arg("dim", 0)
+        if not isinstance(tensors, tuple) or not tensors or not all(
+                isinstance(t, TensorRef) for t in tensors) or not _is_int(dim):
+            self.fail(node, "cat of an unexpected form")
+            return
+        values = []
+        for tensor in tensors:  # one report for the first that cannot be read
+            value = self.data_value(node, tensor)
+            if value is None:
+                return
+            values.append(value)
+        first = values[0]
+        ndim = len(first.shape)
+        axis = self.channel_axis(first)
+        if not -ndim <= dim < ndim or dim % ndim != axis:
+            self.fail(node, f"cat over dim {dim}; tinyrnn joins values along the channel axis "
+                            f"(dim {axis}); to gather a loop's steps use torch.stack(outs, 1)")
+            return
+        others = [tuple(d for i, d in enumerate(v.shape) if i != axis) for v in values]
+        if any(o != others[0] for o in others) or any(
+                (v.channels_first, v.time_axis, v.batch_axis)
+                != (first.channels_first, first.time_axis, first.batch_axis) for v in values):
+            self.fail(node, "cat of values of different lengths or layouts")
+            return
+        shape = list(first.shape)
+        shape[axis] = sum(v.shape[axis] for v in values)
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, tuple(shape)):
+            return
+        if any(v.length != first.length for v in values):
+            self.fail(node, "cat of frames of different lengths")
+            return
+        layer = Concat(tuple(v.depth for v in values), tuple(v.features for v in values),
+                       max(first.length, 1))
+        self.layers.append(layer)
+        self.set(node, replace(first, depth=len(self.layers),
+                               features=sum(v.features for v in values), shape=tuple(shape)))
+
+    def pad(self, node: Node) -> None:
+        """``F.pad`` / ``nn.ZeroPad1d`` / ``ConstantPad1d`` / ``ReflectionPad1d`` /
+        ``ReplicationPad1d``: on the time axis, zero padding folded into the Conv1d that reads
+        it."""
+        pads, mode, fill = node.arg("pad"), node.arg("mode", "constant"), node.arg("value", None)
+        if mode not in _PAD_MODES:
+            self.fail(node, f"padding mode {mode!r}; tinyrnn pads with 'constant', 'reflect' "
+                            "or 'replicate'" + _suggestion(node, self.weight_shapes))
+            return
+        if not (isinstance(pads, tuple) and len(pads) == 2 and all(_is_int(p) and p >= 0
+                                                                   for p in pads)):
+            self.fail(node, f"padding {pads!r}; tinyrnn pads the last axis by (left, right) "
+                            ">= 0")
+            return
+        value = self.value(node.first())
+        shape = self.shape(node.first().name) if isinstance(node.first(), TensorRef) else ()
+        if isinstance(value, _Input) and self.x_index is None:
+            value = self.step_input(node, value, node.first()) or value
+        frame = self.frame_of(value, shape)
+        if frame is None and isinstance(value, _Data) and value.time_axis is None \
+                and len(shape) == 2 and not value.length:
+            frame = (1, value.width)  # F.pad of a step's (B, N): its last axis
+        if frame is not None:
+            self.frame_pad(node, value, frame, mode, 0.0 if fill is None else fill, pads)
+            return
+        on_time = (isinstance(value, (_Input, _InputView)) and len(shape) == 3) or (
+            isinstance(value, _Data) and value.channels_first)
+        if not on_time:
+            self.fail(node, "padding an axis other than the time axis of a (B, C, T) value")
+            return
+        if mode != "constant" or fill not in (None, 0, 0.0):
+            self.fail(node, f"{mode} padding{'' if mode != 'constant' else f' with {fill}'} on "
+                            "the time axis; tinyrnn pads the time axis with zeros, folded into "
+                            "the Conv1d that follows" + (_suggestion(node, self.weight_shapes)
+                                                          or " (use padding= of the Conv1d)"))
+            return
+        out = list(shape)
+        out[-1] += pads[0] + pads[1]
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, tuple(out)):
+            return
+        self.set(node, _TimePad(node.first(), pads[0], pads[1]))
+
+    def frame_pad(self, node: Node, value: _Data, frame: tuple[int, int], mode: str,
+                  fill: Any, pads: tuple[int, int]) -> None:
+        channels, length = frame
+        if mode == "reflect" and max(pads) >= length:
+            self.fail(node, f"reflect padding by {max(pads)} of a frame of {length}")
+            return
+        if not isinstance(fill, (int, float)) or isinstance(fill, bool):
+            self.fail(node, f"a padding value {fill!r}")
+            return
+        out = (value.shape[0], channels, length + pads[0] + pads[1])
+        flat = len(value.shape) == 2  # (B, N) padded as one channel: (B, N + pads)
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None,
+                             (out[0], out[2]) if flat else out):
+            return
+        earlier = value.depth < len(self.layers)
+        self.layers.append(FramePad(mode, float(fill), pads[0], pads[1],  # type: ignore
+                                    channels, length, (value.depth,) if earlier else ()))
+        if flat:
+            self.set(node, _Data(len(self.layers), out[2], (out[0], out[2]), 0, None))
+        else:
+            self.set(node, _Data(len(self.layers), channels, out, 0, None,
+                                 channels_first=True, length=out[2]))
+
+    def frame_conv(self, node: Node, value: _Data, frame: tuple[int, int], w: _Const,
+                   b: _Const | None, stride: int, dilation: int, groups: int, pad_left: int,
+                   pad_right: int) -> None:
+        """A Conv1d over the positions of one step's frame (any stride, zero padding)."""
+        channels, length = frame
+        if value.depth != len(self.layers):
+            self.fail(node, "a Conv1d over a frame computed before the latest value")
+            return
+        if channels != w.tensor.shape[1] * groups:
+            self.fail(node, f"Conv1d weights of shape {list(w.tensor.shape)} with {groups} "
+                            f"group(s) for {channels} input channels")
+            return
+        layer = FrameConv1d(
+            name=w.name.removesuffix(".weight"), weight=self.tensor_of(w, None, ""),
+            bias=self.tensor_of(b, None, "") if b is not None else None, stride=stride,
+            dilation=dilation, groups=groups, pad_left=pad_left, pad_right=pad_right,
+            length=length)
+        if layer.out_length < 1:
+            self.fail(node, f"a Conv1d of kernel {layer.kernel} over a frame of {length}")
+            return
+        out = (value.shape[0], layer.out_channels, layer.out_length)
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, out):
+            return
+        self.layers.append(layer)
+        self.set(node, _Data(len(self.layers), layer.out_channels, out, 0, None,
+                             channels_first=True, length=layer.out_length))
+
+    def channel_slice(self, node: Node, value: _Data) -> None:
+        """``x[:, a:b]`` on the channel axis of a data-path value (step 1)."""
+        start, end, step = node.arg("start", None), node.arg("end", None), node.arg("step", 1)
+        if not (all(v is None or _is_int(v) for v in (start, end)) and step == 1):
+            self.fail(node, "a channel slice with a step other than 1")
+            return
+        picked = range(value.features)[slice(start, end)]
+        if len(picked) == 0:
+            self.fail(node, "an empty channel slice")
+            return
+        data = self.data_value(node, node.first())
+        if data is None:
+            return
+        shape = list(value.shape)
+        shape[self.channel_axis(value)] = len(picked)
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, tuple(shape)):
+            return
+        self.layers.append(ChannelSlice(picked.start, picked.stop, value.features,
+                                        (data.depth,), max(value.length, 1)))
+        self.set(node, replace(value, depth=len(self.layers), features=len(picked),
+                               shape=tuple(shape)))
 
     def select_state(self, node: Node, value: _State) -> None:
         """h_n[-1] of a unidirectional top layer equals its output at the last step."""
@@ -1463,10 +1827,40 @@ class _Reader:
         return OutputSpec("h_n" if cell.role == "h" else "c_n", self.shape(out), batch_axis=0,
                           size=size, group=chain.group)
 
+    def carry_output(self, out: str, value: Any, k: int, carried: list[int]
+                     ) -> OutputSpec | None:
+        """The new value of the k-th carried argument, returned before the cell's state."""
+        layer = self.carry_of[carried[k]]
+        size = self.layers[layer].features  # type: ignore[union-attr]
+        if isinstance(value, _Cell) or not isinstance(value, _Data) or value.time_axis is not None \
+                or value.width != size or self.shape(out) != (value.shape[0], size):
+            self.fail_output(out, f"a step module returns the new value of each carried "
+                                  f"argument (here ({size},) per sample) just before its new "
+                                  f"cell state, in the order of the arguments")
+            return None
+        span = range(layer + 1, value.depth)
+        if value.depth <= layer or any(
+                isinstance(self.layers[j], (RecurrentLayer, SelectStep, Carry))
+                or any(r not in (0, *range(layer + 1, j + 1))
+                       for r in ir_reads(self.layers, j)) for j in span):
+            self.fail_output(out, "a carried value's new value computed after a cell or "
+                                  "another carried value; compute it from x_t and the value "
+                                  "first, before the cell (e.g. x = torch.cat([context, x_t], "
+                                  "1); new_context = x[:, -N:])")
+            return None
+        self.carries.append((layer, value.depth))
+        return OutputSpec("carry_n", self.shape(out), 0, size=size, group=k)
+
     def step_states(self, names: tuple[str, ...]) -> int:
         """How many of a step module's outputs are its new state (they come last, in the
         order of the state inputs); reports a module that breaks the convention."""
-        chain = next(c for c in self.chains if c.step_module)
+        chain = next((c for c in self.chains if c.step_module), None)
+        if chain is None:
+            if not self.problems:
+                self.fail_output(names[-1] if names else "", (
+                    "a step module whose frame front-end feeds no cell; tinyrnn's step modules "
+                    "step an LSTMCell, GRUCell or RNNCell once per frame"))
+            return -1
         indices = sorted(self.group_inputs.get(chain.group, ()))
         roles = ["h" if self.inputs[i].role == "h0" else "c" for i in indices]
         tail = list(names[len(names) - len(roles):]) if len(names) >= len(roles) else []
@@ -1487,9 +1881,16 @@ class _Reader:
         states = self.step_states(names) if self.step_module else 0
         if states < 0:
             return ()
+        carried = sorted(self.carry_of)  # their new values come just before the cell states
+        first_carry = len(names) - states - len(carried)
         for position, out in enumerate(names):
             value = self.values.get(out)
             if value is _FAILED:
+                continue
+            if carried and first_carry <= position < len(names) - states:
+                spec = self.carry_output(out, value, position - first_carry, carried)
+                if spec is not None:
+                    outputs.append(spec)
                 continue
             cell = self.cell_outputs.get(out)
             if cell is not None and (not self.step_module or position >= len(names) - states):

@@ -853,6 +853,7 @@ HELPERS: tuple[Helper, ...] = (
     Helper("clamp_f"), Helper("leaky_relu_f"), Helper("hardsigmoid_f", ("clamp_f",)),
     Helper("hardswish_f", ("hardsigmoid_f",)), Helper("abs_f"), Helper("sqrt_f"),
     Helper("mean_time_f"), Helper("sum_time_f"), Helper("max_time_f"),
+    Helper("frame_conv1d_f", ("dot",)), Helper("frame_pad_f"),
     # integers
     Helper("dsp"),
     Helper("sat16"), Helper("sat16_i64", ("sat16",)),
@@ -879,6 +880,10 @@ HELPERS: tuple[Helper, ...] = (
     Helper("from_float"),
     Helper("dot_w8_acc32"), Helper("dot_w8_acc64"), Helper("dot_w16_acc32"),
     Helper("dot_w16_acc64"),
+    *(Helper(f"conv1d_w{w}_acc{a}", (f"dot_w{w}_acc{a}", "requant"))
+      for w in (8, 16) for a in (32, 64)),
+    Helper("conv1d_x4_w8_acc32", ("dsp", "requant")),
+    Helper("conv1d_x4_w16_acc64", ("dsp", "requant")),
     Helper("exp2_neg_q30", ("rshift_round64",), 4 * TABLE_LEN),
     Helper("exp_sum", ("exp2_neg_q30", "rshift_round64")),
     Helper("max_q"),

@@ -60,18 +60,34 @@ from ..backend.plan import (
 from ..backend.v6masm import V6MUnitKernel
 from ..cells import CellSpec
 from ..errors import TinyRNNError
-from ..ir import Activation, Conv1d, Dense, Model, PoolTime, RecurrentLayer, SelectStep
+from ..ir import (
+    Activation,
+    Binary,
+    Carry,
+    ChannelSlice,
+    Concat,
+    Conv1d,
+    Dense,
+    FrameConv1d,
+    FramePad,
+    Model,
+    PoolTime,
+    RecurrentLayer,
+    SelectStep,
+    Unary,
+    reads,
+)
 from ..numerics import helpers as nm
 from ..numerics.folds import Fold, Fold32, Fold64, fold_side, sum_fits_int32
-from .layout import direction_stream, float_stream, padded
+from .layout import direction_stream, float_stream, kernel_layout, mve_stream, padded
 
 WEIGHT_CTYPE = {8: "int8_t", 16: "int16_t"}
 ACC_CTYPE = {32: "int32_t", 64: "int64_t"}
 INPUT_LIMIT = 2**15
 """The largest |value| of an int16 activation: the accumulator bounds assume every input."""
 
-__all__ = ["lower", "lower_activation", "lower_conv1d", "lower_dense", "lower_pool_time",
-           "lower_recurrent"]
+__all__ = ["conv_rows4", "lower", "lower_activation", "lower_conv1d", "lower_dense",
+           "lower_pool_time", "lower_recurrent"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +198,7 @@ class _Requirements:
     dsp: set[UnitKernel] = field(default_factory=set)
     v6m: dict[str, V6MUnitKernel] = field(default_factory=dict)
     v6m_constants: list[Const] = field(default_factory=list)
+    mve: set[tuple[int, int, int]] = field(default_factory=set)  # (G, bits, acc)
 
 
 def lower_recurrent(p: str, index: int, layer: RecurrentLayer, q, req: _Requirements
@@ -393,18 +410,33 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
             "part, then of the h part, at a stride of 2 bytes per column, two rows to a block "
             f"{'(the last rows of x and h share one) ' if G % 2 else ''}"
             "(backend/v6masm.py); int8_t", frozenset({"v6m"}), symbol=f"{fn}_w"))
-    families = frozenset({"c", "dsp"}) if v6m else ALL
+    # the MVE kernels: one kernel for both parts, so both sums must have one width
+    mve = mve_w = None
+    if sum_sides[0].acc_ctype == sum_sides[1].acc_ctype:
+        acc_bits = 64 if sum_sides[0].acc_ctype == "int64_t" else 32
+        req.mve.add((G, bits, acc_bits))
+        mve = f"{p}_mve{G}_w{bits}_acc{acc_bits}"
+        mve_w = f"{fn}_w_mve"
+        consts.items.insert(0, Const(
+            mve_w, wtype, mve_stream([part.weights for part in sides[0]],
+                                     [part.weights for part in sides[1]]),
+            f"{fn}_w for the MVE kernels: per unit, x columns then h columns in chunks of 8, "
+            f"each chunk the 8 weights of the {'/'.join(names)} rows, padded with zeros "
+            f"(passes/layout.py: mve_layout); {wtype}, per-row scale for each part; from "
+            f"{sources}", frozenset({"mve"}), symbol=f"{fn}_w"))
+    families = ALL - ({"v6m"} if v6m else set()) - ({"mve"} if mve else set())
     consts.items.insert(0, Const(
         f"{fn}_w", wtype, stream,
         f"per unit: {'/'.join(names)} rows interleaved, x columns then h columns, each padded "
         f"to a multiple of 4 with zeros, {order}; {wtype}, per-row scale for each part; from "
         f"{sources}", families))
     # the portable C kernels run where no assembly kernel does
-    used = {"c"} | ({"dsp"} if dsp is None else set()) | ({"v6m"} if v6m is None else set())
+    used = {"c"} | ({"dsp"} if dsp is None else set()) | ({"v6m"} if v6m is None else set()) \
+        | ({"mve"} if mve is None else set())
     for side in sum_sides:
         req.c_kernels[(G, bits, 64 if side.acc_ctype == "int64_t" else 32)] |= used
     sums = UnitSums(G, bits, wtype, f"{fn}_w", sum_sides[0], sum_sides[1], dsp, v6m, v6m_w,
-                    v6m_stride)
+                    v6m_stride, mve, mve_w)
 
     # the gate math
     aliases: dict[str, tuple[str, str, str]] = {}
@@ -680,41 +712,85 @@ def _lower_diagonal(fn: str, index: int, layer: Dense, q, req: _Requirements) ->
         comment=(f"{layer.name}: {what} ({n} features){formats}",),
         params=(Param("x", f"const {T} *", "in", n), Param("y", f"{T} *", "out", n)),
         named=(), prologue=(), loops=(Loop(n, body),), constants=tuple(consts.items))
+def conv_rows4(layer: Conv1d, q) -> bool:
+    """Whether an integer Conv1d takes a blocked helper, ``conv1d_x4_w8_acc32`` (SMLAD on the
+    DSP cores) or ``conv1d_x4_w16_acc64`` (SMLALD): int8 weights with int32 sums or int16
+    weights with int64 sums, one group, dilation 1, and channel counts that are multiples of
+    4 (so that every tap's run of x is whole 4-column groups)."""
+    return ((q.acc.bits, q.acc.parts[0].acc_bits) in ((8, 32), (16, 64))
+            and layer.groups == 1 and layer.dilation == 1 and layer.in_channels % 4 == 0
+            and layer.out_channels % 4 == 0)
 
 
 def lower_conv1d(p: str, index: int, layer: Conv1d, q, req: _Requirements) -> list[Function]:
-    """A Conv1d once over a whole sequence ``x`` (T, C) -> ``y`` (T, O), float32: the helper
-    ``conv1d_f`` with the weights as (O, kernel, C / groups), so that each tap's channels are
-    one contiguous dot product with one step of x. The length is kept (the frontend refuses
-    other forms); the integer formats are refused before quantization."""
-    if q is not None:
-        raise TinyRNNError(f"{layer.name}: a Conv1d has no integer lowering yet; export in "
-                           "float32")
+    """A Conv1d once over a whole sequence ``x`` (T, C) -> ``y`` (T_out, O): float32, the helper
+    ``conv1d_f``; the integer formats, ``conv1d_w{bits}_acc{32,64}`` (exact sums, one
+    requantization per output, :class:`tinyrnn.passes.quantize.QConv1d`). The weights are
+    (O, kernel, C / groups), so that each tap's channels are one contiguous dot product with
+    one step of x (and, with dilation 1 and one group, all taps one run)."""
     fn = f"{p}_conv{index}"
     consts = _Constants()
-    data = np.ascontiguousarray(layer.weight.data.transpose(0, 2, 1)).reshape(-1)
-    w = consts.add(f"{fn}_w", "float", data,
-                   f"{layer.weight.source} as (out, kernel, in / groups) = "
-                   f"({layer.out_channels}, {layer.kernel}, {layer.weight.shape[1]}), float32")
-    bias: Expr = Lit(0, "const float *", name="NULL")
-    if layer.bias is not None:
-        bias = Ptr(consts.add(f"{fn}_b", "float", layer.bias.data,
-                              f"{layer.bias.source}, float32"))
-    req.helpers.add("conv1d_f")
+    shape = f"({layer.out_channels}, {layer.kernel}, {layer.weight.shape[1]})"
     what = (f"y = conv1d(x) over the whole sequence: {layer.in_channels} -> "
-            f"{layer.out_channels} channels, kernel {layer.kernel}, dilation {layer.dilation}, "
-            f"groups {layer.groups}, zero padding {layer.pad_left} left and {layer.pad_right} "
-            "right")
-    args = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias,
-            Lit(layer.in_channels, "int"), Lit(layer.out_channels, "int"),
-            Lit(layer.kernel, "int"), Lit(layer.groups, "int"), Lit(layer.dilation, "int"),
-            Lit(layer.pad_left, "int"))
+            f"{layer.out_channels} channels, kernel {layer.kernel}, stride {layer.stride}, "
+            f"dilation {layer.dilation}, groups {layer.groups}, zero padding {layer.pad_left} "
+            f"left and {layer.pad_right} right")
+    geometry = (Lit(layer.in_channels, "int"), Lit(layer.out_channels, "int"),
+                Lit(layer.kernel, "int"), Lit(layer.groups, "int"), Lit(layer.dilation, "int"),
+                Lit(layer.stride, "int"), Lit(layer.pad_left, "int"),
+                Lit(layer.pad_right, "int"))
+    if q is None:
+        T = "float"
+        data = np.ascontiguousarray(layer.weight.data.transpose(0, 2, 1)).reshape(-1)
+        w = consts.add(f"{fn}_w", "float", data,
+                       f"{layer.weight.source} as (out, kernel, in / groups) = {shape}, float32")
+        bias: Expr = Lit(0, "const float *", name="NULL")
+        if layer.bias is not None:
+            bias = Ptr(consts.add(f"{fn}_b", "float", layer.bias.data,
+                                  f"{layer.bias.source}, float32"))
+        helper = "conv1d_f"
+        args: tuple = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias, *geometry)
+        formats = ""
+    else:
+        T = "int16_t"
+        part = q.acc.parts[0]
+        wtype, acc_t = WEIGHT_CTYPE[q.acc.bits], ACC_CTYPE[part.acc_bits]
+        rows4 = conv_rows4(layer, q)
+        if rows4:
+            order = ("one word per channel, bytes in SXTB16 order 0,2,1,3" if q.acc.bits == 8
+                     else "the 4 weights of each channel")
+            w = consts.add(f"{fn}_w", wtype, kernel_layout(
+                [part.weights[r::4] for r in range(4)], q.acc.bits).reshape(-1),
+                f"{layer.weight.source} as (out, kernel, in) = {shape} in blocks of 4 output "
+                f"channels: per group of 4 columns, {order}; {wtype}, per-channel scale")
+        else:
+            w = consts.add(f"{fn}_w", wtype, part.weights.reshape(-1),
+                           f"{layer.weight.source} as (out, kernel, in / groups) = {shape}, "
+                           f"{wtype}, per-channel scale")
+        bias = Lit(0, f"const {acc_t} *", name="NULL")
+        if part.bias is not None:
+            bias = Ptr(consts.add(f"{fn}_b", acc_t, part.bias,
+                                  f"{part.bias_source}, {acc_t} in accumulator units"))
+        m = consts.add(f"{fn}_m", "int16_t", part.mult,
+                       f"requant multipliers of {layer.weight.source}, per channel")
+        sh = consts.add(f"{fn}_s", "uint8_t", part.shift,
+                        f"requant shifts of {layer.weight.source}, per channel")
+        if rows4:  # no groups, no dilation: those geometry arguments drop out
+            helper = f"conv1d_x4_w{q.acc.bits}_acc{part.acc_bits}"
+            args = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias, Ptr(m), Ptr(sh),
+                    *geometry[:3], *geometry[5:])
+        else:
+            helper = f"conv1d_w{q.acc.bits}_acc{part.acc_bits}"
+            args = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias, Ptr(m), Ptr(sh),
+                    *geometry)
+        formats = f"; x {q.x}, y {q.out}, exact {acc_t} sums (|sum| <= {part.bound})"
+    req.helpers.add(helper)
     return [Function(
-        name=fn, kind="conv", layer=index, comment=(f"{layer.name}: {what}",),
-        params=(Param("x", "const float *", "in", layer.in_channels),
-                Param("y", "float *", "out", layer.out_channels),
+        name=fn, kind="conv", layer=index, comment=(f"{layer.name}: {what}{formats}",),
+        params=(Param("x", f"const {T} *", "in", layer.in_channels),
+                Param("y", f"{T} *", "out", layer.out_channels),
                 Param("T", "int ", "steps", 0)),
-        named=(), prologue=(Do(call("conv1d_f", *args, ctype="void"), "every step and channel"),),
+        named=(), prologue=(Do(call(helper, *args, ctype="void"), "every step and channel"),),
         loops=(),
         constants=tuple(consts.items))]
 
@@ -872,6 +948,163 @@ def _int_pointwise(layer: Activation, q, x: Expr, req: _Requirements
 
 
 # ---------------------------------------------------------------------------------------------
+# Values beyond the chain: residual add/mul, channel slices, cat (float32)
+
+
+def _float_only(layer, q) -> None:
+    if q is not None:
+        raise TinyRNNError(f"a {type(layer).__name__} layer has no integer lowering yet; "
+                           "export in float32")
+
+
+def lower_binary(p: str, index: int, layer: Binary, q, req: _Requirements) -> list[Function]:
+    """``y = a + b`` (or ``a * b``) element-wise; ``y`` may be ``a``'s buffer."""
+    _float_only(layer, q)
+    n, op = layer.features, "+" if layer.kind == "add" else "*"
+    value = Bin(op, Unit("a", 0, "float"), Unit("b", 0, "float"), "float")
+    return [Function(
+        name=f"{p}_{layer.kind}{index}", kind="multi", layer=index,
+        comment=(f"y = a {op} b over {n} features, float32; y and a may be the same buffer",),
+        params=(Param("a", "const float *", "in", n), Param("b", "const float *", "in", n),
+                Param("y", "float *", "out", n)),
+        named=(), prologue=(), loops=(Loop(n, (Store(Unit("y", 0, "float"), value,
+                                                      f"a {op} b"),)),),
+        constants=())]
+
+
+def lower_concat(p: str, index: int, layer: Concat, q, req: _Requirements) -> list[Function]:
+    """``y = cat(x0, x1, ...)`` along the features: one copy loop per part."""
+    _float_only(layer, q)
+    loops, offset, total = [], 0, sum(layer.sizes)
+    for p_ in range(layer.length):  # a frame's positions, each (channels) of every part
+        for k, size in enumerate(layer.sizes):
+            at = p_ * total + offset
+            loops.append(Loop(size, (Store(Unit("y", at, "float"),
+                                           Unit(f"x{k}", p_ * size, "float"),
+                                           f"part {k}: y[{at}:{at + size}]"),)))
+            offset = (offset + size) % total
+    params = tuple(Param(f"x{k}", "const float *", "in", size * layer.length)
+                   for k, size in enumerate(layer.sizes))
+    return [Function(
+        name=f"{p}_cat{index}", kind="multi", layer=index,
+        comment=(f"y = cat({', '.join(f'x{k}' for k in range(len(layer.sizes)))}) along the "
+                 f"features: {' + '.join(map(str, layer.sizes))} = {layer.features}, float32",),
+        params=params + (Param("y", "float *", "out", layer.features),),
+        named=(), prologue=(), loops=tuple(loops), constants=())]
+
+
+def lower_channel_slice(p: str, index: int, layer: ChannelSlice, q, req: _Requirements
+                        ) -> list[Function]:
+    """``y = x[start:stop]`` over the features."""
+    _float_only(layer, q)
+    width = layer.stop - layer.start
+    return [Function(
+        name=f"{p}_slice{index}", kind="multi", layer=index,
+        comment=(f"y = x[{layer.start}:{layer.stop}] of {layer.in_features} channels"
+                 + (f" at each of {layer.length} positions" if layer.length > 1 else "")
+                 + ", float32",),
+        params=(Param("x", "const float *", "in", layer.in_features * layer.length),
+                Param("y", "float *", "out", layer.features)),
+        named=(), prologue=(), loops=tuple(Loop(width, (
+            Store(Unit("y", p_ * width, "float"),
+                  Unit("x", p_ * layer.in_features + layer.start, "float"),
+                  f"x[{p_ * layer.in_features + layer.start} + j]"),))
+            for p_ in range(layer.length)),
+        constants=())]
+
+
+def lower_frame_conv1d(p: str, index: int, layer: FrameConv1d, q, req: _Requirements
+                       ) -> list[Function]:
+    """A Conv1d over one step's frame (L, C) -> (L_out, O): the helper ``frame_conv1d_f`` with
+    the weights as (O, kernel, C / groups)."""
+    _float_only(layer, q)
+    fn = f"{p}_fconv{index}"
+    consts = _Constants()
+    data = np.ascontiguousarray(layer.weight.data.transpose(0, 2, 1)).reshape(-1)
+    w = consts.add(f"{fn}_w", "float", data,
+                   f"{layer.weight.source} as (out, kernel, in / groups) = "
+                   f"({layer.out_channels}, {layer.kernel}, {layer.weight.shape[1]}), float32")
+    bias: Expr = Lit(0, "const float *", name="NULL")
+    if layer.bias is not None:
+        bias = Ptr(consts.add(f"{fn}_b", "float", layer.bias.data,
+                              f"{layer.bias.source}, float32"))
+    req.helpers.add("frame_conv1d_f")
+    what = (f"y = conv1d(x) over the {layer.length} positions of one frame: "
+            f"{layer.in_channels} -> {layer.out_channels} channels, kernel {layer.kernel}, "
+            f"stride {layer.stride}, dilation {layer.dilation}, groups {layer.groups}, zero "
+            f"padding {layer.pad_left} left and {layer.pad_right} right, {layer.out_length} "
+            "positions out")
+    args = (Ptr("x"), Ptr("y"), Lit(layer.length, "int"), Lit(layer.out_length, "int"), Ptr(w),
+            bias, Lit(layer.in_channels, "int"), Lit(layer.out_channels, "int"),
+            Lit(layer.kernel, "int"), Lit(layer.groups, "int"), Lit(layer.dilation, "int"),
+            Lit(layer.stride, "int"), Lit(layer.pad_left, "int"))
+    return [Function(
+        name=fn, kind="frame", layer=index, comment=(f"{layer.name}: {what}",),
+        params=(Param("x", "const float *", "in", layer.length * layer.in_channels),
+                Param("y", "float *", "out", layer.features)),
+        named=(), prologue=(Do(call("frame_conv1d_f", *args, ctype="void"),
+                                "every position and channel"),),
+        loops=(), constants=tuple(consts.items))]
+
+
+FRAME_PAD_MODES = {"constant": 0, "reflect": 1, "replicate": 2}
+"""The ``mode`` argument of the helper ``frame_pad_f``."""
+
+
+def lower_frame_pad(p: str, index: int, layer: FramePad, q, req: _Requirements
+                    ) -> list[Function]:
+    """Padding of one step's frame (L, C) -> (L + left + right, C): ``frame_pad_f``."""
+    _float_only(layer, q)
+    req.helpers.add("frame_pad_f")
+    fill = f" {layer.value!r}" if layer.mode == "constant" else ""
+    args = (Ptr("x"), Ptr("y"), Lit(layer.length, "int"), Lit(layer.channels, "int"),
+            Lit(layer.left, "int"), Lit(layer.right, "int"),
+            Lit(FRAME_PAD_MODES[layer.mode], "int"), Lit(layer.value, "float"))
+    return [Function(
+        name=f"{p}_pad{index}", kind="frame", layer=index,
+        comment=(f"y = x padded by {layer.left} positions left and {layer.right} right "
+                 f"({layer.mode}{fill}): {layer.length} positions of {layer.channels} "
+                 "channel(s), float32",),
+        params=(Param("x", "const float *", "in", layer.length * layer.channels),
+                Param("y", "float *", "out", layer.features)),
+        named=(), prologue=(Do(call("frame_pad_f", *args, ctype="void"), layer.mode),),
+        loops=(), constants=())]
+
+
+def lower_carry(p: str, index: int, layer: Carry, q, req: _Requirements) -> list[Function]:
+    """The end of a step: the carried value's new value ``x`` into its ``NAME_state_t``
+    member ``y`` (read as the Carry layer's output by the next step)."""
+    _float_only(layer, q)
+    n = layer.features
+    return [Function(
+        name=f"{p}_carry{index}", kind="multi", layer=index,
+        comment=(f"the carried value ({n} floats) for the next step: y = x",),
+        params=(Param("x", "const float *", "in", n), Param("y", "float *", "out", n)),
+        named=(), prologue=(Copy("y", 0, "x", n, "float"),), loops=(), constants=())]
+
+
+def carry_buffer(index: int) -> str:
+    """The NAME_state_t member holding the value of the Carry layer ``index``."""
+    return f"carry{index}"
+
+
+def lower_unary(p: str, index: int, layer: Unary, q, req: _Requirements) -> list[Function]:
+    """``y = x * x``, ``sqrtf(x)`` or ``fabsf(x)`` element-wise; ``y`` may be ``x``'s buffer."""
+    _float_only(layer, q)
+    n, x = layer.features, Unit("x", 0, "float")
+    value: Expr = {"square": Bin("*", x, x, "float"),
+                   "sqrt": Call("sqrtf", (x,), "float", prefixed=False),
+                   "abs": Call("fabsf", (x,), "float", prefixed=False)}[layer.kind]
+    math = {"square": "x * x", "sqrt": "sqrt(x)", "abs": "|x|"}[layer.kind]
+    return [Function(
+        name=f"{p}_{layer.kind}{index}", kind="activation", layer=index,
+        comment=(f"y = {math} over {n} features, float32; x and y may be the same buffer",),
+        params=(Param("x", "const float *", "in", n), Param("y", "float *", "out", n)),
+        named=(), prologue=(), loops=(Loop(n, (Store(Unit("y", 0, "float"), value, math),)),),
+        constants=())]
+
+
+# ---------------------------------------------------------------------------------------------
 # Buffers: a planner over the calls' inputs and outputs
 
 
@@ -964,9 +1197,12 @@ def _args(c: _Call) -> tuple[Arg, ...]:
     """The arguments of a call in its function's parameter order."""
     assert c.fn is not None
     works = iter(c.works)
-    args = [Arg(c.ins[0].buffer)]
+    ins = iter(c.ins)
+    args = [Arg(next(ins).buffer)]
     for param in c.fn.params[1:]:
-        if param.role == "state":
+        if param.role == "in":
+            args.append(Arg(next(ins).buffer))
+        elif param.role == "state":
             args.append(Arg(_state_member(c.fn, param.name)))
         elif param.role == "work":
             args.append(Arg(next(works).buffer))
@@ -1004,21 +1240,33 @@ def _time_major(model: Model, functions: dict[int, list[Function]], fixed: bool
     """Unidirectional models: every layer at every step, no sequence buffers."""
     pools = {"scratch": _Pool("scratch")}
     current = _Value(model.input_size, buffer="x_t")
+    values = [current]  # by value index (ir.reads)
     calls: list[_Call] = []
     select_at = pre_result = None
     for index, layer in enumerate(model.layers):
         if isinstance(layer, SelectStep):
             select_at, pre_result = len(calls), current
+            values.append(current)
             continue
+        if isinstance(layer, Carry):  # the state member itself, read in place
+            values.append(_Value(layer.features, buffer=carry_buffer(index)))
+            continue
+        ins = [values[k] for k in reads(model.layers, index)]
         for fn in functions[index]:
             works = [_Value(p.size, "scratch", role=p.name) for p in fn.param("work")]
             if fn.kind == "cell":
-                calls.append(_Call(fn, [current], None, works))
+                calls.append(_Call(fn, ins, None, works))
                 current = _Value(fn.param("state")[0].size, buffer=_state_member(fn, "h"))
             else:
                 out = _Value(fn.param("out")[0].size, "scratch")
-                calls.append(_Call(fn, [current], out, works, fn.kind == "activation"))
+                calls.append(_Call(fn, ins, out, works, fn.kind == "activation"
+                                   or isinstance(layer, Binary)))
                 current = out
+        values.append(current)
+    for index, new in model.carries:  # after every read of the carried values
+        fn = functions[index][0]
+        calls.append(_Call(fn, [values[new]], _Value(fn.param("out")[0].size,
+                                                     buffer=carry_buffer(index)), []))
     current.last = len(calls)  # the step's result is read after the last call
     if pre_result is None:
         pre_result = current
@@ -1035,7 +1283,10 @@ def _time_major(model: Model, functions: dict[int, list[Function]], fixed: bool
         select_width=pre_result.size if select is not None else 0, select_to=None,
         step=tuple(ops), step_result=Arg(current.buffer),
         input_buffer=reserved[0].buffer if fixed else None,
-    ), _state_buffers(model, functions) + pools["scratch"].buffers("scratch")
+    ), _state_buffers(model, functions) + [
+        Buffer(carry_buffer(index), model.layers[index].features,  # type: ignore[union-attr]
+               "a carried value (the forward's argument after x_t)", False)
+        for index, _ in model.carries] + pools["scratch"].buffers("scratch")
 
 
 def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
@@ -1043,10 +1294,13 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
     """Bidirectional models and models with a Conv1d: layer by layer over whole sequences of
     NAME_MAX_SEQ_LEN steps (a Conv1d in one call, other layers once per step); the selected step
     is copied into a vector, and the layers after it run once."""
-    steps = model.max_seq_len
+    steps = model.max_seq_len  # of the stage's sequence: a Conv1d may change it
+    first_steps = steps
+    length = 0  # which length the stage has: 0 for T, k after k length-changing convs
     pools = {"seq": _Pool("seq"), "scratch": _Pool("scratch")}
     x = _Value(model.input_size, buffer="x_t")
     current, width = x, model.input_size
+    values, widths = [x], [width]  # by value index (ir.reads)
     calls: list[_Call] = []
     pre_result = selected = None
     select_width = 0
@@ -1055,6 +1309,22 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             pre_result, selected, select_width = current, _Value(width, "scratch"), width
             calls.append(_Call(None, [current], selected, [], meta=dict(width=width)))
             current = selected
+            values.append(current)
+            widths.append(width)
+            continue
+        if isinstance(layer, (Binary, Concat, ChannelSlice)):
+            fn = functions[index][0]
+            read = reads(model.layers, index)
+            out_w = fn.param("out")[0].size
+            out = _Value((steps if selected is None else 1) * out_w,
+                         "seq" if selected is None else "scratch")
+            calls.append(_Call(fn, [values[k] for k in read], out, [],
+                               isinstance(layer, Binary), meta=dict(
+                                   steps=length,
+                                   strides=tuple(widths[k] for k in read) + (out_w,))))
+            current, width = out, out_w
+            values.append(current)
+            widths.append(width)
             continue
         pool = "seq" if selected is None else "scratch"
         if isinstance(layer, RecurrentLayer):
@@ -1062,26 +1332,43 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             for fn, direction in zip(functions[index], layer.directions):
                 works = [_Value(p.size, "scratch", role=p.name) for p in fn.param("work")]
                 calls.append(_Call(fn, [current], out, works, meta=dict(
-                    reverse=direction.reverse, src_stride=width,
+                    steps=length, reverse=direction.reverse, src_stride=width,
                     dst_offset=layer.state_size if direction.reverse else 0,
                     dst_stride=layer.output_size, out_size=layer.state_size,
                     comment=_title(layer, direction.reverse))))
             current, width = out, layer.output_size
+            values.append(current)
+            widths.append(width)
             continue
         fn = functions[index][0]
         out_w = fn.param("out")[0].size
+        meta = dict(steps=length, src_stride=width, dst_stride=out_w)
+        if isinstance(layer, Conv1d) and layer.changes_length:
+            steps, length = layer.out_steps(steps), length + 1
         one = selected is not None or isinstance(layer, PoolTime)  # a pooling gives one step
         out = _Value((1 if one else steps) * out_w, pool)
-        calls.append(_Call(fn, [current], out, [], fn.kind == "activation",
-                           meta=dict(src_stride=width, dst_stride=out_w)))
+        source = reads(model.layers, index)[0]
+        meta["src_stride"] = widths[source]
+        calls.append(_Call(fn, [values[source]], out, [], fn.kind == "activation", meta=meta))
         current, width = out, out_w
+        values.append(current)
+        widths.append(width)
     current.last = len(calls)
     if pre_result is None:
         pre_result = current
     reserved = []
-    if fixed:  # the float input converted one step at a time, for the first layer's cells
-        reserved.append(_Value(model.input_size, "scratch", last=max(
-            k for k, c in enumerate(calls) if c.ins and c.ins[0] is x)))
+    step_input = seq_input = None
+    if fixed:  # the float input converted one step at a time (cells, Linear layers) or whole
+        readers = [(k, c.fn is not None and c.fn.kind == "conv") for k, c in enumerate(calls)
+                   if c.ins and c.ins[0] is x]
+        per_step = [k for k, whole in readers if not whole]
+        per_sequence = [k for k, whole in readers if whole]
+        if per_step:
+            step_input = _Value(model.input_size, "scratch", last=max(per_step))
+            reserved.append(step_input)
+        if per_sequence:
+            seq_input = _Value(first_steps * model.input_size, "seq", last=max(per_sequence))
+            reserved.append(seq_input)
     _plan_buffers(calls, pools, reserved)
     ops, post, select_to = [], [], None
     for c in calls:
@@ -1094,17 +1381,23 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             assert c.out is not None
             op = Op(c.fn.name, _args(c), "cell", c.fn.layer, reverse=m["reverse"],
                     src_stride=m["src_stride"], dst=Arg(c.out.buffer, m["dst_offset"]),
-                    dst_stride=m["dst_stride"], out_size=m["out_size"], comment=m["comment"])
+                    dst_stride=m["dst_stride"], out_size=m["out_size"], comment=m["comment"],
+                    steps=m["steps"])
+        elif c.fn.kind == "multi":
+            op = Op(c.fn.name, _args(c), "multi", c.fn.layer, strides=m["strides"] if
+                    select_to is None else (0,) * len(m["strides"]), steps=m["steps"])
         else:
             op = Op(c.fn.name, _args(c), c.fn.kind, c.fn.layer,
-                    src_stride=m["src_stride"], dst_stride=m["dst_stride"])
+                    src_stride=m["src_stride"], dst_stride=m["dst_stride"], steps=m["steps"])
         (ops if select_to is None else post).append(op)
     select = next((lay.index for lay in model.layers if isinstance(lay, SelectStep)), None)
     return Schedule(
         layer_major=True, pre=tuple(ops), pre_result=Arg(pre_result.buffer), post=tuple(post),
         post_result=Arg(current.buffer), select=select,
         select_width=select_width, select_to=select_to, step=None, step_result=None,
-        input_buffer=reserved[0].buffer if fixed else None,
+        lengths=model.length_rules,
+        input_buffer=step_input.buffer if step_input is not None else None,
+        input_sequence=seq_input.buffer if seq_input is not None else None,
     ), (_state_buffers(model, functions) + pools["seq"].buffers(f"scratch: {steps} steps")
         + pools["scratch"].buffers("scratch"))
 
@@ -1155,6 +1448,20 @@ def lower(model: Model, name: str, q=None) -> Plan:
             functions[index] = lower_activation(name, index, layer, qlayer, req)
         elif isinstance(layer, PoolTime):
             functions[index] = lower_pool_time(name, index, layer, qlayer, req)
+        elif isinstance(layer, Binary):
+            functions[index] = lower_binary(name, index, layer, qlayer, req)
+        elif isinstance(layer, Concat):
+            functions[index] = lower_concat(name, index, layer, qlayer, req)
+        elif isinstance(layer, ChannelSlice):
+            functions[index] = lower_channel_slice(name, index, layer, qlayer, req)
+        elif isinstance(layer, Unary):
+            functions[index] = lower_unary(name, index, layer, qlayer, req)
+        elif isinstance(layer, FrameConv1d):
+            functions[index] = lower_frame_conv1d(name, index, layer, qlayer, req)
+        elif isinstance(layer, FramePad):
+            functions[index] = lower_frame_pad(name, index, layer, qlayer, req)
+        elif isinstance(layer, Carry):
+            functions[index] = lower_carry(name, index, layer, qlayer, req)
     whole = model.bidirectional or model.convolves or model.pools
     schedule, buffers = (_layer_major if whole else _time_major)(model, functions, fixed)
     if model.convolves:
@@ -1168,6 +1475,10 @@ def lower(model: Model, name: str, q=None) -> Plan:
     for k, spec in enumerate(model.outputs):
         if spec.role in ("sequence", "vector"):
             outputs.append(Output(k, spec.role, spec.features, frac=final_frac))
+        elif spec.role == "carry_n":
+            index = model.carries[spec.group][0]
+            outputs.append(Output(k, spec.role, spec.size, (StateRow(
+                carry_buffer(index), 0, spec.size, "the carried value after the last step"),)))
         else:
             rows = _state_rows(model, q, functions, spec.group, 0 if spec.role == "h_n" else 1)
             outputs.append(Output(k, spec.role, spec.size, rows))
@@ -1181,7 +1492,8 @@ def lower(model: Model, name: str, q=None) -> Plan:
             req.helpers.update({"sat16_i64", "rshift_round64"})
     dsp_families = frozenset({"dsp"}) if req.dsp else frozenset()
     v6m_families = frozenset({"v6m"}) if req.v6m else frozenset()
-    kernel_families = frozenset({"c"}) | dsp_families | v6m_families
+    mve_families = frozenset({"mve"}) if req.mve else frozenset()
+    kernel_families = frozenset({"c"}) | dsp_families | v6m_families | mve_families
     c_kernels = tuple(sorted((G, bits, acc, frozenset(fams) & kernel_families)
                              for (G, bits, acc), fams in req.c_kernels.items()))
     return Plan(
@@ -1191,7 +1503,8 @@ def lower(model: Model, name: str, q=None) -> Plan:
         portable_helpers=tuple(h.name for h, only in nm.helper_guards(req.helpers) if only),
         c_kernels=c_kernels, dsp_kernels=tuple(sorted(req.dsp)),
         v6m_kernels=tuple(req.v6m[k] for k in sorted(req.v6m)),
-        v6m_constants=tuple(req.v6m_constants), buffers=tuple(buffers), schedule=schedule,
+        v6m_constants=tuple(req.v6m_constants), mve_kernels=tuple(sorted(req.mve)),
+        buffers=tuple(buffers), schedule=schedule,
         input_size=model.input_size, step_output_size=model.step_output_size,
         max_seq_len=model.max_seq_len if whole else 0,
         input_frac=q.input.frac if fixed else None, final_frac=final_frac,

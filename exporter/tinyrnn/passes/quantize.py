@@ -44,6 +44,7 @@ from ..check.simulate import Batch, run_float, split_state, state_rows
 from ..errors import TinyRNNError
 from ..ir import (
     Activation,
+    Conv1d,
     Dense,
     GRULayer,
     LSTMLayer,
@@ -221,7 +222,7 @@ def choose_formats(model: Model, ranges: Ranges, headroom: float = HEADROOM) -> 
                                              medians[index] if medians else None, headroom)
                 if layer.projected:
                     projected = _bounded(ranges.projected[index] or 0.0, headroom)
-        elif isinstance(layer, Dense):
+        elif isinstance(layer, (Dense, Conv1d)):
             out = _calibrated(peak, headroom)
         elif isinstance(layer, PoolTime):  # a sum: calibrated, never finer than its input
             out = current if layer.kind != "sum" else min(
@@ -363,6 +364,20 @@ class QDense:
 
 
 @dataclass(frozen=True, eq=False)
+class QConv1d:
+    """A Conv1d in integers: one single-part accumulator whose row ``o`` is output channel
+    ``o``'s weights as (kernel, in_channels / groups), i.e. ``W_q[o, k * cg + c]`` is torch's
+    ``weight[o, c, k]``, with a per-channel scale. Output step ``t`` of channel ``o`` sums its
+    row against the taps of x that fall inside the sequence (the zero padding adds nothing),
+    then ``y = requant(bias + sum, M[o], n[o])`` in ``out`` (docs/fixed-point.md, "Conv1d")."""
+
+    ir: Conv1d
+    acc: QAccumulator
+    x: QFormat
+    out: QFormat
+
+
+@dataclass(frozen=True, eq=False)
 class QActivation:
     """relu: ``relu_q``; sigmoid: ``sigmoid_wide(sat24(rshift_round(x, in_shift)))`` (to
     Q3.20 first); tanh: ``sat_shift(tanh_wide(...), out_shift)`` (Q0.30 to the output);
@@ -398,7 +413,8 @@ class QSelectStep:
 
 
 QRecurrent = QLSTMLayer | QGRULayer | QRNNLayer
-QLayer = QLSTMLayer | QGRULayer | QRNNLayer | QDense | QActivation | QSelectStep | QPoolTime
+QLayer = (QLSTMLayer | QGRULayer | QRNNLayer | QDense | QConv1d | QActivation | QSelectStep
+          | QPoolTime)
 
 
 @dataclass(frozen=True, eq=False)
@@ -532,6 +548,26 @@ def _direction(layer: RecurrentLayer, index: int, d: int, x: QFormat, h: QFormat
     return QDirection(direction.reverse, tuple(accs), proj)
 
 
+def conv_rows(layer: Conv1d) -> np.ndarray:
+    """torch's (out, in / groups, kernel) weights as one row per output channel, (kernel,
+    in / groups) flattened: the taps one after the other, each tap's channels contiguous."""
+    w = layer.weight.data
+    return np.ascontiguousarray(w.transpose(0, 2, 1)).reshape(w.shape[0], -1)
+
+
+def quantize_conv1d(layer: Conv1d, index: int, x: QFormat, out: QFormat, bits: int
+                    ) -> QConv1d:
+    """A Conv1d's weights with one scale per output channel (as a Linear's rows), its bias in
+    accumulator units, its requantization to the calibrated output format."""
+    b = layer.bias.data if layer.bias is not None else None
+    b_src = layer.bias.source if layer.bias is not None else ""
+    acc = _accumulator(
+        "conv", [(conv_rows(layer), x.step, 0, f"{layer.weight.source} as (out, kernel, "
+                  "in / groups)", b, b_src)],
+        out, bits, f"layer {index} (Conv1d {layer.name})")
+    return QConv1d(layer, acc, x, out)
+
+
 def _check_shift(value: int, lo: int, hi: int, what: str) -> int:
     if not lo <= value <= hi:
         raise TinyRNNError(
@@ -600,6 +636,8 @@ def quantize(model: Model, format: str, formats: Formats, ranges: Ranges | None 
                 "dense", [(layer.weight.data, current.step, 0, layer.weight.source, b, b_src)],
                 lf.out, bits, f"layer {index} (Linear {layer.name})")
             layers.append(QDense(layer, acc, current, lf.out))
+        elif isinstance(layer, Conv1d):
+            layers.append(quantize_conv1d(layer, index, current, lf.out, bits))
         elif isinstance(layer, Activation):
             if layer.kind in ("sigmoid", "tanh"):
                 shift = _check_shift(current.frac - ACT_WIDE.frac, -40, 40, where)
@@ -729,6 +767,9 @@ def manifest_section(q: QModel) -> dict:
         elif isinstance(layer, QDense):
             entry["kind"] = "dense"
             entry["accumulator"] = _acc_summary(layer.acc)
+        elif isinstance(layer, QConv1d):
+            entry["kind"] = "conv1d"
+            entry["accumulator"] = _acc_summary(layer.acc)
         elif isinstance(layer, QActivation):
             entry["kind"] = layer.ir.kind
             if layer.softmax is not None:
@@ -805,9 +846,9 @@ def interface_section(q: QModel) -> dict:
 
 
 __all__ = [
-    "Formats", "LayerFormats", "QAccumulator", "QActivation", "QDense", "QDirection",
+    "Formats", "LayerFormats", "QAccumulator", "QActivation", "QConv1d", "QDense", "QDirection",
     "QGRULayer", "QLSTMLayer", "QModel", "QPart", "QPoolTime", "QRNNLayer", "QSelectStep",
     "Ranges",
     "WEIGHT_BITS", "calibrate", "choose_formats", "formats_from_manifest", "interface_section",
-    "manifest_section", "quantize", "state_rows",
+    "manifest_section", "quantize", "quantize_conv1d", "state_rows",
 ]

@@ -14,8 +14,9 @@
 typedef char bigru_w8_requires_arithmetic_right_shift[
     ((-1 >> 1) == -1 && ((int32_t)-5 >> 1) == -3 && ((int64_t)-5 >> 1) == -3) ? 1 : -1];
 
-/* The recurrent kernels of this build: the DSP unit kernels of bigru_w8_kernels.S (Cortex-M4/M7/M33/M55), the ARMv6-M
- * unit kernels (Cortex-M0/M0+), or the portable C kernels below (host, Cortex-M3, M23, ARM state). */
+/* The recurrent kernels of this build: the DSP unit kernels of bigru_w8_kernels.S (Cortex-M4/M7/M33), the ARMv6-M unit
+ * kernels (Cortex-M0/M0+), the MVE (Helium) kernels (Cortex-M55/M85: tested before the DSP ones), or the portable C
+ * kernels below (host, Cortex-M3, M23, ARM state). */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define BIGRU_W8_DSP_KERNELS 1
@@ -26,6 +27,11 @@ typedef char bigru_w8_requires_arithmetic_right_shift[
 #define BIGRU_W8_V6M_KERNELS 1
 #else
 #define BIGRU_W8_V6M_KERNELS 0
+#endif
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+#define BIGRU_W8_MVE_KERNELS 1
+#else
+#define BIGRU_W8_MVE_KERNELS 0
 #endif
 
 /* The DSP extension (Cortex-M4, M7, M33, M55): SMMULR, SMMLAR and dual 16-bit multiply-accumulates. Other cores compute
@@ -308,7 +314,7 @@ static inline int16_t tr_from_float(float v, int frac)
     return q > 32767u ? INT16_MAX : (int16_t)q;
 }
 
-#if !BIGRU_W8_DSP_KERNELS && !BIGRU_W8_V6M_KERNELS
+#if !BIGRU_W8_DSP_KERNELS && !BIGRU_W8_V6M_KERNELS && !BIGRU_W8_MVE_KERNELS
 
 /* acc[r] += row r of a block of 3 interleaved weight rows (int8_t) times v, over `groups` groups of 4 columns
  * (passes/layout.py: within a group the bytes are in the order 0, 2, 1, 3), two groups per iteration; returns the next
@@ -345,6 +351,58 @@ static inline const int8_t *bigru_w8_mac3_w8_acc32(const int8_t *w, const int16_
         a1 += w[4] * x0 + w[5] * x2 + w[6] * x1 + w[7] * x3;
         a2 += w[8] * x0 + w[9] * x2 + w[10] * x1 + w[11] * x3;
         w += 12;
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    return w;
+}
+#endif
+
+#if BIGRU_W8_MVE_KERNELS
+
+/* acc[r] += row r of a block of 3 weight rows (int8_t) times v over n columns, in chunks of 8 columns: per chunk the 8
+ * weights of each row in column order, the last chunk padded with zero weights (passes/layout.py: mve_layout). Per
+ * chunk one VLDRH.S16 of 8 activations (a last partial chunk under a VCTP.16 tail predicate: zeros, nothing read past
+ * v + n), then per row one widening VLDRB.S16 of its 8 weights and one VMLADAVA.S16 (8 MACs into a 32-bit sum)
+ * (backend/mveasm.py). Exact: the exporter proved every partial sum fits int32_t, and the instruction adds the 8
+ * products exactly, wrapping only where a C sum would; returns the next block. */
+static inline const int8_t *bigru_w8_mve3_w8_acc32(const int8_t *w, const int16_t *v, int n, int32_t *acc)
+{
+    register int32_t a0 __asm__("r4") = acc[0];
+    register int32_t a1 __asm__("r6") = acc[1];
+    register int32_t a2 __asm__("r8") = acc[2];
+    const int chunks = n / 8;
+    const int rest = n % 8;
+    __asm__(
+            "wls lr, %[chunks], 2f\n"
+            "1:\n"
+            "vldrh.s16 q0, [%[v]], #16\n\t"
+            "vldrb.s16 q1, [%[w]], #8\n\t"
+            "vldrb.s16 q2, [%[w]], #8\n\t"
+            "vmladava.s16 %[a0], q1, q0\n\t"
+            "vldrb.s16 q1, [%[w]], #8\n\t"
+            "vmladava.s16 %[a1], q2, q0\n\t"
+            "vmladava.s16 %[a2], q1, q0\n\t"
+            "le lr, 1b\n"
+            "2:"
+            : [w] "+l"(w), [v] "+r"(v), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2)
+            : [chunks] "r"(chunks)
+            : "q0", "q1", "q2", "lr", "memory");
+    if (rest > 0) {
+        __asm__(
+                "vctp.16 %[rest]\n\t"
+                "vpst\n\t"
+                "vldrht.s16 q0, [%[v]]\n\t"
+                "vldrb.s16 q1, [%[w]], #8\n\t"
+                "vldrb.s16 q2, [%[w]], #8\n\t"
+                "vmladava.s16 %[a0], q1, q0\n\t"
+                "vldrb.s16 q1, [%[w]], #8\n\t"
+                "vmladava.s16 %[a1], q2, q0\n\t"
+                "vmladava.s16 %[a2], q1, q0"
+                : [w] "+l"(w), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2)
+                : [v] "r"(v), [rest] "r"(rest)
+                : "q0", "q1", "q2", "memory");
     }
     acc[0] = a0;
     acc[1] = a1;
@@ -392,7 +450,7 @@ static const int8_t bigru_w8_l0_rev_w[6][32] = {
 };
 #endif
 
-#if !BIGRU_W8_V6M_KERNELS
+#if !BIGRU_W8_V6M_KERNELS && !BIGRU_W8_MVE_KERNELS
 /* per unit: r/z/n rows interleaved, x columns then h columns, each padded to a multiple of 4 with zeros, bytes of each
  * 4-column group in SXTB16 order 0,2,1,3; int8_t, per-row scale for each part; from rnn.weight_ih_l0[0:18],
  * rnn.weight_hh_l0[0:18] */
@@ -406,6 +464,24 @@ static const int8_t bigru_w8_l0_fwd_w[6][36] = {
     106, 32, -22, -28, -127, -115, 4, -127, -110, -127, -44, 104, -94, 85, -127, -41, 33, -2, 0, -36, 23, 32, 0, 78, 0,
     78, 0, 98, 0, -127, 0, 51, 0 }, { 39, 117, -74, -127, 95, -127, -45, -45, 82, 33, 69, 127, 35, 61, -115, -127, -124,
     -127, -17, 2, 19, -90, 81, 127, -111, 0, -122, 0, 6, 0, 43, 0, 116, 0, -88, 0 }
+};
+#endif
+#if BIGRU_W8_MVE_KERNELS
+/* bigru_w8_l0_fwd_w for the MVE kernels: per unit, x columns then h columns in chunks of 8, each chunk the 8 weights of
+ * the r/z/n rows, padded with zeros (passes/layout.py: mve_layout); int8_t, per-row scale for each part; from
+ * rnn.weight_ih_l0[0:18], rnn.weight_hh_l0[0:18] */
+static const int8_t bigru_w8_l0_fwd_w[6][48] = {
+    { -127, -101, -55, -121, 0, 0, 0, 0, -127, -124, -82, 40, 0, 0, 0, 0, -19, 127, 72, -55, 0, 0, 0, 0, -69, 2, 93, 52,
+    18, 127, 0, 0, 100, -117, 73, 87, -111, -127, 0, 0, -45, -19, 32, -127, 64, 127, 0, 0 }, { -8, -127, 78, 70, 0, 0,
+    0, 0, -125, -127, -79, 101, 0, 0, 0, 0, -20, 127, 92, 36, 0, 0, 0, 0, 32, 95, -121, -121, -127, 8, 0, 0, -90, -115,
+    114, 119, -19, 127, 0, 0, -91, 125, 19, 127, 112, -110, 0, 0 }, { 31, 127, -16, 98, 0, 0, 0, 0, -102, -127, -123,
+    -70, 0, 0, 0, 0, -55, 127, 65, -68, 0, 0, 0, 0, 122, -126, 57, -127, -96, -49, 0, 0, 36, -125, -116, -61, -127, -58,
+    0, 0, 119, 5, 40, -57, -127, 15, 0, 0 }, { -100, -28, -127, -12, 0, 0, 0, 0, -34, -127, -60, 2, 0, 0, 0, 0, 122, 12,
+    -127, -76, 0, 0, 0, 0, -52, 38, -108, 127, 19, 45, 0, 0, 38, -3, -26, 9, 127, 2, 0, 0, 37, 66, -110, -127, 62, -26,
+    0, 0 }, { -92, 127, 98, 106, 0, 0, 0, 0, 32, -28, -22, -127, 0, 0, 0, 0, -115, -127, 4, -110, 0, 0, 0, 0, -127, 104,
+    -44, -94, 32, 78, 0, 0, 85, -41, -127, 33, 78, 98, 0, 0, -2, -36, 0, 23, -127, 51, 0, 0 }, { 39, -74, 117, -127, 0,
+    0, 0, 0, 95, -45, -127, -45, 0, 0, 0, 0, 82, 69, 33, 127, 0, 0, 0, 0, 35, -115, 61, -127, -111, -122, 0, 0, -124,
+    -17, -127, 2, 6, 43, 0, 0, 19, 81, -90, 127, 116, -88, 0, 0 }
 };
 #endif
 /* biases of the x parts, int32_t in accumulator units: rnn.bias_ih_l0[0:6] + rnn.bias_hh_l0[0:6] reset gate,
@@ -447,7 +523,12 @@ static void bigru_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *xh, const int
     memcpy(xh + 4, h, 6 * sizeof(int16_t));
     for (j = 0; j < 6; ++j) {
         /* the r, z, n rows of unit j: x part and h part, exact */
-#if BIGRU_W8_DSP_KERNELS
+#if BIGRU_W8_MVE_KERNELS
+        int32_t ax[3] = { bigru_w8_l0_fwd_bx[j][0], bigru_w8_l0_fwd_bx[j][1], bigru_w8_l0_fwd_bx[j][2] };
+        int32_t ah[3] = { bigru_w8_l0_fwd_bh[j][0], bigru_w8_l0_fwd_bh[j][1], bigru_w8_l0_fwd_bh[j][2] };
+        w = bigru_w8_mve3_w8_acc32(w, xh, 4, ax);
+        w = bigru_w8_mve3_w8_acc32(w, xh + 4, 6, ah);
+#elif BIGRU_W8_DSP_KERNELS
         int32_t ax[6];
         const int32_t *const ah = ax + 3;
         w = bigru_w8_unit3_x1_h2_bx_bh(w, xh, ax, bigru_w8_l0_fwd_bx[j], bigru_w8_l0_fwd_bh[j]);
@@ -483,7 +564,7 @@ static void bigru_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *xh, const int
     }
 }
 
-#if !BIGRU_W8_V6M_KERNELS
+#if !BIGRU_W8_V6M_KERNELS && !BIGRU_W8_MVE_KERNELS
 /* per unit: r/z/n rows interleaved, x columns then h columns, each padded to a multiple of 4 with zeros, bytes of each
  * 4-column group in SXTB16 order 0,2,1,3; int8_t, per-row scale for each part; from rnn.weight_ih_l0_reverse[0:18],
  * rnn.weight_hh_l0_reverse[0:18] */
@@ -497,6 +578,24 @@ static const int8_t bigru_w8_l0_rev_w[6][36] = {
     127, 78, 113, -86, -107, -14, 35, -127, 81, -126, 31, -21, -127, -11, 40, -66, -55, 78, -127, -65, -12, 0, 127, 0,
     -79, 0, -94, 0, -106, 0, -122, 0 }, { -127, 19, 25, 91, -88, 57, -101, 127, 57, -11, -127, 100, 25, 127, 89, -18,
     110, -30, 5, -21, 127, 29, 7, 27, -118, 0, -113, 0, -114, 0, -127, 0, 124, 0, -18, 0 }
+};
+#endif
+#if BIGRU_W8_MVE_KERNELS
+/* bigru_w8_l0_rev_w for the MVE kernels: per unit, x columns then h columns in chunks of 8, each chunk the 8 weights of
+ * the r/z/n rows, padded with zeros (passes/layout.py: mve_layout); int8_t, per-row scale for each part; from
+ * rnn.weight_ih_l0_reverse[0:18], rnn.weight_hh_l0_reverse[0:18] */
+static const int8_t bigru_w8_l0_rev_w[6][48] = {
+    { 21, -44, 53, 127, 0, 0, 0, 0, 29, 93, -127, -16, 0, 0, 0, 0, -18, -127, -30, 16, 0, 0, 0, 0, 127, 83, -30, 35,
+    -108, -5, 0, 0, 109, -57, 5, 50, -4, -127, 0, 0, -127, -38, -78, 60, 110, -108, 0, 0 }, { -88, -127, 14, 93, 0, 0,
+    0, 0, 74, 126, 47, 127, 0, 0, 0, 0, 13, 127, 69, -64, 0, 0, 0, 0, 117, -57, -127, 111, 55, 94, 0, 0, -43, 59, -127,
+    20, 49, 112, 0, 0, 85, -37, -44, 127, -83, 34, 0, 0 }, { 127, -3, -56, 67, 0, 0, 0, 0, -42, -12, 127, 90, 0, 0, 0,
+    0, -113, -3, -75, -127, 0, 0, 0, 0, -99, -127, -53, -91, 40, -69, 0, 0, -62, 127, 122, 89, -95, -83, 0, 0, 44, 46,
+    -76, 127, -107, -51, 0, 0 }, { 103, -127, -14, 111, 0, 0, 0, 0, 103, -127, -2, -127, 0, 0, 0, 0, -79, -127, 16, -37,
+    0, 0, 0, 0, -51, -127, -68, -123, 13, 106, 0, 0, 25, -127, 0, -119, -102, 28, 0, 0, 127, -29, -52, -115, -126, -103,
+    0, 0 }, { 99, 119, 50, 127, 0, 0, 0, 0, 127, 113, 78, -86, 0, 0, 0, 0, -107, 35, -14, -127, 0, 0, 0, 0, 81, 31,
+    -126, -21, -12, 127, 0, 0, -127, 40, -11, -66, -79, -94, 0, 0, -55, -127, 78, -65, -106, -122, 0, 0 }, { -127, 25,
+    19, 91, 0, 0, 0, 0, -88, -101, 57, 127, 0, 0, 0, 0, 57, -127, -11, 100, 0, 0, 0, 0, 25, 89, 127, -18, -118, -113, 0,
+    0, 110, 5, -30, -21, -114, -127, 0, 0, 127, 7, 29, 27, 124, -18, 0, 0 }
 };
 #endif
 /* biases of the x parts, int32_t in accumulator units: rnn.bias_ih_l0_reverse[0:6] + rnn.bias_hh_l0_reverse[0:6] reset
@@ -539,7 +638,12 @@ static void bigru_w8_l0_rev(const int16_t *x, int16_t *h, int16_t *xh, const int
     memcpy(xh + 4, h, 6 * sizeof(int16_t));
     for (j = 0; j < 6; ++j) {
         /* the r, z, n rows of unit j: x part and h part, exact */
-#if BIGRU_W8_DSP_KERNELS
+#if BIGRU_W8_MVE_KERNELS
+        int32_t ax[3] = { bigru_w8_l0_rev_bx[j][0], bigru_w8_l0_rev_bx[j][1], bigru_w8_l0_rev_bx[j][2] };
+        int32_t ah[3] = { bigru_w8_l0_rev_bh[j][0], bigru_w8_l0_rev_bh[j][1], bigru_w8_l0_rev_bh[j][2] };
+        w = bigru_w8_mve3_w8_acc32(w, xh, 4, ax);
+        w = bigru_w8_mve3_w8_acc32(w, xh + 4, 6, ah);
+#elif BIGRU_W8_DSP_KERNELS
         int32_t ax[6];
         const int32_t *const ah = ax + 3;
         w = bigru_w8_unit3_x1_h2_bx_bh(w, xh, ax, bigru_w8_l0_rev_bx[j], bigru_w8_l0_rev_bh[j]);

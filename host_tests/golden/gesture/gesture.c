@@ -14,8 +14,9 @@
 typedef char gesture_requires_arithmetic_right_shift[
     ((-1 >> 1) == -1 && ((int32_t)-5 >> 1) == -3 && ((int64_t)-5 >> 1) == -3) ? 1 : -1];
 
-/* The recurrent kernels of this build: the DSP unit kernels of gesture_kernels.S (Cortex-M4/M7/M33/M55), the ARMv6-M
- * unit kernels (Cortex-M0/M0+), or the portable C kernels below (host, Cortex-M3, M23, ARM state). */
+/* The recurrent kernels of this build: the DSP unit kernels of gesture_kernels.S (Cortex-M4/M7/M33), the ARMv6-M unit
+ * kernels (Cortex-M0/M0+), the MVE (Helium) kernels (Cortex-M55/M85: tested before the DSP ones), or the portable C
+ * kernels below (host, Cortex-M3, M23, ARM state). */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define GESTURE_DSP_KERNELS 1
@@ -26,6 +27,11 @@ typedef char gesture_requires_arithmetic_right_shift[
 #define GESTURE_V6M_KERNELS 1
 #else
 #define GESTURE_V6M_KERNELS 0
+#endif
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+#define GESTURE_MVE_KERNELS 1
+#else
+#define GESTURE_MVE_KERNELS 0
 #endif
 
 /* The DSP extension (Cortex-M4, M7, M33, M55): SMMULR, SMMLAR and dual 16-bit multiply-accumulates. Other cores compute
@@ -396,7 +402,7 @@ static inline void tr_softmax_q(const int16_t *in, int16_t *out, int n, int32_t 
     }
 }
 
-#if !GESTURE_DSP_KERNELS && !GESTURE_V6M_KERNELS
+#if !GESTURE_DSP_KERNELS && !GESTURE_V6M_KERNELS && !GESTURE_MVE_KERNELS
 
 /* acc[r] += row r of a block of 4 interleaved weight rows (int8_t) times v, over `groups` groups of 4 columns
  * (passes/layout.py: within a group the bytes are in the order 0, 2, 1, 3), two groups per iteration; returns the next
@@ -437,6 +443,64 @@ static inline const int8_t *gesture_mac4_w8_acc32(const int8_t *w, const int16_t
         a2 += w[8] * x0 + w[9] * x2 + w[10] * x1 + w[11] * x3;
         a3 += w[12] * x0 + w[13] * x2 + w[14] * x1 + w[15] * x3;
         w += 16;
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+    return w;
+}
+#endif
+
+#if GESTURE_MVE_KERNELS
+
+/* acc[r] += row r of a block of 4 weight rows (int8_t) times v over n columns, in chunks of 8 columns: per chunk the 8
+ * weights of each row in column order, the last chunk padded with zero weights (passes/layout.py: mve_layout). Per
+ * chunk one VLDRH.S16 of 8 activations (a last partial chunk under a VCTP.16 tail predicate: zeros, nothing read past
+ * v + n), then per row one widening VLDRB.S16 of its 8 weights and one VMLADAVA.S16 (8 MACs into a 32-bit sum)
+ * (backend/mveasm.py). Exact: the exporter proved every partial sum fits int32_t, and the instruction adds the 8
+ * products exactly, wrapping only where a C sum would; returns the next block. */
+static inline const int8_t *gesture_mve4_w8_acc32(const int8_t *w, const int16_t *v, int n, int32_t *acc)
+{
+    register int32_t a0 __asm__("r4") = acc[0];
+    register int32_t a1 __asm__("r6") = acc[1];
+    register int32_t a2 __asm__("r8") = acc[2];
+    register int32_t a3 __asm__("r10") = acc[3];
+    const int chunks = n / 8;
+    const int rest = n % 8;
+    __asm__(
+            "wls lr, %[chunks], 2f\n"
+            "1:\n"
+            "vldrh.s16 q0, [%[v]], #16\n\t"
+            "vldrb.s16 q1, [%[w]], #8\n\t"
+            "vldrb.s16 q2, [%[w]], #8\n\t"
+            "vmladava.s16 %[a0], q1, q0\n\t"
+            "vldrb.s16 q1, [%[w]], #8\n\t"
+            "vmladava.s16 %[a1], q2, q0\n\t"
+            "vldrb.s16 q2, [%[w]], #8\n\t"
+            "vmladava.s16 %[a2], q1, q0\n\t"
+            "vmladava.s16 %[a3], q2, q0\n\t"
+            "le lr, 1b\n"
+            "2:"
+            : [w] "+l"(w), [v] "+r"(v), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3)
+            : [chunks] "r"(chunks)
+            : "q0", "q1", "q2", "lr", "memory");
+    if (rest > 0) {
+        __asm__(
+                "vctp.16 %[rest]\n\t"
+                "vpst\n\t"
+                "vldrht.s16 q0, [%[v]]\n\t"
+                "vldrb.s16 q1, [%[w]], #8\n\t"
+                "vldrb.s16 q2, [%[w]], #8\n\t"
+                "vmladava.s16 %[a0], q1, q0\n\t"
+                "vldrb.s16 q1, [%[w]], #8\n\t"
+                "vmladava.s16 %[a1], q2, q0\n\t"
+                "vldrb.s16 q2, [%[w]], #8\n\t"
+                "vmladava.s16 %[a2], q1, q0\n\t"
+                "vmladava.s16 %[a3], q2, q0"
+                : [w] "+l"(w), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3)
+                : [v] "r"(v), [rest] "r"(rest)
+                : "q0", "q1", "q2", "memory");
     }
     acc[0] = a0;
     acc[1] = a1;
@@ -514,7 +578,7 @@ static const int8_t gesture_l0_fwd_w[16][76] = {
 };
 #endif
 
-#if !GESTURE_V6M_KERNELS
+#if !GESTURE_V6M_KERNELS && !GESTURE_MVE_KERNELS
 /* per unit: i/f/g/o rows interleaved, x columns then h columns, each padded to a multiple of 4 with zeros, bytes of
  * each 4-column group in SXTB16 order 0,2,1,3; int8_t, per-row scale for each part; from lstm.weight_ih_l0[0:64],
  * lstm.weight_hh_l0[0:64] */
@@ -574,6 +638,72 @@ static const int8_t gesture_l0_fwd_w[16][80] = {
     89, -55, -108, 79, 8, 77 }
 };
 #endif
+#if GESTURE_MVE_KERNELS
+/* gesture_l0_fwd_w for the MVE kernels: per unit, x columns then h columns in chunks of 8, each chunk the 8 weights of
+ * the i/f/g/o rows, padded with zeros (passes/layout.py: mve_layout); int8_t, per-row scale for each part; from
+ * lstm.weight_ih_l0[0:64], lstm.weight_hh_l0[0:64] */
+static const int8_t gesture_l0_fwd_w[16][96] = {
+    { 127, -109, -48, 0, 0, 0, 0, 0, -38, -14, -127, 0, 0, 0, 0, 0, 102, 53, -127, 0, 0, 0, 0, 0, 102, -75, 127, 0, 0,
+    0, 0, 0, -61, 7, 94, -91, 61, 83, 127, -91, -63, -113, 43, 70, 127, -13, 123, 82, -5, -48, 83, 127, 99, -102, -28,
+    -26, -12, -119, -124, -124, 127, 105, 52, -33, 31, -96, 111, -50, 78, 4, -10, -4, -64, -99, 72, -70, 59, -110, 93,
+    38, 114, -69, -77, 2, -31, 51, 16, -80, 114, -35, 92, -4, -62, -37, -28, -121 }, { 63, -127, 81, 0, 0, 0, 0, 0,
+    -112, 127, -57, 0, 0, 0, 0, 0, -42, 127, -26, 0, 0, 0, 0, 0, 61, 115, 127, 0, 0, 0, 0, 0, 24, 66, 22, 43, -126, 102,
+    122, 116, -15, 61, -94, -29, 1, -77, -34, -57, 96, 82, 29, -119, 62, 87, 37, -51, 42, -43, 65, 90, -22, 69, 28, 95,
+    103, -101, -52, 123, -107, 127, -110, -99, 126, 113, 114, 108, -127, 44, 49, -97, 9, -51, 124, 127, -15, -88, 77,
+    67, -91, -12, -47, 124, -127, -80, 16, 126 }, { -51, 127, 35, 0, 0, 0, 0, 0, 127, 102, -6, 0, 0, 0, 0, 0, 111, 85,
+    -127, 0, 0, 0, 0, 0, -44, 127, -15, 0, 0, 0, 0, 0, 63, -93, -30, 94, 102, 122, -26, -100, 56, -74, 22, 45, 118, -72,
+    -108, 127, 77, -109, 49, -62, -127, -101, 61, 54, 89, -123, -92, 127, 19, -112, -41, 57, 127, -27, -53, 31, -90, 85,
+    81, -102, 58, 67, 49, -49, 83, -120, 19, 62, -127, 82, 111, 110, 82, -23, 97, 113, -27, -101, -81, -68, -5, 51, 63,
+    -64 }, { -56, 127, 23, 0, 0, 0, 0, 0, -127, 116, 59, 0, 0, 0, 0, 0, -113, 127, 7, 0, 0, 0, 0, 0, -5, -127, -87, 0,
+    0, 0, 0, 0, -111, -12, 57, -4, -69, 3, -127, -95, 96, -71, -95, 53, -112, -117, -127, -68, 81, -111, -54, 123, 118,
+    99, -65, -31, -21, -98, 96, 127, 123, 52, -27, -3, -90, 111, 119, -46, 6, 60, 16, -68, -27, -84, -60, -125, 87, -32,
+    -89, 37, -115, -88, 119, -127, -38, 33, -93, 36, 46, -110, 8, -103, -127, -4, -40, -80 }, { 119, -127, -24, 0, 0, 0,
+    0, 0, -126, 127, 119, 0, 0, 0, 0, 0, 127, 38, 60, 0, 0, 0, 0, 0, -104, -76, 127, 0, 0, 0, 0, 0, 75, 80, -8, -16,
+    118, 113, -74, 127, -96, 90, 74, -126, -101, -85, -70, 16, -21, 52, -100, 18, -119, 81, 127, -47, 21, 5, 20, -73,
+    -127, 3, -53, -44, 32, -86, 71, -97, 120, -83, 37, 40, -127, -95, 59, -42, -51, -106, 52, 9, 19, -67, -84, -66, -62,
+    25, -15, 9, 95, 21, 59, -36, -103, 26, -86, 16 }, { -79, 127, -4, 0, 0, 0, 0, 0, 127, -80, -24, 0, 0, 0, 0, 0, 100,
+    127, -89, 0, 0, 0, 0, 0, -56, -127, 65, 0, 0, 0, 0, 0, 35, 121, -60, -61, -126, -6, -69, 6, -57, -90, 31, 40, 65,
+    44, -22, -114, -102, -84, -115, -96, 112, 49, -127, -22, -108, 104, -94, 120, 98, 104, 83, 32, -30, 48, 126, 43,
+    -47, -71, -127, 123, 94, -1, -98, 127, 82, -116, -74, -50, 11, 71, 124, 32, 94, -47, -4, -80, -7, -2, -55, -127,
+    126, 7, 65, 5 }, { 127, 45, -54, 0, 0, 0, 0, 0, -3, 24, -127, 0, 0, 0, 0, 0, 21, 127, 123, 0, 0, 0, 0, 0, 63, 127,
+    -101, 0, 0, 0, 0, 0, -38, 40, 7, -127, 112, 112, 10, -113, -79, 64, -97, 127, -56, 81, 5, -60, 29, 118, 80, 127,
+    -58, -16, 26, 103, 37, -79, -99, 98, 49, 63, -127, 9, -85, 3, -114, -111, -30, -57, 49, -52, 91, -104, -72, 16, 108,
+    -59, -83, -87, -117, -63, 19, -74, 48, -9, -33, 68, -119, -15, -7, -90, -127, 1, 115, 115 }, { -127, -35, -91, 0, 0,
+    0, 0, 0, -127, 97, -42, 0, 0, 0, 0, 0, 109, -127, -126, 0, 0, 0, 0, 0, 76, -127, -78, 0, 0, 0, 0, 0, -17, -49, -118,
+    113, 25, 116, -21, -33, -69, -54, -37, -89, 49, 1, -102, -90, 93, 127, 59, -4, 107, 104, -65, 59, -80, -23, -109,
+    -102, -36, 127, -34, 8, -122, -49, 85, -127, -45, 79, 75, 48, 33, -2, 111, -24, -127, -116, -46, -35, 15, -56, -31,
+    -31, -91, -40, 44, 96, 123, 23, 106, 87, 123, 22, -106, -113 }, { -68, 10, 127, 0, 0, 0, 0, 0, 127, 15, 85, 0, 0, 0,
+    0, 0, -77, 16, 127, 0, 0, 0, 0, 0, -127, -73, -49, 0, 0, 0, 0, 0, -30, -11, -28, -55, 62, -51, -84, 34, 16, -32, 53,
+    -47, 105, 33, -44, 127, 10, -127, 69, -40, 117, -127, -31, 102, -66, 105, 73, 37, -97, -94, 104, -13, -108, -32, 76,
+    56, 127, -102, 1, -44, 36, -97, -79, 89, 65, 111, -11, 100, 57, -65, -114, -1, 51, -109, -110, -2, -127, -16, -31,
+    2, 53, 49, -98, -1 }, { 71, -127, 81, 0, 0, 0, 0, 0, 56, 93, 127, 0, 0, 0, 0, 0, -127, 107, -111, 0, 0, 0, 0, 0,
+    127, 54, 73, 0, 0, 0, 0, 0, -72, -73, 33, 14, -66, -91, -107, 127, 64, 40, -30, 125, 26, -33, -2, 127, -27, 84,
+    -127, -21, -102, -19, -67, 41, -63, 86, 63, 70, 116, 62, -127, 32, -22, -30, -48, -65, -119, -76, 79, 28, 87, -10,
+    127, 57, -69, -118, 75, 121, -110, -103, -74, -115, 83, -19, -73, 92, -87, 17, 1, 126, -87, -125, -34, 20 }, { 37,
+    127, 88, 0, 0, 0, 0, 0, -127, 69, -96, 0, 0, 0, 0, 0, -127, -29, 78, 0, 0, 0, 0, 0, 127, 124, 87, 0, 0, 0, 0, 0,
+    -46, -49, 83, 93, 125, 38, 63, -10, -84, 59, 6, -31, -39, 40, 32, 97, -30, 67, -40, -109, 29, 81, -127, 14, 94, 104,
+    99, 41, -37, -27, -70, 25, -76, -127, 79, -19, 53, 6, -121, -64, 53, 66, 127, 45, 21, -52, 106, 21, 26, 15, -3, -40,
+    -101, 21, -87, -108, -90, 44, 83, 109, -127, 106, -81, -11 }, { -122, -127, -64, 0, 0, 0, 0, 0, -127, 10, -29, 0, 0,
+    0, 0, 0, 127, -85, 30, 0, 0, 0, 0, 0, 5, -112, 127, 0, 0, 0, 0, 0, 37, -27, -127, 46, 5, -42, 53, 28, 85, 127, -29,
+    93, -27, 119, 104, -47, -52, -112, 50, 116, 127, -101, 89, 116, 119, 71, -41, 77, -127, 102, 127, -6, -49, 118, 66,
+    17, -25, -111, 102, -34, 5, -57, -53, -27, -1, -46, -124, -80, 2, 69, 92, 125, 87, 70, -62, -91, 21, -31, -83, -59,
+    -9, -107, -106, 14 }, { 127, -24, 62, 0, 0, 0, 0, 0, 84, -83, -127, 0, 0, 0, 0, 0, 127, 98, 92, 0, 0, 0, 0, 0, -37,
+    -12, -127, 0, 0, 0, 0, 0, -83, 82, 45, 32, -25, -40, 22, 99, -11, -43, 100, 109, 86, 59, -107, 127, -65, 112, -33,
+    5, -127, -6, -38, -88, -89, -74, -1, -72, 126, -49, -76, -36, 18, -60, 127, 3, 101, 31, 115, 74, -118, -44, -95, 48,
+    -112, -66, -85, -83, 105, -110, -19, -10, -123, 82, -43, 61, -111, 70, 117, -78, -51, 127, -98, 37 }, { -60, 127,
+    -55, 0, 0, 0, 0, 0, 127, -26, 98, 0, 0, 0, 0, 0, 127, 113, 46, 0, 0, 0, 0, 0, -27, -89, 127, 0, 0, 0, 0, 0, -72, 99,
+    1, -113, -29, -127, -73, -100, -60, 126, -10, 39, -127, 114, -28, -117, 75, 119, 33, 101, 124, 27, -27, -37, -106,
+    -116, 0, -74, 71, -40, 1, -68, 96, -30, -24, 67, 57, -93, 52, 60, 88, -35, 116, -87, -119, -96, 55, -14, 22, 48,
+    -127, 101, 21, -125, 43, 85, 54, 121, -20, -80, -127, 125, 55, 54 }, { 127, 2, -89, 0, 0, 0, 0, 0, 54, -127, 34, 0,
+    0, 0, 0, 0, -103, -127, -69, 0, 0, 0, 0, 0, -127, -115, -5, 0, 0, 0, 0, 0, -110, 121, -85, -54, -114, 127, 26, 117,
+    -125, 25, -9, 49, -69, -96, 92, -65, 57, 125, 3, -127, 0, 111, -74, 65, 25, 74, 52, 72, 92, 21, 127, 92, 9, 76, -44,
+    -111, 22, -12, -14, -68, 95, 109, -94, -62, 16, -127, 41, -56, 35, -25, 1, 65, -105, 97, 104, 86, -5, -66, 10, 115,
+    93, -60, -31, 59 }, { 123, -127, 70, 0, 0, 0, 0, 0, 46, -127, -90, 0, 0, 0, 0, 0, -24, -127, 76, 0, 0, 0, 0, 0,
+    -127, 84, -90, 0, 0, 0, 0, 0, 3, 37, 47, -104, 62, 13, 89, 91, -58, -101, 61, -83, -104, -34, -73, -127, 127, -6,
+    -90, 6, -37, 45, 108, -70, 50, 127, 65, 42, 31, -125, -49, 14, -102, 124, -127, 74, 9, 61, -70, 78, 53, -50, 92, 92,
+    -83, -76, -46, 77, 5, 124, -101, -22, 123, 89, 37, -55, -93, -117, 90, 45, -108, 8, 79, 77 }
+};
+#endif
 /* biases of the x parts, int32_t in accumulator units: lstm.bias_ih_l0[0:64] + lstm.bias_hh_l0[0:64] */
 static const int32_t gesture_l0_fwd_bx[16][4] = {
     { 935138, -59121, -885311, 1226150 }, { -219231, -430768, -14383, -550110 }, { 630214, 859452, 688693, 317221 },
@@ -624,7 +754,13 @@ static void gesture_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh
     memcpy(xh + 4, h, 16 * sizeof(int16_t));
     for (j = 0; j < 16; ++j) {
         /* the i, f, g, o rows of unit j: x part and h part, exact */
-#if GESTURE_DSP_KERNELS
+#if GESTURE_MVE_KERNELS
+        int32_t ax[4] = { gesture_l0_fwd_bx[j][0], gesture_l0_fwd_bx[j][1], gesture_l0_fwd_bx[j][2],
+                          gesture_l0_fwd_bx[j][3] };
+        int32_t ah[4] = { 0, 0, 0, 0 };
+        w = gesture_mve4_w8_acc32(w, xh, 3, ax);
+        w = gesture_mve4_w8_acc32(w, xh + 4, 16, ah);
+#elif GESTURE_DSP_KERNELS
         int32_t ax[8];
         const int32_t *const ah = ax + 4;
         w = gesture_unit4_x1_h4_bx(w, xh, ax, gesture_l0_fwd_bx[j], NULL);

@@ -14,8 +14,9 @@
 typedef char lstm_w8_requires_arithmetic_right_shift[
     ((-1 >> 1) == -1 && ((int32_t)-5 >> 1) == -3 && ((int64_t)-5 >> 1) == -3) ? 1 : -1];
 
-/* The recurrent kernels of this build: the DSP unit kernels of lstm_w8_kernels.S (Cortex-M4/M7/M33/M55), the ARMv6-M
- * unit kernels (Cortex-M0/M0+), or the portable C kernels below (host, Cortex-M3, M23, ARM state). */
+/* The recurrent kernels of this build: the DSP unit kernels of lstm_w8_kernels.S (Cortex-M4/M7/M33), the ARMv6-M unit
+ * kernels (Cortex-M0/M0+), the MVE (Helium) kernels (Cortex-M55/M85: tested before the DSP ones), or the portable C
+ * kernels below (host, Cortex-M3, M23, ARM state). */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define LSTM_W8_DSP_KERNELS 1
@@ -26,6 +27,11 @@ typedef char lstm_w8_requires_arithmetic_right_shift[
 #define LSTM_W8_V6M_KERNELS 1
 #else
 #define LSTM_W8_V6M_KERNELS 0
+#endif
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+#define LSTM_W8_MVE_KERNELS 1
+#else
+#define LSTM_W8_MVE_KERNELS 0
 #endif
 
 /* The DSP extension (Cortex-M4, M7, M33, M55): SMMULR, SMMLAR and dual 16-bit multiply-accumulates. Other cores compute
@@ -306,7 +312,7 @@ static inline int16_t tr_from_float(float v, int frac)
     return q > 32767u ? INT16_MAX : (int16_t)q;
 }
 
-#if !LSTM_W8_DSP_KERNELS && !LSTM_W8_V6M_KERNELS
+#if !LSTM_W8_DSP_KERNELS && !LSTM_W8_V6M_KERNELS && !LSTM_W8_MVE_KERNELS
 
 /* acc[r] += row r of a block of 4 interleaved weight rows (int8_t) times v, over `groups` groups of 4 columns
  * (passes/layout.py: within a group the bytes are in the order 0, 2, 1, 3), two groups per iteration; returns the next
@@ -347,6 +353,64 @@ static inline const int8_t *lstm_w8_mac4_w8_acc32(const int8_t *w, const int16_t
         a2 += w[8] * x0 + w[9] * x2 + w[10] * x1 + w[11] * x3;
         a3 += w[12] * x0 + w[13] * x2 + w[14] * x1 + w[15] * x3;
         w += 16;
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+    return w;
+}
+#endif
+
+#if LSTM_W8_MVE_KERNELS
+
+/* acc[r] += row r of a block of 4 weight rows (int8_t) times v over n columns, in chunks of 8 columns: per chunk the 8
+ * weights of each row in column order, the last chunk padded with zero weights (passes/layout.py: mve_layout). Per
+ * chunk one VLDRH.S16 of 8 activations (a last partial chunk under a VCTP.16 tail predicate: zeros, nothing read past
+ * v + n), then per row one widening VLDRB.S16 of its 8 weights and one VMLADAVA.S16 (8 MACs into a 32-bit sum)
+ * (backend/mveasm.py). Exact: the exporter proved every partial sum fits int32_t, and the instruction adds the 8
+ * products exactly, wrapping only where a C sum would; returns the next block. */
+static inline const int8_t *lstm_w8_mve4_w8_acc32(const int8_t *w, const int16_t *v, int n, int32_t *acc)
+{
+    register int32_t a0 __asm__("r4") = acc[0];
+    register int32_t a1 __asm__("r6") = acc[1];
+    register int32_t a2 __asm__("r8") = acc[2];
+    register int32_t a3 __asm__("r10") = acc[3];
+    const int chunks = n / 8;
+    const int rest = n % 8;
+    __asm__(
+            "wls lr, %[chunks], 2f\n"
+            "1:\n"
+            "vldrh.s16 q0, [%[v]], #16\n\t"
+            "vldrb.s16 q1, [%[w]], #8\n\t"
+            "vldrb.s16 q2, [%[w]], #8\n\t"
+            "vmladava.s16 %[a0], q1, q0\n\t"
+            "vldrb.s16 q1, [%[w]], #8\n\t"
+            "vmladava.s16 %[a1], q2, q0\n\t"
+            "vldrb.s16 q2, [%[w]], #8\n\t"
+            "vmladava.s16 %[a2], q1, q0\n\t"
+            "vmladava.s16 %[a3], q2, q0\n\t"
+            "le lr, 1b\n"
+            "2:"
+            : [w] "+l"(w), [v] "+r"(v), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3)
+            : [chunks] "r"(chunks)
+            : "q0", "q1", "q2", "lr", "memory");
+    if (rest > 0) {
+        __asm__(
+                "vctp.16 %[rest]\n\t"
+                "vpst\n\t"
+                "vldrht.s16 q0, [%[v]]\n\t"
+                "vldrb.s16 q1, [%[w]], #8\n\t"
+                "vldrb.s16 q2, [%[w]], #8\n\t"
+                "vmladava.s16 %[a0], q1, q0\n\t"
+                "vldrb.s16 q1, [%[w]], #8\n\t"
+                "vmladava.s16 %[a1], q2, q0\n\t"
+                "vldrb.s16 q2, [%[w]], #8\n\t"
+                "vmladava.s16 %[a2], q1, q0\n\t"
+                "vmladava.s16 %[a3], q2, q0"
+                : [w] "+l"(w), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3)
+                : [v] "r"(v), [rest] "r"(rest)
+                : "q0", "q1", "q2", "memory");
     }
     acc[0] = a0;
     acc[1] = a1;
@@ -417,7 +481,7 @@ static const int8_t lstm_w8_l1_fwd_w[8][64] = {
 };
 #endif
 
-#if !LSTM_W8_V6M_KERNELS
+#if !LSTM_W8_V6M_KERNELS && !LSTM_W8_MVE_KERNELS
 /* per unit: i/f/g/o rows interleaved, x columns then h columns, each padded to a multiple of 4 with zeros, bytes of
  * each 4-column group in SXTB16 order 0,2,1,3; int8_t, per-row scale for each part; from rnn.weight_ih_l0[0:32],
  * rnn.weight_hh_l0[0:32] */
@@ -442,6 +506,34 @@ static const int8_t lstm_w8_l0_fwd_w[8][64] = {
     127, 25, -121, 102, -126, -80, 68, -118 }, { -106, -89, 102, -51, 24, -127, 13, -29, -27, 127, -21, -9, -117, 3,
     -100, 127, -127, 0, 0, 0, -86, 0, 0, 0, 77, 0, 0, 0, 49, 0, 0, 0, 20, 38, -43, 127, 66, -58, -37, -127, 112, -127,
     -78, 3, 126, -75, 27, -127, 7, 127, -94, 99, 90, 54, -123, -32, -75, -81, 98, 16, -27, -10, -30, -39 }
+};
+#endif
+#if LSTM_W8_MVE_KERNELS
+/* lstm_w8_l0_fwd_w for the MVE kernels: per unit, x columns then h columns in chunks of 8, each chunk the 8 weights of
+ * the i/f/g/o rows, padded with zeros (passes/layout.py: mve_layout); int8_t, per-row scale for each part; from
+ * rnn.weight_ih_l0[0:32], rnn.weight_hh_l0[0:32] */
+static const int8_t lstm_w8_l0_fwd_w[8][64] = {
+    { 68, -71, 82, -15, 127, 0, 0, 0, -43, -127, 58, 53, 27, 0, 0, 0, 108, -16, -127, 31, 55, 0, 0, 0, 107, 65, -127,
+    109, 96, 0, 0, 0, -86, 90, 11, -127, 6, 83, -76, -6, -14, -66, -61, 127, 76, -75, 6, 30, 99, -81, -83, 15, 4, -55,
+    127, -109, -127, 0, 127, 77, 61, -85, 124, -72 }, { 34, -16, -116, 33, -127, 0, 0, 0, 127, 110, 11, 27, 20, 0, 0, 0,
+    -91, -19, 88, -127, -108, 0, 0, 0, -94, -47, 89, -127, -115, 0, 0, 0, -70, -111, -80, 14, 91, -26, -127, -1, 64,
+    -14, -127, -7, -67, -81, -120, -118, 92, 82, -39, 60, -28, -127, 112, -44, 127, -114, -68, -42, 23, 75, 30, -52 },
+    { 20, 10, -34, 127, 10, 0, 0, 0, 94, 119, 127, 102, -43, 0, 0, 0, -17, -127, 111, 15, 108, 0, 0, 0, -97, 44, -58,
+    -127, 55, 0, 0, 0, -127, 9, 108, 62, -89, -32, 58, 40, -63, 53, -113, -127, 114, 48, 74, 58, -19, 127, 126, -96,
+    -34, 73, 80, -95, -127, -47, -76, -96, 99, 22, -86, 76 }, { 55, 56, -78, -51, 127, 0, 0, 0, -6, -28, 80, 15, 127, 0,
+    0, 0, 88, -127, -103, -113, -53, 0, 0, 0, 66, 49, -112, 127, -10, 0, 0, 0, -127, -79, -48, 50, 121, 60, 51, -115,
+    -52, -85, -92, -9, 34, -127, -104, 76, -121, 70, -113, 120, -127, -97, 65, 91, -121, -106, -17, 118, 92, -121, -127,
+    61 }, { -127, -9, -10, 92, -12, 0, 0, 0, 67, -113, 39, 127, 117, 0, 0, 0, -48, -21, -127, 55, 74, 0, 0, 0, -127,
+    -20, 87, 61, -1, 0, 0, 0, 107, 59, -53, -80, 47, -90, 67, 127, 18, 94, 127, 87, -30, -63, 40, 116, -48, -80, 53, 44,
+    35, -127, -42, -51, -13, 18, 5, -127, -30, -57, -31, 112 }, { 59, -11, -125, -127, -109, 0, 0, 0, -2, 45, -127, -43,
+    66, 0, 0, 0, 41, 82, 97, -127, 19, 0, 0, 0, 90, -117, 89, 127, -78, 0, 0, 0, -98, -93, -62, -127, -17, 92, 56, -48,
+    -127, 36, -102, -105, 48, 67, 45, 39, 1, 115, -93, -2, 49, 72, -127, 5, -120, 12, 126, -115, 46, 127, 72, 69 },
+    { -127, -91, 33, 92, 7, 0, 0, 0, -127, 121, -92, 44, -5, 0, 0, 0, 127, -99, -61, -7, -85, 0, 0, 0, 32, -24, -127,
+    -1, -50, 0, 0, 0, -20, -68, -127, -43, 11, -80, -118, 46, -43, 3, -127, -94, 3, -33, -22, 82, 111, -92, 88, -20,
+    127, -121, 25, 102, -50, 54, 15, 127, -126, 68, -80, -118 }, { -106, 102, -89, -51, -127, 0, 0, 0, 24, 13, -127,
+    -29, -86, 0, 0, 0, -27, -21, 127, -9, 77, 0, 0, 0, -117, -100, 3, 127, 49, 0, 0, 0, 20, -43, 38, 127, 7, -94, 127,
+    99, 66, -37, -58, -127, 90, -123, 54, -32, 112, -78, -127, 3, -75, 98, -81, 16, 126, 27, -75, -127, -27, -30, -10,
+    -39 }
 };
 #endif
 /* biases of the x parts, int32_t in accumulator units: rnn.bias_ih_l0[0:32] + rnn.bias_hh_l0[0:32] */
@@ -482,7 +574,13 @@ static void lstm_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh
     memcpy(xh + 8, h, 8 * sizeof(int16_t));
     for (j = 0; j < 8; ++j) {
         /* the i, f, g, o rows of unit j: x part and h part, exact */
-#if LSTM_W8_DSP_KERNELS
+#if LSTM_W8_MVE_KERNELS
+        int32_t ax[4] = { lstm_w8_l0_fwd_bx[j][0], lstm_w8_l0_fwd_bx[j][1], lstm_w8_l0_fwd_bx[j][2],
+                          lstm_w8_l0_fwd_bx[j][3] };
+        int32_t ah[4] = { 0, 0, 0, 0 };
+        w = lstm_w8_mve4_w8_acc32(w, xh, 5, ax);
+        w = lstm_w8_mve4_w8_acc32(w, xh + 8, 8, ah);
+#elif LSTM_W8_DSP_KERNELS
         int32_t ax[8];
         const int32_t *const ah = ax + 4;
         w = lstm_w8_unit4_x2_h2_bx(w, xh, ax, lstm_w8_l0_fwd_bx[j], NULL);
@@ -525,7 +623,7 @@ static void lstm_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh
     }
 }
 
-#if !LSTM_W8_V6M_KERNELS
+#if !LSTM_W8_V6M_KERNELS && !LSTM_W8_MVE_KERNELS
 /* per unit: i/f/g/o rows interleaved, x columns then h columns, each padded to a multiple of 4 with zeros, bytes of
  * each 4-column group in SXTB16 order 0,2,1,3; int8_t, per-row scale for each part; from rnn.weight_ih_l1[0:32],
  * rnn.weight_hh_l1[0:32] */
@@ -552,6 +650,35 @@ static const int8_t lstm_w8_l1_fwd_w[8][64] = {
     -11, -11, 100, 124, -127, -102, -127, 61, -18, 27, -122, -127, -8, -127, 98, -36, 13, -22, -53, -127, 100, -30,
     -111, 48, -23, -88, 101, -31, -82, 95, 12, -59, -88, 46, -76, 127, 127, 122, 101, -110, 101, -112, 127, -1, -13,
     -47, -107, -127, -86, 39, -107, -1, -53, -121, 83, 9, -47, -75, 112, 25 }
+};
+#endif
+#if LSTM_W8_MVE_KERNELS
+/* lstm_w8_l1_fwd_w for the MVE kernels: per unit, x columns then h columns in chunks of 8, each chunk the 8 weights of
+ * the i/f/g/o rows, padded with zeros (passes/layout.py: mve_layout); int8_t, per-row scale for each part; from
+ * rnn.weight_ih_l1[0:32], rnn.weight_hh_l1[0:32] */
+static const int8_t lstm_w8_l1_fwd_w[8][64] = {
+    { -5, 127, 40, 106, -108, 73, 106, 63, -41, 94, 61, 83, 127, 90, -65, 21, -65, 21, -122, -110, 33, 40, -55, 127, 80,
+    69, 104, 88, -106, 61, 25, -127, 55, -101, -127, -51, 29, 35, -78, -33, -29, 127, -116, -74, -113, -60, 89, 86, -40,
+    -127, 113, -35, 49, -104, -105, 86, 127, 49, 88, -82, 11, -120, 59, -2 }, { -19, 116, -63, 46, -127, -96, -118, -99,
+    127, 103, -117, -1, 69, 56, -2, -13, -74, -127, 42, 100, -111, 54, 58, 91, 86, 81, -88, -5, 66, 35, 127, -103, -31,
+    -127, 3, -13, -107, -68, 97, 50, 126, 48, 110, -59, -57, -116, -127, 29, -124, 5, 27, 27, -127, 92, -13, 56, 99,
+    -40, -85, 127, 124, 77, -99, -89 }, { -54, -119, -93, -70, 63, 127, 71, -59, 60, -62, 94, -113, -127, 17, 26, 46,
+    21, -127, -123, 110, 71, 125, 71, 37, -13, -125, 127, -69, 64, 77, -37, -78, -108, 48, -127, -75, 20, -13, -83, 21,
+    -26, -104, -22, -127, 78, 92, -17, -6, 117, -114, 18, 61, -59, 102, 127, -85, -32, -123, 43, 100, 122, -49, -107,
+    -127 }, { -80, 71, -82, -112, -54, 127, 111, -115, -97, 42, -127, 74, 95, -73, 26, 95, -35, 48, 56, -81, -2, -127,
+    60, -20, 106, 127, -16, -15, 111, 11, -73, 72, 29, 103, -29, 127, 86, -55, 104, -71, 19, 27, 14, -120, -64, 105,
+    -35, 127, -23, 45, -66, -127, 123, -16, 90, 57, -1, 127, -26, 117, -25, -104, 33, -51 }, { 127, -71, -56, -121, 109,
+    103, 124, 39, -30, 75, -123, 49, 58, 34, -127, 6, -127, 102, -44, -118, -17, -103, 19, 62, -127, 24, -97, -5, -46,
+    -58, -54, 35, 28, 51, 5, 47, 63, -127, 78, 50, -42, 120, 88, -84, -113, 61, -109, 127, -13, -90, 41, -79, 47, -127,
+    -22, -48, -52, 127, -81, -115, 118, -10, -20, -61 }, { -50, 75, -33, -121, -70, 73, -116, -127, 107, -127, 48, -73,
+    -80, -109, 81, 120, 7, 5, -25, 109, 124, 2, -127, 71, 36, -108, 127, 84, -104, 125, -23, -84, -68, 110, 31, -97,
+    127, 59, 94, 23, -127, 83, -7, 34, 118, 119, -34, -64, -113, -127, -59, -51, 74, 75, -92, -56, -57, -82, -4, -52,
+    127, -15, 30, -76 }, { 119, -107, 29, 126, 33, -16, 48, 127, -127, 117, 86, 32, 106, 32, 25, 99, 63, 75, -59, 68,
+    121, 106, -127, 19, 64, 31, -60, 50, 51, 59, -92, -127, 39, 26, 127, 122, 49, 0, -96, 75, 35, -10, -102, -127, -90,
+    93, 5, 14, 114, -112, -31, 49, -125, -127, 65, -67, 9, -49, 1, -116, -55, -3, 127, -39 }, { -111, 75, -62, -99, -8,
+    98, -127, -36, -11, 100, -11, 124, 13, -53, -22, -127, -127, -127, -102, 61, 100, -111, -30, 48, -18, -122, 27,
+    -127, -23, 101, -88, -31, -82, 12, 95, -59, -13, -107, -47, -127, -88, -76, 46, 127, -86, -107, 39, -1, 127, 101,
+    122, -110, -53, 83, -121, 9, 101, 127, -112, -1, -47, 112, -75, 25 }
 };
 #endif
 /* biases of the x parts, int32_t in accumulator units: rnn.bias_ih_l1[0:32] + rnn.bias_hh_l1[0:32] */
@@ -588,7 +715,13 @@ static void lstm_w8_l1_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh
     memcpy(xh + 8, h, 8 * sizeof(int16_t));
     for (j = 0; j < 8; ++j) {
         /* the i, f, g, o rows of unit j: x part and h part, exact */
-#if LSTM_W8_DSP_KERNELS
+#if LSTM_W8_MVE_KERNELS
+        int32_t ax[4] = { lstm_w8_l1_fwd_bx[j][0], lstm_w8_l1_fwd_bx[j][1], lstm_w8_l1_fwd_bx[j][2],
+                          lstm_w8_l1_fwd_bx[j][3] };
+        int32_t ah[4] = { 0, 0, 0, 0 };
+        w = lstm_w8_mve4_w8_acc32(w, xh, 8, ax);
+        w = lstm_w8_mve4_w8_acc32(w, xh + 8, 8, ah);
+#elif LSTM_W8_DSP_KERNELS
         int32_t ax[8];
         const int32_t *const ah = ax + 4;
         w = lstm_w8_unit4_x2_h2_bx(w, xh, ax, lstm_w8_l1_fwd_bx[j], NULL);

@@ -1,0 +1,114 @@
+"""Silero VAD end to end (issue 12 item 7), float32: the plain-module rebuild equals the
+silero-vad package's own model per frame, and the exported C (one vad_step per 32 ms frame,
+the 64-sample context and the LSTMCell state in vad_state_t) equals the rebuild over more than
+1,000 frames of synthesized speech (eSpeak NG), speech in noise, tones, noise and silence.
+One export, one compile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tinyrnn import vad_example as vad
+from tinyrnn.api import export_program
+from tinyrnn.cli import main
+from tinyrnn.frontend.reader import capture, read_program
+from tinyrnn.ir import Carry, FrameConv1d, FramePad, LSTMLayer
+from tinyrnn.targets.host import load
+from tinyrnn.targets.profile import macs_per_step
+
+pytestmark = pytest.mark.filterwarnings(  # the package loads its TorchScript model
+    "ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+
+
+
+@pytest.fixture(scope="module")
+def package():
+    return vad.package_model()
+
+
+@pytest.fixture(scope="module")
+def module(package):
+    return vad.rebuild(package)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return vad.test_audio(min_frames=1000)
+
+
+@pytest.fixture(scope="module")
+def expected(module, frames):
+    return vad.run_frames(module, frames)
+
+
+def test_the_audio_has_speech_and_non_speech(frames, expected):
+    assert len(frames) >= 1000 and frames.shape[1] == vad.FRAME
+    speech = float(np.mean(expected > vad.THRESHOLD))
+    assert 0.2 < speech < 0.9, speech
+
+
+def test_the_rebuild_equals_the_package_model_per_frame(package, frames, expected):
+    """The context and the state carried by both, from reset, frame by frame."""
+    got = vad.run_package(package, frames)
+    assert float(np.max(np.abs(got - expected))) <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def exported(module, tmp_path_factory):
+    example = (torch.zeros(1, vad.FRAME), torch.zeros(1, vad.CONTEXT),
+               torch.zeros(1, vad.HIDDEN), torch.zeros(1, vad.HIDDEN))
+    program = capture(module, example)
+    folder = tmp_path_factory.mktemp("silero") / "c"
+    export_program(program, folder, name="vad", format="float32")
+    return read_program(program), load(folder)
+
+
+def test_the_export_is_one_step_per_frame(exported, module):
+    """512 samples in, one probability out; the context is carried (a Carry layer) and the
+    LSTMCell is the one recurrent layer; the STFT basis is the package's, untouched."""
+    model, _ = exported
+    assert model.step_module and model.input_size == vad.FRAME
+    assert model.layers[0] == Carry(vad.CONTEXT)
+    assert [o.role for o in model.outputs] == ["sequence", "carry_n", "h_n", "c_n"]
+    assert [type(layer) for layer in model.layers].count(LSTMLayer) == 1
+    pad = next(layer for layer in model.layers if isinstance(layer, FramePad))
+    assert (pad.mode, pad.left, pad.right, pad.length) == ("reflect", 0, 64, 576)
+    stft = next(layer for layer in model.layers if isinstance(layer, FrameConv1d))
+    np.testing.assert_array_equal(stft.weight.data, module.stft_conv.weight.detach().numpy())
+    assert (stft.stride, stft.out_length) == (128, 4)
+
+
+def test_float32_c_equals_torch_per_frame(exported, frames, expected):
+    """vad_step from vad_reset over every frame: max abs probability error and the speech
+    decisions at 0.5; vad_run over the same frames gives the same, and its context output is
+    the last 64 samples."""
+    _, c = exported
+    state = c.new_state()
+    got = np.array([c.step(state, frame)[0] for frame in frames], np.float32)
+    error = float(np.max(np.abs(got - expected)))
+    flips = int(np.sum((got > vad.THRESHOLD) != (expected > vad.THRESHOLD)))
+    print(f"Silero VAD float32 over {len(frames)} frames: max abs probability error "
+          f"{error:.2e}, decisions at 0.5 that differ: {flips}")
+    assert error <= 1e-5 and flips == 0
+    zeros = [np.zeros((1, n), np.float32) for n in (vad.CONTEXT, vad.HIDDEN, vad.HIDDEN)]
+    y, context, _, _ = c.run(frames[None], *zeros)
+    np.testing.assert_array_equal(y[0, :, 0], got)
+    np.testing.assert_array_equal(context[0], frames[-1, -vad.CONTEXT:])
+
+
+def test_the_profiler_counts_the_frame_convs(exported, module):
+    """MACs of one frame: every frame conv (output positions x out x in x kernel), the
+    LSTMCell's 4 gates over x and h."""
+    _, c = exported
+    lengths = {"stft_conv": 4, "conv1": 4, "conv2": 2, "conv3": 1, "conv4": 1, "final_conv": 1}
+    convs = sum(n * getattr(module, name).weight.numel() for name, n in lengths.items())
+    assert macs_per_step(c.manifest) == convs + 4 * vad.HIDDEN * (128 + vad.HIDDEN)
+
+
+def test_the_example_refuses_the_integer_formats_by_name(tmp_path, capsys):
+    assert main(["example", "--model", "silero-vad", "--format", "w8a16",
+                 "--out", str(tmp_path / "ex")]) == 2
+    err = capsys.readouterr().err
+    assert "runs in float32 only" in err and not (tmp_path / "ex").exists()
