@@ -446,6 +446,12 @@ void w_conv1d_f(const float *x, float *y, int T, const float *w, const float *b,
 void w_frame_conv1d_f(const float *x, float *y, int L, int L_out, const float *w,
                       const float *b, int c, int o, int kernel, int groups, int dilation,
                       int stride, int pad);
+void w_mean_time_f(const float *x, float *y, int T, int n);
+void w_sum_time_f(const float *x, float *y, int T, int n);
+void w_max_time_f(const float *x, float *y, int T, int n);
+void w_mean_time_q(const int16_t *x, int16_t *y, int T, int n);
+void w_sum_time_q(const int16_t *x, int16_t *y, int T, int n, int shift);
+void w_max_time_q(const int16_t *x, int16_t *y, int T, int n);
 void w_frame_pad_f(const float *x, float *y, int L, int c, int left, int right, int mode,
                    float value);
 void w_conv1d_w8_acc32(const int16_t *x, int16_t *y, int T, const int8_t *w,
@@ -500,6 +506,9 @@ _BODIES = {
                   "pad + k, pad_right);",
     "w_frame_conv1d_f": "k = 0;\n    t_frame_conv1d_f(x, y, L, L_out, w, b, c, o, kernel, groups,"
                         " dilation, stride, pad + k);",
+    **{f"w_{kind}_time_{t}": f"k = 0;\n    t_{kind}_time_{t}(x, y, T, n + k);"
+       for kind in ("mean", "sum", "max") for t in ("f", "q") if (kind, t) != ("sum", "q")},
+    "w_sum_time_q": "k = 0;\n    t_sum_time_q(x, y, T, n + k, shift);",
     "w_frame_pad_f": "k = 0;\n    t_frame_pad_f(x, y, L, c, left, right, mode + k, value);",
     **{f"w_conv1d_w{w}_acc{a}": f"k = 0;\n    t_conv1d_w{w}_acc{a}(x, y, T, w, b, m, s, c, o, "
                                 "kernel, groups, dilation, stride, pad + k, pad_right);"
@@ -985,3 +994,29 @@ def test_c_compiles_for_cortex_m4(tmp_path: Path) -> None:
     )
 
 
+
+
+def test_pooling_over_time_helpers_in_c(clib):
+    """mean/sum/max over time in C: the integer forms bit-exact against the numpy reference
+    (extremes included: the int64 sum, the mean's rounding, saturation of the shifted sum), the
+    float forms against numpy."""
+    ffi, lib = clib
+    rng = np.random.default_rng(5)
+    T, n = 7, 5
+    xq = rng.integers(-32768, 32768, size=(T, n)).astype(np.int16)
+    xq[:, 0] = 32767
+    xq[:, 1] = -32768
+    y = np.zeros(n, np.int16)
+    lib.w_mean_time_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", y), T, n)
+    assert np.array_equal(y, fp.mean_time_q(xq[None])[0])
+    lib.w_max_time_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", y), T, n)
+    assert np.array_equal(y, fp.max_time_q(xq[None])[0])
+    for shift in (0, 2, 5):
+        lib.w_sum_time_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", y), T, n, shift)
+        assert np.array_equal(y, fp.sum_time_q(xq[None], shift)[0]), shift
+    xf = rng.normal(size=(T, n)).astype(np.float32)
+    yf = np.zeros(n, np.float32)
+    for name, ref in (("mean", np.mean), ("sum", np.sum), ("max", np.max)):
+        getattr(lib, f"w_{name}_time_f")(_buf(ffi, "float", xf), _buf(ffi, "float", yf), T, n)
+        np.testing.assert_allclose(yf, ref(xf.astype(np.float64), axis=0), rtol=1e-6,
+                                   atol=1e-6, err_msg=name)

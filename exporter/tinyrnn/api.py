@@ -158,7 +158,7 @@ def check_options(format: str, name: str, max_seq_len: int | None) -> None:
 def check_sequence_buffers(model: Model, format: str) -> None:
     """Refuse a --max-seq-len whose sequence buffers (bidirectional models) would exceed
     :data:`MAX_SEQUENCE_BUFFER_BYTES`."""
-    if not (model.bidirectional or model.convolves):
+    if not (model.bidirectional or model.convolves or model.pools):
         return
     widest = max([1] + [value_width(model.layers, model.input_size, k + 1)
                         for k, layer in enumerate(model.layers)

@@ -25,7 +25,9 @@ import numpy as np
 from .cells import CellSpec, cell_spec
 
 CellKind = Literal["lstm", "gru", "rnn_tanh", "rnn_relu"]
-ActivationKind = Literal["relu", "tanh", "sigmoid", "softmax", "log_softmax"]
+ActivationKind = Literal["relu", "tanh", "sigmoid", "softmax", "log_softmax", "relu6",
+                         "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs", "square",
+                         "sqrt"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,6 +195,9 @@ class Dense:
     name: str
     weight: Tensor  # (out, in)
     bias: Tensor | None
+    diagonal: bool = False
+    """Only the diagonal of ``weight`` may be non-zero (a BatchNorm or ``x * c`` with no layer
+    to fold into): ``y[j] = weight[j, j] x[j] + bias[j]``, F multiplies instead of F x F."""
 
     @property
     def in_features(self) -> int:
@@ -253,10 +258,18 @@ class Conv1d:
 
 @dataclass(frozen=True)
 class Activation:
-    """An element-wise (relu, tanh, sigmoid) or last-axis (softmax, log_softmax) function."""
+    """An element-wise (relu, tanh, sigmoid, relu6, hardtanh, leaky_relu, hardsigmoid,
+    hardswish, abs, square, sqrt) or last-axis (softmax, log_softmax) function.
+
+    relu6 and hardtanh clamp to ``[low, high]`` (relu6: ``[0, 6]``); leaky_relu is ``x`` for
+    ``x >= 0``, else ``slope * x``; hardsigmoid is ``clamp(x / 6 + 1/2, 0, 1)`` and hardswish
+    ``x * hardsigmoid(x)``, as torch defines them."""
 
     kind: ActivationKind
     features: int
+    low: float = 0.0
+    high: float = 0.0
+    slope: float = 0.0
     reads: tuple[int, ...] = ()  # an earlier value than the previous one (float32), see reads()
 
 
@@ -265,6 +278,16 @@ class SelectStep:
     """Take one time step of the sequence (``index`` may be negative: -1 is the last)."""
 
     index: int
+    features: int
+
+
+@dataclass(frozen=True)
+class PoolTime:
+    """The mean, sum or maximum over the whole time axis, kept as a sequence of ONE step (as
+    ``AdaptiveAvgPool1d(1)`` or ``mean(dim, keepdim=True)`` give it); the frontend follows it
+    with ``SelectStep(0)`` to make the vector ``mean(dim)`` gives."""
+
+    kind: Literal["mean", "sum", "max"]
     features: int
 
 
@@ -386,8 +409,8 @@ class Unary:
     reads: tuple[int, ...] = ()  # an earlier value than the previous one, see reads()
 
 
-Layer = (LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep | Binary
-         | Concat | ChannelSlice | Unary | FrameConv1d | FramePad | Carry)
+Layer = (LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep | PoolTime
+         | Binary | Concat | ChannelSlice | Unary | FrameConv1d | FramePad | Carry)
 
 
 def reads(layers: tuple[Layer, ...] | list[Layer], index: int) -> tuple[int, ...]:
@@ -499,6 +522,11 @@ class Model:
                      if isinstance(layer, Conv1d) and layer.changes_length)
 
     @property
+    def pools(self) -> bool:
+        """Whether a layer reduces the whole time axis (a PoolTime): no streaming NAME_step."""
+        return any(isinstance(layer, PoolTime) for layer in self.layers)
+
+    @property
     def selects(self) -> bool:
         return any(isinstance(layer, SelectStep) for layer in self.layers)
 
@@ -518,6 +546,8 @@ class Model:
                     or (isinstance(layer, Activation) and layer.reads):
                 kind = type(layer).__name__
                 name = f"{kind} {layer.name}" if isinstance(layer, FrameConv1d) else kind
+                if isinstance(layer, Activation):  # one reading an earlier value
+                    name = f"{layer.kind} of an earlier value"
                 if name not in names:
                     names.append(name)
         return tuple(names)

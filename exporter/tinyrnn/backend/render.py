@@ -31,6 +31,7 @@ from ..ir import (
     FrameConv1d,
     FramePad,
     Model,
+    PoolTime,
     RecurrentLayer,
     SelectStep,
     Unary,
@@ -420,7 +421,9 @@ def build_interface(plan: Plan, model: Model, q: Any, sources: list[str]
         has_step=plan.schedule is not None and plan.schedule.step is not None,
         sources=sources, format_macros=_format_macros(plan, q),
         **({"no_step_why": "this model has a Conv1d, which reads neighbouring steps"}
-           if model.convolves else {}))
+           if model.convolves else
+           {"no_step_why": "this model pools over time, which reads every step"}
+           if model.pools else {}))
 
 
 def interface(model: Model, plan: Plan) -> dict:
@@ -537,14 +540,24 @@ def _layer_summary(layer: Any) -> dict:
         )
     if isinstance(layer, Dense):
         return dict(kind="dense", name=layer.name, in_features=layer.in_features,
-                    out_features=layer.out_features, bias=layer.bias is not None)
+                    out_features=layer.out_features, bias=layer.bias is not None,
+                    **({"diagonal": True} if layer.diagonal else {}))
     if isinstance(layer, Conv1d):
         return dict(kind="conv1d", name=layer.name, in_channels=layer.in_channels,
                     out_channels=layer.out_channels, kernel=layer.kernel, stride=layer.stride,
                     dilation=layer.dilation, groups=layer.groups,
                     padding=[layer.pad_left, layer.pad_right], bias=layer.bias is not None)
     if isinstance(layer, Activation):
-        return dict(kind=layer.kind, features=layer.features)
+        options: dict = {}
+        if layer.kind in ("relu6", "hardtanh"):
+            options = dict(min=layer.low, max=layer.high)
+        elif layer.kind == "leaky_relu":
+            options = dict(negative_slope=layer.slope)
+        if layer.reads:
+            options["reads"] = list(layer.reads)
+        return dict(kind=layer.kind, features=layer.features, **options)
+    if isinstance(layer, PoolTime):
+        return dict(kind=f"{layer.kind}_time", features=layer.features)
     if isinstance(layer, FrameConv1d):
         return dict(kind="frame_conv1d", name=layer.name, in_channels=layer.in_channels,
                     out_channels=layer.out_channels, kernel=layer.kernel, stride=layer.stride,

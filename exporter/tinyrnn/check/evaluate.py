@@ -84,8 +84,20 @@ _HELPERS = {
     "dot2_q32": lambda a, b, ka, c, d, kc, s: nm.dot2_q32(a, b, int(ka), c, d, int(kc), int(s)),
     "rshift_round64": nm.rshift_round,
     "sigmoid": nm.sigmoid_f, "relu": lambda v: np.maximum(v, 0.0), "tanh": nm.tanh_f,
+    "clamp_q": lambda x, lo, hi: nm.clamp_q(x, int(lo), int(hi)),
+    "leaky_q": lambda x, m, n: nm.leaky_q(x, int(m), int(n)), "abs_q": nm.abs_q,
+    "clamp_f": lambda v, lo, hi: np.minimum(np.maximum(v, lo), hi),
+    "leaky_relu_f": lambda v, slope: np.where(v < 0, v * slope, v),
+    "hardsigmoid_f": lambda v: np.clip(v + 3.0, 0.0, 6.0) / 6.0,
+    "hardswish_f": lambda v: v * np.clip(v + 3.0, 0.0, 6.0) / 6.0,
+    "abs_f": np.abs, "sqrt_f": np.sqrt,
     "sqrtf": np.sqrt, "fabsf": np.abs,
 }
+
+
+_POOL_TIME = {"mean_time_f": np.mean, "sum_time_f": np.sum, "max_time_f": np.max,
+              "mean_time_q": nm.mean_time_q, "max_time_q": nm.max_time_q,
+              "sum_time_q": nm.sum_time_q}
 
 
 class _Frame:
@@ -129,6 +141,18 @@ class _Frame:
     def do(self, c: Call) -> None:
         if c.fn.startswith("conv1d_"):
             self.conv1d(c)
+            return
+        if c.fn in _POOL_TIME:
+            x, y = (self.views[a.name] for a in c.args[:2])  # type: ignore[union-attr]
+            n = int(self.value(c.args[3]))
+            steps = x.shape[1] // n
+            seq = x[:, :steps * n].reshape(x.shape[0], steps, n)
+            if c.fn == "sum_time_q":
+                y[:, :n] = nm.sum_time_q(seq, int(self.value(c.args[4])))
+            elif c.fn.endswith("_q"):
+                y[:, :n] = _POOL_TIME[c.fn](seq)
+            else:
+                y[:, :n] = _POOL_TIME[c.fn](seq, axis=1)
             return
         if c.fn == "frame_conv1d_f":
             self.frame_conv1d(c)

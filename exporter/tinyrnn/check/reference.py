@@ -13,10 +13,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..numerics.helpers import (
+    ACT_OUT,
     QFormat,
+    abs_q,
+    clamp_q,
     dot2_q,
     dot2_q32,
+    leaky_q,
     log_softmax_q,
+    max_time_q,
+    mean_time_q,
     mul_q30,
     relu_q,
     requant,
@@ -27,6 +33,7 @@ from ..numerics.helpers import (
     saturate,
     sigmoid_wide,
     softmax_q,
+    sum_time_q,
     tanh_wide,
 )
 from ..passes.quantize import (
@@ -37,6 +44,7 @@ from ..passes.quantize import (
     QGRULayer,
     QLSTMLayer,
     QModel,
+    QPoolTime,
     QRNNLayer,
 )
 from .simulate import Batch, State, Trace, conv1d_taps, split_state, walk
@@ -122,12 +130,28 @@ class IntNumerics:
         layer = self.q.layers[index]
         if isinstance(layer, QDense):
             return evaluate(layer.acc, value)
+        if isinstance(layer, QPoolTime):
+            if layer.ir.kind == "sum":
+                return sum_time_q(value, layer.shift)[:, None]
+            return (mean_time_q if layer.ir.kind == "mean" else max_time_q)(value)[:, None]
         if isinstance(layer, QConv1d):
             return conv1d_int(layer, value)
         assert isinstance(layer, QActivation)
         kind = layer.ir.kind
         if kind == "relu":
             return relu_q(value)
+        if kind in ("relu6", "hardtanh"):
+            return clamp_q(value, layer.low, layer.high)
+        if kind == "leaky_relu":
+            return leaky_q(value, layer.mult, layer.shift)
+        if kind == "abs":
+            return abs_q(value)
+        if kind == "square":
+            return requant(value * value, layer.mult, layer.shift)
+        if kind in ("hardsigmoid", "hardswish"):
+            hs = clamp_q(requant(value, layer.mult, layer.shift) + (1 << (ACT_OUT.frac - 1)),
+                         0, ACT_OUT.qmax)
+            return hs if kind == "hardsigmoid" else mul_q30(value, hs, ACT_OUT.frac)
         if kind == "sigmoid":
             return sigmoid_wide(sat24(rshift_round(value, layer.in_shift)))
         if kind == "tanh":

@@ -33,6 +33,7 @@ from ..ir import (
     FramePad,
     LSTMLayer,
     Model,
+    PoolTime,
     RecurrentLayer,
     RNNLayer,
     SelectStep,
@@ -334,6 +335,9 @@ class FloatNumerics:
             return y + layer.bias.data if layer.bias is not None else y
         if isinstance(layer, Conv1d):
             return conv1d_float(layer, value)
+        if isinstance(layer, PoolTime):
+            reduce = {"mean": np.mean, "sum": np.sum, "max": np.max}[layer.kind]
+            return reduce(value, axis=1, keepdims=True)
         assert isinstance(layer, Activation)
         if layer.kind == "relu":
             return np.maximum(value, 0.0)
@@ -341,9 +345,24 @@ class FloatNumerics:
             return np.tanh(value)
         if layer.kind == "sigmoid":
             return _sigmoid(value)
+        if layer.kind in POINTWISE:
+            return POINTWISE[layer.kind](layer, value)
         shifted = value - value.max(axis=-1, keepdims=True)
         log_sum = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
         return np.exp(shifted - log_sum) if layer.kind == "softmax" else shifted - log_sum
+
+
+POINTWISE = {
+    "relu6": lambda a, v: np.clip(v, a.low, a.high),
+    "hardtanh": lambda a, v: np.clip(v, a.low, a.high),
+    "leaky_relu": lambda a, v: np.where(v < 0, v * a.slope, v),
+    "hardsigmoid": lambda a, v: np.clip(v / 6.0 + 0.5, 0.0, 1.0),
+    "hardswish": lambda a, v: v * np.clip(v / 6.0 + 0.5, 0.0, 1.0),
+    "abs": lambda a, v: np.abs(v),
+    "square": lambda a, v: v * v,
+    "sqrt": lambda a, v: np.sqrt(v),
+}
+"""The element-wise activations beyond relu/tanh/sigmoid, in float64 (as torch defines them)."""
 
 
 def conv1d_taps(layer: Conv1d, x: np.ndarray) -> np.ndarray:

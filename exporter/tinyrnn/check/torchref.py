@@ -39,6 +39,7 @@ from ..ir import (
     GRULayer,
     LSTMLayer,
     Model,
+    PoolTime,
     RecurrentLayer,
     SelectStep,
     Unary,
@@ -104,9 +105,13 @@ def _conv1d(layer: Conv1d, value: torch.Tensor) -> torch.Tensor:
     return conv(padded).transpose(1, 2)
 
 
-def _head(layer: Dense | Conv1d | Activation, value: torch.Tensor) -> torch.Tensor:
+def _head(layer: Dense | Conv1d | Activation | PoolTime, value: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, Conv1d):
         return _conv1d(layer, value)
+    if isinstance(layer, PoolTime):
+        if layer.kind == "max":
+            return torch.amax(value, dim=1, keepdim=True)
+        return (torch.mean if layer.kind == "mean" else torch.sum)(value, dim=1, keepdim=True)
     if isinstance(layer, Dense):
         linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
         with torch.no_grad():
@@ -114,9 +119,14 @@ def _head(layer: Dense | Conv1d | Activation, value: torch.Tensor) -> torch.Tens
             if layer.bias is not None:
                 linear.bias.copy_(torch.from_numpy(layer.bias.data.astype(np.float32)))
         return linear(value)
+    F = nn.functional
     functions = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
                  "softmax": lambda v: torch.softmax(v, dim=-1),
-                 "log_softmax": lambda v: torch.log_softmax(v, dim=-1)}
+                 "log_softmax": lambda v: torch.log_softmax(v, dim=-1),
+                 "relu6": F.relu6, "hardtanh": lambda v: F.hardtanh(v, layer.low, layer.high),
+                 "leaky_relu": lambda v: F.leaky_relu(v, layer.slope),
+                 "hardsigmoid": F.hardsigmoid, "hardswish": F.hardswish, "abs": torch.abs,
+                 "square": torch.square, "sqrt": torch.sqrt}
     return functions[layer.kind](value)
 
 

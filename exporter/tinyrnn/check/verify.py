@@ -49,7 +49,8 @@ def _layer_name(layer: Any, index: int) -> str:
         return f"layer {index}: Conv1d {layer.name}"
     if isinstance(layer, Activation):
         return f"layer {index}: {layer.kind}"
-    assert isinstance(layer, SelectStep)
+    if not isinstance(layer, SelectStep):  # a PoolTime
+        return f"layer {index}: {layer.kind} over time"
     return f"layer {index}: time step {layer.index}"
 
 

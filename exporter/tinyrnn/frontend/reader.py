@@ -41,12 +41,12 @@ from ..ir import (
     LSTMLayer,
     Model,
     OutputSpec,
+    PoolTime,
     RecurrentLayer,
     RNNLayer,
     SelectStep,
     StateGroup,
     Tensor,
-    Unary,
     split_gates,
 )
 from ..ir import reads as ir_reads
@@ -65,7 +65,18 @@ _ELEMENTWISE = {
     "aten.relu.default": "relu",
     "aten.tanh.default": "tanh",
     "aten.sigmoid.default": "sigmoid",
+    "aten.relu6.default": "relu6",
+    "aten.hardtanh.default": "hardtanh",
+    "aten.leaky_relu.default": "leaky_relu",
+    "aten.hardsigmoid.default": "hardsigmoid",
+    "aten.hardswish.default": "hardswish",
+    "aten.abs.default": "abs",
+    "aten.square.default": "square",
+    "aten.sqrt.default": "sqrt",
 }
+_SCALAR_OPS = {"aten.mul.Tensor", "aten.mul.Scalar", "aten.add.Tensor", "aten.add.Scalar",
+               "aten.sub.Tensor", "aten.sub.Scalar", "aten.rsub.Scalar", "aten.div.Tensor",
+               "aten.div.Scalar", "aten.pow.Tensor_Scalar"}
 _LAST_AXIS = {
     "aten.softmax.int": "softmax",
     "aten._softmax.default": "softmax",
@@ -99,19 +110,21 @@ _CELLS = {
 _ZEROS = {"aten.zeros.default", "aten.zeros_like.default", "aten.new_zeros.default"}
 _SELECT = {"aten.select.int", "aten.slice.Tensor"}
 _CONV = {"aten.conv1d.default", "aten.conv1d.padding"}
+_BATCH_NORM = {"aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default"}
+_POOL_TIME = {"aten.mean.dim": "mean", "aten.sum.dim_IntList": "sum", "aten.amax.default": "max",
+              "aten.adaptive_avg_pool1d.default": "mean"}
 _BINARY = {"aten.add.Tensor": "add", "aten.mul.Tensor": "mul"}
 _CAT = {"aten.cat.default", "aten.concat.default", "aten.concatenate.default"}
-_UNARY = {"aten.sqrt.default": "sqrt", "aten.abs.default": "abs", "aten.square.default": "square",
-          "aten.pow.Tensor_Scalar": "square"}
 _PAD = "aten.pad.default"
 _PAD_MODES = ("constant", "reflect", "replicate")
 _KNOWN = {
     *_RECURRENT, *_CELLS, *_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_ZEROS, *_SELECT,
-    *_CONV, *_BINARY, *_CAT, *_UNARY, _PAD, "aten.mean.dim", "aten.linear.default",
-    "aten.transpose.int", "aten.permute.default", "aten.stack.default", "aten.unbind.int",
+    *_CONV, *_BATCH_NORM, *_SCALAR_OPS, *_POOL_TIME, *_BINARY, *_CAT, _PAD,
+    "aten.linear.default", "aten.transpose.int", "aten.permute.default", "aten.stack.default",
+    "aten.unbind.int",
 }
-_DATA_OPS = {*_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_SELECT, *_CONV, *_UNARY, _PAD,
-             "aten.mean.dim",
+_DATA_OPS = {*_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_SELECT, *_CONV, *_BATCH_NORM,
+             *_SCALAR_OPS, *_POOL_TIME, _PAD,
              "aten.linear.default", "aten.transpose.int", "aten.permute.default"}
 _CELL_HINT = {"lstm": "(h, c) = cell(x[:, t], (h, c))", "gru": "h = cell(x[:, t], h)",
               "rnn_tanh": "h = cell(x[:, t], h)", "rnn_relu": "h = cell(x[:, t], h)"}
@@ -315,6 +328,12 @@ def _suggestion(node: Node, weights: dict[str, np.ndarray]) -> str:
         mode = node.arg("mode", "constant")
         return (f"; Conv1d padding_mode={mode!r} is not supported: use padding_mode='zeros' "
                 "(the default)")
+    if node.target in ("aten.max_pool1d.default", "aten.avg_pool1d.default",
+                       "aten.max_pool1d_with_indices.default",
+                       "aten.adaptive_max_pool1d.default"):
+        return ("; a pooling window that changes the sequence length is not supported yet: to "
+                "pool the whole sequence into one vector use y.mean(dim), y.sum(dim), "
+                "y.amax(dim) over the time axis or AdaptiveAvgPool1d(1)")
     if node.target in ("aten.mm.default", "aten.matmul.default", "aten.addmm.default"):
         return "; a product with a weight matrix is nn.Linear"
     return ""
@@ -445,10 +464,12 @@ class _Reader:
                 f"  - {listing}\n"
                 "Supported: nn.LSTM/GRU/RNN (any options), nn.LSTMCell/GRUCell/RNNCell (a step "
                 "module or a loop over time, see docs/c-api.md), Conv1d, Linear, taking one "
-                "time step, relu/tanh/sigmoid/softmax/log_softmax, dropout, in float32 the "
-                "add/mul of two values of one shape (residuals), channel slices and cat on the "
-                "channel axis, per-frame convs and pads in a step module, transposes between "
-                "(B, T, C) "
+                "time step, relu/tanh/sigmoid/softmax/log_softmax/relu6/hardtanh/leaky_relu/"
+                "hardsigmoid/hardswish/abs/square/sqrt, BatchNorm1d (folded), x * c, x + c, "
+                "mean/sum/amax over time and AdaptiveAvgPool1d(1) (float32), dropout, in "
+                "float32 the add/mul of two values of one shape (residuals), channel slices and "
+                "cat on the channel axis, per-frame convs and pads in a step module, transposes "
+                "between (B, T, C) "
                 "and (B, C, T), and views that move no data."
             )
         if self.x_index is None:
@@ -497,6 +518,12 @@ class _Reader:
 
     def dispatch(self, node: Node) -> None:
         target = node.target
+        if target in _BINARY and self.two_values(node):
+            self.binary(node, _BINARY[target])
+            return
+        if target == "aten.mean.dim" and self.over_ones(node):
+            self.mean(node)
+            return
         if target in _DATA_OPS and not self.cell_as_data(node, node.first()):
             return
         if target in _RECURRENT:
@@ -532,22 +559,22 @@ class _Reader:
             self.transpose(node)
         elif target in _CONV:
             self.conv1d(node)
+        elif target in _BATCH_NORM:
+            self.batch_norm(node)
+        elif target in _SCALAR_OPS:
+            self.scalar_op(node)
+        elif target in _POOL_TIME:
+            self.pool_time(node, _POOL_TIME[target])
         elif target in _CELLS:
             self.cell(node, _CELLS[target])
         elif target == "aten.stack.default":
             self.stack(node)
         elif target == "aten.unbind.int":
             self.unbind(node)
-        elif target in _BINARY:
-            self.binary(node, _BINARY[target])
         elif target in _CAT:
             self.concat(node)
-        elif target in _UNARY:
-            self.unary(node, _UNARY[target])
         elif target == _PAD:
             self.pad(node)
-        elif target == "aten.mean.dim":
-            self.mean(node)
         else:
             self.fail(node, "unsupported operation" + _suggestion(node, self.weight_shapes))
 
@@ -1045,9 +1072,195 @@ class _Reader:
         if data is None or not self.shape_is(node, node.outputs[0] if node.outputs else None,
                                              data.shape):
             return
+        options: dict[str, float] = {}
+        if kind == "relu6":
+            options = dict(low=0.0, high=6.0)
+        elif kind == "hardtanh":
+            low, high = node.arg("min_val", -1.0), node.arg("max_val", 1.0)
+            if not (type(low) in (int, float) and type(high) in (int, float) and low < high
+                    and np.isfinite([low, high]).all()):
+                self.fail(node, f"hardtanh bounds {low!r}, {high!r}; tinyrnn needs finite "
+                                "min_val < max_val")
+                return
+            options = dict(low=float(low), high=float(high))
+        elif kind == "leaky_relu":
+            slope = node.arg("negative_slope", 0.01)
+            if type(slope) not in (int, float) or not np.isfinite(slope):
+                self.fail(node, f"leaky_relu with negative_slope {slope!r}")
+                return
+            options = dict(slope=float(slope))
         self.layers.append(Activation(kind, data.width,  # type: ignore[arg-type]
-                                      (data.depth,) if earlier else ()))
+                                      reads=(data.depth,) if earlier else (), **options))
         self.set(node, replace(data, depth=len(self.layers)))
+
+    def pool_time(self, node: Node, kind: str) -> None:
+        """The mean, sum or max over the whole time axis (``y.mean(1)``, ``y.sum(dim=1)``,
+        ``y.amax(1)``, ``AdaptiveAvgPool1d(1)`` of (B, C, T)): a sequence becomes a vector, as
+        taking one step does (a PoolTime layer, then SelectStep(0))."""
+        data = self.current(node, node.first())
+        if data is None:
+            return
+        if data.time_axis is None:
+            self.fail(node, f"a {kind} over an axis longer than 1 of a value that has no "
+                            "time axis (tinyrnn reduces the time axis only)")
+            return
+        ndim = len(data.shape)
+        if node.target == "aten.adaptive_avg_pool1d.default":
+            size = node.arg("output_size")
+            if size not in ((1,), 1) or not data.channels_first:
+                self.fail(node, f"AdaptiveAvgPool1d({size!r}) of a value of shape "
+                                f"{list(data.shape)}; tinyrnn reads AdaptiveAvgPool1d(1) of "
+                                "(B, C, T) (the mean over time)")
+                return
+            dims: Any = (data.time_axis,)
+            keep = True
+        else:
+            dims = node.arg("dim", None)
+            dims = (dims,) if _is_int(dims) else dims
+            keep = node.arg("keepdim", False)
+            if node.arg("dtype", None) is not None:
+                self.fail(node, f"{kind} with a dtype")
+                return
+        if not (isinstance(dims, tuple) and len(dims) == 1 and _is_int(dims[0])
+                and -ndim <= dims[0] < ndim and dims[0] % ndim == data.time_axis
+                and type(keep) is bool):
+            what = "the time axis and the batch" if dims in (None, ()) else f"dim {dims!r}"
+            self.fail(node, f"a {kind} over {what} of a value of shape {list(data.shape)}; "
+                            f"tinyrnn reduces the time axis only (dim {data.time_axis})")
+            return
+        shape = list(data.shape)
+        if keep:
+            shape[data.time_axis] = 1
+        else:
+            del shape[data.time_axis]
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, tuple(shape)):
+            return
+        self.layers.append(PoolTime(kind, data.features))  # type: ignore[arg-type]
+        self.layers.append(SelectStep(0, data.features))
+        batch = data.batch_axis - (0 if keep or data.batch_axis < data.time_axis else 1)
+        self.set(node, _Data(len(self.layers), data.features, tuple(shape), batch, None))
+
+    def scalar_op(self, node: Node) -> None:
+        """``x * c``, ``x + c``, ``x - c``, ``c - x``, ``x / c`` with a number ``c`` (an affine
+        map: folded into a Linear or Conv1d before it, see :meth:`affine`), ``x * x`` and
+        ``x ** 2`` (square), ``x ** 0.5`` (sqrt)."""
+        target = node.target
+        other = node.arg("exponent") if target == "aten.pow.Tensor_Scalar" else node.arg("other")
+        x = node.first()
+        if target == "aten.pow.Tensor_Scalar":
+            kinds = {2: "square", 0.5: "sqrt", 1: None}
+            if type(other) not in (int, float) or other not in kinds:
+                self.fail(node, f"x ** {other!r}; tinyrnn reads the powers 2 (square) and 0.5 "
+                                "(sqrt)")
+            elif kinds[other] is None:
+                data = self.current(node, x)
+                if data is not None:
+                    self.set(node, data)
+            else:
+                self.activation(node, kinds[other])  # type: ignore[arg-type]
+            return
+        if (target == "aten.mul.Tensor" and isinstance(other, TensorRef)
+                and isinstance(x, TensorRef) and other.name == x.name):
+            self.activation(node, "square")
+            return
+        if type(other) not in (int, float) or not np.isfinite(other):
+            self.fail(node, "unsupported operation (tinyrnn reads this operation with a "
+                            "number, e.g. x * 0.5 or x + 1, or as x * x)")
+            return
+        if "alpha" in dict(node.args) and node.arg("alpha") != 1:
+            self.fail(node, f"{target} with alpha {node.arg('alpha')!r}")
+            return
+        data = self.current(node, x)
+        if data is None or not self.shape_is(node, node.outputs[0] if node.outputs else None,
+                                             data.shape):
+            return
+        c = float(other)
+        op = target.split(".")[1]
+        if op == "div" and c == 0:
+            self.fail(node, "a division by zero")
+            return
+        scale, shift = {"mul": (c, 0.0), "add": (1.0, c), "sub": (1.0, -c),
+                        "rsub": (-1.0, c), "div": (1.0 / (c or 1.0), 0.0)}[op]
+        what = {"mul": f"x * {c!r}", "add": f"x + {c!r}", "sub": f"x - {c!r}",
+                "rsub": f"{c!r} - x", "div": f"x / {c!r}"}[op]
+        n = data.features
+        self.affine(node, data, what, np.full(n, scale), np.full(n, shift),
+                    f"s = {scale!r} ({what})", f"+ {shift!r} ({what})")
+
+    def batch_norm(self, node: Node) -> None:  # noqa: C901 - one check per argument
+        """``nn.BatchNorm1d`` in eval mode: ``y = (x - mean) / sqrt(var + eps) * weight + bias``
+        per channel (axis 1 of its input: (B, C, T) or (B, C)), an affine map folded into the
+        layer before it (:meth:`affine`)."""
+        names = ("weight", "bias", "running_mean", "running_var")
+        refs = [node.arg(n, None) for n in names]
+        consts = [self.const(r) if r is not None else None for r in refs]
+        if any(r is not None and c is None for r, c in zip(refs, consts)):
+            self.fail(node, "a BatchNorm with parameters that are computed, not stored")
+            return
+        weight, bias, mean, var = consts
+        if mean is None or var is None:
+            self.fail(node, "a BatchNorm without running statistics (track_running_stats=False "
+                            "normalizes with each batch's own statistics); tinyrnn folds the "
+                            "running mean and variance of eval()")
+            return
+        if node.target == "aten.batch_norm.default" and node.arg("training", False) is not False:
+            self.fail(node, "BatchNorm in training mode; export the model in eval()")
+            return
+        eps = node.arg("eps")
+        if type(eps) not in (int, float) or not 0 <= eps < 1:
+            self.fail(node, f"a BatchNorm with eps {eps!r}")
+            return
+        data = self.current(node, node.first())
+        if data is None:
+            return
+        if not (data.channels_first or (data.time_axis is None and len(data.shape) == 2
+                                        and data.batch_axis == 0)):
+            self.fail(node, f"a BatchNorm over axis 1 of a value of shape {list(data.shape)}, "
+                            "which is not its features; BatchNorm1d reads (B, C, T) or (B, C): "
+                            "apply it as bn(y.transpose(1, 2)).transpose(1, 2)")
+            return
+        channels = data.features
+        if any(c is not None and c.tensor.shape != (channels,) for c in consts):
+            self.fail(node, f"BatchNorm statistics that are not {channels} per-channel values")
+            return
+        if np.any(var.tensor + eps <= 0):
+            self.fail(node, f"a BatchNorm whose running_var + eps is not positive "
+                            f"({var.name})")
+            return
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, data.shape):
+            return
+        bn = mean.name.removesuffix(".running_mean")
+        scale = 1.0 / np.sqrt(var.tensor + eps)
+        what = f"1 / sqrt({var.name} + {eps!r})"
+        if weight is not None:
+            scale, what = scale * weight.tensor, f"{weight.name} / sqrt({var.name} + {eps!r})"
+        shift = -mean.tensor * scale
+        shift_what = f"- {mean.name} * s"
+        if bias is not None:
+            shift, shift_what = shift + bias.tensor, f"+ {bias.name} {shift_what}"
+        self.affine(node, data, bn, scale, shift, f"s = {what}", shift_what)
+
+    def affine(self, node: Node, data: _Data, name: str, scale: np.ndarray, shift: np.ndarray,
+               scale_what: str, shift_what: str) -> None:
+        """``y = scale * x + shift`` per channel of the data path's current value: folded into
+        the layer that computed it when that is a Linear or a Conv1d (only its weights change,
+        in every format), else a Dense layer with the diagonal weights ``diag(scale)``. The
+        value before the fold becomes an intermediate value: nothing may read it any more."""
+        last = self.layers[-1] if self.layers else None
+        if isinstance(last, (Dense, Conv1d)):
+            self.layers[-1] = _fold(last, scale, shift, f"{name}: {scale_what}", shift_what)
+            for key, value in self.values.items():
+                if isinstance(value, _Data) and value.depth == len(self.layers):
+                    self.values[key] = replace(value, depth=-1)
+            self.set(node, replace(data, shape=self.out_shape(node)))
+            return
+        self.layers.append(Dense(
+            name=name,
+            weight=Tensor(np.diag(scale), f"diag(s), {scale_what}"),
+            bias=Tensor(np.asarray(shift, dtype=np.float64), f"{shift_what.lstrip('+ ')}"),
+            diagonal=True,
+        ))
+        self.set(node, replace(data, depth=len(self.layers), shape=self.out_shape(node)))
 
     def view(self, node: Node) -> None:
         value = self.value(node.first())
@@ -1367,16 +1580,28 @@ class _Reader:
             return shape[1], shape[2]
         return None
 
+    def two_values(self, node: Node) -> bool:
+        """Whether ``a + b`` / ``a * b`` combines two different tensors that are not stored
+        constants (a residual, :meth:`binary`); a number, a constant or ``x * x`` is a
+        :meth:`scalar_op`."""
+        a, b = node.arg("self", None), node.arg("other", None)
+        return (isinstance(a, TensorRef) and isinstance(b, TensorRef) and a.name != b.name
+                and self.const(a) is None and self.const(b) is None)
+
+    def over_ones(self, node: Node) -> bool:
+        """Whether a mean is over axes of size 1 only (Silero's ``mean(dim=1)`` of (B, 1)),
+        which moves no data (:meth:`mean`); a mean over the time axis is a PoolTime."""
+        dims = node.arg("dim", None)
+        dims = (dims,) if _is_int(dims) else dims
+        shape = self.shape(node.first().name) if isinstance(node.first(), TensorRef) else ()
+        return (isinstance(dims, tuple) and bool(dims) and bool(shape)
+                and all(_is_int(d) and -len(shape) <= d < len(shape) and shape[d] == 1
+                        for d in dims)
+                and node.arg("dtype", None) is None)
+
     def mean(self, node: Node) -> None:
         """A mean over axes of size 1 moves no data (Silero's ``mean(dim=1)`` of (B, 1))."""
-        dims = node.arg("dim", None)
-        shape = self.shape(node.first().name) if isinstance(node.first(), TensorRef) else ()
-        if (isinstance(dims, tuple) and dims and all(_is_int(d) and -len(shape) <= d < len(shape)
-                                                     and shape[d] == 1 for d in dims)
-                and node.arg("dtype", None) is None):
-            self.view(node)
-            return
-        self.fail(node, "a mean over an axis longer than 1")
+        self.view(node)
 
     def binary(self, node: Node, kind: str) -> None:
         """``a + b`` or ``a * b`` of two data-path values of one shape and layout."""
@@ -1442,21 +1667,6 @@ class _Reader:
         self.layers.append(layer)
         self.set(node, replace(first, depth=len(self.layers),
                                features=sum(v.features for v in values), shape=tuple(shape)))
-
-    def unary(self, node: Node, kind: str) -> None:
-        """``x ** 2`` / ``torch.square``, ``torch.sqrt``, ``torch.abs`` of a data-path value."""
-        if node.target == "aten.pow.Tensor_Scalar" and node.arg("exponent") not in (2, 2.0):
-            self.fail(node, f"pow with exponent {node.arg('exponent')!r}; tinyrnn reads x ** 2")
-            return
-        value = self.value(node.first())
-        earlier = isinstance(value, _Data) and value.depth < len(self.layers)
-        data = self.data_value(node, node.first())
-        if data is None or not self.shape_is(node, node.outputs[0] if node.outputs else None,
-                                             data.shape):
-            return
-        self.layers.append(Unary(kind, data.width,  # type: ignore[arg-type]
-                                 (data.depth,) if earlier else ()))
-        self.set(node, replace(data, depth=len(self.layers)))
 
     def pad(self, node: Node) -> None:
         """``F.pad`` / ``nn.ZeroPad1d`` / ``ConstantPad1d`` / ``ReflectionPad1d`` /
@@ -1741,6 +1951,20 @@ class _Reader:
             else:
                 self.fail_output(out, "an unsupported output")
         return tuple(outputs)
+
+
+def _fold(layer: Dense | Conv1d, scale: np.ndarray, shift: np.ndarray, scale_what: str,
+          shift_what: str) -> Dense | Conv1d:
+    """``layer`` followed by ``y = scale * y + shift`` per output channel, as one layer:
+    ``W' = scale W`` (row by row), ``b' = scale b + shift``."""
+    shape = (-1,) + (1,) * (layer.weight.data.ndim - 1)
+    weight = Tensor(layer.weight.data * scale.reshape(shape),
+                    f"{layer.weight.source} * s ({scale_what})")
+    if layer.bias is not None:
+        bias = Tensor(layer.bias.data * scale + shift, f"{layer.bias.source} * s {shift_what}")
+    else:
+        bias = Tensor(np.asarray(shift, dtype=np.float64), f"{shift_what.lstrip('+ ')}")
+    return replace(layer, weight=weight, bias=bias)
 
 
 def _proj(direction: Direction) -> int:

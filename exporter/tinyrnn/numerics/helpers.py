@@ -396,6 +396,49 @@ def relu_q(x: ArrayLike) -> IntArray:
     return np.maximum(_as_int16(x, "x"), 0)
 
 
+def clamp_q(x: ArrayLike, lo: int, hi: int) -> IntArray:
+    """``min(max(x, lo), hi)`` of int32s into int16, ``-2**15 <= lo <= hi < 2**15`` (relu6,
+    hardtanh, hardsigmoid's final clamp). C: ``clamp_q(int32_t x, int32_t lo, int32_t hi)``."""
+    if not -(2**15) <= int(lo) <= int(hi) < 2**15:
+        raise ValueError(f"clamp_q needs -2**15 <= lo <= hi < 2**15, got {lo}, {hi}")
+    return np.clip(_as_int64(x, "x"), int(lo), int(hi))
+
+
+def leaky_q(x: ArrayLike, M: int, n: int) -> IntArray:
+    """leaky_relu of int16s, in their format: ``x`` for ``x >= 0``, else ``requant(x, M, n)``
+    (the slope ``M * 2**-n``). C: ``leaky_q(int16_t x, int32_t M, int n)``."""
+    xa = _as_int16(x, "x")
+    return np.where(xa >= 0, xa, requant(xa, M, n))
+
+
+def sum_time_q(x: ArrayLike, shift: int) -> IntArray:
+    """The sum over axis 1 (time) of int16s, exact in int64, into int16 with ``shift`` fewer
+    fraction bits: ``sat16(rshift_round(sum, shift))``, ``0 <= shift <= 62``.
+    C: ``sum_time_q(x, y, T, n, shift)``."""
+    if not 0 <= int(shift) <= REQUANT_MAX_SHIFT:
+        raise ValueError(f"sum_time_q needs 0 <= shift <= {REQUANT_MAX_SHIFT}, got {shift}")
+    return sat16(rshift_round(_as_int16(x, "x").sum(axis=1), int(shift)))
+
+
+def mean_time_q(x: ArrayLike) -> IntArray:
+    """The mean over axis 1 (time, T steps) of int16s in their format, rounded half up:
+    ``floor((2 sum + T) / (2 T))`` with the exact int64 sum (always within int16).
+    C: ``mean_time_q(x, y, T, n)``."""
+    xa = _as_int16(x, "x")
+    steps = xa.shape[1]
+    return np.floor_divide(2 * xa.sum(axis=1) + steps, 2 * steps)
+
+
+def max_time_q(x: ArrayLike) -> IntArray:
+    """The maximum over axis 1 (time) of int16s. C: ``max_time_q(x, y, T, n)``."""
+    return _as_int16(x, "x").max(axis=1)
+
+
+def abs_q(x: ArrayLike) -> IntArray:
+    """``|x|`` of int16s, saturating (``|-32768|`` is 32767). C: ``abs_q(int16_t x)``."""
+    return sat16(np.abs(_as_int16(x, "x")))
+
+
 
 # ----------------------------------------------------------------------------------------------
 # Wide activations: Q3.20 -> sigmoid Q0.15, tanh Q0.30, by table and linear interpolation
@@ -840,6 +883,9 @@ HELPERS: tuple[Helper, ...] = (
     # float32
     Helper("dot"), Helper("tanh"), Helper("sigmoid"), Helper("relu"),
     Helper("softmax_f"), Helper("log_softmax_f"), Helper("conv1d_f", ("dot",)),
+    Helper("clamp_f"), Helper("leaky_relu_f"), Helper("hardsigmoid_f", ("clamp_f",)),
+    Helper("hardswish_f", ("hardsigmoid_f",)), Helper("abs_f"), Helper("sqrt_f"),
+    Helper("mean_time_f"), Helper("sum_time_f"), Helper("max_time_f"),
     Helper("frame_conv1d_f", ("dot",)), Helper("frame_pad_f"),
     # integers
     Helper("dsp"),
@@ -850,6 +896,9 @@ HELPERS: tuple[Helper, ...] = (
     Helper("requant", ("sat16_i64", "rshift_round64")),
     Helper("sat_shift", ("sat16_i64", "rshift_round64")),
     Helper("relu_q"),
+    Helper("clamp_q"), Helper("leaky_q", ("requant",)), Helper("abs_q"),
+    Helper("sum_time_q", ("sat16_i64", "rshift_round64")), Helper("mean_time_q"),
+    Helper("max_time_q"),
     Helper("mmulr", ("dsp",)), Helper("mmlar", ("dsp",), portable=("mmulr",)),
     Helper("mmulr64"),
     Helper("clamp_wide"),

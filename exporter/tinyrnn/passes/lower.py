@@ -72,6 +72,7 @@ from ..ir import (
     FrameConv1d,
     FramePad,
     Model,
+    PoolTime,
     RecurrentLayer,
     SelectStep,
     Unary,
@@ -87,7 +88,7 @@ INPUT_LIMIT = 2**15
 """The largest |value| of an int16 activation: the accumulator bounds assume every input."""
 
 __all__ = ["conv_rows4", "lower", "lower_activation", "lower_conv1d", "lower_dense",
-           "lower_recurrent"]
+           "lower_pool_time", "lower_recurrent"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -646,6 +647,8 @@ def lower_dense(p: str, index: int, layer: Dense, q, req: _Requirements) -> list
     consts = _Constants()
     T = "int16_t" if q is not None else "float"
     what = f"y = W x{' + b' if layer.bias is not None else ''}"
+    if layer.diagonal:
+        return [_lower_diagonal(fn, index, layer, q, req)]
     if q is None:
         w = consts.add(f"{fn}_w", "float", layer.weight.data, f"{layer.weight.source}, float32")
         req.helpers.add("dot")
@@ -671,6 +674,49 @@ def lower_dense(p: str, index: int, layer: Dense, q, req: _Requirements) -> list
         constants=tuple(consts.items))]
 
 
+def _lower_diagonal(fn: str, index: int, layer: Dense, q, req: _Requirements) -> Function:
+    """A Dense layer whose weights are diagonal (:attr:`tinyrnn.ir.Dense.diagonal`): one
+    multiply per feature, ``y[j] = s[j] x[j] + b[j]``. The integers are those of the full
+    matrix (per-row scales, the same accumulator bounds): the zeros add nothing, so the result
+    is the Dense layer's to the bit."""
+    consts = _Constants()
+    n = layer.out_features
+    scale = np.diag(layer.weight.data)
+    what = f"y = s x{' + b' if layer.bias is not None else ''}, per feature"
+    if q is None:
+        T = "float"
+        s = consts.add(f"{fn}_s", "float", scale, f"diagonal of {layer.weight.source}, float32")
+        value: Expr = Bin("*", Row(s, None, "float"), Unit("x", 0, "float"), "float")
+        if layer.bias is not None:
+            b = consts.add(f"{fn}_b", "float", layer.bias.data, f"{layer.bias.source}, float32")
+            value = Bin("+", value, Row(b, None, "float"), "float")
+        body: tuple = (Store(Unit("y", 0, "float"), value, what),)
+        formats = ""
+    else:
+        T = "int16_t"
+        part = q.acc.parts[0]
+        wtype, acc_t = WEIGHT_CTYPE[q.acc.bits], ACC_CTYPE[part.acc_bits]
+        s = consts.add(f"{fn}_s", wtype, np.diag(part.weights),
+                       f"diagonal of {layer.weight.source}, {wtype}, per-row scale")
+        value = Bin("*", Cast(acc_t, Unit("x", 0, "int16_t")), Row(s, None, wtype), acc_t)
+        if part.bias is not None:
+            b = consts.add(f"{fn}_b", acc_t, part.bias,
+                           f"{part.bias_source}, {acc_t} in accumulator units")
+            value = Bin("+", Row(b, None, acc_t), value, acc_t)
+        m = consts.add(f"{fn}_m", "int16_t", part.mult, f"requant multipliers of {part.source}")
+        sh = consts.add(f"{fn}_sh", "uint8_t", part.shift, f"requant shifts of {part.source}")
+        req.helpers.add("requant")
+        total = Var("acc", acc_t)
+        body = (Let(total, value, f"the exact product and bias, {acc_t}"),
+                Store(Unit("y", 0, "int16_t"), call(
+                    "requant", total, Row(m, None, "int16_t"), Row(sh, None, "uint8_t"),
+                    ctype="int16_t"), what))
+        formats = f"; x {q.x}, y {q.out}"
+    return Function(
+        name=fn, kind="dense", layer=index,
+        comment=(f"{layer.name}: {what} ({n} features){formats}",),
+        params=(Param("x", f"const {T} *", "in", n), Param("y", f"{T} *", "out", n)),
+        named=(), prologue=(), loops=(Loop(n, body),), constants=tuple(consts.items))
 def conv_rows4(layer: Conv1d, q) -> bool:
     """Whether an integer Conv1d takes a blocked helper, ``conv1d_x4_w8_acc32`` (SMLAD on the
     DSP cores) or ``conv1d_x4_w16_acc64`` (SMLALD): int8 weights with int32 sums or int16
@@ -770,6 +816,8 @@ def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirement
             req.helpers.add(f"{kind}_f")
             prologue = (Do(call(f"{kind}_f", Ptr("in"), Ptr("out"), Lit(n, "int"),
                                 ctype="void"), f"{kind} over the last axis"),)
+        elif kind in _FLOAT_POINTWISE:
+            loops = (Loop(n, (Store(y, _float_pointwise(layer, x, req), kind),)),)
         else:
             req.helpers.add(kind)
             loops = (Loop(n, (Store(y, call(kind, x, ctype=T), kind),)),)
@@ -793,6 +841,9 @@ def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirement
         elif kind == "relu":
             req.helpers.add("relu_q")
             loops = (Loop(n, (Store(y, call("relu_q", x, ctype=T), "relu"),)),)
+        elif kind in _INT_POINTWISE:
+            value, what, named = _int_pointwise(layer, q, x, req)
+            loops = (Loop(n, (Store(y, value, what),)),)
         else:
             wide = widen_int16(x, q.in_shift, req)
             if kind == "sigmoid":
@@ -810,6 +861,95 @@ def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirement
         comment=(f"{kind} over {n} features{formats}; in and out may be the same buffer",),
         params=(Param("in", f"const {T} *", "in", n), Param("out", f"{T} *", "out", n)),
         named=tuple(named), prologue=prologue, loops=loops, constants=())]
+
+
+def lower_pool_time(p: str, index: int, layer: PoolTime, q, req: _Requirements
+                    ) -> list[Function]:
+    """The mean, sum or max over the whole sequence ``x`` (T, n) into one step ``y`` (n),
+    once per sequence (a ``conv`` op: it reads every step); integers: the exact int64 sum,
+    then the rounded mean, or the sum shifted into its format."""
+    fn = f"{p}_{layer.kind}_time{index}"
+    helper = f"{layer.kind}_time_{'q' if q is not None else 'f'}"
+    req.helpers.add(helper)
+    n = layer.features
+    T = "int16_t" if q is not None else "float"
+    args: tuple = (Ptr("x"), Ptr("y"), Var("T", "int"), Lit(n, "int"))
+    formats = ""
+    if q is not None:
+        formats = f"; x {q.x}, y {q.out}"
+        if layer.kind == "sum":
+            args += (Lit(q.shift, "int"),)
+    return [Function(
+        name=fn, kind="conv", layer=index,
+        comment=(f"y = the {layer.kind} of x over its T steps, {n} features{formats}",),
+        params=(Param("x", f"const {T} *", "in", n), Param("y", f"{T} *", "out", n),
+                Param("T", "int ", "steps", 0)),
+        named=(), prologue=(Do(call(helper, *args, ctype="void"),
+                               f"the {layer.kind} over time"),),
+        loops=(), constants=())]
+
+
+_FLOAT_POINTWISE = {"relu6", "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs",
+                    "square", "sqrt"}
+_INT_POINTWISE = {"relu6", "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs",
+                  "square"}
+
+
+def _float_pointwise(layer: Activation, x: Expr, req: _Requirements) -> Expr:
+    """The float32 value of one of :data:`_FLOAT_POINTWISE` at ``x``."""
+    kind = layer.kind
+    if kind in ("relu6", "hardtanh"):
+        req.helpers.add("clamp_f")
+        return call("clamp_f", x, Lit(layer.low, "float"), Lit(layer.high, "float"),
+                    ctype="float")
+    if kind == "leaky_relu":
+        req.helpers.add("leaky_relu_f")
+        return call("leaky_relu_f", x, Lit(layer.slope, "float"), ctype="float")
+    if kind == "square":
+        return Bin("*", x, x, "float")
+    helper = f"{kind}_f"
+    req.helpers.add(helper)
+    return call(helper, x, ctype="float")
+
+
+def _int_pointwise(layer: Activation, q, x: Expr, req: _Requirements
+                   ) -> tuple[Expr, str, list[Lit]]:
+    """The int16 value of one of :data:`_INT_POINTWISE` at ``x`` (the quantizer's constants in
+    ``q``: clamp bounds, a multiplier ``M * 2^-n``), what it computes, its named constants."""
+    kind = layer.kind
+    if kind in ("relu6", "hardtanh"):
+        req.helpers.add("clamp_q")
+        lo = _named(q.low, "int32_t", "lo", f"{layer.low!r} in {q.x}")
+        hi = _named(q.high, "int32_t", "hi", f"{layer.high!r} in {q.x}")
+        return (call("clamp_q", Cast("int32_t", x), lo, hi, ctype="int16_t"),
+                f"{kind}: clamp to [{layer.low!r}, {layer.high!r}]", [lo, hi])
+    if kind == "abs":
+        req.helpers.add("abs_q")
+        return call("abs_q", x, ctype="int16_t"), "|x|", []
+    mult = _named(q.mult, "int32_t", "mult", "M of the multiplier M * 2^-n")
+    shift = _named(q.shift, "int", "shift", "... and n")
+    if kind == "leaky_relu":
+        req.helpers.add("leaky_q")
+        return (call("leaky_q", x, mult, shift, ctype="int16_t"),
+                f"leaky_relu: x, or x * {layer.slope!r} below 0", [mult, shift])
+    if kind == "square":
+        req.helpers.add("requant")
+        square = Bin("*", Cast("int32_t", x), Cast("int32_t", x), "int32_t")
+        return (call("requant", square, mult, shift, ctype="int16_t"),
+                f"x * x ({q.x} squared) to {q.out}", [mult, shift])
+    # hardsigmoid in Q0.15: clamp(x / 6 + 1/2, 0, 1); hardswish: x * that, in x's format
+    req.helpers.update({"requant", "clamp_q"})
+    half = Lit(1 << (nm.ACT_OUT.frac - 1), "int32_t")
+    sixth = Bin("+", Cast("int32_t", call("requant", x, mult, shift, ctype="int16_t")), half,
+                "int32_t")
+    hs = call("clamp_q", sixth, Lit(0, "int32_t"), Lit(nm.ACT_OUT.qmax, "int32_t"),
+              ctype="int16_t")
+    if kind == "hardsigmoid":
+        return hs, f"hardsigmoid: clamp(x / 6 + 1/2, 0, 1) in {q.out}", [mult, shift]
+    req.helpers.add("mul_q30")
+    return (call("mul_q30", x, Cast("int32_t", hs), Lit(nm.ACT_OUT.frac, "int"),
+                 ctype="int16_t"),
+            f"hardswish: x * hardsigmoid(x), hardsigmoid in {nm.ACT_OUT}", [mult, shift])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1168,9 +1308,10 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
     values, widths = [x], [width]  # by value index (ir.reads)
     calls: list[_Call] = []
     pre_result = selected = None
+    select_width = 0
     for index, layer in enumerate(model.layers):
         if isinstance(layer, SelectStep):
-            pre_result, selected = current, _Value(width, "scratch")
+            pre_result, selected, select_width = current, _Value(width, "scratch"), width
             calls.append(_Call(None, [current], selected, [], meta=dict(width=width)))
             current = selected
             values.append(current)
@@ -1209,7 +1350,8 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
         meta = dict(steps=length, src_stride=width, dst_stride=out_w)
         if isinstance(layer, Conv1d) and layer.changes_length:
             steps, length = layer.out_steps(steps), length + 1
-        out = _Value((steps if selected is None else 1) * out_w, pool)
+        one = selected is not None or isinstance(layer, PoolTime)  # a pooling gives one step
+        out = _Value((1 if one else steps) * out_w, pool)
         source = reads(model.layers, index)[0]
         meta["src_stride"] = widths[source]
         calls.append(_Call(fn, [values[source]], out, [], fn.kind == "activation", meta=meta))
@@ -1257,8 +1399,8 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
     return Schedule(
         layer_major=True, pre=tuple(ops), pre_result=Arg(pre_result.buffer), post=tuple(post),
         post_result=Arg(current.buffer), select=select,
-        select_width=pre_result.size // steps if select is not None else 0,
-        select_to=select_to, step=None, step_result=None, lengths=model.length_rules,
+        select_width=select_width, select_to=select_to, step=None, step_result=None,
+        lengths=model.length_rules,
         input_buffer=step_input.buffer if step_input is not None else None,
         input_sequence=seq_input.buffer if seq_input is not None else None,
     ), (_state_buffers(model, functions) + pools["seq"].buffers(f"scratch: {steps} steps")
@@ -1309,6 +1451,8 @@ def lower(model: Model, name: str, q=None) -> Plan:
             functions[index] = lower_conv1d(name, index, layer, qlayer, req)
         elif isinstance(layer, Activation):
             functions[index] = lower_activation(name, index, layer, qlayer, req)
+        elif isinstance(layer, PoolTime):
+            functions[index] = lower_pool_time(name, index, layer, qlayer, req)
         elif isinstance(layer, Binary):
             functions[index] = lower_binary(name, index, layer, qlayer, req)
         elif isinstance(layer, Concat):
@@ -1323,11 +1467,14 @@ def lower(model: Model, name: str, q=None) -> Plan:
             functions[index] = lower_frame_pad(name, index, layer, qlayer, req)
         elif isinstance(layer, Carry):
             functions[index] = lower_carry(name, index, layer, qlayer, req)
-    whole = model.bidirectional or model.convolves
+    whole = model.bidirectional or model.convolves or model.pools
     schedule, buffers = (_layer_major if whole else _time_major)(model, functions, fixed)
     if model.convolves:
         schedule = replace(schedule, layer_major_why="a Conv1d reads neighbouring steps",
                            no_step_why="a Conv1d needs the whole sequence")
+    elif model.pools:
+        schedule = replace(schedule, layer_major_why="a pooling over time reads every step",
+                           no_step_why="a pooling over time needs the whole sequence")
     outputs = []
     final_frac = q.final_format.frac if fixed else None
     for k, spec in enumerate(model.outputs):

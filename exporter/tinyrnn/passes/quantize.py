@@ -49,6 +49,7 @@ from ..ir import (
     GRULayer,
     LSTMLayer,
     Model,
+    PoolTime,
     RecurrentLayer,
     RNNLayer,
     SelectStep,
@@ -223,9 +224,14 @@ def choose_formats(model: Model, ranges: Ranges, headroom: float = HEADROOM) -> 
                     projected = _bounded(ranges.projected[index] or 0.0, headroom)
         elif isinstance(layer, (Dense, Conv1d)):
             out = _calibrated(peak, headroom)
+        elif isinstance(layer, PoolTime):  # a sum: calibrated, never finer than its input
+            out = current if layer.kind != "sum" else min(
+                _calibrated(peak, headroom), current, key=lambda f: f.frac)
         elif isinstance(layer, Activation):
-            if layer.kind == "relu":
+            if layer.kind in ("relu", "relu6", "hardtanh", "leaky_relu", "hardswish", "abs"):
                 out = current
+            elif layer.kind == "square":
+                out = _calibrated(peak, headroom)
             elif layer.kind == "log_softmax":
                 out = _calibrated(peak, headroom)
             elif layer.kind == "tanh":
@@ -383,6 +389,21 @@ class QActivation:
     in_shift: int = 0
     out_shift: int = 0
     softmax: SoftmaxParams | None = None
+    low: int = 0  # relu6/hardtanh: the clamp bounds in x's format
+    high: int = 0
+    mult: int = 0  # leaky_relu (the slope), hardsigmoid/hardswish (1/6), square: M * 2^-shift
+    shift: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class QPoolTime:
+    """mean (x's format, rounded half up) or max (x's format) over time, or the sum: exact,
+    then ``shift`` fraction bits fewer (its calibrated format, never finer than x's)."""
+
+    ir: PoolTime
+    x: QFormat
+    out: QFormat
+    shift: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -392,7 +413,8 @@ class QSelectStep:
 
 
 QRecurrent = QLSTMLayer | QGRULayer | QRNNLayer
-QLayer = QLSTMLayer | QGRULayer | QRNNLayer | QDense | QConv1d | QActivation | QSelectStep
+QLayer = (QLSTMLayer | QGRULayer | QRNNLayer | QDense | QConv1d | QActivation | QSelectStep
+          | QPoolTime)
 
 
 @dataclass(frozen=True, eq=False)
@@ -632,13 +654,57 @@ def quantize(model: Model, format: str, formats: Formats, ranges: Ranges | None 
                         f"the supported range ({exc}); the logits are extreme"
                     ) from None
                 layers.append(QActivation(layer, current, lf.out, softmax=params))
+            elif layer.kind in _POINTWISE:
+                layers.append(_pointwise(layer, index, current, lf.out))
             else:
                 layers.append(QActivation(layer, current, lf.out))
+        elif isinstance(layer, PoolTime):
+            shift = _check_shift(current.frac - lf.out.frac, 0, fp.REQUANT_MAX_SHIFT, where)
+            layers.append(QPoolTime(layer, current, lf.out, shift))
         else:
             assert isinstance(layer, SelectStep)
             layers.append(QSelectStep(layer, current))
         current = lf.out
     return QModel(model, format, bits, formats.input, tuple(layers), formats, ranges)
+
+
+_POINTWISE = {"relu6", "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs", "square",
+              "sqrt"}
+
+
+def _pointwise(layer: Activation, index: int, x: QFormat, out: QFormat) -> QActivation:
+    """The integer constants of an element-wise function other than relu/sigmoid/tanh:
+    clamp bounds in x's format (relu6, hardtanh), or one multiplier ``M * 2^-n`` (leaky_relu:
+    the slope; hardsigmoid and hardswish: ``x / 6`` into Q0.15; square: ``x * x`` into the
+    output format). sqrt has no integer form."""
+    where = f"layer {index} ({layer.kind})"
+    kind = layer.kind
+    if kind in ("relu6", "hardtanh"):
+        low, high = (int(x.saturate(fp.round_half_up(v * 2.0**x.frac)))
+                     for v in (layer.low, layer.high))
+        return QActivation(layer, x, out, low=low, high=high)
+    if kind == "abs":
+        return QActivation(layer, x, out)
+    if kind == "sqrt":
+        raise TinyRNNError(f"{where}: sqrt has no integer form in tinyrnn yet; export this "
+                           "model with --format float32 (format='float32')")
+    if kind == "leaky_relu":
+        real = layer.slope
+    elif kind == "square":
+        real = 2.0 ** (out.frac - 2 * x.frac)
+    else:  # hardsigmoid, hardswish: x / 6 in Q0.15
+        real = 2.0 ** (fp.ACT_OUT.frac - x.frac) / 6.0
+    if kind == "leaky_relu" and real <= 0:
+        raise TinyRNNError(f"{where}: leaky_relu with negative_slope {real!r} has no integer "
+                           "form (it takes a slope > 0; use relu for 0); export this model "
+                           "with --format float32 (format='float32')")
+    try:
+        mult, shift = fp.quantize_multiplier(real)
+    except ValueError as exc:
+        raise TinyRNNError(f"{where}: its multiplier {real!r} has no integer form ({exc}); "
+                           "export this model with --format float32 (format='float32')"
+                           ) from None
+    return QActivation(layer, x, out, mult=mult, shift=shift)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -708,6 +774,12 @@ def manifest_section(q: QModel) -> dict:
             entry["kind"] = layer.ir.kind
             if layer.softmax is not None:
                 entry["softmax"] = dict(vars(layer.softmax))
+            if layer.ir.kind in ("relu6", "hardtanh"):
+                entry["clamp"] = [layer.low, layer.high]
+            if layer.mult:
+                entry["multiplier"] = dict(M=layer.mult, shift=layer.shift)
+        elif isinstance(layer, QPoolTime):
+            entry["kind"] = f"{layer.ir.kind}_time"
         else:
             entry["kind"] = "select_step"
         layers.append(entry)
@@ -775,7 +847,8 @@ def interface_section(q: QModel) -> dict:
 
 __all__ = [
     "Formats", "LayerFormats", "QAccumulator", "QActivation", "QConv1d", "QDense", "QDirection",
-    "QGRULayer", "QLSTMLayer", "QModel", "QPart", "QRNNLayer", "QSelectStep", "Ranges",
+    "QGRULayer", "QLSTMLayer", "QModel", "QPart", "QPoolTime", "QRNNLayer", "QSelectStep",
+    "Ranges",
     "WEIGHT_BITS", "calibrate", "choose_formats", "formats_from_manifest", "interface_section",
     "manifest_section", "quantize", "quantize_conv1d", "state_rows",
 ]

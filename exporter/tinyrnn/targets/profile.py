@@ -58,8 +58,9 @@ QEMU_COUNTED = ("cortex-m55",)
 def layer_macs(layer: Mapping[str, Any]) -> int:
     """Multiply-accumulates of one manifest layer at one time step, all directions."""
     kind = layer["kind"]
-    if kind == "dense":
-        return int(layer["in_features"]) * int(layer["out_features"])
+    if kind == "dense":  # a diagonal one (a BatchNorm alone) multiplies once per feature
+        return int(layer["out_features"]) * (1 if layer.get("diagonal") else
+                                             int(layer["in_features"]))
     if kind == "conv1d":  # every tap, including the ones over the padding (the C skips those)
         return (int(layer["out_channels"]) * int(layer["in_channels"]) // int(layer["groups"])
                 * int(layer["kernel"]))
