@@ -399,18 +399,8 @@ class Carry:
     features: int
 
 
-@dataclass(frozen=True)
-class Unary:
-    """An element-wise ``x * x`` (``x ** 2``, ``torch.square``), ``sqrt(x)`` or ``|x|``,
-    float32."""
-
-    kind: Literal["square", "sqrt", "abs"]
-    features: int
-    reads: tuple[int, ...] = ()  # an earlier value than the previous one, see reads()
-
-
 Layer = (LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep | PoolTime
-         | Binary | Concat | ChannelSlice | Unary | FrameConv1d | FramePad | Carry)
+         | Binary | Concat | ChannelSlice | FrameConv1d | FramePad | Carry)
 
 
 def reads(layers: tuple[Layer, ...] | list[Layer], index: int) -> tuple[int, ...]:
@@ -541,7 +531,7 @@ class Model:
         front-ends), named by kind (and module, where they have one), in order, once each."""
         names = []
         for layer in self.layers:
-            if isinstance(layer, (Binary, Concat, ChannelSlice, Unary, FrameConv1d, FramePad,
+            if isinstance(layer, (Binary, Concat, ChannelSlice, FrameConv1d, FramePad,
                                   Carry)) \
                     or (isinstance(layer, Activation) and layer.reads):
                 kind = type(layer).__name__

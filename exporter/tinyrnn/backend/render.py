@@ -34,7 +34,6 @@ from ..ir import (
     PoolTime,
     RecurrentLayer,
     SelectStep,
-    Unary,
 )
 from ..numerics.helpers import helper_closure, numeric_context
 from ..outputs import write_files
@@ -570,7 +569,7 @@ def _layer_summary(layer: Any) -> dict:
         return dict(kind="frame_pad", mode=layer.mode, value=layer.value,
                     padding=[layer.left, layer.right], channels=layer.channels,
                     length=layer.length, reads=list(layer.reads))
-    if isinstance(layer, (Binary, Unary)):
+    if isinstance(layer, Binary):
         return dict(kind=layer.kind, features=layer.features, reads=list(layer.reads))
     if isinstance(layer, Concat):
         return dict(kind="cat", sizes=list(layer.sizes), reads=list(layer.reads))

@@ -37,7 +37,6 @@ from ..ir import (
     RecurrentLayer,
     RNNLayer,
     SelectStep,
-    Unary,
     reads,
 )
 
@@ -134,14 +133,14 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
         if isinstance(layer, Carry):
             def apply(j: int, parts: list[np.ndarray]) -> np.ndarray:
                 other = model.layers[j]
-                if isinstance(other, (Binary, Concat, ChannelSlice, Unary, FrameConv1d,
+                if isinstance(other, (Binary, Concat, ChannelSlice, FrameConv1d,
                                       FramePad)):
                     return combine(other, parts)
                 return numerics.head(j, parts[0])
             value, carried[index] = carry_sequence(
                 model, index, x, apply, lambda shape: np.zeros(shape, x.dtype),
                 lambda parts: np.concatenate(parts, axis=1))
-        elif isinstance(layer, (Binary, Concat, ChannelSlice, Unary, FrameConv1d, FramePad)):
+        elif isinstance(layer, (Binary, Concat, ChannelSlice, FrameConv1d, FramePad)):
             value = combine(layer, read)
         elif isinstance(layer, RecurrentLayer):
             outs = []
@@ -200,14 +199,10 @@ def carry_sequence(model: Model, index: int, x: Any, apply: Callable[[int, list]
     return cat(starts), carry[:, 0]
 
 
-def combine(layer: Binary | Concat | ChannelSlice | Unary | FrameConv1d | FramePad,
+def combine(layer: Binary | Concat | ChannelSlice | FrameConv1d | FramePad,
             parts: list[np.ndarray]) -> np.ndarray:
-    """A layer over several values (or a channel slice, a square, sqrt, abs), on the last
+    """A layer over several values (or a channel slice, a frame layer), on the last
     (feature) axis."""
-    if isinstance(layer, Unary):
-        x = parts[0]
-        return x * x if layer.kind == "square" else np.sqrt(x) if layer.kind == "sqrt" \
-            else np.abs(x)
     if isinstance(layer, Binary):
         return parts[0] + parts[1] if layer.kind == "add" else parts[0] * parts[1]
     lead = parts[0].shape[:-1]

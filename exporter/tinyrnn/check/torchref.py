@@ -42,7 +42,6 @@ from ..ir import (
     PoolTime,
     RecurrentLayer,
     SelectStep,
-    Unary,
     reads,
 )
 from .simulate import batch_from_arrays, carry_sequence, split_state
@@ -130,11 +129,8 @@ def _head(layer: Dense | Conv1d | Activation | PoolTime, value: torch.Tensor) ->
     return functions[layer.kind](value)
 
 
-def _combine(layer: Binary | Concat | ChannelSlice | Unary | FrameConv1d | FramePad,
+def _combine(layer: Binary | Concat | ChannelSlice | FrameConv1d | FramePad,
              parts: list[torch.Tensor]) -> torch.Tensor:
-    if isinstance(layer, Unary):
-        functions = {"square": torch.square, "sqrt": torch.sqrt, "abs": torch.abs}
-        return functions[layer.kind](parts[0])
     if isinstance(layer, Binary):
         return torch.add(*parts) if layer.kind == "add" else torch.mul(*parts)
     lead = parts[0].shape[:-1]
@@ -181,14 +177,14 @@ def run(model: Model, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
             if isinstance(layer, Carry):
                 def apply(j: int, parts: list[torch.Tensor]) -> torch.Tensor:
                     other = model.layers[j]
-                    if isinstance(other, (Binary, Concat, ChannelSlice, Unary, FrameConv1d,
+                    if isinstance(other, (Binary, Concat, ChannelSlice, FrameConv1d,
                                           FramePad)):
                         return _combine(other, parts)
                     return _head(other, parts[0])  # type: ignore[arg-type]
                 value, carried[index] = carry_sequence(
                     model, index, values[0], apply, lambda shape: torch.zeros(shape),
                     lambda parts: torch.cat(parts, dim=1))
-            elif isinstance(layer, (Binary, Concat, ChannelSlice, Unary, FrameConv1d,
+            elif isinstance(layer, (Binary, Concat, ChannelSlice, FrameConv1d,
                                     FramePad)):
                 value = _combine(layer, [values[k] for k in reads(model.layers, index)])
             elif isinstance(layer, RecurrentLayer):

@@ -75,7 +75,6 @@ from ..ir import (
     PoolTime,
     RecurrentLayer,
     SelectStep,
-    Unary,
     reads,
 )
 from ..numerics import helpers as nm
@@ -1093,22 +1092,6 @@ def carry_buffer(index: int) -> str:
     return f"carry{index}"
 
 
-def lower_unary(p: str, index: int, layer: Unary, q, req: _Requirements) -> list[Function]:
-    """``y = x * x``, ``sqrtf(x)`` or ``fabsf(x)`` element-wise; ``y`` may be ``x``'s buffer."""
-    _float_only(layer, q)
-    n, x = layer.features, Unit("x", 0, "float")
-    value: Expr = {"square": Bin("*", x, x, "float"),
-                   "sqrt": Call("sqrtf", (x,), "float", prefixed=False),
-                   "abs": Call("fabsf", (x,), "float", prefixed=False)}[layer.kind]
-    math = {"square": "x * x", "sqrt": "sqrt(x)", "abs": "|x|"}[layer.kind]
-    return [Function(
-        name=f"{p}_{layer.kind}{index}", kind="activation", layer=index,
-        comment=(f"y = {math} over {n} features, float32; x and y may be the same buffer",),
-        params=(Param("x", "const float *", "in", n), Param("y", "float *", "out", n)),
-        named=(), prologue=(), loops=(Loop(n, (Store(Unit("y", 0, "float"), value, math),)),),
-        constants=())]
-
-
 # ---------------------------------------------------------------------------------------------
 # Buffers: a planner over the calls' inputs and outputs
 
@@ -1459,8 +1442,6 @@ def lower(model: Model, name: str, q=None) -> Plan:
             functions[index] = lower_concat(name, index, layer, qlayer, req)
         elif isinstance(layer, ChannelSlice):
             functions[index] = lower_channel_slice(name, index, layer, qlayer, req)
-        elif isinstance(layer, Unary):
-            functions[index] = lower_unary(name, index, layer, qlayer, req)
         elif isinstance(layer, FrameConv1d):
             functions[index] = lower_frame_conv1d(name, index, layer, qlayer, req)
         elif isinstance(layer, FramePad):
