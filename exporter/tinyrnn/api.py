@@ -103,10 +103,12 @@ def quantize_model(
     format: str,
     calibration: Sequence[np.ndarray] | None,
     example: Sequence[np.ndarray] | None,
+    weight_bits: dict[int, int] | None = None,
 ):
-    """Calibrate on ``calibration`` (else the example, with a CalibrationWarning) and quantize."""
+    """Calibrate on ``calibration`` (else the example, with a CalibrationWarning) and quantize;
+    ``weight_bits``: per-layer weight bits (:func:`tinyrnn.passes.quantize.weight_overrides`)."""
     from .check.simulate import batch_from_arrays
-    from .passes.quantize import calibrate, choose_formats, quantize
+    from .passes.quantize import calibrate, choose_formats, quantize, with_weight_bits
 
     if model.float_only:
         raise TinyRNNError(
@@ -130,7 +132,8 @@ def quantize_model(
         source = "calibration data"
     warn_constant_features(model, batch.x, source)
     ranges = calibrate(model, batch, source)
-    return quantize(model, format, choose_formats(model, ranges), ranges)
+    formats = with_weight_bits(choose_formats(model, ranges), weight_bits or {})
+    return quantize(model, format, formats, ranges)
 
 
 MAX_SEQ_LEN = 2**31 - 1
@@ -141,10 +144,14 @@ MAX_SEQUENCE_BUFFER_BYTES = 16 << 20
 16 MiB of them is more RAM than any Cortex-M part has; a larger --max-seq-len is a typo."""
 
 
-def check_options(format: str, name: str, max_seq_len: int | None) -> None:
+def check_options(format: str, name: str, max_seq_len: int | None,
+                  layer_formats: Any = None) -> None:
     """The export options that need no model: checked before anything is loaded."""
+    from .passes.quantize import check_layer_formats
+
     if format not in FORMATS:
         raise TinyRNNError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    check_layer_formats(format, layer_formats)
     check_name(name)
     if max_seq_len is not None and (isinstance(max_seq_len, bool)
                                     or not isinstance(max_seq_len, numbers.Integral)):
@@ -153,6 +160,11 @@ def check_options(format: str, name: str, max_seq_len: int | None) -> None:
                  why="the C API's sequence length is an int")
 
 
+def module_types(program: Program) -> dict[str, str]:
+    """Every torch module path the program's operators ran in, with its class name (for
+    naming a module without weights of its own in a per-layer format's error)."""
+    return {frame.path: frame.short_type for node in program.graph.nodes
+            for frame in node.module_stack}
 
 
 def check_sequence_buffers(model: Model, format: str) -> None:
@@ -188,23 +200,32 @@ def export_program(
     name: str = "model",
     max_seq_len: int | None = None,
     calibration: Any = None,
+    layer_formats: dict[str, str] | None = None,
 ) -> dict:
     """Export a program (read from an archive, or captured); returns the manifest.
 
     ``calibration``: for the integer formats, representative inputs in the forward's form
     (one array, or a list/tuple such as ``[x, h0, c0]``), usually many sequences.
+    ``layer_formats``: per-layer formats, see :func:`export`.
     """
-    check_options(format, name, max_seq_len)
+    from .passes.quantize import weight_overrides
+
+    check_options(format, name, max_seq_len, layer_formats)
     calibration = ignore_calibration_for_float(format, calibration)
     model = read_program(program, max_seq_len)
     check_sequence_buffers(model, format)
     options: dict[str, Any] = {"format": format, "max_seq_len": model.max_seq_len}
     quantized = None
     if format != "float32":
+        weight_bits = (weight_overrides(model, format, layer_formats, module_types(program))
+                       if layer_formats else {})
         cal = _flat_arrays(calibration) if calibration is not None else None
         example = example_arrays(program, model) if cal is None else None
-        quantized = quantize_model(model, format, cal, example)
+        quantized = quantize_model(model, format, cal, example, weight_bits)
         options["calibration"] = quantized.ranges.source
+        if layer_formats:  # as given (the manifest's layers record each layer's bits)
+            options["layer_formats"] = " ".join(f"{k}={v}"
+                                                for k, v in sorted(layer_formats.items()))
     return render(model, Path(out_dir), name, format, options, quantized)
 
 
@@ -218,6 +239,7 @@ def export(
     max_seq_len: int | None = None,
     calibration: Any = None,
     save_program: bool = False,
+    layer_formats: dict[str, str] | None = None,
 ) -> dict:
     """Capture ``model`` with torch.export and write NAME.h, NAME.c, NAME.json to ``out_dir``.
 
@@ -228,7 +250,10 @@ def export(
     representative inputs in the form ``tinyrnn run-host`` takes (x as ``(B, T, I)``
     sequences, then any initial state) for the integer formats (without it the example input
     is used and a CalibrationWarning says so; with ``float32`` it is ignored, with a
-    CalibrationIgnoredWarning). ``save_program``: also write the captured
+    CalibrationIgnoredWarning). ``layer_formats``: per-layer formats of an integer export,
+    ``{torch module path: "w8a16" or "w16a16"}`` (e.g. ``{"encoder.0": "w16a16"}``): those
+    layers get that format's weight bits, the others ``format``'s; activations are int16 in
+    both (docs/python-api.md names the layers). ``save_program``: also write the captured
     program as ``NAME.pt2`` (what ``torch.export.save`` writes) beside the C, so that
     ``tinyrnn verify``, ``report`` and ``export`` can use it afterwards. Returns the manifest
     as a dict; raises TinyRNNError on a model or option tinyrnn cannot export.
@@ -237,10 +262,11 @@ def export(
                      else (example_inputs,))
     data = archive_bytes(exported)
     program = read_captured(data)
-    options = dict(format=format, name=name, max_seq_len=max_seq_len, calibration=calibration)
+    options = dict(format=format, name=name, max_seq_len=max_seq_len, calibration=calibration,
+                   layer_formats=layer_formats)
     if not save_program:
         return export_program(program, out_dir, **options)
-    check_options(format, name, max_seq_len)
+    check_options(format, name, max_seq_len, layer_formats)
     with output_folder(out_dir) as stage:  # the C and the program appear together or not
         manifest = export_program(program, stage, **options)
         (stage / f"{name}.pt2").write_bytes(data)

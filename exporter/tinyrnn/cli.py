@@ -18,6 +18,23 @@ EXIT_USER_ERROR = 2
 EXIT_MISMATCH = 1
 
 
+def layer_formats_from_args(given: Sequence[str] | None) -> dict[str, str] | None:
+    """``--layer-format NAME=FORMAT`` (repeatable) as ``{NAME: FORMAT}``."""
+    if not given:
+        return None
+    chosen: dict[str, str] = {}
+    for item in given:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise TinyRNNError(f"--layer-format {item!r}: write NAME=FORMAT, e.g. "
+                               "--layer-format encoder.0=w16a16")
+        if chosen.get(name, value) != value:
+            raise TinyRNNError(f"--layer-format gives {name!r} two formats ({chosen[name]} and "
+                               f"{value}); give each layer one")
+        chosen[name] = value
+    return chosen
+
+
 def _export(args: argparse.Namespace) -> int:
     from .api import check_options, export_program, ignore_calibration_for_float
     from .frontend.reader import load_program
@@ -26,7 +43,8 @@ def _export(args: argparse.Namespace) -> int:
     from .targets.package import check_library_name, package_options_given
 
     # the options first: a typo fails in a moment, before the model is loaded
-    check_options(args.format, args.name, args.max_seq_len)
+    layer_formats = layer_formats_from_args(args.layer_format)
+    check_options(args.format, args.name, args.max_seq_len, layer_formats)
     check_folder(args.out, "--out")
     if args.package is not None:  # refuse a form or a name the package cannot take up front
         check_library_name(args.name, args.package)
@@ -41,7 +59,7 @@ def _export(args: argparse.Namespace) -> int:
         program = load_program(args.model)
         manifest = export_program(
             program, args.out, format=args.format, name=args.name, max_seq_len=args.max_seq_len,
-            calibration=calibration,
+            calibration=calibration, layer_formats=layer_formats,
         )
     for w in caught:
         if issubclass(w.category, TinyRNNWarning):
@@ -112,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="representative inputs for the integer formats' ranges: .npy (one "
                         "argument) or .npz (in0, in1, ...) as for run-host; without it the "
                         "example input saved with the model is used (with a warning)")
+    p.add_argument("--layer-format", action="append", default=None, metavar="NAME=FORMAT",
+                   help="per-layer format of an integer export: the layer at torch module "
+                        "path NAME (e.g. encoder.0; a recurrent module covers all its layers) "
+                        "gets FORMAT's weight bits (w8a16 or w16a16); repeatable")
     p.add_argument("--name", default="model", help="C symbol prefix and file name")
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="sequence buffer capacity for bidirectional models "

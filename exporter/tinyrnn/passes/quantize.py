@@ -35,8 +35,8 @@ exactly :func:`tinyrnn.numerics.helpers.requant`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -46,6 +46,7 @@ from ..ir import (
     Activation,
     Conv1d,
     Dense,
+    FrameConv1d,
     GRULayer,
     LSTMLayer,
     Model,
@@ -155,6 +156,9 @@ class LayerFormats:
     cell: QFormat | None = None
     projected: QFormat | None = None
     cell_io: QFormat | None = None
+    weight_bits: int | None = None
+    """The layer's weight bits when they differ from the model format's (a per-layer format,
+    :func:`override_weight_bits`); None: the format's (:func:`layer_weight_bits`)."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,103 @@ def choose_formats(model: Model, ranges: Ranges, headroom: float = HEADROOM) -> 
         layers.append(LayerFormats(out, cell, projected, cell_io))
         current = out
     return Formats(input_format, tuple(layers))
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-layer formats: other weight bits for named layers
+# ----------------------------------------------------------------------------------------------
+
+
+def layer_weight_bits(format: str, lf: LayerFormats) -> int:
+    """The weight bits of a layer with formats ``lf`` in a ``format`` export: its per-layer
+    format's (``lf.weight_bits``), else the model format's. Every layer kind of
+    :func:`quantize` takes its weights' bits from here."""
+    return lf.weight_bits or WEIGHT_BITS[format]
+
+
+def layer_name(layer: object) -> str | None:
+    """The name a per-layer format gives a layer with weights: its torch module path
+    (``encoder.0``; a recurrent module's name covers all its layers and directions, and a
+    model that is itself an nn.LSTM/GRU/RNN is ``""``). None for a layer without weights."""
+    if isinstance(layer, RecurrentLayer):
+        return layer.module
+    if isinstance(layer, (Dense, Conv1d, FrameConv1d)):
+        return layer.name
+    return None
+
+
+def check_layer_formats(format: str, layer_formats: object) -> dict[str, str]:
+    """``layer_formats`` (``{module path: format}``) checked without the model: every value an
+    integer format, in an integer export. Raises one TinyRNNError listing every problem."""
+    if layer_formats is None:
+        return {}
+    if not isinstance(layer_formats, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in layer_formats.items()):
+        raise TinyRNNError("layer_formats must map layer names to formats, e.g. "
+                           "{'encoder.0': 'w16a16'} (--layer-format encoder.0=w16a16)")
+    problems = []
+    for name, value in sorted(layer_formats.items()):
+        given = f"--layer-format {name}={value}"
+        if format not in WEIGHT_BITS and value in (*WEIGHT_BITS, "float32"):
+            problems.append(
+                f"{given}: per-layer formats apply to the integer exports, and this one is "
+                f"{format}: every layer is float32. Export with --format w8a16 and give the "
+                "layers that need more precision w16a16")
+        elif value == "float32":
+            problems.append(
+                f"{given}: a float32 layer inside a {format} model is not supported (it would "
+                "need quantize/dequantize steps at its edges); give the layer w16a16 (16-bit "
+                "weights), or export the whole model with --format float32")
+        elif value not in WEIGHT_BITS:
+            problems.append(f"{given}: unknown format {value!r}; a layer of an integer export "
+                            f"takes {' or '.join(WEIGHT_BITS)}")
+    if problems:
+        raise TinyRNNError("per-layer formats: " + "; ".join(problems))
+    return dict(layer_formats)
+
+
+def weight_overrides(model: Model, format: str, layer_formats: Mapping[str, str],
+                     modules: Mapping[str, str] | None = None) -> dict[int, int]:
+    """``{IR layer index: weight bits}`` of the layers ``layer_formats`` names whose bits
+    differ from ``format``'s. A name selects the layer of that module path and every layer
+    inside it (``encoder`` for each conv of an ``encoder`` Sequential); where two names select
+    one layer, the longer (more specific) one wins. ``modules``: the program's module paths
+    and types, so that a module without weights of its own (ReLU, a folded BatchNorm1d) is
+    named as such. Raises one TinyRNNError listing every name that selects nothing."""
+    layer_formats = check_layer_formats(format, layer_formats)
+    named = [(index, name) for index, layer in enumerate(model.layers)
+             if (name := layer_name(layer)) is not None]
+    chosen: dict[int, int] = {}
+    problems = []
+    for name, value in sorted(layer_formats.items(), key=lambda item: (len(item[0]), item[0])):
+        hits = [index for index, path in named
+                if path == name or (name and path.startswith(name + "."))]
+        if not hits and modules and name in modules:
+            problems.append(f"{name!r} ({modules[name]}) has no weights of its own in the "
+                            "export (an activation, or folded into the layer before it)")
+        elif not hits:
+            problems.append(f"{name!r} names no layer of the model")
+        for index in hits:
+            chosen[index] = WEIGHT_BITS[value]
+    if problems:
+        kinds: dict[str, list[str]] = {}
+        for index, name in named:
+            layer = model.layers[index]
+            kind = (layer.kind.upper() if isinstance(layer, RecurrentLayer) else
+                    "Linear" if isinstance(layer, Dense) else type(layer).__name__)
+            kinds.setdefault(name, []).append(kind)
+        listing = ", ".join(f"{name!r} ({k[0]}{f' x {len(k)}' if len(k) > 1 else ''})"
+                            for name, k in kinds.items())
+        raise TinyRNNError(
+            f"per-layer formats: {'; '.join(problems)}. The layers with weights are "
+            f"{listing or 'none'} (torch module paths, as model.named_modules() gives them)")
+    return {index: bits for index, bits in chosen.items() if bits != WEIGHT_BITS[format]}
+
+
+def with_weight_bits(formats: Formats, overrides: Mapping[int, int]) -> Formats:
+    """``formats`` with the per-layer weight bits of :func:`weight_overrides`."""
+    return Formats(formats.input, tuple(replace(lf, weight_bits=overrides.get(index))
+                                        for index, lf in enumerate(formats.layers)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,6 +534,15 @@ class QModel:
         """The format of IR layer ``index``'s output."""
         return self.formats.layers[index].out
 
+    def layer_bits(self, index: int) -> int | None:
+        """The weight bits of IR layer ``index`` (None for a layer without weights)."""
+        layer = self.layers[index]
+        if isinstance(layer, (QLSTMLayer, QGRULayer, QRNNLayer)):
+            return layer.directions[0].accs[0].bits
+        if isinstance(layer, (QDense, QConv1d)):
+            return layer.acc.bits
+        return None
+
     @property
     def final_format(self) -> QFormat:
         """The format of the data path's last value (NAME_step's output, sequence/vector)."""
@@ -582,11 +692,11 @@ def quantize(model: Model, format: str, formats: Formats, ranges: Ranges | None 
     """Quantize ``model``'s weights for ``format`` (w8a16 or w16a16) and the given formats."""
     if format not in WEIGHT_BITS:
         raise TinyRNNError(f"{format!r} is not an integer format ({', '.join(WEIGHT_BITS)})")
-    bits = WEIGHT_BITS[format]
     current = formats.input
     layers: list[QLayer] = []
     for index, layer in enumerate(model.layers):
         lf = formats.layers[index]
+        bits = layer_weight_bits(format, lf)  # every branch's weights: 8 or 16 bits
         where = f"layer {index}"
         if isinstance(layer, RecurrentLayer):
             h = lf.out
@@ -665,7 +775,8 @@ def quantize(model: Model, format: str, formats: Formats, ranges: Ranges | None 
             assert isinstance(layer, SelectStep)
             layers.append(QSelectStep(layer, current))
         current = lf.out
-    return QModel(model, format, bits, formats.input, tuple(layers), formats, ranges)
+    return QModel(model, format, WEIGHT_BITS[format], formats.input, tuple(layers), formats,
+                  ranges)
 
 
 _POINTWISE = {"relu6", "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs", "square",
@@ -757,6 +868,9 @@ def manifest_section(q: QModel) -> dict:
             entry["projected"] = _fmt(projected)
             if ranges is not None:
                 entry["projected_observed_max_abs"] = ranges.projected[index]
+        bits = q.layer_bits(index)
+        if bits is not None:
+            entry["weight_bits"] = bits
         if isinstance(layer, (QLSTMLayer, QGRULayer, QRNNLayer)):
             entry["kind"] = layer.ir.kind
             entry["directions"] = [
@@ -805,6 +919,15 @@ def formats_from_manifest(model: Model, section: dict) -> Formats:
     def read(entry: dict) -> QFormat:
         return QFormat(int(entry["bits"]), int(entry["frac"]))
 
+    def weight_bits(entry: dict) -> int | None:
+        """A per-layer format's weight bits (None where they are the model format's)."""
+        if "weight_bits" not in entry:
+            return None
+        bits = int(entry["weight_bits"])
+        if bits not in WEIGHT_BITS.values():
+            raise ValueError(f"weight_bits {bits} is neither 8 nor 16")
+        return None if bits == int(section["weight_bits"]) else bits
+
     try:
         layers = section["layers"]
         if len(layers) != len(model.layers):
@@ -814,7 +937,8 @@ def formats_from_manifest(model: Model, section: dict) -> Formats:
         return Formats(read(section["input"]), tuple(
             LayerFormats(read(e["output"]), read(e["cell"]) if "cell" in e else None,
                          read(e["projected"]) if "projected" in e else None,
-                         read(e["cell_io"]) if "cell_io" in e else None)
+                         read(e["cell_io"]) if "cell_io" in e else None,
+                         weight_bits(e))
             for e in layers))
     except (KeyError, TypeError, ValueError) as exc:
         raise TinyRNNError(
@@ -849,6 +973,7 @@ __all__ = [
     "Formats", "LayerFormats", "QAccumulator", "QActivation", "QConv1d", "QDense", "QDirection",
     "QGRULayer", "QLSTMLayer", "QModel", "QPart", "QPoolTime", "QRNNLayer", "QSelectStep",
     "Ranges",
-    "WEIGHT_BITS", "calibrate", "choose_formats", "formats_from_manifest", "interface_section",
-    "manifest_section", "quantize", "quantize_conv1d", "state_rows",
+    "WEIGHT_BITS", "calibrate", "check_layer_formats", "choose_formats", "formats_from_manifest",
+    "interface_section", "layer_name", "layer_weight_bits", "manifest_section", "quantize",
+    "quantize_conv1d", "state_rows", "weight_overrides", "with_weight_bits",
 ]
