@@ -95,6 +95,7 @@ class LayerCheck(JsonResult):
     sqnr_db: float
     max_abs_error: float
     states: tuple[StateCheck, ...] = ()  # recurrent layers: h, and an LSTM's c
+    weight_bits: int | None = None  # 8 or 16 (per-layer formats); None: no weights
 
 
 @dataclass(frozen=True)

@@ -204,8 +204,12 @@ def _verify_integer(manifest, model, inputs, model_dir, model_path) -> dict:
         err = float(np.max(np.abs(value - lf))) if lf.size else 0.0
         name = _layer_name(model.layers[index], index)
         fmt = str(q.out_format(index))
-        entry = dict(index=index, layer=name, format=fmt, sqnr_db=db, max_abs_error=err)
-        lines.append(f"  {name} ({fmt}): SQNR {_fmt_db(db)} dB, max abs error {err:.3g}")
+        bits = q.layer_bits(index)
+        entry = dict(index=index, layer=name, format=fmt, sqnr_db=db, max_abs_error=err,
+                     weight_bits=bits)
+        weights = f", {bits}-bit weights" if bits is not None else ""
+        lines.append(f"  {name} ({fmt}{weights}): SQNR {_fmt_db(db)} dB, max abs error "
+                     f"{err:.3g}")
         states = _states(q, index, manifest["quantization"]["layers"][index], lf,
                          float_numerics)
         if states:

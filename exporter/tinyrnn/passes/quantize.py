@@ -869,8 +869,8 @@ def manifest_section(q: QModel) -> dict:
             if ranges is not None:
                 entry["projected_observed_max_abs"] = ranges.projected[index]
         bits = q.layer_bits(index)
-        if bits is not None:
-            entry["weight_bits"] = bits
+        if bits is not None and bits != q.weight_bits:  # a per-layer format (every
+            entry["weight_bits"] = bits  # accumulator below records its bits as well)
         if isinstance(layer, (QLSTMLayer, QGRULayer, QRNNLayer)):
             entry["kind"] = layer.ir.kind
             entry["directions"] = [
@@ -920,7 +920,8 @@ def formats_from_manifest(model: Model, section: dict) -> Formats:
         return QFormat(int(entry["bits"]), int(entry["frac"]))
 
     def weight_bits(entry: dict) -> int | None:
-        """A per-layer format's weight bits (None where they are the model format's)."""
+        """A per-layer format's weight bits (None where they are the model format's: the
+        entry has none)."""
         if "weight_bits" not in entry:
             return None
         bits = int(entry["weight_bits"])
