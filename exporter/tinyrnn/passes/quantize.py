@@ -535,13 +535,11 @@ class QModel:
         return self.formats.layers[index].out
 
     def layer_bits(self, index: int) -> int | None:
-        """The weight bits of IR layer ``index`` (None for a layer without weights)."""
-        layer = self.layers[index]
-        if isinstance(layer, (QLSTMLayer, QGRULayer, QRNNLayer)):
-            return layer.directions[0].accs[0].bits
-        if isinstance(layer, (QDense, QConv1d)):
-            return layer.acc.bits
-        return None
+        """The weight bits of IR layer ``index`` (None for a layer without weights): those
+        :func:`quantize` gave it (:func:`layer_weight_bits`)."""
+        if layer_name(self.model.layers[index]) is None:
+            return None
+        return layer_weight_bits(self.format, self.formats.layers[index])
 
     @property
     def final_format(self) -> QFormat:
