@@ -258,6 +258,7 @@ def export(
     ``tinyrnn verify``, ``report`` and ``export`` can use it afterwards. Returns the manifest
     as a dict; raises TinyRNNError on a model or option tinyrnn cannot export.
     """
+    check_options(format, name, max_seq_len, layer_formats)  # before the capture
     exported = trace(model, example_inputs if isinstance(example_inputs, tuple)
                      else (example_inputs,))
     data = archive_bytes(exported)
@@ -266,7 +267,6 @@ def export(
                    layer_formats=layer_formats)
     if not save_program:
         return export_program(program, out_dir, **options)
-    check_options(format, name, max_seq_len, layer_formats)
     with output_folder(out_dir) as stage:  # the C and the program appear together or not
         manifest = export_program(program, stage, **options)
         (stage / f"{name}.pt2").write_bytes(data)

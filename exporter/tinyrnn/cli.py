@@ -132,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "example input saved with the model is used (with a warning)")
     p.add_argument("--layer-format", action="append", default=None, metavar="NAME=FORMAT",
                    help="per-layer format of an integer export: the layer at torch module "
-                        "path NAME (e.g. encoder.0; a recurrent module covers all its layers) "
-                        "gets FORMAT's weight bits (w8a16 or w16a16); repeatable")
+                        "path NAME (e.g. encoder.0; rnn for all layers of a stacked LSTM, "
+                        "rnn.l1 for its second) gets FORMAT's weight bits (w8a16 or w16a16); "
+                        "repeatable")
     p.add_argument("--name", default="model", help="C symbol prefix and file name")
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="sequence buffer capacity for bidirectional models "

@@ -262,11 +262,12 @@ def layer_weight_bits(format: str, lf: LayerFormats) -> int:
 
 
 def layer_name(layer: object) -> str | None:
-    """The name a per-layer format gives a layer with weights: its torch module path
-    (``encoder.0``; a recurrent module's name covers all its layers and directions, and a
-    model that is itself an nn.LSTM/GRU/RNN is ``""``). None for a layer without weights."""
+    """The module path a per-layer format names a layer with weights by: its torch module path
+    (``encoder.0``), for a recurrent module's layer ``k`` that path with ``.lk`` (torch's
+    ``_lk`` suffix: ``rnn.l1``; ``l1`` for a model that is itself an nn.LSTM/GRU/RNN). None for
+    a layer without weights. See :func:`weight_overrides` for how names select layers."""
     if isinstance(layer, RecurrentLayer):
-        return layer.module
+        return f"{layer.module}.l{layer.layer}" if layer.module else f"l{layer.layer}"
     if isinstance(layer, (Dense, Conv1d, FrameConv1d)):
         return layer.name
     return None
@@ -305,11 +306,13 @@ def check_layer_formats(format: str, layer_formats: object) -> dict[str, str]:
 def weight_overrides(model: Model, format: str, layer_formats: Mapping[str, str],
                      modules: Mapping[str, str] | None = None) -> dict[int, int]:
     """``{IR layer index: weight bits}`` of the layers ``layer_formats`` names whose bits
-    differ from ``format``'s. A name selects the layer of that module path and every layer
-    inside it (``encoder`` for each conv of an ``encoder`` Sequential); where two names select
-    one layer, the longer (more specific) one wins. ``modules``: the program's module paths
-    and types, so that a module without weights of its own (ReLU, a folded BatchNorm1d) is
-    named as such. Raises one TinyRNNError listing every name that selects nothing."""
+    differ from ``format``'s. A name selects the layer at that path (:func:`layer_name`) and
+    every layer inside it: ``encoder`` each conv of an ``encoder`` Sequential, ``rnn`` every
+    layer of a stacked nn.LSTM (``rnn.l1`` its second), ``""`` the whole model. Where two
+    names select one layer, the longer (more specific) one wins. ``modules``: the program's
+    module paths and types, so that a module without weights of its own (ReLU, a folded
+    BatchNorm1d) is named as such. Raises one TinyRNNError listing every name that selects
+    nothing."""
     layer_formats = check_layer_formats(format, layer_formats)
     named = [(index, name) for index, layer in enumerate(model.layers)
              if (name := layer_name(layer)) is not None]
@@ -317,7 +320,7 @@ def weight_overrides(model: Model, format: str, layer_formats: Mapping[str, str]
     problems = []
     for name, value in sorted(layer_formats.items(), key=lambda item: (len(item[0]), item[0])):
         hits = [index for index, path in named
-                if path == name or (name and path.startswith(name + "."))]
+                if not name or path == name or path.startswith(name + ".")]
         if not hits and modules and name in modules:
             problems.append(f"{name!r} ({modules[name]}) has no weights of its own in the "
                             "export (an activation, or folded into the layer before it)")
@@ -326,14 +329,19 @@ def weight_overrides(model: Model, format: str, layer_formats: Mapping[str, str]
         for index in hits:
             chosen[index] = WEIGHT_BITS[value]
     if problems:
-        kinds: dict[str, list[str]] = {}
-        for index, name in named:
+        kinds: dict[str, tuple[str, list[str]]] = {}  # module -> kind, its layers' paths
+        for index, path in named:
             layer = model.layers[index]
-            kind = (layer.kind.upper() if isinstance(layer, RecurrentLayer) else
-                    "Linear" if isinstance(layer, Dense) else type(layer).__name__)
-            kinds.setdefault(name, []).append(kind)
-        listing = ", ".join(f"{name!r} ({k[0]}{f' x {len(k)}' if len(k) > 1 else ''})"
-                            for name, k in kinds.items())
+            if isinstance(layer, RecurrentLayer):
+                kind, module = layer.kind.upper(), layer.module
+            else:
+                kind = "Linear" if isinstance(layer, Dense) else type(layer).__name__
+                module = path
+            kinds.setdefault(module, (kind, []))[1].append(path)
+        listing = ", ".join(
+            f"{module!r} ({kind}" + (f" x {len(paths)}: {', '.join(paths)})" if len(paths) > 1
+                                     else ")")
+            for module, (kind, paths) in kinds.items())
         raise TinyRNNError(
             f"per-layer formats: {'; '.join(problems)}. The layers with weights are "
             f"{listing or 'none'} (torch module paths, as model.named_modules() gives them)")
