@@ -158,7 +158,7 @@ class LayerFormats:
     cell_io: QFormat | None = None
     weight_bits: int | None = None
     """The layer's weight bits when they differ from the model format's (a per-layer format,
-    :func:`override_weight_bits`); None: the format's (:func:`layer_weight_bits`)."""
+    :func:`weight_overrides`); None: the format's (:func:`layer_weight_bits`)."""
 
 
 @dataclass(frozen=True)
