@@ -114,7 +114,9 @@ def _model_view(t: Target) -> dict:
     p = m["name"]
     api = m["interface"]
     has_step = bool(api["has_step"])
-    cap = STREAM_CAP if has_step else api["max_seq_len"]
+    # sequence buffers (bidirectional, Conv1d, pooling) bound NAME_run, even where a causal
+    # conv model streams with NAME_step
+    cap = api.get("max_seq_len") or STREAM_CAP
     takes_state = any(s["role"] == "h0" for s in api["forward_inputs"])
     sizes = {s["role"]: s.get("size") for s in api["forward_inputs"]}
     state_sizes = [sizes[a] for a in api["set_state_args"]] if takes_state else []
@@ -132,6 +134,7 @@ def _model_view(t: Target) -> dict:
     return dict(
         p=p, P=p.upper(), seed=t.seed, steps=t.steps, fixed=m.get("format") != "float32", cap=cap,
         I=api["input_size"], step_out=api["step_output_size"], has_step=has_step,
+        bounded=bool(api.get("max_seq_len")),
         state_sizes=state_sizes, n_out=n_out, lengths=_lengths(m, "T"),
         err_lengths=_lengths(m, str(cap + 1)),
         outs_f="".join(f", of[{j}]" for j in range(n_out)), arrays=arrays, probes=probes)
