@@ -20,7 +20,11 @@ from tinyrnn.cli import main
 from tinyrnn.errors import TinyRNNError
 from tinyrnn.frontend.reader import capture
 from tinyrnn.passes.lower import lower
+from tinyrnn.targets import cross
+from tinyrnn.targets.costs import reference_board, resolve_core
+from tinyrnn.targets.emulator import Emulator
 from tinyrnn.targets.host import load_many
+from tinyrnn.targets.profile_image import RUN_STEPS, build_image
 
 STEPS = 10
 TOL = 1e-5
@@ -187,6 +191,31 @@ def test_windows_are_in_the_state(exported):
         if "scratch of" in line:
             size = int(line.split("[")[1].split("]")[0])
             assert size <= widest, line
+
+
+def test_the_step_on_an_emulated_cortex_m4_equals_the_host(exported, tmp_path):
+    """The w8a16 CRNN built for the Cortex-M4 (DSP unit kernels, the SMLAD conv helper) and run
+    under unicorn: NAME_step over the profile's steps from NAME_reset equals the host's step
+    loop and NAME_run there, bit for bit."""
+    compiled = exported[("dilated-gru", "w8a16")][0]
+    core = resolve_core("cortex-m4")
+    image = build_image(cross.ExportedModel.load(compiled.folder), reference_board(core),
+                        tmp_path)
+    emu = Emulator(image, core)
+    x = _x("dilated-gru", 1, RUN_STEPS, 21)[0]
+    emu.write("tinyrnn_profile_x", x)
+    state, x_addr = emu.address("tinyrnn_profile_state"), emu.address("tinyrnn_profile_x")
+    out_addr, width = emu.address("tinyrnn_profile_out"), 3
+    emu.call(f"{compiled.name}_reset", state)
+    got = []
+    for t in range(RUN_STEPS):
+        status, _ = emu.call(f"{compiled.name}_step", state, x_addr + 4 * 4 * t, out_addr)
+        assert status == 0
+        got.append(emu.read("tinyrnn_profile_out", np.float32, width))
+    got = np.stack(got)
+    host = _steps(compiled, x)
+    assert np.array_equal(got, host), first_mismatch(got, host)
+    assert np.array_equal(got, compiled.run(x[None])[0][0])
 
 
 def test_generated_files_carry_nothing_unused(exported):
