@@ -14,6 +14,7 @@ from torch import nn
 
 from c_checks import compiler_warnings
 from quant_cases import first_mismatch, reference_model, reference_run
+from sanitize import Target, sanitize
 from tinyrnn.api import export_program
 from tinyrnn.check import evaluate
 from tinyrnn.cli import main
@@ -216,6 +217,17 @@ def test_the_step_on_an_emulated_cortex_m4_equals_the_host(exported, tmp_path):
     host = _steps(compiled, x)
     assert np.array_equal(got, host), first_mismatch(got, host)
     assert np.array_equal(got, compiled.run(x[None])[0][0])
+
+
+def test_the_streams_are_clean_under_the_sanitizers(exported, tmp_path):
+    """The CRNN in every format under AddressSanitizer and UBSan: random runs and step loops
+    (float and int16 APIs, values at the formats' extremes, resets between), every return
+    code checked; a window shifted or filled out of its bounds would be caught here."""
+    targets = [Target(c.folder, manifest, 300)
+               for (model, _), (c, _, _, manifest) in exported.items()
+               if model == "dilated-gru"]
+    result = sanitize(targets, tmp_path / "sanitize", batches=1)
+    assert all(result.steps[t.name] >= 300 for t in targets), result.steps
 
 
 def test_generated_files_carry_nothing_unused(exported):
