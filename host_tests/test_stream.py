@@ -16,7 +16,7 @@ from c_checks import compiler_warnings
 from quant_cases import first_mismatch, reference_model, reference_run
 from sanitize import Target, sanitize
 from tinyrnn.api import export_program
-from tinyrnn.check import evaluate
+from tinyrnn.check import evaluate, reference
 from tinyrnn.cli import main
 from tinyrnn.errors import TinyRNNError
 from tinyrnn.frontend.reader import capture
@@ -153,15 +153,17 @@ def test_step_equals_run_and_the_reference(model: str, fmt: str, exported):
     q = reference_model(program, manifest)
     _, ref_float, batch_q, trace = reference_run(q, compiled.interface, [x])
     assert np.array_equal(run, ref_float[0]), first_mismatch(run, ref_float[0])
-    # the int16 API's step loop, and the plan evaluator's step loop, against the reference
+    # the reference's streaming form: the whole-sequence integers with the head applied at
+    # every step (all_steps); the int16 API's step loop and the plan evaluator's equal it
+    every = reference.run(q, batch_q, all_steps=True).outputs[0]
+    last = every[:, -1] if selects else every
+    assert np.array_equal(last, trace.outputs[0]), first_mismatch(last, trace.outputs[0])
     for b in range(x.shape[0]):
         got = _steps(compiled, batch_q.x[b], q=True)
-        want = trace.outputs[0][b]
-        assert np.array_equal(got[-1] if selects else got, want), \
-            f"sample {b} (int16 API): {first_mismatch(got[-1] if selects else got, want)}"
+        assert np.array_equal(got, every[b]), \
+            f"sample {b} (int16 API): {first_mismatch(got, every[b])}"
     planned = evaluate.run(lower(q.model, manifest["name"], q), batch_q.x, steps=True)[0]
-    last = planned[:, -1] if selects else planned
-    assert np.array_equal(last, trace.outputs[0]), first_mismatch(last, trace.outputs[0])
+    assert np.array_equal(planned, every), first_mismatch(planned, every)
 
 
 def test_reset_restarts_the_stream(exported):
