@@ -1394,9 +1394,10 @@ def _add_streaming(model: Model, functions: dict[int, list[Function]], fixed: bo
                    schedule: Schedule, buffers: list[Buffer]) -> tuple[Schedule, list[Buffer]]:
     """A causal conv model's NAME_step beside its layer-major NAME_run (passes/stream.py);
     other conv models keep none."""
-    from .stream import stream_refusals, streaming_schedule
-    if stream_refusals(model):
-        return schedule, buffers
+    from .stream import no_step_reason, streaming_schedule
+    why = no_step_reason(model)
+    if why:
+        return replace(schedule, no_step_why=why), buffers
     schedule, buffers, added = streaming_schedule(model, functions, fixed, schedule, buffers,
                                                   _time_major)
     for fn in added:  # printed after the whole-sequence conv whose arrays it reads

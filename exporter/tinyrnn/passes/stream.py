@@ -31,8 +31,8 @@ from ..backend.plan import Arg, Buffer, Copy, Do, Function, Lit, Op, Param, Ptr,
 from ..errors import TinyRNNError
 from ..ir import Conv1d, Model, PoolTime, RecurrentLayer
 
-__all__ = ["conv_step_function", "require_streaming", "stream_refusals", "streaming_schedule",
-           "window_steps"]
+__all__ = ["conv_step_function", "no_step_reason", "require_streaming", "stream_refusals",
+           "streaming_schedule", "window_steps"]
 
 
 def window_steps(layer: Conv1d) -> int:
@@ -78,6 +78,18 @@ def stream_refusals(model: Model, name: str = "NAME") -> list[str]:
                        "reverse direction reads the sequence from its end: use "
                        "bidirectional=False")
     return out
+
+
+def no_step_reason(model: Model) -> str:
+    """Why the C of ``model`` has no streaming NAME_step, in a few words for its comments
+    ("" when it streams)."""
+    if any(_conv_refusals(layer, "") for layer in model.layers if isinstance(layer, Conv1d)):
+        return "a Conv1d that is not causal needs the whole sequence"
+    if model.bidirectional:
+        return "a bidirectional layer needs the whole sequence"
+    if model.pools:
+        return "a pooling over time needs the whole sequence"
+    return ""
 
 
 def require_streaming(model: Model, name: str) -> None:
