@@ -186,6 +186,7 @@ def test_windows_are_in_the_state(exported):
     header = (compiled.folder / f"{compiled.name}.h").read_text()
     assert "int16_t conv0_step_win[12];" in header  # kernel 3: 3 steps x 4 channels
     assert "int16_t conv2_step_win[40];" in header  # kernel 3, dilation 2: 5 steps x 8
+    assert manifest["sizes"]["state_bytes"] == 2 * (12 + 40 + 7)  # the windows and GRU h
     lstm = exported[("depthwise-lstm", "float32")][0]
     text = (lstm.folder / f"{lstm.name}.h").read_text()
     assert "float conv0_step_win[15];" in text and "conv1_step_win" not in text
