@@ -11,10 +11,11 @@ and runs it. For each model the driver, in C loops:
   (integer formats) on int16 inputs where one value in four is an extreme (-32768, 32767,
   -1, 0, 1), ``run`` / ``step`` on floats where one value in four is special (NaN, +-Inf,
   +-FLT_MAX, +-FLT_MIN, +-denormals, -0, +-1e30), ``set_state_q`` / ``set_state`` likewise
-  for models that take an initial state; sequence lengths 1..max_seq_len (bidirectional) or
-  1..64, calls from reset and continuing a stream;
+  for models that take an initial state; sequence lengths 1..max_seq_len (models with
+  sequence buffers: bidirectional, Conv1d, pooling) or 1..64, calls from reset and continuing
+  a stream;
 - checks every return code, and the error paths: T = 0, T = max_seq_len + 1, NULL pointers,
-  ``step`` on a bidirectional model;
+  ``step`` on a model that does not stream;
 - runs the probes given by the caller (inputs chosen in Python) and prints their outputs, so
   that the caller can compare the sanitized build with the host build bit for bit.
 
