@@ -201,8 +201,9 @@ def test_generated_files_carry_nothing_unused(compiled):
 
 
 def test_step_is_refused_and_the_length_is_bounded(compiled):
-    """A Conv1d reads neighbouring steps: NAME_step returns NAME_ERR_UNSUPPORTED, NAME_run
-    takes at most NAME_MAX_SEQ_LEN steps (its sequence buffers)."""
+    """A Conv1d padded on the right reads the next step: NAME_step returns
+    NAME_ERR_UNSUPPORTED, NAME_run takes at most NAME_MAX_SEQ_LEN steps (its sequence
+    buffers)."""
     c = compiled["pad1"]
     with pytest.raises(TinyRNNError, match="unsupported"):
         c.step(c.new_state(), np.zeros(4, np.float32))

@@ -18,6 +18,7 @@ from .frontend.pt2 import Program
 from .frontend.reader import archive_bytes, read_captured, read_program, trace
 from .ir import Conv1d, Model, SelectStep, value_width
 from .outputs import output_folder
+from .passes.stream import require_streaming
 
 FORMATS = ("w8a16", "w16a16", "float32")
 DEFAULT_FORMAT = "w8a16"
@@ -201,18 +202,23 @@ def export_program(
     max_seq_len: int | None = None,
     calibration: Any = None,
     layer_formats: dict[str, str] | None = None,
+    stream: bool = False,
 ) -> dict:
     """Export a program (read from an archive, or captured); returns the manifest.
 
     ``calibration``: for the integer formats, representative inputs in the forward's form
     (one array, or a list/tuple such as ``[x, h0, c0]``), usually many sequences.
     ``layer_formats``: per-layer formats, see :func:`export`.
+    ``stream``: demand a NAME_step that streams (docs/c-api.md, "Which models stream");
+    a model that cannot is refused with each layer and why.
     """
     from .passes.quantize import weight_overrides
 
     check_options(format, name, max_seq_len, layer_formats)
     calibration = ignore_calibration_for_float(format, calibration)
     model = read_program(program, max_seq_len)
+    if stream:
+        require_streaming(model, name)
     check_sequence_buffers(model, format)
     options: dict[str, Any] = {"format": format, "max_seq_len": model.max_seq_len}
     quantized = None
@@ -240,6 +246,7 @@ def export(
     calibration: Any = None,
     save_program: bool = False,
     layer_formats: dict[str, str] | None = None,
+    stream: bool = False,
 ) -> dict:
     """Capture ``model`` with torch.export and write NAME.h, NAME.c, NAME.json to ``out_dir``.
 
@@ -255,7 +262,10 @@ def export(
     layers get that format's weight bits, the others ``format``'s; activations are int16 in
     both (docs/python-api.md names the layers). ``save_program``: also write the captured
     program as ``NAME.pt2`` (what ``torch.export.save`` writes) beside the C, so that
-    ``tinyrnn verify``, ``report`` and ``export`` can use it afterwards. Returns the manifest
+    ``tinyrnn verify``, ``report`` and ``export`` can use it afterwards. ``stream``: demand a
+    NAME_step that runs one step at a time and equals NAME_run (a model with a Conv1d
+    streams when every conv is causal, docs/c-api.md); otherwise raise, naming each layer
+    that cannot stream and why. Returns the manifest
     as a dict; raises TinyRNNError on a model or option tinyrnn cannot export.
     """
     check_options(format, name, max_seq_len, layer_formats)  # before the capture
@@ -264,7 +274,7 @@ def export(
     data = archive_bytes(exported)
     program = read_captured(data)
     options = dict(format=format, name=name, max_seq_len=max_seq_len, calibration=calibration,
-                   layer_formats=layer_formats)
+                   layer_formats=layer_formats, stream=stream)
     if not save_program:
         return export_program(program, out_dir, **options)
     with output_folder(out_dir) as stage:  # the C and the program appear together or not

@@ -59,7 +59,7 @@ def _export(args: argparse.Namespace) -> int:
         program = load_program(args.model)
         manifest = export_program(
             program, args.out, format=args.format, name=args.name, max_seq_len=args.max_seq_len,
-            calibration=calibration, layer_formats=layer_formats,
+            calibration=calibration, layer_formats=layer_formats, stream=args.stream,
         )
     for w in caught:
         if issubclass(w.category, TinyRNNWarning):
@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="sequence buffer capacity for bidirectional models "
                         "(default: the example input's length)")
+    p.add_argument("--stream", action="store_true",
+                   help="demand a NAME_step that runs one step at a time and equals NAME_run "
+                        "(a Conv1d front-end must be causal); refuse the model otherwise")
     from .targets.package import add_package_options
 
     add_package_options(p.add_argument_group("library options (with --package)"))

@@ -493,7 +493,8 @@ class Model:
 
     @property
     def convolves(self) -> bool:
-        """Whether a layer needs the whole sequence (a Conv1d): no streaming NAME_step."""
+        """Whether a layer is a Conv1d over time: NAME_run runs layer-major over whole
+        sequences (NAME_step streams only when every conv is causal, passes/stream.py)."""
         return any(isinstance(layer, Conv1d) for layer in self.layers)
 
     def out_steps(self, steps: int) -> int:

@@ -226,14 +226,21 @@ class Do:
 
 @dataclass(frozen=True)
 class Copy:
-    """``memcpy(dst + offset, src, n * sizeof(T))`` of vector parameters."""
+    """``memcpy(dst + offset, src + src_offset, n * sizeof(T))`` of vector parameters;
+    ``memmove`` when ``dst`` and ``src`` are the same parameter (a window shifted in place)."""
 
     dst: str
     offset: int
     src: str
     n: int
     ctype: str
+    src_offset: int = 0
     kind: str = field(default="copy", init=False)
+
+    @property
+    def moves(self) -> bool:
+        """Whether source and destination are one buffer (``memmove``)."""
+        return self.dst == self.src
 
 
 Stmt = Let | Store | Do | Copy
@@ -421,6 +428,9 @@ class Schedule:
     input_sequence: str | None = None  # ... and whole, for a Conv1d reading the model input
     layer_major_why: str = "bidirectional"  # comments of the C: why whole sequences
     no_step_why: str = "a bidirectional layer needs the whole sequence"
+    step_input: str | None = None
+    """Integer formats, a layer-major model that streams (passes/stream.py): where NAME_step
+    converts the float x_t (its own scratch; ``input_buffer`` is NAME_run's)."""
     lengths: tuple[tuple[int, int], ...] = ()
     """Layer-major: ``(add, stride)`` of each Conv1d that changes the length, in order; after
     it the sequence has ``(n + add) / stride + 1`` steps (none when ``n + add < 0``)."""

@@ -419,8 +419,9 @@ def build_interface(plan: Plan, model: Model, q: Any, sources: list[str]
         state_size=sizes[0][1], set_state_args=sizes, outputs=lengths,
         has_step=plan.schedule is not None and plan.schedule.step is not None,
         sources=sources, format_macros=_format_macros(plan, q),
-        **({"no_step_why": "this model has a Conv1d, which reads neighbouring steps"}
-           if model.convolves else
+        **({"no_step_why": f"in this model {plan.schedule.no_step_why} (docs/c-api.md, "
+                           "\"Which models stream\")"}
+           if model.convolves and plan.schedule is not None else
            {"no_step_why": "this model pools over time, which reads every step"}
            if model.pools else {}))
 

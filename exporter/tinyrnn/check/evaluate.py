@@ -124,8 +124,8 @@ class _Frame:
     def statement(self, stmt) -> None:
         where = f"{self.fn.name}"
         if isinstance(stmt, Copy):
-            self.views[stmt.dst][:, stmt.offset:stmt.offset + stmt.n] = \
-                self.views[stmt.src][:, :stmt.n]
+            src = self.views[stmt.src][:, stmt.src_offset:stmt.src_offset + stmt.n].copy()
+            self.views[stmt.dst][:, stmt.offset:stmt.offset + stmt.n] = src
         elif isinstance(stmt, Let):
             self.env[stmt.var.name] = _check(self.expr(stmt.value), stmt.var.ctype,
                                              f"{where}: {stmt.var.name}")

@@ -1390,6 +1390,21 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
         + pools["scratch"].buffers("scratch"))
 
 
+def _add_streaming(model: Model, functions: dict[int, list[Function]], fixed: bool,
+                   schedule: Schedule, buffers: list[Buffer]) -> tuple[Schedule, list[Buffer]]:
+    """A causal conv model's NAME_step beside its layer-major NAME_run (passes/stream.py);
+    other conv models keep none."""
+    from .stream import no_step_reason, streaming_schedule
+    why = no_step_reason(model)
+    if why:
+        return replace(schedule, no_step_why=why), buffers
+    schedule, buffers, added = streaming_schedule(model, functions, fixed, schedule, buffers,
+                                                  _time_major)
+    for fn in added:  # printed after the whole-sequence conv whose arrays it reads
+        functions[fn.layer] = [*functions[fn.layer], fn]
+    return schedule, buffers
+
+
 # ---------------------------------------------------------------------------------------------
 # The whole model
 
@@ -1453,6 +1468,7 @@ def lower(model: Model, name: str, q=None) -> Plan:
     if model.convolves:
         schedule = replace(schedule, layer_major_why="a Conv1d reads neighbouring steps",
                            no_step_why="a Conv1d needs the whole sequence")
+        schedule, buffers = _add_streaming(model, functions, fixed, schedule, buffers)
     elif model.pools:
         schedule = replace(schedule, layer_major_why="a pooling over time reads every step",
                            no_step_why="a pooling over time needs the whole sequence")
