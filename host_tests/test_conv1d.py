@@ -193,6 +193,19 @@ def test_the_profiler_counts_the_conv_macs(compiled):
     assert macs_per_step(compiled["groups2"].manifest) == 6 * 2 * 3 + layer_macs(gru)
 
 
+def test_the_profiler_counts_a_strided_conv_at_its_output_positions(compiled):
+    """Conv1d(4, 6, 3, stride 2, padding 1): one output position per 2 input steps, and the
+    GRU after it runs over the conv's output length (5 positions out of 9 steps)."""
+    manifest = compiled["stride2-pad1"].manifest
+    conv = next(layer for layer in manifest["layers"] if layer["kind"] == "conv1d")
+    gru = next(layer for layer in manifest["layers"] if layer["kind"] == "gru")
+    assert layer_macs(conv) == 6 * 4 * 3 / 2
+    assert macs_per_step(manifest) == (6 * 4 * 3 + layer_macs(gru)) / 2
+    out = (9 + 2 - 3) // 2 + 1
+    assert macs_per_step(manifest, steps=9) == pytest.approx(
+        out * (6 * 4 * 3 + layer_macs(gru)) / 9)
+
+
 def test_generated_files_carry_nothing_unused(compiled):
     """clang -Weverything and gcc -Wunused on every export of the table: no unused helper,
     macro or array (the new helper and the layer-major schedule included)."""
