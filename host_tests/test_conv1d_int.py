@@ -141,8 +141,9 @@ def test_the_manifest_records_the_conv_quantization(exported):
 
 
 def test_the_blocked_helper_runs_where_it_applies(exported):
-    """int8 weights with int32 sums or int16 with int64 sums, one group and dilation 1 (any
-    channel counts): a blocked helper; any other conv the per-tap one."""
+    """int8 weights with int32 sums or int16 with int64 sums, one group and dilation 1, any
+    input channel count and at least 4 output channels: a blocked helper; any other conv the
+    per-tap one."""
     seen = set()
     for (case_id, fmt), (c, _, _, manifest) in exported.items():
         text = (c.folder / f"{c.name}.c").read_text()
@@ -154,7 +155,7 @@ def test_the_blocked_helper_runs_where_it_applies(exported):
             bits = (q["accumulator"]["weight_bits"],
                     q["accumulator"]["parts"][0]["accumulator_bits"])
             blocked = (conv["groups"] == 1 and conv["dilation"] == 1
-                       and bits in ((8, 32), (16, 64)))
+                       and conv["out_channels"] >= 4 and bits in ((8, 32), (16, 64)))
             helper = f"conv1d_{'x4_' if blocked else ''}w{bits[0]}_acc{bits[1]}("
             assert helper in text, (case_id, fmt, helper)
             seen.add(blocked)

@@ -720,9 +720,11 @@ def conv_rows4(layer: Conv1d, q) -> bool:
     """Whether an integer Conv1d takes a blocked helper, ``conv1d_x4_w8_acc32`` (SMLAD on the
     DSP cores) or ``conv1d_x4_w16_acc64`` (SMLALD): int8 weights with int32 sums or int16
     weights with int64 sums, one group and dilation 1 (so that the taps of an output step
-    inside x are one contiguous run of x and of each weight row), any channel counts."""
+    inside x are one contiguous run of x and of each weight row), any input channel count and
+    at least 4 output channels (zero rows pad the last block of 4: with 1 to 3 channels they
+    would double to quadruple the weights of a layer whose few outputs cost little anyway)."""
     return ((q.acc.bits, q.acc.parts[0].acc_bits) in ((8, 32), (16, 64))
-            and layer.groups == 1 and layer.dilation == 1)
+            and layer.groups == 1 and layer.dilation == 1 and layer.out_channels >= 4)
 
 
 def lower_conv1d(p: str, index: int, layer: Conv1d, q, req: _Requirements) -> list[Function]:
