@@ -17,9 +17,12 @@ from tinyrnn.check import evaluate, torchref
 from tinyrnn.check.simulate import batch_from_arrays, run_float
 from tinyrnn.errors import TinyRNNError
 from tinyrnn.frontend.reader import capture, read_program
+from tinyrnn.io import assemble_outputs, split_inputs
 from tinyrnn.ir import Conv1d
 from tinyrnn.numerics.helpers import TANH_MAX_ERROR
 from tinyrnn.passes.lower import lower
+from tinyrnn.targets import cross
+from tinyrnn.targets.boards import load_board
 from tinyrnn.targets.host import load_many
 from tinyrnn.targets.profile import layer_macs, macs_per_step
 
@@ -65,6 +68,11 @@ CASES = [
              rnn="bilstm", head=True, seed=8),
     ConvCase("pad-beyond-kernel-bct", ({"out_channels": 5, "kernel_size": 1, "padding": 2},),
              layout="bct", seed=9),
+    # Silero's shapes in small: a one-channel window conv (an STFT), odd channel counts
+    ConvCase("stft-c1-k4-stride2", ({"out_channels": 6, "kernel_size": 4, "stride": 2,
+                                     "bias": False},), input_size=1, seed=10),
+    ConvCase("odd-c9-o7-k3-pad1", ({"out_channels": 7, "kernel_size": 3, "padding": 1},),
+             input_size=9, seed=11),
 ]
 STEPS = 9
 
@@ -193,6 +201,19 @@ def test_the_profiler_counts_the_conv_macs(compiled):
     assert macs_per_step(compiled["groups2"].manifest) == 6 * 2 * 3 + layer_macs(gru)
 
 
+def test_the_profiler_counts_a_strided_conv_at_its_output_positions(compiled):
+    """Conv1d(4, 6, 3, stride 2, padding 1): one output position per 2 input steps, and the
+    GRU after it runs over the conv's output length (5 positions out of 9 steps)."""
+    manifest = compiled["stride2-pad1"].manifest
+    conv = next(layer for layer in manifest["layers"] if layer["kind"] == "conv1d")
+    gru = next(layer for layer in manifest["layers"] if layer["kind"] == "gru")
+    assert layer_macs(conv) == 6 * 4 * 3 / 2
+    assert macs_per_step(manifest) == (6 * 4 * 3 + layer_macs(gru)) / 2
+    out = (9 + 2 - 3) // 2 + 1
+    assert macs_per_step(manifest, steps=9) == pytest.approx(
+        out * (6 * 4 * 3 + layer_macs(gru)) / 9)
+
+
 def test_generated_files_carry_nothing_unused(compiled):
     """clang -Weverything and gcc -Wunused on every export of the table: no unused helper,
     macro or array (the new helper and the layer-major schedule included)."""
@@ -256,3 +277,21 @@ def test_a_sequence_too_short_for_the_conv_is_refused(compiled):
         with pytest.raises(TinyRNNError, match="returned -2: a sequence length outside"):
             c.run_sample({"x": np.zeros((steps, 4), np.float32)})
     assert c.run_sample({"x": np.ones((4, 4), np.float32)})[0].shape == (3,)
+
+
+def test_the_m4f_equals_the_host_bit_for_bit(compiled, tmp_path):
+    """Every model of the table in one image under QEMU on the Cortex-M4F (mps2-an386): the
+    window dot products run dot4_f's FPU path (VLDM, then VMUL and VADD per row in column
+    order, the order of its portable C), so the outputs equal the host build's bit for bit."""
+    jobs, expected = [], []
+    for case in CASES:
+        c = compiled[case.id]
+        x = _x(case, 2, STEPS, 7)
+        model = cross.ExportedModel.load(c.folder)
+        jobs.append(cross.ModelInputs(model, tuple(split_inputs(model.interface, [x]))))
+        expected.append(c.run(x))
+    result = cross.run_qemu(cross.build(jobs, load_board("mps2-an386"), tmp_path), timeout=60)
+    for case, job, outs, want in zip(CASES, jobs, result.outputs, expected):
+        got = assemble_outputs(job.model.interface, outs, STEPS)
+        for k, (g, w) in enumerate(zip(got, want)):
+            assert np.array_equal(g, w), (case.id, k, np.argwhere(g != w)[:3])

@@ -60,6 +60,14 @@ CASES = [
     # dilation 1, channels in multiples of 4; taps cut at both ends, and a stride
     ConvCase("blocked-k4-stride2-pad2", ({"out_channels": 8, "kernel_size": 4, "stride": 2,
                                           "padding": 2},), seed=11),
+    # any channel counts take it too: Silero's shapes in small (a one-channel window conv,
+    # an STFT; odd channel counts; a stride 2 with padding)
+    ConvCase("stft-c1-k8-stride4-nobias", ({"out_channels": 6, "kernel_size": 8, "stride": 4,
+                                            "bias": False},), input_size=1, seed=12),
+    ConvCase("odd-c9-o5-k3-pad1", ({"out_channels": 5, "kernel_size": 3, "padding": 1},),
+             input_size=9, seed=13),
+    ConvCase("c6-o10-k3-stride2-pad1", ({"out_channels": 10, "kernel_size": 3, "stride": 2,
+                                         "padding": 1},), input_size=6, seed=14),
 ]
 PARAMS = [(case, fmt) for case in CASES for fmt in FORMATS]
 IDS = [f"{case.id}-{fmt}" for case, fmt in PARAMS]
@@ -133,23 +141,37 @@ def test_the_manifest_records_the_conv_quantization(exported):
 
 
 def test_the_blocked_helper_runs_where_it_applies(exported):
-    """int8 weights with int32 sums or int16 with int64 sums, one group, dilation 1, channels
-    in multiples of 4: a blocked helper; any other conv the per-tap one."""
-    for (case_id, fmt), (c, *_) in exported.items():
+    """int8 weights with int32 sums or int16 with int64 sums, one group and dilation 1, any
+    input channel count and at least 4 output channels: a blocked helper; any other conv the
+    per-tap one."""
+    seen = set()
+    for (case_id, fmt), (c, _, _, manifest) in exported.items():
         text = (c.folder / f"{c.name}.c").read_text()
-        blocked = "conv1d_x4_w8_acc32(" in text or "conv1d_x4_w16_acc64(" in text
-        assert blocked == (case_id in ("two-convs-bilstm-head", "blocked-k4-stride2-pad2")), \
-            (case_id, fmt)
+        convs = [layer for layer in manifest["layers"] if layer["kind"] == "conv1d"]
+        quantized = [layer for layer in manifest["quantization"]["layers"]
+                     if layer["kind"] == "conv1d"]
+        assert len(convs) == len(quantized) > 0
+        for conv, q in zip(convs, quantized):
+            bits = (q["accumulator"]["weight_bits"],
+                    q["accumulator"]["parts"][0]["accumulator_bits"])
+            blocked = (conv["groups"] == 1 and conv["dilation"] == 1
+                       and conv["out_channels"] >= 4 and bits in ((8, 32), (16, 64)))
+            helper = f"conv1d_{'x4_' if blocked else ''}w{bits[0]}_acc{bits[1]}("
+            assert helper in text, (case_id, fmt, helper)
+            seen.add(blocked)
+    assert seen == {True, False}
 
 
-@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an385"], ids=["m4-dsp", "m3"])
+@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an385", "mps3-an547"],
+                         ids=["m4-dsp", "m3", "m55"])
 def test_the_boards_equal_the_host_bit_for_bit(board, exported, tmp_path):
-    """Every w8a16 model of the table (and three w16a16 ones) in one image under QEMU: the
-    Cortex-M4 runs the blocked helpers' SMLAD/SMLALD paths, the M3 their portable C; both
-    equal the host build, which equals the reference."""
+    """Every w8a16 model of the table (and five w16a16 ones) in one image under QEMU: the
+    Cortex-M4 and the M55 run the blocked helpers' SMLAD/SMLALD paths, the M3 their portable
+    C; all equal the host build, which equals the reference."""
     chosen = [key for key in exported if key[1] == "w8a16"] + [
         ("k3-pad1", "w16a16"), ("blocked-k4-stride2-pad2", "w16a16"),
-        ("two-convs-bilstm-head", "w16a16")]
+        ("two-convs-bilstm-head", "w16a16"), ("odd-c9-o5-k3-pad1", "w16a16"),
+        ("stft-c1-k8-stride4-nobias", "w16a16")]
     cases = {case.id: case for case in CASES}
     jobs, expected = [], []
     for key in chosen:

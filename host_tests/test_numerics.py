@@ -839,21 +839,24 @@ def test_conv1d_integer_helpers_in_c(clib, bits, kernel, groups, dilation, strid
 
 
 @pytest.mark.parametrize("bits", [8, 16])
-@pytest.mark.parametrize("kernel, stride, pad_left, pad_right, bias", [
-    (3, 1, 1, 1, True), (4, 2, 1, 2, False), (1, 1, 0, 0, True), (5, 3, 4, 0, True),
-    (2, 1, 3, 3, False)])
-def test_blocked_conv_helper_in_c(clib, bits, kernel, stride, pad_left, pad_right, bias):
+@pytest.mark.parametrize("cin, cout, kernel, stride, pad_left, pad_right, bias", [
+    (8, 12, 3, 1, 1, 1, True), (8, 12, 4, 2, 1, 2, False), (8, 12, 1, 1, 0, 0, True),
+    (8, 12, 5, 3, 4, 0, True), (8, 12, 2, 1, 3, 3, False),
+    # any channel counts: a one-channel window conv (an STFT), odd counts cut at both ends
+    (1, 6, 8, 3, 0, 0, False), (5, 7, 3, 1, 1, 1, True), (3, 2, 3, 2, 1, 1, True),
+    (5, 5, 1, 1, 0, 0, True)])
+def test_blocked_conv_helper_in_c(clib, bits, cin, cout, kernel, stride, pad_left, pad_right,
+                                  bias):
     """conv1d_x4_w8_acc32 and conv1d_x4_w16_acc64 (4 output channels per block, the DSP
     cores' SMLAD/SMLALD path; here their portable path) against the bit-exact reference."""
     from tinyrnn.check.reference import conv1d_int
     from tinyrnn.ir import Conv1d, Tensor
     from tinyrnn.numerics.helpers import QFormat
-    from tinyrnn.passes.layout import kernel_layout
+    from tinyrnn.passes.layout import conv_layout, decode_conv_layout
     from tinyrnn.passes.quantize import quantize_conv1d
 
     ffi, lib = clib
-    rng = np.random.default_rng(kernel * 7 + stride)
-    cin, cout = 8, 12
+    rng = np.random.default_rng(kernel * 7 + stride + 100 * cin)
     w = rng.standard_normal((cout, cin, kernel))
     layer = Conv1d("c", Tensor(w, "w"), Tensor(rng.standard_normal(cout), "b") if bias else None,
                    stride, 1, 1, pad_left, pad_right)
@@ -861,8 +864,9 @@ def test_blocked_conv_helper_in_c(clib, bits, kernel, stride, pad_left, pad_righ
     part = q.acc.parts[0]
     acc = {8: 32, 16: 64}[bits]
     assert part.acc_bits <= acc
-    blocked = kernel_layout([part.weights[r::4] for r in range(4)], bits).reshape(-1)
-    for steps in (9, 2):
+    blocked = conv_layout(part.weights, bits).reshape(-1)
+    assert np.array_equal(decode_conv_layout(blocked, cout, kernel * cin, bits), part.weights)
+    for steps in (9, 2, 17):
         if layer.out_steps(steps) < 1:
             continue
         x = rng.integers(-32768, 32768, (steps, cin)).astype(np.int16)

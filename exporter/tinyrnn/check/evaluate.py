@@ -38,7 +38,7 @@ from ..backend.plan import (
 )
 from ..numerics import helpers as nm
 from ..passes.layout import (
-    SXTB16_ORDER,
+    decode_conv_layout,
     decode_float_stream,
     decode_mve_stream,
     decode_stream,
@@ -192,9 +192,7 @@ class _Frame:
         dtype = np.int64 if fixed else np.float64
         w = self.ev.const(w_arg.name).astype(dtype)
         if blocked:  # (blocks, groups of 4 columns, 4 channels, 4 weights; int8 in SXTB16 order)
-            order = np.argsort(SXTB16_ORDER) if "_w8_" in c.fn else np.arange(4)
-            w = w.reshape(cout // 4, kernel * cin // 4, 4, 4)[..., order]
-            w = w.transpose(0, 2, 1, 3)
+            w = decode_conv_layout(w, cout, kernel * cin, 8 if "_w8_" in c.fn else 16)
         w = w.reshape(cout, kernel, cg)
         b = (self.ev.const(b_arg.name).astype(dtype) if isinstance(b_arg, Ptr)
              else np.zeros(cout, dtype))

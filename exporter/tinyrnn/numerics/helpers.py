@@ -882,11 +882,12 @@ def sigmoid_f(v: np.ndarray) -> np.ndarray:
 HELPERS: tuple[Helper, ...] = (
     # float32
     Helper("dot"), Helper("tanh"), Helper("sigmoid"), Helper("relu"),
-    Helper("softmax_f"), Helper("log_softmax_f"), Helper("conv1d_f", ("dot",)),
+    Helper("softmax_f"), Helper("log_softmax_f"), Helper("dot4_f"),
+    Helper("conv_window_f", ("dot", "dot4_f")), Helper("conv1d_f", ("dot", "conv_window_f")),
     Helper("clamp_f"), Helper("leaky_relu_f"), Helper("hardsigmoid_f", ("clamp_f",)),
     Helper("hardswish_f", ("hardsigmoid_f",)), Helper("abs_f"), Helper("sqrt_f"),
     Helper("mean_time_f"), Helper("sum_time_f"), Helper("max_time_f"),
-    Helper("frame_conv1d_f", ("dot",)), Helper("frame_pad_f"),
+    Helper("frame_conv1d_f", ("dot", "conv_window_f")), Helper("frame_pad_f"),
     # integers
     Helper("dsp"),
     Helper("sat16"), Helper("sat16_i64", ("sat16",)),

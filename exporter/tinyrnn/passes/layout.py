@@ -45,6 +45,27 @@ def kernel_layout(gates: Sequence[np.ndarray], bits: int) -> np.ndarray:
     return np.ascontiguousarray(w)
 
 
+def conv_layout(weights: np.ndarray, bits: int) -> np.ndarray:
+    """The integer weights of a Conv1d with one group and dilation 1, ``(out, kernel * in)``,
+    as the blocked conv helpers read them: the rows in blocks of 4 output channels (the last
+    block padded with zero rows), per block :func:`kernel_layout` of its 4 rows, i.e.
+    ``(blocks, groups, 4, 4)``: per group of 4 columns (the last one padded with zero columns)
+    one word of 4 weights per channel (int8 in :data:`SXTB16_ORDER`)."""
+    rows = -(-weights.shape[0] // KERNEL_GROUP) * KERNEL_GROUP
+    w = np.zeros((rows, weights.shape[1]), dtype=np.int64)
+    w[:weights.shape[0]] = weights
+    return kernel_layout([w[r::KERNEL_GROUP] for r in range(KERNEL_GROUP)], bits)
+
+
+def decode_conv_layout(blocked: np.ndarray, out: int, cols: int, bits: int) -> np.ndarray:
+    """The inverse of :func:`conv_layout`: ``(out, cols)`` weights, the padding dropped."""
+    order = np.argsort(SXTB16_ORDER) if bits == 8 else np.arange(KERNEL_GROUP)
+    blocks, groups = -(-out // KERNEL_GROUP), padded(cols) // KERNEL_GROUP
+    w = np.asarray(blocked).reshape(blocks, groups, KERNEL_GROUP, KERNEL_GROUP)[..., order]
+    w = w.transpose(0, 2, 1, 3).reshape(blocks * KERNEL_GROUP, groups * KERNEL_GROUP)
+    return w[:out, :cols]
+
+
 def direction_stream(x_gates: Sequence[np.ndarray], h_gates: Sequence[np.ndarray],
                      bits: int) -> np.ndarray:
     """One direction's weights as the C and DSP kernels read them: per unit, the x part's

@@ -79,7 +79,7 @@ from ..ir import (
 )
 from ..numerics import helpers as nm
 from ..numerics.folds import Fold, Fold32, Fold64, fold_side, sum_fits_int32
-from .layout import direction_stream, float_stream, kernel_layout, mve_stream, padded
+from .layout import conv_layout, direction_stream, float_stream, mve_stream, padded
 
 WEIGHT_CTYPE = {8: "int8_t", 16: "int16_t"}
 ACC_CTYPE = {32: "int32_t", 64: "int64_t"}
@@ -719,11 +719,12 @@ def _lower_diagonal(fn: str, index: int, layer: Dense, q, req: _Requirements) ->
 def conv_rows4(layer: Conv1d, q) -> bool:
     """Whether an integer Conv1d takes a blocked helper, ``conv1d_x4_w8_acc32`` (SMLAD on the
     DSP cores) or ``conv1d_x4_w16_acc64`` (SMLALD): int8 weights with int32 sums or int16
-    weights with int64 sums, one group, dilation 1, and channel counts that are multiples of
-    4 (so that every tap's run of x is whole 4-column groups)."""
+    weights with int64 sums, one group and dilation 1 (so that the taps of an output step
+    inside x are one contiguous run of x and of each weight row), any input channel count and
+    at least 4 output channels (zero rows pad the last block of 4: with 1 to 3 channels they
+    would double to quadruple the weights of a layer whose few outputs cost little anyway)."""
     return ((q.acc.bits, q.acc.parts[0].acc_bits) in ((8, 32), (16, 64))
-            and layer.groups == 1 and layer.dilation == 1 and layer.in_channels % 4 == 0
-            and layer.out_channels % 4 == 0)
+            and layer.groups == 1 and layer.dilation == 1 and layer.out_channels >= 4)
 
 
 def lower_conv1d(p: str, index: int, layer: Conv1d, q, req: _Requirements) -> list[Function]:
@@ -763,10 +764,10 @@ def lower_conv1d(p: str, index: int, layer: Conv1d, q, req: _Requirements) -> li
         if rows4:
             order = ("one word per channel, bytes in SXTB16 order 0,2,1,3" if q.acc.bits == 8
                      else "the 4 weights of each channel")
-            w = consts.add(f"{fn}_w", wtype, kernel_layout(
-                [part.weights[r::4] for r in range(4)], q.acc.bits).reshape(-1),
+            w = consts.add(f"{fn}_w", wtype, conv_layout(part.weights, q.acc.bits).reshape(-1),
                 f"{layer.weight.source} as (out, kernel, in) = {shape} in blocks of 4 output "
-                f"channels: per group of 4 columns, {order}; {wtype}, per-channel scale")
+                f"channels (zero rows pad the last): per group of 4 of the kernel x in "
+                f"columns (zero columns pad the last), {order}; {wtype}, per-channel scale")
         else:
             w = consts.add(f"{fn}_w", wtype, part.weights.reshape(-1),
                            f"{layer.weight.source} as (out, kernel, in / groups) = {shape}, "

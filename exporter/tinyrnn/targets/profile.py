@@ -55,15 +55,16 @@ QEMU_COUNTED = ("cortex-m55",)
 # Model arithmetic
 
 
-def layer_macs(layer: Mapping[str, Any]) -> int:
-    """Multiply-accumulates of one manifest layer at one time step, all directions."""
+def layer_macs(layer: Mapping[str, Any]) -> float:
+    """Multiply-accumulates of one manifest layer at one time step of its input, all
+    directions. A conv1d with stride s makes one output position per s input steps: its
+    kernel x in / groups x out MACs per position, over s."""
     kind = layer["kind"]
     if kind == "dense":  # a diagonal one (a BatchNorm alone) multiplies once per feature
         return int(layer["out_features"]) * (1 if layer.get("diagonal") else
                                              int(layer["in_features"]))
     if kind == "conv1d":  # every tap, including the ones over the padding (the C skips those)
-        return (int(layer["out_channels"]) * int(layer["in_channels"]) // int(layer["groups"])
-                * int(layer["kernel"]))
+        return _conv_position_macs(layer) / int(layer["stride"])
     if kind == "frame_conv1d":  # over the positions of one step's frame, every output
         return (int(layer["out_length"]) * int(layer["out_channels"])
                 * int(layer["in_channels"]) // int(layer["groups"]) * int(layer["kernel"]))
@@ -74,21 +75,48 @@ def layer_macs(layer: Mapping[str, Any]) -> int:
     return macs * int(layer.get("directions", 1))
 
 
+def _conv_position_macs(layer: Mapping[str, Any]) -> int:
+    """MACs of one output position of a manifest conv1d, the taps over the padding included."""
+    return (int(layer["out_channels"]) * int(layer["in_channels"]) // int(layer["groups"])
+            * int(layer["kernel"]))
+
+
+def conv_out_steps(layer: Mapping[str, Any], steps: int) -> int:
+    """torch's output length of a manifest conv1d over ``steps`` input steps."""
+    left, right = (int(p) for p in layer["padding"])
+    span = int(layer["dilation"]) * (int(layer["kernel"]) - 1) + 1
+    return max(0, (steps + left + right - span) // int(layer["stride"]) + 1)
+
+
 def macs_per_step(manifest: Mapping[str, Any], steps: int | None = None) -> float:
     """MACs of one time step: recurrent layers, and dense layers applied at that step.
 
     With ``steps`` (a whole ``NAME_run`` of that length), a dense layer after the step
     selection runs once per sequence and counts ``1/steps`` per step; without it (the
-    ``NAME_step`` API), the head runs at every step.
+    ``NAME_step`` API), the head runs at every step. A conv1d runs at its output positions
+    only, and the layers after a length-changing conv run over its output's length: with
+    ``steps`` exactly (torch's output length), without it at 1 / stride of the rate before.
     """
     total = 0.0
     selected = False
+    length = steps  # the length of the stage's sequence, when known
+    rate = 1.0  # steps of the stage per input step
     for layer in manifest.get("layers", []):
         if layer["kind"] == "select_step":
             selected = True
             continue
-        macs = layer_macs(layer)
-        total += macs / steps if (selected and steps and layer["kind"] == "dense") else macs
+        if selected and steps and layer["kind"] == "dense":
+            total += layer_macs(layer) / steps
+            continue
+        if layer["kind"] == "conv1d":
+            if steps and length is not None:
+                length = conv_out_steps(layer, length)
+                rate = length / steps
+            else:
+                rate /= int(layer["stride"])
+            total += rate * _conv_position_macs(layer)
+            continue
+        total += rate * layer_macs(layer)
     return total
 
 
