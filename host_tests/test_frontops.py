@@ -326,9 +326,9 @@ REFUSED += [
     (_Refused(lambda m, x: m.rnn(x)[0].mean(2), rnn=nn.GRU(4, 5, batch_first=True)),
      ["aten.mean.dim", "tinyrnn reduces the time axis only (dim 1)"]),
     (_Refused(lambda m, x: m.pool(m.rnn(x)[0].transpose(1, 2)),
-              rnn=nn.GRU(4, 5, batch_first=True), pool=nn.MaxPool1d(2)),
-     ["aten.max_pool1d.default", "at pool (MaxPool1d)", "changes the sequence length",
-      "AdaptiveAvgPool1d(1)"]),
+              rnn=nn.GRU(4, 5, batch_first=True), pool=nn.AdaptiveMaxPool1d(1)),
+     ["aten.adaptive_max_pool1d.default", "at pool (AdaptiveMaxPool1d)",
+      "AdaptiveMaxPool1d are not supported", "y.amax(dim)"]),
     # the value before a folded BatchNorm no longer exists in the C: returning it is refused
     (_Refused(lambda m, x: (lambda y: (y, m.bn(y)))(m.fc(m.rnn(x)[0][:, -1])),
               rnn=nn.GRU(4, 5, batch_first=True), fc=nn.Linear(5, 3), bn=_bn(3, 0)),
@@ -338,7 +338,7 @@ REFUSED += [
 
 @pytest.mark.parametrize("module, phrases", REFUSED,
                          ids=["bn-over-time", "bn-batch-stats", "pow3", "mul-by-tensor",
-                              "mean-over-features", "maxpool", "value-before-fold"])
+                              "mean-over-features", "adaptive-maxpool", "value-before-fold"])
 def test_unsupported_forms_are_refused_clearly(module, phrases):
     with pytest.raises(TinyRNNError) as info:
         read_program(capture(module.eval(), (torch.from_numpy(_x(2, STEPS, 0)),)))
