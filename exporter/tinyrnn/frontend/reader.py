@@ -296,6 +296,15 @@ class _TimePad:
     node: Any = None  # the pad's node: a reader other than a Conv1d makes it a PadTime layer
 
 
+@dataclass(frozen=True)
+class _Stacked:
+    """``torch.stack`` of data-path values of one shape on a new axis ``dim`` next to their
+    channel axis: a ``Concat`` once a view merges the two axes (see :meth:`_Reader.view`)."""
+
+    values: tuple[Any, ...]  # the stacked _Data, in order
+    dim: int  # the new axis in the stacked shape
+
+
 _FAILED = object()  # the value of a node already reported; its users are not reported again
 
 
@@ -820,9 +829,12 @@ class _Reader:
         values = ([self.cell_outputs.get(t.name) or self.value(t) for t in tensors]
                   if isinstance(tensors, tuple) and all(isinstance(t, TensorRef) for t in tensors)
                   else [])
+        if values and not any(isinstance(v, _Cell) for v in values) and _is_int(dim):
+            self.stack_channels(node, tensors, dim)
+            return
         if not values or not all(isinstance(v, _Cell) for v in values):
-            self.fail(node, "unsupported operation (tinyrnn stacks only a loop's cell "
-                            "outputs h over time)")
+            self.fail(node, "unsupported operation (tinyrnn stacks a loop's cell outputs h "
+                            "over time, or data-path values next to their channel axis)")
             return
         chain = self.chains[values[0].chain]
         out_shape = self.out_shape(node)
@@ -843,6 +855,57 @@ class _Reader:
         chain.stacked = len(values)
         self.set(node, _Data(len(self.layers), self.layers[chain.layer].output_size,
                              out_shape, 1 - time_axis, time_axis))
+
+    def stack_channels(self, node: Node, tensors: tuple, dim: int) -> None:
+        """``torch.stack(values, dim)`` of data-path values of one shape and layout, with the
+        new axis just before or just after their channel axis: a pending value that the view
+        merging the two axes makes a Concat (before: ``cat``; after: the channels
+        interleaved, ``y[c * K + k] = values[k][c]``)."""
+        values = []
+        for tensor in tensors:
+            value = self.data_value(node, tensor)
+            if value is None:
+                return
+            values.append(value)
+        first = values[0]
+        ndim = len(first.shape) + 1
+        axis = self.channel_axis(first)
+        if any((v.shape, v.channels_first, v.time_axis, v.batch_axis, v.length)
+               != (first.shape, first.channels_first, first.time_axis, first.batch_axis,
+                   first.length) for v in values) or first.length:
+            self.fail(node, "stack of values of different shapes or layouts")
+            return
+        if not -ndim <= dim < ndim or dim % ndim not in (axis, axis + 1):
+            self.fail(node, f"stack on dim {dim}; tinyrnn stacks data-path values next to "
+                            f"their channel axis (dim {axis} or {axis + 1}), then flattens "
+                            "the two")
+            return
+        shape = list(first.shape)
+        shape.insert(dim % ndim, len(values))
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, tuple(shape)):
+            return
+        self.set(node, _Stacked(tuple(values), dim % ndim))
+
+    def stacked_view(self, node: Node, stacked: _Stacked, shape: tuple[int, ...]) -> None:
+        """A view of a :class:`_Stacked` value that merges the new axis with the channel
+        axis: a Concat layer (float32)."""
+        first = stacked.values[0]
+        axis = self.channel_axis(first)
+        k = len(stacked.values)
+        merged = list(first.shape)
+        merged[axis] *= k
+        if tuple(shape) != tuple(merged):
+            self.fail(node, f"a view of stacked values to {list(shape)}; tinyrnn merges the "
+                            f"stacked axis with the channel axis, giving {merged}")
+            return
+        c = first.features
+        if stacked.dim == axis:  # (K, C) -> K * C: one part after the other
+            layer = Concat(tuple(v.depth for v in stacked.values), (c,) * k)
+        else:  # (C, K) -> C * K: the channels interleaved
+            layer = Concat(tuple(v.depth for v in stacked.values), (1,) * k, c)
+        self.layers.append(layer)
+        self.set(node, replace(first, depth=len(self.layers), features=c * k,
+                               shape=tuple(shape)))
 
     def unbind(self, node: Node) -> None:
         """``x.unbind(1)`` (``for x_t in x.unbind(1)``): the steps of the model input."""
@@ -1273,6 +1336,9 @@ class _Reader:
     def view(self, node: Node) -> None:
         value = self.value(node.first())
         shape = self.out_shape(node)
+        if isinstance(value, _Stacked):
+            self.stacked_view(node, value, shape)
+            return
         if isinstance(value, _Input) and self.x_index is None:
             value = self.step_input(node, value, node.first()) or value
         if (isinstance(value, _Data) and value.time_axis is None and value.batch_axis == 0
