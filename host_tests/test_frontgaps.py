@@ -339,6 +339,11 @@ REFUSED = {
         _Refused(lambda m, x: m.pool(m.rnn(x)[0]), pool=nn.AvgPool1d(2),
                  rnn=nn.GRU(4, 6, batch_first=True)),
         ["aten.avg_pool1d.default", "of a (B, T, C) value; it reads (B, C, T)"]),
+    "embedding": (
+        _Refused(lambda m, x: m.rnn(m.emb((x[..., 0] > 0).long()))[0],
+                 emb=nn.Embedding(2, 4), rnn=nn.GRU(4, 3, batch_first=True)),
+        ["aten.embedding.default", "at emb (Embedding)", "token ids",
+         "look the ids up in the embedding's weight"]),
     "reflect-pad-too-long": (
         _Refused(lambda m, x: _gru(m, m.pad(_ct(x))), pad=nn.ReflectionPad1d(STEPS - 1),
                  rnn=nn.GRU(4, 3, batch_first=True)),

@@ -346,6 +346,10 @@ def _suggestion(node: Node, weights: dict[str, np.ndarray]) -> str:
         return ("; MaxPool1d(return_indices=True) and AdaptiveMaxPool1d are not supported: use "
                 "MaxPool1d without indices, or y.amax(dim) over the time axis to pool the whole "
                 "sequence into one vector")
+    if node.target == "aten.embedding.default":
+        return ("; nn.Embedding (a model input of token ids) is not supported yet: export the "
+                "model from the embedded vectors on (an input of (B, T, embedding_dim) floats) "
+                "and look the ids up in the embedding's weight in the firmware")
     if node.target in ("aten.mm.default", "aten.matmul.default", "aten.addmm.default"):
         return "; a product with a weight matrix is nn.Linear"
     return ""
