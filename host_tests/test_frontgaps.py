@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from c_checks import compiler_warnings
+from front_table import Net, build_table, compile_table, torch_out, x_of
 from quant_cases import first_mismatch, reference_model, reference_outputs, sqnr_db
-from tinyrnn.api import export_program
 from tinyrnn.check import evaluate, torchref
 from tinyrnn.check.simulate import batch_from_arrays, run_float
 from tinyrnn.errors import TinyRNNError
@@ -30,25 +30,11 @@ from tinyrnn.frontend.reader import capture, read_program
 from tinyrnn.ir import Conv1d, PadTime, PoolWindow
 from tinyrnn.numerics.helpers import TANH_MAX_ERROR, avg_pool_q
 from tinyrnn.passes.lower import lower
-from tinyrnn.targets.host import load_many
 
 TOL = 1e-5
 STEPS = 12
 F = nn.functional
 MIN_SQNR_DB = {"w8a16": 45.0, "w16a16": 70.0}
-
-
-class Net(nn.Module):
-    """The modules of a case and its forward (a function of the module and x, (B, T, 4))."""
-
-    def __init__(self, build: Callable[[], dict], forward: Callable):
-        super().__init__()
-        for name, module in build().items():
-            setattr(self, name, module)
-        self.fn = forward
-
-    def forward(self, x):
-        return self.fn(self, x)
 
 
 def _ct(x: torch.Tensor) -> torch.Tensor:
@@ -145,38 +131,15 @@ CASES = [
 ]
 
 
-def _x(batch: int, steps: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(batch, steps, 4)).astype(np.float32)
-
-
-def _torch(module: nn.Module, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return module(torch.from_numpy(x)).numpy()
-
-
 @pytest.fixture(scope="module")
 def built():
-    out = {}
-    for case in CASES:
-        torch.manual_seed(case.seed)
-        module = Net(case.build, case.forward).eval()
-        out[case.id] = module, capture(module, (torch.from_numpy(_x(2, STEPS, case.seed)),))
-    return out
+    return build_table(CASES, STEPS)
 
 
 @pytest.fixture(scope="module")
 def compiled(built, tmp_path_factory):
     """Every (case, format) of the table, exported and compiled in one host module."""
-    root = tmp_path_factory.mktemp("frontgaps")
-    keys, dirs = [], []
-    for k, case in enumerate(CASES):
-        for fmt in case.formats:
-            folder = root / f"g{k}_{fmt}"
-            export_program(built[case.id][1], folder, name=f"g{k}_{fmt}", format=fmt,
-                           calibration=_x(32, STEPS, 1000 + k) if fmt != "float32" else None)
-            keys.append((case.id, fmt))
-            dirs.append(folder)
-    return dict(zip(keys, load_many(dirs)))
+    return compile_table(CASES, built, tmp_path_factory.mktemp("frontgaps"), "g", STEPS)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -202,7 +165,7 @@ def test_the_layers_keep_their_options(built):
                                                   conv=nn.Conv1d(4, 4, 3),
                                                   rnn=nn.GRU(4, 3, batch_first=True)),
                                      lambda m, x: m.rnn(_ct(m.conv(m.pad(_ct(x)))))[0]).eval(),
-                                 (torch.from_numpy(_x(2, STEPS, 0)),)))
+                                 (torch.from_numpy(x_of(2, STEPS, 0)),)))
     conv = model.layers[0]
     assert isinstance(conv, Conv1d) and (conv.pad_left, conv.pad_right) == (2, 0)
     assert not any(isinstance(layer, (PadTime, PoolWindow)) for layer in model.layers)
@@ -215,8 +178,8 @@ def test_float32_c_equals_torch(case: Case, built, compiled):
     module, program = built[case.id]
     model = read_program(program)
     for batch, steps in ((2, STEPS), (3, 7)):
-        x = _x(batch, steps, 100 + steps)
-        expected = _torch(module, x)
+        x = x_of(batch, steps, 100 + steps)
+        expected = torch_out(module, x)
         got = compiled[(case.id, "float32")].run(x)[0]
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=0, atol=TOL, err_msg=f"C, T={steps}")
@@ -242,7 +205,7 @@ def test_integer_c_equals_the_reference_and_tracks_torch(case: Case, fmt: str, b
     c = compiled[(case.id, fmt)]
     q = reference_model(program, c.manifest)
     for steps in (STEPS, 9):
-        x = _x(4, steps, 200 + steps)
+        x = x_of(4, steps, 200 + steps)
         ints, floats = reference_outputs(q, c.manifest["interface"], [x])
         got = c.run(x)[0]
         assert np.array_equal(got, floats[0]), first_mismatch(got, floats[0])
@@ -250,7 +213,7 @@ def test_integer_c_equals_the_reference_and_tracks_torch(case: Case, fmt: str, b
         planned = evaluate.run(lower(q.model, "m", q), xq)[0]
         assert np.array_equal(planned.reshape(ints[0].shape), ints[0]), \
             first_mismatch(planned.reshape(ints[0].shape), ints[0])
-    sqnr = sqnr_db(_torch(module, x), floats[0])
+    sqnr = sqnr_db(torch_out(module, x), floats[0])
     print(f"{case.id} {fmt}: SQNR {sqnr:.1f} dB against torch")
     assert sqnr > case.min_sqnr_db[fmt == "w16a16"], f"SQNR {sqnr:.1f} dB"
 
@@ -269,9 +232,9 @@ def test_too_short_a_sequence_for_a_reflect_pad_is_refused(compiled):
     """torch refuses a reflect pad of 2 over 2 steps; the C returns ERR_SEQ_LEN, not a read
     outside x."""
     c = compiled[("reflectpad-conv-gru", "float32")]
-    c.run(_x(1, 3, 0))  # 3 steps: the least a pad of 2 takes
+    c.run(x_of(1, 3, 0))  # 3 steps: the least a pad of 2 takes
     with pytest.raises(TinyRNNError, match="a sequence length outside"):  # ERR_SEQ_LEN
-        c.run(_x(1, 2, 0))
+        c.run(x_of(1, 2, 0))
 
 
 def test_generated_files_carry_nothing_unused(compiled):
@@ -355,13 +318,32 @@ REFUSED = {
 def test_unsupported_forms_are_refused_clearly(key):
     module, phrases = REFUSED[key]
     with pytest.raises(TinyRNNError) as info:
-        read_program(capture(module.eval(), (torch.from_numpy(_x(2, STEPS, 0)),)))
+        read_program(capture(module.eval(), (torch.from_numpy(x_of(2, STEPS, 0)),)))
     for phrase in phrases:
         assert phrase in str(info.value), str(info.value)
 
 
 def test_a_reflect_pad_just_shorter_than_the_sequence_is_read():
     module, _ = REFUSED["reflect-pad-too-long"]
-    model = read_program(capture(module.eval(), (torch.from_numpy(_x(2, STEPS, 0)),)))
+    model = read_program(capture(module.eval(), (torch.from_numpy(x_of(2, STEPS, 0)),)))
     assert isinstance(model.layers[0], PadTime)
     assert model.out_steps(STEPS) == 3 * STEPS - 2 and model.out_steps(STEPS - 1) == 0
+
+
+def test_an_integer_average_beyond_its_int32_sum_is_refused(built):
+    """An AvgPool1d kernel of 2^14 or more could overflow the int32 sum of the integer form:
+    the quantizer refuses it by name (the float32 export has no such limit)."""
+    from dataclasses import replace
+
+    from tinyrnn.passes.quantize import AVG_POOL_MAX_KERNEL, calibrate, choose_formats, quantize
+
+    model = read_program(built["conv-relu-avgpool2-gru"][1])
+    formats = choose_formats(model, calibrate(model, batch_from_arrays(
+        model, [x_of(4, STEPS, 0)]), "test"))
+    quantize(model, "w8a16", formats)  # kernel 2: fine
+    pool = model.layers[2]
+    assert isinstance(pool, PoolWindow)
+    wide = replace(model, layers=model.layers[:2] + (
+        replace(pool, kernel=AVG_POOL_MAX_KERNEL + 1),) + model.layers[3:])
+    with pytest.raises(TinyRNNError, match="AvgPool1d pool.*kernel 16384.*float32"):
+        quantize(wide, "w8a16", formats)
