@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from c_checks import compiler_warnings
+from c_checks import compiler_warnings, layout_problems
 from front_table import Net, build_table, compile_table, torch_out, x_of
 from quant_cases import first_mismatch, reference_model, reference_outputs, sqnr_db
 from tinyrnn.check import evaluate, torchref
@@ -242,6 +242,7 @@ def test_generated_files_carry_nothing_unused(compiled):
                if case in cases and fmt != "w16a16"]
     assert len(sources) == 6
     assert compiler_warnings(sources) == []
+    assert [problem for path in sources for problem in layout_problems(path)] == []
 
 
 def test_the_integer_average_rounds_half_up():
