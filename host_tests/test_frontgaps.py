@@ -305,6 +305,10 @@ REFUSED = {
                  emb=nn.Embedding(2, 4), rnn=nn.GRU(4, 3, batch_first=True)),
         ["aten.embedding.default", "at emb (Embedding)", "token ids",
          "look the ids up in the embedding's weight"]),
+    "zero-pad-returned-as-bct": (
+        _Refused(lambda m, x: F.pad(_ct(m.rnn(x)[0]), (1, 2)),
+                 rnn=nn.GRU(4, 3, batch_first=True)),
+        ["aten.pad.default", "returns a (B, C, T) value; return it as (B, T, C)"]),
     "reflect-pad-too-long": (
         _Refused(lambda m, x: _gru(m, m.pad(_ct(x))), pad=nn.ReflectionPad1d(STEPS - 1),
                  rnn=nn.GRU(4, 3, batch_first=True)),

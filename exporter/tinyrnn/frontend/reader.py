@@ -466,6 +466,7 @@ class _Reader:
                 if out is not None:
                     self.producer[out] = node
             self.call(node)
+        self.unfolded_pads(self.graph.outputs)  # a zero pad returned as it is
         outputs = self.read_outputs(self.graph.outputs)
         self.check_chains()
         if self.bad_weights:
@@ -536,7 +537,7 @@ class _Reader:
     def dispatch(self, node: Node) -> None:
         target = node.target
         if target not in _CONV:
-            self.unfolded_pads(node)
+            self.unfolded_pads(node.tensor_inputs)
         if target in _BINARY and self.two_values(node):
             self.binary(node, _BINARY[target])
             return
@@ -1622,11 +1623,12 @@ class _Reader:
         self.set(node, value)
         return value
 
-    def unfolded_pads(self, node: Node) -> None:
-        """A zero padding of the time axis read by anything but a Conv1d (which folds it into
-        its own padding) becomes a :class:`PadTime` layer before that reader."""
-        for name in node.tensor_inputs:
-            pad = self.values.get(name)
+    def unfolded_pads(self, names: tuple[str | None, ...]) -> None:
+        """A zero padding of the time axis (of the values ``names``) read by anything but a
+        Conv1d (which folds it into its own padding), or returned, becomes a
+        :class:`PadTime` layer before that reader."""
+        for name in names:
+            pad = self.values.get(name) if name is not None else None
             if isinstance(pad, _TimePad) and pad.node is not None:
                 value = self.pad_time(pad.node, pad.source, "constant", 0.0,
                                       (pad.left, pad.right))
