@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from c_checks import compiler_warnings
+from front_table import build_table, compile_table, torch_out, x_of
 from quant_cases import first_mismatch, reference_model, reference_outputs, sqnr_db
 from tinyrnn.api import export_program
 from tinyrnn.check import evaluate, torchref
@@ -27,7 +28,6 @@ from tinyrnn.frontend.reader import capture, read_program
 from tinyrnn.ir import Activation, Conv1d, Dense
 from tinyrnn.numerics.helpers import TANH_MAX_ERROR
 from tinyrnn.passes.lower import lower
-from tinyrnn.targets.host import load_many
 
 TOL = 1e-5
 STEPS = 10
@@ -46,19 +46,6 @@ def _bn(channels: int, seed: int, affine: bool = True) -> nn.BatchNorm1d:
             bn.weight.copy_(1 + 0.3 * torch.randn(channels, generator=gen))
             bn.bias.copy_(0.2 * torch.randn(channels, generator=gen))
     return bn
-
-
-class Net(nn.Module):
-    """The modules of a case and its forward (a function of the module and x)."""
-
-    def __init__(self, build: Callable[[], dict], forward: Callable):
-        super().__init__()
-        for name, module in build().items():
-            setattr(self, name, module)
-        self.fn = forward
-
-    def forward(self, x):
-        return self.fn(self, x)
 
 
 def _seq(y: torch.Tensor, bn: nn.Module) -> torch.Tensor:
@@ -136,38 +123,15 @@ CASES = [
 ]
 
 
-def _x(batch: int, steps: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(batch, steps, 4)).astype(np.float32)
-
-
-def _torch(module: nn.Module, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return module(torch.from_numpy(x)).numpy()
-
-
 @pytest.fixture(scope="module")
 def built():
-    out = {}
-    for case in CASES:
-        torch.manual_seed(case.seed)
-        module = Net(case.build, case.forward).eval()
-        out[case.id] = module, capture(module, (torch.from_numpy(_x(2, STEPS, case.seed)),))
-    return out
+    return build_table(CASES, STEPS)
 
 
 @pytest.fixture(scope="module")
 def compiled(built, tmp_path_factory):
     """Every (case, format) of the table, exported and compiled in one host module."""
-    root = tmp_path_factory.mktemp("frontops")
-    keys, dirs = [], []
-    for k, case in enumerate(CASES):
-        for fmt in case.formats:
-            folder = root / f"f{k}_{fmt}"
-            export_program(built[case.id][1], folder, name=f"f{k}_{fmt}", format=fmt,
-                           calibration=_x(32, STEPS, 1000 + k) if fmt != "float32" else None)
-            keys.append((case.id, fmt))
-            dirs.append(folder)
-    return dict(zip(keys, load_many(dirs)))
+    return compile_table(CASES, built, tmp_path_factory.mktemp("frontops"), "f", STEPS)
 
 
 def _parameters(case: Case):
@@ -253,8 +217,8 @@ def test_float32_c_equals_torch(case: Case, built, compiled):
     module, program = built[case.id]
     model = read_program(program)
     for batch, steps in ((2, STEPS), (3, 4)):
-        x = _x(batch, steps, 100 + steps)
-        expected = _torch(module, x)
+        x = x_of(batch, steps, 100 + steps)
+        expected = torch_out(module, x)
         got = compiled[(case.id, "float32")].run(x)[0]
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=0, atol=TOL, err_msg=f"C, T={steps}")
@@ -280,11 +244,11 @@ def test_integer_c_equals_the_reference_and_tracks_torch(case: Case, fmt: str, b
     module, program = built[case.id]
     c = compiled[(case.id, fmt)]
     q = reference_model(program, c.manifest)
-    x = _x(4, STEPS, 200)
+    x = x_of(4, STEPS, 200)
     _, floats = reference_outputs(q, c.manifest["interface"], [x])
     got = c.run(x)[0]
     assert np.array_equal(got, floats[0]), first_mismatch(got, floats[0])
-    sqnr = sqnr_db(_torch(module, x), floats[0])
+    sqnr = sqnr_db(torch_out(module, x), floats[0])
     print(f"{case.id} {fmt}: SQNR {sqnr:.1f} dB against torch")
     assert sqnr > MIN_SQNR_DB[fmt], f"SQNR {sqnr:.1f} dB"
 
@@ -326,9 +290,9 @@ REFUSED += [
     (_Refused(lambda m, x: m.rnn(x)[0].mean(2), rnn=nn.GRU(4, 5, batch_first=True)),
      ["aten.mean.dim", "tinyrnn reduces the time axis only (dim 1)"]),
     (_Refused(lambda m, x: m.pool(m.rnn(x)[0].transpose(1, 2)),
-              rnn=nn.GRU(4, 5, batch_first=True), pool=nn.MaxPool1d(2)),
-     ["aten.max_pool1d.default", "at pool (MaxPool1d)", "changes the sequence length",
-      "AdaptiveAvgPool1d(1)"]),
+              rnn=nn.GRU(4, 5, batch_first=True), pool=nn.AdaptiveMaxPool1d(1)),
+     ["aten.adaptive_max_pool1d.default", "at pool (AdaptiveMaxPool1d)",
+      "AdaptiveMaxPool1d are not supported", "y.amax(dim)"]),
     # the value before a folded BatchNorm no longer exists in the C: returning it is refused
     (_Refused(lambda m, x: (lambda y: (y, m.bn(y)))(m.fc(m.rnn(x)[0][:, -1])),
               rnn=nn.GRU(4, 5, batch_first=True), fc=nn.Linear(5, 3), bn=_bn(3, 0)),
@@ -338,10 +302,10 @@ REFUSED += [
 
 @pytest.mark.parametrize("module, phrases", REFUSED,
                          ids=["bn-over-time", "bn-batch-stats", "pow3", "mul-by-tensor",
-                              "mean-over-features", "maxpool", "value-before-fold"])
+                              "mean-over-features", "adaptive-maxpool", "value-before-fold"])
 def test_unsupported_forms_are_refused_clearly(module, phrases):
     with pytest.raises(TinyRNNError) as info:
-        read_program(capture(module.eval(), (torch.from_numpy(_x(2, STEPS, 0)),)))
+        read_program(capture(module.eval(), (torch.from_numpy(x_of(2, STEPS, 0)),)))
     for phrase in phrases:
         assert phrase in str(info.value), str(info.value)
 
@@ -359,10 +323,10 @@ def test_integer_forms_that_do_not_exist_are_refused(kind, fmt, tmp_path):
     and the format to use instead, and writes nothing."""
     forward, phrase = INT_REFUSED[kind]
     module = _Refused(forward, rnn=nn.GRU(4, 5, batch_first=True)).eval()
-    program = capture(module, (torch.from_numpy(_x(2, STEPS, 0)),))
+    program = capture(module, (torch.from_numpy(x_of(2, STEPS, 0)),))
     with pytest.raises(TinyRNNError, match="float32") as info:
         export_program(program, tmp_path / "out", name="m", format=fmt,
-                       calibration=_x(8, STEPS, 1))
+                       calibration=x_of(8, STEPS, 1))
     assert phrase in str(info.value)
     assert not (tmp_path / "out").exists()
 

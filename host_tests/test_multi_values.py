@@ -252,15 +252,12 @@ class _Padded(nn.Module):
         return self.rnn(self.conv(self.pad(x.transpose(1, 2))).transpose(1, 2))[0]
 
 
-PADS_REFUSED = [
-    (nn.ReflectionPad1d(1), ["aten.pad.default", "reflect padding on the time axis",
-                             "folded into the Conv1d that follows"]),
-    (nn.ConstantPad1d(1, 0.5), ["constant padding with 0.5 on the time axis"]),
-    (nn.CircularPad1d(1), ["padding mode 'circular'"]),
+PADS_REFUSED = [  # reflect, replicate and constant pads are PadTime layers (test_frontgaps)
+    (nn.CircularPad1d(1), ["aten.pad.default", "padding mode 'circular'"]),
 ]
 
 
-@pytest.mark.parametrize("pad, phrases", PADS_REFUSED, ids=["reflect", "constant", "circular"])
+@pytest.mark.parametrize("pad, phrases", PADS_REFUSED, ids=["circular"])
 def test_time_pads_tinyrnn_cannot_export_are_named(pad, phrases):
     with pytest.raises(TinyRNNError) as info:
         read_program(capture(_Padded(pad).eval(), (torch.randn(2, 5, 4),)))

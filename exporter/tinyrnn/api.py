@@ -16,7 +16,7 @@ from .checks import check_name, check_number
 from .errors import TinyRNNError, TinyRNNWarning
 from .frontend.pt2 import Program
 from .frontend.reader import archive_bytes, read_captured, read_program, trace
-from .ir import Conv1d, Model, SelectStep, value_width
+from .ir import Conv1d, Model, PadTime, PoolWindow, SelectStep, value_width
 from .outputs import output_folder
 from .passes.stream import require_streaming
 
@@ -171,7 +171,7 @@ def module_types(program: Program) -> dict[str, str]:
 def check_sequence_buffers(model: Model, format: str) -> None:
     """Refuse a --max-seq-len whose sequence buffers (bidirectional models) would exceed
     :data:`MAX_SEQUENCE_BUFFER_BYTES`."""
-    if not (model.bidirectional or model.convolves or model.pools):
+    if not (model.bidirectional or model.convolves or model.pools or model.windows):
         return
     widest = max([1] + [value_width(model.layers, model.input_size, k + 1)
                         for k, layer in enumerate(model.layers)
@@ -179,7 +179,7 @@ def check_sequence_buffers(model: Model, format: str) -> None:
     per_step = 2 * widest * (4 if format == "float32" else 2)
     longest = steps = model.max_seq_len  # a Conv1d with padding beyond its span lengthens it
     for layer in model.layers:
-        if isinstance(layer, Conv1d):
+        if isinstance(layer, (Conv1d, PoolWindow, PadTime)):
             steps = layer.out_steps(steps)
             longest = max(longest, steps)
     need = longest * per_step

@@ -292,6 +292,76 @@ class PoolTime:
 
 
 @dataclass(frozen=True)
+class PoolWindow:
+    """``MaxPool1d`` / ``AvgPool1d`` over the time axis of a sequence (T, features): output step
+    ``t`` reduces input steps ``t * stride - pad ... t * stride - pad + kernel - 1`` (those inside
+    the sequence; torch's formula for the length, no ``ceil_mode``, dilation 1). ``avg`` divides
+    the sum by ``kernel`` (``count_include_pad``) or by the steps inside the sequence."""
+
+    kind: Literal["max", "avg"]
+    features: int
+    kernel: int
+    stride: int
+    pad: int  # steps of padding on each side (torch: at most kernel // 2)
+    count_include_pad: bool = True
+    name: str = ""  # torch module path, when the pooling is a module
+
+    @property
+    def length_rule(self) -> tuple[int, int]:
+        """``(add, stride)`` as :attr:`Conv1d.length_rule`."""
+        return 2 * self.pad - self.kernel, self.stride
+
+    @property
+    def changes_length(self) -> bool:
+        return self.length_rule != (0, 1)
+
+    def out_steps(self, steps: int) -> int:
+        add, stride = self.length_rule
+        return (steps + add) // stride + 1 if steps + add >= 0 else 0
+
+
+@dataclass(frozen=True)
+class PadTime:
+    """Padding of the time axis of a whole sequence (T, features) -> (T + left + right,
+    features): ``constant`` (with ``value``), ``reflect`` (the edge step not repeated; torch
+    needs ``left, right < T``) or ``replicate``. A zero pad that a Conv1d reads is folded into
+    the conv's own padding instead (no layer)."""
+
+    mode: Literal["constant", "reflect", "replicate"]
+    value: float
+    left: int
+    right: int
+    features: int
+    name: str = ""
+
+    @property
+    def length_rules(self) -> tuple[tuple[int, int], ...]:
+        """The ``(add, stride)`` rules of the output length. Reflect takes two: the first,
+        ``T - p`` with ``p = max(left, right)``, makes the C refuse (``ERR_SEQ_LEN``) a
+        sequence of ``T <= p`` steps, which torch refuses too; the second gives
+        ``T + left + right``."""
+        if self.mode == "reflect":
+            p = max(self.left, self.right)
+            return (-p - 1, 1), (self.left + self.right + p - 1, 1)
+        return ((self.left + self.right - 1, 1),)
+
+    def out_steps(self, steps: int) -> int:
+        if self.mode == "reflect" and steps <= max(self.left, self.right):
+            return 0
+        return steps + self.left + self.right if steps > 0 else 0
+
+
+def length_rules(layer: Layer) -> tuple[tuple[int, int], ...]:
+    """The ``(add, stride)`` rules (``T' = (T + add) // stride + 1``, none when ``T + add < 0``)
+    by which ``layer`` changes the sequence's length, applied in order; () when it keeps it."""
+    if isinstance(layer, PadTime):
+        return layer.length_rules
+    if isinstance(layer, (Conv1d, PoolWindow)) and layer.changes_length:
+        return (layer.length_rule,)
+    return ()
+
+
+@dataclass(frozen=True)
 class Binary:
     """``y = a + b`` or ``a * b`` element-wise over two data-path values of one shape (a
     residual), float32. ``reads`` are the two values' indices (see :func:`reads`)."""
@@ -400,7 +470,7 @@ class Carry:
 
 
 Layer = (LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep | PoolTime
-         | Binary | Concat | ChannelSlice | FrameConv1d | FramePad | Carry)
+         | Binary | Concat | ChannelSlice | FrameConv1d | FramePad | Carry | PoolWindow | PadTime)
 
 
 def reads(layers: tuple[Layer, ...] | list[Layer], index: int) -> tuple[int, ...]:
@@ -497,20 +567,25 @@ class Model:
         sequences (NAME_step streams only when every conv is causal, passes/stream.py)."""
         return any(isinstance(layer, Conv1d) for layer in self.layers)
 
+    @property
+    def windows(self) -> bool:
+        """Whether a layer reads a window of steps or pads the time axis (a PoolWindow, a
+        PadTime): no streaming NAME_step."""
+        return any(isinstance(layer, (PoolWindow, PadTime)) for layer in self.layers)
+
     def out_steps(self, steps: int) -> int:
         """The length of the data path's sequence after its last layer for ``steps`` input
-        steps: each length-changing Conv1d applies torch's formula (0: no output)."""
+        steps: each length-changing layer applies torch's formula (0: no output)."""
         for layer in self.layers:
-            if isinstance(layer, Conv1d) and steps > 0:
+            if isinstance(layer, (Conv1d, PoolWindow, PadTime)) and steps > 0:
                 steps = layer.out_steps(steps)
         return max(steps, 0)
 
     @property
     def length_rules(self) -> tuple[tuple[int, int], ...]:
-        """The ``(add, stride)`` of each length-changing Conv1d, in order (see
-        :attr:`Conv1d.length_rule`)."""
-        return tuple(layer.length_rule for layer in self.layers
-                     if isinstance(layer, Conv1d) and layer.changes_length)
+        """The ``(add, stride)`` rules of every length-changing layer, in order (see
+        :func:`length_rules`)."""
+        return tuple(rule for layer in self.layers for rule in length_rules(layer))
 
     @property
     def pools(self) -> bool:

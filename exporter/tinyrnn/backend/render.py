@@ -31,7 +31,9 @@ from ..ir import (
     FrameConv1d,
     FramePad,
     Model,
+    PadTime,
     PoolTime,
+    PoolWindow,
     RecurrentLayer,
     SelectStep,
 )
@@ -403,7 +405,8 @@ def build_interface(plan: Plan, model: Model, q: Any, sources: list[str]
         if out.role == "sequence" and model.length_rules:
             steps = " then ".join(f"T = (T {'+' if add >= 0 else '-'} {abs(add)}) / {stride} + 1"
                                   for add, stride in model.length_rules)
-            lengths.append((f"sequence, T' x {out.width} values, T' from the Conv1d layers: "
+            lengths.append((f"sequence, T' x {out.width} values, T' from the length-changing "
+                            "layers: "
                             f"{steps}", c_interface.Length(out.width, 0, model.length_rules)))
         elif out.role == "sequence":
             lengths.append((f"sequence, T x {out.width} values", c_interface.Length(out.width, 0)))
@@ -421,7 +424,7 @@ def build_interface(plan: Plan, model: Model, q: Any, sources: list[str]
         sources=sources, format_macros=_format_macros(plan, q),
         **({"no_step_why": f"in this model {plan.schedule.no_step_why} (docs/c-api.md, "
                            "\"Which models stream\")"}
-           if model.convolves and plan.schedule is not None else
+           if (model.convolves or model.windows) and plan.schedule is not None else
            {"no_step_why": "this model pools over time, which reads every step"}
            if model.pools else {}))
 
@@ -558,6 +561,14 @@ def _layer_summary(layer: Any) -> dict:
         return dict(kind=layer.kind, features=layer.features, **options)
     if isinstance(layer, PoolTime):
         return dict(kind=f"{layer.kind}_time", features=layer.features)
+    if isinstance(layer, PoolWindow):
+        return dict(kind=f"{layer.kind}_pool1d", name=layer.name, features=layer.features,
+                    kernel=layer.kernel, stride=layer.stride, padding=layer.pad,
+                    **({"count_include_pad": layer.count_include_pad}
+                       if layer.kind == "avg" else {}))
+    if isinstance(layer, PadTime):
+        return dict(kind="pad_time", name=layer.name, mode=layer.mode, value=layer.value,
+                    padding=[layer.left, layer.right], features=layer.features)
     if isinstance(layer, FrameConv1d):
         return dict(kind="frame_conv1d", name=layer.name, in_channels=layer.in_channels,
                     out_channels=layer.out_channels, kernel=layer.kernel, stride=layer.stride,

@@ -154,6 +154,12 @@ class _Frame:
             else:
                 y[:, :n] = _POOL_TIME[c.fn](seq, axis=1)
             return
+        if c.fn in ("max_pool_f", "avg_pool_f", "max_pool_q", "avg_pool_q"):
+            self.pool_window(c)
+            return
+        if c.fn == "pad_time_q" or (c.fn == "frame_pad_f" and isinstance(c.args[2], Var)):
+            self.pad_time(c)
+            return
         if c.fn == "frame_conv1d_f":
             self.frame_conv1d(c)
             return
@@ -255,6 +261,48 @@ class _Frame:
                 s = (-s if s < 0 else 2 * (length - 1) - s) if mode == 1 else min(
                     max(s, 0), length - 1)
             y[:, p * channels:(p + 1) * channels] = x[:, s * channels:(s + 1) * channels]
+
+    def sequence(self, c: Call) -> tuple[np.ndarray, np.ndarray, int]:
+        """A whole-sequence call's ``x`` as (B, T, n) (T from its view), ``y`` and n."""
+        x_arg, y_arg = c.args[:2]
+        assert isinstance(x_arg, Ptr) and isinstance(y_arg, Ptr)
+        x, y = self.views[x_arg.name], self.views[y_arg.name]
+        n = int(self.value(c.args[3]))
+        steps = x.shape[1] // n
+        return x[:, :steps * n].reshape(x.shape[0], steps, n), y, n
+
+    def pool_window(self, c: Call) -> None:
+        """``{max,avg}_pool_{f,q}(x, y, T, n, kernel, stride, pad[, count_include_pad])``:
+        the integers by :mod:`tinyrnn.numerics.helpers`, floats in float64 per window."""
+        x, y, n = self.sequence(c)
+        kernel, stride, pad = (int(self.value(a)) for a in c.args[4:7])
+        include = bool(int(self.value(c.args[7]))) if c.fn.startswith("avg") else True
+        if c.fn == "max_pool_q":
+            out = nm.max_pool_q(x, kernel, stride, pad)
+        elif c.fn == "avg_pool_q":
+            out = nm.avg_pool_q(x, kernel, stride, pad, include)
+        else:
+            windows = nm.pool_windows(x.shape[1], kernel, stride, pad)
+            out = np.stack([x[:, lo:hi].max(axis=1) if c.fn == "max_pool_f" else
+                            x[:, lo:hi].sum(axis=1) / (kernel if include else hi - lo)
+                            for lo, hi in windows], axis=1)
+        y[:, :out.shape[1] * n] = out.reshape(x.shape[0], -1)
+
+    def pad_time(self, c: Call) -> None:
+        """``frame_pad_f(x, y, T, n, left, right, mode, value)`` over a whole sequence, or
+        ``pad_time_q(x, y, T, n, left, right, mode, value, shift)``."""
+        x, y, n = self.sequence(c)
+        left, right, mode = (int(self.value(a)) for a in c.args[4:7])
+        name = ("constant", "reflect", "replicate")[mode]
+        if c.fn == "pad_time_q":
+            out = nm.pad_time_q(x, left, right, name, int(self.value(c.args[7])),
+                                int(self.value(c.args[8])))
+        else:
+            fill = {"constant_values": float(self.value(c.args[7]))} if mode == 0 else {}
+            out = np.pad(x, ((0, 0), (left, right), (0, 0)),
+                         mode={"reflect": "reflect", "replicate": "edge"}.get(name, name),
+                         **fill)
+        y[:, :out.shape[1] * n] = out.reshape(x.shape[0], -1)
 
     def value(self, e: Expr):
         return self.expr(e)

@@ -16,14 +16,17 @@ from ..numerics.helpers import (
     ACT_OUT,
     QFormat,
     abs_q,
+    avg_pool_q,
     clamp_q,
     dot2_q,
     dot2_q32,
     leaky_q,
     log_softmax_q,
+    max_pool_q,
     max_time_q,
     mean_time_q,
     mul_q30,
+    pad_time_q,
     relu_q,
     requant,
     rescale,
@@ -44,10 +47,21 @@ from ..passes.quantize import (
     QGRULayer,
     QLSTMLayer,
     QModel,
+    QPadTime,
     QPoolTime,
+    QPoolWindow,
     QRNNLayer,
 )
-from .simulate import Batch, State, Trace, conv1d_taps, split_state, walk
+from .simulate import (
+    Batch,
+    State,
+    Trace,
+    check_pad,
+    check_window,
+    conv1d_taps,
+    split_state,
+    walk,
+)
 
 
 def evaluate(acc: QAccumulator, v: np.ndarray) -> np.ndarray:
@@ -136,6 +150,16 @@ class IntNumerics:
             return (mean_time_q if layer.ir.kind == "mean" else max_time_q)(value)[:, None]
         if isinstance(layer, QConv1d):
             return conv1d_int(layer, value)
+        if isinstance(layer, QPoolWindow):
+            pool = layer.ir
+            check_window(pool, value.shape[1])
+            if pool.kind == "max":
+                return max_pool_q(value, pool.kernel, pool.stride, pool.pad)
+            return avg_pool_q(value, pool.kernel, pool.stride, pool.pad, pool.count_include_pad)
+        if isinstance(layer, QPadTime):
+            check_pad(layer.ir, value.shape[1])
+            return pad_time_q(value, layer.ir.left, layer.ir.right, layer.ir.mode, layer.value,
+                              layer.shift)
         assert isinstance(layer, QActivation)
         kind = layer.ir.kind
         if kind == "relu":

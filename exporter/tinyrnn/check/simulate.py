@@ -33,12 +33,15 @@ from ..ir import (
     FramePad,
     LSTMLayer,
     Model,
+    PadTime,
     PoolTime,
+    PoolWindow,
     RecurrentLayer,
     RNNLayer,
     SelectStep,
     reads,
 )
+from ..numerics import helpers as fp
 
 State = tuple[np.ndarray, ...]  # (h,) or (h, c), each (B, size)
 
@@ -162,7 +165,7 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
                 value = value[:, layer.index]
         else:
             value = numerics.head(index, read[0])
-            if isinstance(layer, Conv1d):  # a Conv1d may change the length
+            if isinstance(layer, (Conv1d, PoolWindow, PadTime)):  # may change the length
                 steps = value.shape[1]
         layer_outputs.append(value)
     outputs = []
@@ -333,6 +336,10 @@ class FloatNumerics:
         if isinstance(layer, PoolTime):
             reduce = {"mean": np.mean, "sum": np.sum, "max": np.max}[layer.kind]
             return reduce(value, axis=1, keepdims=True)
+        if isinstance(layer, PoolWindow):
+            return pool_window_float(layer, value)
+        if isinstance(layer, PadTime):
+            return pad_time_float(layer, value)
         assert isinstance(layer, Activation)
         if layer.kind == "relu":
             return np.maximum(value, 0.0)
@@ -385,6 +392,38 @@ def conv1d_float(layer: Conv1d, x: np.ndarray) -> np.ndarray:
         for k in range(layer.kernel):
             y[:, :, g * cout:(g + 1) * cout] += taps[:, :, k, g * cin:(g + 1) * cin] @ w[:, :, k].T
     return y + layer.bias.data if layer.bias is not None else y
+
+
+def check_window(layer: PoolWindow, steps: int) -> None:
+    if layer.out_steps(steps) < 1:
+        raise TinyRNNError(f"a {layer.kind} pooling of kernel {layer.kernel} over {steps} steps "
+                           f"(padding {layer.pad}) gives no output")
+
+
+def check_pad(layer: PadTime, steps: int) -> None:
+    if layer.out_steps(steps) < 1:
+        raise TinyRNNError(f"reflect padding by {max(layer.left, layer.right)} steps of a "
+                           f"sequence of {steps}: it takes at least "
+                           f"{max(layer.left, layer.right) + 1}")
+
+
+def pool_window_float(layer: PoolWindow, x: np.ndarray) -> np.ndarray:
+    """torch's MaxPool1d / AvgPool1d over the time axis of ``x`` (B, T, F) in float64."""
+    check_window(layer, x.shape[1])
+    windows = fp.pool_windows(x.shape[1], layer.kernel, layer.stride, layer.pad)
+    if layer.kind == "max":
+        return np.stack([x[:, lo:hi].max(axis=1) for lo, hi in windows], axis=1)
+    return np.stack([x[:, lo:hi].sum(axis=1) / (layer.kernel if layer.count_include_pad
+                                                 else hi - lo) for lo, hi in windows], axis=1)
+
+
+def pad_time_float(layer: PadTime, x: np.ndarray) -> np.ndarray:
+    """torch's F.pad of the time axis of ``x`` (B, T, F)."""
+    check_pad(layer, x.shape[1])
+    widths = ((0, 0), (layer.left, layer.right), (0, 0))
+    if layer.mode == "constant":
+        return np.pad(x, widths, constant_values=layer.value)
+    return np.pad(x, widths, mode="reflect" if layer.mode == "reflect" else "edge")
 
 
 def run_float(model: Model, batch: Batch, all_steps: bool = False

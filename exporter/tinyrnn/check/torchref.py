@@ -39,7 +39,9 @@ from ..ir import (
     GRULayer,
     LSTMLayer,
     Model,
+    PadTime,
     PoolTime,
+    PoolWindow,
     RecurrentLayer,
     SelectStep,
     reads,
@@ -104,9 +106,26 @@ def _conv1d(layer: Conv1d, value: torch.Tensor) -> torch.Tensor:
     return conv(padded).transpose(1, 2)
 
 
-def _head(layer: Dense | Conv1d | Activation | PoolTime, value: torch.Tensor) -> torch.Tensor:
+def _window(layer: PoolWindow | PadTime, value: torch.Tensor) -> torch.Tensor:
+    """``nn.MaxPool1d`` / ``nn.AvgPool1d`` / ``F.pad`` on the (B, T, C) data path."""
+    x = value.transpose(1, 2)
+    if isinstance(layer, PadTime):
+        fill = {"value": layer.value} if layer.mode == "constant" else {}
+        y = nn.functional.pad(x, (layer.left, layer.right), mode=layer.mode, **fill)
+    elif layer.kind == "max":
+        y = nn.MaxPool1d(layer.kernel, layer.stride, layer.pad)(x)
+    else:
+        y = nn.AvgPool1d(layer.kernel, layer.stride, layer.pad,
+                         count_include_pad=layer.count_include_pad)(x)
+    return y.transpose(1, 2)
+
+
+def _head(layer: Dense | Conv1d | Activation | PoolTime | PoolWindow | PadTime,
+          value: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, Conv1d):
         return _conv1d(layer, value)
+    if isinstance(layer, (PoolWindow, PadTime)):
+        return _window(layer, value)
     if isinstance(layer, PoolTime):
         if layer.kind == "max":
             return torch.amax(value, dim=1, keepdim=True)

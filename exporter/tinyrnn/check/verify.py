@@ -39,7 +39,7 @@ def _where(spec: dict, flat_index: int, shape: tuple[int, ...]) -> dict:
 
 
 def _layer_name(layer: Any, index: int) -> str:
-    from ..ir import Activation, Conv1d, Dense, RecurrentLayer, SelectStep
+    from ..ir import Activation, Conv1d, Dense, PadTime, PoolWindow, RecurrentLayer, SelectStep
 
     if isinstance(layer, RecurrentLayer):
         return f"layer {index}: {layer.kind} {layer.module or 'rnn'} layer {layer.layer}"
@@ -49,6 +49,10 @@ def _layer_name(layer: Any, index: int) -> str:
         return f"layer {index}: Conv1d {layer.name}"
     if isinstance(layer, Activation):
         return f"layer {index}: {layer.kind}"
+    if isinstance(layer, PoolWindow):
+        return f"layer {index}: {'MaxPool1d' if layer.kind == 'max' else 'AvgPool1d'} {layer.name}"
+    if isinstance(layer, PadTime):
+        return f"layer {index}: {layer.mode} padding of the time axis {layer.name}".rstrip()
     if not isinstance(layer, SelectStep):  # a PoolTime
         return f"layer {index}: {layer.kind} over time"
     return f"layer {index}: time step {layer.index}"

@@ -41,7 +41,9 @@ from ..ir import (
     LSTMLayer,
     Model,
     OutputSpec,
+    PadTime,
     PoolTime,
+    PoolWindow,
     RecurrentLayer,
     RNNLayer,
     SelectStep,
@@ -116,15 +118,16 @@ _POOL_TIME = {"aten.mean.dim": "mean", "aten.sum.dim_IntList": "sum", "aten.amax
 _BINARY = {"aten.add.Tensor": "add", "aten.mul.Tensor": "mul"}
 _CAT = {"aten.cat.default", "aten.concat.default", "aten.concatenate.default"}
 _PAD = "aten.pad.default"
+_POOL_WINDOW = {"aten.max_pool1d.default": "max", "aten.avg_pool1d.default": "avg"}
 _PAD_MODES = ("constant", "reflect", "replicate")
 _KNOWN = {
     *_RECURRENT, *_CELLS, *_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_ZEROS, *_SELECT,
-    *_CONV, *_BATCH_NORM, *_SCALAR_OPS, *_POOL_TIME, *_BINARY, *_CAT, _PAD,
+    *_CONV, *_BATCH_NORM, *_SCALAR_OPS, *_POOL_TIME, *_BINARY, *_CAT, _PAD, *_POOL_WINDOW,
     "aten.linear.default", "aten.transpose.int", "aten.permute.default", "aten.stack.default",
     "aten.unbind.int",
 }
 _DATA_OPS = {*_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_SELECT, *_CONV, *_BATCH_NORM,
-             *_SCALAR_OPS, *_POOL_TIME, _PAD,
+             *_SCALAR_OPS, *_POOL_TIME, _PAD, *_POOL_WINDOW,
              "aten.linear.default", "aten.transpose.int", "aten.permute.default"}
 _CELL_HINT = {"lstm": "(h, c) = cell(x[:, t], (h, c))", "gru": "h = cell(x[:, t], h)",
               "rnn_tanh": "h = cell(x[:, t], h)", "rnn_relu": "h = cell(x[:, t], h)"}
@@ -290,6 +293,16 @@ class _TimePad:
     source: Any  # the padded tensor's TensorRef
     left: int
     right: int
+    node: Any = None  # the pad's node: a reader other than a Conv1d makes it a PadTime layer
+
+
+@dataclass(frozen=True)
+class _Stacked:
+    """``torch.stack`` of data-path values of one shape on a new axis ``dim`` next to their
+    channel axis: a ``Concat`` once a view merges the two axes (see :meth:`_Reader.view`)."""
+
+    values: tuple[Any, ...]  # the stacked _Data, in order
+    dim: int  # the new axis in the stacked shape
 
 
 _FAILED = object()  # the value of a node already reported; its users are not reported again
@@ -328,12 +341,15 @@ def _suggestion(node: Node, weights: dict[str, np.ndarray]) -> str:
         mode = node.arg("mode", "constant")
         return (f"; Conv1d padding_mode={mode!r} is not supported: use padding_mode='zeros' "
                 "(the default)")
-    if node.target in ("aten.max_pool1d.default", "aten.avg_pool1d.default",
-                       "aten.max_pool1d_with_indices.default",
+    if node.target in ("aten.max_pool1d_with_indices.default",
                        "aten.adaptive_max_pool1d.default"):
-        return ("; a pooling window that changes the sequence length is not supported yet: to "
-                "pool the whole sequence into one vector use y.mean(dim), y.sum(dim), "
-                "y.amax(dim) over the time axis or AdaptiveAvgPool1d(1)")
+        return ("; MaxPool1d(return_indices=True) and AdaptiveMaxPool1d are not supported: use "
+                "MaxPool1d without indices, or y.amax(dim) over the time axis to pool the whole "
+                "sequence into one vector")
+    if node.target == "aten.embedding.default":
+        return ("; nn.Embedding (a model input of token ids) is not supported yet: export the "
+                "model from the embedded vectors on (an input of (B, T, embedding_dim) floats) "
+                "and look the ids up in the embedding's weight in the firmware")
     if node.target in ("aten.mm.default", "aten.matmul.default", "aten.addmm.default"):
         return "; a product with a weight matrix is nn.Linear"
     return ""
@@ -450,6 +466,7 @@ class _Reader:
                 if out is not None:
                     self.producer[out] = node
             self.call(node)
+        self.unfolded_pads(self.graph.outputs)  # a zero pad returned as it is
         outputs = self.read_outputs(self.graph.outputs)
         self.check_chains()
         if self.bad_weights:
@@ -466,7 +483,8 @@ class _Reader:
                 "module or a loop over time, see docs/c-api.md), Conv1d, Linear, taking one "
                 "time step, relu/tanh/sigmoid/softmax/log_softmax/relu6/hardtanh/leaky_relu/"
                 "hardsigmoid/hardswish/abs/square/sqrt, BatchNorm1d (folded), x * c, x + c, "
-                "mean/sum/amax over time and AdaptiveAvgPool1d(1) (float32), dropout, in "
+                "mean/sum/amax over time and AdaptiveAvgPool1d(1), MaxPool1d/AvgPool1d and "
+                "constant/reflect/replicate padding of the time axis, dropout, in "
                 "float32 the add/mul of two values of one shape (residuals), channel slices and "
                 "cat on the channel axis, per-frame convs and pads in a step module, transposes "
                 "between (B, T, C) "
@@ -518,6 +536,8 @@ class _Reader:
 
     def dispatch(self, node: Node) -> None:
         target = node.target
+        if target not in _CONV:
+            self.unfolded_pads(node.tensor_inputs)
         if target in _BINARY and self.two_values(node):
             self.binary(node, _BINARY[target])
             return
@@ -575,6 +595,8 @@ class _Reader:
             self.concat(node)
         elif target == _PAD:
             self.pad(node)
+        elif target in _POOL_WINDOW:
+            self.pool_window(node, _POOL_WINDOW[target])
         else:
             self.fail(node, "unsupported operation" + _suggestion(node, self.weight_shapes))
 
@@ -812,9 +834,12 @@ class _Reader:
         values = ([self.cell_outputs.get(t.name) or self.value(t) for t in tensors]
                   if isinstance(tensors, tuple) and all(isinstance(t, TensorRef) for t in tensors)
                   else [])
+        if values and not any(isinstance(v, _Cell) for v in values) and _is_int(dim):
+            self.stack_channels(node, tensors, dim)
+            return
         if not values or not all(isinstance(v, _Cell) for v in values):
-            self.fail(node, "unsupported operation (tinyrnn stacks only a loop's cell "
-                            "outputs h over time)")
+            self.fail(node, "unsupported operation (tinyrnn stacks a loop's cell outputs h "
+                            "over time, or data-path values next to their channel axis)")
             return
         chain = self.chains[values[0].chain]
         out_shape = self.out_shape(node)
@@ -835,6 +860,57 @@ class _Reader:
         chain.stacked = len(values)
         self.set(node, _Data(len(self.layers), self.layers[chain.layer].output_size,
                              out_shape, 1 - time_axis, time_axis))
+
+    def stack_channels(self, node: Node, tensors: tuple, dim: int) -> None:
+        """``torch.stack(values, dim)`` of data-path values of one shape and layout, with the
+        new axis just before or just after their channel axis: a pending value that the view
+        merging the two axes makes a Concat (before: ``cat``; after: the channels
+        interleaved, ``y[c * K + k] = values[k][c]``)."""
+        values = []
+        for tensor in tensors:
+            value = self.data_value(node, tensor)
+            if value is None:
+                return
+            values.append(value)
+        first = values[0]
+        ndim = len(first.shape) + 1
+        axis = self.channel_axis(first)
+        if any((v.shape, v.channels_first, v.time_axis, v.batch_axis, v.length)
+               != (first.shape, first.channels_first, first.time_axis, first.batch_axis,
+                   first.length) for v in values) or first.length:
+            self.fail(node, "stack of values of different shapes or layouts")
+            return
+        if not -ndim <= dim < ndim or dim % ndim not in (axis, axis + 1):
+            self.fail(node, f"stack on dim {dim}; tinyrnn stacks data-path values next to "
+                            f"their channel axis (dim {axis} or {axis + 1}), then flattens "
+                            "the two")
+            return
+        shape = list(first.shape)
+        shape.insert(dim % ndim, len(values))
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, tuple(shape)):
+            return
+        self.set(node, _Stacked(tuple(values), dim % ndim))
+
+    def stacked_view(self, node: Node, stacked: _Stacked, shape: tuple[int, ...]) -> None:
+        """A view of a :class:`_Stacked` value that merges the new axis with the channel
+        axis: a Concat layer (float32)."""
+        first = stacked.values[0]
+        axis = self.channel_axis(first)
+        k = len(stacked.values)
+        merged = list(first.shape)
+        merged[axis] *= k
+        if tuple(shape) != tuple(merged):
+            self.fail(node, f"a view of stacked values to {list(shape)}; tinyrnn merges the "
+                            f"stacked axis with the channel axis, giving {merged}")
+            return
+        c = first.features
+        if stacked.dim == axis:  # (K, C) -> K * C: one part after the other
+            layer = Concat(tuple(v.depth for v in stacked.values), (c,) * k)
+        else:  # (C, K) -> C * K: the channels interleaved
+            layer = Concat(tuple(v.depth for v in stacked.values), (1,) * k, c)
+        self.layers.append(layer)
+        self.set(node, replace(first, depth=len(self.layers), features=c * k,
+                               shape=tuple(shape)))
 
     def unbind(self, node: Node) -> None:
         """``x.unbind(1)`` (``for x_t in x.unbind(1)``): the steps of the model input."""
@@ -1265,6 +1341,9 @@ class _Reader:
     def view(self, node: Node) -> None:
         value = self.value(node.first())
         shape = self.out_shape(node)
+        if isinstance(value, _Stacked):
+            self.stacked_view(node, value, shape)
+            return
         if isinstance(value, _Input) and self.x_index is None:
             value = self.step_input(node, value, node.first()) or value
         if (isinstance(value, _Data) and value.time_axis is None and value.batch_axis == 0
@@ -1395,15 +1474,8 @@ class _Reader:
             self.fail(node, "a Conv1d on an unbatched input; pass (B, C, T)")
             return
         if isinstance(source, (_Input, _InputView)):
-            axes = source.axes if isinstance(source, _InputView) else (0, 1, 2)
-            if self.x_index is not None or self.layers:
-                self.fail(node, "the model input feeds a layer after other layers")
+            if not self.take_input(node, source):
                 return
-            x_shape = self.shape(self.graph.user_inputs[source.index])
-            self.x_index = source.index
-            self.seq_len = x_shape[axes[2]]
-            self.inputs[source.index] = InputSpec("x", x_shape, axes[0], axes[2],
-                                                  features=x_shape[axes[1]])
             batch = in_shape[0]
         else:
             data = self.current(node, x)
@@ -1438,6 +1510,129 @@ class _Reader:
         self.layers.append(layer)
         self.set(node, _Data(len(self.layers), out_ch, self.out_shape(node), 0, 2,
                              channels_first=True))
+
+    def take_input(self, node: Node, source: _Input | _InputView) -> bool:
+        """The model input x, read as (B, C, T) by the first layer (a Conv1d, a pooling window
+        or a padding of the time axis): x's spec recorded; False (reported) after a layer."""
+        axes = source.axes if isinstance(source, _InputView) else (0, 1, 2)
+        if self.x_index is not None or self.layers:
+            self.fail(node, "the model input feeds a layer after other layers")
+            return False
+        x_shape = self.shape(self.graph.user_inputs[source.index])
+        self.x_index = source.index
+        self.seq_len = x_shape[axes[2]]
+        self.inputs[source.index] = InputSpec("x", x_shape, axes[0], axes[2],
+                                              features=x_shape[axes[1]])
+        return True
+
+    def time_major(self, node: Node, arg: Any, what: str) -> _Data | None:
+        """The (B, C, T) value ``arg`` that a pooling window or a padding of the time axis
+        reads: the model input x (as given or transposed/permuted), or the latest data-path
+        value moved to (B, C, T)."""
+        source = self.value(arg)
+        shape = self.shape(arg.name) if isinstance(arg, TensorRef) else ()
+        if len(shape) != 3:
+            self.fail(node, f"{what} of a value of shape {list(shape)}; tinyrnn reads (B, C, T)")
+            return None
+        if isinstance(source, (_Input, _InputView)):
+            if not self.take_input(node, source):
+                return None
+            return _Data(0, shape[1], shape, 0, 2, channels_first=True)
+        data = self.current(node, arg)
+        if data is None:
+            return None
+        if not data.channels_first or data.time_axis != 2 or data.length:
+            self.fail(node, f"{what} of a (B, T, C) value; it reads (B, C, T): transpose first "
+                            "(x.transpose(1, 2))")
+            return None
+        return data
+
+    def pool_window(self, node: Node, kind: str) -> None:  # noqa: C901 - one check per option
+        """``nn.MaxPool1d`` / ``nn.AvgPool1d`` (``F.max_pool1d`` / ``F.avg_pool1d``) over the
+        time axis of a (B, C, T) value: a :class:`PoolWindow` layer (it changes the length)."""
+        what = "MaxPool1d" if kind == "max" else "AvgPool1d"
+
+        def one(value: Any, default: int | None) -> int | None:
+            if value in ((), []) and default is not None:
+                return default
+            value = value[0] if isinstance(value, (tuple, list)) and len(value) == 1 else value
+            return value if _is_int(value) else None
+
+        kernel = one(node.arg("kernel_size"), None)
+        stride = one(node.arg("stride", ()), kernel or 1)
+        pad = one(node.arg("padding", 0), 0)
+        dilation = one(node.arg("dilation", 1), 1) if kind == "max" else 1
+        ceil_mode = node.arg("ceil_mode", False)
+        include = node.arg("count_include_pad", True) if kind == "avg" else True
+        if None in (kernel, stride, pad, dilation) or kernel < 1 or stride < 1 or pad < 0 \
+                or type(ceil_mode) is not bool or type(include) is not bool:
+            self.fail(node, f"a {what} with kernel, stride or padding of an unexpected form")
+            return
+        if dilation != 1:
+            self.fail(node, f"{what} with dilation {dilation}; tinyrnn pools windows of "
+                            "consecutive steps (dilation 1)")
+            return
+        if ceil_mode and stride != 1:
+            self.fail(node, f"{what} with ceil_mode=True and stride {stride}; tinyrnn computes "
+                            "torch's floor formula for the length (ceil_mode=False)")
+            return
+        if 2 * pad > kernel:
+            self.fail(node, f"{what} with padding {pad} beyond half its kernel {kernel}")
+            return
+        data = self.time_major(node, node.first(), what)
+        if data is None:
+            return
+        module = node.module
+        layer = PoolWindow(kind, data.features, kernel, stride, pad,  # type: ignore[arg-type]
+                           include, module.path if module is not None else "")
+        steps = data.shape[2]
+        out_steps = layer.out_steps(steps)
+        if out_steps < 1:
+            self.fail(node, f"a {what} of kernel {kernel} (padding {pad}) that gives no output "
+                            f"step from the {steps} steps it reads")
+            return
+        out = (data.shape[0], data.features, out_steps)
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, out):
+            return
+        self.layers.append(layer)
+        self.set(node, _Data(len(self.layers), data.features, out, 0, 2, channels_first=True))
+
+    def pad_time(self, node: Node, arg: Any, mode: str, fill: Any, pads: tuple[int, int]
+                 ) -> _Data | None:
+        """A padding of the time axis of a whole (B, C, T) sequence that no Conv1d folds (a
+        mode other than zeros, or another reader): a :class:`PadTime` layer."""
+        if not isinstance(fill, (int, float)) or isinstance(fill, bool) \
+                or not np.isfinite(fill):
+            self.fail(node, f"a padding value {fill!r}")
+            return None
+        data = self.time_major(node, arg, f"{mode} padding")
+        if data is None:
+            return None
+        steps = data.shape[2]
+        if mode == "reflect" and max(pads) >= steps:
+            self.fail(node, f"reflect padding by {max(pads)} of a sequence of {steps} steps "
+                            "(torch needs fewer than the steps)")
+            return None
+        out = (data.shape[0], data.features, steps + pads[0] + pads[1])
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None, out):
+            return None
+        module = node.module
+        self.layers.append(PadTime(mode, float(fill), pads[0], pads[1],  # type: ignore[arg-type]
+                                   data.features, module.path if module is not None else ""))
+        value = _Data(len(self.layers), data.features, out, 0, 2, channels_first=True)
+        self.set(node, value)
+        return value
+
+    def unfolded_pads(self, names: tuple[str | None, ...]) -> None:
+        """A zero padding of the time axis (of the values ``names``) read by anything but a
+        Conv1d (which folds it into its own padding), or returned, becomes a
+        :class:`PadTime` layer before that reader."""
+        for name in names:
+            pad = self.values.get(name) if name is not None else None
+            if isinstance(pad, _TimePad) and pad.node is not None:
+                value = self.pad_time(pad.node, pad.source, "constant", 0.0,
+                                      (pad.left, pad.right))
+                self.values[name] = value if value is not None else _FAILED
 
     def select(self, node: Node) -> None:
         value = self.value(node.first())
@@ -1698,17 +1893,14 @@ class _Reader:
         if not on_time:
             self.fail(node, "padding an axis other than the time axis of a (B, C, T) value")
             return
-        if mode != "constant" or fill not in (None, 0, 0.0):
-            self.fail(node, f"{mode} padding{'' if mode != 'constant' else f' with {fill}'} on "
-                            "the time axis; tinyrnn pads the time axis with zeros, folded into "
-                            "the Conv1d that follows" + (_suggestion(node, self.weight_shapes)
-                                                          or " (use padding= of the Conv1d)"))
+        if mode != "constant" or fill not in (None, 0, 0.0):  # Conv1d(padding_mode=) too
+            self.pad_time(node, node.first(), mode, 0.0 if fill is None else fill, pads)
             return
         out = list(shape)
         out[-1] += pads[0] + pads[1]
         if not self.shape_is(node, node.outputs[0] if node.outputs else None, tuple(out)):
             return
-        self.set(node, _TimePad(node.first(), pads[0], pads[1]))
+        self.set(node, _TimePad(node.first(), pads[0], pads[1], node))
 
     def frame_pad(self, node: Node, value: _Data, frame: tuple[int, int], mode: str,
                   fill: Any, pads: tuple[int, int]) -> None:

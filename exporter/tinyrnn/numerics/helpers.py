@@ -434,6 +434,51 @@ def max_time_q(x: ArrayLike) -> IntArray:
     return _as_int16(x, "x").max(axis=1)
 
 
+def pool_windows(steps: int, kernel: int, stride: int, pad: int) -> list[tuple[int, int]]:
+    """The input steps ``[lo, hi)`` inside the sequence that each output step of a pooling
+    window reads (torch's output length ``(T + 2 pad - kernel) // stride + 1``)."""
+    out = (steps + 2 * pad - kernel) // stride + 1 if steps + 2 * pad >= kernel else 0
+    return [(max(t * stride - pad, 0), min(t * stride - pad + kernel, steps))
+            for t in range(out)]
+
+
+def max_pool_q(x: ArrayLike, kernel: int, stride: int, pad: int) -> IntArray:
+    """MaxPool1d over axis 1 (time) of int16s (B, T, n): the maximum of the steps of each
+    window inside the sequence (torch pads with -inf). C: ``max_pool_q(x, y, T, n, kernel,
+    stride, pad)``."""
+    xa = _as_int16(x, "x")
+    return np.stack([xa[:, lo:hi].max(axis=1)
+                     for lo, hi in pool_windows(xa.shape[1], kernel, stride, pad)], axis=1)
+
+
+def avg_pool_q(x: ArrayLike, kernel: int, stride: int, pad: int,
+               count_include_pad: bool) -> IntArray:
+    """AvgPool1d over axis 1 (time) of int16s (B, T, n), in their format: the exact sum of
+    each window's steps inside the sequence divided by ``d`` (``kernel`` with
+    ``count_include_pad``, else the steps summed), rounded half up as :func:`mean_time_q`:
+    ``floor((2 sum + d) / (2 d))``; the sum, ``2 sum + d`` and the result fit int32 for
+    ``kernel < 2**14``. C: ``avg_pool_q(x, y, T, n, kernel, stride, pad, count_include_pad)``."""
+    xa = _as_int16(x, "x")
+    outs = []
+    for lo, hi in pool_windows(xa.shape[1], kernel, stride, pad):
+        d = kernel if count_include_pad else hi - lo
+        outs.append(np.floor_divide(2 * xa[:, lo:hi].sum(axis=1) + d, 2 * d))
+    return np.stack(outs, axis=1)
+
+
+def pad_time_q(x: ArrayLike, left: int, right: int, mode: str, value: int,
+               shift: int) -> IntArray:
+    """Padding of axis 1 (time) of int16s (B, T, n): ``constant`` steps of ``value`` (already
+    in the output format), ``reflect`` or ``replicate``; every step of x moves into the output
+    format, ``shift`` fraction bits fewer: ``rshift_round(x, shift)`` (never saturates).
+    C: ``pad_time_q(x, y, T, n, left, right, mode, value, shift)``."""
+    xa = rshift_round(_as_int16(x, "x"), int(shift))
+    if mode == "constant":
+        return np.pad(xa, ((0, 0), (left, right), (0, 0)), constant_values=int(value))
+    return np.pad(xa, ((0, 0), (left, right), (0, 0)),
+                  mode={"reflect": "reflect", "replicate": "edge"}[mode])
+
+
 def abs_q(x: ArrayLike) -> IntArray:
     """``|x|`` of int16s, saturating (``|-32768|`` is 32767). C: ``abs_q(int16_t x)``."""
     return sat16(np.abs(_as_int16(x, "x")))
@@ -888,6 +933,7 @@ HELPERS: tuple[Helper, ...] = (
     Helper("hardswish_f", ("hardsigmoid_f",)), Helper("abs_f"), Helper("sqrt_f"),
     Helper("mean_time_f"), Helper("sum_time_f"), Helper("max_time_f"),
     Helper("frame_conv1d_f", ("dot", "conv_window_f")), Helper("frame_pad_f"),
+    Helper("max_pool_f"), Helper("avg_pool_f"),
     # integers
     Helper("dsp"),
     Helper("sat16"), Helper("sat16_i64", ("sat16",)),
@@ -899,7 +945,8 @@ HELPERS: tuple[Helper, ...] = (
     Helper("relu_q"),
     Helper("clamp_q"), Helper("leaky_q", ("requant",)), Helper("abs_q"),
     Helper("sum_time_q", ("sat16_i64", "rshift_round64")), Helper("mean_time_q"),
-    Helper("max_time_q"),
+    Helper("max_time_q"), Helper("max_pool_q"), Helper("avg_pool_q"),
+    Helper("pad_time_q", ("rshift_round64",)),
     Helper("mmulr", ("dsp",)), Helper("mmlar", ("dsp",), portable=("mmulr",)),
     Helper("mmulr64"),
     Helper("clamp_wide"),

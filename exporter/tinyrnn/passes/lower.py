@@ -72,9 +72,12 @@ from ..ir import (
     FrameConv1d,
     FramePad,
     Model,
+    PadTime,
     PoolTime,
+    PoolWindow,
     RecurrentLayer,
     SelectStep,
+    length_rules,
     reads,
 )
 from ..numerics import helpers as nm
@@ -87,7 +90,7 @@ INPUT_LIMIT = 2**15
 """The largest |value| of an int16 activation: the accumulator bounds assume every input."""
 
 __all__ = ["conv_rows4", "lower", "lower_activation", "lower_conv1d", "lower_dense",
-           "lower_pool_time", "lower_recurrent"]
+           "lower_pad_time", "lower_pool_time", "lower_pool_window", "lower_recurrent"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -889,6 +892,66 @@ def lower_pool_time(p: str, index: int, layer: PoolTime, q, req: _Requirements
         loops=(), constants=())]
 
 
+def lower_pool_window(p: str, index: int, layer: PoolWindow, q, req: _Requirements
+                      ) -> list[Function]:
+    """MaxPool1d / AvgPool1d over the whole sequence ``x`` (T, n) -> ``y`` (T_out, n), once per
+    sequence (a ``conv`` op): the helper ``{max,avg}_pool_{f,q}``. Integers keep x's format:
+    the max is exact; the average is the exact int32 sum divided by the window's count,
+    rounded half up (:func:`tinyrnn.numerics.helpers.avg_pool_q`)."""
+    fn = f"{p}_{layer.kind}pool{index}"
+    helper = f"{layer.kind}_pool_{'q' if q is not None else 'f'}"
+    req.helpers.add(helper)
+    n = layer.features
+    T = "int16_t" if q is not None else "float"
+    args: tuple = (Ptr("x"), Ptr("y"), Var("T", "int"), Lit(n, "int"), Lit(layer.kernel, "int"),
+                   Lit(layer.stride, "int"), Lit(layer.pad, "int"))
+    what = (f"y = the {layer.kind} of x over windows of {layer.kernel} steps, stride "
+            f"{layer.stride}, padding {layer.pad}")
+    if layer.kind == "avg":
+        args += (Lit(int(layer.count_include_pad), "int"),)
+        what += (", divided by the kernel" if layer.count_include_pad
+                 else ", divided by the steps inside the sequence")
+    formats = f"; x {q.x}, y {q.out}" if q is not None else ""
+    return [Function(
+        name=fn, kind="conv", layer=index,
+        comment=(f"{layer.name + ': ' if layer.name else ''}{what}, {n} features{formats}",),
+        params=(Param("x", f"const {T} *", "in", n), Param("y", f"{T} *", "out", n),
+                Param("T", "int ", "steps", 0)),
+        named=(), prologue=(Do(call(helper, *args, ctype="void"),
+                               "every window and feature"),),
+        loops=(), constants=())]
+
+
+def lower_pad_time(p: str, index: int, layer: PadTime, q, req: _Requirements
+                   ) -> list[Function]:
+    """Padding of the time axis of the whole sequence ``x`` (T, n) -> ``y`` (T + left + right,
+    n), once per sequence (a ``conv`` op): float32 ``frame_pad_f`` over T positions; integers
+    ``pad_time_q`` (the constant in the output format, the steps shifted into it)."""
+    fn = f"{p}_padtime{index}"
+    n = layer.features
+    mode = Lit(FRAME_PAD_MODES[layer.mode], "int")
+    fill = f" {layer.value!r}" if layer.mode == "constant" else ""
+    if q is None:
+        T, helper, formats = "float", "frame_pad_f", ""
+        args: tuple = (Ptr("x"), Ptr("y"), Var("T", "int"), Lit(n, "int"),
+                       Lit(layer.left, "int"), Lit(layer.right, "int"), mode,
+                       Lit(layer.value, "float"))
+    else:
+        T, helper = "int16_t", "pad_time_q"
+        args = (Ptr("x"), Ptr("y"), Var("T", "int"), Lit(n, "int"), Lit(layer.left, "int"),
+                Lit(layer.right, "int"), mode, Lit(q.value, "int16_t"), Lit(q.shift, "int"))
+        formats = f"; x {q.x}, y {q.out}"
+    req.helpers.add(helper)
+    return [Function(
+        name=fn, kind="conv", layer=index,
+        comment=(f"{layer.name + ': ' if layer.name else ''}y = x padded by {layer.left} steps "
+                 f"left and {layer.right} right ({layer.mode}{fill}), {n} features{formats}",),
+        params=(Param("x", f"const {T} *", "in", n), Param("y", f"{T} *", "out", n),
+                Param("T", "int ", "steps", 0)),
+        named=(), prologue=(Do(call(helper, *args, ctype="void"), layer.mode),),
+        loops=(), constants=())]
+
+
 _FLOAT_POINTWISE = {"relu6", "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs",
                     "square", "sqrt"}
 _INT_POINTWISE = {"relu6", "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs",
@@ -1332,8 +1395,9 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
         fn = functions[index][0]
         out_w = fn.param("out")[0].size
         meta = dict(steps=length, src_stride=width, dst_stride=out_w)
-        if isinstance(layer, Conv1d) and layer.changes_length:
-            steps, length = layer.out_steps(steps), length + 1
+        rules = length_rules(layer)
+        if rules:  # a length-changing Conv1d, PoolWindow or PadTime
+            steps, length = layer.out_steps(steps), length + len(rules)  # type: ignore[union-attr]
         one = selected is not None or isinstance(layer, PoolTime)  # a pooling gives one step
         out = _Value((1 if one else steps) * out_w, pool)
         source = reads(model.layers, index)[0]
@@ -1464,12 +1528,21 @@ def lower(model: Model, name: str, q=None) -> Plan:
             functions[index] = lower_frame_pad(name, index, layer, qlayer, req)
         elif isinstance(layer, Carry):
             functions[index] = lower_carry(name, index, layer, qlayer, req)
-    whole = model.bidirectional or model.convolves or model.pools
+        elif isinstance(layer, PoolWindow):
+            functions[index] = lower_pool_window(name, index, layer, qlayer, req)
+        elif isinstance(layer, PadTime):
+            functions[index] = lower_pad_time(name, index, layer, qlayer, req)
+    whole = model.bidirectional or model.convolves or model.pools or model.windows
     schedule, buffers = (_layer_major if whole else _time_major)(model, functions, fixed)
     if model.convolves:
         schedule = replace(schedule, layer_major_why="a Conv1d reads neighbouring steps",
                            no_step_why="a Conv1d needs the whole sequence")
         schedule, buffers = _add_streaming(model, functions, fixed, schedule, buffers)
+    elif model.windows:
+        schedule = replace(schedule, layer_major_why="a pooling window or a padding of the "
+                           "time axis reads neighbouring steps",
+                           no_step_why="a pooling window or a padding of the time axis needs "
+                           "the whole sequence")
     elif model.pools:
         schedule = replace(schedule, layer_major_why="a pooling over time reads every step",
                            no_step_why="a pooling over time needs the whole sequence")

@@ -50,7 +50,9 @@ from ..ir import (
     GRULayer,
     LSTMLayer,
     Model,
+    PadTime,
     PoolTime,
+    PoolWindow,
     RecurrentLayer,
     RNNLayer,
     SelectStep,
@@ -231,6 +233,10 @@ def choose_formats(model: Model, ranges: Ranges, headroom: float = HEADROOM) -> 
         elif isinstance(layer, PoolTime):  # a sum: calibrated, never finer than its input
             out = current if layer.kind != "sum" else min(
                 _calibrated(peak, headroom), current, key=lambda f: f.frac)
+        elif isinstance(layer, PoolWindow):  # a max or an average: within the input's range
+            out = current
+        elif isinstance(layer, PadTime):  # the input's format, coarser if the constant needs it
+            out = min(_calibrated(peak, headroom), current, key=lambda f: f.frac)
         elif isinstance(layer, Activation):
             if layer.kind in ("relu", "relu6", "hardtanh", "leaky_relu", "hardswish", "abs"):
                 out = current
@@ -516,6 +522,33 @@ class QPoolTime:
 
 
 @dataclass(frozen=True, eq=False)
+class QPoolWindow:
+    """MaxPool1d (exact) or AvgPool1d (the exact sum divided by the window's count, rounded
+    half up: :func:`tinyrnn.numerics.helpers.avg_pool_q`) over time, in x's format."""
+
+    ir: PoolWindow
+    x: QFormat
+    out: QFormat
+
+
+@dataclass(frozen=True, eq=False)
+class QPadTime:
+    """Padding of the time axis: the steps of x moved into ``out`` (``shift`` fraction bits
+    fewer, rounded half up; 0 unless the constant needs a coarser format than x's), the
+    constant ``value`` in ``out`` (round half up, saturating)."""
+
+    ir: PadTime
+    x: QFormat
+    out: QFormat
+    value: int = 0
+    shift: int = 0
+
+
+AVG_POOL_MAX_KERNEL = 2**14 - 1
+"""The largest AvgPool1d kernel whose int32 sum (``2 sum + d``) cannot overflow."""
+
+
+@dataclass(frozen=True, eq=False)
 class QSelectStep:
     ir: SelectStep
     x: QFormat
@@ -523,7 +556,7 @@ class QSelectStep:
 
 QRecurrent = QLSTMLayer | QGRULayer | QRNNLayer
 QLayer = (QLSTMLayer | QGRULayer | QRNNLayer | QDense | QConv1d | QActivation | QSelectStep
-          | QPoolTime)
+          | QPoolTime | QPoolWindow | QPadTime)
 
 
 @dataclass(frozen=True, eq=False)
@@ -777,6 +810,17 @@ def quantize(model: Model, format: str, formats: Formats, ranges: Ranges | None 
         elif isinstance(layer, PoolTime):
             shift = _check_shift(current.frac - lf.out.frac, 0, fp.REQUANT_MAX_SHIFT, where)
             layers.append(QPoolTime(layer, current, lf.out, shift))
+        elif isinstance(layer, PoolWindow):
+            if layer.kind == "avg" and layer.kernel > AVG_POOL_MAX_KERNEL:
+                raise TinyRNNError(
+                    f"{where} (AvgPool1d {layer.name}): kernel {layer.kernel} is beyond the "
+                    f"integer form's {AVG_POOL_MAX_KERNEL} (its int32 sum); export this model "
+                    "with --format float32 (format='float32')")
+            layers.append(QPoolWindow(layer, current, lf.out))
+        elif isinstance(layer, PadTime):
+            shift = _check_shift(current.frac - lf.out.frac, 0, fp.REQUANT_MAX_SHIFT, where)
+            value = int(lf.out.saturate(fp.round_half_up(layer.value * 2.0**lf.out.frac)))
+            layers.append(QPadTime(layer, current, lf.out, value, shift))
         else:
             assert isinstance(layer, SelectStep)
             layers.append(QSelectStep(layer, current))
@@ -900,6 +944,12 @@ def manifest_section(q: QModel) -> dict:
                 entry["multiplier"] = dict(M=layer.mult, shift=layer.shift)
         elif isinstance(layer, QPoolTime):
             entry["kind"] = f"{layer.ir.kind}_time"
+        elif isinstance(layer, QPoolWindow):
+            entry["kind"] = f"{layer.ir.kind}_pool1d"
+        elif isinstance(layer, QPadTime):
+            entry["kind"] = "pad_time"
+            entry["value"] = layer.value
+            entry["shift"] = layer.shift
         else:
             entry["kind"] = "select_step"
         layers.append(entry)
@@ -978,7 +1028,8 @@ def interface_section(q: QModel) -> dict:
 
 __all__ = [
     "Formats", "LayerFormats", "QAccumulator", "QActivation", "QConv1d", "QDense", "QDirection",
-    "QGRULayer", "QLSTMLayer", "QModel", "QPart", "QPoolTime", "QRNNLayer", "QSelectStep",
+    "QGRULayer", "QLSTMLayer", "QModel", "QPadTime", "QPart", "QPoolTime", "QPoolWindow",
+    "QRNNLayer", "QSelectStep",
     "Ranges",
     "WEIGHT_BITS", "calibrate", "check_layer_formats", "choose_formats", "formats_from_manifest",
     "interface_section", "layer_name", "layer_weight_bits", "manifest_section", "quantize",

@@ -29,7 +29,7 @@ from dataclasses import replace
 
 from ..backend.plan import Arg, Buffer, Copy, Do, Function, Lit, Op, Param, Ptr, Schedule
 from ..errors import TinyRNNError
-from ..ir import Conv1d, Model, PoolTime, RecurrentLayer
+from ..ir import Conv1d, Model, PadTime, PoolTime, PoolWindow, RecurrentLayer
 
 __all__ = ["conv_step_function", "no_step_reason", "require_streaming", "stream_refusals",
            "streaming_schedule", "window_steps"]
@@ -73,6 +73,14 @@ def stream_refusals(model: Model, name: str = "NAME") -> list[str]:
             out.append(f"the {layer.kind} over time (PoolTime) reads every step of the "
                        "sequence: take one step instead (e.g. out[:, -1]), or feed whole "
                        f"sequences to {name}_run")
+        elif isinstance(layer, PoolWindow):
+            out.append(f"the {layer.kind} window over time ({layer.name or 'a pooling layer'}) "
+                       "reads neighbouring steps and changes the sequence length: pool in "
+                       f"your firmware, or feed whole sequences to {name}_run")
+        elif isinstance(layer, PadTime):
+            out.append(f"the {layer.mode} padding of the time axis reads the sequence's ends: "
+                       f"feed whole sequences to {name}_run (a zero left pad before a Conv1d "
+                       "streams: F.pad(x, (k-1, 0)))")
         elif isinstance(layer, RecurrentLayer) and layer.num_directions == 2:
             out.append(f"{layer.module or 'rnn'} layer {layer.layer} is bidirectional: its "
                        "reverse direction reads the sequence from its end: use "
@@ -87,6 +95,8 @@ def no_step_reason(model: Model) -> str:
         return "a Conv1d that is not causal needs the whole sequence"
     if model.bidirectional:
         return "a bidirectional layer needs the whole sequence"
+    if model.windows:
+        return "a pooling window or a padding of the time axis needs the whole sequence"
     if model.pools:
         return "a pooling over time needs the whole sequence"
     return ""
