@@ -259,6 +259,20 @@ class ShortPad(nn.Module):
         return self.gru(self.conv(F.pad(x.transpose(1, 2), (2, 0))).transpose(1, 2))[0]
 
 
+class Windows(nn.Module):
+    """A causal conv, then a max pool and a reflect pad of the time axis (windows over time)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 3)
+        self.pool = nn.MaxPool1d(2)
+        self.gru = nn.GRU(4, 3, batch_first=True)
+
+    def forward(self, x):
+        y = self.pool(self.conv(F.pad(x.transpose(1, 2), (2, 0))))
+        return self.gru(F.pad(y, (1, 0), mode="reflect").transpose(1, 2))[0]
+
+
 REFUSED = [
     (NonCausal, ["encoder.0 (Conv1d) pads 1 step on the right, so a step would need a future "
                  "input: pad on the left only, e.g. F.pad(x, (2, 0)) before a "
@@ -268,11 +282,14 @@ REFUSED = [
                  "the mean over time (PoolTime) reads every step"]),
     (ShortPad, ["conv (Conv1d) pads 2 steps on the left where its span needs 4",
                 "pad exactly (4, 0)", "gru layer 0 is bidirectional"]),
+    (Windows, ["the max window over time (pool) reads neighbouring steps",
+               "the reflect padding of the time axis reads the sequence's ends"]),
 ]
 
 
 @pytest.mark.parametrize(("module", "phrases"), REFUSED, ids=["right-pad-stride-pool",
-                                                             "short-pad-bidirectional"])
+                                                             "short-pad-bidirectional",
+                                                             "pool-and-reflect-pad"])
 def test_stream_refuses_what_cannot_stream(module, phrases, tmp_path, capsys):
     """``--stream`` on a model that cannot stream: exit 2, one error naming every layer and
     the rewrite, nothing written; without it the export works and NAME_step is refused."""
