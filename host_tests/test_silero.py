@@ -3,7 +3,8 @@ package's own model per frame, and the exported C (one vad_step per 32 ms frame,
 context and the LSTMCell state in vad_state_t) equals the rebuild over more than 1,000 frames
 of synthesized speech (eSpeak NG), speech in noise, tones, noise and silence: float32 within
 1e-5; w8a16 and w16a16 equal the bit-exact integer reference on every frame and stay within a
-stated distance of torch. One float32 compile, one for both integer formats."""
+stated distance of torch, and under QEMU on a Cortex-M4 and a Cortex-M7 equal to the host build.
+One float32 compile, one for both integer formats."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from quant_cases import first_mismatch, reference_model, reference_run
 from tinyrnn import vad_example as vad
 from tinyrnn.api import export_program
 from tinyrnn.frontend.reader import capture, read_program
+from tinyrnn.io import assemble_outputs, split_inputs
 from tinyrnn.ir import Carry, FrameConv1d, FramePad, LSTMLayer
+from tinyrnn.targets import cross
+from tinyrnn.targets.boards import load_board
 from tinyrnn.targets.host import load, load_many
 from tinyrnn.targets.profile import macs_per_step
 
@@ -161,3 +165,23 @@ def test_integer_c_tracks_torch(fmt, integer, frames, expected):
           f"{error.max():.3f}, mean {error.mean():.4f}, decisions at 0.5 that differ: {flips}")
     top, mean, most = AGAINST_TORCH[fmt]
     assert error.max() <= top and error.mean() <= mean and flips <= most
+
+
+@pytest.mark.parametrize("board", ["mps2-an386", "mps2-an500"], ids=["m4", "m7"])
+def test_integer_boards_equal_the_host_bit_for_bit(board, integer, frames, tmp_path):
+    """Both integer exports in one image under QEMU (Cortex-M4: the DSP helpers; Cortex-M7),
+    vad_run over 24 frames from reset: the probabilities, the context and the state equal
+    the host build's bit for bit."""
+    arrays = [frames[None, :24]] + [np.zeros((1, n), np.float32)
+                                    for n in (vad.CONTEXT, vad.HIDDEN, vad.HIDDEN)]
+    jobs, expected = [], []
+    for fmt in INT_FORMATS:
+        c = integer[fmt][2]
+        model = cross.ExportedModel.load(c.folder)
+        jobs.append(cross.ModelInputs(model, tuple(split_inputs(model.interface, arrays))))
+        expected.append(c.run(*arrays))
+    result = cross.run_qemu(cross.build(jobs, load_board(board), tmp_path), timeout=120)
+    for fmt, job, outs, want in zip(INT_FORMATS, jobs, result.outputs, expected):
+        got = assemble_outputs(job.model.interface, outs, 24)
+        for k, (g, w) in enumerate(zip(got, want)):
+            assert np.array_equal(g, w), f"{fmt} out{k} on {board}: {first_mismatch(g, w)}"
