@@ -8,6 +8,7 @@ the program saved beside the C (item 5)."""
 from __future__ import annotations
 
 import io
+import json
 import warnings
 
 import numpy as np
@@ -281,26 +282,23 @@ def test_cell_forms_that_do_not_fit_are_refused_with_a_rewrite(module, args, mod
         assert phrase in items[0], phrase
 
 
-def test_a_whole_silero_structure_reads_in_float32_and_names_what_integers_lack(tmp_path,
-                                                                                capsys):
-    """Silero VAD's 16 kHz branch rebuilt from plain modules: float32 reads the whole model
-    (a frame front-end in a step module: reflect pad, STFT conv, magnitude, strided convs, the
-    LSTMCell step, the k=1 conv head; host_tests/test_silero.py runs it against torch); the
-    integer formats, which have no lowering for the frame layers yet, refuse it with one error
-    naming each missing layer kind and conv once, before anything is written."""
+def test_a_whole_silero_structure_reads_and_exports_in_the_integer_formats(tmp_path, capsys):
+    """Silero VAD's 16 kHz branch rebuilt from plain modules: the whole model reads (a frame
+    front-end in a step module: reflect pad, STFT conv, magnitude, strided convs, the LSTMCell
+    step, the k=1 conv head; host_tests/test_silero.py runs it against torch) and exports in
+    w8a16, every frame layer with its integer form (host_tests/test_frames.py checks those
+    against the reference)."""
     module = SileroStructure().eval()
     args = (torch.randn(2, 576), torch.zeros(2, 128), torch.zeros(2, 128))
     (tmp_path / "vad.pt2").write_bytes(archive_bytes(trace(module, args)))
     model = read_program(read_archive((tmp_path / "vad.pt2").read_bytes(), "vad"))
     assert model.step_module and model.input_size == 576
+    calibration = tmp_path / "cal.npz"
+    np.savez(calibration, in0=np.random.default_rng(0).normal(size=(4, 3, 576)).astype(
+        np.float32), in1=np.zeros((4, 128), np.float32), in2=np.zeros((4, 128), np.float32))
     assert main(["export", str(tmp_path / "vad.pt2"), "--out", str(tmp_path / "c"),
-                 "--format", "w8a16"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "Traceback" not in err and not (tmp_path / "c").exists()
-    assert err.strip() == (
-        "error: the w8a16 format has no FramePad, FrameConv1d stft.forward_basis_buffer, "
-        "ChannelSlice, square of an earlier value, Binary, FrameConv1d "
-        "encoder.0.reparam_conv, "
-        "FrameConv1d encoder.1.reparam_conv, FrameConv1d encoder.2.reparam_conv, "
-        "FrameConv1d encoder.3.reparam_conv, FrameConv1d decoder.decoder.2 yet: export this "
-        "model with --format float32 (format='float32')")
+                 "--format", "w8a16", "--calibration", str(calibration)]) == 0, \
+        capsys.readouterr().err
+    manifest = json.loads((tmp_path / "c" / "model.json").read_text())
+    kinds = [layer["kind"] for layer in manifest["quantization"]["layers"]]
+    assert kinds.count("frame_conv1d") == 6 and "frame_pad" in kinds and "hypot" in kinds

@@ -2,7 +2,8 @@
 views ``x_t`` (B, N) as a frame (B, 1, N) and runs pads, strided convs, channel slices, square,
 sqrt and cat over the samples of that frame (not over time), then an LSTMCell/GRUCell steps
 once per frame. Float32: torch -> IR, the float references, and the C per frame against the
-torch step module with its state carried, all models built in one host module."""
+torch step module with its state carried; w8a16 and w16a16: the C against the bit-exact
+reference and against torch. All models built in one host module."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from c_checks import compiler_warnings
+from quant_cases import first_mismatch, reference_model, reference_run, sqnr_db
 from tinyrnn.api import export_program
 from tinyrnn.check import evaluate, torchref
 from tinyrnn.check.simulate import batch_from_arrays, run_float
@@ -71,7 +73,7 @@ class ContextVAD(MiniVAD):
 
 class Branchy(nn.Module):
     """Replicate and constant pads, a dilated grouped conv, two branches cat on the channel
-    axis, mul and abs, a GRUCell."""
+    axis, mul, add, abs and sqrt, a GRUCell."""
 
     N, H = 10, 5
 
@@ -83,11 +85,13 @@ class Branchy(nn.Module):
         self.c = nn.Conv1d(8, 3, 5, stride=5)
         self.cell = nn.GRUCell(3, self.H)
         self.fc = nn.Linear(self.H, 2)
+        with torch.no_grad():  # small y: sqrt(abs(y)) * z in another format than relu(z) + y
+            self.a.weight.mul_(0.1)
 
     def forward(self, x, h):
         y = self.a(self.edge(x.unsqueeze(1)))
         z = self.b(self.fill(y))
-        y = torch.cat([torch.abs(y) * z, torch.relu(z)], dim=1)
+        y = torch.cat([torch.sqrt(torch.abs(y)) * z, torch.relu(z) + y], dim=1)
         h = self.cell(self.c(y).squeeze(-1), h)
         return self.fc(h), h
 
@@ -123,14 +127,35 @@ def built():
     return out
 
 
+INT_FORMATS = ("w8a16", "w16a16")
+INT_CASES = [(key, fmt) for key in MODELS for fmt in INT_FORMATS]
+MIN_SQNR_DB = {"w8a16": 25.0, "w16a16": 40.0}
+"""The integer C against the torch step module, over the test's frames (the outputs move)."""
+
+
+def _calibration(key: str) -> list[np.ndarray]:
+    """Frames and states in the forward's form (the context zero, as the C starts it)."""
+    return [_frames(key, 16, FRAMES, 100)] + _states(key, 16, 101)
+
+
 @pytest.fixture(scope="module")
-def compiled(built, tmp_path_factory):
+def compiled_all(built, tmp_path_factory):
+    """Every model in float32 and in both integer formats, one host module."""
     root = tmp_path_factory.mktemp("frames")
-    dirs = []
-    for k, key in enumerate(MODELS):
-        export_program(built[key][1], root / f"f{k}", name=f"frames{k}", format="float32")
-        dirs.append(root / f"f{k}")
-    return dict(zip(MODELS, load_many(dirs)))
+    keys, dirs, manifests = [], [], []
+    for k, (key, fmt) in enumerate([(key, "float32") for key in MODELS] + INT_CASES):
+        folder = root / f"f{k}"
+        manifests.append(export_program(
+            built[key][1], folder, name=f"frames{k}", format=fmt,
+            calibration=_calibration(key) if fmt != "float32" else None))
+        keys.append((key, fmt))
+        dirs.append(folder)
+    return {key: (c, manifest) for key, c, manifest in zip(keys, load_many(dirs), manifests)}
+
+
+@pytest.fixture(scope="module")
+def compiled(compiled_all):
+    return {key: compiled_all[(key, "float32")][0] for key in MODELS}
 
 
 def _torch_steps(module: nn.Module, x: np.ndarray, states: list[np.ndarray]):
@@ -194,6 +219,66 @@ def test_float32_c_equals_the_step_module_per_frame(key, built, compiled):
     np.testing.assert_allclose(simulated, expected, rtol=0, atol=TOL, err_msg="simulate")
 
 
+@pytest.mark.parametrize(("key", "fmt"), INT_CASES, ids=[f"{k}-{f}" for k, f in INT_CASES])
+def test_integer_c_equals_the_reference_and_tracks_torch(key, fmt, built, compiled_all):
+    """The frame front-end in integers (frame convs through the Conv1d helpers, pads, slices,
+    cat of parts in different formats, add/mul, abs/square/sqrt, the carried context):
+    NAME_run from a non-zero state and NAME_step per frame from NAME_reset equal the bit-exact
+    reference, which the plan evaluator equals too; the C tracks the torch step module."""
+    module, program = built[key]
+    c, manifest = compiled_all[(key, fmt)]
+    q = reference_model(program, manifest)
+    x = _frames(key, 2, FRAMES, 2)
+    states = _states(key, 2, 3)
+    ref_int, ref_float, batch_q, trace = reference_run(q, c.interface, [x] + states)
+    planned = evaluate.run(lower(q.model, manifest["name"], q), batch_q.x, batch_q.h0,
+                           batch_q.c0)
+    for k, (g, r) in enumerate(zip(planned, trace.outputs)):
+        assert np.array_equal(g, r), f"plan evaluator, out{k}: {first_mismatch(g, r)}"
+    got = c.run(x, *states)
+    for k, (g, r) in enumerate(zip(got, ref_float)):
+        assert np.array_equal(g, r), f"NAME_run out{k}: {first_mismatch(g, r)}"
+    outs_q = c.run_sample_q({"x": batch_q.x[1], **_state_sample(c, batch_q, 1)})
+    for k, (g, r) in enumerate(zip(outs_q, ref_int)):
+        want = np.reshape(np.take(r, 1, axis=c.interface["outputs"][k]["batch_axis"]), -1)
+        assert np.array_equal(g, want), f"int16 API out{k}: {first_mismatch(g, want)}"
+    zeros = [np.zeros_like(s) for s in states]
+    _, ref_steps, _, _ = reference_run(q, c.interface, [x[:1]] + [z[:1] for z in zeros])
+    state = c.new_state()
+    stepped = np.stack([c.step(state, x[0, t]) for t in range(FRAMES)])
+    assert np.array_equal(stepped, ref_steps[0][0]), first_mismatch(stepped, ref_steps[0][0])
+    expected, _ = _torch_steps(module, x, states)
+    db = sqnr_db(expected, got[0])
+    print(f"{key} {fmt}: SQNR {db:.1f} dB against torch")
+    assert db >= MIN_SQNR_DB[fmt], f"SQNR {db:.1f} dB < {MIN_SQNR_DB[fmt]} dB"
+
+
+def _state_sample(c, batch_q, b: int) -> dict[str, np.ndarray]:
+    """Sample ``b``'s int16 h0/c0 for the ``_q`` API (the context starts at zero)."""
+    out = {}
+    for role, value in (("h0", batch_q.h0), ("c0", batch_q.c0)):
+        if value is not None:
+            out[role] = value[b]
+    return out
+
+
+def test_the_integer_table_covers_every_frame_layer(compiled_all):
+    """What the integer exports hold: frame convs, each pad mode (a constant quantized to x's
+    format), cat of parts in different formats, add and mul, abs, square, sqrt, the fused
+    magnitude sqrt(a^2 + b^2) (hypot), a carry."""
+    kinds, moved_cat = set(), False
+    for (_, fmt), (_, manifest) in compiled_all.items():
+        if fmt == "float32":
+            continue
+        for layer in manifest["quantization"]["layers"]:
+            kinds.add(layer["kind"])
+            if layer["kind"] == "cat":
+                moved_cat |= len({x["frac"] for x in layer["inputs"]}) > 1
+    assert {"frame_conv1d", "frame_pad", "cat", "channel_slice", "add", "mul", "abs", "square",
+            "sqrt", "hypot", "carry"} <= kinds, kinds
+    assert moved_cat, "a cat of parts in different formats"
+
+
 def test_the_context_is_carried_state_read_before_it_is_replaced(built):
     """Silero's context: a Carry layer read by the cat, replaced at the end of each step by
     the cat's last samples; a non-zero initial context is refused by name."""
@@ -209,8 +294,8 @@ def test_the_context_is_carried_state_read_before_it_is_replaced(built):
         torchref.run(model, [x] + states)
 
 
-def test_generated_files_carry_nothing_unused(compiled):
-    assert compiler_warnings([c.folder / f"{c.name}.c" for c in compiled.values()]) == []
+def test_generated_files_carry_nothing_unused(compiled_all):
+    assert compiler_warnings([c.folder / f"{c.name}.c" for c, _ in compiled_all.values()]) == []
 
 
 class _Refused(nn.Module):

@@ -1,8 +1,8 @@
 """Values beyond a chain (issue 12 item 2): a layer that reads an earlier value as well as the
 latest (residual add/mul), channel slices and cat on the channel axis; element-wise square,
 sqrt and abs; zero padding of the time axis folded into the Conv1d after it; float32. torch ->
-IR, the float references and the C against torch, all models built in one host module; the
-forms tinyrnn refuses, each with its reason."""
+IR, the float references and the C against torch, all models built in one host module; w8a16
+plans against the bit-exact reference; the forms tinyrnn refuses, each with its reason."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from c_checks import compiler_warnings
-from tinyrnn.api import export_program
-from tinyrnn.check import evaluate, torchref
+from quant_cases import first_mismatch, sqnr_db
+from tinyrnn.api import export_program, quantize_model
+from tinyrnn.check import evaluate, reference, torchref
 from tinyrnn.check.simulate import batch_from_arrays, run_float
 from tinyrnn.errors import TinyRNNError
 from tinyrnn.frontend.reader import capture, read_program
@@ -274,8 +275,20 @@ def test_forms_tinyrnn_cannot_export_are_named(forward, phrases):
         assert phrase in str(info.value), (phrase, str(info.value))
 
 
-def test_integer_formats_are_refused_until_they_exist(built, tmp_path):
-    with pytest.raises(TinyRNNError,
-                       match="the w8a16 format has no Binary, ChannelSlice, Concat yet"):
-        export_program(built["head-residual"][1], tmp_path / "c", name="m", format="w8a16")
-    assert not (tmp_path / "c").exists()
+@pytest.mark.parametrize("key", list(MODELS))
+def test_integer_plans_equal_the_reference_and_track_torch(key, built):
+    """w8a16 (the frame tests compile these layers in both integer formats): the plan in numpy
+    equals the bit-exact reference, whose output tracks the eager module."""
+    module, program = built[key]
+    model = read_program(program)
+    q = quantize_model(model, "w8a16", [_x(key, 16, STEPS, 200)], None)
+    x = _x(key, 2, STEPS, 300)
+    batch_q = reference.quantize_batch(q, batch_from_arrays(model, [x]))
+    want = reference.run(q, batch_q).outputs[0]
+    planned = evaluate.run(lower(model, "m", q), batch_q.x)[0]
+    assert np.array_equal(planned, want), first_mismatch(planned, want)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    got = reference.dequantize(q, 0, want)
+    db = sqnr_db(expected, got.reshape(expected.shape))
+    assert db >= 30.0, f"SQNR {db:.1f} dB"

@@ -443,9 +443,9 @@ void w_log_softmax_f(const float *x, float *y, int rows, int n);
 void w_float_cell(const float *w, const float *x, float *y, int rows, int n);
 void w_conv1d_f(const float *x, float *y, int T, const float *w, const float *b, int c, int o,
                 int kernel, int groups, int dilation, int stride, int pad, int pad_right);
-void w_frame_conv1d_f(const float *x, float *y, int L, int L_out, const float *w,
-                      const float *b, int c, int o, int kernel, int groups, int dilation,
-                      int stride, int pad);
+void w_sqrt_q(const int16_t *x, int e, int16_t *y, int n);
+void w_frame_pad_q(const int16_t *x, int16_t *y, int L, int c, int left, int right, int mode,
+                   int16_t value);
 void w_mean_time_f(const float *x, float *y, int T, int n);
 void w_sum_time_f(const float *x, float *y, int T, int n);
 void w_max_time_f(const float *x, float *y, int T, int n);
@@ -504,8 +504,8 @@ _BODIES = {
     # y[k] = sigmoid(w_k . x) + relu(w_k . x): the float32 exports' other helpers
     "w_conv1d_f": "k = 0;\n    t_conv1d_f(x, y, T, w, b, c, o, kernel, groups, dilation, stride, "
                   "pad + k, pad_right);",
-    "w_frame_conv1d_f": "k = 0;\n    t_frame_conv1d_f(x, y, L, L_out, w, b, c, o, kernel, groups,"
-                        " dilation, stride, pad + k);",
+    "w_sqrt_q": "for (k = 0; k < n; ++k) y[k] = t_sqrt_q(x[k], e);",
+    "w_frame_pad_q": "k = 0;\n    t_frame_pad_q(x, y, L, c, left, right, mode + k, value);",
     **{f"w_{kind}_time_{t}": f"k = 0;\n    t_{kind}_time_{t}(x, y, T, n + k);"
        for kind in ("mean", "sum", "max") for t in ("f", "q") if (kind, t) != ("sum", "q")},
     "w_sum_time_q": "k = 0;\n    t_sum_time_q(x, y, T, n + k, shift);",
@@ -765,29 +765,23 @@ def test_conv1d_helper_in_c(clib, kernel, groups, dilation, stride, pad_left, pa
         np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5, err_msg=f"T={steps}")
 
 
-@pytest.mark.parametrize("kernel, stride, groups, dilation, pad_left, pad_right", [
-    (8, 4, 1, 1, 0, 0), (3, 2, 1, 1, 1, 1), (3, 1, 3, 2, 2, 1), (5, 5, 1, 1, 0, 0)])
-def test_frame_conv1d_helper_in_c(clib, kernel, stride, groups, dilation, pad_left, pad_right):
-    """frame_conv1d_f (a conv over one frame's positions, any stride) against the float64
-    reference of check/simulate.py."""
-    from tinyrnn.check.simulate import frame_conv1d_float
-    from tinyrnn.ir import FrameConv1d, Tensor
+def test_sqrt_q_is_the_rounded_exact_root_in_c(clib):
+    """sqrt_q against Python's exact integer root, rounded half up (math.isqrt), for every
+    int16 x at the ends of its shift range and in the middle, and against its numpy
+    reference."""
+    import math
+
+    from tinyrnn.numerics.helpers import sqrt_q
 
     ffi, lib = clib
-    rng = np.random.default_rng(kernel * 10 + stride)
-    cin, cout, length = 6, 3, 15
-    w = rng.standard_normal((cout, cin // groups, kernel)).astype(np.float32)
-    b = rng.standard_normal(cout).astype(np.float32)
-    layer = FrameConv1d("c", Tensor(w.astype(np.float64), "w"), Tensor(b.astype(np.float64),
-                        "b"), stride, dilation, groups, pad_left, pad_right, length)
-    x = rng.standard_normal((length, cin)).astype(np.float32)
-    y = np.zeros((layer.out_length, cout), np.float32)
-    lib.w_frame_conv1d_f(_buf(ffi, "float", x), _buf(ffi, "float", y), length,
-                         layer.out_length, _buf(ffi, "float", np.ascontiguousarray(
-                             w.transpose(0, 2, 1))), _buf(ffi, "float", b), cin, cout, kernel,
-                         groups, dilation, stride, pad_left)
-    expected = frame_conv1d_float(layer, x[None].astype(np.float64))[0]
-    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5)
+    x = np.arange(-(2**15), 2**15, dtype=np.int16)
+    for e in (0, 7, 14, 15):
+        y = np.zeros_like(x)
+        lib.w_sqrt_q(_buf(ffi, "int16_t", x), e, _buf(ffi, "int16_t", y), x.size)
+        want = np.array([0 if v <= 0 else min(math.isqrt(4 * (int(v) << e)) + 1 >> 1, 32767)
+                         for v in x], np.int64)
+        np.testing.assert_array_equal(y, want, err_msg=f"e={e}")
+        np.testing.assert_array_equal(sqrt_q(x, e), want, err_msg=f"numpy, e={e}")
 
 
 @pytest.mark.parametrize("mode, code", [("constant", 0), ("reflect", 1), ("edge", 2)])
@@ -799,6 +793,11 @@ def test_frame_pad_helper_in_c(clib, mode, code):
     lib.w_frame_pad_f(_buf(ffi, "float", x), _buf(ffi, "float", y), 5, 2, 3, 4, code, 0.5)
     fill = {"constant_values": 0.5} if mode == "constant" else {}
     np.testing.assert_array_equal(y, np.pad(x, ((3, 4), (0, 0)), mode=mode, **fill))
+    xq = (x * 1000).astype(np.int16)
+    yq = np.zeros((5 + 3 + 4, 2), np.int16)
+    lib.w_frame_pad_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", yq), 5, 2, 3, 4, code, -7)
+    fill = {"constant_values": -7} if mode == "constant" else {}
+    np.testing.assert_array_equal(yq, np.pad(xq, ((3, 4), (0, 0)), mode=mode, **fill))
 
 
 @pytest.mark.parametrize("bits", [8, 16])

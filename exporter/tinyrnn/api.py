@@ -111,10 +111,6 @@ def quantize_model(
     from .check.simulate import batch_from_arrays
     from .passes.quantize import calibrate, choose_formats, quantize, with_weight_bits
 
-    if model.float_only:
-        raise TinyRNNError(
-            f"the {format} format has no {', '.join(model.float_only)} yet: "
-            "export this model with --format float32 (format='float32')")
     if calibration is None:
         if example is None:
             raise TinyRNNError("integer formats need calibration data or an example input")

@@ -208,17 +208,11 @@ class Dense:
         return self.weight.shape[0]
 
 
-@dataclass(frozen=True, eq=False)
-class Conv1d:
-    """``y[o, t] = bias[o] + sum_{c, k} weight[o, c, k] * xpad[g(o) * C/groups + c,
-    t * stride + k * dilation]`` over a whole sequence, torch's cross-correlation; ``xpad`` is x
-    with ``pad_left`` and ``pad_right`` zero steps around it (``padding='same'`` settled into
-    the two numbers here). The data path stays (T, channels) per sample: the (B, C, T) view the
-    torch forward gives the conv is a layout, not a layer."""
+class _ConvGeometry:
+    """The shape arithmetic a Conv1d over time and a Conv1d over a frame's positions share
+    (both have ``weight``, ``stride``, ``dilation``, ``groups``, ``pad_left``, ``pad_right``)."""
 
-    name: str  # torch module path, e.g. "encoder.0"
-    weight: Tensor  # (out_channels, in_channels // groups, kernel)
-    bias: Tensor | None  # (out_channels,)
+    weight: Tensor
     stride: int
     dilation: int
     groups: int
@@ -256,6 +250,25 @@ class Conv1d:
         return (steps + add) // stride + 1 if steps + add >= 0 else 0
 
 
+@dataclass(frozen=True, eq=False)
+class Conv1d(_ConvGeometry):
+    """``y[o, t] = bias[o] + sum_{c, k} weight[o, c, k] * xpad[g(o) * C/groups + c,
+    t * stride + k * dilation]`` over a whole sequence, torch's cross-correlation; ``xpad`` is x
+    with ``pad_left`` and ``pad_right`` zero steps around it (``padding='same'`` settled into
+    the two numbers here). The data path stays (T, channels) per sample: the (B, C, T) view the
+    torch forward gives the conv is a layout, not a layer."""
+
+    name: str  # torch module path, e.g. "encoder.0"
+    weight: Tensor  # (out_channels, in_channels // groups, kernel)
+    bias: Tensor | None  # (out_channels,)
+    stride: int
+    dilation: int
+    groups: int
+    pad_left: int
+    pad_right: int
+
+
+
 @dataclass(frozen=True)
 class Activation:
     """An element-wise (relu, tanh, sigmoid, relu6, hardtanh, leaky_relu, hardsigmoid,
@@ -270,7 +283,7 @@ class Activation:
     low: float = 0.0
     high: float = 0.0
     slope: float = 0.0
-    reads: tuple[int, ...] = ()  # an earlier value than the previous one (float32), see reads()
+    reads: tuple[int, ...] = ()  # an earlier value than the previous one, see reads()
 
 
 @dataclass(frozen=True)
@@ -364,7 +377,7 @@ def length_rules(layer: Layer) -> tuple[tuple[int, int], ...]:
 @dataclass(frozen=True)
 class Binary:
     """``y = a + b`` or ``a * b`` element-wise over two data-path values of one shape (a
-    residual), float32. ``reads`` are the two values' indices (see :func:`reads`)."""
+    residual). ``reads`` are the two values' indices (see :func:`reads`)."""
 
     kind: Literal["add", "mul"]
     features: int
@@ -373,7 +386,7 @@ class Binary:
 
 @dataclass(frozen=True)
 class Concat:
-    """``torch.cat`` of data-path values along the channel (feature) axis, float32: the
+    """``torch.cat`` of data-path values along the channel (feature) axis: the
     values ``reads`` (indices, see :func:`reads`) of ``sizes`` features each, in order."""
 
     reads: tuple[int, ...]
@@ -388,7 +401,7 @@ class Concat:
 @dataclass(frozen=True)
 class ChannelSlice:
     """Channels ``start:stop`` of the previous value (``x[:, a:b]`` of a (B, C, T) value or
-    ``x[..., a:b]`` of a (B, T, C) one), float32."""
+    ``x[..., a:b]`` of a (B, T, C) one)."""
 
     start: int
     stop: int
@@ -402,11 +415,12 @@ class ChannelSlice:
 
 
 @dataclass(frozen=True, eq=False)
-class FrameConv1d:
+class FrameConv1d(_ConvGeometry):
     """A Conv1d over the samples of ONE step's frame (a step module's ``x_t`` viewed as
     ``(B, C, L)``), not over time: ``y[o, p] = bias[o] + sum_{c, k} weight[o, c, k] *
-    xpad[c, p * stride + k * dilation]`` with ``pad_left``/``pad_right`` zeros, float32. A
-    frame value is stored per step as (L, C), position-major (as a sequence is (T, C))."""
+    xpad[c, p * stride + k * dilation]`` with ``pad_left``/``pad_right`` zeros. A frame
+    value is stored per step as (L, C), position-major (as a sequence is (T, C)), so it is a
+    :class:`Conv1d` over a sequence of L steps."""
 
     name: str
     weight: Tensor  # (out_channels, in_channels // groups, kernel)
@@ -419,21 +433,8 @@ class FrameConv1d:
     length: int  # L, the positions of the input frame
 
     @property
-    def out_channels(self) -> int:
-        return self.weight.shape[0]
-
-    @property
-    def in_channels(self) -> int:
-        return self.weight.shape[1] * self.groups
-
-    @property
-    def kernel(self) -> int:
-        return self.weight.shape[2]
-
-    @property
     def out_length(self) -> int:
-        span = self.dilation * (self.kernel - 1) + 1
-        return (self.length + self.pad_left + self.pad_right - span) // self.stride + 1
+        return self.out_steps(self.length)
 
     @property
     def features(self) -> int:
@@ -444,7 +445,7 @@ class FrameConv1d:
 @dataclass(frozen=True)
 class FramePad:
     """Padding of the positions of one step's frame (C, L): ``constant`` (with ``value``),
-    ``reflect`` or ``replicate``, ``left`` and ``right`` positions, float32."""
+    ``reflect`` or ``replicate``, ``left`` and ``right`` positions."""
 
     mode: Literal["constant", "reflect", "replicate"]
     value: float
@@ -464,20 +465,32 @@ class Carry:
     """A step module's carried value (not a recurrent state), e.g. Silero VAD's 64 samples of
     context: a forward argument after ``x_t`` that the forward returns updated. The layer's
     output is the value at the start of the step (zeros after NAME_reset); at the end of each
-    step the value :attr:`Model.carries` names replaces it. Float32."""
+    step the value :attr:`Model.carries` names replaces it."""
 
     features: int
 
 
+@dataclass(frozen=True)
+class Hypot:
+    """``y = sqrt(a**2 + b**2)`` element-wise over two values (``reads``), e.g. an STFT's
+    magnitude. The frontend never makes it: the quantizer writes ``sqrt(a**2 + b**2)`` of two
+    channel slices of one value so (:func:`tinyrnn.passes.quantize.fuse_magnitudes`), so that
+    the sum of squares stays exact in 32 bits instead of being rounded to int16."""
+
+    features: int
+    reads: tuple[int, int]
+
+
 Layer = (LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep | PoolTime
-         | Binary | Concat | ChannelSlice | FrameConv1d | FramePad | Carry | PoolWindow | PadTime)
+         | Binary | Concat | ChannelSlice | FrameConv1d | FramePad | Carry | Hypot | PoolWindow
+         | PadTime)
 
 
 def reads(layers: tuple[Layer, ...] | list[Layer], index: int) -> tuple[int, ...]:
     """The values layer ``index`` reads. Values are numbered along the data path: value 0 is
     the model input x, value k + 1 the output of layer k. A layer reads the previous value
     (``(index,)``) unless it names others (:class:`Binary`, :class:`Concat`,
-    :class:`ChannelSlice`)."""
+    :class:`ChannelSlice`, :class:`Hypot`, ...)."""
     return getattr(layers[index], "reads", ()) or (index,)
 
 
@@ -600,20 +613,3 @@ class Model:
     def step_output_size(self) -> int:
         """Features of the data path's final value at one step."""
         return value_width(self.layers, self.input_size, len(self.layers))
-
-    @property
-    def float_only(self) -> tuple[str, ...]:
-        """The layers that have a float32 lowering only (values beyond a chain, frame
-        front-ends), named by kind (and module, where they have one), in order, once each."""
-        names = []
-        for layer in self.layers:
-            if isinstance(layer, (Binary, Concat, ChannelSlice, FrameConv1d, FramePad,
-                                  Carry)) \
-                    or (isinstance(layer, Activation) and layer.reads):
-                kind = type(layer).__name__
-                name = f"{kind} {layer.name}" if isinstance(layer, FrameConv1d) else kind
-                if isinstance(layer, Activation):  # one reading an earlier value
-                    name = f"{layer.kind} of an earlier value"
-                if name not in names:
-                    names.append(name)
-        return tuple(names)

@@ -4,7 +4,9 @@ per 32 ms frame (512 samples in, a speech probability out; the 64-sample context
 LSTMCell state live in ``NAME_state_t``), compiled on the host and compared with torch over
 synthesized test audio (eSpeak NG speech, noise, tones and silence).
 
-``tinyrnn example --model silero-vad --out DIR`` runs it (``pip install tinyrnn[silero]``).
+``tinyrnn example --model silero-vad --out DIR [--format float32|w8a16|w16a16]`` runs it
+(``pip install tinyrnn[silero]``); the integer formats calibrate on test audio of another seed
+and check the C against the bit-exact integer reference as well.
 """
 
 from __future__ import annotations
@@ -180,18 +182,50 @@ def test_audio(min_frames: int = 1000, seed: int = 0) -> np.ndarray:
 # The example
 
 
+FORMATS = ("float32", "w8a16", "w16a16")
+
+
 def main(out_dir: Path, board: str = "mps2-an386", fmt: str = "float32") -> int:
-    """Rebuild, export, compile on the host, compare with torch per frame; report."""
+    """Rebuild, export, compile on the host, compare with torch per frame; report. OK: float32
+    within 1e-5 of torch with no decision flipped; an integer format equal to the bit-exact
+    integer reference on every frame (its error against torch is printed, not judged)."""
     from .outputs import output_folder
 
-    if fmt != "float32":
-        raise TinyRNNError(f"the Silero VAD example runs in float32 only: the {fmt} format has "
-                           "no lowering of the frame front-end yet (--format float32)")
+    if fmt not in FORMATS:
+        raise TinyRNNError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     with output_folder(out_dir, "--out") as work:
-        return _run(work, Path(out_dir))
+        return _run(work, Path(out_dir), fmt)
 
 
-def _run(out_dir: Path, shown: Path) -> int:
+def calibration_frames() -> np.ndarray:
+    """The integer formats' calibration data: test audio of another seed (other noise and
+    tones, the same sentences), 400 frames."""
+    return test_audio(min_frames=400, seed=1)
+
+
+def step_arrays(frames: np.ndarray) -> list[np.ndarray]:
+    """The step module's arguments for ``frames`` (T, 512) as one sequence: x (1, T, 512), the
+    context, h and c at zero (the C starts the context at zero)."""
+    return [frames[None]] + [np.zeros((1, n), np.float32) for n in (CONTEXT, HIDDEN, HIDDEN)]
+
+
+def reference_probabilities(program, manifest: dict, frames: np.ndarray) -> np.ndarray:
+    """The bit-exact integer reference (check/reference.py) of an integer export over
+    ``frames`` from reset, as the float API returns its probabilities (T,)."""
+    from .check import reference
+    from .check.simulate import batch_from_arrays
+    from .frontend.reader import read_program
+    from .passes.quantize import formats_from_manifest, quantize
+
+    model = read_program(program)
+    q = quantize(model, manifest["format"], formats_from_manifest(model,
+                                                                  manifest["quantization"]))
+    batch_q = reference.quantize_batch(q, batch_from_arrays(model, step_arrays(frames)))
+    out = reference.run(q, batch_q).outputs[0]
+    return reference.dequantize(q, 0, out)[0, :, 0]
+
+
+def _run(out_dir: Path, shown: Path, fmt: str) -> int:
     from .api import export_program
     from .frontend.reader import archive_bytes, load_program, trace
     from .targets.host import load
@@ -210,9 +244,15 @@ def _run(out_dir: Path, shown: Path) -> int:
           f"weights; equals the package model per frame within {vs_package:.1e} over "
           f"{len(frames)} frames; saved {shown / archive.name}")
     c_dir = out_dir / "c"
-    manifest = export_program(load_program(archive), c_dir, format="float32", name="vad")
+    program = load_program(archive)
+    calibration = None
+    if fmt != "float32":
+        calibration = step_arrays(calibration_frames())
+        print(f"calibrating {fmt} on {calibration[0].shape[1]} frames of test audio of "
+              "another seed")
+    manifest = export_program(program, c_dir, format=fmt, name="vad", calibration=calibration)
     sizes = manifest["sizes"]
-    print(f"exported {shown / c_dir.name}/vad.c, vad.h, vad.json (float32, one vad_step per "
+    print(f"exported {shown / c_dir.name}/vad.c, vad.h, vad.json ({fmt}, one vad_step per "
           f"32 ms frame; weights {sizes['weights_bytes']} B, state {sizes['state_bytes']} B, "
           f"scratch {sizes['scratch_bytes']} B)")
     c = load(c_dir)
@@ -224,8 +264,18 @@ def _run(out_dir: Path, shown: Path) -> int:
     print(f"compiled on the host with gcc -std=c99 -O2 -Wall -Wextra -Werror -pedantic; "
           f"vad_step over {len(frames)} frames of synthesized speech, noise, tones and "
           f"silence ({speech} speech frames by torch):")
+    exact = True
+    if fmt != "float32":
+        ref = reference_probabilities(program, manifest, frames)
+        exact = bool(np.array_equal(got, ref))
+        print(f"  the C equals the bit-exact integer reference on every frame: "
+              f"{'yes' if exact else 'NO'}")
     print(f"  max abs probability error vs torch {error:.2e}; decisions at {THRESHOLD} that "
           f"differ: {flips}")
-    ok = error <= 1e-5 and flips == 0 and vs_package <= 1e-5
+    # float32 must match torch; an integer format must equal its bit-exact reference (its
+    # distance from torch is the format's, reported above)
+    ok = exact and vs_package <= 1e-5
+    if fmt == "float32":
+        ok = ok and error <= 1e-5 and flips == 0
     print("RESULT: OK" if ok else "RESULT: MISMATCH")
     return 0 if ok else 1

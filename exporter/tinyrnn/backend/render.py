@@ -30,6 +30,7 @@ from ..ir import (
     Dense,
     FrameConv1d,
     FramePad,
+    Hypot,
     Model,
     PadTime,
     PoolTime,
@@ -463,6 +464,8 @@ def render(model: Model, out_dir: Path, name: str, fmt: str, options: dict,
     import torch
 
     check_name(name)
+    if quantized is not None:  # the quantizer's form of the model (fused magnitudes)
+        model = quantized.model
     digest = weights_hash(model)
     opts = ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
     quant_line = ""
@@ -588,5 +591,7 @@ def _layer_summary(layer: Any) -> dict:
     if isinstance(layer, ChannelSlice):
         return dict(kind="channel_slice", start=layer.start, stop=layer.stop,
                     in_features=layer.in_features, reads=list(layer.reads))
+    if isinstance(layer, Hypot):
+        return dict(kind="hypot", features=layer.features, reads=list(layer.reads))
     assert isinstance(layer, SelectStep)
     return dict(kind="select_step", index=layer.index)

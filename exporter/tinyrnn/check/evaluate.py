@@ -86,6 +86,8 @@ _HELPERS = {
     "sigmoid": nm.sigmoid_f, "relu": lambda v: np.maximum(v, 0.0), "tanh": nm.tanh_f,
     "clamp_q": lambda x, lo, hi: nm.clamp_q(x, int(lo), int(hi)),
     "leaky_q": lambda x, m, n: nm.leaky_q(x, int(m), int(n)), "abs_q": nm.abs_q,
+    "sqrt_q": lambda x, e: nm.sqrt_q(x, int(e)),
+    "hypot_q": lambda a, b, k: nm.hypot_q(a, b, int(k)),
     "clamp_f": lambda v, lo, hi: np.minimum(np.maximum(v, lo), hi),
     "leaky_relu_f": lambda v, slope: np.where(v < 0, v * slope, v),
     "hardsigmoid_f": lambda v: np.clip(v + 3.0, 0.0, 6.0) / 6.0,
@@ -160,10 +162,7 @@ class _Frame:
         if c.fn == "pad_time_q" or (c.fn == "frame_pad_f" and isinstance(c.args[2], Var)):
             self.pad_time(c)
             return
-        if c.fn == "frame_conv1d_f":
-            self.frame_conv1d(c)
-            return
-        if c.fn == "frame_pad_f":
+        if c.fn in ("frame_pad_f", "frame_pad_q"):
             self.frame_pad(c)
             return
         src, dst = (self.views[a.name] for a in c.args[:2])  # type: ignore[union-attr]
@@ -220,36 +219,12 @@ class _Frame:
                              self.ev.const(s_arg.name).astype(np.int64))
         y[:, :out_steps * cout] = out.reshape(x.shape[0], -1)
 
-    def frame_conv1d(self, c: Call) -> None:
-        """``frame_conv1d_f(x, y, L, L_out, w, b, c, o, kernel, groups, dilation, stride,
-        pad)`` in float64 over one frame per sample."""
-        x_arg, y_arg = c.args[:2]
-        length, out_length = (int(self.value(a)) for a in c.args[2:4])
-        w_arg, b_arg = c.args[4:6]
-        cin, cout, kernel, groups, dilation, stride, pad = (int(self.value(a))
-                                                           for a in c.args[6:])
-        assert isinstance(x_arg, Ptr) and isinstance(y_arg, Ptr) and isinstance(w_arg, Ptr)
-        x, y = self.views[x_arg.name], self.views[y_arg.name]
-        cg, og = cin // groups, cout // groups
-        w = self.ev.const(w_arg.name).astype(np.float64).reshape(cout, kernel, cg)
-        b = (self.ev.const(b_arg.name).astype(np.float64) if isinstance(b_arg, Ptr)
-             else np.zeros(cout))
-        xs = x[:, :length * cin].reshape(x.shape[0], length, cin)
-        out = np.broadcast_to(b, (x.shape[0], out_length, cout)).copy()
-        for p in range(out_length):
-            for k in range(kernel):
-                s = p * stride + k * dilation - pad
-                if 0 <= s < length:
-                    for g in range(groups):
-                        out[:, p, g * og:(g + 1) * og] += (
-                            xs[:, s, g * cg:(g + 1) * cg] @ w[g * og:(g + 1) * og, k].T)
-        y[:, :out_length * cout] = out.reshape(x.shape[0], -1)
-
     def frame_pad(self, c: Call) -> None:
-        """``frame_pad_f(x, y, L, c, left, right, mode, value)`` over one frame per sample."""
+        """``frame_pad_f``/``frame_pad_q(x, y, L, c, left, right, mode, value)`` over one frame
+        per sample."""
         x_arg, y_arg = c.args[:2]
         length, channels, left, right, mode = (int(self.value(a)) for a in c.args[2:7])
-        value = float(self.value(c.args[7]))
+        value = self.value(c.args[7])
         assert isinstance(x_arg, Ptr) and isinstance(y_arg, Ptr)
         x, y = self.views[x_arg.name], self.views[y_arg.name]
         for p in range(length + left + right):

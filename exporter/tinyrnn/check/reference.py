@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ir import Binary, FramePad, Hypot
 from ..numerics.helpers import (
     ACT_OUT,
     QFormat,
@@ -20,6 +21,7 @@ from ..numerics.helpers import (
     clamp_q,
     dot2_q,
     dot2_q32,
+    hypot_q,
     leaky_q,
     log_softmax_q,
     max_pool_q,
@@ -36,6 +38,7 @@ from ..numerics.helpers import (
     saturate,
     sigmoid_wide,
     softmax_q,
+    sqrt_q,
     sum_time_q,
     tanh_wide,
 )
@@ -47,6 +50,7 @@ from ..passes.quantize import (
     QGRULayer,
     QLSTMLayer,
     QModel,
+    QMulti,
     QPadTime,
     QPoolTime,
     QPoolWindow,
@@ -58,6 +62,7 @@ from .simulate import (
     Trace,
     check_pad,
     check_window,
+    combine,
     conv1d_taps,
     split_state,
     walk,
@@ -140,6 +145,28 @@ class IntNumerics:
             h_new = sat_shift(tanh_wide(pre), layer.out_shift)
         return h_new, (h_new,)
 
+    def combine(self, index: int, parts: list[np.ndarray]) -> np.ndarray:
+        """A layer over several values or over a step's frame, in integers: a frame conv as
+        :func:`conv1d_int` over the frame's positions; the others as :class:`QMulti` says."""
+        layer = self.q.layers[index]
+        lead = parts[0].shape[:-1]
+        if isinstance(layer, QConv1d):  # (..., L * C) frames -> (N, L, C)
+            conv = layer.ir
+            frames = parts[0].reshape(-1, conv.length, conv.in_channels)  # type: ignore[union-attr]
+            return conv1d_int(layer, frames).reshape(*lead, -1)
+        assert isinstance(layer, QMulti)
+        shifts = layer.shifts()
+        if isinstance(layer.ir, Hypot):
+            return hypot_q(parts[0], parts[1], layer.pad)
+        if isinstance(layer.ir, Binary):
+            a, b = parts
+            if layer.ir.kind == "mul":
+                return sat_shift(a * b, shifts[0])
+            return sat_shift((a << shifts[0]) + (b << shifts[1]), shifts[2])
+        moved = [p if n == 0 else sat_shift(p, n) for p, n in zip(parts, shifts)]
+        fill = layer.pad if isinstance(layer.ir, FramePad) else None
+        return combine(layer.ir, moved, fill)  # type: ignore[arg-type]
+
     def head(self, index: int, value: np.ndarray) -> np.ndarray:
         layer = self.q.layers[index]
         if isinstance(layer, QDense):
@@ -170,6 +197,8 @@ class IntNumerics:
             return leaky_q(value, layer.mult, layer.shift)
         if kind == "abs":
             return abs_q(value)
+        if kind == "sqrt":
+            return sqrt_q(value, layer.shift)
         if kind == "square":
             return requant(value * value, layer.mult, layer.shift)
         if kind in ("hardsigmoid", "hardswish"):

@@ -31,6 +31,7 @@ from ..ir import (
     Dense,
     FrameConv1d,
     FramePad,
+    Hypot,
     LSTMLayer,
     Model,
     PadTime,
@@ -103,6 +104,12 @@ class Numerics(Protocol):
 
     def initial_state(self, batch: Batch) -> dict[tuple[int, int], State]: ...
 
+    def combine(self, index: int, parts: list[np.ndarray]) -> np.ndarray: ...
+
+
+MULTI = (Binary, Concat, ChannelSlice, FrameConv1d, FramePad, Hypot)
+"""The layers :meth:`Numerics.combine` runs: over several values, or over a step's frame."""
+
 
 @dataclass
 class Trace:
@@ -135,16 +142,14 @@ def walk(model: Model, numerics: Numerics, batch: Batch, x: np.ndarray,
         read = [([x] + layer_outputs)[k] for k in reads(model.layers, index)]
         if isinstance(layer, Carry):
             def apply(j: int, parts: list[np.ndarray]) -> np.ndarray:
-                other = model.layers[j]
-                if isinstance(other, (Binary, Concat, ChannelSlice, FrameConv1d,
-                                      FramePad)):
-                    return combine(other, parts)
+                if isinstance(model.layers[j], MULTI):
+                    return numerics.combine(j, parts)
                 return numerics.head(j, parts[0])
             value, carried[index] = carry_sequence(
                 model, index, x, apply, lambda shape: np.zeros(shape, x.dtype),
                 lambda parts: np.concatenate(parts, axis=1))
-        elif isinstance(layer, (Binary, Concat, ChannelSlice, FrameConv1d, FramePad)):
-            value = combine(layer, read)
+        elif isinstance(layer, MULTI):
+            value = numerics.combine(index, read)
         elif isinstance(layer, RecurrentLayer):
             outs = []
             for d, direction in enumerate(layer.directions):
@@ -202,12 +207,14 @@ def carry_sequence(model: Model, index: int, x: Any, apply: Callable[[int, list]
     return cat(starts), carry[:, 0]
 
 
-def combine(layer: Binary | Concat | ChannelSlice | FrameConv1d | FramePad,
-            parts: list[np.ndarray]) -> np.ndarray:
+def combine(layer: Binary | Concat | ChannelSlice | FrameConv1d | FramePad | Hypot,
+            parts: list[np.ndarray], fill: float | int | None = None) -> np.ndarray:
     """A layer over several values (or a channel slice, a frame layer), on the last
-    (feature) axis."""
+    (feature) axis; ``fill``: a constant pad's value (default: the layer's own)."""
     if isinstance(layer, Binary):
         return parts[0] + parts[1] if layer.kind == "add" else parts[0] * parts[1]
+    if isinstance(layer, Hypot):
+        return np.sqrt(parts[0] * parts[0] + parts[1] * parts[1])
     lead = parts[0].shape[:-1]
     if isinstance(layer, Concat):
         return np.concatenate([p.reshape(*lead, layer.length, -1) for p in parts],
@@ -218,27 +225,11 @@ def combine(layer: Binary | Concat | ChannelSlice | FrameConv1d | FramePad,
     frames = parts[0].reshape(-1, layer.length, parts[0].shape[-1] // layer.length)
     if isinstance(layer, FramePad):
         mode = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}[layer.mode]
-        fill = {"constant_values": layer.value} if layer.mode == "constant" else {}
-        out = np.pad(frames, ((0, 0), (layer.left, layer.right), (0, 0)), mode=mode, **fill)
+        value = layer.value if fill is None else fill
+        extra = {"constant_values": value} if layer.mode == "constant" else {}
+        out = np.pad(frames, ((0, 0), (layer.left, layer.right), (0, 0)), mode=mode, **extra)
         return out.reshape(*lead, -1)
-    return frame_conv1d_float(layer, frames).reshape(*lead, -1)
-
-
-def frame_conv1d_float(layer: FrameConv1d, x: np.ndarray) -> np.ndarray:
-    """torch's Conv1d over the positions of frames ``x`` (N, L, C) in float64 -> (N, L_out, O)."""
-    xp = np.pad(x.astype(np.float64), ((0, 0), (layer.pad_left, layer.pad_right), (0, 0)))
-    cg, og = layer.in_channels // layer.groups, layer.out_channels // layer.groups
-    w = layer.weight.data.astype(np.float64)
-    out = np.zeros((x.shape[0], layer.out_length, layer.out_channels))
-    if layer.bias is not None:
-        out += layer.bias.data
-    for p in range(layer.out_length):
-        for k in range(layer.kernel):
-            s = p * layer.stride + k * layer.dilation
-            for g in range(layer.groups):
-                out[:, p, g * og:(g + 1) * og] += (xp[:, s, g * cg:(g + 1) * cg]
-                                                   @ w[g * og:(g + 1) * og, :, k].T)
-    return out
+    return conv1d_float(layer, frames).reshape(*lead, -1)  # a frame is a short sequence
 
 
 def split_state(model: Model, flat: np.ndarray, k: int) -> dict[tuple[int, int], np.ndarray]:
@@ -326,6 +317,9 @@ class FloatNumerics:
         h_new = (1.0 - z) * n + z * h
         return h_new, (h_new,)
 
+    def combine(self, index: int, parts: list[np.ndarray]) -> np.ndarray:
+        return combine(self.model.layers[index], parts)  # type: ignore[arg-type]
+
     def head(self, index: int, value: np.ndarray) -> np.ndarray:
         layer = self.model.layers[index]
         if isinstance(layer, Dense):
@@ -367,7 +361,7 @@ POINTWISE = {
 """The element-wise activations beyond relu/tanh/sigmoid, in float64 (as torch defines them)."""
 
 
-def conv1d_taps(layer: Conv1d, x: np.ndarray) -> np.ndarray:
+def conv1d_taps(layer: Conv1d | FrameConv1d, x: np.ndarray) -> np.ndarray:
     """The taps each output step of ``layer`` reads from ``x`` (B, T, C): (B, T_out, kernel, C),
     zeros where a tap falls in the padding (torch's formula for T_out)."""
     batch, steps, _ = x.shape
@@ -382,7 +376,7 @@ def conv1d_taps(layer: Conv1d, x: np.ndarray) -> np.ndarray:
                      for k in range(layer.kernel)], axis=2)
 
 
-def conv1d_float(layer: Conv1d, x: np.ndarray) -> np.ndarray:
+def conv1d_float(layer: Conv1d | FrameConv1d, x: np.ndarray) -> np.ndarray:
     """torch's Conv1d (cross-correlation) on ``x`` (B, T, C) in float64 -> (B, T_out, O)."""
     taps = conv1d_taps(layer, x)
     cin, cout = layer.weight.shape[1], layer.out_channels // layer.groups

@@ -485,6 +485,48 @@ def abs_q(x: ArrayLike) -> IntArray:
 
 
 
+SQRT_Q_MAX_SHIFT = 15
+
+
+def sqrt_q(x: ArrayLike, e: int) -> IntArray:
+    """``round_half_up(sqrt(x * 2**e))`` of int16s (0 for ``x <= 0``; torch gives NaN below
+    0), ``0 <= e <= 15``: x in a format of ``xf`` fraction bits gives the root in
+    ``(xf + e) / 2``. Exact: the integer root ``r`` of ``v = x * 2**e`` (< 2**30), plus one
+    when ``v - r**2 > r`` (the root is never exactly ``r + 1/2``), saturated to int16.
+    C: ``sqrt_q(int16_t x, int e)``."""
+    if not 0 <= int(e) <= SQRT_Q_MAX_SHIFT:
+        raise ValueError(f"sqrt_q needs 0 <= e <= {SQRT_Q_MAX_SHIFT}, got {e}")
+    v = np.maximum(_as_int16(x, "x"), 0) << int(e)
+    r = _isqrt(v)
+    return sat16(r + (v - r * r > r))
+
+
+HYPOT_Q_MAX_SHIFT = 15
+
+
+def _isqrt(v: IntArray) -> IntArray:
+    """``floor(sqrt(v))`` of int64s below 2**53, exact (float64 is within one of it there)."""
+    r = np.floor(np.sqrt(v.astype(np.float64))).astype(np.int64)
+    r = np.where(r * r > v, r - 1, r)
+    return np.where((r + 1) * (r + 1) <= v, r + 1, r)
+
+
+def hypot_q(a: ArrayLike, b: ArrayLike, k: int) -> IntArray:
+    """``round_half_up(sqrt(a**2 + b**2) * 2**-k)`` of int16s of one format, ``0 <= k <= 15``
+    (the result has ``k`` fraction bits fewer). Exact: ``s = a**2 + b**2 <= 2**31`` fits a
+    uint32, ``r`` its integer root; ``k = 0`` rounds up when ``s - r**2 > r``, else
+    ``(r + 2**(k-1)) >> k`` (the root's fraction never matters beyond r there); saturated to
+    int16. C: ``hypot_q(int16_t a, int16_t b, int k)``."""
+    if not 0 <= int(k) <= HYPOT_Q_MAX_SHIFT:
+        raise ValueError(f"hypot_q needs 0 <= k <= {HYPOT_Q_MAX_SHIFT}, got {k}")
+    aa, bb = _as_int16(a, "a"), _as_int16(b, "b")
+    total = aa * aa + bb * bb
+    r = _isqrt(total)
+    k = int(k)
+    out = r + (total - r * r > r) if k == 0 else (r + (1 << (k - 1))) >> k
+    return sat16(out)
+
+
 # ----------------------------------------------------------------------------------------------
 # Wide activations: Q3.20 -> sigmoid Q0.15, tanh Q0.30, by table and linear interpolation
 # ----------------------------------------------------------------------------------------------
@@ -932,8 +974,7 @@ HELPERS: tuple[Helper, ...] = (
     Helper("clamp_f"), Helper("leaky_relu_f"), Helper("hardsigmoid_f", ("clamp_f",)),
     Helper("hardswish_f", ("hardsigmoid_f",)), Helper("abs_f"), Helper("sqrt_f"),
     Helper("mean_time_f"), Helper("sum_time_f"), Helper("max_time_f"),
-    Helper("frame_conv1d_f", ("dot", "conv_window_f")), Helper("frame_pad_f"),
-    Helper("max_pool_f"), Helper("avg_pool_f"),
+    Helper("frame_pad_f"), Helper("max_pool_f"), Helper("avg_pool_f"),
     # integers
     Helper("dsp"),
     Helper("sat16"), Helper("sat16_i64", ("sat16",)),
@@ -943,7 +984,8 @@ HELPERS: tuple[Helper, ...] = (
     Helper("requant", ("sat16_i64", "rshift_round64")),
     Helper("sat_shift", ("sat16_i64", "rshift_round64")),
     Helper("relu_q"),
-    Helper("clamp_q"), Helper("leaky_q", ("requant",)), Helper("abs_q"),
+    Helper("clamp_q"), Helper("leaky_q", ("requant",)), Helper("abs_q"), Helper("isqrt32"),
+    Helper("sqrt_q", ("isqrt32",)), Helper("hypot_q", ("isqrt32",)), Helper("frame_pad_q"),
     Helper("sum_time_q", ("sat16_i64", "rshift_round64")), Helper("mean_time_q"),
     Helper("max_time_q"), Helper("max_pool_q"), Helper("avg_pool_q"),
     Helper("pad_time_q", ("rshift_round64",)),

@@ -60,7 +60,6 @@ from ..backend.plan import (
 )
 from ..backend.v6masm import V6MUnitKernel
 from ..cells import CellSpec
-from ..errors import TinyRNNError
 from ..ir import (
     Activation,
     Binary,
@@ -71,6 +70,7 @@ from ..ir import (
     Dense,
     FrameConv1d,
     FramePad,
+    Hypot,
     Model,
     PadTime,
     PoolTime,
@@ -719,7 +719,7 @@ def _lower_diagonal(fn: str, index: int, layer: Dense, q, req: _Requirements) ->
         comment=(f"{layer.name}: {what} ({n} features){formats}",),
         params=(Param("x", f"const {T} *", "in", n), Param("y", f"{T} *", "out", n)),
         named=(), prologue=(), loops=(Loop(n, body),), constants=tuple(consts.items))
-def conv_rows4(layer: Conv1d, q) -> bool:
+def conv_rows4(layer: Conv1d | FrameConv1d, q) -> bool:
     """Whether an integer Conv1d takes a blocked helper, ``conv1d_x4_w8_acc32`` (SMLAD on the
     DSP cores) or ``conv1d_x4_w16_acc64`` (SMLALD): int8 weights with int32 sums or int16
     weights with int64 sums, one group and dilation 1 (so that the taps of an output step
@@ -738,17 +738,35 @@ def lower_conv1d(p: str, index: int, layer: Conv1d, q, req: _Requirements) -> li
     one step of x (and, with dilation 1 and one group, all taps one run)."""
     fn = f"{p}_conv{index}"
     consts = _Constants()
+    what = (f"y = conv1d(x) over the whole sequence: {_conv_geometry(layer)}")
+    T = "int16_t" if q is not None else "float"
+    helper, args, formats = _conv_call(fn, layer, q, consts, req, Var("T", "int"))
+    return [Function(
+        name=fn, kind="conv", layer=index, comment=(f"{layer.name}: {what}{formats}",),
+        params=(Param("x", f"const {T} *", "in", layer.in_channels),
+                Param("y", f"{T} *", "out", layer.out_channels),
+                Param("T", "int ", "steps", 0)),
+        named=(), prologue=(Do(call(helper, *args, ctype="void"), "every step and channel"),),
+        loops=(),
+        constants=tuple(consts.items))]
+
+
+def _conv_geometry(layer: Conv1d | FrameConv1d) -> str:
+    return (f"{layer.in_channels} -> {layer.out_channels} channels, kernel {layer.kernel}, "
+            f"stride {layer.stride}, dilation {layer.dilation}, groups {layer.groups}, zero "
+            f"padding {layer.pad_left} left and {layer.pad_right} right")
+
+
+def _conv_call(fn: str, layer: Conv1d | FrameConv1d, q, consts: _Constants, req: _Requirements,
+               steps: Expr) -> tuple[str, tuple, str]:
+    """The helper call of a Conv1d over ``steps`` steps (a sequence's T, or a frame's L as a
+    literal) and its weights: ``(helper, args, formats)``; the helper is required."""
     shape = f"({layer.out_channels}, {layer.kernel}, {layer.weight.shape[1]})"
-    what = (f"y = conv1d(x) over the whole sequence: {layer.in_channels} -> "
-            f"{layer.out_channels} channels, kernel {layer.kernel}, stride {layer.stride}, "
-            f"dilation {layer.dilation}, groups {layer.groups}, zero padding {layer.pad_left} "
-            f"left and {layer.pad_right} right")
     geometry = (Lit(layer.in_channels, "int"), Lit(layer.out_channels, "int"),
                 Lit(layer.kernel, "int"), Lit(layer.groups, "int"), Lit(layer.dilation, "int"),
                 Lit(layer.stride, "int"), Lit(layer.pad_left, "int"),
                 Lit(layer.pad_right, "int"))
     if q is None:
-        T = "float"
         data = np.ascontiguousarray(layer.weight.data.transpose(0, 2, 1)).reshape(-1)
         w = consts.add(f"{fn}_w", "float", data,
                        f"{layer.weight.source} as (out, kernel, in / groups) = {shape}, float32")
@@ -757,10 +775,9 @@ def lower_conv1d(p: str, index: int, layer: Conv1d, q, req: _Requirements) -> li
             bias = Ptr(consts.add(f"{fn}_b", "float", layer.bias.data,
                                   f"{layer.bias.source}, float32"))
         helper = "conv1d_f"
-        args: tuple = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias, *geometry)
+        args: tuple = (Ptr("x"), Ptr("y"), steps, Ptr(w), bias, *geometry)
         formats = ""
     else:
-        T = "int16_t"
         part = q.acc.parts[0]
         wtype, acc_t = WEIGHT_CTYPE[q.acc.bits], ACC_CTYPE[part.acc_bits]
         rows4 = conv_rows4(layer, q)
@@ -785,23 +802,14 @@ def lower_conv1d(p: str, index: int, layer: Conv1d, q, req: _Requirements) -> li
                         f"requant shifts of {layer.weight.source}, per channel")
         if rows4:  # no groups, no dilation: those geometry arguments drop out
             helper = f"conv1d_x4_w{q.acc.bits}_acc{part.acc_bits}"
-            args = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias, Ptr(m), Ptr(sh),
+            args = (Ptr("x"), Ptr("y"), steps, Ptr(w), bias, Ptr(m), Ptr(sh),
                     *geometry[:3], *geometry[5:])
         else:
             helper = f"conv1d_w{q.acc.bits}_acc{part.acc_bits}"
-            args = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias, Ptr(m), Ptr(sh),
-                    *geometry)
+            args = (Ptr("x"), Ptr("y"), steps, Ptr(w), bias, Ptr(m), Ptr(sh), *geometry)
         formats = f"; x {q.x}, y {q.out}, exact {acc_t} sums (|sum| <= {part.bound})"
     req.helpers.add(helper)
-    return [Function(
-        name=fn, kind="conv", layer=index, comment=(f"{layer.name}: {what}{formats}",),
-        params=(Param("x", f"const {T} *", "in", layer.in_channels),
-                Param("y", f"{T} *", "out", layer.out_channels),
-                Param("T", "int ", "steps", 0)),
-        named=(), prologue=(Do(call(helper, *args, ctype="void"), "every step and channel"),),
-        loops=(),
-        constants=tuple(consts.items))]
-
+    return helper, args, formats
 
 def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirements
                      ) -> list[Function]:
@@ -955,7 +963,7 @@ def lower_pad_time(p: str, index: int, layer: PadTime, q, req: _Requirements
 _FLOAT_POINTWISE = {"relu6", "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs",
                     "square", "sqrt"}
 _INT_POINTWISE = {"relu6", "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs",
-                  "square"}
+                  "square", "sqrt"}
 
 
 def _float_pointwise(layer: Activation, x: Expr, req: _Requirements) -> Expr:
@@ -989,6 +997,10 @@ def _int_pointwise(layer: Activation, q, x: Expr, req: _Requirements
     if kind == "abs":
         req.helpers.add("abs_q")
         return call("abs_q", x, ctype="int16_t"), "|x|", []
+    if kind == "sqrt":
+        req.helpers.add("sqrt_q")
+        e = _named(q.shift, "int", "e", f"sqrt(x * 2^e) of x in {q.x} is in {q.out}")
+        return call("sqrt_q", x, e, ctype="int16_t"), "sqrt(x), exact, rounded (0 for x <= 0)", [e]
     mult = _named(q.mult, "int32_t", "mult", "M of the multiplier M * 2^-n")
     shift = _named(q.shift, "int", "shift", "... and n")
     if kind == "leaky_relu":
@@ -1016,101 +1028,140 @@ def _int_pointwise(layer: Activation, q, x: Expr, req: _Requirements
 
 
 # ---------------------------------------------------------------------------------------------
-# Values beyond the chain: residual add/mul, channel slices, cat (float32)
+# Values beyond the chain: residual add/mul, channel slices, cat, frame layers, carried values
 
 
-def _float_only(layer, q) -> None:
-    if q is not None:
-        raise TinyRNNError(f"a {type(layer).__name__} layer has no integer lowering yet; "
-                           "export in float32")
+def _moved(value: Expr, n: int, req: _Requirements) -> Expr:
+    """An int16 ``value`` into a format ``n`` fraction bits coarser (``sat_shift``; nothing
+    for ``n == 0``), as :class:`tinyrnn.passes.quantize.QMulti` says."""
+    if n == 0:
+        return value
+    req.helpers.add("sat_shift")
+    return call("sat_shift", Cast("int32_t", value), Lit(n, "int"), ctype="int16_t")
 
 
 def lower_binary(p: str, index: int, layer: Binary, q, req: _Requirements) -> list[Function]:
-    """``y = a + b`` (or ``a * b``) element-wise; ``y`` may be ``a``'s buffer."""
-    _float_only(layer, q)
+    """``y = a + b`` (or ``a * b``) element-wise; ``y`` may be ``a``'s buffer. Integers: the
+    exact int32 sum of both inputs in the finer format, or the exact product, then one
+    ``sat_shift`` into y's format."""
     n, op = layer.features, "+" if layer.kind == "add" else "*"
-    value = Bin(op, Unit("a", 0, "float"), Unit("b", 0, "float"), "float")
+    T = "int16_t" if q is not None else "float"
+    a, b = Unit("a", 0, T), Unit("b", 0, T)
+    if q is None:
+        value: Expr = Bin(op, a, b, "float")
+        formats, what = "float32", f"a {op} b"
+    else:
+        shifts = q.shifts()
+        req.helpers.add("sat_shift")
+        if layer.kind == "mul":
+            total: Expr = Bin("*", Cast("int32_t", a), Cast("int32_t", b), "int32_t")
+            what = f"a * b ({q.xs[0]} x {q.xs[1]}, exact in int32) to {q.out}"
+        else:
+            ka, kb = ((Bin("*", Cast("int32_t", v), Lit(1 << k, "int32_t"), "int32_t") if k
+                       else Cast("int32_t", v)) for v, k in ((a, shifts[0]), (b, shifts[1])))
+            total = Bin("+", ka, kb, "int32_t")
+            fine = max(q.xs[0].frac, q.xs[1].frac)
+            what = (f"a + b ({q.xs[0]} + {q.xs[1]}, exact in int32 with {fine} fraction bits) "
+                    f"to {q.out}")
+        value = call("sat_shift", total, Lit(shifts[-1], "int"), ctype="int16_t")
+        formats = f"a {q.xs[0]}, b {q.xs[1]}, y {q.out}"
     return [Function(
         name=f"{p}_{layer.kind}{index}", kind="multi", layer=index,
-        comment=(f"y = a {op} b over {n} features, float32; y and a may be the same buffer",),
-        params=(Param("a", "const float *", "in", n), Param("b", "const float *", "in", n),
-                Param("y", "float *", "out", n)),
-        named=(), prologue=(), loops=(Loop(n, (Store(Unit("y", 0, "float"), value,
-                                                      f"a {op} b"),)),),
+        comment=(f"y = a {op} b over {n} features, {formats}; y and a may be the same buffer",),
+        params=(Param("a", f"const {T} *", "in", n), Param("b", f"const {T} *", "in", n),
+                Param("y", f"{T} *", "out", n)),
+        named=(), prologue=(), loops=(Loop(n, (Store(Unit("y", 0, T), value, what),)),),
         constants=())]
 
 
 def lower_concat(p: str, index: int, layer: Concat, q, req: _Requirements) -> list[Function]:
-    """``y = cat(x0, x1, ...)`` along the features: one copy loop per part."""
-    _float_only(layer, q)
+    """``y = cat(x0, x1, ...)`` along the features: one copy loop per part (integers: each
+    part into y's format, the coarsest of theirs)."""
+    T = "int16_t" if q is not None else "float"
+    shifts = q.shifts() if q is not None else (0,) * len(layer.sizes)
     loops, offset, total = [], 0, sum(layer.sizes)
     for p_ in range(layer.length):  # a frame's positions, each (channels) of every part
         for k, size in enumerate(layer.sizes):
             at = p_ * total + offset
-            loops.append(Loop(size, (Store(Unit("y", at, "float"),
-                                           Unit(f"x{k}", p_ * size, "float"),
-                                           f"part {k}: y[{at}:{at + size}]"),)))
+            moved = f", {q.xs[k]} to {q.out}" if q is not None and shifts[k] else ""
+            loops.append(Loop(size, (Store(Unit("y", at, T),
+                                           _moved(Unit(f"x{k}", p_ * size, T), shifts[k], req),
+                                           f"part {k}: y[{at}:{at + size}]{moved}"),)))
             offset = (offset + size) % total
-    params = tuple(Param(f"x{k}", "const float *", "in", size * layer.length)
+    params = tuple(Param(f"x{k}", f"const {T} *", "in", size * layer.length)
                    for k, size in enumerate(layer.sizes))
+    formats = f"y {q.out}" if q is not None else "float32"
     return [Function(
         name=f"{p}_cat{index}", kind="multi", layer=index,
         comment=(f"y = cat({', '.join(f'x{k}' for k in range(len(layer.sizes)))}) along the "
-                 f"features: {' + '.join(map(str, layer.sizes))} = {layer.features}, float32",),
-        params=params + (Param("y", "float *", "out", layer.features),),
+                 f"features: {' + '.join(map(str, layer.sizes))} = {layer.features}, "
+                 f"{formats}",),
+        params=params + (Param("y", f"{T} *", "out", layer.features),),
         named=(), prologue=(), loops=tuple(loops), constants=())]
 
 
 def lower_channel_slice(p: str, index: int, layer: ChannelSlice, q, req: _Requirements
                         ) -> list[Function]:
-    """``y = x[start:stop]`` over the features."""
-    _float_only(layer, q)
+    """``y = x[start:stop]`` over the features (integers: x's format)."""
+    T = "int16_t" if q is not None else "float"
     width = layer.stop - layer.start
     return [Function(
         name=f"{p}_slice{index}", kind="multi", layer=index,
         comment=(f"y = x[{layer.start}:{layer.stop}] of {layer.in_features} channels"
                  + (f" at each of {layer.length} positions" if layer.length > 1 else "")
-                 + ", float32",),
-        params=(Param("x", "const float *", "in", layer.in_features * layer.length),
-                Param("y", "float *", "out", layer.features)),
+                 + (f", {q.out}" if q is not None else ", float32"),),
+        params=(Param("x", f"const {T} *", "in", layer.in_features * layer.length),
+                Param("y", f"{T} *", "out", layer.features)),
         named=(), prologue=(), loops=tuple(Loop(width, (
-            Store(Unit("y", p_ * width, "float"),
-                  Unit("x", p_ * layer.in_features + layer.start, "float"),
+            Store(Unit("y", p_ * width, T),
+                  Unit("x", p_ * layer.in_features + layer.start, T),
                   f"x[{p_ * layer.in_features + layer.start} + j]"),))
             for p_ in range(layer.length)),
         constants=())]
 
 
+def lower_hypot(p: str, index: int, layer: Hypot, q, req: _Requirements) -> list[Function]:
+    """``y = sqrt(a^2 + b^2)`` element-wise (the quantizer's fused magnitude): ``hypot_q``,
+    the exact 32-bit sum of squares and its rounded integer root; float32: ``sqrt_f``."""
+    n = layer.features
+    T = "int16_t" if q is not None else "float"
+    a, b = Unit("a", 0, T), Unit("b", 0, T)
+    named: list[Lit] = []
+    if q is None:
+        req.helpers.add("sqrt_f")
+        value: Expr = call("sqrt_f", Bin("+", Bin("*", a, a, T), Bin("*", b, b, T), T), ctype=T)
+        formats = "float32"
+    else:
+        req.helpers.add("hypot_q")
+        k = _named(q.pad, "int", "k", f"a and b in {q.xs[0]}, y in {q.out}: 2^-k")
+        named.append(k)
+        value = call("hypot_q", a, b, k, ctype=T)
+        formats = f"a and b {q.xs[0]}, y {q.out}, the sum of squares exact in uint32"
+    return [Function(
+        name=f"{p}_hypot{index}", kind="multi", layer=index,
+        comment=(f"y = sqrt(a^2 + b^2) over {n} features, {formats}",),
+        params=(Param("a", f"const {T} *", "in", n), Param("b", f"const {T} *", "in", n),
+                Param("y", f"{T} *", "out", n)),
+        named=tuple(named), prologue=(),
+        loops=(Loop(n, (Store(Unit("y", 0, T), value, "sqrt(a^2 + b^2)"),)),), constants=())]
+
+
 def lower_frame_conv1d(p: str, index: int, layer: FrameConv1d, q, req: _Requirements
                        ) -> list[Function]:
-    """A Conv1d over one step's frame (L, C) -> (L_out, O): the helper ``frame_conv1d_f`` with
-    the weights as (O, kernel, C / groups)."""
-    _float_only(layer, q)
+    """A Conv1d over one step's frame (L, C) -> (L_out, O): a frame is stored as a sequence is
+    (position-major), so it is the time-axis Conv1d's helper and integers
+    (:func:`lower_conv1d`) with T the frame's L, a literal."""
     fn = f"{p}_fconv{index}"
     consts = _Constants()
-    data = np.ascontiguousarray(layer.weight.data.transpose(0, 2, 1)).reshape(-1)
-    w = consts.add(f"{fn}_w", "float", data,
-                   f"{layer.weight.source} as (out, kernel, in / groups) = "
-                   f"({layer.out_channels}, {layer.kernel}, {layer.weight.shape[1]}), float32")
-    bias: Expr = Lit(0, "const float *", name="NULL")
-    if layer.bias is not None:
-        bias = Ptr(consts.add(f"{fn}_b", "float", layer.bias.data,
-                              f"{layer.bias.source}, float32"))
-    req.helpers.add("frame_conv1d_f")
+    T = "int16_t" if q is not None else "float"
+    helper, args, formats = _conv_call(fn, layer, q, consts, req, Lit(layer.length, "int"))
     what = (f"y = conv1d(x) over the {layer.length} positions of one frame: "
-            f"{layer.in_channels} -> {layer.out_channels} channels, kernel {layer.kernel}, "
-            f"stride {layer.stride}, dilation {layer.dilation}, groups {layer.groups}, zero "
-            f"padding {layer.pad_left} left and {layer.pad_right} right, {layer.out_length} "
-            "positions out")
-    args = (Ptr("x"), Ptr("y"), Lit(layer.length, "int"), Lit(layer.out_length, "int"), Ptr(w),
-            bias, Lit(layer.in_channels, "int"), Lit(layer.out_channels, "int"),
-            Lit(layer.kernel, "int"), Lit(layer.groups, "int"), Lit(layer.dilation, "int"),
-            Lit(layer.stride, "int"), Lit(layer.pad_left, "int"))
+            f"{_conv_geometry(layer)}, {layer.out_length} positions out")
     return [Function(
-        name=fn, kind="frame", layer=index, comment=(f"{layer.name}: {what}",),
-        params=(Param("x", "const float *", "in", layer.length * layer.in_channels),
-                Param("y", "float *", "out", layer.features)),
-        named=(), prologue=(Do(call("frame_conv1d_f", *args, ctype="void"),
+        name=fn, kind="frame", layer=index, comment=(f"{layer.name}: {what}{formats}",),
+        params=(Param("x", f"const {T} *", "in", layer.length * layer.in_channels),
+                Param("y", f"{T} *", "out", layer.features)),
+        named=(), prologue=(Do(call(helper, *args, ctype="void"),
                                 "every position and channel"),),
         loops=(), constants=tuple(consts.items))]
 
@@ -1121,34 +1172,41 @@ FRAME_PAD_MODES = {"constant": 0, "reflect": 1, "replicate": 2}
 
 def lower_frame_pad(p: str, index: int, layer: FramePad, q, req: _Requirements
                     ) -> list[Function]:
-    """Padding of one step's frame (L, C) -> (L + left + right, C): ``frame_pad_f``."""
-    _float_only(layer, q)
-    req.helpers.add("frame_pad_f")
+    """Padding of one step's frame (L, C) -> (L + left + right, C): ``frame_pad_f``, or
+    ``frame_pad_q`` in x's format with the constant quantized to it."""
+    T = "int16_t" if q is not None else "float"
+    helper = "frame_pad_q" if q is not None else "frame_pad_f"
+    req.helpers.add(helper)
     fill = f" {layer.value!r}" if layer.mode == "constant" else ""
+    value = Lit(q.pad, "int16_t") if q is not None else Lit(layer.value, "float")
+    if q is not None and layer.mode == "constant":
+        fill += f" ({q.pad} in {q.out})"
     args = (Ptr("x"), Ptr("y"), Lit(layer.length, "int"), Lit(layer.channels, "int"),
             Lit(layer.left, "int"), Lit(layer.right, "int"),
-            Lit(FRAME_PAD_MODES[layer.mode], "int"), Lit(layer.value, "float"))
+            Lit(FRAME_PAD_MODES[layer.mode], "int"), value)
     return [Function(
         name=f"{p}_pad{index}", kind="frame", layer=index,
         comment=(f"y = x padded by {layer.left} positions left and {layer.right} right "
                  f"({layer.mode}{fill}): {layer.length} positions of {layer.channels} "
-                 "channel(s), float32",),
-        params=(Param("x", "const float *", "in", layer.length * layer.channels),
-                Param("y", "float *", "out", layer.features)),
-        named=(), prologue=(Do(call("frame_pad_f", *args, ctype="void"), layer.mode),),
+                 f"channel(s), {q.out if q is not None else 'float32'}",),
+        params=(Param("x", f"const {T} *", "in", layer.length * layer.channels),
+                Param("y", f"{T} *", "out", layer.features)),
+        named=(), prologue=(Do(call(helper, *args, ctype="void"), layer.mode),),
         loops=(), constants=())]
 
 
 def lower_carry(p: str, index: int, layer: Carry, q, req: _Requirements) -> list[Function]:
     """The end of a step: the carried value's new value ``x`` into its ``NAME_state_t``
-    member ``y`` (read as the Carry layer's output by the next step)."""
-    _float_only(layer, q)
+    member ``y`` (read as the Carry layer's output by the next step); integers: one format
+    for both (the quantizer checked)."""
     n = layer.features
+    T = "int16_t" if q is not None else "float"
+    what = f"{n} int16 in {q.out}" if q is not None else f"{n} floats"
     return [Function(
         name=f"{p}_carry{index}", kind="multi", layer=index,
-        comment=(f"the carried value ({n} floats) for the next step: y = x",),
-        params=(Param("x", "const float *", "in", n), Param("y", "float *", "out", n)),
-        named=(), prologue=(Copy("y", 0, "x", n, "float"),), loops=(), constants=())]
+        comment=(f"the carried value ({what}) for the next step: y = x",),
+        params=(Param("x", f"const {T} *", "in", n), Param("y", f"{T} *", "out", n)),
+        named=(), prologue=(Copy("y", 0, "x", n, T),), loops=(), constants=())]
 
 
 def carry_buffer(index: int) -> str:
@@ -1303,6 +1361,9 @@ def _time_major(model: Model, functions: dict[int, list[Function]], fixed: bool
         if isinstance(layer, Carry):  # the state member itself, read in place
             values.append(_Value(layer.features, buffer=carry_buffer(index)))
             continue
+        if index not in functions:  # nothing reads it (lower's _unread)
+            values.append(current)
+            continue
         ins = [values[k] for k in reads(model.layers, index)]
         for fn in functions[index]:
             works = [_Value(p.size, "scratch", role=p.name) for p in fn.param("work")]
@@ -1312,7 +1373,7 @@ def _time_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             else:
                 out = _Value(fn.param("out")[0].size, "scratch")
                 calls.append(_Call(fn, ins, out, works, fn.kind == "activation"
-                                   or isinstance(layer, Binary)))
+                                   or isinstance(layer, (Binary, Hypot))))
                 current = out
         values.append(current)
     for index, new in model.carries:  # after every read of the carried values
@@ -1364,14 +1425,18 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             values.append(current)
             widths.append(width)
             continue
-        if isinstance(layer, (Binary, Concat, ChannelSlice)):
+        if index not in functions:  # nothing reads it (lower's _unread)
+            values.append(current)
+            widths.append(width)
+            continue
+        if isinstance(layer, (Binary, Concat, ChannelSlice, Hypot)):
             fn = functions[index][0]
             read = reads(model.layers, index)
             out_w = fn.param("out")[0].size
             out = _Value((steps if selected is None else 1) * out_w,
                          "seq" if selected is None else "scratch")
             calls.append(_Call(fn, [values[k] for k in read], out, [],
-                               isinstance(layer, Binary), meta=dict(
+                               isinstance(layer, (Binary, Hypot)), meta=dict(
                                    steps=length,
                                    strides=tuple(widths[k] for k in read) + (out_w,))))
             current, width = out, out_w
@@ -1497,14 +1562,32 @@ def _state_rows(model: Model, q, functions: dict[int, list[Function]], group_ind
     return tuple(rows)
 
 
+def _unread(model: Model) -> set[int]:
+    """The layers whose value nothing reads (a fused magnitude's squares and their sum): they
+    are not lowered. The last layer's value is the result; a carry's new value is read."""
+    needed = {len(model.layers)} | {new for _, new in model.carries}
+    needed |= {index + 1 for index, layer in enumerate(model.layers)
+               if isinstance(layer, Carry)}
+    for index in range(len(model.layers) - 1, -1, -1):
+        if index + 1 in needed or isinstance(model.layers[index], (RecurrentLayer, SelectStep)):
+            needed |= set(reads(model.layers, index))
+            needed.add(index + 1)
+    return {index for index in range(len(model.layers)) if index + 1 not in needed}
+
+
 def lower(model: Model, name: str, q=None) -> Plan:
     """The plan of ``model`` (``q``: its :class:`tinyrnn.passes.quantize.QModel` for the integer
     formats, None for float32)."""
     req = _Requirements()
     fixed = q is not None
+    if fixed:  # the quantizer's form of the model (fused magnitudes)
+        model = q.model
     T = "int16_t" if fixed else "float"
     functions: dict[int, list[Function]] = {}
+    unread = _unread(model)
     for index, layer in enumerate(model.layers):
+        if index in unread:
+            continue
         qlayer = q.layers[index] if fixed else None
         if isinstance(layer, RecurrentLayer):
             functions[index] = lower_recurrent(name, index, layer, qlayer, req)
@@ -1532,6 +1615,8 @@ def lower(model: Model, name: str, q=None) -> Plan:
             functions[index] = lower_pool_window(name, index, layer, qlayer, req)
         elif isinstance(layer, PadTime):
             functions[index] = lower_pad_time(name, index, layer, qlayer, req)
+        elif isinstance(layer, Hypot):
+            functions[index] = lower_hypot(name, index, layer, qlayer, req)
     whole = model.bidirectional or model.convolves or model.pools or model.windows
     schedule, buffers = (_layer_major if whole else _time_major)(model, functions, fixed)
     if model.convolves:
@@ -1553,8 +1638,10 @@ def lower(model: Model, name: str, q=None) -> Plan:
             outputs.append(Output(k, spec.role, spec.features, frac=final_frac))
         elif spec.role == "carry_n":
             index = model.carries[spec.group][0]
+            frac = q.carry_format(spec.group).frac if fixed else None
             outputs.append(Output(k, spec.role, spec.size, (StateRow(
-                carry_buffer(index), 0, spec.size, "the carried value after the last step"),)))
+                carry_buffer(index), 0, spec.size, "the carried value after the last step",
+                frac),)))
         else:
             rows = _state_rows(model, q, functions, spec.group, 0 if spec.role == "h_n" else 1)
             outputs.append(Output(k, spec.role, spec.size, rows))

@@ -44,10 +44,16 @@ from ..check.simulate import Batch, run_float, split_state, state_rows
 from ..errors import TinyRNNError
 from ..ir import (
     Activation,
+    Binary,
+    Carry,
+    ChannelSlice,
+    Concat,
     Conv1d,
     Dense,
     FrameConv1d,
+    FramePad,
     GRULayer,
+    Hypot,
     LSTMLayer,
     Model,
     PadTime,
@@ -56,6 +62,7 @@ from ..ir import (
     RecurrentLayer,
     RNNLayer,
     SelectStep,
+    reads,
 )
 from ..numerics import helpers as fp
 from ..numerics.helpers import (
@@ -202,6 +209,51 @@ def cell_formats(peak: float, median: float | None, headroom: float) -> tuple[QF
     return io, io
 
 
+def fuse_magnitudes(model: Model) -> Model:
+    """``sqrt(a**2 + b**2)`` of two channel slices of one value (an STFT's magnitude: the
+    real and imaginary channels) as one :class:`~tinyrnn.ir.Hypot` layer in place of the
+    sqrt, when nothing else reads the squares and their sum. The integer formats then sum the
+    squares exactly in 32 bits: rounded to int16 the sum loses every small magnitude (its
+    format must hold the largest one), and the sqrt spreads that error (Silero VAD: 33 dB
+    instead of the STFT's 46). The squares and the sum stay in the IR, read by nobody (the
+    lowering drops them), so layer indices and the manifest's formats keep their places."""
+    layers = list(model.layers)
+    readers: dict[int, int] = {}
+    for index in range(len(layers)):
+        for value in reads(layers, index):
+            readers[value] = readers.get(value, 0) + 1
+    for _, new in model.carries:
+        readers[new] = readers.get(new, 0) + 1
+    readers[len(layers)] = readers.get(len(layers), 0) + 1
+
+    def only(value: int, kind: type, what: str = "") -> bool:
+        layer = layers[value - 1] if value > 0 else None
+        return (isinstance(layer, kind) and readers.get(value) == 1
+                and (not what or getattr(layer, "kind", "") == what))
+
+    def root(value: int) -> int:
+        while value > 0 and isinstance(layers[value - 1], ChannelSlice):
+            value = reads(layers, value - 1)[0]
+        return value
+
+    for index, layer in enumerate(model.layers):
+        if not (isinstance(layer, Activation) and layer.kind == "sqrt"):
+            continue
+        total = reads(layers, index)[0]
+        if not only(total, Binary, "add"):
+            continue
+        squares = reads(layers, total - 1)
+        if len(set(squares)) != 2 or not all(only(v, Activation, "square") for v in squares):
+            continue
+        xa, xb = (reads(layers, v - 1)[0] for v in squares)
+        if root(xa) == root(xb) and isinstance(layers[xa - 1], ChannelSlice) \
+                and isinstance(layers[xb - 1], ChannelSlice):
+            layers[index] = Hypot(layer.features, (xa, xb))
+    if layers == list(model.layers):
+        return model
+    return replace(model, layers=tuple(layers))
+
+
 def choose_formats(model: Model, ranges: Ranges, headroom: float = HEADROOM) -> Formats:
     """Calibrated formats (with headroom) for every value the functions do not bound, and
     formats at least as fine as Q0.15 for those they bound:
@@ -213,11 +265,29 @@ def choose_formats(model: Model, ranges: Ranges, headroom: float = HEADROOM) -> 
       precision;
     - sigmoid and softmax outputs: Q0.15; relu keeps its input's format.
     """
-    current = _calibrated(ranges.input, headroom)
-    input_format = current
+    model = fuse_magnitudes(model)
+    layers = _choose(model, ranges, headroom, {})
+    # a carried value keeps the format of the value that replaces it at the end of each step
+    # (Silero's context: the input's samples), so the carry is a plain copy; a second pass
+    # settles the formats that read the carried value
+    carried = {index: layers[new - 1].out for index, new in model.carries}
+    if carried:
+        layers = _choose(model, ranges, headroom, carried)
+    return Formats(_calibrated(ranges.input, headroom), tuple(layers))
+
+
+def _choose(model: Model, ranges: Ranges, headroom: float, carried: dict[int, QFormat]
+            ) -> list[LayerFormats]:
+    """:func:`choose_formats`' formats, with the Carry layers' formats in ``carried`` (else
+    calibrated)."""
+    input_format = _calibrated(ranges.input, headroom)
+    values = [input_format]  # by value index (ir.reads): the input, then each layer's output
+    relu_peaks = _relu_peaks(model, ranges)
     layers = []
     for index, layer in enumerate(model.layers):
         peak = ranges.layers[index]
+        read = [values[k] for k in reads(model.layers, index)]
+        current = read[0]
         cell = projected = cell_io = None
         if isinstance(layer, RecurrentLayer):
             bounded = layer.spec.bounded and not layer.projected
@@ -228,8 +298,16 @@ def choose_formats(model: Model, ranges: Ranges, headroom: float = HEADROOM) -> 
                                              medians[index] if medians else None, headroom)
                 if layer.projected:
                     projected = _bounded(ranges.projected[index] or 0.0, headroom)
-        elif isinstance(layer, (Dense, Conv1d)):
+        elif isinstance(layer, (Dense, Conv1d, FrameConv1d)):
+            out = _calibrated(relu_peaks.get(index, peak), headroom)
+        elif isinstance(layer, Binary):
             out = _calibrated(peak, headroom)
+        elif isinstance(layer, Carry):
+            out = carried.get(index) or _calibrated(peak, headroom)
+        elif isinstance(layer, Concat):  # the coarsest part's format: no part saturates
+            out = min(read, key=lambda f: f.frac)
+        elif isinstance(layer, Hypot):  # never finer than a and b (hypot_q rounds down to it)
+            out = min(_calibrated(peak, headroom), current, key=lambda f: f.frac)
         elif isinstance(layer, PoolTime):  # a sum: calibrated, never finer than its input
             out = current if layer.kind != "sum" else min(
                 _calibrated(peak, headroom), current, key=lambda f: f.frac)
@@ -246,13 +324,49 @@ def choose_formats(model: Model, ranges: Ranges, headroom: float = HEADROOM) -> 
                 out = _calibrated(peak, headroom)
             elif layer.kind == "tanh":
                 out = _bounded(peak, headroom)
+            elif layer.kind == "sqrt":
+                out = sqrt_format(current, _calibrated(peak, headroom))
             else:
                 out = Q15
-        else:
+        else:  # SelectStep, ChannelSlice, FramePad: x's format
             out = current
         layers.append(LayerFormats(out, cell, projected, cell_io))
-        current = out
-    return Formats(input_format, tuple(layers))
+        values.append(out)
+    return layers
+
+
+def _relu_peaks(model: Model, ranges: Ranges) -> dict[int, float]:
+    """The layers whose value only relus read (Silero's encoder convs), each with the largest
+    relu output observed: their format need only hold the positive side. A negative value
+    then saturates, and the relu makes it 0 all the same (Silero's first conv: 281 below 0,
+    32.6 above, three bits more)."""
+    readers: dict[int, list[int]] = {}
+    for index in range(len(model.layers)):
+        for value in reads(model.layers, index):
+            readers.setdefault(value, []).append(index)
+    kept = {len(model.layers)} | {new for _, new in model.carries}
+    peaks = {}
+    for index in range(len(model.layers)):
+        users = readers.get(index + 1, [])
+        if users and index + 1 not in kept and all(
+                isinstance(model.layers[u], Activation) and model.layers[u].kind == "relu"
+                for u in users):
+            peaks[index] = max(ranges.layers[u] for u in users)
+    return peaks
+
+
+SQRT_MAX_SHIFT = fp.SQRT_Q_MAX_SHIFT
+"""``sqrt_q`` takes ``x * 2**e`` with ``0 <= e <= 15``: below 2**30, and its root below 2**15
+(an int16 without saturation, up to the rounding of the largest x)."""
+
+
+def sqrt_format(x: QFormat, calibrated: QFormat) -> QFormat:
+    """sqrt's output format: the calibrated one, kept where ``e = 2 * out.frac - x.frac`` lies
+    in ``[0, SQRT_MAX_SHIFT]`` (``sqrt(v * 2**-xf) * 2**of = sqrt(v * 2**e)``, one exact
+    integer square root). Calibration gives ``e`` near 14 (x and its root both with one bit
+    of headroom); a finer format would saturate, a coarser one only loses bits."""
+    lo, hi = -(-x.frac // 2), (x.frac + SQRT_MAX_SHIFT) // 2
+    return QFormat(ACT_BITS, min(max(calibrated.frac, lo), hi))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -486,7 +600,7 @@ class QConv1d:
     row against the taps of x that fall inside the sequence (the zero padding adds nothing),
     then ``y = requant(bias + sum, M[o], n[o])`` in ``out`` (docs/fixed-point.md, "Conv1d")."""
 
-    ir: Conv1d
+    ir: Conv1d | FrameConv1d  # a frame conv: the same sums over the frame's L positions
     acc: QAccumulator
     x: QFormat
     out: QFormat
@@ -554,9 +668,42 @@ class QSelectStep:
     x: QFormat
 
 
+@dataclass(frozen=True, eq=False)
+class QMulti:
+    """A layer over one or more int16 values that only moves or combines them (a cat, a channel
+    slice, a frame pad, a carried value, a residual add or mul): each input ``xs[k]`` is
+    brought to ``out`` by ``sat_shift(v, xs[k].frac - out.frac)`` (a copy when equal).
+
+    Binary add: ``sat_shift(a * 2**(F - a.frac) + b * 2**(F - b.frac), F - out.frac)``, F the
+    finer of the two formats (the int32 sum exact); mul: ``sat_shift(a * b, a.frac + b.frac -
+    out.frac)`` (the int32 product exact). FramePad's constant is ``pad`` in x's format.
+    Hypot: ``hypot_q(a, b, a.frac - out.frac)``, the exact 32-bit sum of squares."""
+
+    ir: Binary | Concat | ChannelSlice | FramePad | Carry | Hypot
+    xs: tuple[QFormat, ...]
+    out: QFormat
+    pad: int = 0  # FramePad: the constant in x's format; Hypot: the shift k of hypot_q
+
+    @property
+    def x(self) -> QFormat:
+        return self.xs[0]
+
+    def shifts(self) -> tuple[int, ...]:
+        """What ``sat_shift`` applies to each input (Binary: to the sum or the product)."""
+        if isinstance(self.ir, Hypot):  # a and b share one format (fuse_magnitudes)
+            return (self.xs[0].frac - self.out.frac,)
+        if isinstance(self.ir, Binary):
+            a, b = self.xs
+            if self.ir.kind == "mul":
+                return (a.frac + b.frac - self.out.frac,)
+            fine = max(a.frac, b.frac)
+            return (fine - a.frac, fine - b.frac, fine - self.out.frac)
+        return tuple(x.frac - self.out.frac for x in self.xs)
+
+
 QRecurrent = QLSTMLayer | QGRULayer | QRNNLayer
 QLayer = (QLSTMLayer | QGRULayer | QRNNLayer | QDense | QConv1d | QActivation | QSelectStep
-          | QPoolTime | QPoolWindow | QPadTime)
+          | QPoolTime | QPoolWindow | QPadTime | QMulti)
 
 
 @dataclass(frozen=True, eq=False)
@@ -597,12 +744,19 @@ class QModel:
             out += [fmt] * len(layer.directions)
         return out
 
+    def carry_format(self, k: int) -> QFormat:
+        """The format of the model's ``k``-th carried value (:attr:`Model.carries`)."""
+        return self.out_format(self.model.carries[k][0])
+
     def input_row_formats(self) -> list[tuple[str, list[QFormat], int]]:
         """``(role, per-row formats, row size)`` for each forward input (see docs/c-api.md)."""
         rows = []
+        carries = iter(range(len(self.model.carries)))
         for spec in self.model.inputs:
             if spec.role == "x":
                 rows.append(("x", [self.input], spec.features))
+            elif spec.role == "carry":
+                rows.append(("carry", [self.carry_format(next(carries))], spec.size))
             else:
                 k = 0 if spec.role == "h0" else 1
                 fmts = self.state_formats(self.model.state_group, k)
@@ -615,6 +769,8 @@ class QModel:
         for spec in self.model.outputs:
             if spec.role in ("sequence", "vector"):
                 rows.append((spec.role, [self.final_format], spec.features))
+            elif spec.role == "carry_n":
+                rows.append((spec.role, [self.carry_format(spec.group)], spec.size))
             else:
                 fmts = self.state_formats(spec.group, 0 if spec.role == "h_n" else 1)
                 rows.append((spec.role, fmts, spec.size // len(fmts)))
@@ -697,15 +853,15 @@ def _direction(layer: RecurrentLayer, index: int, d: int, x: QFormat, h: QFormat
     return QDirection(direction.reverse, tuple(accs), proj)
 
 
-def conv_rows(layer: Conv1d) -> np.ndarray:
+def conv_rows(layer: Conv1d | FrameConv1d) -> np.ndarray:
     """torch's (out, in / groups, kernel) weights as one row per output channel, (kernel,
     in / groups) flattened: the taps one after the other, each tap's channels contiguous."""
     w = layer.weight.data
     return np.ascontiguousarray(w.transpose(0, 2, 1)).reshape(w.shape[0], -1)
 
 
-def quantize_conv1d(layer: Conv1d, index: int, x: QFormat, out: QFormat, bits: int
-                    ) -> QConv1d:
+def quantize_conv1d(layer: Conv1d | FrameConv1d, index: int, x: QFormat, out: QFormat,
+                    bits: int) -> QConv1d:
     """A Conv1d's weights with one scale per output channel (as a Linear's rows), its bias in
     accumulator units, its requantization to the calibrated output format."""
     b = layer.bias.data if layer.bias is not None else None
@@ -731,12 +887,15 @@ def quantize(model: Model, format: str, formats: Formats, ranges: Ranges | None 
     """Quantize ``model``'s weights for ``format`` (w8a16 or w16a16) and the given formats."""
     if format not in WEIGHT_BITS:
         raise TinyRNNError(f"{format!r} is not an integer format ({', '.join(WEIGHT_BITS)})")
-    current = formats.input
+    model = fuse_magnitudes(model)
+    values = [formats.input]  # by value index (ir.reads)
     layers: list[QLayer] = []
     for index, layer in enumerate(model.layers):
         lf = formats.layers[index]
         bits = layer_weight_bits(format, lf)  # every branch's weights: 8 or 16 bits
         where = f"layer {index}"
+        read = [values[k] for k in reads(model.layers, index)]
+        current = read[0]
         if isinstance(layer, RecurrentLayer):
             h = lf.out
             if isinstance(layer, LSTMLayer):
@@ -785,8 +944,17 @@ def quantize(model: Model, format: str, formats: Formats, ranges: Ranges | None 
                 "dense", [(layer.weight.data, current.step, 0, layer.weight.source, b, b_src)],
                 lf.out, bits, f"layer {index} (Linear {layer.name})")
             layers.append(QDense(layer, acc, current, lf.out))
-        elif isinstance(layer, Conv1d):
+        elif isinstance(layer, (Conv1d, FrameConv1d)):
             layers.append(quantize_conv1d(layer, index, current, lf.out, bits))
+        elif isinstance(layer, Carry):  # read in place; its new value replaces it as is
+            new = formats.layers[dict(model.carries)[index] - 1].out
+            if new != lf.out:
+                raise TinyRNNError(
+                    f"{where} (a carried value): its format {lf.out} differs from that of the "
+                    f"value that replaces it ({new}); export this model with --format float32")
+            layers.append(QMulti(layer, (lf.out,), lf.out))
+        elif isinstance(layer, (Binary, Concat, ChannelSlice, FramePad, Hypot)):
+            layers.append(_multi(layer, index, tuple(read), lf.out))
         elif isinstance(layer, Activation):
             if layer.kind in ("sigmoid", "tanh"):
                 shift = _check_shift(current.frac - ACT_WIDE.frac, -40, 40, where)
@@ -824,9 +992,31 @@ def quantize(model: Model, format: str, formats: Formats, ranges: Ranges | None 
         else:
             assert isinstance(layer, SelectStep)
             layers.append(QSelectStep(layer, current))
-        current = lf.out
+        values.append(lf.out)
     return QModel(model, format, WEIGHT_BITS[format], formats.input, tuple(layers), formats,
                   ranges)
+
+
+def _multi(layer: Binary | Concat | ChannelSlice | FramePad | Carry | Hypot, index: int,
+           xs: tuple[QFormat, ...], out: QFormat) -> QMulti:
+    """A :class:`QMulti`, its shifts checked (``sat_shift`` takes ``|n| <= 31``; a Binary add
+    aligns the two inputs in int32: at most 15 bits apart)."""
+    pad = 0
+    if isinstance(layer, FramePad) and layer.mode == "constant":
+        pad = int(xs[0].quantize(np.float32(layer.value)))
+    q = QMulti(layer, xs, out, pad)
+    shifts = q.shifts()
+    where = f"layer {index} ({type(layer).__name__})"
+    if isinstance(layer, Binary) and layer.kind == "add":
+        for n in shifts[:2]:
+            _check_shift(n, 0, ACT_BITS - 1, where)
+    if isinstance(layer, Hypot):
+        assert xs[0] == xs[1], "fuse_magnitudes pairs slices of one value"
+        return QMulti(layer, xs, out, _check_shift(shifts[0], 0, fp.HYPOT_Q_MAX_SHIFT, where))
+    _check_shift(shifts[-1], -fp.SAT_SHIFT_MAX, fp.SAT_SHIFT_MAX, where)
+    for n in shifts[:-1] if not isinstance(layer, Binary) else ():
+        _check_shift(n, -fp.SAT_SHIFT_MAX, fp.SAT_SHIFT_MAX, where)
+    return q
 
 
 _POINTWISE = {"relu6", "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs", "square",
@@ -837,7 +1027,7 @@ def _pointwise(layer: Activation, index: int, x: QFormat, out: QFormat) -> QActi
     """The integer constants of an element-wise function other than relu/sigmoid/tanh:
     clamp bounds in x's format (relu6, hardtanh), or one multiplier ``M * 2^-n`` (leaky_relu:
     the slope; hardsigmoid and hardswish: ``x / 6`` into Q0.15; square: ``x * x`` into the
-    output format). sqrt has no integer form."""
+    output format); sqrt: the shift of :func:`sqrt_format`."""
     where = f"layer {index} ({layer.kind})"
     kind = layer.kind
     if kind in ("relu6", "hardtanh"):
@@ -846,9 +1036,9 @@ def _pointwise(layer: Activation, index: int, x: QFormat, out: QFormat) -> QActi
         return QActivation(layer, x, out, low=low, high=high)
     if kind == "abs":
         return QActivation(layer, x, out)
-    if kind == "sqrt":
-        raise TinyRNNError(f"{where}: sqrt has no integer form in tinyrnn yet; export this "
-                           "model with --format float32 (format='float32')")
+    if kind == "sqrt":  # sqrt_q(x, e): the exact root of x * 2**e, rounded (sqrt_format)
+        return QActivation(layer, x, out, shift=_check_shift(2 * out.frac - x.frac, 0,
+                                                             SQRT_MAX_SHIFT, where))
     if kind == "leaky_relu":
         real = layer.slope
     elif kind == "square":
@@ -932,7 +1122,7 @@ def manifest_section(q: QModel) -> dict:
             entry["kind"] = "dense"
             entry["accumulator"] = _acc_summary(layer.acc)
         elif isinstance(layer, QConv1d):
-            entry["kind"] = "conv1d"
+            entry["kind"] = "frame_conv1d" if isinstance(layer.ir, FrameConv1d) else "conv1d"
             entry["accumulator"] = _acc_summary(layer.acc)
         elif isinstance(layer, QActivation):
             entry["kind"] = layer.ir.kind
@@ -942,6 +1132,8 @@ def manifest_section(q: QModel) -> dict:
                 entry["clamp"] = [layer.low, layer.high]
             if layer.mult:
                 entry["multiplier"] = dict(M=layer.mult, shift=layer.shift)
+            if layer.ir.kind == "sqrt":
+                entry["sqrt_shift"] = layer.shift
         elif isinstance(layer, QPoolTime):
             entry["kind"] = f"{layer.ir.kind}_time"
         elif isinstance(layer, QPoolWindow):
@@ -950,6 +1142,14 @@ def manifest_section(q: QModel) -> dict:
             entry["kind"] = "pad_time"
             entry["value"] = layer.value
             entry["shift"] = layer.shift
+        elif isinstance(layer, QMulti):
+            ir = layer.ir
+            entry["kind"] = ir.kind if isinstance(ir, Binary) else {
+                Concat: "cat", ChannelSlice: "channel_slice", FramePad: "frame_pad",
+                Carry: "carry", Hypot: "hypot"}[type(ir)]
+            entry["inputs"] = [_fmt(x) for x in layer.xs]
+            if isinstance(ir, FramePad) and ir.mode == "constant":
+                entry["pad_value"] = layer.pad
         else:
             entry["kind"] = "select_step"
         layers.append(entry)
@@ -1028,10 +1228,10 @@ def interface_section(q: QModel) -> dict:
 
 __all__ = [
     "Formats", "LayerFormats", "QAccumulator", "QActivation", "QConv1d", "QDense", "QDirection",
-    "QGRULayer", "QLSTMLayer", "QModel", "QPadTime", "QPart", "QPoolTime", "QPoolWindow",
-    "QRNNLayer", "QSelectStep",
+    "QGRULayer", "QLSTMLayer", "QModel", "QMulti", "QPadTime", "QPart", "QPoolTime",
+    "QPoolWindow", "QRNNLayer", "QSelectStep",
     "Ranges",
     "WEIGHT_BITS", "calibrate", "check_layer_formats", "choose_formats", "formats_from_manifest",
-    "interface_section", "layer_name", "layer_weight_bits", "manifest_section", "quantize",
-    "quantize_conv1d", "state_rows", "weight_overrides", "with_weight_bits",
+    "fuse_magnitudes", "interface_section", "layer_name", "layer_weight_bits", "manifest_section",
+    "quantize", "quantize_conv1d", "state_rows", "weight_overrides", "with_weight_bits",
 ]
