@@ -101,10 +101,12 @@ def _example(args: argparse.Namespace) -> int:
     if args.model == "silero-vad":
         from .vad_example import main as vad_main
 
-        return vad_main(Path(args.out), board=args.board, fmt=args.format or "float32")
+        return vad_main(Path(args.out), board=args.board, fmt=args.format or "float32",
+                        layer_formats=layer_formats_from_args(args.layer_format))
     from .example import main as example_main
 
-    return example_main(Path(args.out), board=args.board, fmt=args.format or "w8a16")
+    return example_main(Path(args.out), board=args.board, fmt=args.format or "w8a16",
+                        layer_formats=layer_formats_from_args(args.layer_format))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default=None, choices=("w8a16", "w16a16", "float32"),
                    help="number format of the export (default: w8a16 for gesture, float32 "
                         "for silero-vad)")
+    p.add_argument("--layer-format", action="append", default=None, metavar="NAME=FORMAT",
+                   help="as for export: other weight bits for a layer of an integer export, "
+                        "e.g. --layer-format stft_conv=w16a16 (repeatable)")
     p.set_defaults(func=_example)
 
     # the board (cross.py) and measurement (profile.py, report.py) commands

@@ -185,16 +185,19 @@ def test_audio(min_frames: int = 1000, seed: int = 0) -> np.ndarray:
 FORMATS = ("float32", "w8a16", "w16a16")
 
 
-def main(out_dir: Path, board: str = "mps2-an386", fmt: str = "float32") -> int:
+def main(out_dir: Path, board: str = "mps2-an386", fmt: str = "float32",
+         layer_formats: dict[str, str] | None = None) -> int:
     """Rebuild, export, compile on the host, compare with torch per frame; report. OK: float32
     within 1e-5 of torch with no decision flipped; an integer format equal to the bit-exact
     integer reference on every frame (its error against torch is printed, not judged)."""
     from .outputs import output_folder
+    from .passes.quantize import check_layer_formats
 
     if fmt not in FORMATS:
         raise TinyRNNError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_layer_formats(fmt, layer_formats)  # before the work: a float32 export takes none
     with output_folder(out_dir, "--out") as work:
-        return _run(work, Path(out_dir), fmt)
+        return _run(work, Path(out_dir), fmt, layer_formats)
 
 
 def calibration_frames() -> np.ndarray:
@@ -225,7 +228,8 @@ def reference_probabilities(program, manifest: dict, frames: np.ndarray) -> np.n
     return reference.dequantize(q, 0, out)[0, :, 0]
 
 
-def _run(out_dir: Path, shown: Path, fmt: str) -> int:
+def _run(out_dir: Path, shown: Path, fmt: str,
+         layer_formats: dict[str, str] | None = None) -> int:
     from .api import export_program
     from .frontend.reader import archive_bytes, load_program, trace
     from .targets.host import load
@@ -250,9 +254,11 @@ def _run(out_dir: Path, shown: Path, fmt: str) -> int:
         calibration = step_arrays(calibration_frames())
         print(f"calibrating {fmt} on {calibration[0].shape[1]} frames of test audio of "
               "another seed")
-    manifest = export_program(program, c_dir, format=fmt, name="vad", calibration=calibration)
+    manifest = export_program(program, c_dir, format=fmt, name="vad", calibration=calibration,
+                              layer_formats=layer_formats)
     sizes = manifest["sizes"]
-    print(f"exported {shown / c_dir.name}/vad.c, vad.h, vad.json ({fmt}, one vad_step per "
+    given = ", ".join([fmt, *(f"{k}={v}" for k, v in sorted((layer_formats or {}).items()))])
+    print(f"exported {shown / c_dir.name}/vad.c, vad.h, vad.json ({given}, one vad_step per "
           f"32 ms frame; weights {sizes['weights_bytes']} B, state {sizes['state_bytes']} B, "
           f"scratch {sizes['scratch_bytes']} B)")
     c = load(c_dir)
