@@ -705,7 +705,7 @@ def _vector_stmts(stmts: Sequence) -> tuple:
         key = (stmt.target.vector, stmt.target.offset)
         if stmt.value.ctype == stmt.target.ctype and any(  # the lane holds what memory will
                 isinstance(e, Unit) and (e.vector, e.offset) == key
-                for later in stmts[k + 1:] for e in walk(later)):
+                for later in stmts[k + 1:] for e in walk(later.value)):
             var = Var(f"stored_{stmt.target.vector}", stmt.target.ctype)
             out.append(Let(var, value, stmt.comment))
             value, stored[key] = var, var
@@ -770,17 +770,18 @@ def _vector_stage(H: int, body: list, biases: list[str | None], consts: _Constan
                 consts.items[k] = replace(const, families=const.families - {"mve"})
     outputs = tuple(s.var for s in body[:prefix] if isinstance(s, Let) and any(
         isinstance(e, Var) and e.name == s.var.name for e in middle))
+    stages = _vector_stmts(body[:prefix]), _vector_stmts(body[start:])
     lanes = {f"{how}{CTYPE_BITS[t]}" for how, t in
-             [("load", e.ctype) for e in vector if isinstance(e, Unit)]
-             + [("store", st.target.ctype) for st in body[:prefix] + body[start:]
+             [("load", e.ctype) for st in stages[0] + stages[1] for e in walk(st.value)
+              if isinstance(e, Unit)]
+             + [("store", st.target.ctype) for st in stages[0] + stages[1]
                 if isinstance(st, Store)]}
     helpers = tuple(h for h in VECTOR_HELPERS
                     if h in lanes or any(isinstance(e, Call) and e.fn == h for e in vector))
     req.mve_helpers.update(helpers)
     return VectorStage(MVE_LANES, prefix, len(body) - start, tuple(rows.items()), outputs,
                        helpers, tuple(rows[b] if b is not None else None for b in biases),
-                       _vector_stmts(body[:prefix]), _vector_stmts(body[start:]),
-                       start > prefix, H)
+                       *stages, start > prefix, H)
 
 
 def _scalar_only_helpers(functions: dict[int, list[Function]], req: _Requirements
