@@ -245,6 +245,22 @@ class Copy:
 
 Stmt = Let | Store | Do | Copy
 
+
+def walk(node: Stmt | Expr):
+    """Every expression in ``node`` (a statement or an expression), outermost first."""
+    if isinstance(node, Let | Store):
+        if isinstance(node, Store):
+            yield node.target
+        yield from walk(node.value)
+    elif isinstance(node, Do):
+        yield from walk(node.call)
+    elif not isinstance(node, Copy):
+        yield node
+        children = (node.args if isinstance(node, Call) else (node.a, node.b)
+                    if isinstance(node, Bin) else (node.a,) if isinstance(node, Cast) else ())
+        for child in children:
+            yield from walk(child)
+
 # ---------------------------------------------------------------------------------------------
 # Unit sums: the matrix-vector products of a recurrent layer, per kernel family
 
@@ -294,6 +310,42 @@ class UnitSums:
 
 
 @dataclass(frozen=True)
+class VectorStage:
+    """MVE builds run a recurrent loop in blocks of ``lanes`` units: the MVE kernel's sums of
+    each unit of the block, then the body's first ``prefix`` statements once for the whole
+    block, one unit per 32-bit lane of a Helium vector (each helper call as its vector form
+    ``v_NAME``, equal to the scalar helper lane by lane: ``numerics.c.j2``), then the middle of
+    the body unit by unit, then its last ``suffix`` statements as vectors again (element loads
+    and stores, ``v_load16`` ... ``v_store32``, touch only the units that exist). A unit's
+    statements touch only its own elements, so running them block by block computes what the
+    unit loop does: the plan's body
+    stays the specification (:mod:`tinyrnn.check.evaluate` runs it as it is).
+
+    ``rows`` maps each per-unit constant the vector statements read (``Row.const``) to its
+    MVE copy, blocked as ``[blocks][cols * lanes]`` (element ``[b][lanes * g + u]`` is unit
+    ``lanes * b + u``'s ``[g]``, zero beyond the last unit), so one vector load reads a block's
+    lanes. ``outputs`` are the vector values the scalar rest reads, stored
+    to a lane array per block; ``helpers`` the vector helpers the statements call."""
+
+    lanes: int
+    prefix: int  # the body's first statements: vector
+    suffix: int  # its last statements: vector, after the scalar middle (reading no value of it)
+    rows: tuple[tuple[str, str], ...]  # (Row.const, its blocked MVE copy)
+    outputs: tuple[Var, ...]
+    helpers: tuple[str, ...]
+    biases: tuple[str | None, str | None]  # blocked copies of the x and h sums' biases
+    head: tuple[Stmt, ...]  # the first `prefix` statements as the vector code computes them
+    tail: tuple[Stmt, ...]  # the last `suffix` ones (dot2_q: its shifts, lower._dot2_shifts)
+
+    scalar_units: bool = True  # the unit loop runs some statements (uses j)
+    count: int = 0  # the units of the loop
+
+    @property
+    def blocked(self) -> dict[str, str]:
+        return dict(self.rows)
+
+
+@dataclass(frozen=True)
 class Loop:
     """``for (j = 0; j < count; ++j)``: the body once per unit (or output row)."""
 
@@ -302,6 +354,30 @@ class Loop:
     sums: UnitSums | None = None
     comment: str = ""
     aliases: tuple[tuple[str, str, str], ...] = ()  # (alias, const, ctype): unit j's rows
+    vector: VectorStage | None = None  # MVE builds: blocks of units, the body's head vectorized
+
+    @property
+    def head(self) -> tuple[Stmt, ...]:
+        return self.vector.head if self.vector else ()
+
+    @property
+    def middle(self) -> tuple[Stmt, ...]:
+        """The statements a vector stage leaves to the unit loop (the whole body without)."""
+        if self.vector is None:
+            return self.body
+        return self.body[self.vector.prefix:len(self.body) - self.vector.suffix]
+
+    @property
+    def tail(self) -> tuple[Stmt, ...]:
+        return self.vector.tail if self.vector else ()
+
+    @property
+    def rest_aliases(self) -> tuple[tuple[str, str, str], ...]:
+        """The aliases the body's scalar rest reads (all of them without a vector stage)."""
+        if self.vector is None:
+            return self.aliases
+        used = {e.alias for s in self.middle for e in walk(s) if isinstance(e, Row) and e.alias}
+        return tuple(a for a in self.aliases if a[0] in used)
 
 
 @dataclass(frozen=True)
@@ -331,6 +407,23 @@ class Function:
     prologue: tuple[Stmt, ...]
     loops: tuple[Loop, ...]
     constants: tuple[Const, ...]  # its arrays, printed above it
+
+    @property
+    def mve_unit_loop(self) -> bool:
+        """Whether MVE builds run a loop over single units ``j`` (not only vector stages)."""
+        return any(lp.vector is None or lp.vector.scalar_units for lp in self.loops)
+
+    @property
+    def mve_unused_named(self) -> frozenset[str]:
+        """The named constants no statement of an MVE build reads (the vector statements' own
+        forms replaced them: a dot2_q's factors and shift)."""
+        if not any(lp.vector for lp in self.loops):
+            return frozenset()
+        stmts = [s for lp in self.loops
+                 for s in (lp.head + lp.middle + lp.tail if lp.vector else lp.body)]
+        used = {e.name for s in (*self.prologue, *stmts) for e in walk(s)
+                if isinstance(e, Lit) and e.name}
+        return frozenset(n.name for n in self.named if n.name not in used)
 
     def param(self, role: str) -> tuple[Param, ...]:
         return tuple(p for p in self.params if p.role == role)
@@ -468,6 +561,8 @@ class Plan:
     v6m_kernels: tuple = ()  # tinyrnn.backend.v6masm.V6MUnitKernel, each once
     v6m_constants: tuple[Const, ...] = ()
     mve_kernels: tuple[tuple[int, int, int], ...] = ()  # (G, bits, acc) of the MVE C kernels
+    mve_helpers: tuple[str, ...] = ()  # the vector helpers of VectorStage (v_NAME), in order
+    scalar_only_helpers: tuple[str, ...] = ()  # helpers MVE builds never call (#if !MVE)
     fpu_kernels: tuple = ()  # tinyrnn.backend.fpuasm.FloatUnitKernel, each once
     buffers: tuple[Buffer, ...] = ()
     schedule: Schedule | None = None

@@ -156,7 +156,8 @@ def _const_view(c: Const, P: str, present: tuple[str, ...]) -> dict:
 
 def _function_view(fn: Function, P: str, present: tuple[str, ...]) -> dict:
     return dict(name=fn.name, comment=fn.comment, params=fn.params, named=fn.named,
-                prologue=fn.prologue, loops=fn.loops,
+                prologue=fn.prologue, loops=fn.loops, mve_unit_loop=fn.mve_unit_loop,
+                mve_unused_named=fn.mve_unused_named,
                 constants=[_const_view(c, P, present) for c in fn.constants])
 
 
@@ -276,7 +277,7 @@ def _kernels_view(plan: Plan) -> dict:
                 else "static inline",
                 define_dsp=bool(dsp) and "dsp" not in plan.helpers,  # else the helpers do
                 c_guard=_guard(P, union, present) if c else "",
-                assembly=assembly, mve=mve)
+                assembly=assembly, mve=mve, mve_helpers=plan.mve_helpers)
 
 
 def _assembly_view(plan: Plan) -> list[dict]:
@@ -349,7 +350,7 @@ def context(plan: Plan, provenance: str, api: c_interface.CInterface) -> dict:
     return dict(
         p=p, P=P, hp=HELPER_PREFIX, name=p, guard=f"{P}_H", provenance=provenance, api=api,
         fixed=plan.fixed, T=plan.T, q=q, helpers=plan.helpers, uses_math=uses_math,
-        portable_helpers=plan.portable_helpers,
+        portable_helpers=plan.portable_helpers, scalar_only_helpers=plan.scalar_only_helpers,
         family_macros={f: f"{P}_{FAMILY_MACROS[f]}" for f in present if f != "c"},
         kernels=_kernels_view(plan),
         functions=[_function_view(fn, P, present) for fn in plan.functions],

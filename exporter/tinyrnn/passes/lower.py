@@ -57,6 +57,8 @@ from ..backend.plan import (
     Unit,
     UnitSums,
     Var,
+    VectorStage,
+    walk,
 )
 from ..backend.v6masm import V6MUnitKernel
 from ..cells import CellSpec
@@ -203,6 +205,7 @@ class _Requirements:
     fpu: set[FloatUnitKernel] = field(default_factory=set)
     v6m_constants: list[Const] = field(default_factory=list)
     mve: set[tuple[int, int, int]] = field(default_factory=set)  # (G, bits, acc)
+    mve_helpers: set[str] = field(default_factory=set)  # the vector helpers (VectorStage)
 
 
 def lower_recurrent(p: str, index: int, layer: RecurrentLayer, q, req: _Requirements
@@ -594,9 +597,12 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
         named.append(out)
         body.append(Store(Unit("h", 0, "int16_t"), value, spec.math[0]))
 
+    vector = None
+    if mve is not None and all(s.acc_ctype == "int32_t" for s in sum_sides):
+        vector = _vector_stage(H, body, [side.bias for side in sum_sides], consts, req)
     loops = [Loop(H, tuple(body), sums,
                   f"the {', '.join(names)} rows of unit j: x part and h part, exact",
-                  tuple(aliases[a] for a in sorted(aliases)))]
+                  tuple(aliases[a] for a in sorted(aliases)), vector)]
     if layer.projected:
         assert qd.proj is not None and direction.w_proj is not None
         w_name = consts.add(f"{fn}_w_proj", wtype, qd.proj.parts[0].weights,
@@ -614,6 +620,196 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
         named=tuple(named),
         prologue=(Copy("xh", 0, "x", I, "int16_t"), Copy("xh", I4, "h", P, "int16_t")),
         loops=tuple(loops), constants=tuple(consts.items))
+
+
+MVE_LANES = 4
+"""Units per block of a :class:`~tinyrnn.backend.plan.VectorStage`: one int32 per lane of a
+128-bit Helium vector."""
+VECTOR_HELPERS = ("load16", "load32", "store16", "store32", "mmulr", "mmlar", "sat24_32",
+                  "sigmoid_wide", "tanh_wide", "mul_q30_hi", "sat_shift", "relu_q", "dot2_q")
+"""The helpers with a Helium form ``v_NAME`` (templates/numerics.c.j2) equal lane by lane."""
+LANE_CTYPES = ("int16_t", "int32_t")
+CTYPE_BITS = {"int16_t": 16, "int32_t": 32}
+
+
+def _vectorizable(e: Expr, known: set[str]) -> bool:
+    """Whether the MVE vector statements compute ``e`` in 32-bit lanes exactly as the scalar C
+    does: int16 and int32 values (an int16 is an int32 lane holding the same number), sums,
+    per-unit constants and vector elements of those types, a cast to int32 (nothing to do),
+    ``+`` and ``*`` in int32 (the C's own type: no wider intermediate) and the helpers of
+    :data:`VECTOR_HELPERS`; ``known`` names the values the vector statements computed."""
+    if isinstance(e, Var):
+        return e.name in known
+    if isinstance(e, (Lane, Row)):
+        return e.ctype == "int32_t"
+    if isinstance(e, Unit):
+        return e.ctype in LANE_CTYPES
+    if isinstance(e, Lit):
+        return e.ctype in ("int32_t", "int")
+    if isinstance(e, Cast):
+        return e.ctype == "int32_t" and e.a.ctype in LANE_CTYPES and _vectorizable(e.a, known)
+    if isinstance(e, Call) and e.fn == "dot2_q":
+        return _dot2_shifts(e) is not None and all(
+            _vectorizable(e.args[k], known) for k in (0, 1, 3, 4))
+    if isinstance(e, Call):
+        return e.fn in VECTOR_HELPERS and all(_vectorizable(a, known) for a in e.args)
+    if isinstance(e, Bin):
+        return (e.op in "+*" and e.ctype == "int32_t" and _vectorizable(e.a, known)
+                and _vectorizable(e.b, known))
+    return False
+
+
+def _dot2_shifts(e: Call) -> tuple[int, int] | None:
+    """``dot2_q(a, b, 2^A, c, d, 2^C, s)`` in 32-bit lanes (``v_dot2_q``: the sum scaled by
+    ``2^(32 - s)``, split at bit 32) takes the shifts ``A + 32 - s`` in 1..31 and
+    ``C + 32 - s`` in 0..16 (``c`` shifted by it stays an int32); None when they fall outside."""
+    ka, kc, shift = (int(a.value) if isinstance(a, Lit) else None for a in
+                     (e.args[2], e.args[5], e.args[6]))
+    if ka is None or kc is None or shift is None or shift > 32:
+        return None
+    up_a, up_c = ka.bit_length() - 1 + 32 - shift, kc.bit_length() - 1 + 32 - shift
+    return (up_a, up_c) if 1 <= up_a <= 31 and 0 <= up_c <= 16 else None
+
+
+def _vector_form(e: Expr, stored: dict | None = None) -> Expr:
+    """``e`` as the vector statements compute it: ``dot2_q`` takes its two shifts
+    (:func:`_dot2_shifts`) in place of the factors and the shift, and an element the vector
+    statements stored before is that stored value (``stored``: (vector, offset) -> Var), not
+    read back from memory (one load less)."""
+    stored = stored or {}
+    if isinstance(e, Unit) and (e.vector, e.offset) in stored:
+        return stored[(e.vector, e.offset)]
+    if isinstance(e, Call):
+        args = tuple(_vector_form(a, stored) for a in e.args)
+        if e.fn == "dot2_q":
+            shifts = _dot2_shifts(e)
+            assert shifts is not None
+            args = (args[0], args[1], args[3], args[4], Lit(shifts[0], "int"),
+                    Lit(shifts[1], "int"))
+        return Call(e.fn, args, e.ctype)
+    if isinstance(e, Bin):
+        return Bin(e.op, _vector_form(e.a, stored), _vector_form(e.b, stored), e.ctype)
+    if isinstance(e, Cast):
+        return Cast(e.ctype, _vector_form(e.a, stored))
+    return e
+
+
+def _vector_stmts(stmts: Sequence) -> tuple:
+    """``stmts`` as the vector statements run them (:func:`_vector_form`); a store of a value
+    of the element's own type first names it (``stored_NAME``) when a later statement reads
+    that element."""
+    out: list = []
+    stored: dict = {}
+    for k, stmt in enumerate(stmts):
+        if isinstance(stmt, Let):
+            out.append(Let(stmt.var, _vector_form(stmt.value, stored), stmt.comment))
+            continue
+        value = _vector_form(stmt.value, stored)
+        key = (stmt.target.vector, stmt.target.offset)
+        if stmt.value.ctype == stmt.target.ctype and any(  # the lane holds what memory will
+                isinstance(e, Unit) and (e.vector, e.offset) == key
+                for later in stmts[k + 1:] for e in walk(later.value)):
+            var = Var(f"stored_{stmt.target.vector}", stmt.target.ctype)
+            out.append(Let(var, value, stmt.comment))
+            value, stored[key] = var, var
+            out.append(Store(stmt.target, value))
+        else:
+            out.append(Store(stmt.target, value, stmt.comment))
+    return tuple(out)
+
+
+def _vector_run(stmts: Sequence, known: set[str]) -> bool:
+    """Whether the vector statements compute all of ``stmts`` in order (``known`` grows by the
+    values they define): lets, and stores to int16 or int32 vector elements."""
+    for stmt in stmts:
+        if isinstance(stmt, Let) and _vectorizable(stmt.value, known):
+            known.add(stmt.var.name)
+        elif not (isinstance(stmt, Store) and stmt.target.ctype in LANE_CTYPES
+                  and _vectorizable(stmt.value, known)):
+            return False
+    return True
+
+
+def _vector_stage(H: int, body: list, biases: list[str | None], consts: _Constants,
+                  req: _Requirements) -> VectorStage | None:
+    """The MVE builds' vector statements of a recurrent loop body (:class:`VectorStage`): its
+    longest head and then its longest tail that :func:`_vector_run` accepts, the tail reading
+    no value of the scalar middle, when the middle reads no unit sum; the per-unit constants
+    they read get a blocked MVE copy, and lose their MVE build when the middle does not read
+    them. The sums' biases (``biases``: of the x and the h parts) are blocked the same way: a
+    block's sums start from them."""
+    known: set[str] = set()
+    prefix = 0
+    while prefix < len(body) and _vector_run(body[prefix:prefix + 1], known):
+        prefix += 1
+    if prefix == 0:
+        return None
+    start = next(k for k in range(prefix, len(body) + 1) if _vector_run(body[k:], set(known)))
+    middle = [e for s in body[prefix:start] for e in walk(s)]
+    if any(isinstance(e, Lane) for e in middle):
+        return None
+    vector = [e for s in body[:prefix] + body[start:] for e in walk(s)]
+    middle_rows = {e.const for e in middle if isinstance(e, Row)}
+    rows: dict[str, str] = {}
+    blocks = -(-H // MVE_LANES)
+    for name in [b for b in biases if b is not None] + [e.const for e in vector
+                                                          if isinstance(e, Row)]:
+        if name not in rows:
+            k = next(i for i, c in enumerate(consts.items) if c.name == name)
+            const = consts.items[k]
+            data = const.data.reshape(H, -1)
+            padded_ = np.zeros((blocks * MVE_LANES, data.shape[1]), dtype=data.dtype)
+            padded_[:H] = data
+            blocked = np.ascontiguousarray(
+                padded_.reshape(blocks, MVE_LANES, -1).transpose(0, 2, 1)).reshape(blocks, -1)
+            rows[name] = f"{name}_v"
+            consts.items.insert(k + 1, Const(
+                rows[name], const.ctype, blocked,
+                f"{const.name} for the MVE vector statements: blocks of {MVE_LANES} units, "
+                f"element [b][{MVE_LANES} g + u] is unit {MVE_LANES} b + u's [g] (zero beyond "
+                f"unit {H - 1})",
+                frozenset({"mve"})))
+            if name not in middle_rows:
+                consts.items[k] = replace(const, families=const.families - {"mve"})
+    outputs = tuple(s.var for s in body[:prefix] if isinstance(s, Let) and any(
+        isinstance(e, Var) and e.name == s.var.name for e in middle))
+    stages = _vector_stmts(body[:prefix]), _vector_stmts(body[start:])
+    lanes = {f"{how}{CTYPE_BITS[t]}" for how, t in
+             [("load", e.ctype) for st in stages[0] + stages[1] for e in walk(st.value)
+              if isinstance(e, Unit)]
+             + [("store", st.target.ctype) for st in stages[0] + stages[1]
+                if isinstance(st, Store)]}
+    helpers = tuple(h for h in VECTOR_HELPERS
+                    if h in lanes or any(isinstance(e, Call) and e.fn == h for e in vector))
+    req.mve_helpers.update(helpers)
+    return VectorStage(MVE_LANES, prefix, len(body) - start, tuple(rows.items()), outputs,
+                       helpers, tuple(rows[b] if b is not None else None for b in biases),
+                       *stages, start > prefix, H)
+
+
+def _scalar_only_helpers(functions: dict[int, list[Function]], req: _Requirements
+                         ) -> tuple[str, ...]:
+    """The helpers that MVE builds never call: those only the vector stages' statements call
+    (their vector forms run instead), unless another statement or helper calls them on a core
+    with the DSP extension (every MVE core has it)."""
+    vector: set[str] = set()
+    scalar: set[str] = set()
+    for fns in functions.values():
+        for fn in fns:
+            for stmt in fn.prologue:
+                scalar |= {e.fn for e in walk(stmt) if isinstance(e, Call)}
+            for lp in fn.loops:
+                v = lp.vector
+                head, tail = (v.prefix, len(lp.body) - v.suffix) if v else (0, len(lp.body))
+                for k, stmt in enumerate(lp.body):
+                    (vector if k < head or k >= tail else scalar).update(
+                        e.fn for e in walk(stmt) if isinstance(e, Call))
+    only = vector - scalar
+    if not only:
+        return ()
+    # MVE cores have the DSP extension: what the rest needs only without it, they never call
+    kept = {h.name for h, portable in nm.helper_guards(req.helpers - only) if not portable}
+    return tuple(h.name for h in nm.helper_closure(req.helpers) if h.name not in kept)
 
 
 def _requant_rows(p: str, fn: str, acc, w_name: str, source: Ptr, target: str,
@@ -1667,6 +1863,8 @@ def lower(model: Model, name: str, q=None) -> Plan:
         c_kernels=c_kernels, dsp_kernels=tuple(sorted(req.dsp)),
         v6m_kernels=tuple(req.v6m[k] for k in sorted(req.v6m)),
         v6m_constants=tuple(req.v6m_constants), mve_kernels=tuple(sorted(req.mve)),
+        mve_helpers=tuple(h for h in VECTOR_HELPERS if h in req.mve_helpers),
+        scalar_only_helpers=_scalar_only_helpers(functions, req),
         fpu_kernels=tuple(sorted(req.fpu)),
         buffers=tuple(buffers), schedule=schedule,
         input_size=model.input_size, step_output_size=model.step_output_size,

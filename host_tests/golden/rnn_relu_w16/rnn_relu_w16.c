@@ -172,17 +172,19 @@ static inline const int16_t *rnn_relu_w16_mac1_w16_acc64(const int16_t *w, const
 
 #if RNN_RELU_W16_MVE_KERNELS
 
-/* acc[r] += row r of a block of 1 weight rows (int16_t) times v over n columns, in chunks of 8 columns: per chunk the 8
- * weights of each row in column order, the last chunk padded with zero weights (passes/layout.py: mve_layout). Per
- * chunk one VLDRH.S16 of 8 activations (a last partial chunk under a VCTP.16 tail predicate: zeros, nothing read past
- * v + n), then per row one VLDRH.S16 of its 8 weights and one VMLALDAVA.S16 (8 MACs into a 64-bit sum)
- * (backend/mveasm.py). Exact: the exporter proved every partial sum fits int64_t, and the instruction adds the 8
+/* acc[r * stride] += row r of a block of 1 weight rows (int16_t) times v over n columns, in chunks of 8 columns: per
+ * chunk the 8 weights of each row in column order, the last chunk padded with zero weights (passes/layout.py:
+ * mve_layout). Per chunk one VLDRH.S16 of 8 activations (a last partial chunk under a VCTP.16 tail predicate: zeros,
+ * nothing read past v + n), then per row one VLDRH.S16 of its 8 weights and one VMLALDAVA.S16 (8 MACs into a 64-bit
+ * sum) (backend/mveasm.py). Exact: the exporter proved every partial sum fits int64_t, and the instruction adds the 8
  * products exactly, wrapping only where a C sum would; returns the next block. */
-static inline const int16_t *rnn_relu_w16_mve1_w16_acc64(const int16_t *w, const int16_t *v, int n, int64_t *acc)
+static inline const int16_t *rnn_relu_w16_mve1_w16_acc64(const int16_t *w, const int16_t *v, int n, int64_t *acc,
+                                                         int stride)
 {
     register int64_t a0 __asm__("r4") = acc[0];
     const int chunks = n / 8;
     const int rest = n % 8;
+    (void)stride; /* one row: no second sum to place */
     __asm__(
             "wls lr, %[chunks], 2f\n"
             "1:\n"
@@ -274,8 +276,8 @@ static void rnn_relu_w16_l0_fwd(const int16_t *x, int16_t *h, int16_t *xh, const
 #if RNN_RELU_W16_MVE_KERNELS
         int64_t ax[1] = { rnn_relu_w16_l0_fwd_bx[j][0] };
         int64_t ah[1] = { 0 };
-        w = rnn_relu_w16_mve1_w16_acc64(w, xh, 5, ax);
-        w = rnn_relu_w16_mve1_w16_acc64(w, xh + 8, 8, ah);
+        w = rnn_relu_w16_mve1_w16_acc64(w, xh, 5, ax, 1);
+        w = rnn_relu_w16_mve1_w16_acc64(w, xh + 8, 8, ah, 1);
 #elif RNN_RELU_W16_DSP_KERNELS
         int64_t ax[2];
         const int64_t *const ah = ax + 1;
@@ -301,11 +303,31 @@ void rnn_relu_w16_reset(rnn_relu_w16_state_t *s)
     memset(s, 0, sizeof(*s));
 }
 
+/* Helium with floats (Cortex-M55/M85 with the FPU): the conversions below take 4 values per vector */
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 2)
+#include <arm_mve.h>
+#define RNN_RELU_W16_MVE_FLOAT 1
+#else
+#define RNN_RELU_W16_MVE_FLOAT 0
+#endif
+
 /* float -> int16 for n values in the format with frac fraction bits (see tr_from_float) */
 static void rnn_relu_w16_load(const float *src, int16_t *dst, size_t n, int frac)
 {
-    size_t k;
-    for (k = 0; k < n; ++k) {
+    size_t k = 0;
+#if RNN_RELU_W16_MVE_FLOAT
+    /* 4 at once, as from_float: y = v 2^frac (exact: a power of two; too large is infinite), floor(y + 1/2) (round
+     * half up; exact wherever |y| < 2^22, and larger values saturate anyway), to int32 (NaN to 0, saturating), then
+     * sat16 (a saturating shift left by 16 and back); inputs too small to be normal give 0 either way */
+    const uint32_t bits = (uint32_t)(127 + frac) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    for (; k < (n & ~(size_t)3); k += 4) {
+        const float32x4_t y = vrndmq_f32(vaddq_n_f32(vmulq_n_f32(vld1q_f32(src + k), scale), 0.5f));
+        vstrhq_s32(dst + k, vshrq_n_s32(vqshlq_n_s32(vcvtq_s32_f32(y), 16), 16));
+    }
+#endif
+    for (; k < n; ++k) {
         dst[k] = tr_from_float(src[k], frac);
     }
 }
@@ -313,12 +335,17 @@ static void rnn_relu_w16_load(const float *src, int16_t *dst, size_t n, int frac
 /* Copy n int16 values to q, or convert them to floats (times scale = 2^-frac) into f. */
 static void rnn_relu_w16_store(const int16_t *src, size_t n, int16_t *q, float *f, size_t offset, float scale)
 {
-    size_t k;
+    size_t k = 0;
     if (q != NULL) {
         memcpy(q + offset, src, n * sizeof(int16_t));
         return;
     }
-    for (k = 0; k < n; ++k) {
+#if RNN_RELU_W16_MVE_FLOAT
+    for (; k < (n & ~(size_t)3); k += 4) {
+        vst1q_f32(f + offset + k, vmulq_n_f32(vcvtq_f32_s32(vldrhq_s32(src + k)), scale));
+    }
+#endif
+    for (; k < n; ++k) {
         f[offset + k] = (float)src[k] * scale; /* exact: scale is a power of two */
     }
 }
