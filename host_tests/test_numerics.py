@@ -21,6 +21,7 @@ from pathlib import Path
 import cffi
 import numpy as np
 import pytest
+import torch
 
 from tinyrnn.backend.render import helpers_source
 from tinyrnn.numerics import helpers as fp
@@ -452,6 +453,14 @@ void w_max_time_f(const float *x, float *y, int T, int n);
 void w_mean_time_q(const int16_t *x, int16_t *y, int T, int n);
 void w_sum_time_q(const int16_t *x, int16_t *y, int T, int n, int shift);
 void w_max_time_q(const int16_t *x, int16_t *y, int T, int n);
+void w_max_pool_q(const int16_t *x, int16_t *y, int T, int n, int kernel, int stride, int pad);
+void w_avg_pool_q(const int16_t *x, int16_t *y, int T, int n, int kernel, int stride, int pad,
+                  int include);
+void w_max_pool_f(const float *x, float *y, int T, int n, int kernel, int stride, int pad);
+void w_avg_pool_f(const float *x, float *y, int T, int n, int kernel, int stride, int pad,
+                  int include);
+void w_pad_time_q(const int16_t *x, int16_t *y, int T, int n, int left, int right, int mode,
+                  int16_t value, int shift);
 void w_frame_pad_f(const float *x, float *y, int L, int c, int left, int right, int mode,
                    float value);
 void w_conv1d_w8_acc32(const int16_t *x, int16_t *y, int T, const int8_t *w,
@@ -509,6 +518,11 @@ _BODIES = {
     **{f"w_{kind}_time_{t}": f"k = 0;\n    t_{kind}_time_{t}(x, y, T, n + k);"
        for kind in ("mean", "sum", "max") for t in ("f", "q") if (kind, t) != ("sum", "q")},
     "w_sum_time_q": "k = 0;\n    t_sum_time_q(x, y, T, n + k, shift);",
+    **{f"w_max_pool_{t}": f"k = 0;\n    t_max_pool_{t}(x, y, T, n + k, kernel, stride, pad);"
+       for t in ("f", "q")},
+    **{f"w_avg_pool_{t}": f"k = 0;\n    t_avg_pool_{t}(x, y, T, n + k, kernel, stride, pad, "
+                          "include);" for t in ("f", "q")},
+    "w_pad_time_q": "k = 0;\n    t_pad_time_q(x, y, T, n + k, left, right, mode, value, shift);",
     "w_frame_pad_f": "k = 0;\n    t_frame_pad_f(x, y, L, c, left, right, mode + k, value);",
     **{f"w_conv1d_w{w}_acc{a}": f"k = 0;\n    t_conv1d_w{w}_acc{a}(x, y, T, w, b, m, s, c, o, "
                                 "kernel, groups, dilation, stride, pad + k, pad_right);"
@@ -997,6 +1011,56 @@ def test_c_compiles_for_cortex_m4(tmp_path: Path) -> None:
     )
 
 
+
+
+POOL_WINDOWS = [(3, 2, 1, True), (3, 1, 1, False), (4, 2, 2, False), (2, 2, 0, True),
+                (5, 3, 2, True)]
+
+
+@pytest.mark.parametrize(("kernel", "stride", "pad", "include"), POOL_WINDOWS)
+def test_pooling_window_helpers_in_c(clib, kernel, stride, pad, include):
+    """MaxPool1d/AvgPool1d over time in C: the integer forms bit-exact against the numpy
+    reference on full-range int16s (the average's rounding at both signs), the float forms
+    against torch's own pooling."""
+    ffi, lib = clib
+    rng = np.random.default_rng(kernel * 100 + stride * 10 + pad)
+    T, n = 9, 3
+    xq = rng.integers(-32768, 32768, size=(T, n)).astype(np.int16)
+    xq[:, 0] = -32768
+    steps = fp.max_pool_q(xq[None], kernel, stride, pad).shape[1]
+    y = np.zeros((steps, n), np.int16)
+    lib.w_max_pool_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", y), T, n, kernel, stride,
+                     pad)
+    assert np.array_equal(y, fp.max_pool_q(xq[None], kernel, stride, pad)[0])
+    lib.w_avg_pool_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", y), T, n, kernel, stride,
+                     pad, int(include))
+    assert np.array_equal(y, fp.avg_pool_q(xq[None], kernel, stride, pad, include)[0])
+    xf = rng.normal(size=(T, n)).astype(np.float32)
+    yf = np.zeros((steps, n), np.float32)
+    xt = torch.from_numpy(xf.T.copy())[None]
+    lib.w_max_pool_f(_buf(ffi, "float", xf), _buf(ffi, "float", yf), T, n, kernel, stride, pad)
+    expected = torch.nn.functional.max_pool1d(xt, kernel, stride, pad)[0].numpy().T
+    np.testing.assert_array_equal(yf, expected)
+    lib.w_avg_pool_f(_buf(ffi, "float", xf), _buf(ffi, "float", yf), T, n, kernel, stride, pad,
+                     int(include))
+    expected = torch.nn.functional.avg_pool1d(xt, kernel, stride, pad,
+                                              count_include_pad=include)[0].numpy().T
+    np.testing.assert_allclose(yf, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("mode", "code"), [("constant", 0), ("reflect", 1), ("replicate", 2)])
+def test_pad_time_helper_in_c(clib, mode, code):
+    """pad_time_q against the numpy reference: each step shifted into the output format
+    (rounded), the constant as given, reflect and replicate at both ends."""
+    ffi, lib = clib
+    rng = np.random.default_rng(code)
+    T, n = 6, 2
+    xq = rng.integers(-32768, 32768, size=(T, n)).astype(np.int16)
+    for shift in (0, 3):
+        y = np.zeros((T + 2 + 3, n), np.int16)
+        lib.w_pad_time_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", y), T, n, 2, 3, code,
+                         -11, shift)
+        assert np.array_equal(y, fp.pad_time_q(xq[None], 2, 3, mode, -11, shift)[0]), shift
 
 
 def test_pooling_over_time_helpers_in_c(clib):
