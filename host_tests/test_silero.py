@@ -185,3 +185,22 @@ def test_integer_boards_equal_the_host_bit_for_bit(board, integer, frames, tmp_p
         got = assemble_outputs(job.model.interface, outs, 24)
         for k, (g, w) in enumerate(zip(got, want)):
             assert np.array_equal(g, w), f"{fmt} out{k} on {board}: {first_mismatch(g, w)}"
+
+
+def test_verify_names_every_frame_layer(module, integer, frames, tmp_path):
+    """`tinyrnn verify` of the w8a16 export on 16 frames: the C equals the reference, and the
+    per-layer lines name the frame layers (the carried context, the cat, the frame pad, the
+    convs over each frame) rather than failing on them."""
+    from tinyrnn.commands import verify
+    from tinyrnn.frontend.reader import archive_bytes, trace
+
+    example = (torch.zeros(1, vad.FRAME), torch.zeros(1, vad.CONTEXT),
+               torch.zeros(1, vad.HIDDEN), torch.zeros(1, vad.HIDDEN))
+    (tmp_path / "vad.pt2").write_bytes(archive_bytes(trace(module, example)))
+    result = verify(tmp_path / "vad.pt2", integer["w8a16"][2].folder,
+                    vad.step_arrays(frames[:16]))
+    assert result.ok, result.text()
+    text = result.text()
+    for phrase in ("carried value", "cat of values", "reflect padding of each frame",
+                   "Conv1d stft_conv (over each frame)", "lstm lstm_cell"):
+        assert phrase in text, (phrase, text)
