@@ -168,20 +168,20 @@ def test_integer_c_tracks_torch(fmt, integer, frames, expected):
 
 
 @pytest.mark.parametrize("board", ["mps2-an386", "mps2-an500"], ids=["m4", "m7"])
-def test_integer_boards_equal_the_host_bit_for_bit(board, integer, frames, tmp_path):
-    """Both integer exports in one image under QEMU (Cortex-M4: the DSP helpers; Cortex-M7),
-    vad_run over 24 frames from reset: the probabilities, the context and the state equal
-    the host build's bit for bit."""
+def test_the_boards_equal_the_host_bit_for_bit(board, exported, integer, frames, tmp_path):
+    """The float32 and both integer exports in one image under QEMU (Cortex-M4F: the DSP
+    helpers and the FPU window dots; Cortex-M7), vad_run over 24 frames from reset: the
+    probabilities, the context and the state equal the host build's bit for bit."""
     arrays = [frames[None, :24]] + [np.zeros((1, n), np.float32)
                                     for n in (vad.CONTEXT, vad.HIDDEN, vad.HIDDEN)]
+    builds = [("float32", exported[1])] + [(fmt, integer[fmt][2]) for fmt in INT_FORMATS]
     jobs, expected = [], []
-    for fmt in INT_FORMATS:
-        c = integer[fmt][2]
+    for _, c in builds:
         model = cross.ExportedModel.load(c.folder)
         jobs.append(cross.ModelInputs(model, tuple(split_inputs(model.interface, arrays))))
         expected.append(c.run(*arrays))
     result = cross.run_qemu(cross.build(jobs, load_board(board), tmp_path), timeout=120)
-    for fmt, job, outs, want in zip(INT_FORMATS, jobs, result.outputs, expected):
+    for (fmt, _), job, outs, want in zip(builds, jobs, result.outputs, expected, strict=True):
         got = assemble_outputs(job.model.interface, outs, 24)
         for k, (g, w) in enumerate(zip(got, want)):
             assert np.array_equal(g, w), f"{fmt} out{k} on {board}: {first_mismatch(g, w)}"
