@@ -16,15 +16,19 @@ import pytest
 import torch
 from torch import nn
 
-from quant_cases import first_mismatch, reference_model, reference_outputs, sqnr_db
+from quant_cases import first_mismatch, reference_model, reference_run, sqnr_db
 from tinyrnn.api import export_program
 from tinyrnn.cells import recurrent_macs
+from tinyrnn.check import evaluate, torchref
+from tinyrnn.check.simulate import batch_from_arrays, run_float
 from tinyrnn.commands import verify
 from tinyrnn.errors import TinyRNNError
 from tinyrnn.frontend.reader import capture, load_program, read_program, trace
 from tinyrnn.ir import Embedding
+from tinyrnn.numerics.helpers import TANH_MAX_ERROR
+from tinyrnn.passes.lower import lower
 from tinyrnn.targets.host import load_many
-from tinyrnn.targets.profile import macs_per_step
+from tinyrnn.targets.profile import macs_per_step, profile
 
 V, D, H, STEPS = 50, 6, 8, 9
 TOL = 1e-5
@@ -115,12 +119,21 @@ def test_the_reader_makes_the_embedding_the_first_layer(built):
 
 @pytest.mark.parametrize("key", MODELS)
 def test_float32_c_equals_torch(key, built, compiled):
-    module = built[key][0]
-    ids = ids_of(4, STEPS + 3, 7)  # another length than the archive's
+    """The C at another length than the archive's, the torch reference rebuilt from the IR
+    (what verify runs), the float simulation and the plan, all against the module."""
+    module, _, program = built[key]
+    model = read_program(program)
+    ids = ids_of(4, STEPS + 3, 7)
     got = compiled[(key, "float32")].run(ids)[0]
     want = torch_out(module, ids)
     assert got.shape == want.shape
     assert np.abs(got - want).max() < TOL, np.abs(got - want).max()
+    np.testing.assert_allclose(torchref.run(model, [ids])[0], want, rtol=0, atol=1e-6)
+    batch = batch_from_arrays(model, [ids])
+    simulated = run_float(model, batch)[0].outputs[0]
+    np.testing.assert_allclose(simulated.reshape(want.shape), want, rtol=0, atol=TOL)
+    planned = evaluate.run(lower(model, "m"), batch.x)[0]
+    np.testing.assert_allclose(planned, simulated, rtol=0, atol=2.5 * TANH_MAX_ERROR)
 
 
 @pytest.mark.parametrize("key, fmt", [(k, f) for k in MODELS for f in FORMATS[1:]])
@@ -129,9 +142,13 @@ def test_integer_c_equals_the_reference_and_tracks_torch(key, fmt, built, compil
     c = compiled[(key, fmt)]
     q = reference_model(program, c.manifest)
     ids = ids_of(4, STEPS, 8)
-    ints, floats = reference_outputs(q, c.manifest["interface"], [ids])
+    ints, floats, batch_q, trace_q = reference_run(q, c.manifest["interface"], [ids])
     got = c.run(ids)[0]
     assert np.array_equal(got, floats[0]), first_mismatch(got, floats[0])
+    assert np.array_equal(batch_q.x[..., 0], ids)  # the int16 API's x: the ids themselves
+    planned = evaluate.run(lower(q.model, "m", q), batch_q.x)[0]  # the plan, in numpy
+    assert np.array_equal(planned, trace_q.outputs[0]), first_mismatch(planned,
+                                                                      trace_q.outputs[0])
     # the int16 API: the ids themselves in, the reference's integers out
     got_q = c.run_sample_q({"x": ids[0][:, None]})[0]
     want_q = np.reshape(ints[0][0], -1)
@@ -188,11 +205,14 @@ def test_verify_reads_an_ids_npy(built, compiled, tmp_path):
         assert result.ok, result.text()
 
 
-def test_the_lookup_counts_no_macs(compiled):
-    layers = compiled[("gru", "float32")].manifest["layers"]
-    assert layers[0]["kind"] == "embedding"
-    assert macs_per_step(compiled[("gru", "float32")].manifest) == \
-        recurrent_macs("gru", D, H, H) + H * 3
+def test_the_lookup_counts_no_macs_and_profiles_on_ids(compiled):
+    """The profile feeds token ids (any other input makes the C return NAME_ERR_INPUT)."""
+    c = compiled[("gru", "w8a16")]
+    assert c.manifest["layers"][0]["kind"] == "embedding"
+    macs = recurrent_macs("gru", D, H, H) + H * 3
+    assert macs_per_step(c.manifest) == macs
+    result = profile(c.folder, cpu="cortex-m4", measure_run=False)
+    assert result.macs_per_step == macs and result.instructions_per_step > 0
 
 
 def test_max_norm_is_refused_by_name():
