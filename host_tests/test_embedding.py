@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from c_checks import compiler_warnings
 from quant_cases import first_mismatch, reference_model, reference_run, sqnr_db
 from tinyrnn.api import export_program
 from tinyrnn.cells import recurrent_macs
@@ -102,6 +103,12 @@ def compiled(built, tmp_path_factory):
             keys.append((key, fmt))
             dirs.append(folder)
     return dict(zip(keys, load_many(dirs)))
+
+
+def test_generated_files_carry_nothing_unused(compiled):
+    """clang -Weverything and gcc -Wunused over the lookup helpers and the id checks."""
+    sources = [c.folder / f"{c.name}.c" for key, c in compiled.items() if key[0] == "gru"]
+    assert compiler_warnings(sources) == []
 
 
 def test_the_reader_makes_the_embedding_the_first_layer(built):
