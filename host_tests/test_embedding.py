@@ -180,6 +180,8 @@ def test_an_id_outside_the_vocabulary_returns_err_input(fmt, compiled):
         x = np.array([1, 2, bad, 3], dtype=np.float32)
         out = np.full(n_out, 7.0, dtype=np.float32)
         state = c.new_state()
+        c.step(state, x[:1])  # a state that is not zero
+        before = bytes(c.ffi.buffer(state))
         status = getattr(c.lib, f"{c.name}_run")(
             state, c.ffi.from_buffer("float[]", x), 4, c.ffi.from_buffer("float[]", out))
         assert status == -5, (bad, status)
@@ -188,6 +190,7 @@ def test_an_id_outside_the_vocabulary_returns_err_input(fmt, compiled):
         status = getattr(c.lib, f"{c.name}_step")(
             state, c.ffi.from_buffer("float[]", x[2:3]), c.ffi.from_buffer("float[]", y))
         assert status == -5, (bad, status)
+        assert bytes(c.ffi.buffer(state)) == before  # the state untouched
     if fmt != "float32":
         xq = np.array([1, V, 3], dtype=np.int16)
         outq = np.zeros(c.api.output_lengths(3)[0], dtype=np.int16)
@@ -201,6 +204,17 @@ def test_an_id_outside_the_vocabulary_returns_err_input(fmt, compiled):
         ids = ids_of(2, 4, 0)
         ids[1, 2] = V
         c.run(ids)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_step_by_step_equals_the_whole_sequence(fmt, compiled):
+    """NAME_step, one id at a time, gives NAME_run's outputs (bit for bit in integers)."""
+    c = compiled[("gru", fmt)]
+    ids = ids_of(1, STEPS, 11)
+    whole = c.run(ids)[0][0]
+    state = c.new_state()
+    steps = np.stack([c.step(state, np.array([t], dtype=np.float32)) for t in ids[0]])
+    assert np.array_equal(steps, whole), first_mismatch(steps, whole)
 
 
 def test_verify_reads_an_ids_npy(built, compiled, tmp_path):
