@@ -18,7 +18,7 @@ from torch import nn
 
 from c_checks import compiler_warnings
 from quant_cases import first_mismatch, reference_model, reference_run, sqnr_db
-from tinyrnn.api import export_program
+from tinyrnn.api import CalibrationWarning, example_arrays, export_program, quantize_model
 from tinyrnn.cells import recurrent_macs
 from tinyrnn.check import evaluate, torchref
 from tinyrnn.check.simulate import batch_from_arrays, run_float
@@ -26,7 +26,7 @@ from tinyrnn.commands import verify
 from tinyrnn.errors import TinyRNNError
 from tinyrnn.frontend.reader import capture, load_program, read_program, trace
 from tinyrnn.ir import Embedding
-from tinyrnn.numerics.helpers import TANH_MAX_ERROR
+from tinyrnn.numerics.helpers import TANH_MAX_ERROR, QFormat
 from tinyrnn.passes.lower import lower
 from tinyrnn.targets.host import load_many
 from tinyrnn.targets.profile import macs_per_step, profile
@@ -224,6 +224,16 @@ def test_verify_reads_an_ids_npy(built, compiled, tmp_path):
     for fmt in ("float32", "w8a16"):
         result = verify(path, compiled[("lstm", fmt)].folder, ids)
         assert result.ok, result.text()
+
+
+def test_the_archives_int64_example_ids_calibrate_without_calibration_data(built):
+    _, _, program = built["gru"]
+    example = example_arrays(program)
+    assert example[0].dtype == np.int64 and example[0].shape == (2, STEPS)
+    model = read_program(program)
+    with pytest.warns(CalibrationWarning):
+        q = quantize_model(model, "w8a16", None, example)
+    assert q.input == QFormat(16, 0) and q.ranges.source == "example input"
 
 
 def test_the_lookup_counts_no_macs_and_profiles_on_ids(compiled):
