@@ -303,8 +303,8 @@ REFUSED = {
     "embedding": (
         _Refused(lambda m, x: m.rnn(m.emb((x[..., 0] > 0).long()))[0],
                  emb=nn.Embedding(2, 4), rnn=nn.GRU(4, 3, batch_first=True)),
-        ["aten.embedding.default", "at emb (Embedding)", "token ids",
-         "look the ids up in the embedding's weight"]),
+        ["aten.embedding.default", "at emb (Embedding)", "token ids are computed",
+         "only as a model input (a forward argument of (B, T) int64)"]),
     "zero-pad-returned-as-bct": (
         _Refused(lambda m, x: F.pad(_ct(m.rnn(x)[0]), (1, 2)),
                  rnn=nn.GRU(4, 3, batch_first=True)),

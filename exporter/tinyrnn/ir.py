@@ -269,6 +269,25 @@ class Conv1d(_ConvGeometry):
 
 
 
+@dataclass(frozen=True, eq=False)
+class Embedding:
+    """``nn.Embedding`` reading the model input: x has ONE feature per step, a token id (an
+    integer in ``[0, num_embeddings)``), and ``y = weight[id]``, the id's row. Only the first
+    layer reads token ids (docs/c-api.md, "Token ids")."""
+
+    name: str  # torch module path, e.g. "emb"
+    weight: Tensor  # (num_embeddings, embedding_dim)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def features(self) -> int:
+        """embedding_dim: the floats per step of the output."""
+        return self.weight.shape[1]
+
+
 @dataclass(frozen=True)
 class Activation:
     """An element-wise (relu, tanh, sigmoid, relu6, hardtanh, leaky_relu, hardsigmoid,
@@ -483,7 +502,7 @@ class Hypot:
 
 Layer = (LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep | PoolTime
          | Binary | Concat | ChannelSlice | FrameConv1d | FramePad | Carry | Hypot | PoolWindow
-         | PadTime)
+         | PadTime | Embedding)
 
 
 def reads(layers: tuple[Layer, ...] | list[Layer], index: int) -> tuple[int, ...]:
@@ -530,6 +549,7 @@ class InputSpec:
     time_axis: int | None = None  # x only
     features: int = 0  # x only
     size: int = 0  # h0/c0: floats per sample
+    vocab: int = 0  # x only: x holds token ids in 0..vocab-1 (an Embedding reads it), else 0
 
 
 @dataclass(frozen=True)
@@ -565,6 +585,13 @@ class Model:
     (docs/c-api.md, "Step modules"). The IR describes it iterated over a sequence: x is
     ``(B, T, I)`` (``torch_shape`` ``(B, 1, I)``), each y a sequence ``(B, T, F)``, the states
     ``(B, H)`` in and out; the forward's own x_t is ``(B, I)``."""
+
+    @property
+    def vocab(self) -> int:
+        """The number of token ids when x holds token ids (the first layer is an
+        :class:`Embedding`), else 0."""
+        first = self.layers[0] if self.layers else None
+        return first.num_embeddings if isinstance(first, Embedding) else 0
 
     @property
     def recurrent(self) -> tuple[RecurrentLayer, ...]:

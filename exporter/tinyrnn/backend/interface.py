@@ -42,6 +42,8 @@ ERRORS: tuple[ErrorCode, ...] = (
     ErrorCode("ERR_UNSUPPORTED", -3, "an unsupported call (step on a bidirectional model)"),
     ErrorCode("ERR_INDEX", -4, "a selected time step outside the sequence"),
 )
+ERR_INPUT = ErrorCode("ERR_INPUT", -5, "a token id that is not an integer in 0..VOCAB_SIZE-1 "
+                                       "(models whose input is token ids)")
 
 
 @dataclass(frozen=True)
@@ -220,11 +222,13 @@ def build(prefix: str, *, fixed: bool, input_size: int, step_output_size: int,
           max_seq_len: int, state_size: int, set_state_args: Sequence[tuple[str, int]],
           outputs: Sequence[tuple[str, Length]], has_step: bool, sources: Sequence[str],
           no_step_why: str = "this model is bidirectional",
-          format_macros: Sequence[Macro] = ()) -> CInterface:
+          format_macros: Sequence[Macro] = (), vocab: int = 0) -> CInterface:
     """The record of one export.
 
     ``set_state_args``: ``(role, floats)`` of h0 (and c0); ``outputs``: ``(doc, length)`` of
-    each output of ``NAME_run``; ``format_macros``: the integer formats' ``*_FRAC`` macros.
+    each output of ``NAME_run``; ``format_macros``: the integer formats' ``*_FRAC`` macros;
+    ``vocab``: the number of token ids when x holds token ids (then ``NAME_VOCAB_SIZE`` and
+    ``NAME_ERR_INPUT``), else 0.
     """
     P = prefix.upper()
     state = CArg("s", f"{prefix}_state_t *", "state")
@@ -262,7 +266,9 @@ def build(prefix: str, *, fixed: bool, input_size: int, step_output_size: int,
         Macro(f"{P}_MAX_SEQ_LEN", max_seq_len, "sequence buffer capacity; 0 = no limit"),
         Macro(f"{P}_STATE_SIZE", state_size, f"values in {prefix}_set_state's h0"),
         *format_macros,
+        *((Macro(f"{P}_VOCAB_SIZE", vocab, "x holds token ids: integers in 0..VOCAB_SIZE-1"),)
+          if vocab else ()),
     )
     return CInterface(prefix=prefix, header=f"{prefix}.h", sources=tuple(sources),
                       state_type=f"{prefix}_state_t", functions=tuple(functions),
-                      errors=ERRORS, macros=macros)
+                      errors=ERRORS + ((ERR_INPUT,) if vocab else ()), macros=macros)

@@ -573,6 +573,7 @@ class Plan:
     final_frac: int | None = None
     set_state: tuple[tuple[str, tuple[StateRow, ...]], ...] = ()  # ("h0", rows), ("c0", rows)
     outputs: tuple[Output, ...] = ()
+    vocab: int = 0  # x holds token ids in 0..vocab-1 (the API checks them), else 0
 
     @property
     def families(self) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ from ..ir import (
     Concat,
     Conv1d,
     Dense,
+    Embedding,
     FrameConv1d,
     FramePad,
     Hypot,
@@ -115,6 +116,8 @@ def _tensors(layer: Any) -> list:
         return out
     if isinstance(layer, (Dense, Conv1d, FrameConv1d)):
         return [t for t in (layer.weight, layer.bias) if t is not None]
+    if isinstance(layer, Embedding):
+        return [layer.weight]
     return []
 
 
@@ -356,7 +359,7 @@ def context(plan: Plan, provenance: str, api: c_interface.CInterface) -> dict:
         functions=[_function_view(fn, P, present) for fn in plan.functions],
         schedule=plan.schedule, input_size=plan.input_size,
         step_output_size=plan.step_output_size, max_seq_len=plan.max_seq_len,
-        input_frac=plan.input_frac, final_scale=_scale(plan.final_frac),
+        input_frac=plan.input_frac, final_scale=_scale(plan.final_frac), vocab=plan.vocab,
         set_state=[dict(role=role, rows=[dict(buffer=r.buffer, offset=r.offset, size=r.size,
                                                comment=r.comment, frac=r.frac, shift=r.shift,
                                                factor=1 << r.shift) for r in rows])
@@ -423,7 +426,7 @@ def build_interface(plan: Plan, model: Model, q: Any, sources: list[str]
         step_output_size=plan.step_output_size, max_seq_len=plan.max_seq_len,
         state_size=sizes[0][1], set_state_args=sizes, outputs=lengths,
         has_step=plan.schedule is not None and plan.schedule.step is not None,
-        sources=sources, format_macros=_format_macros(plan, q),
+        sources=sources, format_macros=_format_macros(plan, q), vocab=plan.vocab,
         **({"no_step_why": f"in this model {plan.schedule.no_step_why} (docs/c-api.md, "
                            "\"Which models stream\")"}
            if (model.convolves or model.windows) and plan.schedule is not None else
@@ -436,7 +439,7 @@ def interface(model: Model, plan: Plan) -> dict:
 
     def spec(obj: Any) -> dict:
         d = {k: v for k, v in vars(obj).items() if v is not None and k != "group"}
-        for key in ("size", "features"):
+        for key in ("size", "features", "vocab"):
             if d.get(key) == 0:
                 del d[key]
         d["torch_shape"] = list(obj.torch_shape)
@@ -545,6 +548,9 @@ def _layer_summary(layer: Any) -> dict:
             directions=layer.num_directions,
             bias=layer.directions[0].accumulators[0].bias is not None,
         )
+    if isinstance(layer, Embedding):
+        return dict(kind="embedding", name=layer.name, num_embeddings=layer.num_embeddings,
+                    embedding_dim=layer.features)
     if isinstance(layer, Dense):
         return dict(kind="dense", name=layer.name, in_features=layer.in_features,
                     out_features=layer.out_features, bias=layer.bias is not None,

@@ -165,6 +165,13 @@ class _Frame:
         if c.fn in ("frame_pad_f", "frame_pad_q"):
             self.frame_pad(c)
             return
+        if c.fn in ("embedding_f", "embedding_q"):
+            x_arg, t_arg, y_arg = c.args[:3]
+            assert isinstance(x_arg, Ptr) and isinstance(t_arg, Ptr) and isinstance(y_arg, Ptr)
+            d = int(self.value(c.args[3]))
+            table = self.ev.const(t_arg.name).reshape(-1, d)
+            self.views[y_arg.name][:, :d] = nm.embedding_rows(table, self.views[x_arg.name][:, 0])
+            return
         src, dst = (self.views[a.name] for a in c.args[:2])  # type: ignore[union-attr]
         n = int(self.value(c.args[2]))
         rest = [self.value(a) for a in c.args[3:]]

@@ -21,6 +21,7 @@ from ..numerics.helpers import (
     clamp_q,
     dot2_q,
     dot2_q32,
+    embedding_rows,
     hypot_q,
     leaky_q,
     log_softmax_q,
@@ -47,6 +48,7 @@ from ..passes.quantize import (
     QActivation,
     QConv1d,
     QDense,
+    QEmbedding,
     QGRULayer,
     QLSTMLayer,
     QModel,
@@ -183,6 +185,8 @@ class IntNumerics:
             if pool.kind == "max":
                 return max_pool_q(value, pool.kernel, pool.stride, pool.pad)
             return avg_pool_q(value, pool.kernel, pool.stride, pool.pad, pool.count_include_pad)
+        if isinstance(layer, QEmbedding):  # value: (B, T, 1) token ids
+            return embedding_rows(layer.table.astype(np.int64), value[..., 0])
         if isinstance(layer, QPadTime):
             check_pad(layer.ir, value.shape[1])
             return pad_time_q(value, layer.ir.left, layer.ir.right, layer.ir.mode, layer.value,

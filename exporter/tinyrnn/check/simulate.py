@@ -29,6 +29,7 @@ from ..ir import (
     Concat,
     Conv1d,
     Dense,
+    Embedding,
     FrameConv1d,
     FramePad,
     Hypot,
@@ -334,6 +335,8 @@ class FloatNumerics:
             return pool_window_float(layer, value)
         if isinstance(layer, PadTime):
             return pad_time_float(layer, value)
+        if isinstance(layer, Embedding):  # value: (B, T, 1) token ids
+            return fp.embedding_rows(layer.weight.data, value[..., 0])
         assert isinstance(layer, Activation)
         if layer.kind == "relu":
             return np.maximum(value, 0.0)

@@ -33,6 +33,7 @@ from ..ir import (
     Conv1d,
     Dense,
     Direction,
+    Embedding,
     FrameConv1d,
     FramePad,
     Gate,
@@ -120,8 +121,12 @@ def _window(layer: PoolWindow | PadTime, value: torch.Tensor) -> torch.Tensor:
     return y.transpose(1, 2)
 
 
-def _head(layer: Dense | Conv1d | Activation | PoolTime | PoolWindow | PadTime,
+def _head(layer: Dense | Conv1d | Activation | PoolTime | PoolWindow | PadTime | Embedding,
           value: torch.Tensor) -> torch.Tensor:
+    if isinstance(layer, Embedding):  # value: (B, T, 1) token ids as floats (exact)
+        embedding = nn.Embedding.from_pretrained(
+            torch.from_numpy(layer.weight.data.astype(np.float32)))
+        return embedding(value[..., 0].long())
     if isinstance(layer, Conv1d):
         return _conv1d(layer, value)
     if isinstance(layer, (PoolWindow, PadTime)):

@@ -47,6 +47,7 @@ def _layer_name(layer: Any, index: int) -> str:
         Concat,
         Conv1d,
         Dense,
+        Embedding,
         FrameConv1d,
         FramePad,
         Hypot,
@@ -61,6 +62,8 @@ def _layer_name(layer: Any, index: int) -> str:
         return f"layer {index}: {layer.kind} {layer.module or 'rnn'} layer {layer.layer}"
     if isinstance(layer, Dense):
         return f"layer {index}: Linear {layer.name}"
+    if isinstance(layer, Embedding):
+        return f"layer {index}: Embedding {layer.name}"
     if isinstance(layer, Conv1d):
         return f"layer {index}: Conv1d {layer.name}"
     if isinstance(layer, Activation):

@@ -33,6 +33,7 @@ from ..ir import (
     Conv1d,
     Dense,
     Direction,
+    Embedding,
     FrameConv1d,
     FramePad,
     GRULayer,
@@ -120,6 +121,9 @@ _CAT = {"aten.cat.default", "aten.concat.default", "aten.concatenate.default"}
 _PAD = "aten.pad.default"
 _POOL_WINDOW = {"aten.max_pool1d.default": "max", "aten.avg_pool1d.default": "avg"}
 _PAD_MODES = ("constant", "reflect", "replicate")
+_EMBEDDING = "aten.embedding.default"
+MAX_VOCAB = 2**24
+"""Token ids are floats at the C API's float functions: exact integers up to 2**24."""
 _KNOWN = {
     *_RECURRENT, *_CELLS, *_ELEMENTWISE, *_LAST_AXIS, *_IDENTITY, *_VIEWS, *_ZEROS, *_SELECT,
     *_CONV, *_BATCH_NORM, *_SCALAR_OPS, *_POOL_TIME, *_BINARY, *_CAT, _PAD, *_POOL_WINDOW,
@@ -346,10 +350,10 @@ def _suggestion(node: Node, weights: dict[str, np.ndarray]) -> str:
         return ("; MaxPool1d(return_indices=True) and AdaptiveMaxPool1d are not supported: use "
                 "MaxPool1d without indices, or y.amax(dim) over the time axis to pool the whole "
                 "sequence into one vector")
-    if node.target == "aten.embedding.default":
-        return ("; nn.Embedding (a model input of token ids) is not supported yet: export the "
-                "model from the embedded vectors on (an input of (B, T, embedding_dim) floats) "
-                "and look the ids up in the embedding's weight in the firmware")
+    if node.target in ("aten.embedding_renorm_.default", "aten.embedding_renorm.default"):
+        return ("; nn.Embedding(max_norm=...) renormalizes the rows it looks up at every call "
+                "(it changes the weight): not supported; renormalize the weight once before "
+                "export and use max_norm=None")
     if node.target in ("aten.mm.default", "aten.matmul.default", "aten.addmm.default"):
         return "; a product with a weight matrix is nn.Linear"
     return ""
@@ -480,7 +484,8 @@ class _Reader:
                 f"the model uses {len(self.problems)} operation(s) tinyrnn cannot export:\n"
                 f"  - {listing}\n"
                 "Supported: nn.LSTM/GRU/RNN (any options), nn.LSTMCell/GRUCell/RNNCell (a step "
-                "module or a loop over time, see docs/c-api.md), Conv1d, Linear, taking one "
+                "module or a loop over time, see docs/c-api.md), nn.Embedding over a model "
+                "input of token ids, Conv1d, Linear, taking one "
                 "time step, relu/tanh/sigmoid/softmax/log_softmax/relu6/hardtanh/leaky_relu/"
                 "hardsigmoid/hardswish/abs/square/sqrt, BatchNorm1d (folded), x * c, x + c, "
                 "mean/sum/amax over time and AdaptiveAvgPool1d(1), MaxPool1d/AvgPool1d and "
@@ -597,6 +602,8 @@ class _Reader:
             self.pad(node)
         elif target in _POOL_WINDOW:
             self.pool_window(node, _POOL_WINDOW[target])
+        elif target == _EMBEDDING:
+            self.embedding(node)
         else:
             self.fail(node, "unsupported operation" + _suggestion(node, self.weight_shapes))
 
@@ -1510,6 +1517,45 @@ class _Reader:
         self.layers.append(layer)
         self.set(node, _Data(len(self.layers), out_ch, self.out_shape(node), 0, 2,
                              channels_first=True))
+
+    def embedding(self, node: Node) -> None:
+        """``nn.Embedding`` over a model input of token ids (B, T): the first layer, and x
+        becomes one feature per step, the id (docs/c-api.md, "Token ids"). ``padding_idx``,
+        ``scale_grad_by_freq`` and ``sparse`` only change training; ``max_norm`` is its own
+        node (``embedding_renorm_``), refused by name."""
+        weight, ids = node.arg("weight"), node.arg("indices")
+        w = self.const(weight)
+        source = self.value(ids)
+        if w is None or w.tensor.ndim != 2:
+            self.fail(node, "an Embedding whose weight is not a (num_embeddings, "
+                            "embedding_dim) parameter")
+            return
+        if not isinstance(source, _Input):
+            self.fail(node, "an Embedding whose token ids are computed; tinyrnn reads token "
+                            "ids only as a model input (a forward argument of (B, T) int64)")
+            return
+        if self.x_index is not None or self.layers:
+            self.fail(node, "the model input feeds a layer after other layers")
+            return
+        shape = self.shape(ids.name)
+        dtype = self.graph.tensors[ids.name].dtype.name
+        if len(shape) != 2 or not dtype.startswith(("int", "uint")):
+            self.fail(node, f"token ids of shape {list(shape)} and dtype {dtype}; tinyrnn reads "
+                            "token ids as (B, T) integers (batch first)")
+            return
+        vocab, dim = w.tensor.shape
+        if vocab > MAX_VOCAB:
+            self.fail(node, f"an Embedding of {vocab} token ids; the C takes ids as floats, "
+                            f"exact up to {MAX_VOCAB}")
+            return
+        if not self.shape_is(node, node.outputs[0] if node.outputs else None,
+                             shape + (dim,)):
+            return
+        self.layers.append(Embedding(w.name.removesuffix(".weight"),
+                                     self.tensor_of(w, None, "")))
+        self.x_index, self.seq_len = source.index, shape[1]
+        self.inputs[source.index] = InputSpec("x", shape, 0, 1, features=1, vocab=vocab)
+        self.set(node, _Data(1, dim, self.out_shape(node), 0, 1))
 
     def take_input(self, node: Node, source: _Input | _InputView) -> bool:
         """The model input x, read as (B, C, T) by the first layer (a Conv1d, a pooling window

@@ -966,6 +966,16 @@ def sigmoid_f(v: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(v), v, out).astype(np.float32)
 
 
+def embedding_rows(table: np.ndarray, ids: ArrayLike) -> np.ndarray:
+    """``embedding_f``/``embedding_q``: the rows ``table[ids]`` of a (V, d) table; ``ids`` are
+    token ids, which the C's API checked (integers in ``0..V-1``; anything else raises)."""
+    ids = np.asarray(ids)
+    index = ids.astype(np.int64)
+    if not (np.all(index == ids) and np.all((index >= 0) & (index < table.shape[0]))):
+        raise ValueError(f"token ids outside 0..{table.shape[0] - 1} or not integers")
+    return table[index]
+
+
 HELPERS: tuple[Helper, ...] = (
     # float32
     Helper("dot"), Helper("tanh"), Helper("sigmoid"), Helper("relu"),
@@ -974,7 +984,7 @@ HELPERS: tuple[Helper, ...] = (
     Helper("clamp_f"), Helper("leaky_relu_f"), Helper("hardsigmoid_f", ("clamp_f",)),
     Helper("hardswish_f", ("hardsigmoid_f",)), Helper("abs_f"), Helper("sqrt_f"),
     Helper("mean_time_f"), Helper("sum_time_f"), Helper("max_time_f"),
-    Helper("frame_pad_f"), Helper("max_pool_f"), Helper("avg_pool_f"),
+    Helper("frame_pad_f"), Helper("max_pool_f"), Helper("avg_pool_f"), Helper("embedding_f"),
     # integers
     Helper("dsp"),
     Helper("sat16"), Helper("sat16_i64", ("sat16",)),
@@ -986,6 +996,7 @@ HELPERS: tuple[Helper, ...] = (
     Helper("relu_q"),
     Helper("clamp_q"), Helper("leaky_q", ("requant",)), Helper("abs_q"), Helper("isqrt32"),
     Helper("sqrt_q", ("isqrt32",)), Helper("hypot_q", ("isqrt32",)), Helper("frame_pad_q"),
+    Helper("embedding_q"),
     Helper("sum_time_q", ("sat16_i64", "rshift_round64")), Helper("mean_time_q"),
     Helper("max_time_q"), Helper("max_pool_q"), Helper("avg_pool_q"),
     Helper("pad_time_q", ("rshift_round64",)),

@@ -70,6 +70,7 @@ from ..ir import (
     Concat,
     Conv1d,
     Dense,
+    Embedding,
     FrameConv1d,
     FramePad,
     Hypot,
@@ -92,7 +93,8 @@ INPUT_LIMIT = 2**15
 """The largest |value| of an int16 activation: the accumulator bounds assume every input."""
 
 __all__ = ["conv_rows4", "lower", "lower_activation", "lower_conv1d", "lower_dense",
-           "lower_pad_time", "lower_pool_time", "lower_pool_window", "lower_recurrent"]
+           "lower_embedding", "lower_pad_time", "lower_pool_time", "lower_pool_window",
+           "lower_recurrent"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1391,6 +1393,32 @@ def lower_frame_pad(p: str, index: int, layer: FramePad, q, req: _Requirements
         loops=(), constants=())]
 
 
+def lower_embedding(p: str, index: int, layer: Embedding, q, req: _Requirements
+                    ) -> list[Function]:
+    """``y = table[x[0]]``: the row of the step's token id (``embedding_f``, or
+    ``embedding_q`` over the int16 table in y's format); the API checked the id
+    (``NAME_ERR_INPUT``). No multiply: 0 MACs."""
+    fn = f"{p}_embed{index}"
+    consts = _Constants()
+    V, D = layer.num_embeddings, layer.features
+    if q is None:
+        T, table, formats = "float", layer.weight.data, "float32"
+    else:
+        T, table, formats = "int16_t", q.table, f"int16 in {q.out}"
+    helper = "embedding_q" if q is not None else "embedding_f"
+    req.helpers.add(helper)
+    t = consts.add(f"{fn}_table", T, np.ascontiguousarray(table).reshape(-1),
+                   f"{layer.weight.source} ({V}, {D}) row-major, {formats}")
+    return [Function(
+        name=fn, kind="dense", layer=index,
+        comment=(f"{layer.name}: y = {layer.name}.weight[id] for the step's token id x[0] "
+                 f"(0..{V - 1}), {D} values, {formats}",),
+        params=(Param("x", f"const {T} *", "in", 1), Param("y", f"{T} *", "out", D)),
+        named=(), prologue=(Do(call(helper, Ptr("x"), Ptr(t), Ptr("y"), Lit(D, "int"),
+                                    ctype="void"), "the id's row"),),
+        loops=(), constants=tuple(consts.items))]
+
+
 def lower_carry(p: str, index: int, layer: Carry, q, req: _Requirements) -> list[Function]:
     """The end of a step: the carried value's new value ``x`` into its ``NAME_state_t``
     member ``y`` (read as the Carry layer's output by the next step); integers: one format
@@ -1813,6 +1841,8 @@ def lower(model: Model, name: str, q=None) -> Plan:
             functions[index] = lower_pad_time(name, index, layer, qlayer, req)
         elif isinstance(layer, Hypot):
             functions[index] = lower_hypot(name, index, layer, qlayer, req)
+        elif isinstance(layer, Embedding):
+            functions[index] = lower_embedding(name, index, layer, qlayer, req)
     whole = model.bidirectional or model.convolves or model.pools or model.windows
     schedule, buffers = (_layer_major if whole else _time_major)(model, functions, fixed)
     if model.convolves:
@@ -1870,4 +1900,4 @@ def lower(model: Model, name: str, q=None) -> Plan:
         input_size=model.input_size, step_output_size=model.step_output_size,
         max_seq_len=model.max_seq_len if whole else 0,
         input_frac=q.input.frac if fixed else None, final_frac=final_frac,
-        set_state=tuple(set_state), outputs=tuple(outputs))
+        set_state=tuple(set_state), outputs=tuple(outputs), vocab=model.vocab)

@@ -50,6 +50,7 @@ from ..ir import (
     Concat,
     Conv1d,
     Dense,
+    Embedding,
     FrameConv1d,
     FramePad,
     GRULayer,
@@ -273,14 +274,33 @@ def choose_formats(model: Model, ranges: Ranges, headroom: float = HEADROOM) -> 
     carried = {index: layers[new - 1].out for index, new in model.carries}
     if carried:
         layers = _choose(model, ranges, headroom, carried)
-    return Formats(_calibrated(ranges.input, headroom), tuple(layers))
+    return Formats(_input_format(model, ranges, headroom), tuple(layers))
+
+
+IDS = QFormat(ACT_BITS, 0)
+"""The format of token ids (a model whose first layer is an Embedding): the id itself."""
+
+MAX_VOCAB_Q = 2**15
+"""The integer formats take token ids as int16: vocabularies up to 32,768 ids."""
+
+
+def _input_format(model: Model, ranges: Ranges, headroom: float) -> QFormat:
+    """x's format: calibrated, or :data:`IDS` for token ids."""
+    return IDS if model.vocab else _calibrated(ranges.input, headroom)
+
+
+def embedding_format(layer: Embedding) -> QFormat:
+    """The int16 format of an Embedding's table and output, chosen from the table's values:
+    the finest that holds its largest |value| (no headroom: a lookup gives nothing larger)."""
+    peak = float(np.abs(layer.weight.data).max()) if layer.weight.data.size else 0.0
+    return _calibrated(peak, 1.0)
 
 
 def _choose(model: Model, ranges: Ranges, headroom: float, carried: dict[int, QFormat]
             ) -> list[LayerFormats]:
     """:func:`choose_formats`' formats, with the Carry layers' formats in ``carried`` (else
     calibrated)."""
-    input_format = _calibrated(ranges.input, headroom)
+    input_format = _input_format(model, ranges, headroom)
     values = [input_format]  # by value index (ir.reads): the input, then each layer's output
     relu_peaks = _relu_peaks(model, ranges)
     layers = []
@@ -302,6 +322,8 @@ def _choose(model: Model, ranges: Ranges, headroom: float, carried: dict[int, QF
             out = _calibrated(relu_peaks.get(index, peak), headroom)
         elif isinstance(layer, Binary):
             out = _calibrated(peak, headroom)
+        elif isinstance(layer, Embedding):
+            out = embedding_format(layer)
         elif isinstance(layer, Carry):
             out = carried.get(index) or _calibrated(peak, headroom)
         elif isinstance(layer, Concat):  # the coarsest part's format: no part saturates
@@ -663,6 +685,17 @@ AVG_POOL_MAX_KERNEL = 2**14 - 1
 
 
 @dataclass(frozen=True, eq=False)
+class QEmbedding:
+    """An Embedding's table as int16 in the format ``out`` (round half up, no saturation:
+    :func:`embedding_format` holds every value); x is the token id (:data:`IDS`)."""
+
+    ir: Embedding
+    x: QFormat
+    out: QFormat
+    table: np.ndarray  # (V, D) int16 values
+
+
+@dataclass(frozen=True, eq=False)
 class QSelectStep:
     ir: SelectStep
     x: QFormat
@@ -703,7 +736,7 @@ class QMulti:
 
 QRecurrent = QLSTMLayer | QGRULayer | QRNNLayer
 QLayer = (QLSTMLayer | QGRULayer | QRNNLayer | QDense | QConv1d | QActivation | QSelectStep
-          | QPoolTime | QPoolWindow | QPadTime | QMulti)
+          | QPoolTime | QPoolWindow | QPadTime | QMulti | QEmbedding)
 
 
 @dataclass(frozen=True, eq=False)
@@ -946,6 +979,14 @@ def quantize(model: Model, format: str, formats: Formats, ranges: Ranges | None 
             layers.append(QDense(layer, acc, current, lf.out))
         elif isinstance(layer, (Conv1d, FrameConv1d)):
             layers.append(quantize_conv1d(layer, index, current, lf.out, bits))
+        elif isinstance(layer, Embedding):
+            if layer.num_embeddings > MAX_VOCAB_Q:
+                raise TinyRNNError(
+                    f"{where} (Embedding {layer.name}): {layer.num_embeddings} token ids; the "
+                    f"integer formats take ids as int16, up to {MAX_VOCAB_Q}; export this model "
+                    "with --format float32 (format='float32')")
+            table = lf.out.quantize(layer.weight.data).astype(np.int16)
+            layers.append(QEmbedding(layer, current, lf.out, table))
         elif isinstance(layer, Carry):  # read in place; its new value replaces it as is
             new = formats.layers[dict(model.carries)[index] - 1].out
             if new != lf.out:
@@ -1134,6 +1175,9 @@ def manifest_section(q: QModel) -> dict:
                 entry["multiplier"] = dict(M=layer.mult, shift=layer.shift)
             if layer.ir.kind == "sqrt":
                 entry["sqrt_shift"] = layer.shift
+        elif isinstance(layer, QEmbedding):
+            entry["kind"] = "embedding"
+            entry["table_bits"] = ACT_BITS
         elif isinstance(layer, QPoolTime):
             entry["kind"] = f"{layer.ir.kind}_time"
         elif isinstance(layer, QPoolWindow):
@@ -1228,6 +1272,7 @@ def interface_section(q: QModel) -> dict:
 
 __all__ = [
     "Formats", "LayerFormats", "QAccumulator", "QActivation", "QConv1d", "QDense", "QDirection",
+    "QEmbedding",
     "QGRULayer", "QLSTMLayer", "QModel", "QMulti", "QPadTime", "QPart", "QPoolTime",
     "QPoolWindow", "QRNNLayer", "QSelectStep",
     "Ranges",

@@ -242,6 +242,11 @@ def deterministic_input(steps: int, features: int) -> np.ndarray:
     return (0.8 * np.sin(0.9 * k + 0.37 * t + 0.1)).astype(np.float32)
 
 
+def deterministic_ids(steps: int, vocab: int) -> np.ndarray:
+    """The input of a model whose x is token ids: ids spread over the vocabulary, (steps, 1)."""
+    return ((np.arange(steps) * 7919 + 3) % vocab).astype(np.float32)[:, None]
+
+
 def _state_split(model: cross.ExportedModel, state_size: int) -> tuple[int, int]:
     """(state, scratch) bytes of NAME_state_t, split as the manifest does."""
     sizes = model.manifest.get("sizes", {})
@@ -388,6 +393,10 @@ def measure(image: ProfileImage, core: Core, warmup: int, measure_run: bool) -> 
     features = int(interface["input_size"])
     steps = max(RUN_STEPS, warmup + 1)
     x = deterministic_input(steps, features)
+    vocab = next((int(spec.get("vocab", 0)) for spec in interface["forward_inputs"]
+                  if spec["role"] == "x"), 0)
+    if vocab:  # token ids: the C refuses anything else (NAME_ERR_INPUT)
+        x = deterministic_ids(steps, vocab)
     bidirectional = not interface.get("has_step", True)
     max_len = interface.get("max_seq_len") or 0
     if max_len and max_len < RUN_STEPS:
