@@ -453,6 +453,8 @@ void w_max_time_f(const float *x, float *y, int T, int n);
 void w_mean_time_q(const int16_t *x, int16_t *y, int T, int n);
 void w_sum_time_q(const int16_t *x, int16_t *y, int T, int n, int shift);
 void w_max_time_q(const int16_t *x, int16_t *y, int T, int n);
+void w_embedding_f(const float *x, const float *table, float *y, int d);
+void w_embedding_q(const int16_t *x, const int16_t *table, int16_t *y, int d);
 void w_max_pool_q(const int16_t *x, int16_t *y, int T, int n, int kernel, int stride, int pad);
 void w_avg_pool_q(const int16_t *x, int16_t *y, int T, int n, int kernel, int stride, int pad,
                   int include);
@@ -518,6 +520,8 @@ _BODIES = {
     **{f"w_{kind}_time_{t}": f"k = 0;\n    t_{kind}_time_{t}(x, y, T, n + k);"
        for kind in ("mean", "sum", "max") for t in ("f", "q") if (kind, t) != ("sum", "q")},
     "w_sum_time_q": "k = 0;\n    t_sum_time_q(x, y, T, n + k, shift);",
+    **{f"w_embedding_{t}": f"k = 0;\n    t_embedding_{t}(x + k, table, y, d);"
+       for t in ("f", "q")},
     **{f"w_max_pool_{t}": f"k = 0;\n    t_max_pool_{t}(x, y, T, n + k, kernel, stride, pad);"
        for t in ("f", "q")},
     **{f"w_avg_pool_{t}": f"k = 0;\n    t_avg_pool_{t}(x, y, T, n + k, kernel, stride, pad, "
@@ -1011,6 +1015,25 @@ def test_c_compiles_for_cortex_m4(tmp_path: Path) -> None:
     )
 
 
+
+
+def test_embedding_helpers_in_c(clib):
+    """embedding_f/embedding_q copy row x[0] of the table, as numpy's embedding_rows, for the
+    first, a middle and the last id."""
+    ffi, lib = clib
+    rng = np.random.default_rng(3)
+    V, d = 5, 3
+    table = rng.normal(size=(V, d)).astype(np.float32)
+    table_q = rng.integers(-32768, 32768, size=(V, d)).astype(np.int16)
+    for token in (0, 2, V - 1):
+        y = np.zeros(d, np.float32)
+        lib.w_embedding_f(_buf(ffi, "float", np.array([token], np.float32)),
+                          _buf(ffi, "float", table), _buf(ffi, "float", y), d)
+        assert np.array_equal(y, fp.embedding_rows(table, [token])[0])
+        yq = np.zeros(d, np.int16)
+        lib.w_embedding_q(_buf(ffi, "int16_t", np.array([token], np.int16)),
+                          _buf(ffi, "int16_t", table_q), _buf(ffi, "int16_t", yq), d)
+        assert np.array_equal(yq, fp.embedding_rows(table_q, [token])[0])
 
 
 POOL_WINDOWS = [(3, 2, 1, True), (3, 1, 1, False), (4, 2, 2, False), (2, 2, 0, True),
