@@ -158,6 +158,17 @@ class RecurrentLayer:
     def output_size(self) -> int:
         return self.state_size * self.num_directions
 
+    def title(self) -> str:
+        """How reports name the layer."""
+        return f"{self.kind} {self.module or 'rnn'} layer {self.layer}"  # type: ignore[attr-defined]
+
+    def summary(self) -> dict:
+        """The layer's entry in the manifest's ``layers``."""
+        return dict(kind=self.kind, module=self.module, layer=self.layer,  # type: ignore[attr-defined]
+                    input_size=self.input_size, hidden_size=self.hidden_size,
+                    state_size=self.state_size, directions=self.num_directions,
+                    bias=self.directions[0].accumulators[0].bias is not None)
+
 
 @dataclass(frozen=True, eq=False)
 class LSTMLayer(RecurrentLayer):
@@ -206,6 +217,14 @@ class Dense:
     @property
     def out_features(self) -> int:
         return self.weight.shape[0]
+
+    def title(self) -> str:
+        return f"Linear {self.name}"
+
+    def summary(self) -> dict:
+        return dict(kind="dense", name=self.name, in_features=self.in_features,
+                    out_features=self.out_features, bias=self.bias is not None,
+                    **({"diagonal": True} if self.diagonal else {}))
 
 
 class _ConvGeometry:
@@ -267,6 +286,14 @@ class Conv1d(_ConvGeometry):
     pad_left: int
     pad_right: int
 
+    def title(self) -> str:
+        return f"Conv1d {self.name}"
+
+    def summary(self) -> dict:
+        return dict(kind="conv1d", name=self.name, in_channels=self.in_channels,
+                    out_channels=self.out_channels, kernel=self.kernel, stride=self.stride,
+                    dilation=self.dilation, groups=self.groups,
+                    padding=[self.pad_left, self.pad_right], bias=self.bias is not None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -287,6 +314,13 @@ class Embedding:
         """embedding_dim: the floats per step of the output."""
         return self.weight.shape[1]
 
+    def title(self) -> str:
+        return f"Embedding {self.name}"
+
+    def summary(self) -> dict:
+        return dict(kind="embedding", name=self.name, num_embeddings=self.num_embeddings,
+                    embedding_dim=self.features)
+
 
 @dataclass(frozen=True)
 class Activation:
@@ -304,6 +338,19 @@ class Activation:
     slope: float = 0.0
     reads: tuple[int, ...] = ()  # an earlier value than the previous one, see reads()
 
+    def title(self) -> str:
+        return self.kind
+
+    def summary(self) -> dict:
+        options: dict = {}
+        if self.kind in ("relu6", "hardtanh"):
+            options = dict(min=self.low, max=self.high)
+        elif self.kind == "leaky_relu":
+            options = dict(negative_slope=self.slope)
+        if self.reads:
+            options["reads"] = list(self.reads)
+        return dict(kind=self.kind, features=self.features, **options)
+
 
 @dataclass(frozen=True)
 class SelectStep:
@@ -311,6 +358,12 @@ class SelectStep:
 
     index: int
     features: int
+
+    def title(self) -> str:
+        return f"time step {self.index}"
+
+    def summary(self) -> dict:
+        return dict(kind="select_step", index=self.index)
 
 
 @dataclass(frozen=True)
@@ -321,6 +374,12 @@ class PoolTime:
 
     kind: Literal["mean", "sum", "max"]
     features: int
+
+    def title(self) -> str:
+        return f"{self.kind} over time"
+
+    def summary(self) -> dict:
+        return dict(kind=f"{self.kind}_time", features=self.features)
 
 
 @dataclass(frozen=True)
@@ -350,6 +409,15 @@ class PoolWindow:
     def out_steps(self, steps: int) -> int:
         add, stride = self.length_rule
         return (steps + add) // stride + 1 if steps + add >= 0 else 0
+
+    def title(self) -> str:
+        return f"{'MaxPool1d' if self.kind == 'max' else 'AvgPool1d'} {self.name}"
+
+    def summary(self) -> dict:
+        return dict(kind=f"{self.kind}_pool1d", name=self.name, features=self.features,
+                    kernel=self.kernel, stride=self.stride, padding=self.pad,
+                    **({"count_include_pad": self.count_include_pad}
+                       if self.kind == "avg" else {}))
 
 
 @dataclass(frozen=True)
@@ -382,6 +450,13 @@ class PadTime:
             return 0
         return steps + self.left + self.right if steps > 0 else 0
 
+    def title(self) -> str:
+        return f"{self.mode} padding of the time axis {self.name}".rstrip()
+
+    def summary(self) -> dict:
+        return dict(kind="pad_time", name=self.name, mode=self.mode, value=self.value,
+                    padding=[self.left, self.right], features=self.features)
+
 
 def length_rules(layer: Layer) -> tuple[tuple[int, int], ...]:
     """The ``(add, stride)`` rules (``T' = (T + add) // stride + 1``, none when ``T + add < 0``)
@@ -402,6 +477,12 @@ class Binary:
     features: int
     reads: tuple[int, int]
 
+    def title(self) -> str:
+        return f"{self.kind} of values {self.reads[0]} and {self.reads[1]}"
+
+    def summary(self) -> dict:
+        return dict(kind=self.kind, features=self.features, reads=list(self.reads))
+
 
 @dataclass(frozen=True)
 class Concat:
@@ -415,6 +496,12 @@ class Concat:
     @property
     def features(self) -> int:
         return sum(self.sizes) * self.length
+
+    def title(self) -> str:
+        return f"cat of values {', '.join(map(str, self.reads))}"
+
+    def summary(self) -> dict:
+        return dict(kind="cat", sizes=list(self.sizes), reads=list(self.reads))
 
 
 @dataclass(frozen=True)
@@ -431,6 +518,13 @@ class ChannelSlice:
     @property
     def features(self) -> int:
         return (self.stop - self.start) * self.length
+
+    def title(self) -> str:
+        return f"channels {self.start}:{self.stop}"
+
+    def summary(self) -> dict:
+        return dict(kind="channel_slice", start=self.start, stop=self.stop,
+                    in_features=self.in_features, reads=list(self.reads))
 
 
 @dataclass(frozen=True, eq=False)
@@ -460,6 +554,16 @@ class FrameConv1d(_ConvGeometry):
         """Floats per step of the output frame (L_out, O)."""
         return self.out_length * self.out_channels
 
+    def title(self) -> str:
+        return f"Conv1d {self.name} (over each frame)"
+
+    def summary(self) -> dict:
+        return dict(kind="frame_conv1d", name=self.name, in_channels=self.in_channels,
+                    out_channels=self.out_channels, kernel=self.kernel, stride=self.stride,
+                    dilation=self.dilation, groups=self.groups, length=self.length,
+                    out_length=self.out_length, padding=[self.pad_left, self.pad_right],
+                    bias=self.bias is not None)
+
 
 @dataclass(frozen=True)
 class FramePad:
@@ -478,6 +582,14 @@ class FramePad:
     def features(self) -> int:
         return (self.length + self.left + self.right) * self.channels
 
+    def title(self) -> str:
+        return f"{self.mode} padding of each frame"
+
+    def summary(self) -> dict:
+        return dict(kind="frame_pad", mode=self.mode, value=self.value,
+                    padding=[self.left, self.right], channels=self.channels,
+                    length=self.length, reads=list(self.reads))
+
 
 @dataclass(frozen=True)
 class Carry:
@@ -487,6 +599,12 @@ class Carry:
     step the value :attr:`Model.carries` names replaces it."""
 
     features: int
+
+    def title(self) -> str:
+        return "carried value"
+
+    def summary(self) -> dict:
+        return dict(kind="carry", features=self.features)
 
 
 @dataclass(frozen=True)
@@ -498,6 +616,12 @@ class Hypot:
 
     features: int
     reads: tuple[int, int]
+
+    def title(self) -> str:
+        return "magnitude sqrt(a^2 + b^2)"
+
+    def summary(self) -> dict:
+        return dict(kind="hypot", features=self.features, reads=list(self.reads))
 
 
 Layer = (LSTMLayer | GRULayer | RNNLayer | Dense | Conv1d | Activation | SelectStep | PoolTime

@@ -21,23 +21,12 @@ import numpy as np
 from .. import __version__
 from ..checks import check_name
 from ..ir import (
-    Activation,
-    Binary,
-    Carry,
-    ChannelSlice,
-    Concat,
     Conv1d,
     Dense,
     Embedding,
     FrameConv1d,
-    FramePad,
-    Hypot,
     Model,
-    PadTime,
-    PoolTime,
-    PoolWindow,
     RecurrentLayer,
-    SelectStep,
 )
 from ..numerics.helpers import helper_closure, numeric_context
 from ..outputs import write_files
@@ -521,7 +510,7 @@ def render(model: Model, out_dir: Path, name: str, fmt: str, options: dict,
                             for b in plan.buffers if not b.scratch),
             scratch_bytes=width * sum(b.size for b in plan.buffers if b.scratch),
         ),
-        layers=[_layer_summary(layer) for layer in model.layers],
+        layers=[layer.summary() for layer in model.layers],
     )
     if quantized is not None:
         from ..passes.quantize import manifest_section
@@ -534,71 +523,3 @@ def render(model: Model, out_dir: Path, name: str, fmt: str, options: dict,
     if kernels_file is None:  # left by an earlier export of a model with assembly kernels
         (Path(out_dir) / f"{name}_kernels.S").unlink(missing_ok=True)
     return manifest
-
-
-def _layer_summary(layer: Any) -> dict:
-    if isinstance(layer, RecurrentLayer):
-        return dict(
-            kind=layer.kind,
-            module=layer.module,
-            layer=layer.layer,
-            input_size=layer.input_size,
-            hidden_size=layer.hidden_size,
-            state_size=layer.state_size,
-            directions=layer.num_directions,
-            bias=layer.directions[0].accumulators[0].bias is not None,
-        )
-    if isinstance(layer, Embedding):
-        return dict(kind="embedding", name=layer.name, num_embeddings=layer.num_embeddings,
-                    embedding_dim=layer.features)
-    if isinstance(layer, Dense):
-        return dict(kind="dense", name=layer.name, in_features=layer.in_features,
-                    out_features=layer.out_features, bias=layer.bias is not None,
-                    **({"diagonal": True} if layer.diagonal else {}))
-    if isinstance(layer, Conv1d):
-        return dict(kind="conv1d", name=layer.name, in_channels=layer.in_channels,
-                    out_channels=layer.out_channels, kernel=layer.kernel, stride=layer.stride,
-                    dilation=layer.dilation, groups=layer.groups,
-                    padding=[layer.pad_left, layer.pad_right], bias=layer.bias is not None)
-    if isinstance(layer, Activation):
-        options: dict = {}
-        if layer.kind in ("relu6", "hardtanh"):
-            options = dict(min=layer.low, max=layer.high)
-        elif layer.kind == "leaky_relu":
-            options = dict(negative_slope=layer.slope)
-        if layer.reads:
-            options["reads"] = list(layer.reads)
-        return dict(kind=layer.kind, features=layer.features, **options)
-    if isinstance(layer, PoolTime):
-        return dict(kind=f"{layer.kind}_time", features=layer.features)
-    if isinstance(layer, PoolWindow):
-        return dict(kind=f"{layer.kind}_pool1d", name=layer.name, features=layer.features,
-                    kernel=layer.kernel, stride=layer.stride, padding=layer.pad,
-                    **({"count_include_pad": layer.count_include_pad}
-                       if layer.kind == "avg" else {}))
-    if isinstance(layer, PadTime):
-        return dict(kind="pad_time", name=layer.name, mode=layer.mode, value=layer.value,
-                    padding=[layer.left, layer.right], features=layer.features)
-    if isinstance(layer, FrameConv1d):
-        return dict(kind="frame_conv1d", name=layer.name, in_channels=layer.in_channels,
-                    out_channels=layer.out_channels, kernel=layer.kernel, stride=layer.stride,
-                    dilation=layer.dilation, groups=layer.groups, length=layer.length,
-                    out_length=layer.out_length, padding=[layer.pad_left, layer.pad_right],
-                    bias=layer.bias is not None)
-    if isinstance(layer, Carry):
-        return dict(kind="carry", features=layer.features)
-    if isinstance(layer, FramePad):
-        return dict(kind="frame_pad", mode=layer.mode, value=layer.value,
-                    padding=[layer.left, layer.right], channels=layer.channels,
-                    length=layer.length, reads=list(layer.reads))
-    if isinstance(layer, Binary):
-        return dict(kind=layer.kind, features=layer.features, reads=list(layer.reads))
-    if isinstance(layer, Concat):
-        return dict(kind="cat", sizes=list(layer.sizes), reads=list(layer.reads))
-    if isinstance(layer, ChannelSlice):
-        return dict(kind="channel_slice", start=layer.start, stop=layer.stop,
-                    in_features=layer.in_features, reads=list(layer.reads))
-    if isinstance(layer, Hypot):
-        return dict(kind="hypot", features=layer.features, reads=list(layer.reads))
-    assert isinstance(layer, SelectStep)
-    return dict(kind="select_step", index=layer.index)

@@ -39,57 +39,7 @@ def _where(spec: dict, flat_index: int, shape: tuple[int, ...]) -> dict:
 
 
 def _layer_name(layer: Any, index: int) -> str:
-    from ..ir import (
-        Activation,
-        Binary,
-        Carry,
-        ChannelSlice,
-        Concat,
-        Conv1d,
-        Dense,
-        Embedding,
-        FrameConv1d,
-        FramePad,
-        Hypot,
-        PadTime,
-        PoolTime,
-        PoolWindow,
-        RecurrentLayer,
-        SelectStep,
-    )
-
-    if isinstance(layer, RecurrentLayer):
-        return f"layer {index}: {layer.kind} {layer.module or 'rnn'} layer {layer.layer}"
-    if isinstance(layer, Dense):
-        return f"layer {index}: Linear {layer.name}"
-    if isinstance(layer, Embedding):
-        return f"layer {index}: Embedding {layer.name}"
-    if isinstance(layer, Conv1d):
-        return f"layer {index}: Conv1d {layer.name}"
-    if isinstance(layer, Activation):
-        return f"layer {index}: {layer.kind}"
-    if isinstance(layer, PoolWindow):
-        return f"layer {index}: {'MaxPool1d' if layer.kind == 'max' else 'AvgPool1d'} {layer.name}"
-    if isinstance(layer, PadTime):
-        return f"layer {index}: {layer.mode} padding of the time axis {layer.name}".rstrip()
-    if isinstance(layer, FrameConv1d):
-        return f"layer {index}: Conv1d {layer.name} (over each frame)"
-    if isinstance(layer, FramePad):
-        return f"layer {index}: {layer.mode} padding of each frame"
-    if isinstance(layer, Binary):
-        return f"layer {index}: {layer.kind} of values {layer.reads[0]} and {layer.reads[1]}"
-    if isinstance(layer, Concat):
-        return f"layer {index}: cat of values {', '.join(map(str, layer.reads))}"
-    if isinstance(layer, ChannelSlice):
-        return f"layer {index}: channels {layer.start}:{layer.stop}"
-    if isinstance(layer, Carry):
-        return f"layer {index}: carried value"
-    if isinstance(layer, Hypot):
-        return f"layer {index}: magnitude sqrt(a^2 + b^2)"
-    if isinstance(layer, PoolTime):
-        return f"layer {index}: {layer.kind} over time"
-    assert isinstance(layer, SelectStep), type(layer).__name__
-    return f"layer {index}: time step {layer.index}"
+    return f"layer {index}: {layer.title()}"
 
 
 def _states(q: Any, index: int, recorded: dict, output: np.ndarray, numerics: Any) -> list[dict]:
