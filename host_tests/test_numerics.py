@@ -321,6 +321,13 @@ def test_sat_shift_relu() -> None:
 ALL_WIDE = np.arange(fp.ACT_WIDE.qmin, fp.ACT_WIDE.qmax + 1, dtype=np.int64)
 
 
+@pytest.fixture(scope="module")
+def wide() -> tuple[np.ndarray, np.ndarray]:
+    """sigmoid_wide and tanh_wide (the reference) of every 24-bit input, computed once for the
+    module's exhaustive tests (2**24 values each)."""
+    return fp.sigmoid_wide(ALL_WIDE), fp.tanh_wide(ALL_WIDE)
+
+
 def test_tables() -> None:
     assert fp.SIGMOID_TABLE.shape == fp.TANH30_TABLE.shape == (fp.ACT_TABLE_LEN,) == (513,)
     x = [k / 64 for k in range(fp.ACT_TABLE_LEN)]  # exact in float64
@@ -350,23 +357,24 @@ def test_wide_activations_follow_the_rule() -> None:
     assert fp.tanh_wide(x).tolist() == [p if v >= 0 else -p for v, p in zip(x, tanh)]
 
 
-def test_wide_activation_error_exhaustive() -> None:
+def test_wide_activation_error_exhaustive(wide) -> None:
+    s, t = wide
     v = fp.ACT_WIDE.dequantize(ALL_WIDE)
-    sig = np.abs(fp.sigmoid_wide(ALL_WIDE) / 2**15 - 1 / (1 + np.exp(-v))).max()
-    tanh = np.abs(fp.tanh_wide(ALL_WIDE) / 2**30 - np.tanh(v)).max()
+    sig = np.abs(s / 2**15 - 1 / (1 + np.exp(-v))).max()
+    tanh = np.abs(t / 2**30 - np.tanh(v)).max()
     assert sig <= 3.1e-5
     assert tanh <= 2.4e-5  # interpolation, h**2/8 * max|tanh''| = 2.35e-5
     small = np.abs(v) < 2**-6  # near 0 tanh_wide keeps relative precision
-    rel = np.abs(fp.tanh_wide(ALL_WIDE[small]) / 2**30 - np.tanh(v[small]))
+    rel = np.abs(t[small] / 2**30 - np.tanh(v[small]))
     assert rel.max() <= 2e-8 + 1e-4 * np.abs(v[small]).max()
 
 
-def test_wide_activation_shape() -> None:
-    s, t = fp.sigmoid_wide(ALL_WIDE), fp.tanh_wide(ALL_WIDE)
-    inner = ALL_WIDE[1:]  # -2**23 has no 24-bit negation
-    assert np.array_equal(fp.sigmoid_wide(inner) + fp.sigmoid_wide(-inner),
-                          np.full(inner.size, fp.ACT_ONE))
-    assert np.array_equal(fp.tanh_wide(-inner), -fp.tanh_wide(inner))
+def test_wide_activation_shape(wide) -> None:
+    s, t = wide
+    # -2**23 has no 24-bit negation; over the rest, ALL_WIDE[1:][::-1] is -ALL_WIDE[1:]
+    assert np.array_equal(ALL_WIDE[1:][::-1], -ALL_WIDE[1:])
+    assert np.array_equal(s[1:] + s[1:][::-1], np.full(s.size - 1, fp.ACT_ONE))
+    assert np.array_equal(t[1:][::-1], -t[1:])
     assert (np.diff(s) >= 0).all() and (np.diff(t) >= 0).all()  # monotone
     assert s.min() >= 0 and s.max() <= 32767 and abs(t).max() < 2**30
 
@@ -594,15 +602,15 @@ def test_helpers_say_what_they_call():
         assert called <= defined, (helper.name, called - defined)
 
 
-def test_c_wide_activations_exhaustive(clib):
+def test_c_wide_activations_exhaustive(clib, wide):
     ffi, lib = clib
     x = ALL_WIDE.astype(np.int32)
     ys = np.zeros(x.size, np.int16)
     yt = np.zeros(x.size, np.int32)
     lib.w_sigmoid(_buf(ffi, "int32_t", x), _buf(ffi, "int16_t", ys), x.size)
     lib.w_tanh(_buf(ffi, "int32_t", x), _buf(ffi, "int32_t", yt), x.size)
-    assert np.array_equal(ys, fp.sigmoid_wide(ALL_WIDE))
-    assert np.array_equal(yt, fp.tanh_wide(ALL_WIDE))
+    assert np.array_equal(ys, wide[0])
+    assert np.array_equal(yt, wide[1])
 
 
 def test_c_requant_saturation_and_shifts(clib):
