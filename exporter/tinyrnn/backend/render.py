@@ -265,8 +265,9 @@ def _kernels_view(plan: Plan) -> dict:
                         clobbers=", ".join(f'"q{q}"' for q in range(min(G, 2) + 1))))
     if plan.fpu_kernels:
         assembly.append(dict(macro=f"{P}_FPU_KERNELS", doc=(
-            "NAME_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit in "
-            "float32; returns the next unit's weights").replace("NAME", p),
+            "NAME_kernels.S: the x sums bx + W_x x, then the h sums bh + W_h h of one or "
+            "several consecutive units in float32 (the kernel's comment says where); returns "
+            "the next unit's weights").replace("NAME", p),
             kernels=[dict(prototype=(
                 f"const float *{u.name(p)}(const float *w, const float *xh, float *acc, "
                 "const float *bx, const float *bh)")) for u in plan.fpu_kernels],

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..backend.dspasm import UnitKernel
-from ..backend.fpuasm import FloatUnitKernel
+from ..backend.fpuasm import FloatUnitKernel, kernel_units
 from ..backend.plan import (
     ALL,
     Arg,
@@ -270,9 +270,18 @@ def _float_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
         req.c_kernels.setdefault((G, 32, 32), set()).add("c")
         sides.append(SumSide(f32, bias, 0 if k == 0 else I, cols, cols, f"{p}_mac{G}_f32"))
     # cores with an FPU run the float unit kernel of NAME_kernels.S (backend/fpuasm.py)
-    fpu = FloatUnitKernel(G, I, P, sides[0].bias is not None, sides[1].bias is not None)
+    # (several units per call when that shares the activation loads: fpuasm.kernel_units)
+    U = kernel_units(G, H)
+    full, rest = H - H % U, H % U
+    bias_x, bias_h = sides[0].bias is not None, sides[1].bias is not None
+    fpu = FloatUnitKernel(G, I, P, bias_x, bias_h, U, U)
     req.fpu.add(fpu)
-    sums = UnitSums(G, 32, f32, w_name, sides[0], sides[1], fpu=fpu.name(p))
+    fpu_rest = None
+    if rest:
+        fpu_rest = FloatUnitKernel(G, I, P, bias_x, bias_h, rest, U)
+        req.fpu.add(fpu_rest)
+    sums = UnitSums(G, 32, f32, w_name, sides[0], sides[1], fpu=fpu.name(p), fpu_units=U,
+                    fpu_rest=fpu_rest.name(p) if fpu_rest else None, fpu_full=full)
     pre: dict[str, Expr] = {}
     for g, gate in enumerate(gates):
         if len(gate.accumulators) == 2:  # a split gate (GRU n): the x and h sums stay apart

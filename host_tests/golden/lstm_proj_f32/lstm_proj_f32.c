@@ -115,9 +115,10 @@ static inline const float *lstm_proj_f32_mac4_f32(const float *w, const float *v
 #endif
 
 #if LSTM_PROJ_F32_FPU_KERNELS
-/* lstm_proj_f32_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit in float32; returns the next
- * unit's weights */
-const float *lstm_proj_f32_fpu4_x5_h3_bx(const float *w, const float *xh, float *acc, const float *bx, const float *bh);
+/* lstm_proj_f32_kernels.S: the x sums bx + W_x x, then the h sums bh + W_h h of one or several consecutive units in
+ * float32 (the kernel's comment says where); returns the next unit's weights */
+const float *lstm_proj_f32_fpu4_x5_h3_bx_u2(const float *w, const float *xh, float *acc, const float *bx,
+                                            const float *bh);
 #endif
 
 /* per unit: i/f/g/o rows interleaved in groups of 4 columns, then each row's last columns, x columns then h columns;
@@ -184,14 +185,19 @@ static const float lstm_proj_f32_l0_fwd_w_proj[3][8] = { /* rnn.weight_hr_l0 pro
 static void lstm_proj_f32_l0_fwd(const float *x, float *h, float *c, float *xh, float *tmp, const float *w)
 {
     int j;
+#if LSTM_PROJ_F32_FPU_KERNELS
+    float fa[16]; /* the float unit kernel's sums of 2 units: x parts, then h parts */
+#endif
     memcpy(xh, x, 5 * sizeof(float));
     memcpy(xh + 5, h, 3 * sizeof(float));
     for (j = 0; j < 8; ++j) {
         /* the i, f, g, o rows of unit j: x part and h part */
 #if LSTM_PROJ_F32_FPU_KERNELS
-        float ax[8];
-        const float *const ah = ax + 4;
-        w = lstm_proj_f32_fpu4_x5_h3_bx(w, xh, ax, lstm_proj_f32_l0_fwd_bx[j], NULL);
+        if ((j & 1) == 0) {
+            w = lstm_proj_f32_fpu4_x5_h3_bx_u2(w, xh, fa, lstm_proj_f32_l0_fwd_bx[j], NULL);
+        }
+        const float *const ax = fa + 4 * (j & 1);
+        const float *const ah = ax + 8;
 #else
         float ax[4] = { lstm_proj_f32_l0_fwd_bx[j][0], lstm_proj_f32_l0_fwd_bx[j][1], lstm_proj_f32_l0_fwd_bx[j][2],
                         lstm_proj_f32_l0_fwd_bx[j][3] };
