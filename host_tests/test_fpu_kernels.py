@@ -116,7 +116,9 @@ def test_sigmoid_in_c_equals_its_numpy_spec_and_torch(tmp_path):
     """The float32 exports' sigmoid (no libm: 2^n e^r, tinyrnn.numerics.helpers.sigmoid_f)
     compiled for the host equals its numpy spec bit for bit, on random inputs and at the edges
     (the clamps, NaN, infinities, subnormal results), and stays within its stated relative
-    error of torch's float64 sigmoid down to SIGMOID_LOW."""
+    error of torch's float64 sigmoid down to SIGMOID_LOW. So do the LSTM's shared-division
+    forms: sigmoid_den (1 / it within the same bound) and tanh_div(v, sigmoid_den(u)) against
+    their numpy specs, and within float32 rounding of sigmoid(u) tanh(v)."""
     import cffi
 
     from tinyrnn.backend.render import helpers_source
@@ -124,19 +126,27 @@ def test_sigmoid_in_c_equals_its_numpy_spec_and_torch(tmp_path):
         SIGMOID_HIGH,
         SIGMOID_LOW,
         SIGMOID_MAX_RELATIVE_ERROR,
+        TANH_MAX_ERROR,
+        sigmoid_den_f,
         sigmoid_f,
+        tanh_div_f,
     )
     from tinyrnn.targets.host import CFLAGS
 
     source = ("#include <math.h>\n#include <stdint.h>\n#include <string.h>\n"
-              + helpers_source(["sigmoid"], prefix="t_", P="T")
+              + helpers_source(["sigmoid", "sigmoid_den", "tanh_div"], prefix="t_", P="T")
               + "\nvoid w_sigmoid(const float *x, float *y, int n)\n{\n    int k;\n"
-              "    for (k = 0; k < n; ++k) y[k] = t_sigmoid(x[k]);\n}\n")
+              "    for (k = 0; k < n; ++k) y[k] = t_sigmoid(x[k]);\n}\n"
+              "void w_gates(const float *u, const float *v, float *d, float *y, int n)\n{\n"
+              "    int k;\n    for (k = 0; k < n; ++k) {\n"
+              "        d[k] = t_sigmoid_den(u[k]);\n        y[k] = t_tanh_div(v[k], d[k]);\n"
+              "    }\n}\n")
     (tmp_path / "s.c").write_text(source)
     subprocess.run(["gcc", *CFLAGS, "-fPIC", "-shared", "s.c", "-o", "libs.so", "-lm"],
                    cwd=tmp_path, check=True, capture_output=True, text=True)
     ffi = cffi.FFI()
-    ffi.cdef("void w_sigmoid(const float *x, float *y, int n);")
+    ffi.cdef("void w_sigmoid(const float *x, float *y, int n);\n"
+             "void w_gates(const float *u, const float *v, float *d, float *y, int n);")
     lib = ffi.dlopen(str(tmp_path / "libs.so"))
     rng = np.random.default_rng(14)
     edges = np.array([SIGMOID_LOW, np.nextafter(SIGMOID_LOW, np.float32(-1)),
@@ -156,3 +166,20 @@ def test_sigmoid_in_c_equals_its_numpy_spec_and_torch(tmp_path):
     assert np.abs(y[inside] / exact - 1).max() <= SIGMOID_MAX_RELATIVE_ERROR
     assert np.isnan(y[np.isnan(x)]).all() and y[x == -np.inf].tolist() == [0.0] \
         and y[x == np.inf].tolist() == [1.0]
+
+    v = np.concatenate([rng.permutation(x[:x.size // 2]), x[x.size // 2:]])
+    v = np.where(np.isfinite(v), v / 4, v).astype(np.float32)  # tanh's inputs, edges included
+    d, g = np.zeros_like(x), np.zeros_like(x)
+    lib.w_gates(ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", v),
+                ffi.from_buffer("float[]", d), ffi.from_buffer("float[]", g), x.size)
+    for got, want in ((d, sigmoid_den_f(x)), (g, tanh_div_f(v, sigmoid_den_f(x)))):
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), \
+            f"first difference at {np.argmax(got.view(np.uint32) != want.view(np.uint32))}"
+    sig = torch.sigmoid(torch.from_numpy(x[inside].astype(np.float64))).numpy()
+    assert np.abs((1 / d[inside].astype(np.float64)) / sig - 1).max() <= \
+        SIGMOID_MAX_RELATIVE_ERROR
+    both = inside & np.isfinite(v)
+    exact = torch.sigmoid(torch.from_numpy(x[both].astype(np.float64))).numpy() * \
+        np.tanh(v[both].astype(np.float64))
+    assert np.abs(g[both] - exact).max() <= TANH_MAX_ERROR
+    assert (d[x < -88.75] == np.inf).all() and (g[x < -88.75] == 0).all()

@@ -349,8 +349,8 @@ def context(plan: Plan, provenance: str, api: c_interface.CInterface) -> dict:
                                comment=r.comment, scale=_scale(r.frac), shift=r.shift)
                           for r in o.rows])
                for o in plan.outputs]
-    uses_math = any(s in plan.helpers for s in ("sigmoid", "softmax_f", "log_softmax_f")) or \
-        not plan.fixed
+    uses_math = any(s in plan.helpers for s in ("sigmoid", "sigmoid_den", "softmax_f",
+                                                "log_softmax_f")) or not plan.fixed
     return dict(
         p=p, P=P, hp=HELPER_PREFIX, name=p, guard=f"{P}_H", provenance=provenance, api=api,
         fixed=plan.fixed, T=plan.T, q=q, helpers=plan.helpers, uses_math=uses_math,
