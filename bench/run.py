@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "exporter"))
 import tinyrnn  # noqa: E402
 from tinyrnn import api  # noqa: E402
 from tinyrnn.backend.dspasm import steady_cycles  # noqa: E402
+from tinyrnn.backend.fpuasm import kernel_units  # noqa: E402
 from tinyrnn.backend.fpuasm import steady_cycles as float_steady_cycles  # noqa: E402
 from tinyrnn.backend.mveasm import MveKernel  # noqa: E402
 from tinyrnn.backend.v6masm import steady_instructions_per_mac  # noqa: E402
@@ -318,7 +319,9 @@ def kernel_floor(cell: str, input_size: int, hidden: int, fmt: str, cpu: str) ->
     if cpu == "cortex-m0":
         return steady_instructions_per_mac(G)
     if fmt == "float32":  # tinyrnn.backend.fpuasm.steady_cycles (columns in groups of 4)
-        return hidden * (float_steady_cycles(G, input_size) + float_steady_cycles(G, hidden))
+        units = kernel_units(G, hidden)
+        return round(hidden * (float_steady_cycles(G, input_size, units)
+                               + float_steady_cycles(G, hidden, units)))
     groups = padded(input_size) // 4 + padded(hidden) // 4
     return hidden * steady_cycles(G, 8 if fmt == "w8a16" else 16, groups)
 
@@ -695,7 +698,8 @@ def write_report(out: Path, env: dict[str, str], formats: Sequence[str],
             "matrix-vector kernels alone cost at their steady rate, before loop, call and "
             "per-unit work (`tinyrnn.backend.dspasm.steady_cycles`: 3 + 5G cycles per group of 4 "
             "columns for int8 weights, 11 per 2-row pass for int16; for float32 "
-            "`tinyrnn.backend.fpuasm.steady_cycles`, 3 + (1 + 4b) / (4Gb) + 1 / (4G) per MAC; "
+            "`tinyrnn.backend.fpuasm.steady_cycles`, 3 + (1 + 4b) / (4bUG) + 1 / (4G) per MAC "
+            "for U units per call; "
             "the ARMv6-M kernel's 3 + 2/G "
             "instructions per MAC, 4.5 for one row): the 14 registers of the M4 limit a block to "
             "4 rows, so 2 activation loads and a load-use cycle come on top of the bound's LDR + "

@@ -19,7 +19,7 @@ import torch
 
 import tinyrnn
 from models import SingleLayer
-from tinyrnn.backend.fpuasm import FloatUnitKernel
+from tinyrnn.backend.fpuasm import FloatUnitKernel, kernel_units
 from tinyrnn.io import assemble_outputs, split_inputs
 from tinyrnn.targets import cross
 from tinyrnn.targets.boards import load_board
@@ -29,10 +29,11 @@ TOL = 1e-5  # test_float_table.py's tolerance against torch
 HOST_TOL = 1e-6  # test_boards.py's float32 tolerance against the host build (libm's last bits)
 STEPS = 5
 
-# (kind, input, hidden, bias): LSTM 64 + 64 columns (two loop iterations of 2 blocks of 3
-# groups, then a block, then 1 group), GRU 37 + 70 (a 1-column and a 2-column tail), Elman
-# 65 + 33 (a tail of 1 after 16 and 8 groups), LSTM 6 + 9 (straight-line code only), GRU 64 +
-# 33 without biases (no bias on either part).
+# (kind, input, hidden, bias): LSTM 64 + 64 columns (2 units per call: two loop iterations
+# of 2 blocks of 2 groups, then 4 blocks), GRU 37 + 70 (4 units per call, a last call of 2;
+# a 1-column and a 2-column tail), Elman 65 + 33 (8 units per call, a last call of 1; a tail
+# of 1 after 16 and 8 groups), LSTM 6 + 9 (straight-line code only, a last call of 1 unit),
+# GRU 64 + 33 without biases (no bias on either part).
 LAYERS = [("lstm", 64, 64, True), ("gru", 37, 70, True), ("rnn", 65, 33, True),
           ("lstm", 6, 9, True), ("gru", 64, 33, False)]
 
@@ -41,13 +42,15 @@ def test_layers_reach_every_path_of_the_generator():
     seen = set()
     for kind, i, h, bias in LAYERS:
         G = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
-        kernel = FloatUnitKernel(G, i, h, bias, bias)
+        units = kernel_units(G, h)
+        kernel = FloatUnitKernel(G, i, h, bias, bias, units, units)
         text = "\n".join(str(line) for line in kernel.assembly(2))
         seen |= {("loop", bool(re.search(r"^1:$", text, re.M))),
                  ("tail", bool(i % 4 or h % 4)), ("bias", bias), ("G", G),
-                 ("rest", any(n // 4 % kernel.b for n in (i, h)))}
+                 ("rest", any(n // 4 % kernel.b for n in (i, h))),
+                 ("units", units > 1), ("last call", bool(h % units))}
     assert seen >= {("loop", True), ("loop", False), ("tail", True), ("tail", False),
-                    ("rest", True),
+                    ("rest", True), ("units", True), ("last call", True), ("last call", False),
                     ("bias", True), ("bias", False), ("G", 1), ("G", 3), ("G", 4)}
 
 
@@ -103,7 +106,8 @@ def test_fpu_kernels_on_the_board_equal_torch(board, exported, host_outputs, tmp
                                    err_msg=f"{name} on {board} against the host build")
     bodies = re.findall(r"^[0-9a-f]+ <(\w+_fpu\d_x\d+_h\d+\w*)>:\n(.*?)(?:\n\n|\Z)",
                         listing.stdout, re.M | re.S)
-    assert len(bodies) == len(LAYERS)
+    assert {re.sub(r"_fpu\d.*", "", name) for name, _ in bodies} == \
+        {name for name, _, _, _ in exported}
     for name, body in bodies:
         assert re.search(r"\bvldmia\b", body) and re.search(r"\bvmul\.f32\b", body), name
 
@@ -112,7 +116,9 @@ def test_sigmoid_in_c_equals_its_numpy_spec_and_torch(tmp_path):
     """The float32 exports' sigmoid (no libm: 2^n e^r, tinyrnn.numerics.helpers.sigmoid_f)
     compiled for the host equals its numpy spec bit for bit, on random inputs and at the edges
     (the clamps, NaN, infinities, subnormal results), and stays within its stated relative
-    error of torch's float64 sigmoid down to SIGMOID_LOW."""
+    error of torch's float64 sigmoid down to SIGMOID_LOW. So do the LSTM's shared-division
+    forms: sigmoid_den (1 / it within the same bound) and tanh_div(v, sigmoid_den(u)) against
+    their numpy specs, and within float32 rounding of sigmoid(u) tanh(v)."""
     import cffi
 
     from tinyrnn.backend.render import helpers_source
@@ -120,19 +126,27 @@ def test_sigmoid_in_c_equals_its_numpy_spec_and_torch(tmp_path):
         SIGMOID_HIGH,
         SIGMOID_LOW,
         SIGMOID_MAX_RELATIVE_ERROR,
+        TANH_MAX_ERROR,
+        sigmoid_den_f,
         sigmoid_f,
+        tanh_div_f,
     )
     from tinyrnn.targets.host import CFLAGS
 
     source = ("#include <math.h>\n#include <stdint.h>\n#include <string.h>\n"
-              + helpers_source(["sigmoid"], prefix="t_", P="T")
+              + helpers_source(["sigmoid", "sigmoid_den", "tanh_div"], prefix="t_", P="T")
               + "\nvoid w_sigmoid(const float *x, float *y, int n)\n{\n    int k;\n"
-              "    for (k = 0; k < n; ++k) y[k] = t_sigmoid(x[k]);\n}\n")
+              "    for (k = 0; k < n; ++k) y[k] = t_sigmoid(x[k]);\n}\n"
+              "void w_gates(const float *u, const float *v, float *d, float *y, int n)\n{\n"
+              "    int k;\n    for (k = 0; k < n; ++k) {\n"
+              "        d[k] = t_sigmoid_den(u[k]);\n        y[k] = t_tanh_div(v[k], d[k]);\n"
+              "    }\n}\n")
     (tmp_path / "s.c").write_text(source)
     subprocess.run(["gcc", *CFLAGS, "-fPIC", "-shared", "s.c", "-o", "libs.so", "-lm"],
                    cwd=tmp_path, check=True, capture_output=True, text=True)
     ffi = cffi.FFI()
-    ffi.cdef("void w_sigmoid(const float *x, float *y, int n);")
+    ffi.cdef("void w_sigmoid(const float *x, float *y, int n);\n"
+             "void w_gates(const float *u, const float *v, float *d, float *y, int n);")
     lib = ffi.dlopen(str(tmp_path / "libs.so"))
     rng = np.random.default_rng(14)
     edges = np.array([SIGMOID_LOW, np.nextafter(SIGMOID_LOW, np.float32(-1)),
@@ -152,3 +166,20 @@ def test_sigmoid_in_c_equals_its_numpy_spec_and_torch(tmp_path):
     assert np.abs(y[inside] / exact - 1).max() <= SIGMOID_MAX_RELATIVE_ERROR
     assert np.isnan(y[np.isnan(x)]).all() and y[x == -np.inf].tolist() == [0.0] \
         and y[x == np.inf].tolist() == [1.0]
+
+    v = np.concatenate([rng.permutation(x[:x.size // 2]), x[x.size // 2:]])
+    v = np.where(np.isfinite(v), v / 4, v).astype(np.float32)  # tanh's inputs, edges included
+    d, g = np.zeros_like(x), np.zeros_like(x)
+    lib.w_gates(ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", v),
+                ffi.from_buffer("float[]", d), ffi.from_buffer("float[]", g), x.size)
+    for got, want in ((d, sigmoid_den_f(x)), (g, tanh_div_f(v, sigmoid_den_f(x)))):
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), \
+            f"first difference at {np.argmax(got.view(np.uint32) != want.view(np.uint32))}"
+    sig = torch.sigmoid(torch.from_numpy(x[inside].astype(np.float64))).numpy()
+    assert np.abs((1 / d[inside].astype(np.float64)) / sig - 1).max() <= \
+        SIGMOID_MAX_RELATIVE_ERROR
+    both = inside & np.isfinite(v)
+    exact = torch.sigmoid(torch.from_numpy(x[both].astype(np.float64))).numpy() * \
+        np.tanh(v[both].astype(np.float64))
+    assert np.abs(g[both] - exact).max() <= TANH_MAX_ERROR
+    assert (d[x < -88.75] == np.inf).all() and (g[x < -88.75] == 0).all()

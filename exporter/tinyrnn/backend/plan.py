@@ -300,6 +300,9 @@ class UnitSums:
     mve: str | None = None  # the MVE C kernel: NAME_mve{G}_w{bits}_acc{32|64}, on both parts
     mve_weights: str | None = None  # its copy of the weights
     fpu: str | None = None  # symbol of the float unit kernel (NAME_kernels.S)
+    fpu_units: int = 1  # units per call of that kernel (backend/fpuasm.kernel_units)
+    fpu_rest: str | None = None  # the kernel of the last hidden % fpu_units units, if any
+    fpu_full: int = 0  # units the main kernel covers: hidden - hidden % fpu_units
 
     @property
     def families(self) -> tuple[str, ...]:

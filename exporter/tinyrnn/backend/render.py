@@ -254,8 +254,9 @@ def _kernels_view(plan: Plan) -> dict:
                         clobbers=", ".join(f'"q{q}"' for q in range(min(G, 2) + 1))))
     if plan.fpu_kernels:
         assembly.append(dict(macro=f"{P}_FPU_KERNELS", doc=(
-            "NAME_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit in "
-            "float32; returns the next unit's weights").replace("NAME", p),
+            "NAME_kernels.S: the x sums bx + W_x x, then the h sums bh + W_h h of one or "
+            "several consecutive units in float32 (the kernel's comment says where); returns "
+            "the next unit's weights").replace("NAME", p),
             kernels=[dict(prototype=(
                 f"const float *{u.name(p)}(const float *w, const float *xh, float *acc, "
                 "const float *bx, const float *bh)")) for u in plan.fpu_kernels],
@@ -337,8 +338,8 @@ def context(plan: Plan, provenance: str, api: c_interface.CInterface) -> dict:
                                comment=r.comment, scale=_scale(r.frac), shift=r.shift)
                           for r in o.rows])
                for o in plan.outputs]
-    uses_math = any(s in plan.helpers for s in ("sigmoid", "softmax_f", "log_softmax_f")) or \
-        not plan.fixed
+    uses_math = any(s in plan.helpers for s in ("sigmoid", "sigmoid_den", "softmax_f",
+                                                "log_softmax_f")) or not plan.fixed
     return dict(
         p=p, P=P, hp=HELPER_PREFIX, name=p, guard=f"{P}_H", provenance=provenance, api=api,
         fixed=plan.fixed, T=plan.T, q=q, helpers=plan.helpers, uses_math=uses_math,

@@ -84,6 +84,7 @@ _HELPERS = {
     "dot2_q32": lambda a, b, ka, c, d, kc, s: nm.dot2_q32(a, b, int(ka), c, d, int(kc), int(s)),
     "rshift_round64": nm.rshift_round,
     "sigmoid": nm.sigmoid_f, "relu": lambda v: np.maximum(v, 0.0), "tanh": nm.tanh_f,
+    "sigmoid_den": nm.sigmoid_den_f, "tanh_div": nm.tanh_div_f,
     "clamp_q": lambda x, lo, hi: nm.clamp_q(x, int(lo), int(hi)),
     "leaky_q": lambda x, m, n: nm.leaky_q(x, int(m), int(n)), "abs_q": nm.abs_q,
     "sqrt_q": lambda x, e: nm.sqrt_q(x, int(e)),

@@ -902,6 +902,9 @@ near |v| = 8.95); also a bound of |sigmoid_f(v) - sigmoid(v)| (1.2e-7, see :func
 
 SIGMOID_LOW = np.float32(-88.7)
 """sigmoid_f(v) = 0 below this: e^-v would overflow float32 (expf's limit is 88.72)."""
+SIGMOID_CLAMP = np.float32(89.0)
+"""sigmoid_den_f clamps -v to at most this: e^89 overflows float32, so the denominator is +inf
+below -89 (from about -88.72 on), and the exponent n = 128 stays in range."""
 SIGMOID_HIGH = np.float32(17.0)
 """sigmoid_f(v) = 1 above this: e^-17 = 4.1e-8 is below half an ulp of 1."""
 EXP_LOG2E = np.float32(1.4426950408889634)
@@ -924,18 +927,56 @@ def _c_float(v: float) -> str:
     return f"{text}f" if "." in text or "e" in text else f"{text}.0f"
 
 
-def tanh_f(v: np.ndarray) -> np.ndarray:
-    """tanh in float32 as the C helper ``tanh`` computes it, operation by operation (Horner,
-    one rounding per multiply and add, C99 without contraction): ``x = clamp(v, +-9)``,
-    ``x P(x^2) / Q(x^2)``. NaN stays NaN."""
+def tanh_div_f(v: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """tanh(v) / d in float32 as the C helper ``tanh_div`` computes it, operation by operation
+    (Horner, one rounding per multiply and add, C99 without contraction): ``x = clamp(v, +-9)``,
+    ``x P(x^2) / (Q(x^2) d)``: one division for the tanh and the quotient. NaN stays NaN."""
     v = np.asarray(v, dtype=np.float32)
+    d = np.asarray(d, dtype=np.float32)
     x = np.where(v > TANH_CLAMP, TANH_CLAMP, np.where(v < -TANH_CLAMP, -TANH_CLAMP, v))
     t = x * x
     p, q = TANH_P[4], TANH_Q[4]
     for k in range(3, -1, -1):
         p = p * t + TANH_P[k]
         q = q * t + TANH_Q[k]
-    return (x * p) / q
+    with np.errstate(all="ignore"):
+        return ((x * p) / (q * d)).astype(np.float32)
+
+
+def tanh_f(v: np.ndarray) -> np.ndarray:
+    """tanh in float32 as the C helper ``tanh`` computes it: ``tanh_div_f(v, 1)``, that is
+    ``x P(x^2) / Q(x^2)`` with ``x = clamp(v, +-9)``. NaN stays NaN."""
+    return tanh_div_f(v, np.float32(1.0))
+
+
+def _exp_parts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(p, scale)`` with ``e^x = p * scale * 2`` as the C computes it (``n = round(x log2 e)``
+    by :data:`EXP_ROUND`, ``r = (x - n ln2_hi) - n ln2_lo``, p = e^r by :data:`EXP_POLY`,
+    scale = 2^(n-1) from the exponent bits), for x in [-SIGMOID_HIGH, SIGMOID_CLAMP]; a NaN x
+    gives a NaN p."""
+    with np.errstate(all="ignore"):
+        n = (x * EXP_LOG2E + EXP_ROUND) - EXP_ROUND
+        r = (x - n * EXP_LN2_HI) - n * EXP_LN2_LO
+        p = EXP_POLY[7]
+        for c in EXP_POLY[6::-1]:
+            p = p * r + c
+        whole = np.where(np.isnan(n), 0, n).astype(np.int32)
+    return p, ((whole + 126) << 23).astype(np.uint32).view(np.float32)
+
+
+def sigmoid_den_f(v: np.ndarray) -> np.ndarray:
+    """``1 + e^-v`` in float32 as the C helper ``sigmoid_den`` computes it, operation by operation
+    (C99 without contraction), e^-v as :func:`sigmoid_f` computes it (:func:`_exp_parts`) with
+    -v clamped to at most :data:`SIGMOID_CLAMP`: 1 above :data:`SIGMOID_HIGH`, +inf below about
+    -88.72 (e^-v overflows), NaN stays NaN. ``1 / sigmoid_den_f(v)`` is sigmoid with sigmoid_f's
+    error bound from SIGMOID_LOW up; a product of gates divides by several denominators at once
+    (:func:`tanh_div_f`)."""
+    v = np.asarray(v, dtype=np.float32)
+    with np.errstate(all="ignore"):
+        p, scale = _exp_parts(np.clip(-v, -SIGMOID_HIGH, SIGMOID_CLAMP))
+        den = np.float32(1.0) + p * scale * np.float32(2.0)
+    den = np.where(v > SIGMOID_HIGH, np.float32(1.0), den)
+    return np.where(np.isnan(v), v, den).astype(np.float32)
 
 
 def sigmoid_f(v: np.ndarray) -> np.ndarray:
@@ -952,15 +993,8 @@ def sigmoid_f(v: np.ndarray) -> np.ndarray:
     :data:`SIGMOID_MAX_RELATIVE_ERROR` down to v = -88.7."""
     v = np.asarray(v, dtype=np.float32)
     with np.errstate(all="ignore"):
-        x = np.clip(-v, -SIGMOID_HIGH, -SIGMOID_LOW)  # the result is replaced outside
-        n = (x * EXP_LOG2E + EXP_ROUND) - EXP_ROUND
-        r = (x - n * EXP_LN2_HI) - n * EXP_LN2_LO
-        p = EXP_POLY[7]
-        for c in EXP_POLY[6::-1]:
-            p = p * r + c
-        scale = ((n.astype(np.int32) + 126) << 23).astype(np.uint32).view(np.float32)
-        e = p * scale * np.float32(2.0)
-        out = np.float32(1.0) / (np.float32(1.0) + e)
+        p, scale = _exp_parts(np.clip(-v, -SIGMOID_HIGH, -SIGMOID_LOW))  # replaced outside
+        out = np.float32(1.0) / (np.float32(1.0) + p * scale * np.float32(2.0))
     out = np.where(v > SIGMOID_HIGH, np.float32(1.0), np.where(v >= SIGMOID_LOW, out,
                                                                np.float32(0.0)))
     return np.where(np.isnan(v), v, out).astype(np.float32)
@@ -978,7 +1012,8 @@ def embedding_rows(table: np.ndarray, ids: ArrayLike) -> np.ndarray:
 
 HELPERS: tuple[Helper, ...] = (
     # float32
-    Helper("dot"), Helper("tanh"), Helper("sigmoid"), Helper("relu"),
+    Helper("dot"), Helper("tanh_div"), Helper("tanh", ("tanh_div",)), Helper("sigmoid_den"),
+    Helper("sigmoid"), Helper("relu"),
     Helper("softmax_f"), Helper("log_softmax_f"), Helper("dot4_f"),
     Helper("conv_window_f", ("dot", "dot4_f")), Helper("conv1d_f", ("dot", "conv_window_f")),
     Helper("clamp_f"), Helper("leaky_relu_f"), Helper("hardsigmoid_f", ("clamp_f",)),
@@ -1061,6 +1096,7 @@ def numeric_context() -> dict[str, object]:
         tanh_max_error=f"{TANH_MAX_ERROR:.0e}",
         sigmoid_low=_c_float(SIGMOID_LOW),
         sigmoid_high=_c_float(SIGMOID_HIGH),
+        sigmoid_clamp=_c_float(SIGMOID_CLAMP),
         exp_log2e=_c_float(EXP_LOG2E),
         exp_round=_c_float(EXP_ROUND),
         exp_ln2_hi=_c_float(EXP_LN2_HI),

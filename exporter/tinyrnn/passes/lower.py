@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..backend.dspasm import UnitKernel
-from ..backend.fpuasm import FloatUnitKernel
+from ..backend.fpuasm import FloatUnitKernel, kernel_units
 from ..backend.plan import (
     ALL,
     Arg,
@@ -270,9 +270,18 @@ def _float_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
         req.c_kernels.setdefault((G, 32, 32), set()).add("c")
         sides.append(SumSide(f32, bias, 0 if k == 0 else I, cols, cols, f"{p}_mac{G}_f32"))
     # cores with an FPU run the float unit kernel of NAME_kernels.S (backend/fpuasm.py)
-    fpu = FloatUnitKernel(G, I, P, sides[0].bias is not None, sides[1].bias is not None)
+    # (several units per call when that shares the activation loads: fpuasm.kernel_units)
+    U = kernel_units(G, H)
+    full, rest = H - H % U, H % U
+    bias_x, bias_h = sides[0].bias is not None, sides[1].bias is not None
+    fpu = FloatUnitKernel(G, I, P, bias_x, bias_h, U, U)
     req.fpu.add(fpu)
-    sums = UnitSums(G, 32, f32, w_name, sides[0], sides[1], fpu=fpu.name(p))
+    fpu_rest = None
+    if rest:
+        fpu_rest = FloatUnitKernel(G, I, P, bias_x, bias_h, rest, U)
+        req.fpu.add(fpu_rest)
+    sums = UnitSums(G, 32, f32, w_name, sides[0], sides[1], fpu=fpu.name(p), fpu_units=U,
+                    fpu_rest=fpu_rest.name(p) if fpu_rest else None, fpu_full=full)
     pre: dict[str, Expr] = {}
     for g, gate in enumerate(gates):
         if len(gate.accumulators) == 2:  # a split gate (GRU n): the x and h sums stay apart
@@ -282,8 +291,18 @@ def _float_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
             pre[gate.name] = Bin("+", Lane("ax", g, f32), Lane("ah", g, f32), f32)
     body: list = []
     act: dict[str, Expr] = {}
+    # the LSTM's i and o only multiply a tanh (i g, o tanh(c)): they stay denominators, and
+    # tanh_div divides the tanh's numerator by the product, one VDIV instead of two
+    dens = ("i", "o") if spec.family == "lstm" else ()
     for gate, math in zip(spec.gates, spec.math):
-        if gate.split:
+        if gate.split or (spec.family == "lstm" and gate.name == "g"):
+            continue
+        if gate.name in dens:
+            req.helpers.add("sigmoid_den")
+            den = Var(f"{gate.name}_den", "float")
+            body.append(Let(den, call("sigmoid_den", pre[gate.name], ctype="float"),
+                            f"{math}: {gate.name} = 1 / {gate.name}_den"))
+            act[gate.name] = den
             continue
         req.helpers.add(gate.activation)
         value = call(gate.activation, pre[gate.name], ctype="float")
@@ -294,12 +313,13 @@ def _float_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
             act[gate.name] = Var(gate.name, "float")
     if spec.family == "lstm":
         c = Unit("c", 0, f32)
-        body.append(Store(c, Bin("+", Bin("*", act["f"], c, f32), Bin("*", act["i"], act["g"], f32),
-                                 f32), spec.math[4]))
+        req.helpers.add("tanh_div")
+        body.append(Store(c, Bin("+", Bin("*", act["f"], c, f32), call(
+            "tanh_div", pre["g"], act["i"], ctype=f32), f32),
+            f"{spec.math[2]}; {spec.math[4]}: i g = tanh_div(pre_g, i_den)"))
         h_target = Unit("tmp" if layer.projected else "h", 0, f32)
-        req.helpers.add("tanh")
-        body.append(Store(h_target, Bin("*", act["o"], call("tanh", c, ctype=f32),
-                                        f32), spec.math[5]))
+        body.append(Store(h_target, call("tanh_div", c, act["o"], ctype=f32),
+                          f"{spec.math[5]}: tanh_div(c, o_den)"))
     elif spec.family == "gru":
         name_x, name_h = spec.gate("n").accumulators
         nx, nh = Var(f"pre_{name_x}", f32), Var(f"pre_{name_h}", f32)

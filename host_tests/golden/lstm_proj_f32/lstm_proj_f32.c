@@ -29,16 +29,37 @@ static inline float tr_dot(const float *w, const float *v, int n)
     return acc;
 }
 
-/* tanh(v) = x P(x^2) / Q(x^2), x = v clamped to [-9.0f, 9.0f]: a rational fit of degree 4 in x^2
- * (tinyrnn/numerics/helpers.py: tanh_f), worst |error| 4e-07 over every float32 v; NaN stays NaN */
-static inline float tr_tanh(float v)
+/* tanh(v) / d = x P(x^2) / (Q(x^2) d), x = v clamped to [-9.0f, 9.0f]: tanh's rational fit of degree 4 in x^2
+ * (tinyrnn/numerics/helpers.py: tanh_div_f), one division for the quotient and the tanh (e.g. sigmoid(u)
+ * tanh(v) = tanh_div(v, sigmoid_den(u))); worst |tanh error| 4e-07 over every float32 v; d = +inf gives 0, NaN stays
+ * NaN */
+static inline float tr_tanh_div(float v, float d)
 {
     const float x = v > 9.0f ? 9.0f : (v < -9.0f ? -9.0f : v);
     const float t = x * x;
     const float p = (((1.31841942e-08f * t + 2.0471809e-05f) * t + 0.00348658068f) * t + 0.133731961f) * t
  + 0.999999881f;
-    const float d = (((7.7026516e-07f * t + 0.000327138318f) * t + 0.0258419737f) * t + 0.467064947f) * t + 1.0f;
-    return x * p / d;
+    const float e = (((7.7026516e-07f * t + 0.000327138318f) * t + 0.0258419737f) * t + 0.467064947f) * t + 1.0f;
+    return x * p / (e * d);
+}
+
+/* 1 + e^-v, the denominator of sigmoid(v) = 1 / (1 + e^-v), e^-v as sigmoid computes it (tinyrnn/numerics/helpers.py:
+ * sigmoid_den_f): 1 above 17.0f, +inf below -89.0f (-v is clamped there, and e^89.0f overflows), NaN stays NaN. A
+ * product of gates then takes one division (tanh_div). */
+static inline float tr_sigmoid_den(float v)
+{
+    if (!(v <= 17.0f)) {
+        return v > 17.0f ? 1.0f : v;
+    }
+    const float x = v < -89.0f ? 89.0f : -v;
+    const float n = (x * 1.44269502f + 12582912.0f) - 12582912.0f;
+    const float r = (x - n * 0.693145752f) - n * 1.42860677e-06f;
+    const float h = ((0.000198412701f * r + 0.00138888892f) * r + 0.00833333377f) * r + 0.0416666679f;
+    const float p = (((h * r + 0.166666672f) * r + 0.5f) * r + 1.0f) * r + 1.0f;
+    const uint32_t bits = (uint32_t)((int32_t)n + 126) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return 1.0f + p * scale * 2.0f;
 }
 
 /* sigmoid(v) = 1 / (1 + e^-v), e^-v = 2^n e^r with n = round(-v log2(e)), r = -v - n ln(2) (ln 2 in two parts), e^r by
@@ -115,9 +136,10 @@ static inline const float *lstm_proj_f32_mac4_f32(const float *w, const float *v
 #endif
 
 #if LSTM_PROJ_F32_FPU_KERNELS
-/* lstm_proj_f32_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit in float32; returns the next
- * unit's weights */
-const float *lstm_proj_f32_fpu4_x5_h3_bx(const float *w, const float *xh, float *acc, const float *bx, const float *bh);
+/* lstm_proj_f32_kernels.S: the x sums bx + W_x x, then the h sums bh + W_h h of one or several consecutive units in
+ * float32 (the kernel's comment says where); returns the next unit's weights */
+const float *lstm_proj_f32_fpu4_x5_h3_bx_u2(const float *w, const float *xh, float *acc, const float *bx,
+                                            const float *bh);
 #endif
 
 /* per unit: i/f/g/o rows interleaved in groups of 4 columns, then each row's last columns, x columns then h columns;
@@ -184,14 +206,19 @@ static const float lstm_proj_f32_l0_fwd_w_proj[3][8] = { /* rnn.weight_hr_l0 pro
 static void lstm_proj_f32_l0_fwd(const float *x, float *h, float *c, float *xh, float *tmp, const float *w)
 {
     int j;
+#if LSTM_PROJ_F32_FPU_KERNELS
+    float fa[16]; /* the float unit kernel's sums of 2 units: x parts, then h parts */
+#endif
     memcpy(xh, x, 5 * sizeof(float));
     memcpy(xh + 5, h, 3 * sizeof(float));
     for (j = 0; j < 8; ++j) {
         /* the i, f, g, o rows of unit j: x part and h part */
 #if LSTM_PROJ_F32_FPU_KERNELS
-        float ax[8];
-        const float *const ah = ax + 4;
-        w = lstm_proj_f32_fpu4_x5_h3_bx(w, xh, ax, lstm_proj_f32_l0_fwd_bx[j], NULL);
+        if ((j & 1) == 0) {
+            w = lstm_proj_f32_fpu4_x5_h3_bx_u2(w, xh, fa, lstm_proj_f32_l0_fwd_bx[j], NULL);
+        }
+        const float *const ax = fa + 4 * (j & 1);
+        const float *const ah = ax + 8;
 #else
         float ax[4] = { lstm_proj_f32_l0_fwd_bx[j][0], lstm_proj_f32_l0_fwd_bx[j][1], lstm_proj_f32_l0_fwd_bx[j][2],
                         lstm_proj_f32_l0_fwd_bx[j][3] };
@@ -199,18 +226,16 @@ static void lstm_proj_f32_l0_fwd(const float *x, float *h, float *c, float *xh, 
         w = lstm_proj_f32_mac4_f32(w, xh, 5, ax);
         w = lstm_proj_f32_mac4_f32(w, xh + 5, 3, ah);
 #endif
-        /* i = sigmoid(W_ii x + b_ii + W_hi h + b_hi) */
-        const float i = tr_sigmoid(ax[0] + ah[0]);
+        /* i = sigmoid(W_ii x + b_ii + W_hi h + b_hi): i = 1 / i_den */
+        const float i_den = tr_sigmoid_den(ax[0] + ah[0]);
         /* f = sigmoid(W_if x + b_if + W_hf h + b_hf) */
         const float f = tr_sigmoid(ax[1] + ah[1]);
-        /* g = tanh(W_ig x + b_ig + W_hg h + b_hg) */
-        const float g = tr_tanh(ax[2] + ah[2]);
-        /* o = sigmoid(W_io x + b_io + W_ho h + b_ho) */
-        const float o = tr_sigmoid(ax[3] + ah[3]);
-        /* c = f * c + i * g */
-        c[j] = f * c[j] + i * g;
-        /* h = o * tanh(c) */
-        tmp[j] = o * tr_tanh(c[j]);
+        /* o = sigmoid(W_io x + b_io + W_ho h + b_ho): o = 1 / o_den */
+        const float o_den = tr_sigmoid_den(ax[3] + ah[3]);
+        /* g = tanh(W_ig x + b_ig + W_hg h + b_hg); c = f * c + i * g: i g = tanh_div(pre_g, i_den) */
+        c[j] = f * c[j] + tr_tanh_div(ax[2] + ah[2], i_den);
+        /* h = o * tanh(c): tanh_div(c, o_den) */
+        tmp[j] = tr_tanh_div(c[j], o_den);
     }
     for (j = 0; j < 3; ++j) {
         /* h = W_hr (o * tanh(c)) */

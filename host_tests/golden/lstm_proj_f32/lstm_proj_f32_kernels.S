@@ -9,201 +9,310 @@
     .syntax unified
     .thumb
 
-    .macro f32_block4x3
-    vldmia r1!, {s20-s31}
-    vldmia r0!, {s4-s19}
-    vmul.f32 s4, s4, s20
-    vmul.f32 s8, s8, s20
-    vadd.f32 s0, s0, s4
-    vmul.f32 s12, s12, s20
-    vadd.f32 s1, s1, s8
-    vmul.f32 s16, s16, s20
-    vadd.f32 s2, s2, s12
-    vmul.f32 s5, s5, s21
-    vadd.f32 s3, s3, s16
-    vmul.f32 s9, s9, s21
-    vadd.f32 s0, s0, s5
-    vmul.f32 s13, s13, s21
-    vadd.f32 s1, s1, s9
-    vmul.f32 s17, s17, s21
-    vadd.f32 s2, s2, s13
-    vmul.f32 s6, s6, s22
-    vadd.f32 s3, s3, s17
-    vmul.f32 s10, s10, s22
-    vadd.f32 s0, s0, s6
-    vmul.f32 s14, s14, s22
-    vadd.f32 s1, s1, s10
-    vmul.f32 s18, s18, s22
-    vadd.f32 s2, s2, s14
-    vmul.f32 s7, s7, s23
-    vadd.f32 s3, s3, s18
-    vmul.f32 s11, s11, s23
-    vadd.f32 s0, s0, s7
-    vmul.f32 s15, s15, s23
-    vadd.f32 s1, s1, s11
-    vmul.f32 s19, s19, s23
-    vadd.f32 s2, s2, s15
-    vadd.f32 s3, s3, s19
-    vldmia r0!, {s4-s19}
-    vmul.f32 s4, s4, s24
+    .macro f32_block4x2u2
+    vldmia r1!, {s24-s31}
+    vldmia r0!, {s8-s23}
     vmul.f32 s8, s8, s24
-    vadd.f32 s0, s0, s4
     vmul.f32 s12, s12, s24
-    vadd.f32 s1, s1, s8
+    vadd.f32 s0, s0, s8
     vmul.f32 s16, s16, s24
-    vadd.f32 s2, s2, s12
-    vmul.f32 s5, s5, s25
-    vadd.f32 s3, s3, s16
+    vadd.f32 s1, s1, s12
+    vmul.f32 s20, s20, s24
+    vadd.f32 s2, s2, s16
     vmul.f32 s9, s9, s25
-    vadd.f32 s0, s0, s5
+    vadd.f32 s3, s3, s20
     vmul.f32 s13, s13, s25
-    vadd.f32 s1, s1, s9
+    vadd.f32 s0, s0, s9
     vmul.f32 s17, s17, s25
-    vadd.f32 s2, s2, s13
-    vmul.f32 s6, s6, s26
-    vadd.f32 s3, s3, s17
+    vadd.f32 s1, s1, s13
+    vmul.f32 s21, s21, s25
+    vadd.f32 s2, s2, s17
     vmul.f32 s10, s10, s26
-    vadd.f32 s0, s0, s6
+    vadd.f32 s3, s3, s21
     vmul.f32 s14, s14, s26
-    vadd.f32 s1, s1, s10
+    vadd.f32 s0, s0, s10
     vmul.f32 s18, s18, s26
-    vadd.f32 s2, s2, s14
-    vmul.f32 s7, s7, s27
-    vadd.f32 s3, s3, s18
+    vadd.f32 s1, s1, s14
+    vmul.f32 s22, s22, s26
+    vadd.f32 s2, s2, s18
     vmul.f32 s11, s11, s27
-    vadd.f32 s0, s0, s7
+    vadd.f32 s3, s3, s22
     vmul.f32 s15, s15, s27
-    vadd.f32 s1, s1, s11
+    vadd.f32 s0, s0, s11
     vmul.f32 s19, s19, s27
-    vadd.f32 s2, s2, s15
-    vadd.f32 s3, s3, s19
-    vldmia r0!, {s4-s19}
-    vmul.f32 s4, s4, s28
+    vadd.f32 s1, s1, s15
+    vmul.f32 s23, s23, s27
+    vadd.f32 s2, s2, s19
+    vadd.f32 s3, s3, s23
+    vldmia r4!, {s8-s23}
+    vmul.f32 s8, s8, s24
+    vmul.f32 s12, s12, s24
+    vadd.f32 s4, s4, s8
+    vmul.f32 s16, s16, s24
+    vadd.f32 s5, s5, s12
+    vmul.f32 s20, s20, s24
+    vadd.f32 s6, s6, s16
+    vmul.f32 s9, s9, s25
+    vadd.f32 s7, s7, s20
+    vmul.f32 s13, s13, s25
+    vadd.f32 s4, s4, s9
+    vmul.f32 s17, s17, s25
+    vadd.f32 s5, s5, s13
+    vmul.f32 s21, s21, s25
+    vadd.f32 s6, s6, s17
+    vmul.f32 s10, s10, s26
+    vadd.f32 s7, s7, s21
+    vmul.f32 s14, s14, s26
+    vadd.f32 s4, s4, s10
+    vmul.f32 s18, s18, s26
+    vadd.f32 s5, s5, s14
+    vmul.f32 s22, s22, s26
+    vadd.f32 s6, s6, s18
+    vmul.f32 s11, s11, s27
+    vadd.f32 s7, s7, s22
+    vmul.f32 s15, s15, s27
+    vadd.f32 s4, s4, s11
+    vmul.f32 s19, s19, s27
+    vadd.f32 s5, s5, s15
+    vmul.f32 s23, s23, s27
+    vadd.f32 s6, s6, s19
+    vadd.f32 s7, s7, s23
+    vldmia r0!, {s8-s23}
     vmul.f32 s8, s8, s28
-    vadd.f32 s0, s0, s4
     vmul.f32 s12, s12, s28
-    vadd.f32 s1, s1, s8
+    vadd.f32 s0, s0, s8
     vmul.f32 s16, s16, s28
-    vadd.f32 s2, s2, s12
-    vmul.f32 s5, s5, s29
-    vadd.f32 s3, s3, s16
+    vadd.f32 s1, s1, s12
+    vmul.f32 s20, s20, s28
+    vadd.f32 s2, s2, s16
     vmul.f32 s9, s9, s29
-    vadd.f32 s0, s0, s5
+    vadd.f32 s3, s3, s20
     vmul.f32 s13, s13, s29
-    vadd.f32 s1, s1, s9
+    vadd.f32 s0, s0, s9
     vmul.f32 s17, s17, s29
-    vadd.f32 s2, s2, s13
-    vmul.f32 s6, s6, s30
-    vadd.f32 s3, s3, s17
+    vadd.f32 s1, s1, s13
+    vmul.f32 s21, s21, s29
+    vadd.f32 s2, s2, s17
     vmul.f32 s10, s10, s30
-    vadd.f32 s0, s0, s6
+    vadd.f32 s3, s3, s21
     vmul.f32 s14, s14, s30
-    vadd.f32 s1, s1, s10
+    vadd.f32 s0, s0, s10
     vmul.f32 s18, s18, s30
-    vadd.f32 s2, s2, s14
-    vmul.f32 s7, s7, s31
-    vadd.f32 s3, s3, s18
+    vadd.f32 s1, s1, s14
+    vmul.f32 s22, s22, s30
+    vadd.f32 s2, s2, s18
     vmul.f32 s11, s11, s31
-    vadd.f32 s0, s0, s7
+    vadd.f32 s3, s3, s22
     vmul.f32 s15, s15, s31
-    vadd.f32 s1, s1, s11
+    vadd.f32 s0, s0, s11
     vmul.f32 s19, s19, s31
-    vadd.f32 s2, s2, s15
-    vadd.f32 s3, s3, s19
+    vadd.f32 s1, s1, s15
+    vmul.f32 s23, s23, s31
+    vadd.f32 s2, s2, s19
+    vadd.f32 s3, s3, s23
+    vldmia r4!, {s8-s23}
+    vmul.f32 s8, s8, s28
+    vmul.f32 s12, s12, s28
+    vadd.f32 s4, s4, s8
+    vmul.f32 s16, s16, s28
+    vadd.f32 s5, s5, s12
+    vmul.f32 s20, s20, s28
+    vadd.f32 s6, s6, s16
+    vmul.f32 s9, s9, s29
+    vadd.f32 s7, s7, s20
+    vmul.f32 s13, s13, s29
+    vadd.f32 s4, s4, s9
+    vmul.f32 s17, s17, s29
+    vadd.f32 s5, s5, s13
+    vmul.f32 s21, s21, s29
+    vadd.f32 s6, s6, s17
+    vmul.f32 s10, s10, s30
+    vadd.f32 s7, s7, s21
+    vmul.f32 s14, s14, s30
+    vadd.f32 s4, s4, s10
+    vmul.f32 s18, s18, s30
+    vadd.f32 s5, s5, s14
+    vmul.f32 s22, s22, s30
+    vadd.f32 s6, s6, s18
+    vmul.f32 s11, s11, s31
+    vadd.f32 s7, s7, s22
+    vmul.f32 s15, s15, s31
+    vadd.f32 s4, s4, s11
+    vmul.f32 s19, s19, s31
+    vadd.f32 s5, s5, s15
+    vmul.f32 s23, s23, s31
+    vadd.f32 s6, s6, s19
+    vadd.f32 s7, s7, s23
     .endm
 
-/* The float sums of the 4 gate rows of one unit over [x, h]: acc[0..4) = bx + W_x x (5 columns), acc[4..8) = bh + W_h h
- * (3 columns); returns the next unit's weights.
- * Blocks of 3 groups of 4 columns: one VLDM of the activations, per group one VLDM of its 16 weights, per weight VMUL
- * and VADD (the C kernel's rounding and order; backend/fpuasm.py). */
-    .section .text.lstm_proj_f32_fpu4_x5_h3_bx,"ax",%progbits
-    .global lstm_proj_f32_fpu4_x5_h3_bx
-    .type lstm_proj_f32_fpu4_x5_h3_bx, %function
+/* The float sums of the 4 gate rows of 2 units over [x, h] (unit u's weights at w + 32 u): acc[4 u + g] = bx + W_x x (5
+ * columns), acc[8 + 4 u + g] = bh + W_h h (3 columns); returns the weights after the 2 units.
+ * Blocks of 2 groups of 4 columns: one VLDM of the activations for the 2 units, per group and unit one VLDM of its 16
+ * weights, per weight VMUL and VADD (the C kernel's rounding and order; backend/fpuasm.py). */
+    .section .text.lstm_proj_f32_fpu4_x5_h3_bx_u2,"ax",%progbits
+    .global lstm_proj_f32_fpu4_x5_h3_bx_u2
+    .type lstm_proj_f32_fpu4_x5_h3_bx_u2, %function
     .thumb_func
     .p2align 2
-lstm_proj_f32_fpu4_x5_h3_bx:
+lstm_proj_f32_fpu4_x5_h3_bx_u2:
+    push {r4}
     vpush {s16-s31}
-    vldmia r3, {s0-s3}
-    vldmia r1!, {s20-s23}
-    vldmia r0!, {s4-s19}
-    vmul.f32 s4, s4, s20
-    vmul.f32 s8, s8, s20
-    vadd.f32 s0, s0, s4
-    vmul.f32 s12, s12, s20
-    vadd.f32 s1, s1, s8
-    vmul.f32 s16, s16, s20
-    vadd.f32 s2, s2, s12
-    vmul.f32 s5, s5, s21
-    vadd.f32 s3, s3, s16
-    vmul.f32 s9, s9, s21
-    vadd.f32 s0, s0, s5
-    vmul.f32 s13, s13, s21
+    movw r12, #128
+    add r4, r0, r12
+    vldmia r3, {s0-s7}
+    vldmia r1!, {s24-s27}
+    vldmia r0!, {s8-s23}
+    vmul.f32 s8, s8, s24
+    vmul.f32 s12, s12, s24
+    vadd.f32 s0, s0, s8
+    vmul.f32 s16, s16, s24
+    vadd.f32 s1, s1, s12
+    vmul.f32 s20, s20, s24
+    vadd.f32 s2, s2, s16
+    vmul.f32 s9, s9, s25
+    vadd.f32 s3, s3, s20
+    vmul.f32 s13, s13, s25
+    vadd.f32 s0, s0, s9
+    vmul.f32 s17, s17, s25
+    vadd.f32 s1, s1, s13
+    vmul.f32 s21, s21, s25
+    vadd.f32 s2, s2, s17
+    vmul.f32 s10, s10, s26
+    vadd.f32 s3, s3, s21
+    vmul.f32 s14, s14, s26
+    vadd.f32 s0, s0, s10
+    vmul.f32 s18, s18, s26
+    vadd.f32 s1, s1, s14
+    vmul.f32 s22, s22, s26
+    vadd.f32 s2, s2, s18
+    vmul.f32 s11, s11, s27
+    vadd.f32 s3, s3, s22
+    vmul.f32 s15, s15, s27
+    vadd.f32 s0, s0, s11
+    vmul.f32 s19, s19, s27
+    vadd.f32 s1, s1, s15
+    vmul.f32 s23, s23, s27
+    vadd.f32 s2, s2, s19
+    vadd.f32 s3, s3, s23
+    vldmia r4!, {s8-s23}
+    vmul.f32 s8, s8, s24
+    vmul.f32 s12, s12, s24
+    vadd.f32 s4, s4, s8
+    vmul.f32 s16, s16, s24
+    vadd.f32 s5, s5, s12
+    vmul.f32 s20, s20, s24
+    vadd.f32 s6, s6, s16
+    vmul.f32 s9, s9, s25
+    vadd.f32 s7, s7, s20
+    vmul.f32 s13, s13, s25
+    vadd.f32 s4, s4, s9
+    vmul.f32 s17, s17, s25
+    vadd.f32 s5, s5, s13
+    vmul.f32 s21, s21, s25
+    vadd.f32 s6, s6, s17
+    vmul.f32 s10, s10, s26
+    vadd.f32 s7, s7, s21
+    vmul.f32 s14, s14, s26
+    vadd.f32 s4, s4, s10
+    vmul.f32 s18, s18, s26
+    vadd.f32 s5, s5, s14
+    vmul.f32 s22, s22, s26
+    vadd.f32 s6, s6, s18
+    vmul.f32 s11, s11, s27
+    vadd.f32 s7, s7, s22
+    vmul.f32 s15, s15, s27
+    vadd.f32 s4, s4, s11
+    vmul.f32 s19, s19, s27
+    vadd.f32 s5, s5, s15
+    vmul.f32 s23, s23, s27
+    vadd.f32 s6, s6, s19
+    vadd.f32 s7, s7, s23
+    vldmia r1!, {s24}
+    vldmia r0!, {s8-s11}
+    vmul.f32 s8, s8, s24
+    vmul.f32 s9, s9, s24
+    vadd.f32 s0, s0, s8
+    vmul.f32 s10, s10, s24
     vadd.f32 s1, s1, s9
-    vmul.f32 s17, s17, s21
-    vadd.f32 s2, s2, s13
-    vmul.f32 s6, s6, s22
-    vadd.f32 s3, s3, s17
-    vmul.f32 s10, s10, s22
-    vadd.f32 s0, s0, s6
-    vmul.f32 s14, s14, s22
-    vadd.f32 s1, s1, s10
-    vmul.f32 s18, s18, s22
-    vadd.f32 s2, s2, s14
-    vmul.f32 s7, s7, s23
-    vadd.f32 s3, s3, s18
-    vmul.f32 s11, s11, s23
-    vadd.f32 s0, s0, s7
-    vmul.f32 s15, s15, s23
-    vadd.f32 s1, s1, s11
-    vmul.f32 s19, s19, s23
-    vadd.f32 s2, s2, s15
-    vadd.f32 s3, s3, s19
-    vldmia r1!, {s20}
-    vldmia r0!, {s4-s7}
-    vmul.f32 s4, s4, s20
-    vmul.f32 s5, s5, s20
-    vadd.f32 s0, s0, s4
-    vmul.f32 s6, s6, s20
-    vadd.f32 s1, s1, s5
-    vmul.f32 s7, s7, s20
-    vadd.f32 s2, s2, s6
-    vadd.f32 s3, s3, s7
-    vstmia r2!, {s0-s3}
+    vmul.f32 s11, s11, s24
+    vadd.f32 s2, s2, s10
+    vadd.f32 s3, s3, s11
+    vldmia r4!, {s8-s11}
+    vmul.f32 s8, s8, s24
+    vmul.f32 s9, s9, s24
+    vadd.f32 s4, s4, s8
+    vmul.f32 s10, s10, s24
+    vadd.f32 s5, s5, s9
+    vmul.f32 s11, s11, s24
+    vadd.f32 s6, s6, s10
+    vadd.f32 s7, s7, s11
+    vstmia r2!, {s0-s7}
     movs r3, #0
     vmov s0, r3
     vmov.f32 s1, s0
     vmov.f32 s2, s0
     vmov.f32 s3, s0
-    vldmia r1!, {s20-s22}
-    vldmia r0!, {s4-s15}
-    vmul.f32 s4, s4, s20
-    vmul.f32 s7, s7, s20
-    vadd.f32 s0, s0, s4
-    vmul.f32 s10, s10, s20
-    vadd.f32 s1, s1, s7
-    vmul.f32 s13, s13, s20
-    vadd.f32 s2, s2, s10
-    vmul.f32 s5, s5, s21
-    vadd.f32 s3, s3, s13
-    vmul.f32 s8, s8, s21
-    vadd.f32 s0, s0, s5
-    vmul.f32 s11, s11, s21
-    vadd.f32 s1, s1, s8
-    vmul.f32 s14, s14, s21
-    vadd.f32 s2, s2, s11
-    vmul.f32 s6, s6, s22
-    vadd.f32 s3, s3, s14
-    vmul.f32 s9, s9, s22
-    vadd.f32 s0, s0, s6
-    vmul.f32 s12, s12, s22
-    vadd.f32 s1, s1, s9
-    vmul.f32 s15, s15, s22
-    vadd.f32 s2, s2, s12
-    vadd.f32 s3, s3, s15
-    vstmia r2, {s0-s3}
+    vmov.f32 s4, s0
+    vmov.f32 s5, s0
+    vmov.f32 s6, s0
+    vmov.f32 s7, s0
+    vldmia r1!, {s24-s26}
+    vldmia r0!, {s8-s19}
+    vmul.f32 s8, s8, s24
+    vmul.f32 s11, s11, s24
+    vadd.f32 s0, s0, s8
+    vmul.f32 s14, s14, s24
+    vadd.f32 s1, s1, s11
+    vmul.f32 s17, s17, s24
+    vadd.f32 s2, s2, s14
+    vmul.f32 s9, s9, s25
+    vadd.f32 s3, s3, s17
+    vmul.f32 s12, s12, s25
+    vadd.f32 s0, s0, s9
+    vmul.f32 s15, s15, s25
+    vadd.f32 s1, s1, s12
+    vmul.f32 s18, s18, s25
+    vadd.f32 s2, s2, s15
+    vmul.f32 s10, s10, s26
+    vadd.f32 s3, s3, s18
+    vmul.f32 s13, s13, s26
+    vadd.f32 s0, s0, s10
+    vmul.f32 s16, s16, s26
+    vadd.f32 s1, s1, s13
+    vmul.f32 s19, s19, s26
+    vadd.f32 s2, s2, s16
+    vadd.f32 s3, s3, s19
+    vldmia r4!, {s8-s19}
+    vmul.f32 s8, s8, s24
+    vmul.f32 s11, s11, s24
+    vadd.f32 s4, s4, s8
+    vmul.f32 s14, s14, s24
+    vadd.f32 s5, s5, s11
+    vmul.f32 s17, s17, s24
+    vadd.f32 s6, s6, s14
+    vmul.f32 s9, s9, s25
+    vadd.f32 s7, s7, s17
+    vmul.f32 s12, s12, s25
+    vadd.f32 s4, s4, s9
+    vmul.f32 s15, s15, s25
+    vadd.f32 s5, s5, s12
+    vmul.f32 s18, s18, s25
+    vadd.f32 s6, s6, s15
+    vmul.f32 s10, s10, s26
+    vadd.f32 s7, s7, s18
+    vmul.f32 s13, s13, s26
+    vadd.f32 s4, s4, s10
+    vmul.f32 s16, s16, s26
+    vadd.f32 s5, s5, s13
+    vmul.f32 s19, s19, s26
+    vadd.f32 s6, s6, s16
+    vadd.f32 s7, s7, s19
+    vstmia r2, {s0-s7}
     vpop {s16-s31}
+    mov r0, r4
+    pop {r4}
     bx lr
-    .size lstm_proj_f32_fpu4_x5_h3_bx, . - lstm_proj_f32_fpu4_x5_h3_bx
+    .size lstm_proj_f32_fpu4_x5_h3_bx_u2, . - lstm_proj_f32_fpu4_x5_h3_bx_u2
 #endif
 #if defined(__linux__) && defined(__ELF__)
     .section .note.GNU-stack,"",%progbits /* no executable stack on hosts that ask */
