@@ -16,18 +16,24 @@ The sums are exact: the exporter proved that every partial sum fits 32 bits (SML
 and the final sum is in range, so the order of the additions does not change it), so the
 results equal the portable C kernel and the reference bit for bit.
 
-The C prototype of a unit kernel (AAPCS; the fifth argument on the stack)::
+The C prototype of an int8 unit kernel (AAPCS; the fifth and sixth arguments on the stack)::
 
     const int8_t *NAME(const int8_t *w, const int16_t *xh, int32_t *acc,
-                       const int32_t *bx, const int32_t *bh);
+                       const int32_t *bx, const int32_t *bh, int n);
 
-``acc[0..G)`` receives the x-part sums (started from ``bx[0..G)`` or zero), ``acc[G..2G)``
-the h-part sums (from ``bh``); it returns the weights of the next unit.
+It computes the sums of ``n >= 1`` consecutive units (one C call per :data:`BLOCK_UNITS`
+units, not one per unit: the call, the register saves and the reloads of the arguments are
+paid once per block): unit u's x-part sums go to ``acc[2Gu..2Gu + G)`` (started from its
+row of ``bx`` or zero), its h-part sums to ``acc[2Gu + G..2G(u + 1))`` (from ``bh``); ``bx``
+and ``bh`` point at the first unit's rows. It returns the weights of the next unit. Between
+units the acc, bias and end pointers live in the stack frame, so the column loops keep all 14
+registers.
 
 16-bit weights with 64-bit sums (w16a16) take ``const int16_t *w`` and ``int64_t`` sums and
-biases. A 64-bit sum needs two registers, so the kernel makes passes of 2 rows over
-``[x, h]``: per group 2 activation loads, 4 weight loads (rows r and r + 1, 2 words each; the
-last one post-indexed to the next group), 4 ``SMLALD``: 11 cycles for 8 MACs.
+biases, one unit per call (no ``n``). A 64-bit sum needs two registers, so the kernel makes
+passes of 2 rows over ``[x, h]``: per group 2 activation loads, 4 weight loads (rows r and
+r + 1, 2 words each; the last one post-indexed to the next group), 4 ``SMLALD``: 11 cycles
+for 8 MACs.
 """
 
 from __future__ import annotations
@@ -68,8 +74,14 @@ _W, _V, _N, _T = "r0", "r1", "r2", "r3"
 _SUMS = ("r4", "r5", "r6", "r7")
 _X01, _X23 = "r8", "r9"
 _WORDS = ("r10", "r11", "r12", "lr")
-_SAVED = "{r2, r4-r11, lr}"  # r2 keeps acc; 10 words, so the fifth argument is at [sp, #40]
-_BH_OFFSET = 40
+_SAVED = "{r1-r11, lr}"  # 12 words: [sp] xh, [sp, #4] acc, [sp, #8] bx, then r4-r11, lr
+_XH, _ACC, _BX = "[sp]", "[sp, #4]", "[sp, #8]"
+_BH, _END = "[sp, #48]", "[sp, #52]"  # the fifth and sixth arguments; n becomes acc's end
+
+BLOCK_UNITS = 4
+"""Units per call of an int8 unit kernel: the C loop calls it when ``j % BLOCK_UNITS == 0`` and
+reads the sums of units j .. j + 3 from a local ``int32_t [BLOCK_UNITS][2G]`` (64 bytes of
+stack per gate); 4 units amortize the call to about 10 cycles per unit."""
 
 
 @dataclass(frozen=True, order=True)
@@ -94,17 +106,27 @@ class UnitKernel:
         wide = "_w16" if self.bits == 16 else ""
         return f"{prefix}_unit{self.G}{wide}_x{self.xg}_h{self.hg}{flags}"
 
+    @property
+    def block(self) -> int:
+        """Units per call: :data:`BLOCK_UNITS` for int8 weights, 1 for int16 weights."""
+        return BLOCK_UNITS if self.bits == 8 else 1
+
     def doc(self) -> list[str]:
         """What the kernel computes and how, for the comment above it."""
-        lines = [f"The sums of the {self.G} gate rows of one unit over [x, h]: acc[0..{self.G}) = "
-                 f"bx + W_x x ({self.xg} groups of 4 columns), acc[{self.G}..{2 * self.G}) = "
-                 f"bh + W_h h ({self.hg} groups); returns the next unit's weights."]
         if self.bits == 8:
-            lines.append(f"Per group: 2 + {self.G} loads back to back, then per row SXTB16, "
-                         "SXTB16 ROR 8 and two SMLAD. Exact: every partial sum fits 32 bits.")
+            lines = [f"The sums of the {self.G} gate rows of n units over [x, h]: for unit u, "
+                     f"acc[{2 * self.G}u..{2 * self.G}u + {self.G}) = bx + W_x x ({self.xg} groups "
+                     f"of 4 columns), acc[{2 * self.G}u + {self.G}..{2 * self.G}(u + 1)) = "
+                     f"bh + W_h h ({self.hg} groups); returns the next unit's weights.",
+                     f"Per group: 2 + {self.G} loads back to back, then per row SXTB16, "
+                     "SXTB16 ROR 8 and two SMLAD. Exact: every partial sum fits 32 bits."]
         else:
-            lines.append("Passes of 2 rows; per group: 6 loads back to back, then 4 SMLALD "
-                         "into 64-bit sums. Exact.")
+            lines = [f"The sums of the {self.G} gate rows of one unit over [x, h]: "
+                     f"acc[0..{self.G}) = bx + W_x x ({self.xg} groups of 4 columns), "
+                     f"acc[{self.G}..{2 * self.G}) = bh + W_h h ({self.hg} groups); "
+                     "returns the next unit's weights.",
+                     "Passes of 2 rows; per group: 6 loads back to back, then 4 SMLALD "
+                     "into 64-bit sums. Exact."]
         return lines
 
     def macros(self) -> dict[str, list[str]]:
@@ -131,22 +153,29 @@ class UnitKernel:
         if self.bits == 16:
             return self._assembly16(unroll)
         sums = _SUMS[:self.G]
-        lines: list[Line] = [f"push {_SAVED}"]
-        lines += self._start(self.bx, _T, sums)
+        # acc's end (acc + n * 8G bytes) replaces n, so the unit loop compares pointers
+        s0 = sums[0]
+        lines: list[Line] = [f"push {_SAVED}", f"ldr {s0}, {_END}", f"movs {_T}, #{8 * self.G}",
+                             f"mul {s0}, {s0}, {_T}", f"add {s0}, {s0}, r2", f"str {s0}, {_END}",
+                             "3:"]
+        lines += self._start(self.bx, _BX, sums)
+        lines.append(f"ldr {_V}, {_XH}")
         lines += self._part(self.xg, unroll, "1")
-        lines += [f"ldr {_N}, [sp]", _multiple("stm", _N, sums)]
-        if self.bh:
-            lines.append(f"ldr {_T}, [sp, #{_BH_OFFSET}]")
-        lines += self._start(self.bh, _T, sums)
-        lines += self._part(self.hg, unroll, "2")
-        lines += [f"ldr {_N}, [sp]", f"add {_N}, {_N}, #{4 * self.G}", _multiple("stm", _N, sums),
+        lines += [f"ldr {_N}, {_ACC}", _multiple_wb("stm", _N, sums)]
+        lines += self._start(self.bh, _BH, sums)
+        lines.append(f"str {_N}, {_ACC}")
+        lines += self._part(self.hg, unroll, "2")  # v goes on from x's end to h
+        lines += [f"ldr {_N}, {_ACC}", _multiple_wb("stm", _N, sums), f"str {_N}, {_ACC}",
+                  f"ldr {_T}, {_END}", f"cmp {_N}, {_T}", "bne 3b",
                   f"pop {_SAVED[:-4]}pc}}"]
         return lines
 
     @staticmethod
-    def _start(bias: bool, pointer: str, sums: tuple[str, ...]) -> list[str]:
+    def _start(bias: bool, slot: str, sums: tuple[str, ...]) -> list[str]:
+        """The sums from the next row of the biases at the pointer in ``slot`` (moved on), or
+        zero."""
         if bias:
-            return [_multiple("ldm", pointer, sums)]
+            return [f"ldr {_T}, {slot}", _multiple_wb("ldm", _T, sums), f"str {_T}, {slot}"]
         return [f"movs {s}, #0" for s in sums]
 
     def _group(self) -> list[str]:
@@ -231,6 +260,14 @@ def _multiple(op: str, base: str, registers: tuple[str, ...]) -> str:
     if len(registers) == 1:
         return f"{'ldr' if op == 'ldm' else 'str'} {registers[0]}, [{base}]"
     return f"{op} {base}, {{{', '.join(registers)}}}"
+
+
+def _multiple_wb(op: str, base: str, registers: tuple[str, ...]) -> str:
+    """:func:`_multiple` with the base moved past the registers (``ldm base!``, or a
+    post-indexed LDR/STR for one register)."""
+    if len(registers) == 1:
+        return f"{'ldr' if op == 'ldm' else 'str'} {registers[0]}, [{base}], #4"
+    return f"{op} {base}!, {{{', '.join(registers)}}}"
 
 
 def _add_constant(reg: str, value: int, scratch: str) -> list[str]:

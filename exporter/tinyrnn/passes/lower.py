@@ -402,8 +402,9 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
     used = {"c"} | ({"dsp"} if dsp is None else set()) | ({"v6m"} if v6m is None else set())
     for side in sum_sides:
         req.c_kernels[(G, bits, 64 if side.acc_ctype == "int64_t" else 32)] |= used
-    sums = UnitSums(G, bits, wtype, f"{fn}_w", sum_sides[0], sum_sides[1], dsp, v6m, v6m_w,
-                    v6m_stride)
+    block = min(kernel.block, H) if dsp else 1
+    sums = UnitSums(G, bits, wtype, f"{fn}_w", sum_sides[0], sum_sides[1], dsp, block,
+                    H % block != 0, v6m, v6m_w, v6m_stride)
 
     # the gate math
     aliases: dict[str, tuple[str, str, str]] = {}

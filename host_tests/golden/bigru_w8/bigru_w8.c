@@ -354,9 +354,10 @@ static inline const int8_t *bigru_w8_mac3_w8_acc32(const int8_t *w, const int16_
 #endif
 
 #if BIGRU_W8_DSP_KERNELS
-/* bigru_w8_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit; returns the next unit's weights */
+/* bigru_w8_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit (of each of n units, 2G sums apart,
+ * bx and bh moving G per unit, with int8 weights); returns the next unit's weights */
 const int8_t *bigru_w8_unit3_x1_h2_bx_bh(const int8_t *w, const int16_t *xh, int32_t *acc, const int32_t *bx,
-                                         const int32_t *bh);
+                                         const int32_t *bh, int n);
 #endif
 
 #if BIGRU_W8_V6M_KERNELS
@@ -443,14 +444,19 @@ static void bigru_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *xh, const int
     const int h_shift = 30; /* Q45 to h's Q0.15 */
     const int32_t one = 32768; /* 1.0 in Q0.15 */
     int j;
+#if BIGRU_W8_DSP_KERNELS
+    int32_t sums[4][6]; /* the DSP kernel's sums of 4 units: x parts, then h parts */
+#endif
     memcpy(xh, x, 4 * sizeof(int16_t));
     memcpy(xh + 4, h, 6 * sizeof(int16_t));
     for (j = 0; j < 6; ++j) {
         /* the r, z, n rows of unit j: x part and h part, exact */
 #if BIGRU_W8_DSP_KERNELS
-        int32_t ax[6];
+        const int32_t *const ax = sums[j % 4];
         const int32_t *const ah = ax + 3;
-        w = bigru_w8_unit3_x1_h2_bx_bh(w, xh, ax, bigru_w8_l0_fwd_bx[j], bigru_w8_l0_fwd_bh[j]);
+        if (j % 4 == 0) /* the sums of units j .. j + 3 in one call */
+            w = bigru_w8_unit3_x1_h2_bx_bh(w, xh, sums[0], bigru_w8_l0_fwd_bx[j], bigru_w8_l0_fwd_bh[j],
+                                           6 - j < 4 ? 6 - j : 4);
 #elif BIGRU_W8_V6M_KERNELS
         int32_t ax[6];
         const int32_t *const ah = ax + 3;
@@ -535,14 +541,19 @@ static void bigru_w8_l0_rev(const int16_t *x, int16_t *h, int16_t *xh, const int
     const int h_shift = 30; /* Q45 to h's Q0.15 */
     const int32_t one = 32768; /* 1.0 in Q0.15 */
     int j;
+#if BIGRU_W8_DSP_KERNELS
+    int32_t sums[4][6]; /* the DSP kernel's sums of 4 units: x parts, then h parts */
+#endif
     memcpy(xh, x, 4 * sizeof(int16_t));
     memcpy(xh + 4, h, 6 * sizeof(int16_t));
     for (j = 0; j < 6; ++j) {
         /* the r, z, n rows of unit j: x part and h part, exact */
 #if BIGRU_W8_DSP_KERNELS
-        int32_t ax[6];
+        const int32_t *const ax = sums[j % 4];
         const int32_t *const ah = ax + 3;
-        w = bigru_w8_unit3_x1_h2_bx_bh(w, xh, ax, bigru_w8_l0_rev_bx[j], bigru_w8_l0_rev_bh[j]);
+        if (j % 4 == 0) /* the sums of units j .. j + 3 in one call */
+            w = bigru_w8_unit3_x1_h2_bx_bh(w, xh, sums[0], bigru_w8_l0_rev_bx[j], bigru_w8_l0_rev_bh[j],
+                                           6 - j < 4 ? 6 - j : 4);
 #elif BIGRU_W8_V6M_KERNELS
         int32_t ax[6];
         const int32_t *const ah = ax + 3;

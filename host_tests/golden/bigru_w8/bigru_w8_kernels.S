@@ -30,8 +30,8 @@
     smlad r6, r12, r9, r6
     .endm
 
-/* The sums of the 3 gate rows of one unit over [x, h]: acc[0..3) = bx + W_x x (1 groups of 4 columns), acc[3..6) = bh +
- * W_h h (2 groups); returns the next unit's weights.
+/* The sums of the 3 gate rows of n units over [x, h]: for unit u, acc[6u..6u + 3) = bx + W_x x (1 groups of 4 columns),
+ * acc[6u + 3..6(u + 1)) = bh + W_h h (2 groups); returns the next unit's weights.
  * Per group: 2 + 3 loads back to back, then per row SXTB16, SXTB16 ROR 8 and two SMLAD. Exact: every partial sum fits
  * 32 bits. */
     .section .text.bigru_w8_unit3_x1_h2_bx_bh,"ax",%progbits
@@ -40,13 +40,24 @@
     .thumb_func
     .p2align 2
 bigru_w8_unit3_x1_h2_bx_bh:
-    push {r2, r4-r11, lr}
-    ldm r3, {r4, r5, r6}
+    push {r1-r11, lr}
+    ldr r4, [sp, #52]
+    movs r3, #24
+    mul r4, r4, r3
+    add r4, r4, r2
+    str r4, [sp, #52]
+3:
+    ldr r3, [sp, #8]
+    ldm r3!, {r4, r5, r6}
+    str r3, [sp, #8]
+    ldr r1, [sp]
     w8_group3
-    ldr r2, [sp]
-    stm r2, {r4, r5, r6}
-    ldr r3, [sp, #40]
-    ldm r3, {r4, r5, r6}
+    ldr r2, [sp, #4]
+    stm r2!, {r4, r5, r6}
+    ldr r3, [sp, #48]
+    ldm r3!, {r4, r5, r6}
+    str r3, [sp, #48]
+    str r2, [sp, #4]
 #if defined(__OPTIMIZE_SIZE__)
     movs r2, #2
 2:
@@ -58,10 +69,13 @@ bigru_w8_unit3_x1_h2_bx_bh:
     w8_group3
     .endr
 #endif
-    ldr r2, [sp]
-    add r2, r2, #12
-    stm r2, {r4, r5, r6}
-    pop {r2, r4-r11,pc}
+    ldr r2, [sp, #4]
+    stm r2!, {r4, r5, r6}
+    str r2, [sp, #4]
+    ldr r3, [sp, #52]
+    cmp r2, r3
+    bne 3b
+    pop {r1-r11,pc}
     .size bigru_w8_unit3_x1_h2_bx_bh, . - bigru_w8_unit3_x1_h2_bx_bh
 #elif defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_6M__)
     .syntax unified

@@ -447,9 +447,10 @@ static inline const int8_t *gesture_mac4_w8_acc32(const int8_t *w, const int16_t
 #endif
 
 #if GESTURE_DSP_KERNELS
-/* gesture_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit; returns the next unit's weights */
+/* gesture_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit (of each of n units, 2G sums apart, bx
+ * and bh moving G per unit, with int8 weights); returns the next unit's weights */
 const int8_t *gesture_unit4_x1_h4_bx(const int8_t *w, const int16_t *xh, int32_t *acc, const int32_t *bx,
-                                     const int32_t *bh);
+                                     const int32_t *bh, int n);
 #endif
 
 #if GESTURE_V6M_KERNELS
@@ -620,14 +621,18 @@ static void gesture_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh
     const int c_shift = 31; /* Q45 to c's Q1.14 */
     const int oc_up = 2; /* o * tanh(c): Q0.15 x Q0.30 to Q0.15 is a shift by 30: a high-word multiply of o * 2^2 */
     int j;
+#if GESTURE_DSP_KERNELS
+    int32_t sums[4][8]; /* the DSP kernel's sums of 4 units: x parts, then h parts */
+#endif
     memcpy(xh, x, 3 * sizeof(int16_t));
     memcpy(xh + 4, h, 16 * sizeof(int16_t));
     for (j = 0; j < 16; ++j) {
         /* the i, f, g, o rows of unit j: x part and h part, exact */
 #if GESTURE_DSP_KERNELS
-        int32_t ax[8];
+        const int32_t *const ax = sums[j % 4];
         const int32_t *const ah = ax + 4;
-        w = gesture_unit4_x1_h4_bx(w, xh, ax, gesture_l0_fwd_bx[j], NULL);
+        if (j % 4 == 0) /* the sums of units j .. j + 3 in one call */
+            w = gesture_unit4_x1_h4_bx(w, xh, sums[0], gesture_l0_fwd_bx[j], NULL, 4);
 #elif GESTURE_V6M_KERNELS
         int32_t ax[8];
         const int32_t *const ah = ax + 4;

@@ -35,8 +35,8 @@
     smlad r7, lr, r9, r7
     .endm
 
-/* The sums of the 4 gate rows of one unit over [x, h]: acc[0..4) = bx + W_x x (1 groups of 4 columns), acc[4..8) = bh +
- * W_h h (4 groups); returns the next unit's weights.
+/* The sums of the 4 gate rows of n units over [x, h]: for unit u, acc[8u..8u + 4) = bx + W_x x (1 groups of 4 columns),
+ * acc[8u + 4..8(u + 1)) = bh + W_h h (4 groups); returns the next unit's weights.
  * Per group: 2 + 4 loads back to back, then per row SXTB16, SXTB16 ROR 8 and two SMLAD. Exact: every partial sum fits
  * 32 bits. */
     .section .text.gesture_unit4_x1_h4_bx,"ax",%progbits
@@ -45,15 +45,25 @@
     .thumb_func
     .p2align 2
 gesture_unit4_x1_h4_bx:
-    push {r2, r4-r11, lr}
-    ldm r3, {r4, r5, r6, r7}
+    push {r1-r11, lr}
+    ldr r4, [sp, #52]
+    movs r3, #32
+    mul r4, r4, r3
+    add r4, r4, r2
+    str r4, [sp, #52]
+3:
+    ldr r3, [sp, #8]
+    ldm r3!, {r4, r5, r6, r7}
+    str r3, [sp, #8]
+    ldr r1, [sp]
     w8_group4
-    ldr r2, [sp]
-    stm r2, {r4, r5, r6, r7}
+    ldr r2, [sp, #4]
+    stm r2!, {r4, r5, r6, r7}
     movs r4, #0
     movs r5, #0
     movs r6, #0
     movs r7, #0
+    str r2, [sp, #4]
 #if defined(__OPTIMIZE_SIZE__)
     movs r2, #4
 2:
@@ -65,10 +75,13 @@ gesture_unit4_x1_h4_bx:
     w8_group4
     .endr
 #endif
-    ldr r2, [sp]
-    add r2, r2, #16
-    stm r2, {r4, r5, r6, r7}
-    pop {r2, r4-r11,pc}
+    ldr r2, [sp, #4]
+    stm r2!, {r4, r5, r6, r7}
+    str r2, [sp, #4]
+    ldr r3, [sp, #52]
+    cmp r2, r3
+    bne 3b
+    pop {r1-r11,pc}
     .size gesture_unit4_x1_h4_bx, . - gesture_unit4_x1_h4_bx
 #elif defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_6M__)
     .syntax unified
