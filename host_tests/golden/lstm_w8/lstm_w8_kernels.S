@@ -62,32 +62,35 @@ lstm_w8_unit4_x2_h2_bx:
     w8_group4
     subs r2, r2, #1
     bne 1b
+    ldr r2, [sp, #4]
 #else
     .rept 2
     w8_group4
     .endr
 #endif
-    ldr r2, [sp, #4]
     stm r2!, {r4, r5, r6, r7}
     movs r4, #0
     movs r5, #0
     movs r6, #0
     movs r7, #0
-    str r2, [sp, #4]
 #if defined(__OPTIMIZE_SIZE__)
+    str r2, [sp, #4]
     movs r2, #2
 2:
     w8_group4
     subs r2, r2, #1
     bne 2b
+    ldr r2, [sp, #4]
 #else
     .rept 2
     w8_group4
     .endr
 #endif
-    ldr r2, [sp, #4]
     stm r2!, {r4, r5, r6, r7}
+#if defined(__OPTIMIZE_SIZE__)
     str r2, [sp, #4]
+#else
+#endif
     ldr r3, [sp, #52]
     cmp r2, r3
     bne 3b
