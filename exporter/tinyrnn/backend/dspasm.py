@@ -132,6 +132,11 @@ class UnitKernel:
         """Bytes of one unit's weights (x part, then h part)."""
         return (self.bits // 2) * self.G * (self.xg + self.hg)
 
+    @property
+    def _straight_at_speed(self) -> bool:
+        return all(groups // part_unroll(groups, UNROLL_SPEED) < 2
+                   for groups in (self.xg, self.hg))
+
     def pass_units(self, unroll: int) -> int:
         """Units per pass in the build variant with ``unroll``: :data:`PASS_UNITS` when both
         parts are straight code and the last unit's words are within an LDR offset (4095)."""
@@ -171,6 +176,10 @@ class UnitKernel:
             P = self.pass_units(UNROLL_SPEED)
             if P > 1:
                 out[self._pass_macro(P)] = self._pass_group(P)
+            if not (self.bx and self.bh) and self._straight_at_speed:  # a part starts with SMUAD
+                out[self._macro8 + "_first"] = self._group(first=True)
+                if P > 1:
+                    out[self._pass_macro(P) + "_first"] = self._pass_group(P, first=True)
             return out
         return {self._macro16(min(2, self.G - first)): self._group16(min(2, self.G - first),
                                                                       8 * self.G)
@@ -204,12 +213,12 @@ class UnitKernel:
             if P > 1:  # units left after the passes?
                 lines += [f"ldr {_T}, {_END}", f"cmp {_N}, {_T}", "beq 8f"]
             lines.append("3:")
-            lines += self._start(self.bx, _BX, sums)
+            lines += self._start(self.bx, _BX, sums, straight=True)
             lines.append(f"ldr {_V}, {_XH}")
-            lines += self._part(self.xg, ux, "1")
+            lines += self._straight(self.xg, self.bx, self._macro8)
             lines.append(_multiple_wb("stm", _N, sums))
-            lines += self._start(self.bh, _BH, sums)
-            lines += self._part(self.hg, uh, "2")
+            lines += self._start(self.bh, _BH, sums, straight=True)
+            lines += self._straight(self.hg, self.bh, self._macro8)
             lines += [_multiple_wb("stm", _N, sums), f"ldr {_T}, {_END}", f"cmp {_N}, {_T}",
                       "bne 3b"] + (["8:"] if P > 1 else []) + [f"pop {_SAVED[:-4]}pc}}"]
             return lines
@@ -233,7 +242,7 @@ class UnitKernel:
         R = P * self.G
         return _POOL[:R], _POOL[R], _POOL[R + 1], _POOL[R + 2:]
 
-    def _pass_group(self, P: int) -> list[str]:
+    def _pass_group(self, P: int, first: bool = False) -> list[str]:
         """One group of 4 columns for the P * G rows of a pass: the activation words once, then
         the weight words in bursts as many as the free registers hold (unit 0's post-indexed,
         unit k's at k * stride bytes on), each burst's rows extended and multiplied."""
@@ -241,15 +250,16 @@ class UnitKernel:
         G = self.G
         rows = [(k, g) for k in range(P) for g in range(G)]
         lines = [f"ldr {x01}, [{_V}], #4", f"ldr {x23}, [{_V}], #4"]
-        for first in range(0, len(rows), len(words)):
-            chunk = rows[first:first + len(words)]
+        for start in range(0, len(rows), len(words)):
+            chunk = rows[start:start + len(words)]
             for q, (k, g) in zip(words, chunk):
                 lines.append(f"ldr {q}, [{_W}], #4" if k == 0 else
                              f"ldr {q}, [{_W}, #{k * self.stride - 4 * G + 4 * g}]")
             for q, (k, g) in zip(words, chunk):
                 s = sums[k * G + g]
                 lines += [f"sxtb16 {_T}, {q}", f"sxtb16 {q}, {q}, ror #8",
-                          f"smlad {s}, {_T}, {x01}, {s}", f"smlad {s}, {q}, {x23}, {s}"]
+                          f"smuad {s}, {_T}, {x01}" if first else f"smlad {s}, {_T}, {x01}, {s}",
+                          f"smlad {s}, {q}, {x23}, {s}"]
         return lines
 
     def _passes(self, P: int) -> list[Line]:
@@ -259,12 +269,12 @@ class UnitKernel:
         sums = self._pass_registers(P)[0]
         lines: list[Line] = ["6:", f"ldr {_T}, {_END}", f"sub {_T}, {_T}, {_N}",
                              f"cmp {_T}, #{P * 8 * G}", "blt 7f", f"str {_N}, {_ACC}"]
-        for part, bias, slot, groups, label in (("x", self.bx, _BX, self.xg, "1"),
-                                               ("h", self.bh, _BH, self.hg, "2")):
-            lines += self._start(bias, slot, sums)
+        for part, bias, slot, groups in (("x", self.bx, _BX, self.xg),
+                                         ("h", self.bh, _BH, self.hg)):
+            lines += self._start(bias, slot, sums, straight=True)
             if part == "x":
                 lines.append(f"ldr {_V}, {_XH}")
-            lines += _loop(groups, groups, label, self._pass_macro(P))
+            lines += self._straight(groups, bias, self._pass_macro(P))
             lines.append(f"ldr {_T}, {_ACC}")
             offset = 0 if part == "x" else 4 * G
             lines += [f"str {sums[k * G + g]}, [{_T}, #{8 * G * k + offset + 4 * g}]"
@@ -275,20 +285,30 @@ class UnitKernel:
         return lines
 
     @staticmethod
-    def _start(bias: bool, slot: str, sums: tuple[str, ...]) -> list[str]:
+    def _start(bias: bool, slot: str, sums: tuple[str, ...], straight: bool = False
+               ) -> list[str]:
         """The sums from the next row of the biases at the pointer in ``slot`` (moved on), or
-        zero."""
+        zero (in straight code nothing: the first group starts them with SMUAD)."""
         if bias:
             return [f"ldr {_T}, {slot}", _multiple_wb("ldm", _T, sums), f"str {_T}, {slot}"]
-        return [f"movs {s}, #0" for s in sums]
+        return [] if straight else [f"movs {s}, #0" for s in sums]
 
-    def _group(self) -> list[str]:
+    @staticmethod
+    def _straight(groups: int, bias: bool, macro: str) -> list[Line]:
+        """A straight part of ``groups`` copies of ``macro``; without a bias the first is its
+        ``_first`` variant, whose SMUAD starts each sum (the same integer as SMLAD onto 0)."""
+        if bias:
+            return [Rept(groups, macro)]
+        return [Rept(1, macro + "_first")] + ([Rept(groups - 1, macro)] if groups > 1 else [])
+
+    def _group(self, first: bool = False) -> list[str]:
         words = _WORDS[:self.G]
         lines = [f"ldr {_X01}, [{_V}], #4", f"ldr {_X23}, [{_V}], #4"]
         lines += [f"ldr {q}, [{_W}], #4" for q in words]
         for q, s in zip(words, _SUMS):
             lines += [f"sxtb16 {_T}, {q}", f"sxtb16 {q}, {q}, ror #8",
-                      f"smlad {s}, {_T}, {_X01}, {s}", f"smlad {s}, {q}, {_X23}, {s}"]
+                      f"smuad {s}, {_T}, {_X01}" if first else f"smlad {s}, {_T}, {_X01}, {s}",
+                      f"smlad {s}, {q}, {_X23}, {s}"]
         return lines
 
     def _part(self, groups: int, unroll: int, label: str) -> list[Line]:

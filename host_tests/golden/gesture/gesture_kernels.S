@@ -35,6 +35,31 @@
     smlad r7, lr, r9, r7
     .endm
 
+    .macro w8_group4_first
+    ldr r8, [r1], #4
+    ldr r9, [r1], #4
+    ldr r10, [r0], #4
+    ldr r11, [r0], #4
+    ldr r12, [r0], #4
+    ldr lr, [r0], #4
+    sxtb16 r3, r10
+    sxtb16 r10, r10, ror #8
+    smuad r4, r3, r8
+    smlad r4, r10, r9, r4
+    sxtb16 r3, r11
+    sxtb16 r11, r11, ror #8
+    smuad r5, r3, r8
+    smlad r5, r11, r9, r5
+    sxtb16 r3, r12
+    sxtb16 r12, r12, ror #8
+    smuad r6, r3, r8
+    smlad r6, r12, r9, r6
+    sxtb16 r3, lr
+    sxtb16 lr, lr, ror #8
+    smuad r7, r3, r8
+    smlad r7, lr, r9, r7
+    .endm
+
 /* The sums of the 4 gate rows of n units over [x, h]: for unit u, acc[8u..8u + 4) = bx + W_x x (1 groups of 4 columns),
  * acc[8u + 4..8(u + 1)) = bh + W_h h (4 groups); returns the next unit's weights.
  * Per group: 2 + 4 loads back to back, then per row SXTB16, SXTB16 ROR 8 and two SMLAD. Exact: every partial sum fits
@@ -62,11 +87,11 @@ gesture_unit4_x1_h4_bx:
 #else
 #endif
     stm r2!, {r4, r5, r6, r7}
+#if defined(__OPTIMIZE_SIZE__)
     movs r4, #0
     movs r5, #0
     movs r6, #0
     movs r7, #0
-#if defined(__OPTIMIZE_SIZE__)
     str r2, [sp, #4]
     movs r2, #4
 2:
@@ -75,7 +100,8 @@ gesture_unit4_x1_h4_bx:
     bne 2b
     ldr r2, [sp, #4]
 #else
-    .rept 4
+    w8_group4_first
+    .rept 3
     w8_group4
     .endr
 #endif
