@@ -48,6 +48,8 @@ sys.path.insert(0, str(ROOT / "exporter"))
 import tinyrnn  # noqa: E402
 from tinyrnn import api  # noqa: E402
 from tinyrnn.backend.dspasm import UNROLL_SPEED, UnitKernel, steady_cycles  # noqa: E402
+from tinyrnn.backend.fpuasm import steady_cycles as float_steady_cycles  # noqa: E402
+from tinyrnn.backend.mveasm import MveKernel  # noqa: E402
 from tinyrnn.backend.v6masm import steady_instructions_per_mac  # noqa: E402
 from tinyrnn.cells import cell_spec, recurrent_macs  # noqa: E402
 from tinyrnn.check.report import progress_bar, save_figure, sqnr_db  # noqa: E402
@@ -205,6 +207,15 @@ TARGETS = (
     ("Cortex-M0 LSTM I=H=64", "lstm", 64, 64, "w8a16", "cortex-m0", 3.0, None,
      "instructions/MAC"),
 )
+# float32 on the M4F (issue 14): the bound is 3 cycles per MAC, the cheapest float MAC on the M4
+# table (VLDM 1 per weight, VMUL 1, VADD 1; a VFMA alone is 3).
+FLOAT_CYCLES_PER_MAC = 3
+FLOAT_TARGETS = (
+    ("LSTM I=H=64", "lstm", 64, 64, "float32", "cortex-m4", 110_000,
+     FLOAT_CYCLES_PER_MAC * 4 * 64 * 128, "cycles"),
+    ("GRU I=H=64", "gru", 64, 64, "float32", "cortex-m4", 85_000,
+     FLOAT_CYCLES_PER_MAC * 3 * 64 * 128, "cycles"),
+)
 # Measured elsewhere with the same method (issue 6): unicorn block counts + the static M4 table.
 ANCHORS = {
     ("lstm", 64, 64, "w8a16"): "CMSIS-NN arm_lstm_unidirectional_s8 131,598; keras2c float32 "
@@ -214,6 +225,62 @@ ANCHORS = {
     ("lstm", 12, 32, "w8a16"): "CMSIS-NN s8 40,096",
 }
 CODE_SIZE_TARGET = 2048
+
+
+# ---------------------------------------------------------------------------------------------
+# Cortex-M55 (Helium): instructions per step counted under QEMU, the MVE kernels against the
+# scalar DSP path the same core ran before them
+
+M55_CASES = (("lstm", 64, 64), ("gru", 64, 64), ("lstm", 12, 32), ("lstm", 32, 128))
+M55_LANES = 8  # int16 MACs per MVE instruction (VMLADAVA.S16: 8 lanes)
+M55_TARGET = ("lstm", 64, 64, "w8a16", 0.5)  # issue 14: <= 0.5 instructions per MAC
+
+
+def run_m55_suite(formats: Sequence[str], work: Path) -> list[dict[str, Any]]:
+    """Each M55 case in each integer format built twice for mps3-an547: ``-mcpu=cortex-m55``
+    (the MVE kernels) and ``-mcpu=cortex-m55+nomve`` (no Helium: the DSP assembly path, what
+    the M55 ran before), each counted under QEMU -icount (tinyrnn.targets.qemucount)."""
+    from dataclasses import replace
+
+    from tinyrnn.targets import cross
+    from tinyrnn.targets.boards import load_board
+    from tinyrnn.targets.profile import measure_qemu
+    from tinyrnn.targets.profile_image import build_image
+
+    board = load_board("mps3-an547")
+    scalar = replace(board, cpu_flags=tuple(
+        f"{f}+nomve" if f == "-mcpu=cortex-m55" else f for f in board.cpu_flags))
+    cases = [CostCase(cell, i, h, fmt) for cell, i, h in M55_CASES for fmt in formats
+             if fmt in ("w8a16", "w16a16")]
+    rows = []
+    with progress_bar(len(cases), "cortex-m55") as bar:
+        for case in cases:
+            folder = work / case.id
+            if not folder.exists():
+                torch.manual_seed(SEED)
+                calibration = torch.randn(8, 24, case.input_size,
+                                          generator=torch.Generator().manual_seed(SEED))
+                export(Cell(case.cell, case.input_size, case.hidden).eval(),
+                       torch.zeros(1, 4, case.input_size), folder, case.fmt, "bench",
+                       calibration)
+            model = cross.ExportedModel.load(folder)
+            counts = {label: measure_qemu(build_image(model, b, work / f"m55_{label}_{case.id}"))
+                      for label, b in (("before", scalar), ("after", board))}
+            bound = case.macs / M55_LANES
+            kernel = MveKernel(cell_spec(case.cell).G, 8 if case.fmt == "w8a16" else 16,
+                               32 if case.fmt == "w8a16" else 64)
+            floor = case.hidden * kernel.steady_instructions(case.input_size, case.hidden)
+            after = counts["after"].instructions_per_step
+            rows.append({"cell": case.cell, "input": case.input_size, "hidden": case.hidden,
+                         "format": case.fmt, "macs": case.macs,
+                         "before": counts["before"].instructions_per_step,
+                         "after": after, "after_q": counts["after"].details.get(
+                             "instructions_per_step_q"), "bound": bound, "floor": floor,
+                         "instructions_per_mac": after / case.macs,
+                         "ratio_to_bound": after / bound,
+                         "method": counts["after"].details["method"]})
+            bar.update()
+    return rows
 
 
 def _head_model(input_size: int, hidden: int) -> nn.Module:
@@ -250,6 +317,8 @@ def kernel_floor(cell: str, input_size: int, hidden: int, fmt: str, cpu: str) ->
     G = cell_spec(cell).G
     if cpu == "cortex-m0":
         return steady_instructions_per_mac(G)
+    if fmt == "float32":  # tinyrnn.backend.fpuasm.steady_cycles (columns in groups of 4)
+        return hidden * (float_steady_cycles(G, input_size) + float_steady_cycles(G, hidden))
     bits = 8 if fmt == "w8a16" else 16
     xg, hg = padded(input_size) // 4, padded(hidden) // 4
     kernel = UnitKernel(G, xg, hg, True, True, bits)
@@ -259,7 +328,7 @@ def kernel_floor(cell: str, input_size: int, hidden: int, fmt: str, cpu: str) ->
 def targets(cost: list[dict[str, Any]], work: Path) -> list[dict[str, Any]]:
     """Each target of issue 6 with its measured figure (profiling what the cost suite lacks)."""
     rows = []
-    for what, cell, i, h, fmt, cpu, target, bound, unit in TARGETS:
+    for what, cell, i, h, fmt, cpu, target, bound, unit in (*TARGETS, *FLOAT_TARGETS):
         match = [r for r in cost if (r["cell"], r["input"], r["hidden"], r["format"])
                  == (cell, i, h, fmt)]
         value_q = None
@@ -603,7 +672,8 @@ def _db(value: float) -> str:
 def write_report(out: Path, env: dict[str, str], formats: Sequence[str],
                  missing: Sequence[str], cost: list[dict[str, Any]],
                  accuracy: list[dict[str, Any]], images: Sequence[Path],
-                 seconds: float, goals: Sequence[dict[str, Any]] = ()) -> Path:
+                 seconds: float, goals: Sequence[dict[str, Any]] = (),
+                 m55: Sequence[dict[str, Any]] = ()) -> Path:
     lines = ["# tinyrnn benchmark", "",
              "Cost and accuracy of exported recurrent layers on Cortex-M cores, measured "
              "without hardware (`tinyrnn profile`, method and cost table in "
@@ -618,19 +688,21 @@ def write_report(out: Path, env: dict[str, str], formats: Sequence[str],
               f"| run time | {seconds:.0f} s |", ""]
     if goals:
         lines += [
-            "## Targets (issue 6: DSP kernels)", "",
+            "## Targets (issue 6: DSP kernels; issue 14: float32)", "",
             "Each figure beside its target and its bound (gates x H x (I + H) / 0.8 cycles for "
-            "w8a16, / 1.0 for w16a16), and beside implementations **measured elsewhere with the "
+            "w8a16, / 1.0 for w16a16, x 3 for float32: VLDM + VMUL + VADD per MAC), and "
+            "beside implementations **measured elsewhere with the "
             "same method** (unicorn block counts + the static Cortex-M4 table, gcc 12.2 -O2; the "
             "figures quoted in issue 6, not re-measured here). *Kernel floor*: what the "
             "matrix-vector kernels alone cost at their steady rate, before loop, call and "
             "per-unit work (`tinyrnn.backend.dspasm.steady_cycles`: per group of 4 columns "
             "for int8 weights 23 cycles per LSTM unit, 17 per GRU unit and 5.75 per RNN unit "
             "where passes of 2 and 4 units share the activation loads, 11 per 2-row pass for "
-            "int16; the ARMv6-M kernel's 3 + 2/G instructions per MAC, 4.5 for one row): the 14 "
-            "registers of the M4 limit a pass to 4 to 6 rows, so 2 activation loads and a "
-            "load-use cycle per burst come on top of the bound's LDR + 2 SXTB16 + 2 SMLAD. "
-            "*Where the cycles go*: the M4 estimate per function of the "
+            "int16; for float32 `tinyrnn.backend.fpuasm.steady_cycles`, "
+            "3 + (1 + 4b) / (4Gb) + 1 / (4G) per MAC; the ARMv6-M kernel's 3 + 2/G instructions "
+            "per MAC, 4.5 for one row): the 14 registers of the M4 limit a pass to 4 to 6 rows, "
+            "so 2 activation loads and a load-use cycle per burst come on top of the bound's "
+            "LDR + 2 SXTB16 + 2 SMLAD. *Where the cycles go*: the M4 estimate per function of the "
             "counted step (`NAME_unit*` the generated assembly kernels; `NAME_lK_fwd` the "
             "per-unit work: requantization, sigmoid/tanh, cell update; `NAME_load` the float "
             "API's input conversion; for the Cortex-M0 instructions per MAC). *int16 API*: the "
@@ -691,6 +763,39 @@ def write_report(out: Path, env: dict[str, str], formats: Sequence[str],
                 f"{r['flash_code'] - r['flash_model_code']:,} | {r['ram_state']:,} | "
                 f"{r['ram_scratch']:,} | {r['stack']:,} |")
         lines += ["", "![memory](memory.png)", ""]
+    if m55:
+        cell, i, h, fmt, target = M55_TARGET
+        lines += [
+            "## Cortex-M55 (Helium)", "",
+            "Instructions per step on `mps3-an547`, counted by QEMU 7.2 with `-icount shift=0` "
+            "(one virtual nanosecond per instruction; SysTick across 32 `NAME_step` calls, "
+            "calibrated on a loop of known length: `tinyrnn profile --cpu cortex-m55`, "
+            "docs/profiling.md). *Before*: the same export built with `-mcpu=cortex-m55+nomve`, "
+            "which runs the scalar DSP assembly kernels, as every M55 build did before the MVE "
+            "kernels. *After*: `-mcpu=cortex-m55`, the MVE kernels (VLDRB.S16 / VLDRH.S16 and "
+            "VMLADAVA / VMLALDAVA). *Bound*: MACs / 8, one instruction per 8 int16 lanes, the "
+            "multiply-accumulates alone (no loads, no per-unit work). *Kernel floor*: the MVE "
+            "chunk loops alone, 2 + 2G instructions per chunk of 8 columns and unit "
+            "(`tinyrnn.backend.mveasm.MveKernel.steady_instructions`); the rest of *after* is "
+            "the per-unit scalar work (requantization, sigmoid/tanh tables, cell update), the "
+            "sums' set-up and the float API's conversions. Instruction counts, not cycles: a "
+            "vector instruction counts once whatever its beats.", "",
+            f"Target (issue 14): {cell.upper()} I={i} H={h} {fmt} <= {target} instructions / "
+            "MAC. *int16 API*: the same step through `NAME_step_q` (int16 in and out, no float "
+            "conversion), as the M4 targets show it.", "",
+            "| cell | I | H | format | MACs | before (DSP) | after (MVE) | instructions / MAC "
+            "| int16 API | its instructions / MAC | bound | kernel floor | after / bound "
+            "| before / after |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in m55:
+            lines.append(
+                f"| {r['cell'].upper()} | {r['input']} | {r['hidden']} | {r['format']} | "
+                f"{r['macs']:,} | {r['before']:,} | {r['after']:,} | "
+                f"{r['instructions_per_mac']:.3f} | {_num(r['after_q'])} | "
+                f"{_num(r['after_q'] and r['after_q'] / r['macs'], '.3f')} | {r['bound']:,.0f} | "
+                f"{r['floor']:,} | "
+                f"{r['ratio_to_bound']:.2f} | {r['before'] / r['after']:.2f} |")
+        lines.append("")
     if accuracy:
         lines += [
             "## Accuracy", "",
@@ -729,6 +834,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a smoke run: two shapes, M4 only, few training epochs")
     parser.add_argument("--no-cost", action="store_true", help="skip the cost suite")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the accuracy suite")
+    parser.add_argument("--no-m55", action="store_true",
+                        help="skip the Cortex-M55 (Helium) rows counted under QEMU")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="profiles run in parallel (default: all cores)")
     args = parser.parse_args(argv)
@@ -755,6 +862,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         cost = [] if args.no_cost else run_cost_suite(formats, shapes, cores, work, args.jobs)
         goals = targets(cost, work) if cost else []
+        m55 = [] if args.no_m55 or args.quick else run_m55_suite(formats, work)
         accuracy = [] if args.no_accuracy else run_accuracy_suite(formats, work, epochs)
     images: list[Path] = []
     if cost:
@@ -764,9 +872,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.monotonic() - started
     (out / "results.json").write_text(json.dumps(_finite(
         {"environment": env, "formats": formats, "missing_formats": missing, "targets": goals,
-         "cost": cost,
+         "cost": cost, "cortex_m55": m55,
          "accuracy": accuracy}), indent=1, default=_json_default) + "\n", encoding="utf-8")
-    report = write_report(out, env, formats, missing, cost, accuracy, images, seconds, goals)
+    report = write_report(out, env, formats, missing, cost, accuracy, images, seconds, goals,
+                          m55)
     print(f"wrote {report} and {len(images)} plot(s) in {seconds:.0f} s"
           + (f"; formats not offered yet: {', '.join(missing)}" if missing else ""))
     return 0

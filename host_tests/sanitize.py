@@ -11,10 +11,11 @@ and runs it. For each model the driver, in C loops:
   (integer formats) on int16 inputs where one value in four is an extreme (-32768, 32767,
   -1, 0, 1), ``run`` / ``step`` on floats where one value in four is special (NaN, +-Inf,
   +-FLT_MAX, +-FLT_MIN, +-denormals, -0, +-1e30), ``set_state_q`` / ``set_state`` likewise
-  for models that take an initial state; sequence lengths 1..max_seq_len (bidirectional) or
-  1..64, calls from reset and continuing a stream;
+  for models that take an initial state; sequence lengths 1..max_seq_len (models with
+  sequence buffers: bidirectional, Conv1d, pooling) or 1..64, calls from reset and continuing
+  a stream;
 - checks every return code, and the error paths: T = 0, T = max_seq_len + 1, NULL pointers,
-  ``step`` on a bidirectional model;
+  ``step`` on a model that does not stream;
 - runs the probes given by the caller (inputs chosen in Python) and prints their outputs, so
   that the caller can compare the sanitized build with the host build bit for bit.
 
@@ -114,7 +115,9 @@ def _model_view(t: Target) -> dict:
     p = m["name"]
     api = m["interface"]
     has_step = bool(api["has_step"])
-    cap = STREAM_CAP if has_step else api["max_seq_len"]
+    # sequence buffers (bidirectional, Conv1d, pooling) bound NAME_run, even where a causal
+    # conv model streams with NAME_step
+    cap = api.get("max_seq_len") or STREAM_CAP
     takes_state = any(s["role"] == "h0" for s in api["forward_inputs"])
     sizes = {s["role"]: s.get("size") for s in api["forward_inputs"]}
     state_sizes = [sizes[a] for a in api["set_state_args"]] if takes_state else []
@@ -132,6 +135,7 @@ def _model_view(t: Target) -> dict:
     return dict(
         p=p, P=p.upper(), seed=t.seed, steps=t.steps, fixed=m.get("format") != "float32", cap=cap,
         I=api["input_size"], step_out=api["step_output_size"], has_step=has_step,
+        bounded=bool(api.get("max_seq_len")),
         state_sizes=state_sizes, n_out=n_out, lengths=_lengths(m, "T"),
         err_lengths=_lengths(m, str(cap + 1)),
         outs_f="".join(f", of[{j}]" for j in range(n_out)), arrays=arrays, probes=probes)

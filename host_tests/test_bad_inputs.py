@@ -122,6 +122,27 @@ ROWS = [
     Row("export-calibration-npz-keys", ("export", "{tiny}", "--out", "{out}", "--calibration",
                                         "{keys_npz}"), 2, r"holds arrays \['x'\]; an input "
                                                           r"\.npz must hold in0, in1"),
+    # ---- export: per-layer formats (--layer-format NAME=FORMAT)
+    Row("export-layer-format-unknown-name", ("export", "{tiny}", "--out", "{out}",
+                                             "--layer-format", "encoder=w16a16"), 2,
+        r"'encoder' names no layer of the model\. The layers with weights are 'lstm' \(LSTM\), "
+        r"'fc' \(Linear\)"),
+    Row("export-layer-format-w4a16", ("export", "{tiny}", "--out", "{out}", "--layer-format",
+                                      "fc=w4a16"), 2,
+        r"--layer-format fc=w4a16: unknown format 'w4a16'; a layer of an integer export takes "
+        r"w8a16 or w16a16"),
+    Row("export-layer-format-float32-layer", ("export", "{tiny}", "--out", "{out}",
+                                              "--layer-format", "fc=float32"), 2,
+        r"a float32 layer inside a w8a16 model is not supported .* give the layer w16a16"),
+    Row("export-layer-format-in-float32", ("export", "{tiny}", "--out", "{out}", "--format",
+                                           "float32", "--layer-format", "lstm=w16a16"), 2,
+        r"per-layer formats apply to the integer exports, and this one is float32"),
+    Row("export-layer-format-no-equals", ("export", "{tiny}", "--out", "{out}",
+                                          "--layer-format", "fc"), 2,
+        r"--layer-format 'fc': write NAME=FORMAT"),
+    Row("export-layer-format-twice", ("export", "{tiny}", "--out", "{out}", "--layer-format",
+                                      "fc=w16a16", "--layer-format", "fc=w8a16"), 2,
+        r"--layer-format gives 'fc' two formats \(w16a16 and w8a16\)"),
     Row("export-calibration-float32", ("export", "{tiny}", "--out", "{out}", "--format",
                                        "float32", "--calibration", "{x}"), 0,
         r"warning: --calibration \(calibration= in the API\) applies to the integer formats "
@@ -260,7 +281,8 @@ ROWS = [
     # ---- profile
     Row("profile-unknown-cpu", ("profile", "{f32}", "--cpu", "cortex-m99"), 2,
         r"unknown core 'cortex-m99'; choose one of m0"),
-    Row("profile-m55", ("profile", "{f32}", "--cpu", "m55"), 2, r"cannot profile cortex-m55"),
+    Row("profile-m55-check", ("profile", "{f32}", "--cpu", "m55", "--qemu-check"), 2,
+        r"count already comes from QEMU: leave --qemu-check out"),
     Row("profile-no-core", ("profile", "{f32}"), 2, r"say which core to profile for"),
     Row("profile-cpu-differs-from-board", ("profile", "{f32}", "--cpu", "m4", "--board",
                                            "mps2-an385"), 2,

@@ -159,7 +159,24 @@ def test_no_dsp_or_fpu_instructions_without_them(board: str, board_run):
     assert re.search(r"\bbl\s+[0-9a-f]+ <__(aeabi_fadd|addsf3)>", listing.stdout)
 
 
-DSP_BOARDS = [b for b in EMULATED if b not in NO_FPU_NO_DSP]
+MVE_BOARDS = ["mps3-an547"]  # Cortex-M55: the MVE kernels win over the DSP assembly
+DSP_BOARDS = [b for b in EMULATED if b not in NO_FPU_NO_DSP + MVE_BOARDS]
+
+
+@pytest.mark.parametrize("board", MVE_BOARDS)
+def test_mve_boards_run_the_helium_kernels(board: str, board_run):
+    """On the Cortex-M55 the w8a16 and w16a16 recurrent layers go through the MVE kernels
+    (inlined: VMLADAVA.S16 for 32-bit sums, VMLALDAVA.S16 for 64-bit ones, widening VLDRB.S16
+    loads of int8 weights), so test_board_equals_host checks them bit for bit, and no DSP
+    assembly unit kernel is linked."""
+    firmware, _ = board_run(board)
+    listing = subprocess.run(["arm-none-eabi-objdump", "-d", "--no-show-raw-insn", "-m",
+                              "armv8.1-m.main", str(firmware.elf)], capture_output=True, text=True,
+                             check=True)
+    # objdump prints VMLADAVA as its alias VMLAVA, VMLALDAVA as VMLALVA
+    for mnemonic in ("vmlava.s16", "vmlalva.s16", "vldrb.s16", "vctp.16"):
+        assert re.search(rf"\b{re.escape(mnemonic)}\b", listing.stdout), mnemonic
+    assert not re.search(r"^[0-9a-f]+ <\w+_unit\d", listing.stdout, re.M)
 
 
 @pytest.mark.parametrize("board", DSP_BOARDS)
@@ -272,6 +289,12 @@ def test_clang_builds_run_equal_to_the_gcc_builds(core: str, clang_run, board_ru
                                            err_msg=f"{fmt} {case.id} sample {s} out{out} on {core}")
     symbols = subprocess.run([cross.GCC.replace("gcc", "nm"), str(firmware.elf)], check=True,
                              capture_output=True, text=True).stdout
+    if core == "cortex-m55":  # the inlined MVE kernels
+        listing = subprocess.run(["arm-none-eabi-objdump", "-d", "-m", "armv8.1-m.main",
+                                  str(firmware.elf)], check=True, capture_output=True,
+                                 text=True).stdout
+        assert re.search(r"\bvmlava\.s16\b", listing), "no MVE kernel in the clang M55 image"
+        return
     marker = "_v6m_unit" if core == "cortex-m0" else "_unit"
     assert re.search(rf"\bT \w+{marker}\d", symbols), f"no assembly unit kernel in the {core} image"
 

@@ -17,9 +17,12 @@ from tinyrnn.check import evaluate, torchref
 from tinyrnn.check.simulate import batch_from_arrays, run_float
 from tinyrnn.errors import TinyRNNError
 from tinyrnn.frontend.reader import capture, read_program
+from tinyrnn.io import assemble_outputs, split_inputs
 from tinyrnn.ir import Conv1d
 from tinyrnn.numerics.helpers import TANH_MAX_ERROR
 from tinyrnn.passes.lower import lower
+from tinyrnn.targets import cross
+from tinyrnn.targets.boards import load_board
 from tinyrnn.targets.host import load_many
 from tinyrnn.targets.profile import layer_macs, macs_per_step
 
@@ -56,6 +59,20 @@ CASES = [
              rnn="bilstm", head=True, seed=5),
     ConvCase("kernel1-time-major", ({"out_channels": 3, "kernel_size": 1},), rnn="gru_tm",
              seed=6),
+    # the length changes: stride, padding short of the span, padding beyond it
+    ConvCase("stride2-pad1", ({"out_channels": 6, "kernel_size": 3, "padding": 1,
+                               "stride": 2},), seed=7),
+    ConvCase("valid-then-stride3-bilstm-head", ({"out_channels": 6, "kernel_size": 3},
+                                                {"out_channels": 6, "kernel_size": 2,
+                                                 "stride": 3, "groups": 3}),
+             rnn="bilstm", head=True, seed=8),
+    ConvCase("pad-beyond-kernel-bct", ({"out_channels": 5, "kernel_size": 1, "padding": 2},),
+             layout="bct", seed=9),
+    # Silero's shapes in small: a one-channel window conv (an STFT), odd channel counts
+    ConvCase("stft-c1-k4-stride2", ({"out_channels": 6, "kernel_size": 4, "stride": 2,
+                                     "bias": False},), input_size=1, seed=10),
+    ConvCase("odd-c9-o7-k3-pad1", ({"out_channels": 7, "kernel_size": 3, "padding": 1},),
+             input_size=9, seed=11),
 ]
 STEPS = 9
 
@@ -138,8 +155,9 @@ def test_torch_to_ir_keeps_the_conv_arrays_and_options(case: ConvCase, built):
         span = conv.dilation[0] * (conv.kernel_size[0] - 1)
         padding = conv.padding if isinstance(conv.padding, str) else conv.padding[0]
         left = span // 2 if padding == "same" else padding
+        right = span - left if padding == "same" else padding
         assert (layer.stride, layer.dilation, layer.groups, layer.pad_left, layer.pad_right) == (
-            1, conv.dilation[0], conv.groups, left, span - left)
+            conv.stride[0], conv.dilation[0], conv.groups, left, right)
     x = model.inputs[0]
     axes = {"btc": (0, 1), "bct": (0, 2)}[case.layout] if case.rnn != "gru_tm" else (1, 0)
     assert (x.batch_axis, x.time_axis, x.features) == (*axes, case.input_size)
@@ -183,6 +201,19 @@ def test_the_profiler_counts_the_conv_macs(compiled):
     assert macs_per_step(compiled["groups2"].manifest) == 6 * 2 * 3 + layer_macs(gru)
 
 
+def test_the_profiler_counts_a_strided_conv_at_its_output_positions(compiled):
+    """Conv1d(4, 6, 3, stride 2, padding 1): one output position per 2 input steps, and the
+    GRU after it runs over the conv's output length (5 positions out of 9 steps)."""
+    manifest = compiled["stride2-pad1"].manifest
+    conv = next(layer for layer in manifest["layers"] if layer["kind"] == "conv1d")
+    gru = next(layer for layer in manifest["layers"] if layer["kind"] == "gru")
+    assert layer_macs(conv) == 6 * 4 * 3 / 2
+    assert macs_per_step(manifest) == (6 * 4 * 3 + layer_macs(gru)) / 2
+    out = (9 + 2 - 3) // 2 + 1
+    assert macs_per_step(manifest, steps=9) == pytest.approx(
+        out * (6 * 4 * 3 + layer_macs(gru)) / 9)
+
+
 def test_generated_files_carry_nothing_unused(compiled):
     """clang -Weverything and gcc -Wunused on every export of the table: no unused helper,
     macro or array (the new helper and the layer-major schedule included)."""
@@ -191,8 +222,9 @@ def test_generated_files_carry_nothing_unused(compiled):
 
 
 def test_step_is_refused_and_the_length_is_bounded(compiled):
-    """A Conv1d reads neighbouring steps: NAME_step returns NAME_ERR_UNSUPPORTED, NAME_run
-    takes at most NAME_MAX_SEQ_LEN steps (its sequence buffers)."""
+    """A Conv1d padded on the right reads the next step: NAME_step returns
+    NAME_ERR_UNSUPPORTED, NAME_run takes at most NAME_MAX_SEQ_LEN steps (its sequence
+    buffers)."""
     c = compiled["pad1"]
     with pytest.raises(TinyRNNError, match="unsupported"):
         c.step(c.new_state(), np.zeros(4, np.float32))
@@ -219,16 +251,15 @@ REFUSED = [
     (_Conv(_through_gru, padding=1, padding_mode="circular"),
      ["aten.pad.default", "at encoder.0 (Conv1d)", "padding_mode='circular' is not supported",
       "padding_mode='zeros'"]),
-    (_Conv(_through_gru, padding=1, stride=2),
-     ["aten.conv1d.default", "at encoder.0 (Conv1d)", "changes the sequence length",
-      "(9 steps to 5: stride 2", "use stride 1 and padding='same'"]),
     (_Conv(lambda self, x: self.encoder(x.transpose(1, 2)), padding=1),
      ["returns a (B, C, T) value", "y.transpose(1, 2)"]),
+    (_Conv(lambda self, x: self.encoder(x.transpose(1, 2)).transpose(1, 2), padding=1),
+     ["the model has no recurrent layer", "optionally behind Conv1d layers"]),
 ]
 
 
 @pytest.mark.parametrize("module, phrases", REFUSED,
-                         ids=["circular", "stride2", "bct-output"])
+                         ids=["circular", "bct-output", "no-recurrent-layer"])
 def test_forms_tinyrnn_cannot_export_are_named(module, phrases):
     with pytest.raises(TinyRNNError) as info:
         read_program(capture(module.eval(), (torch.randn(2, 9, 4),)))
@@ -237,10 +268,30 @@ def test_forms_tinyrnn_cannot_export_are_named(module, phrases):
         assert phrase in text, (phrase, text)
 
 
-@pytest.mark.parametrize("fmt", ["w8a16", "w16a16"])
-def test_integer_formats_are_refused_until_they_exist(fmt, built, tmp_path):
-    program = built["pad1"][2]
-    with pytest.raises(TinyRNNError, match=f"the {fmt} format has no Conv1d yet \\(convs.0\\)"
-                                           ": export this model with --format float32"):
-        export_program(program, tmp_path / "c", name="m", format=fmt)
-    assert not (tmp_path / "c").exists()
+def test_a_sequence_too_short_for_the_conv_is_refused(compiled):
+    """The valid (unpadded) kernel-3 conv has no output step for T = 1, and for T = 3 it gives
+    one, too few for the kernel-2 conv after it: NAME_run returns NAME_ERR_SEQ_LEN. T = 4
+    gives 2 steps, then 1."""
+    c = compiled["valid-then-stride3-bilstm-head"]
+    for steps in (1, 3):
+        with pytest.raises(TinyRNNError, match="returned -2: a sequence length outside"):
+            c.run_sample({"x": np.zeros((steps, 4), np.float32)})
+    assert c.run_sample({"x": np.ones((4, 4), np.float32)})[0].shape == (3,)
+
+
+def test_the_m4f_equals_the_host_bit_for_bit(compiled, tmp_path):
+    """Every model of the table in one image under QEMU on the Cortex-M4F (mps2-an386): the
+    window dot products run dot4_f's FPU path (VLDM, then VMUL and VADD per row in column
+    order, the order of its portable C), so the outputs equal the host build's bit for bit."""
+    jobs, expected = [], []
+    for case in CASES:
+        c = compiled[case.id]
+        x = _x(case, 2, STEPS, 7)
+        model = cross.ExportedModel.load(c.folder)
+        jobs.append(cross.ModelInputs(model, tuple(split_inputs(model.interface, [x]))))
+        expected.append(c.run(x))
+    result = cross.run_qemu(cross.build(jobs, load_board("mps2-an386"), tmp_path), timeout=60)
+    for case, job, outs, want in zip(CASES, jobs, result.outputs, expected):
+        got = assemble_outputs(job.model.interface, outs, STEPS)
+        for k, (g, w) in enumerate(zip(got, want)):
+            assert np.array_equal(g, w), (case.id, k, np.argwhere(g != w)[:3])

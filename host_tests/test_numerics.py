@@ -21,6 +21,7 @@ from pathlib import Path
 import cffi
 import numpy as np
 import pytest
+import torch
 
 from tinyrnn.backend.render import helpers_source
 from tinyrnn.numerics import helpers as fp
@@ -442,7 +443,46 @@ void w_softmax_f(const float *x, float *y, int rows, int n);
 void w_log_softmax_f(const float *x, float *y, int rows, int n);
 void w_float_cell(const float *w, const float *x, float *y, int rows, int n);
 void w_conv1d_f(const float *x, float *y, int T, const float *w, const float *b, int c, int o,
-                int kernel, int groups, int dilation, int pad);
+                int kernel, int groups, int dilation, int stride, int pad, int pad_right);
+void w_sqrt_q(const int16_t *x, int e, int16_t *y, int n);
+void w_frame_pad_q(const int16_t *x, int16_t *y, int L, int c, int left, int right, int mode,
+                   int16_t value);
+void w_mean_time_f(const float *x, float *y, int T, int n);
+void w_sum_time_f(const float *x, float *y, int T, int n);
+void w_max_time_f(const float *x, float *y, int T, int n);
+void w_mean_time_q(const int16_t *x, int16_t *y, int T, int n);
+void w_sum_time_q(const int16_t *x, int16_t *y, int T, int n, int shift);
+void w_max_time_q(const int16_t *x, int16_t *y, int T, int n);
+void w_embedding_f(const float *x, const float *table, float *y, int d);
+void w_embedding_q(const int16_t *x, const int16_t *table, int16_t *y, int d);
+void w_max_pool_q(const int16_t *x, int16_t *y, int T, int n, int kernel, int stride, int pad);
+void w_avg_pool_q(const int16_t *x, int16_t *y, int T, int n, int kernel, int stride, int pad,
+                  int include);
+void w_max_pool_f(const float *x, float *y, int T, int n, int kernel, int stride, int pad);
+void w_avg_pool_f(const float *x, float *y, int T, int n, int kernel, int stride, int pad,
+                  int include);
+void w_pad_time_q(const int16_t *x, int16_t *y, int T, int n, int left, int right, int mode,
+                  int16_t value, int shift);
+void w_frame_pad_f(const float *x, float *y, int L, int c, int left, int right, int mode,
+                   float value);
+void w_conv1d_w8_acc32(const int16_t *x, int16_t *y, int T, const int8_t *w,
+    const int32_t *b, const int16_t *m, const uint8_t *s, int c, int o, int kernel, int groups,
+    int dilation, int stride, int pad, int pad_right);
+void w_conv1d_w8_acc64(const int16_t *x, int16_t *y, int T, const int8_t *w,
+    const int64_t *b, const int16_t *m, const uint8_t *s, int c, int o, int kernel, int groups,
+    int dilation, int stride, int pad, int pad_right);
+void w_conv1d_w16_acc32(const int16_t *x, int16_t *y, int T, const int16_t *w,
+    const int32_t *b, const int16_t *m, const uint8_t *s, int c, int o, int kernel, int groups,
+    int dilation, int stride, int pad, int pad_right);
+void w_conv1d_w16_acc64(const int16_t *x, int16_t *y, int T, const int16_t *w,
+    const int64_t *b, const int16_t *m, const uint8_t *s, int c, int o, int kernel, int groups,
+    int dilation, int stride, int pad, int pad_right);
+void w_conv1d_x4_w8_acc32(const int16_t *x, int16_t *y, int T, const int8_t *w,
+    const int32_t *b, const int16_t *m, const uint8_t *s, int c, int o, int kernel, int stride,
+    int pad, int pad_right);
+void w_conv1d_x4_w16_acc64(const int16_t *x, int16_t *y, int T, const int16_t *w,
+    const int64_t *b, const int16_t *m, const uint8_t *s, int c, int o, int kernel, int stride,
+    int pad, int pad_right);
 """
 
 _BODIES = {
@@ -473,7 +513,27 @@ _BODIES = {
     "w_softmax_f": "for (k = 0; k < rows; ++k) t_softmax_f(x + k * n, y + k * n, n);",
     "w_log_softmax_f": "for (k = 0; k < rows; ++k) t_log_softmax_f(x + k * n, y + k * n, n);",
     # y[k] = sigmoid(w_k . x) + relu(w_k . x): the float32 exports' other helpers
-    "w_conv1d_f": "k = 0;\n    t_conv1d_f(x, y, T, w, b, c, o, kernel, groups, dilation, pad + k);",
+    "w_conv1d_f": "k = 0;\n    t_conv1d_f(x, y, T, w, b, c, o, kernel, groups, dilation, stride, "
+                  "pad + k, pad_right);",
+    "w_sqrt_q": "for (k = 0; k < n; ++k) y[k] = t_sqrt_q(x[k], e);",
+    "w_frame_pad_q": "k = 0;\n    t_frame_pad_q(x, y, L, c, left, right, mode + k, value);",
+    **{f"w_{kind}_time_{t}": f"k = 0;\n    t_{kind}_time_{t}(x, y, T, n + k);"
+       for kind in ("mean", "sum", "max") for t in ("f", "q") if (kind, t) != ("sum", "q")},
+    "w_sum_time_q": "k = 0;\n    t_sum_time_q(x, y, T, n + k, shift);",
+    **{f"w_embedding_{t}": f"k = 0;\n    t_embedding_{t}(x + k, table, y, d);"
+       for t in ("f", "q")},
+    **{f"w_max_pool_{t}": f"k = 0;\n    t_max_pool_{t}(x, y, T, n + k, kernel, stride, pad);"
+       for t in ("f", "q")},
+    **{f"w_avg_pool_{t}": f"k = 0;\n    t_avg_pool_{t}(x, y, T, n + k, kernel, stride, pad, "
+                          "include);" for t in ("f", "q")},
+    "w_pad_time_q": "k = 0;\n    t_pad_time_q(x, y, T, n + k, left, right, mode, value, shift);",
+    "w_frame_pad_f": "k = 0;\n    t_frame_pad_f(x, y, L, c, left, right, mode + k, value);",
+    **{f"w_conv1d_w{w}_acc{a}": f"k = 0;\n    t_conv1d_w{w}_acc{a}(x, y, T, w, b, m, s, c, o, "
+                                "kernel, groups, dilation, stride, pad + k, pad_right);"
+       for w in (8, 16) for a in (32, 64)},
+    **{f"w_conv1d_x4_w{w}_acc{a}": f"k = 0;\n    t_conv1d_x4_w{w}_acc{a}(x, y, T, w, b, m, s, c, "
+                                   "o, kernel, stride, pad + k, pad_right);"
+       for w, a in ((8, 32), (16, 64))},
     "w_float_cell": "for (k = 0; k < rows; ++k)\n"
                     "    y[k] = t_sigmoid(t_dot(w + k * n, x, n))\n"
                     "           + t_relu(t_dot(w + k * n, x, n));",
@@ -681,31 +741,162 @@ def test_from_float_is_round_half_up_with_saturation(clib):
     assert y.tolist() == [0, 0]
 
 
-@pytest.mark.parametrize("kernel, groups, dilation, pad_left, pad_right, bias", [
-    (3, 1, 1, 1, 1, True), (4, 2, 1, 1, 2, False), (3, 6, 2, 2, 2, True), (1, 3, 1, 0, 0, True)])
-def test_conv1d_helper_in_c(clib, kernel, groups, dilation, pad_left, pad_right, bias):
-    """conv1d_f (the float32 Conv1d) against the float64 reference of check/simulate.py, on
-    a sequence shorter than the kernel's span too (every tap then reads the padding)."""
-    from tinyrnn.check.simulate import conv1d_float
+CONV_OPTIONS = [(3, 1, 1, 1, 1, 1, True), (4, 2, 1, 1, 1, 2, False), (3, 6, 2, 1, 2, 2, True),
+                (1, 3, 1, 1, 0, 0, True), (3, 1, 1, 2, 1, 0, True), (2, 2, 3, 3, 0, 0, False),
+                (1, 1, 1, 1, 2, 2, True)]
+CONV_IDS = [f"k{k}-g{g}-d{d}-s{st}-p{pl}.{pr}{'' if b else '-nobias'}"
+            for k, g, d, st, pl, pr, b in CONV_OPTIONS]
+
+
+def _conv_layer(rng, kernel, groups, dilation, stride, pad_left, pad_right, bias):
     from tinyrnn.ir import Conv1d, Tensor
 
-    ffi, lib = clib
-    rng = np.random.default_rng(kernel * 10 + groups)
     cin, cout = 6, 6
     w = rng.standard_normal((cout, cin // groups, kernel)).astype(np.float32)
     b = rng.standard_normal(cout).astype(np.float32)
-    layer = Conv1d("c", Tensor(w.astype(np.float64), "w"),
-                   Tensor(b.astype(np.float64), "b") if bias else None, 1, dilation, groups,
-                   pad_left, pad_right)
-    packed = np.ascontiguousarray(w.transpose(0, 2, 1))
+    return Conv1d("c", Tensor(w.astype(np.float64), "w"),
+                  Tensor(b.astype(np.float64), "b") if bias else None, stride, dilation, groups,
+                  pad_left, pad_right)
+
+
+@pytest.mark.parametrize("kernel, groups, dilation, stride, pad_left, pad_right, bias",
+                         CONV_OPTIONS, ids=CONV_IDS)
+def test_conv1d_helper_in_c(clib, kernel, groups, dilation, stride, pad_left, pad_right, bias):
+    """conv1d_f (the float32 Conv1d) against the float64 reference of check/simulate.py, on
+    a sequence shorter than the kernel's span too (every tap then reads the padding)."""
+    from tinyrnn.check.simulate import conv1d_float
+
+    ffi, lib = clib
+    rng = np.random.default_rng(kernel * 10 + groups)
+    layer = _conv_layer(rng, kernel, groups, dilation, stride, pad_left, pad_right, bias)
+    packed = np.ascontiguousarray(layer.weight.data.transpose(0, 2, 1)).astype(np.float32)
+    b = layer.bias.data.astype(np.float32) if bias else None
     for steps in (11, 2):
-        x = rng.standard_normal((steps, cin)).astype(np.float32)
-        y = np.zeros((steps, cout), np.float32)
+        if layer.out_steps(steps) < 1:
+            continue
+        x = rng.standard_normal((steps, 6)).astype(np.float32)
+        y = np.zeros((layer.out_steps(steps), 6), np.float32)
         lib.w_conv1d_f(_buf(ffi, "float", x), _buf(ffi, "float", y), steps,
                        _buf(ffi, "float", packed), _buf(ffi, "float", b) if bias else ffi.NULL,
-                       cin, cout, kernel, groups, dilation, pad_left)
+                       6, 6, kernel, groups, dilation, stride, pad_left, pad_right)
         expected = conv1d_float(layer, x[None].astype(np.float64))[0]
         np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5, err_msg=f"T={steps}")
+
+
+def test_sqrt_q_is_the_rounded_exact_root_in_c(clib):
+    """sqrt_q against Python's exact integer root, rounded half up (math.isqrt), for every
+    int16 x at the ends of its shift range and in the middle, and against its numpy
+    reference."""
+    import math
+
+    from tinyrnn.numerics.helpers import sqrt_q
+
+    ffi, lib = clib
+    x = np.arange(-(2**15), 2**15, dtype=np.int16)
+    for e in (0, 7, 14, 15):
+        y = np.zeros_like(x)
+        lib.w_sqrt_q(_buf(ffi, "int16_t", x), e, _buf(ffi, "int16_t", y), x.size)
+        want = np.array([0 if v <= 0 else min(math.isqrt(4 * (int(v) << e)) + 1 >> 1, 32767)
+                         for v in x], np.int64)
+        np.testing.assert_array_equal(y, want, err_msg=f"e={e}")
+        np.testing.assert_array_equal(sqrt_q(x, e), want, err_msg=f"numpy, e={e}")
+
+
+@pytest.mark.parametrize("mode, code", [("constant", 0), ("reflect", 1), ("edge", 2)])
+def test_frame_pad_helper_in_c(clib, mode, code):
+    """frame_pad_f against numpy.pad (replicate is numpy's 'edge')."""
+    ffi, lib = clib
+    x = np.random.default_rng(code).standard_normal((5, 2)).astype(np.float32)
+    y = np.zeros((5 + 3 + 4, 2), np.float32)
+    lib.w_frame_pad_f(_buf(ffi, "float", x), _buf(ffi, "float", y), 5, 2, 3, 4, code, 0.5)
+    fill = {"constant_values": 0.5} if mode == "constant" else {}
+    np.testing.assert_array_equal(y, np.pad(x, ((3, 4), (0, 0)), mode=mode, **fill))
+    xq = (x * 1000).astype(np.int16)
+    yq = np.zeros((5 + 3 + 4, 2), np.int16)
+    lib.w_frame_pad_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", yq), 5, 2, 3, 4, code, -7)
+    fill = {"constant_values": -7} if mode == "constant" else {}
+    np.testing.assert_array_equal(yq, np.pad(xq, ((3, 4), (0, 0)), mode=mode, **fill))
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("kernel, groups, dilation, stride, pad_left, pad_right, bias",
+                         CONV_OPTIONS, ids=CONV_IDS)
+def test_conv1d_integer_helpers_in_c(clib, bits, kernel, groups, dilation, stride, pad_left,
+                                     pad_right, bias):
+    """conv1d_w{8,16}_acc{32,64} against the bit-exact reference (check/reference.py), on
+    full-range int16 inputs and a sequence shorter than the span."""
+    from tinyrnn.check.reference import conv1d_int
+    from tinyrnn.numerics.helpers import QFormat
+    from tinyrnn.passes.quantize import quantize_conv1d
+
+    ffi, lib = clib
+    rng = np.random.default_rng(kernel * 10 + groups + bits)
+    layer = _conv_layer(rng, kernel, groups, dilation, stride, pad_left, pad_right, bias)
+    q = quantize_conv1d(layer, 0, QFormat(16, 13), QFormat(16, 11), bits)
+    part = q.acc.parts[0]
+    wtype = f"int{bits}_t"
+    for acc_bits in (32, 64):
+        if acc_bits < part.acc_bits:
+            continue  # the exporter would not call it: the sum may not fit
+        fn = getattr(lib, f"w_conv1d_w{bits}_acc{acc_bits}")
+        for steps in (11, 2):
+            if layer.out_steps(steps) < 1:
+                continue
+            x = rng.integers(-32768, 32768, (steps, 6)).astype(np.int16)
+            y = np.zeros((layer.out_steps(steps), 6), np.int16)
+            bias_buf = (_buf(ffi, f"int{acc_bits}_t", part.bias.astype(f"int{acc_bits}"))
+                        if bias else ffi.NULL)
+            fn(_buf(ffi, "int16_t", x), _buf(ffi, "int16_t", y), steps,
+               _buf(ffi, wtype, part.weights.astype(f"int{bits}")), bias_buf,
+               _buf(ffi, "int16_t", part.mult.astype(np.int16)),
+               _buf(ffi, "uint8_t", part.shift.astype(np.uint8)),
+               6, 6, kernel, groups, dilation, stride, pad_left, pad_right)
+            want = conv1d_int(q, x[None].astype(np.int64))[0]
+            assert np.array_equal(y, want), (acc_bits, steps, np.argwhere(y != want)[:3])
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("cin, cout, kernel, stride, pad_left, pad_right, bias", [
+    (8, 12, 3, 1, 1, 1, True), (8, 12, 4, 2, 1, 2, False), (8, 12, 1, 1, 0, 0, True),
+    (8, 12, 5, 3, 4, 0, True), (8, 12, 2, 1, 3, 3, False),
+    # any channel counts: a one-channel window conv (an STFT), odd counts cut at both ends
+    (1, 6, 8, 3, 0, 0, False), (5, 7, 3, 1, 1, 1, True), (3, 2, 3, 2, 1, 1, True),
+    (5, 5, 1, 1, 0, 0, True)])
+def test_blocked_conv_helper_in_c(clib, bits, cin, cout, kernel, stride, pad_left, pad_right,
+                                  bias):
+    """conv1d_x4_w8_acc32 and conv1d_x4_w16_acc64 (4 output channels per block, the DSP
+    cores' SMLAD/SMLALD path; here their portable path) against the bit-exact reference."""
+    from tinyrnn.check.reference import conv1d_int
+    from tinyrnn.ir import Conv1d, Tensor
+    from tinyrnn.numerics.helpers import QFormat
+    from tinyrnn.passes.layout import conv_layout, decode_conv_layout
+    from tinyrnn.passes.quantize import quantize_conv1d
+
+    ffi, lib = clib
+    rng = np.random.default_rng(kernel * 7 + stride + 100 * cin)
+    w = rng.standard_normal((cout, cin, kernel))
+    layer = Conv1d("c", Tensor(w, "w"), Tensor(rng.standard_normal(cout), "b") if bias else None,
+                   stride, 1, 1, pad_left, pad_right)
+    q = quantize_conv1d(layer, 0, QFormat(16, 13), QFormat(16, 11), bits)
+    part = q.acc.parts[0]
+    acc = {8: 32, 16: 64}[bits]
+    assert part.acc_bits <= acc
+    blocked = conv_layout(part.weights, bits).reshape(-1)
+    assert np.array_equal(decode_conv_layout(blocked, cout, kernel * cin, bits), part.weights)
+    for steps in (9, 2, 17):
+        if layer.out_steps(steps) < 1:
+            continue
+        x = rng.integers(-32768, 32768, (steps, cin)).astype(np.int16)
+        y = np.zeros((layer.out_steps(steps), cout), np.int16)
+        getattr(lib, f"w_conv1d_x4_w{bits}_acc{acc}")(
+            _buf(ffi, "int16_t", x), _buf(ffi, "int16_t", y), steps,
+            _buf(ffi, f"int{bits}_t", blocked.astype(f"int{bits}")),
+            _buf(ffi, f"int{acc}_t", part.bias.astype(f"int{acc}")) if bias else ffi.NULL,
+            _buf(ffi, "int16_t", part.mult.astype(np.int16)),
+            _buf(ffi, "uint8_t", part.shift.astype(np.uint8)),
+            cin, cout, kernel, stride, pad_left, pad_right)
+        want = conv1d_int(q, x[None].astype(np.int64))[0]
+        assert np.array_equal(y, want), (steps, np.argwhere(y != want)[:3])
 
 
 def test_float_helpers_in_c(clib):
@@ -824,3 +1015,98 @@ def test_c_compiles_for_cortex_m4(tmp_path: Path) -> None:
     )
 
 
+
+
+def test_embedding_helpers_in_c(clib):
+    """embedding_f/embedding_q copy row x[0] of the table, as numpy's embedding_rows, for the
+    first, a middle and the last id."""
+    ffi, lib = clib
+    rng = np.random.default_rng(3)
+    V, d = 5, 3
+    table = rng.normal(size=(V, d)).astype(np.float32)
+    table_q = rng.integers(-32768, 32768, size=(V, d)).astype(np.int16)
+    for token in (0, 2, V - 1):
+        y = np.zeros(d, np.float32)
+        lib.w_embedding_f(_buf(ffi, "float", np.array([token], np.float32)),
+                          _buf(ffi, "float", table), _buf(ffi, "float", y), d)
+        assert np.array_equal(y, fp.embedding_rows(table, [token])[0])
+        yq = np.zeros(d, np.int16)
+        lib.w_embedding_q(_buf(ffi, "int16_t", np.array([token], np.int16)),
+                          _buf(ffi, "int16_t", table_q), _buf(ffi, "int16_t", yq), d)
+        assert np.array_equal(yq, fp.embedding_rows(table_q, [token])[0])
+
+
+POOL_WINDOWS = [(3, 2, 1, True), (3, 1, 1, False), (4, 2, 2, False), (2, 2, 0, True),
+                (5, 3, 2, True)]
+
+
+@pytest.mark.parametrize(("kernel", "stride", "pad", "include"), POOL_WINDOWS)
+def test_pooling_window_helpers_in_c(clib, kernel, stride, pad, include):
+    """MaxPool1d/AvgPool1d over time in C: the integer forms bit-exact against the numpy
+    reference on full-range int16s (the average's rounding at both signs), the float forms
+    against torch's own pooling."""
+    ffi, lib = clib
+    rng = np.random.default_rng(kernel * 100 + stride * 10 + pad)
+    T, n = 9, 3
+    xq = rng.integers(-32768, 32768, size=(T, n)).astype(np.int16)
+    xq[:, 0] = -32768
+    steps = fp.max_pool_q(xq[None], kernel, stride, pad).shape[1]
+    y = np.zeros((steps, n), np.int16)
+    lib.w_max_pool_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", y), T, n, kernel, stride,
+                     pad)
+    assert np.array_equal(y, fp.max_pool_q(xq[None], kernel, stride, pad)[0])
+    lib.w_avg_pool_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", y), T, n, kernel, stride,
+                     pad, int(include))
+    assert np.array_equal(y, fp.avg_pool_q(xq[None], kernel, stride, pad, include)[0])
+    xf = rng.normal(size=(T, n)).astype(np.float32)
+    yf = np.zeros((steps, n), np.float32)
+    xt = torch.from_numpy(xf.T.copy())[None]
+    lib.w_max_pool_f(_buf(ffi, "float", xf), _buf(ffi, "float", yf), T, n, kernel, stride, pad)
+    expected = torch.nn.functional.max_pool1d(xt, kernel, stride, pad)[0].numpy().T
+    np.testing.assert_array_equal(yf, expected)
+    lib.w_avg_pool_f(_buf(ffi, "float", xf), _buf(ffi, "float", yf), T, n, kernel, stride, pad,
+                     int(include))
+    expected = torch.nn.functional.avg_pool1d(xt, kernel, stride, pad,
+                                              count_include_pad=include)[0].numpy().T
+    np.testing.assert_allclose(yf, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("mode", "code"), [("constant", 0), ("reflect", 1), ("replicate", 2)])
+def test_pad_time_helper_in_c(clib, mode, code):
+    """pad_time_q against the numpy reference: each step shifted into the output format
+    (rounded), the constant as given, reflect and replicate at both ends."""
+    ffi, lib = clib
+    rng = np.random.default_rng(code)
+    T, n = 6, 2
+    xq = rng.integers(-32768, 32768, size=(T, n)).astype(np.int16)
+    for shift in (0, 3):
+        y = np.zeros((T + 2 + 3, n), np.int16)
+        lib.w_pad_time_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", y), T, n, 2, 3, code,
+                         -11, shift)
+        assert np.array_equal(y, fp.pad_time_q(xq[None], 2, 3, mode, -11, shift)[0]), shift
+
+
+def test_pooling_over_time_helpers_in_c(clib):
+    """mean/sum/max over time in C: the integer forms bit-exact against the numpy reference
+    (extremes included: the int64 sum, the mean's rounding, saturation of the shifted sum), the
+    float forms against numpy."""
+    ffi, lib = clib
+    rng = np.random.default_rng(5)
+    T, n = 7, 5
+    xq = rng.integers(-32768, 32768, size=(T, n)).astype(np.int16)
+    xq[:, 0] = 32767
+    xq[:, 1] = -32768
+    y = np.zeros(n, np.int16)
+    lib.w_mean_time_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", y), T, n)
+    assert np.array_equal(y, fp.mean_time_q(xq[None])[0])
+    lib.w_max_time_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", y), T, n)
+    assert np.array_equal(y, fp.max_time_q(xq[None])[0])
+    for shift in (0, 2, 5):
+        lib.w_sum_time_q(_buf(ffi, "int16_t", xq), _buf(ffi, "int16_t", y), T, n, shift)
+        assert np.array_equal(y, fp.sum_time_q(xq[None], shift)[0]), shift
+    xf = rng.normal(size=(T, n)).astype(np.float32)
+    yf = np.zeros(n, np.float32)
+    for name, ref in (("mean", np.mean), ("sum", np.sum), ("max", np.max)):
+        getattr(lib, f"w_{name}_time_f")(_buf(ffi, "float", xf), _buf(ffi, "float", yf), T, n)
+        np.testing.assert_allclose(yf, ref(xf.astype(np.float64), axis=0), rtol=1e-6,
+                                   atol=1e-6, err_msg=name)

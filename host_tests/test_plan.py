@@ -3,7 +3,7 @@ bounds, each kernel family's weight layout, and the buffer planner.
 
 The folds are checked against Python integers (the rule ``rshift_round(acc * M, n)``), never
 against earlier outputs; the layouts against the matrices they were made from. The plan as a
-whole is checked against the reference over the whole test table in test_quant_table.py.
+whole is checked against the reference over the whole test table in quant_table.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ from tinyrnn.backend.v6masm import V6MUnitKernel
 from tinyrnn.frontend.reader import capture, read_program
 from tinyrnn.numerics import helpers as nm
 from tinyrnn.numerics.folds import Fold32, Fold64, Rescale, fold_side, sum_fits_int32
-from tinyrnn.passes.layout import SXTB16_ORDER, decode_stream, decode_v6m_layout, direction_stream
+from tinyrnn.passes.layout import (
+    SXTB16_ORDER,
+    decode_mve_stream,
+    decode_stream,
+    decode_v6m_layout,
+    direction_stream,
+    mve_stream,
+)
 from tinyrnn.passes.lower import lower
 
 
@@ -135,6 +142,24 @@ def test_the_c_and_dsp_layout_holds_each_weight_once(G, x_cols, h_cols, bits):
     stream = direction_stream([wx[:, g] for g in range(G)], [wh[:, g] for g in range(G)], bits)
     assert stream.shape == (5, 4 * G * (-(-x_cols // 4) + -(-h_cols // 4)))
     back_x, back_h = decode_stream(stream, G, x_cols, h_cols, bits)
+    assert np.array_equal(back_x, wx) and np.array_equal(back_h, wh)
+    assert np.count_nonzero(stream) == np.count_nonzero(wx) + np.count_nonzero(wh)  # pads are 0
+
+
+@pytest.mark.parametrize(("G", "x_cols", "h_cols"),
+                         [(4, 3, 16), (3, 9, 7), (1, 8, 17), (4, 64, 64)])
+def test_the_mve_layout_holds_each_weight_once(G, x_cols, h_cols):
+    """Per unit and chunk of 8 columns, each row's 8 weights in column order (one vector load),
+    the last chunk padded with zeros."""
+    rng = np.random.default_rng(G * 10 + h_cols)
+    wx = rng.integers(-127, 128, (3, G, x_cols))
+    wh = rng.integers(-127, 128, (3, G, h_cols))
+    stream = mve_stream([wx[:, g] for g in range(G)], [wh[:, g] for g in range(G)])
+    assert stream.shape == (3, 8 * G * (-(-x_cols // 8) + -(-h_cols // 8)))
+    # the second 8 weights: row 1's first chunk; for G = 1 (x_cols = 8), the h part's first
+    second_row = wx[0, 1, :8] if G > 1 else wh[0, 0, :8]
+    assert list(stream[0, 8:16]) == list(np.pad(second_row, (0, 8 - len(second_row))))
+    back_x, back_h = decode_mve_stream(stream, G, x_cols, h_cols)
     assert np.array_equal(back_x, wx) and np.array_equal(back_h, wh)
     assert np.count_nonzero(stream) == np.count_nonzero(wx) + np.count_nonzero(wh)  # pads are 0
 

@@ -116,7 +116,7 @@ def test_docs_show_the_cost_table() -> None:
 def test_unknown_and_unsupported_cores() -> None:
     with pytest.raises(TinyRNNError, match="m0, m0plus, m3, m4, m7, m33"):
         costs.resolve_core("cortex-m99")
-    with pytest.raises(TinyRNNError, match="no Cortex-M55"):
+    with pytest.raises(TinyRNNError, match="no Cortex-M55.*counts its instructions under QEMU"):
         costs.resolve_core("m55")
     assert costs.resolve_core("M4").name == "cortex-m4"
     assert costs.resolve_core("m0+").name == "cortex-m0plus"
@@ -212,6 +212,50 @@ def test_unicorn_agrees_with_qemu_systick(models: dict[str, Path]) -> None:
     assert check.empty_ticks <= 1
     assert check.ticks > 10
     assert check.agrees, (check.qemu_instructions, check.unicorn_instructions)
+
+
+def test_qemu_step_counting_agrees_with_unicorn_on_an_m4(tmp_path: Path) -> None:
+    """The M55's method (tinyrnn.targets.qemucount: SysTick under QEMU -icount across 32 steps)
+    run on an M4 board, where unicorn counts the same image's step too: they agree within the
+    spread of per-step counts of an integer model (the 32 steps see different inputs)."""
+    from tinyrnn.targets import cross
+    from tinyrnn.targets.boards import load_board
+
+    torch.manual_seed(0)
+    calibration = torch.randn(4, 12, 8, generator=torch.Generator().manual_seed(0))
+    tinyrnn.export(Cell("lstm", 8, 16).eval(), torch.zeros(1, 8, 8), tmp_path / "q",
+                   format="w8a16", name="q", calibration=calibration)
+    image = profile_image.build_image(cross.ExportedModel.load(tmp_path / "q"),
+                                      load_board("mps2-an386"), tmp_path / "image")
+    qemu = prof.measure_qemu(image)
+    unicorn = prof.measure(image, costs.resolve_core("m4"), warmup=3, measure_run=False)
+    assert "-icount shift=0" in qemu.details["method"]
+    assert qemu.instructions_per_step == pytest.approx(unicorn.instructions_per_step, rel=0.01)
+
+
+def test_m55_profile_counts_under_qemu(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    torch.manual_seed(0)
+    calibration = torch.randn(4, 12, 8, generator=torch.Generator().manual_seed(0))
+    tinyrnn.export(Cell("gru", 8, 16).eval(), torch.zeros(1, 8, 8), tmp_path / "g",
+                   format="w16a16", name="g", calibration=calibration)
+    parser = argparse.ArgumentParser()
+    prof.register_cli(parser.add_subparsers())
+    args = parser.parse_args(["profile", str(tmp_path / "g"), "--cpu", "m55", "--json"])
+    assert args.func(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [key for key in JSON_KEYS if key not in data] == []
+    assert (data["cpu"], data["board"], data["cycles_per_step"]) == ("cortex-m55", "mps3-an547",
+                                                                      None)
+    assert data["macs_per_step"] == 3 * 16 * (8 + 16)
+    assert data["macs_per_instruction"] == round(data["macs_per_step"]
+                                                 / data["instructions_per_step"], 4)
+    assert "-icount" in data["method"] and data["qemu_ticks"] > 0
+    assert data["instructions_per_step_q"] > 0  # the int16 API, counted the same way
+    tinyrnn.export(Cell("gru", 4, 6, bidirectional=True).eval(), torch.zeros(1, 8, 4),
+                   tmp_path / "bi", format="w8a16", name="bi", calibration=torch.randn(2, 8, 4))
+    with pytest.raises(TinyRNNError, match="bidirectional"):
+        prof.profile(tmp_path / "bi", cpu="cortex-m55")
 
 
 def test_cli_json(models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

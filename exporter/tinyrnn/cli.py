@@ -18,6 +18,23 @@ EXIT_USER_ERROR = 2
 EXIT_MISMATCH = 1
 
 
+def layer_formats_from_args(given: Sequence[str] | None) -> dict[str, str] | None:
+    """``--layer-format NAME=FORMAT`` (repeatable) as ``{NAME: FORMAT}``."""
+    if not given:
+        return None
+    chosen: dict[str, str] = {}
+    for item in given:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise TinyRNNError(f"--layer-format {item!r}: write NAME=FORMAT, e.g. "
+                               "--layer-format encoder.0=w16a16")
+        if chosen.get(name, value) != value:
+            raise TinyRNNError(f"--layer-format gives {name!r} two formats ({chosen[name]} and "
+                               f"{value}); give each layer one")
+        chosen[name] = value
+    return chosen
+
+
 def _export(args: argparse.Namespace) -> int:
     from .api import check_options, export_program, ignore_calibration_for_float
     from .frontend.reader import load_program
@@ -26,7 +43,8 @@ def _export(args: argparse.Namespace) -> int:
     from .targets.package import check_library_name, package_options_given
 
     # the options first: a typo fails in a moment, before the model is loaded
-    check_options(args.format, args.name, args.max_seq_len)
+    layer_formats = layer_formats_from_args(args.layer_format)
+    check_options(args.format, args.name, args.max_seq_len, layer_formats)
     check_folder(args.out, "--out")
     if args.package is not None:  # refuse a form or a name the package cannot take up front
         check_library_name(args.name, args.package)
@@ -41,7 +59,7 @@ def _export(args: argparse.Namespace) -> int:
         program = load_program(args.model)
         manifest = export_program(
             program, args.out, format=args.format, name=args.name, max_seq_len=args.max_seq_len,
-            calibration=calibration,
+            calibration=calibration, layer_formats=layer_formats, stream=args.stream,
         )
     for w in caught:
         if issubclass(w.category, TinyRNNWarning):
@@ -80,9 +98,15 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _example(args: argparse.Namespace) -> int:
+    if args.model == "silero-vad":
+        from .vad_example import main as vad_main
+
+        return vad_main(Path(args.out), board=args.board, fmt=args.format or "float32",
+                        layer_formats=layer_formats_from_args(args.layer_format))
     from .example import main as example_main
 
-    return example_main(Path(args.out), board=args.board, fmt=args.format)
+    return example_main(Path(args.out), board=args.board, fmt=args.format or "w8a16",
+                        layer_formats=layer_formats_from_args(args.layer_format))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,10 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="representative inputs for the integer formats' ranges: .npy (one "
                         "argument) or .npz (in0, in1, ...) as for run-host; without it the "
                         "example input saved with the model is used (with a warning)")
+    p.add_argument("--layer-format", action="append", default=None, metavar="NAME=FORMAT",
+                   help="per-layer format of an integer export: the layer at torch module "
+                        "path NAME (e.g. encoder.0; rnn for all layers of a stacked LSTM, "
+                        "rnn.l1 for its second) gets FORMAT's weight bits (w8a16 or w16a16); "
+                        "repeatable")
     p.add_argument("--name", default="model", help="C symbol prefix and file name")
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="sequence buffer capacity for bidirectional models "
                         "(default: the example input's length)")
+    p.add_argument("--stream", action="store_true",
+                   help="demand a NAME_step that runs one step at a time and equals NAME_run "
+                        "(a Conv1d front-end must be causal); refuse the model otherwise")
     from .targets.package import add_package_options
 
     add_package_options(p.add_argument_group("library options (with --package)"))
@@ -136,10 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("example", help="train, export, compile and verify the built-in example")
+    p.add_argument("--model", default="gesture", choices=("gesture", "silero-vad"),
+                   help="gesture: a small LSTM classifier trained in seconds (default); "
+                        "silero-vad: Silero VAD with the silero-vad package's weights, one "
+                        "step per 32 ms frame (pip install 'tinyrnn[silero]')")
     p.add_argument("--out", default="tinyrnn-example", help="working directory")
     p.add_argument("--board", default="mps2-an386", help="emulated board to run on (QEMU)")
-    p.add_argument("--format", default="w8a16", choices=("w8a16", "w16a16", "float32"),
-                   help="number format of the export")
+    p.add_argument("--format", default=None, choices=("w8a16", "w16a16", "float32"),
+                   help="number format of the export (default: w8a16 for gesture, float32 "
+                        "for silero-vad)")
+    p.add_argument("--layer-format", action="append", default=None, metavar="NAME=FORMAT",
+                   help="as for export: other weight bits for a layer of an integer export, "
+                        "e.g. --layer-format stft_conv=w16a16 (repeatable)")
     p.set_defaults(func=_example)
 
     # the board (cross.py) and measurement (profile.py, report.py) commands

@@ -28,6 +28,7 @@ from .check.report import DEFAULT_BOARD, OutputError, make_report
 from .check.report import _fmt_db as _report_db
 from .check.verify import verify as _verify
 from .checks import check_number
+from .errors import TinyRNNError
 from .io import read_inputs, save_outputs, split_inputs
 from .outputs import check_file, npz_path
 from .results import TEXT_ONLY, JsonResult
@@ -37,7 +38,7 @@ from .targets.costs import reference_board, resolve_core
 from .targets.host import load
 from .targets.package import DEFAULT_VERSION, PackageOptions, PackageResult
 from .targets.package import package as _package
-from .targets.profile import Profile
+from .targets.profile import Profile, qemu_counted_board
 from .targets.profile import profile as _profile
 from .targets.qemucheck import QemuCheck, qemu_cross_check
 
@@ -94,6 +95,7 @@ class LayerCheck(JsonResult):
     sqnr_db: float
     max_abs_error: float
     states: tuple[StateCheck, ...] = ()  # recurrent layers: h, and an LSTM's c
+    weight_bits: int | None = None  # 8 or 16 (per-layer formats); None: no weights
 
 
 @dataclass(frozen=True)
@@ -346,11 +348,16 @@ def profile(export_dir: str | Path, *, cpu: str | None = None, board: str | None
     """Build ``export_dir`` for a Cortex-M core and count the instructions (and, for the M4
     and M33, estimate the cycles) of one time step under unicorn; flash and RAM.
 
-    Give ``cpu`` (cortex-m0, m0plus, m3, m4, m7 or m33: the flags of a reference board with
-    that core) or ``board`` (its own flags and core). ``qemu_check``: also time the same step
-    with SysTick under QEMU -icount and compare. Returns a :class:`ProfileResult`. Raises
-    TinyRNNError for no core, an unknown or unsupported core or board, or a bad export.
+    Give ``cpu`` (cortex-m0, m0plus, m3, m4, m7, m33, or m55: counted under QEMU -icount,
+    since unicorn has no MVE; the flags of a reference board with that core) or ``board``
+    (its own flags and core). ``qemu_check``: also time the same step with SysTick under
+    QEMU -icount and compare (not for the M55, whose count comes from QEMU). Returns a
+    :class:`ProfileResult`. Raises TinyRNNError for no core, an unknown or unsupported core or
+    board, or a bad export.
     """
+    if qemu_check and qemu_counted_board(cpu, board) is not None:
+        raise TinyRNNError(f"--qemu-check compares unicorn with QEMU; on {cpu or board} the "
+                           "count already comes from QEMU: leave --qemu-check out")
     found = _profile(export_dir, cpu=cpu, board=board)
     check = None
     if qemu_check:

@@ -73,22 +73,26 @@ def train(seed: int = 0, steps: int = 300) -> tuple[GestureLSTM, float]:
     return model.eval(), time.perf_counter() - start
 
 
-def main(out_dir: Path, board: str = "mps2-an386", fmt: str = "w8a16") -> int:
+def main(out_dir: Path, board: str = "mps2-an386", fmt: str = "w8a16",
+         layer_formats: dict[str, str] | None = None) -> int:
     """Train, save as .pt2, export, compile on the host, verify, run on a board; report.
 
     The files appear in ``out_dir`` when the run is complete (:mod:`tinyrnn.outputs`)."""
     from .api import FORMATS
     from .outputs import output_folder
+    from .passes.quantize import check_layer_formats
     from .targets.boards import load_board
 
     if fmt not in FORMATS:
         raise TinyRNNError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_layer_formats(fmt, layer_formats)  # before the work: a float32 export takes none
     load_board(board)  # an unknown board fails before the training
     with output_folder(out_dir, "--out") as work:
-        return _run(work, Path(out_dir), board, fmt)
+        return _run(work, Path(out_dir), board, fmt, layer_formats)
 
 
-def _run(out_dir: Path, shown: Path, board: str, fmt: str) -> int:
+def _run(out_dir: Path, shown: Path, board: str, fmt: str,
+         layer_formats: dict[str, str] | None = None) -> int:
     """:func:`main` in the staging folder ``out_dir``; messages name ``shown``."""
     from .api import export_program
     from .check.verify import torch_outputs, verify
@@ -107,7 +111,8 @@ def _run(out_dir: Path, shown: Path, board: str, fmt: str) -> int:
 
     c_dir = out_dir / "c"
     manifest = export_program(load_program(archive), c_dir, format=fmt, name="gesture",
-                              calibration=None if fmt == "float32" else [x_calib])
+                              calibration=None if fmt == "float32" else [x_calib],
+                              layer_formats=layer_formats)
     sizes = manifest["sizes"]
     print(f"exported {shown / c_dir.name}/gesture.c, gesture.h, gesture.json ({fmt}; weights "
           f"{sizes['weights_bytes']} B, state {sizes['state_bytes']} B, scratch "

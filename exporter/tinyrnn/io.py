@@ -108,6 +108,22 @@ def _finite_float32(values: np.ndarray, what: str) -> np.ndarray:
     return cast
 
 
+def _token_ids(values: np.ndarray, vocab: int, what: str) -> np.ndarray:
+    """Token ids (integers, or floats that are integers) as the floats the C's float API
+    takes (exact: ids are below 2**24), refusing ids outside ``0..vocab-1`` by position."""
+    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
+        raise TinyRNNError(f"{what} has dtype {values.dtype}; expected integers (int64)")
+    with np.errstate(invalid="ignore"):
+        bad = ~((values >= 0) & (values < vocab) & (np.floor(values) == values))
+    if bad.any():
+        index = tuple(int(k) for k in np.argwhere(bad)[0])
+        raise TinyRNNError(
+            f"{what} has {int(bad.sum())} value(s) that are not token ids (integers in 0.."
+            f"{vocab - 1}); the first is {values[index].item()!r} at sample {index[0]}, step "
+            f"{index[1]}")
+    return values.astype(np.float32)
+
+
 def _expected(shape: Sequence[int], batch_axis: int, time_axis: int | None) -> str:
     dims = [str(d) for d in shape]
     dims[batch_axis] = "B"
@@ -142,7 +158,10 @@ def split_inputs(interface: dict, arrays: Sequence[np.ndarray]) -> list[dict[str
                 f"input in{i} ({spec['role']}) has shape {tuple(array.shape)}; expected "
                 f"{_expected(want, axis, time_axis)}"
             )
-        if not np.issubdtype(array.dtype, np.floating):
+        vocab = int(spec.get("vocab", 0)) if spec["role"] == "x" else 0
+        if vocab:
+            array = _token_ids(array, vocab, f"input in{i} (x, token ids)")
+        elif not np.issubdtype(array.dtype, np.floating):
             raise TinyRNNError(f"input in{i} ({spec['role']}) has dtype {array.dtype}; "
                                "expected floating point")
         if batch is None:
@@ -159,6 +178,12 @@ def split_inputs(interface: dict, arrays: Sequence[np.ndarray]) -> list[dict[str
             moved = np.moveaxis(moved, time_axis + (1 if time_axis < axis else 0), 1)
             if moved.shape[1] < 1:
                 raise TinyRNNError("input x has zero time steps")
+            if vocab:  # one feature per step: the id
+                moved = moved[..., None]
+        if spec["role"] == "carry" and np.any(array != 0):
+            raise TinyRNNError(
+                f"input in{i} (carry) is not zero: the C starts a step module's carried value "
+                "at zero (NAME_reset) and has no setter for it yet; pass zeros")
         per_role[spec["role"]] = _finite_float32(moved, f"input in{i} ({spec['role']})")
     assert batch is not None
     samples = []
@@ -180,9 +205,10 @@ def assemble_outputs(
     for k, spec in enumerate(interface["outputs"]):
         shape = list(spec["torch_shape"])
         shape[spec["batch_axis"]] = batch
-        if spec["role"] == "sequence":
-            shape[spec["time_axis"]] = seq_len
-            parts = [np.reshape(s[k], (seq_len, spec["features"])) for s in per_sample]
+        if spec["role"] == "sequence":  # a Conv1d may have changed the input's length
+            steps = per_sample[0][k].size // spec["features"] if per_sample else seq_len
+            shape[spec["time_axis"]] = steps
+            parts = [np.reshape(s[k], (steps, spec["features"])) for s in per_sample]
             stacked = np.stack(parts, axis=0)  # (B, T, F)
             if spec["time_axis"] < spec["batch_axis"]:
                 stacked = stacked.transpose(1, 0, 2)

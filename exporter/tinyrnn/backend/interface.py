@@ -42,16 +42,23 @@ ERRORS: tuple[ErrorCode, ...] = (
     ErrorCode("ERR_UNSUPPORTED", -3, "an unsupported call (step on a bidirectional model)"),
     ErrorCode("ERR_INDEX", -4, "a selected time step outside the sequence"),
 )
+ERR_INPUT = ErrorCode("ERR_INPUT", -5, "a token id that is not an integer in 0..VOCAB_SIZE-1 "
+                                       "(models whose input is token ids)")
 
 
 @dataclass(frozen=True)
 class Length:
-    """Elements of a buffer argument: ``per_step * T + fixed``."""
+    """Elements of a buffer argument: ``per_step * T' + fixed``, where ``T'`` is ``T`` after
+    each ``(add, stride)`` of ``rules`` (a length-changing Conv1d: ``T' = (T + add) // stride
+    + 1``, torch's formula; ``tinyrnn.ir.Conv1d.length_rule``)."""
 
     per_step: int = 0
     fixed: int = 0
+    rules: tuple[tuple[int, int], ...] = ()
 
     def at(self, steps: int) -> int:
+        for add, stride in self.rules:
+            steps = (steps + add) // stride + 1 if steps > 0 and steps + add >= 0 else 0
         return self.per_step * steps + self.fixed
 
 
@@ -142,13 +149,20 @@ class CInterface:
         return "\n".join(lines) + "\n"
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for fn in data["functions"]:  # a length's rules only where a Conv1d changes the length
+            for arg in fn["args"]:
+                if arg.get("length") and not arg["length"]["rules"]:
+                    del arg["length"]["rules"]
+        return data
 
 
 def _arg(data: Mapping[str, Any]) -> CArg:
     length = data.get("length")
     return CArg(str(data["name"]), str(data["ctype"]), str(data["role"]),
-                Length(int(length["per_step"]), int(length["fixed"])) if length else None,
+                Length(int(length["per_step"]), int(length["fixed"]),
+                       tuple((int(a), int(b)) for a, b in length.get("rules", ())))
+                if length else None,
                 str(data.get("dtype", "")))
 
 
@@ -208,11 +222,13 @@ def build(prefix: str, *, fixed: bool, input_size: int, step_output_size: int,
           max_seq_len: int, state_size: int, set_state_args: Sequence[tuple[str, int]],
           outputs: Sequence[tuple[str, Length]], has_step: bool, sources: Sequence[str],
           no_step_why: str = "this model is bidirectional",
-          format_macros: Sequence[Macro] = ()) -> CInterface:
+          format_macros: Sequence[Macro] = (), vocab: int = 0) -> CInterface:
     """The record of one export.
 
     ``set_state_args``: ``(role, floats)`` of h0 (and c0); ``outputs``: ``(doc, length)`` of
-    each output of ``NAME_run``; ``format_macros``: the integer formats' ``*_FRAC`` macros.
+    each output of ``NAME_run``; ``format_macros``: the integer formats' ``*_FRAC`` macros;
+    ``vocab``: the number of token ids when x holds token ids (then ``NAME_VOCAB_SIZE`` and
+    ``NAME_ERR_INPUT``), else 0.
     """
     P = prefix.upper()
     state = CArg("s", f"{prefix}_state_t *", "state")
@@ -250,7 +266,9 @@ def build(prefix: str, *, fixed: bool, input_size: int, step_output_size: int,
         Macro(f"{P}_MAX_SEQ_LEN", max_seq_len, "sequence buffer capacity; 0 = no limit"),
         Macro(f"{P}_STATE_SIZE", state_size, f"values in {prefix}_set_state's h0"),
         *format_macros,
+        *((Macro(f"{P}_VOCAB_SIZE", vocab, "x holds token ids: integers in 0..VOCAB_SIZE-1"),)
+          if vocab else ()),
     )
     return CInterface(prefix=prefix, header=f"{prefix}.h", sources=tuple(sources),
                       state_type=f"{prefix}_state_t", functions=tuple(functions),
-                      errors=ERRORS, macros=macros)
+                      errors=ERRORS + ((ERR_INPUT,) if vocab else ()), macros=macros)

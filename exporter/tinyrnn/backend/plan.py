@@ -22,9 +22,11 @@ import numpy as np
 # ---------------------------------------------------------------------------------------------
 # Kernel families and guards
 
-FAMILIES = ("c", "dsp", "v6m")
+FAMILIES = ("c", "dsp", "v6m", "mve", "fpu")
 """The matrix-vector kernel families a build runs: the portable C kernels, the DSP assembly
-unit kernels (Cortex-M4/M7/M33/M55) and the ARMv6-M assembly unit kernels (Cortex-M0/M0+)."""
+unit kernels (Cortex-M4/M7/M33), the ARMv6-M assembly unit kernels (Cortex-M0/M0+), the MVE
+(Helium) C kernels (Cortex-M55/M85, which also have the DSP extension: MVE wins) and the float32
+assembly unit kernels of cores with an FPU (Cortex-M4F/M7/M33/M55)."""
 
 ALL = frozenset(FAMILIES)
 
@@ -224,17 +226,40 @@ class Do:
 
 @dataclass(frozen=True)
 class Copy:
-    """``memcpy(dst + offset, src, n * sizeof(T))`` of vector parameters."""
+    """``memcpy(dst + offset, src + src_offset, n * sizeof(T))`` of vector parameters;
+    ``memmove`` when ``dst`` and ``src`` are the same parameter (a window shifted in place)."""
 
     dst: str
     offset: int
     src: str
     n: int
     ctype: str
+    src_offset: int = 0
     kind: str = field(default="copy", init=False)
+
+    @property
+    def moves(self) -> bool:
+        """Whether source and destination are one buffer (``memmove``)."""
+        return self.dst == self.src
 
 
 Stmt = Let | Store | Do | Copy
+
+
+def walk(node: Stmt | Expr):
+    """Every expression in ``node`` (a statement or an expression), outermost first."""
+    if isinstance(node, Let | Store):
+        if isinstance(node, Store):
+            yield node.target
+        yield from walk(node.value)
+    elif isinstance(node, Do):
+        yield from walk(node.call)
+    elif not isinstance(node, Copy):
+        yield node
+        children = (node.args if isinstance(node, Call) else (node.a, node.b)
+                    if isinstance(node, Bin) else (node.a,) if isinstance(node, Cast) else ())
+        for child in children:
+            yield from walk(child)
 
 # ---------------------------------------------------------------------------------------------
 # Unit sums: the matrix-vector products of a recurrent layer, per kernel family
@@ -258,7 +283,8 @@ class UnitSums:
     the C kernels and the DSP unit kernel read ``weights``
     (:func:`tinyrnn.passes.layout.kernel_layout`),
     the ARMv6-M unit kernel reads ``v6m_weights``
-    (:meth:`tinyrnn.backend.v6masm.V6MUnitKernel.layout`).
+    (:meth:`tinyrnn.backend.v6masm.V6MUnitKernel.layout`), the MVE kernel ``mve_weights``
+    (:func:`tinyrnn.passes.layout.mve_stream`).
     """
 
     G: int
@@ -273,10 +299,52 @@ class UnitSums:
     v6m: str | None = None  # symbol of the ARMv6-M unit kernel
     v6m_weights: str | None = None  # its copy of the weights
     v6m_stride: int = 0  # bytes per unit of that copy
+    mve: str | None = None  # the MVE C kernel: NAME_mve{G}_w{bits}_acc{32|64}, on both parts
+    mve_weights: str | None = None  # its copy of the weights
+    fpu: str | None = None  # symbol of the float unit kernel (NAME_kernels.S)
 
     @property
     def families(self) -> tuple[str, ...]:
-        return tuple(f for f, has in (("dsp", self.dsp), ("v6m", self.v6m), ("c", True)) if has)
+        """In the order the C tests them: MVE cores also have the DSP extension."""
+        return tuple(f for f, has in (("mve", self.mve), ("dsp", self.dsp), ("v6m", self.v6m),
+                                      ("fpu", self.fpu),
+                                      ("c", True)) if has)
+
+
+@dataclass(frozen=True)
+class VectorStage:
+    """MVE builds run a recurrent loop in blocks of ``lanes`` units: the MVE kernel's sums of
+    each unit of the block, then the body's first ``prefix`` statements once for the whole
+    block, one unit per 32-bit lane of a Helium vector (each helper call as its vector form
+    ``v_NAME``, equal to the scalar helper lane by lane: ``numerics.c.j2``), then the middle of
+    the body unit by unit, then its last ``suffix`` statements as vectors again (element loads
+    and stores, ``v_load16`` ... ``v_store32``, touch only the units that exist). A unit's
+    statements touch only its own elements, so running them block by block computes what the
+    unit loop does: the plan's body
+    stays the specification (:mod:`tinyrnn.check.evaluate` runs it as it is).
+
+    ``rows`` maps each per-unit constant the vector statements read (``Row.const``) to its
+    MVE copy, blocked as ``[blocks][cols * lanes]`` (element ``[b][lanes * g + u]`` is unit
+    ``lanes * b + u``'s ``[g]``, zero beyond the last unit), so one vector load reads a block's
+    lanes. ``outputs`` are the vector values the scalar rest reads, stored
+    to a lane array per block; ``helpers`` the vector helpers the statements call."""
+
+    lanes: int
+    prefix: int  # the body's first statements: vector
+    suffix: int  # its last statements: vector, after the scalar middle (reading no value of it)
+    rows: tuple[tuple[str, str], ...]  # (Row.const, its blocked MVE copy)
+    outputs: tuple[Var, ...]
+    helpers: tuple[str, ...]
+    biases: tuple[str | None, str | None]  # blocked copies of the x and h sums' biases
+    head: tuple[Stmt, ...]  # the first `prefix` statements as the vector code computes them
+    tail: tuple[Stmt, ...]  # the last `suffix` ones (dot2_q: its shifts, lower._dot2_shifts)
+
+    scalar_units: bool = True  # the unit loop runs some statements (uses j)
+    count: int = 0  # the units of the loop
+
+    @property
+    def blocked(self) -> dict[str, str]:
+        return dict(self.rows)
 
 
 @dataclass(frozen=True)
@@ -288,6 +356,30 @@ class Loop:
     sums: UnitSums | None = None
     comment: str = ""
     aliases: tuple[tuple[str, str, str], ...] = ()  # (alias, const, ctype): unit j's rows
+    vector: VectorStage | None = None  # MVE builds: blocks of units, the body's head vectorized
+
+    @property
+    def head(self) -> tuple[Stmt, ...]:
+        return self.vector.head if self.vector else ()
+
+    @property
+    def middle(self) -> tuple[Stmt, ...]:
+        """The statements a vector stage leaves to the unit loop (the whole body without)."""
+        if self.vector is None:
+            return self.body
+        return self.body[self.vector.prefix:len(self.body) - self.vector.suffix]
+
+    @property
+    def tail(self) -> tuple[Stmt, ...]:
+        return self.vector.tail if self.vector else ()
+
+    @property
+    def rest_aliases(self) -> tuple[tuple[str, str, str], ...]:
+        """The aliases the body's scalar rest reads (all of them without a vector stage)."""
+        if self.vector is None:
+            return self.aliases
+        used = {e.alias for s in self.middle for e in walk(s) if isinstance(e, Row) and e.alias}
+        return tuple(a for a in self.aliases if a[0] in used)
 
 
 @dataclass(frozen=True)
@@ -317,6 +409,23 @@ class Function:
     prologue: tuple[Stmt, ...]
     loops: tuple[Loop, ...]
     constants: tuple[Const, ...]  # its arrays, printed above it
+
+    @property
+    def mve_unit_loop(self) -> bool:
+        """Whether MVE builds run a loop over single units ``j`` (not only vector stages)."""
+        return any(lp.vector is None or lp.vector.scalar_units for lp in self.loops)
+
+    @property
+    def mve_unused_named(self) -> frozenset[str]:
+        """The named constants no statement of an MVE build reads (the vector statements' own
+        forms replaced them: a dot2_q's factors and shift)."""
+        if not any(lp.vector for lp in self.loops):
+            return frozenset()
+        stmts = [s for lp in self.loops
+                 for s in (lp.head + lp.middle + lp.tail if lp.vector else lp.body)]
+        used = {e.name for s in (*self.prologue, *stmts) for e in walk(s)
+                if isinstance(e, Lit) and e.name}
+        return frozenset(n.name for n in self.named if n.name not in used)
 
     def param(self, role: str) -> tuple[Param, ...]:
         return tuple(p for p in self.params if p.role == role)
@@ -352,7 +461,8 @@ class Op:
 
     fn: str
     args: tuple[Arg, ...]
-    kind: str  # "cell", "dense", "conv" (once over a whole sequence: (x, y, T)), "activation"
+    kind: str  # "cell", "dense", "conv" (once over a whole sequence: (x, y, T)), "activation",
+    # "multi" (element-wise over several values: inputs..., out)
     layer: int
     reverse: bool = False  # layer-major cells: over t from T - 1 down to 0
     src_stride: int = 0  # layer-major: elements per step of the source sequence
@@ -360,6 +470,8 @@ class Op:
     dst_stride: int = 0
     out_size: int = 0  # layer-major cells: elements of h
     comment: str = ""
+    strides: tuple[int, ...] = ()  # layer-major "multi": elements per step of each argument
+    steps: int = 0  # layer-major: its input's length, 0 for T, k after Schedule.lengths[:k]
 
 
 @dataclass(frozen=True)
@@ -407,9 +519,21 @@ class Schedule:
     select_to: Arg | None
     step: tuple[Op, ...] | None
     step_result: Arg | None
-    input_buffer: str | None  # integer formats: where the float input is converted
+    input_buffer: str | None  # integer formats: where the float input is converted, per step
+    input_sequence: str | None = None  # ... and whole, for a Conv1d reading the model input
     layer_major_why: str = "bidirectional"  # comments of the C: why whole sequences
     no_step_why: str = "a bidirectional layer needs the whole sequence"
+    step_input: str | None = None
+    """Integer formats, a layer-major model that streams (passes/stream.py): where NAME_step
+    converts the float x_t (its own scratch; ``input_buffer`` is NAME_run's)."""
+    lengths: tuple[tuple[int, int], ...] = ()
+    """Layer-major: ``(add, stride)`` of each Conv1d that changes the length, in order; after
+    it the sequence has ``(n + add) / stride + 1`` steps (none when ``n + add < 0``)."""
+
+    def select_at(self, steps: str) -> str:
+        """The selected step as a C expression of the final sequence length ``steps``."""
+        assert self.select is not None
+        return f"{steps} - {-self.select}" if self.select < 0 else str(self.select)
 
     @property
     def select_c(self) -> str:
@@ -438,6 +562,10 @@ class Plan:
     dsp_kernels: tuple = ()  # tinyrnn.backend.dspasm.UnitKernel, each once
     v6m_kernels: tuple = ()  # tinyrnn.backend.v6masm.V6MUnitKernel, each once
     v6m_constants: tuple[Const, ...] = ()
+    mve_kernels: tuple[tuple[int, int, int], ...] = ()  # (G, bits, acc) of the MVE C kernels
+    mve_helpers: tuple[str, ...] = ()  # the vector helpers of VectorStage (v_NAME), in order
+    scalar_only_helpers: tuple[str, ...] = ()  # helpers MVE builds never call (#if !MVE)
+    fpu_kernels: tuple = ()  # tinyrnn.backend.fpuasm.FloatUnitKernel, each once
     buffers: tuple[Buffer, ...] = ()
     schedule: Schedule | None = None
     input_size: int = 0
@@ -447,6 +575,7 @@ class Plan:
     final_frac: int | None = None
     set_state: tuple[tuple[str, tuple[StateRow, ...]], ...] = ()  # ("h0", rows), ("c0", rows)
     outputs: tuple[Output, ...] = ()
+    vocab: int = 0  # x holds token ids in 0..vocab-1 (the API checks them), else 0
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -456,6 +585,10 @@ class Plan:
             found.add("dsp")
         if self.v6m_kernels:
             found.add("v6m")
+        if self.mve_kernels:
+            found.add("mve")
+        if self.fpu_kernels:
+            found.add("fpu")
         return tuple(f for f in FAMILIES if f in found)
 
     @property

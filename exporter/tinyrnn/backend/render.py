@@ -20,12 +20,30 @@ import numpy as np
 
 from .. import __version__
 from ..checks import check_name
-from ..ir import Activation, Conv1d, Dense, Model, RecurrentLayer, SelectStep
+from ..ir import (
+    Activation,
+    Binary,
+    Carry,
+    ChannelSlice,
+    Concat,
+    Conv1d,
+    Dense,
+    Embedding,
+    FrameConv1d,
+    FramePad,
+    Hypot,
+    Model,
+    PadTime,
+    PoolTime,
+    PoolWindow,
+    RecurrentLayer,
+    SelectStep,
+)
 from ..numerics.helpers import helper_closure, numeric_context
 from ..outputs import write_files
 from ..passes.lower import lower
 from ..resources import resource_dir
-from . import dspasm, v6masm
+from . import dspasm, fpuasm, mveasm, v6masm
 from . import interface as c_interface
 from .cformat import WIDTH, wrap
 from .manifest import binding_line
@@ -96,8 +114,10 @@ def _tensors(layer: Any) -> list:
             if d.w_proj is not None:
                 out.append(d.w_proj)
         return out
-    if isinstance(layer, (Dense, Conv1d)):
+    if isinstance(layer, (Dense, Conv1d, FrameConv1d)):
         return [t for t in (layer.weight, layer.bias) if t is not None]
+    if isinstance(layer, Embedding):
+        return [layer.weight]
     return []
 
 
@@ -108,11 +128,17 @@ HELPER_PREFIX = "tr_"
 """The arithmetic helpers are static: one short prefix for all models keeps the statements
 that nest them readable (and within the line width whatever the model's name)."""
 
-FAMILY_MACROS = {"dsp": "DSP_KERNELS", "v6m": "V6M_KERNELS"}
-FAMILY_CONDITIONS = {"dsp": dspasm.CONDITION, "v6m": v6masm.CONDITION}
+FAMILY_MACROS = {"dsp": "DSP_KERNELS", "v6m": "V6M_KERNELS", "mve": "MVE_KERNELS",
+                 "fpu": "FPU_KERNELS"}
+MVE_CONDITION = "defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)"
+"""The builds that run the MVE kernels: a core with integer Helium (Cortex-M55, M85)."""
+FAMILY_CONDITIONS = {"dsp": dspasm.CONDITION, "v6m": v6masm.CONDITION, "mve": MVE_CONDITION,
+                     "fpu": fpuasm.CONDITION}
 FAMILY_DOCS = {
-    "dsp": "the DSP unit kernels of NAME_kernels.S (Cortex-M4/M7/M33/M55)",
+    "dsp": "the DSP unit kernels of NAME_kernels.S (Cortex-M4/M7/M33)",
     "v6m": "the ARMv6-M unit kernels (Cortex-M0/M0+)",
+    "mve": "the MVE (Helium) kernels (Cortex-M55/M85: tested before the DSP ones)",
+    "fpu": "the float unit kernels of NAME_kernels.S (cores with an FPU: Cortex-M4F/M7/M33/M55)",
 }
 
 
@@ -133,7 +159,8 @@ def _const_view(c: Const, P: str, present: tuple[str, ...]) -> dict:
 
 def _function_view(fn: Function, P: str, present: tuple[str, ...]) -> dict:
     return dict(name=fn.name, comment=fn.comment, params=fn.params, named=fn.named,
-                prologue=fn.prologue, loops=fn.loops,
+                prologue=fn.prologue, loops=fn.loops, mve_unit_loop=fn.mve_unit_loop,
+                mve_unused_named=fn.mve_unused_named,
                 constants=[_const_view(c, P, present) for c in fn.constants])
 
 
@@ -188,7 +215,8 @@ def _kernels_view(plan: Plan) -> dict:
     for G, bits, acc_bits, families in plan.c_kernels:
         if bits == 32:
             f32.append(dict(G=G, name=f"{p}_mac{G}_f32",
-                            tail=[f"{r} * tail + k" if r else "k" for r in range(G)]))
+                            tail=[f"{r} * tail + k" if r else "k" for r in range(G)],
+                            guard=_guard(P, families, present)))
             continue
         wtype = {8: "int8_t", 16: "int16_t"}[bits]
         c.append(dict(G=G, bits=bits, acc_bits=acc_bits, wtype=wtype, acc_t=f"int{acc_bits}_t",
@@ -227,6 +255,24 @@ def _kernels_view(plan: Plan) -> dict:
             f"void {u.name(p)}(const int8_t *w, const int16_t *xh, int32_t *acc, "
             "const int32_t *bx, const int32_t *bh)")) for u in plan.v6m_kernels],
             constants=[dict(_const_view(k, P, present), guard="") for k in plan.v6m_constants]))
+    mve = []
+    for G, bits, acc in plan.mve_kernels:
+        kernel = mveasm.MveKernel(G, bits, acc)
+        mve.append(dict(G=G, bits=bits, acc=acc, name=kernel.name(p), wtype=kernel.wtype,
+                        acc_t=kernel.acc_t, mac=kernel.mac, registers=kernel.registers,
+                        loop=kernel.literals(kernel.loop()),
+                        tail=kernel.literals(kernel.tail()),
+                        sums=", ".join(f'[a{r}] "+r"(a{r})' for r in range(G)),
+                        w_constraint=kernel.w_constraint,
+                        clobbers=", ".join(f'"q{q}"' for q in range(min(G, 2) + 1))))
+    if plan.fpu_kernels:
+        assembly.append(dict(macro=f"{P}_FPU_KERNELS", doc=(
+            "NAME_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit in "
+            "float32; returns the next unit's weights").replace("NAME", p),
+            kernels=[dict(prototype=(
+                f"const float *{u.name(p)}(const float *w, const float *xh, float *acc, "
+                "const float *bx, const float *bh)")) for u in plan.fpu_kernels],
+            constants=[]))
     selection_doc = ("The recurrent kernels of this build: "
                      + "".join(f"{f['doc']}, " for f in selection)
                      + "or the portable C kernels below (host, Cortex-M3, M23, ARM state).")
@@ -236,7 +282,7 @@ def _kernels_view(plan: Plan) -> dict:
                 else "static inline",
                 define_dsp=bool(dsp) and "dsp" not in plan.helpers,  # else the helpers do
                 c_guard=_guard(P, union, present) if c else "",
-                assembly=assembly)
+                assembly=assembly, mve=mve, mve_helpers=plan.mve_helpers)
 
 
 def _assembly_view(plan: Plan) -> list[dict]:
@@ -259,6 +305,14 @@ def _assembly_view(plan: Plan) -> list[dict]:
             dict(name=name, lines=lines) for name, lines in sorted(macros.items())],
             kernels=[dict(name=k.name(p), doc=k.doc(), lines=_variants(
                 k, v6masm.UNROLL_SPEED, v6masm.UNROLL_SIZE)) for k in plan.v6m_kernels]))
+    if plan.fpu_kernels:
+        macros = {}
+        for f in plan.fpu_kernels:
+            macros.update(f.macros())
+        families.append(dict(condition=fpuasm.CONDITION, macros=[
+            dict(name=name, lines=lines) for name, lines in sorted(macros.items())],
+            kernels=[dict(name=f.name(p), doc=f.doc(), lines=_variants(
+                f, fpuasm.UNROLL_SPEED, fpuasm.UNROLL_SIZE)) for f in plan.fpu_kernels]))
     return families
 
 
@@ -301,13 +355,13 @@ def context(plan: Plan, provenance: str, api: c_interface.CInterface) -> dict:
     return dict(
         p=p, P=P, hp=HELPER_PREFIX, name=p, guard=f"{P}_H", provenance=provenance, api=api,
         fixed=plan.fixed, T=plan.T, q=q, helpers=plan.helpers, uses_math=uses_math,
-        portable_helpers=plan.portable_helpers,
+        portable_helpers=plan.portable_helpers, scalar_only_helpers=plan.scalar_only_helpers,
         family_macros={f: f"{P}_{FAMILY_MACROS[f]}" for f in present if f != "c"},
         kernels=_kernels_view(plan),
         functions=[_function_view(fn, P, present) for fn in plan.functions],
         schedule=plan.schedule, input_size=plan.input_size,
         step_output_size=plan.step_output_size, max_seq_len=plan.max_seq_len,
-        input_frac=plan.input_frac, final_scale=_scale(plan.final_frac),
+        input_frac=plan.input_frac, final_scale=_scale(plan.final_frac), vocab=plan.vocab,
         set_state=[dict(role=role, rows=[dict(buffer=r.buffer, offset=r.offset, size=r.size,
                                                comment=r.comment, frac=r.frac, shift=r.shift,
                                                factor=1 << r.shift) for r in rows])
@@ -316,7 +370,7 @@ def context(plan: Plan, provenance: str, api: c_interface.CInterface) -> dict:
         wide_store=any(r.shift for o in plan.outputs for r in o.rows),
         outputs=outputs, seq_outputs=[o for o in outputs if o["role"] == "sequence"],
         vec_outputs=[o for o in outputs if o["role"] == "vector"],
-        state_outputs=[o for o in outputs if o["role"] in ("h_n", "c_n")],
+        state_outputs=[o for o in outputs if o["role"] in ("h_n", "c_n", "carry_n")],
         state_vars=[dict(ctype=b.ctype or plan.T, name=b.name, size=b.size, comment=b.comment)
                     for b in plan.buffers],
         weight_format=plan.format,
@@ -355,7 +409,13 @@ def build_interface(plan: Plan, model: Model, q: Any, sources: list[str]
     """The typed C interface of the plan (written into NAME.json)."""
     lengths = []
     for out in plan.outputs:
-        if out.role == "sequence":
+        if out.role == "sequence" and model.length_rules:
+            steps = " then ".join(f"T = (T {'+' if add >= 0 else '-'} {abs(add)}) / {stride} + 1"
+                                  for add, stride in model.length_rules)
+            lengths.append((f"sequence, T' x {out.width} values, T' from the length-changing "
+                            "layers: "
+                            f"{steps}", c_interface.Length(out.width, 0, model.length_rules)))
+        elif out.role == "sequence":
             lengths.append((f"sequence, T x {out.width} values", c_interface.Length(out.width, 0)))
         elif out.role == "vector":
             lengths.append((f"vector, {out.width} values", c_interface.Length(0, out.width)))
@@ -368,9 +428,12 @@ def build_interface(plan: Plan, model: Model, q: Any, sources: list[str]
         step_output_size=plan.step_output_size, max_seq_len=plan.max_seq_len,
         state_size=sizes[0][1], set_state_args=sizes, outputs=lengths,
         has_step=plan.schedule is not None and plan.schedule.step is not None,
-        sources=sources, format_macros=_format_macros(plan, q),
-        **({"no_step_why": "this model has a Conv1d, which reads neighbouring steps"}
-           if model.convolves else {}))
+        sources=sources, format_macros=_format_macros(plan, q), vocab=plan.vocab,
+        **({"no_step_why": f"in this model {plan.schedule.no_step_why} (docs/c-api.md, "
+                           "\"Which models stream\")"}
+           if (model.convolves or model.windows) and plan.schedule is not None else
+           {"no_step_why": "this model pools over time, which reads every step"}
+           if model.pools else {}))
 
 
 def interface(model: Model, plan: Plan) -> dict:
@@ -378,7 +441,7 @@ def interface(model: Model, plan: Plan) -> dict:
 
     def spec(obj: Any) -> dict:
         d = {k: v for k, v in vars(obj).items() if v is not None and k != "group"}
-        for key in ("size", "features"):
+        for key in ("size", "features", "vocab"):
             if d.get(key) == 0:
                 del d[key]
         d["torch_shape"] = list(obj.torch_shape)
@@ -407,6 +470,8 @@ def render(model: Model, out_dir: Path, name: str, fmt: str, options: dict,
     import torch
 
     check_name(name)
+    if quantized is not None:  # the quantizer's form of the model (fused magnitudes)
+        model = quantized.model
     digest = weights_hash(model)
     opts = ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
     quant_line = ""
@@ -417,7 +482,8 @@ def render(model: Model, out_dir: Path, name: str, fmt: str, options: dict,
         quant_line = (f" * {fmt} formats and integers sha256: "
                       f"{hashlib.sha256(section).hexdigest()}\n")
     plan = lower(model, name, quantized)
-    kernels_file = f"{name}_kernels.S" if plan.dsp_kernels or plan.v6m_kernels else None
+    kernels_file = f"{name}_kernels.S" if plan.dsp_kernels or plan.v6m_kernels \
+        or plan.fpu_kernels else None
     sources = [f"{name}.c"] + ([kernels_file] if kernels_file else [])
     api = build_interface(plan, model, quantized, sources)
     summary = interface(model, plan)
@@ -484,15 +550,57 @@ def _layer_summary(layer: Any) -> dict:
             directions=layer.num_directions,
             bias=layer.directions[0].accumulators[0].bias is not None,
         )
+    if isinstance(layer, Embedding):
+        return dict(kind="embedding", name=layer.name, num_embeddings=layer.num_embeddings,
+                    embedding_dim=layer.features)
     if isinstance(layer, Dense):
         return dict(kind="dense", name=layer.name, in_features=layer.in_features,
-                    out_features=layer.out_features, bias=layer.bias is not None)
+                    out_features=layer.out_features, bias=layer.bias is not None,
+                    **({"diagonal": True} if layer.diagonal else {}))
     if isinstance(layer, Conv1d):
         return dict(kind="conv1d", name=layer.name, in_channels=layer.in_channels,
                     out_channels=layer.out_channels, kernel=layer.kernel, stride=layer.stride,
                     dilation=layer.dilation, groups=layer.groups,
                     padding=[layer.pad_left, layer.pad_right], bias=layer.bias is not None)
     if isinstance(layer, Activation):
-        return dict(kind=layer.kind, features=layer.features)
+        options: dict = {}
+        if layer.kind in ("relu6", "hardtanh"):
+            options = dict(min=layer.low, max=layer.high)
+        elif layer.kind == "leaky_relu":
+            options = dict(negative_slope=layer.slope)
+        if layer.reads:
+            options["reads"] = list(layer.reads)
+        return dict(kind=layer.kind, features=layer.features, **options)
+    if isinstance(layer, PoolTime):
+        return dict(kind=f"{layer.kind}_time", features=layer.features)
+    if isinstance(layer, PoolWindow):
+        return dict(kind=f"{layer.kind}_pool1d", name=layer.name, features=layer.features,
+                    kernel=layer.kernel, stride=layer.stride, padding=layer.pad,
+                    **({"count_include_pad": layer.count_include_pad}
+                       if layer.kind == "avg" else {}))
+    if isinstance(layer, PadTime):
+        return dict(kind="pad_time", name=layer.name, mode=layer.mode, value=layer.value,
+                    padding=[layer.left, layer.right], features=layer.features)
+    if isinstance(layer, FrameConv1d):
+        return dict(kind="frame_conv1d", name=layer.name, in_channels=layer.in_channels,
+                    out_channels=layer.out_channels, kernel=layer.kernel, stride=layer.stride,
+                    dilation=layer.dilation, groups=layer.groups, length=layer.length,
+                    out_length=layer.out_length, padding=[layer.pad_left, layer.pad_right],
+                    bias=layer.bias is not None)
+    if isinstance(layer, Carry):
+        return dict(kind="carry", features=layer.features)
+    if isinstance(layer, FramePad):
+        return dict(kind="frame_pad", mode=layer.mode, value=layer.value,
+                    padding=[layer.left, layer.right], channels=layer.channels,
+                    length=layer.length, reads=list(layer.reads))
+    if isinstance(layer, Binary):
+        return dict(kind=layer.kind, features=layer.features, reads=list(layer.reads))
+    if isinstance(layer, Concat):
+        return dict(kind="cat", sizes=list(layer.sizes), reads=list(layer.reads))
+    if isinstance(layer, ChannelSlice):
+        return dict(kind="channel_slice", start=layer.start, stop=layer.stop,
+                    in_features=layer.in_features, reads=list(layer.reads))
+    if isinstance(layer, Hypot):
+        return dict(kind="hypot", features=layer.features, reads=list(layer.reads))
     assert isinstance(layer, SelectStep)
     return dict(kind="select_step", index=layer.index)

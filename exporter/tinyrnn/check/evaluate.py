@@ -37,7 +37,13 @@ from ..backend.plan import (
     Var,
 )
 from ..numerics import helpers as nm
-from ..passes.layout import decode_float_stream, decode_stream, decode_v6m_layout
+from ..passes.layout import (
+    decode_conv_layout,
+    decode_float_stream,
+    decode_mve_stream,
+    decode_stream,
+    decode_v6m_layout,
+)
 
 __all__ = ["PlanError", "Run", "run"]
 
@@ -78,7 +84,22 @@ _HELPERS = {
     "dot2_q32": lambda a, b, ka, c, d, kc, s: nm.dot2_q32(a, b, int(ka), c, d, int(kc), int(s)),
     "rshift_round64": nm.rshift_round,
     "sigmoid": nm.sigmoid_f, "relu": lambda v: np.maximum(v, 0.0), "tanh": nm.tanh_f,
+    "clamp_q": lambda x, lo, hi: nm.clamp_q(x, int(lo), int(hi)),
+    "leaky_q": lambda x, m, n: nm.leaky_q(x, int(m), int(n)), "abs_q": nm.abs_q,
+    "sqrt_q": lambda x, e: nm.sqrt_q(x, int(e)),
+    "hypot_q": lambda a, b, k: nm.hypot_q(a, b, int(k)),
+    "clamp_f": lambda v, lo, hi: np.minimum(np.maximum(v, lo), hi),
+    "leaky_relu_f": lambda v, slope: np.where(v < 0, v * slope, v),
+    "hardsigmoid_f": lambda v: np.clip(v + 3.0, 0.0, 6.0) / 6.0,
+    "hardswish_f": lambda v: v * np.clip(v + 3.0, 0.0, 6.0) / 6.0,
+    "abs_f": np.abs, "sqrt_f": np.sqrt,
+    "sqrtf": np.sqrt, "fabsf": np.abs,
 }
+
+
+_POOL_TIME = {"mean_time_f": np.mean, "sum_time_f": np.sum, "max_time_f": np.max,
+              "mean_time_q": nm.mean_time_q, "max_time_q": nm.max_time_q,
+              "sum_time_q": nm.sum_time_q}
 
 
 class _Frame:
@@ -105,8 +126,8 @@ class _Frame:
     def statement(self, stmt) -> None:
         where = f"{self.fn.name}"
         if isinstance(stmt, Copy):
-            self.views[stmt.dst][:, stmt.offset:stmt.offset + stmt.n] = \
-                self.views[stmt.src][:, :stmt.n]
+            src = self.views[stmt.src][:, stmt.src_offset:stmt.src_offset + stmt.n].copy()
+            self.views[stmt.dst][:, stmt.offset:stmt.offset + stmt.n] = src
         elif isinstance(stmt, Let):
             self.env[stmt.var.name] = _check(self.expr(stmt.value), stmt.var.ctype,
                                              f"{where}: {stmt.var.name}")
@@ -120,8 +141,36 @@ class _Frame:
             raise TypeError(f"unknown statement {stmt!r}")
 
     def do(self, c: Call) -> None:
-        if c.fn == "conv1d_f":
+        if c.fn.startswith("conv1d_"):
             self.conv1d(c)
+            return
+        if c.fn in _POOL_TIME:
+            x, y = (self.views[a.name] for a in c.args[:2])  # type: ignore[union-attr]
+            n = int(self.value(c.args[3]))
+            steps = x.shape[1] // n
+            seq = x[:, :steps * n].reshape(x.shape[0], steps, n)
+            if c.fn == "sum_time_q":
+                y[:, :n] = nm.sum_time_q(seq, int(self.value(c.args[4])))
+            elif c.fn.endswith("_q"):
+                y[:, :n] = _POOL_TIME[c.fn](seq)
+            else:
+                y[:, :n] = _POOL_TIME[c.fn](seq, axis=1)
+            return
+        if c.fn in ("max_pool_f", "avg_pool_f", "max_pool_q", "avg_pool_q"):
+            self.pool_window(c)
+            return
+        if c.fn == "pad_time_q" or (c.fn == "frame_pad_f" and isinstance(c.args[2], Var)):
+            self.pad_time(c)
+            return
+        if c.fn in ("frame_pad_f", "frame_pad_q"):
+            self.frame_pad(c)
+            return
+        if c.fn in ("embedding_f", "embedding_q"):
+            x_arg, t_arg, y_arg = c.args[:3]
+            assert isinstance(x_arg, Ptr) and isinstance(t_arg, Ptr) and isinstance(y_arg, Ptr)
+            d = int(self.value(c.args[3]))
+            table = self.ev.const(t_arg.name).reshape(-1, d)
+            self.views[y_arg.name][:, :d] = nm.embedding_rows(table, self.views[x_arg.name][:, 0])
             return
         src, dst = (self.views[a.name] for a in c.args[:2])  # type: ignore[union-attr]
         n = int(self.value(c.args[2]))
@@ -136,27 +185,106 @@ class _Frame:
             raise TypeError(f"no evaluator for {c.fn}")
 
     def conv1d(self, c: Call) -> None:
-        """``conv1d_f(x, y, T, w, b, c, o, kernel, groups, dilation, pad)`` in float64, over
-        the whole sequence the frame's views hold."""
+        """``conv1d_f(x, y, T, w, b, geometry)`` in float64, or ``conv1d_w*_acc*(x, y, T, w, b,
+        m, s, geometry)`` in integers (every sum checked against its C type), over the whole
+        sequence the frame's views hold; geometry is ``c, o, kernel, groups, dilation, stride,
+        pad, pad_right``. As the C: per output step, the taps inside x only."""
+        fixed = c.fn != "conv1d_f"
         x_arg, y_arg, _, w_arg, b_arg = c.args[:5]
-        cin, cout, kernel, groups, dilation, pad = (int(self.value(a)) for a in c.args[5:])
+        rest = [int(self.value(a)) for a in (c.args[7:] if fixed else c.args[5:])]
+        blocked = c.fn.startswith("conv1d_x4_")  # one group, dilation 1, rows in blocks of 4
+        if blocked:
+            rest = rest[:3] + [1, 1] + rest[3:]
+        cin, cout, kernel, groups, dilation, stride, pad, pad_right = rest
         assert isinstance(x_arg, Ptr) and isinstance(y_arg, Ptr) and isinstance(w_arg, Ptr)
         x, y = self.views[x_arg.name], self.views[y_arg.name]
         steps = x.shape[1] // cin
+        out_steps = (steps + pad + pad_right - dilation * (kernel - 1) - 1) // stride + 1
         cg, og = cin // groups, cout // groups
-        w = self.ev.const(w_arg.name).astype(np.float64).reshape(cout, kernel, cg)
-        b = (self.ev.const(b_arg.name).astype(np.float64) if isinstance(b_arg, Ptr)
-             else np.zeros(cout))
-        xs = x.reshape(x.shape[0], steps, cin)
-        out = np.broadcast_to(b, (x.shape[0], steps, cout)).copy()
-        for t in range(steps):
+        dtype = np.int64 if fixed else np.float64
+        w = self.ev.const(w_arg.name).astype(dtype)
+        if blocked:  # (blocks, groups of 4 columns, 4 channels, 4 weights; int8 in SXTB16 order)
+            w = decode_conv_layout(w, cout, kernel * cin, 8 if "_w8_" in c.fn else 16)
+        w = w.reshape(cout, kernel, cg)
+        b = (self.ev.const(b_arg.name).astype(dtype) if isinstance(b_arg, Ptr)
+             else np.zeros(cout, dtype))
+        xs = x.reshape(x.shape[0], steps, cin).astype(dtype)
+        out = np.broadcast_to(b, (x.shape[0], out_steps, cout)).copy()
+        for t in range(out_steps):
             for k in range(kernel):
-                s = t + k * dilation - pad
+                s = t * stride + k * dilation - pad
                 if 0 <= s < steps:
                     for g in range(groups):
                         out[:, t, g * og:(g + 1) * og] += (
                             xs[:, s, g * cg:(g + 1) * cg] @ w[g * og:(g + 1) * og, k].T)
-        y[:, :steps * cout] = out.reshape(x.shape[0], -1)
+        if fixed:
+            acc_t = "int32_t" if c.fn.endswith("acc32") else "int64_t"
+            _check(out, acc_t, f"{self.fn.name}: {c.fn} sums")
+            m_arg, s_arg = c.args[5:7]
+            assert isinstance(m_arg, Ptr) and isinstance(s_arg, Ptr)
+            out = nm.requant(out, self.ev.const(m_arg.name).astype(np.int64),
+                             self.ev.const(s_arg.name).astype(np.int64))
+        y[:, :out_steps * cout] = out.reshape(x.shape[0], -1)
+
+    def frame_pad(self, c: Call) -> None:
+        """``frame_pad_f``/``frame_pad_q(x, y, L, c, left, right, mode, value)`` over one frame
+        per sample."""
+        x_arg, y_arg = c.args[:2]
+        length, channels, left, right, mode = (int(self.value(a)) for a in c.args[2:7])
+        value = self.value(c.args[7])
+        assert isinstance(x_arg, Ptr) and isinstance(y_arg, Ptr)
+        x, y = self.views[x_arg.name], self.views[y_arg.name]
+        for p in range(length + left + right):
+            s = p - left
+            if not 0 <= s < length:
+                if mode == 0:
+                    y[:, p * channels:(p + 1) * channels] = value
+                    continue
+                s = (-s if s < 0 else 2 * (length - 1) - s) if mode == 1 else min(
+                    max(s, 0), length - 1)
+            y[:, p * channels:(p + 1) * channels] = x[:, s * channels:(s + 1) * channels]
+
+    def sequence(self, c: Call) -> tuple[np.ndarray, np.ndarray, int]:
+        """A whole-sequence call's ``x`` as (B, T, n) (T from its view), ``y`` and n."""
+        x_arg, y_arg = c.args[:2]
+        assert isinstance(x_arg, Ptr) and isinstance(y_arg, Ptr)
+        x, y = self.views[x_arg.name], self.views[y_arg.name]
+        n = int(self.value(c.args[3]))
+        steps = x.shape[1] // n
+        return x[:, :steps * n].reshape(x.shape[0], steps, n), y, n
+
+    def pool_window(self, c: Call) -> None:
+        """``{max,avg}_pool_{f,q}(x, y, T, n, kernel, stride, pad[, count_include_pad])``:
+        the integers by :mod:`tinyrnn.numerics.helpers`, floats in float64 per window."""
+        x, y, n = self.sequence(c)
+        kernel, stride, pad = (int(self.value(a)) for a in c.args[4:7])
+        include = bool(int(self.value(c.args[7]))) if c.fn.startswith("avg") else True
+        if c.fn == "max_pool_q":
+            out = nm.max_pool_q(x, kernel, stride, pad)
+        elif c.fn == "avg_pool_q":
+            out = nm.avg_pool_q(x, kernel, stride, pad, include)
+        else:
+            windows = nm.pool_windows(x.shape[1], kernel, stride, pad)
+            out = np.stack([x[:, lo:hi].max(axis=1) if c.fn == "max_pool_f" else
+                            x[:, lo:hi].sum(axis=1) / (kernel if include else hi - lo)
+                            for lo, hi in windows], axis=1)
+        y[:, :out.shape[1] * n] = out.reshape(x.shape[0], -1)
+
+    def pad_time(self, c: Call) -> None:
+        """``frame_pad_f(x, y, T, n, left, right, mode, value)`` over a whole sequence, or
+        ``pad_time_q(x, y, T, n, left, right, mode, value, shift)``."""
+        x, y, n = self.sequence(c)
+        left, right, mode = (int(self.value(a)) for a in c.args[4:7])
+        name = ("constant", "reflect", "replicate")[mode]
+        if c.fn == "pad_time_q":
+            out = nm.pad_time_q(x, left, right, name, int(self.value(c.args[7])),
+                                int(self.value(c.args[8])))
+        else:
+            fill = {"constant_values": float(self.value(c.args[7]))} if mode == 0 else {}
+            out = np.pad(x, ((0, 0), (left, right), (0, 0)),
+                         mode={"reflect": "reflect", "replicate": "edge"}.get(name, name),
+                         **fill)
+        y[:, :out.shape[1] * n] = out.reshape(x.shape[0], -1)
 
     def value(self, e: Expr):
         return self.expr(e)
@@ -206,6 +334,9 @@ class _Frame:
             if family == "v6m":
                 kernel = self.ev.v6m[sums.v6m]  # type: ignore[index]
                 wx, wh = decode_v6m_layout(kernel, self.ev.const(sums.v6m_weights))
+            elif family == "mve":
+                wx, wh = decode_mve_stream(self.ev.const(sums.mve_weights), sums.G,
+                                           sums.x.cols, sums.h.cols)
             elif sums.wtype == "float":
                 wx, wh = decode_float_stream(self.ev.const(sums.weights), sums.G, sums.x.cols,
                                              sums.h.cols)
@@ -262,7 +393,7 @@ class Run:
         src, dst = fn.params[0], fn.params[1]
         views = {src.name: (x.reshape(x.shape[0], -1) if x is not None
                             else self.view(op.args[0], steps * src.size)),
-                 dst.name: self.view(op.args[1], steps * dst.size)}
+                 dst.name: self.memory[op.args[1].buffer]}  # the conv sets its length
         _Frame(self, fn, views).run()
 
     def set_state(self, role: str, flat: np.ndarray) -> None:
@@ -301,7 +432,7 @@ def run(plan: Plan, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray 
     sel = None
     if schedule.select is not None:
         sel = schedule.select + T if schedule.select < 0 else schedule.select
-        if not 0 <= sel < T:
+        if not 0 <= sel < T and not schedule.lengths:
             raise ValueError(f"the model takes time step {schedule.select} of {T}")
     seq = vec = None
     if not schedule.layer_major:
@@ -319,14 +450,29 @@ def run(plan: Plan, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray 
         if sel is None:
             seq = np.stack(collected, axis=1)
     else:
+        lengths = [T]  # the sequence's length after each length-changing Conv1d
+        for add, stride in schedule.lengths:
+            if lengths[-1] + add < 0:
+                raise ValueError(f"{lengths[-1]} steps are too few for a Conv1d (no output)")
+            lengths.append((lengths[-1] + add) // stride + 1)
+        final = lengths[-1]
+        if sel is not None and schedule.select is not None:
+            sel = schedule.select + final if schedule.select < 0 else schedule.select
+            if not 0 <= sel < final:
+                raise ValueError(f"the model takes time step {schedule.select} of {final}")
         for op in schedule.pre:
-            order = range(T - 1, -1, -1) if op.reverse else range(T)
+            n = lengths[op.steps]
+            order = range(n - 1, -1, -1) if op.reverse else range(n)
             for t in order:
                 r.x_t = x[:, t] if op.args[0].buffer == "x_t" else None
                 src = 0 if op.args[0].buffer == "x_t" else t * op.src_stride
                 if op.kind == "conv":
-                    r.call_sequence(op, x if op.args[0].buffer == "x_t" else None, T)
+                    r.call_sequence(op, x if op.args[0].buffer == "x_t" else None, n)
                     break
+                if op.kind == "multi":
+                    r.x_t = x[:, t]
+                    r.call(op, {k: t * stride for k, stride in enumerate(op.strides)})
+                    continue
                 if op.kind == "cell":
                     r.call(op, {0: src})
                     assert op.dst is not None
@@ -340,7 +486,7 @@ def run(plan: Plan, x: np.ndarray, h0: np.ndarray | None = None, c0: np.ndarray 
             else x
         if sel is None:
             width = plan.step_output_size
-            seq = result[:, :T * width].reshape(batch, T, width).copy()
+            seq = result[:, :final * width].reshape(batch, final, width).copy()
         else:
             w = schedule.select_width
             assert schedule.select_to is not None

@@ -12,13 +12,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ir import Binary, FramePad, Hypot
 from ..numerics.helpers import (
+    ACT_OUT,
     QFormat,
+    abs_q,
+    avg_pool_q,
+    clamp_q,
     dot2_q,
     dot2_q32,
+    embedding_rows,
+    hypot_q,
+    leaky_q,
     log_softmax_q,
+    max_pool_q,
+    max_time_q,
+    mean_time_q,
     mul_q30,
+    pad_time_q,
     relu_q,
+    requant,
     rescale,
     rshift_round,
     sat24,
@@ -26,18 +39,36 @@ from ..numerics.helpers import (
     saturate,
     sigmoid_wide,
     softmax_q,
+    sqrt_q,
+    sum_time_q,
     tanh_wide,
 )
 from ..passes.quantize import (
     QAccumulator,
     QActivation,
+    QConv1d,
     QDense,
+    QEmbedding,
     QGRULayer,
     QLSTMLayer,
     QModel,
+    QMulti,
+    QPadTime,
+    QPoolTime,
+    QPoolWindow,
     QRNNLayer,
 )
-from .simulate import Batch, State, Trace, split_state, walk
+from .simulate import (
+    Batch,
+    State,
+    Trace,
+    check_pad,
+    check_window,
+    combine,
+    conv1d_taps,
+    split_state,
+    walk,
+)
 
 
 def evaluate(acc: QAccumulator, v: np.ndarray) -> np.ndarray:
@@ -116,14 +147,68 @@ class IntNumerics:
             h_new = sat_shift(tanh_wide(pre), layer.out_shift)
         return h_new, (h_new,)
 
+    def combine(self, index: int, parts: list[np.ndarray]) -> np.ndarray:
+        """A layer over several values or over a step's frame, in integers: a frame conv as
+        :func:`conv1d_int` over the frame's positions; the others as :class:`QMulti` says."""
+        layer = self.q.layers[index]
+        lead = parts[0].shape[:-1]
+        if isinstance(layer, QConv1d):  # (..., L * C) frames -> (N, L, C)
+            conv = layer.ir
+            frames = parts[0].reshape(-1, conv.length, conv.in_channels)  # type: ignore[union-attr]
+            return conv1d_int(layer, frames).reshape(*lead, -1)
+        assert isinstance(layer, QMulti)
+        shifts = layer.shifts()
+        if isinstance(layer.ir, Hypot):
+            return hypot_q(parts[0], parts[1], layer.pad)
+        if isinstance(layer.ir, Binary):
+            a, b = parts
+            if layer.ir.kind == "mul":
+                return sat_shift(a * b, shifts[0])
+            return sat_shift((a << shifts[0]) + (b << shifts[1]), shifts[2])
+        moved = [p if n == 0 else sat_shift(p, n) for p, n in zip(parts, shifts)]
+        fill = layer.pad if isinstance(layer.ir, FramePad) else None
+        return combine(layer.ir, moved, fill)  # type: ignore[arg-type]
+
     def head(self, index: int, value: np.ndarray) -> np.ndarray:
         layer = self.q.layers[index]
         if isinstance(layer, QDense):
             return evaluate(layer.acc, value)
+        if isinstance(layer, QPoolTime):
+            if layer.ir.kind == "sum":
+                return sum_time_q(value, layer.shift)[:, None]
+            return (mean_time_q if layer.ir.kind == "mean" else max_time_q)(value)[:, None]
+        if isinstance(layer, QConv1d):
+            return conv1d_int(layer, value)
+        if isinstance(layer, QPoolWindow):
+            pool = layer.ir
+            check_window(pool, value.shape[1])
+            if pool.kind == "max":
+                return max_pool_q(value, pool.kernel, pool.stride, pool.pad)
+            return avg_pool_q(value, pool.kernel, pool.stride, pool.pad, pool.count_include_pad)
+        if isinstance(layer, QEmbedding):  # value: (B, T, 1) token ids
+            return embedding_rows(layer.table.astype(np.int64), value[..., 0])
+        if isinstance(layer, QPadTime):
+            check_pad(layer.ir, value.shape[1])
+            return pad_time_q(value, layer.ir.left, layer.ir.right, layer.ir.mode, layer.value,
+                              layer.shift)
         assert isinstance(layer, QActivation)
         kind = layer.ir.kind
         if kind == "relu":
             return relu_q(value)
+        if kind in ("relu6", "hardtanh"):
+            return clamp_q(value, layer.low, layer.high)
+        if kind == "leaky_relu":
+            return leaky_q(value, layer.mult, layer.shift)
+        if kind == "abs":
+            return abs_q(value)
+        if kind == "sqrt":
+            return sqrt_q(value, layer.shift)
+        if kind == "square":
+            return requant(value * value, layer.mult, layer.shift)
+        if kind in ("hardsigmoid", "hardswish"):
+            hs = clamp_q(requant(value, layer.mult, layer.shift) + (1 << (ACT_OUT.frac - 1)),
+                         0, ACT_OUT.qmax)
+            return hs if kind == "hardsigmoid" else mul_q30(value, hs, ACT_OUT.frac)
         if kind == "sigmoid":
             return sigmoid_wide(sat24(rshift_round(value, layer.in_shift)))
         if kind == "tanh":
@@ -131,6 +216,24 @@ class IntNumerics:
                              layer.out_shift)
         assert layer.softmax is not None
         return (softmax_q if kind == "softmax" else log_softmax_q)(value, layer.softmax)
+
+
+def conv1d_int(layer: QConv1d, x: np.ndarray) -> np.ndarray:
+    """A Conv1d on int16 ``x`` (B, T, C) -> (B, T_out, O): per output step and channel the
+    exact sum of its row of weights (kernel, in / groups) against the taps of its group's
+    channels (zeros outside the sequence), plus the bias, then ``requant`` (what the C's
+    ``conv1d_w*`` helpers compute)."""
+    conv = layer.ir
+    taps = conv1d_taps(conv, x)  # (B, T_out, kernel, C)
+    part = layer.acc.parts[0]
+    cg, og = conv.weight.shape[1], conv.out_channels // conv.groups
+    acc = np.empty(taps.shape[:2] + (conv.out_channels,), dtype=np.int64)
+    for g in range(conv.groups):
+        v = taps[..., g * cg:(g + 1) * cg].reshape(taps.shape[:2] + (-1,)).astype(np.int64)
+        acc[..., g * og:(g + 1) * og] = v @ part.weights[g * og:(g + 1) * og].T
+    if part.bias is not None:
+        acc = acc + part.bias
+    return requant(acc, part.mult, part.shift)
 
 
 def _rows(q: QModel, flat: np.ndarray, fmts: list[QFormat], fn) -> np.ndarray:

@@ -258,7 +258,9 @@ def _verification(model_path: Path, model_dir: Path, inputs: Sequence[np.ndarray
     if not layers:
         return None, verdict
     return [{"name": str(layer.get("layer", layer.get("index"))),
-             "format": layer.get("format", ""), "sqnr_db": float(layer["sqnr_db"]),
+             "format": layer.get("format", "") + (f", {layer['weight_bits']}-bit weights"
+                                                  if layer.get("weight_bits") else ""),
+             "sqnr_db": float(layer["sqnr_db"]),
              "max_abs_error": float(layer.get("max_abs_error", math.nan))}
             for layer in layers], verdict
 

@@ -26,17 +26,28 @@ from ..errors import TinyRNNError
 from ..io import assemble_outputs
 from ..ir import (
     Activation,
+    Binary,
+    Carry,
+    ChannelSlice,
+    Concat,
     Conv1d,
     Dense,
     Direction,
+    Embedding,
+    FrameConv1d,
+    FramePad,
     Gate,
     GRULayer,
     LSTMLayer,
     Model,
+    PadTime,
+    PoolTime,
+    PoolWindow,
     RecurrentLayer,
     SelectStep,
+    reads,
 )
-from .simulate import batch_from_arrays, split_state
+from .simulate import batch_from_arrays, carry_sequence, split_state
 
 
 def _rows(parts: list[np.ndarray]) -> torch.Tensor:
@@ -96,9 +107,34 @@ def _conv1d(layer: Conv1d, value: torch.Tensor) -> torch.Tensor:
     return conv(padded).transpose(1, 2)
 
 
-def _head(layer: Dense | Conv1d | Activation, value: torch.Tensor) -> torch.Tensor:
+def _window(layer: PoolWindow | PadTime, value: torch.Tensor) -> torch.Tensor:
+    """``nn.MaxPool1d`` / ``nn.AvgPool1d`` / ``F.pad`` on the (B, T, C) data path."""
+    x = value.transpose(1, 2)
+    if isinstance(layer, PadTime):
+        fill = {"value": layer.value} if layer.mode == "constant" else {}
+        y = nn.functional.pad(x, (layer.left, layer.right), mode=layer.mode, **fill)
+    elif layer.kind == "max":
+        y = nn.MaxPool1d(layer.kernel, layer.stride, layer.pad)(x)
+    else:
+        y = nn.AvgPool1d(layer.kernel, layer.stride, layer.pad,
+                         count_include_pad=layer.count_include_pad)(x)
+    return y.transpose(1, 2)
+
+
+def _head(layer: Dense | Conv1d | Activation | PoolTime | PoolWindow | PadTime | Embedding,
+          value: torch.Tensor) -> torch.Tensor:
+    if isinstance(layer, Embedding):  # value: (B, T, 1) token ids as floats (exact)
+        embedding = nn.Embedding.from_pretrained(
+            torch.from_numpy(layer.weight.data.astype(np.float32)))
+        return embedding(value[..., 0].long())
     if isinstance(layer, Conv1d):
         return _conv1d(layer, value)
+    if isinstance(layer, (PoolWindow, PadTime)):
+        return _window(layer, value)
+    if isinstance(layer, PoolTime):
+        if layer.kind == "max":
+            return torch.amax(value, dim=1, keepdim=True)
+        return (torch.mean if layer.kind == "mean" else torch.sum)(value, dim=1, keepdim=True)
     if isinstance(layer, Dense):
         linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
         with torch.no_grad():
@@ -106,10 +142,44 @@ def _head(layer: Dense | Conv1d | Activation, value: torch.Tensor) -> torch.Tens
             if layer.bias is not None:
                 linear.bias.copy_(torch.from_numpy(layer.bias.data.astype(np.float32)))
         return linear(value)
+    F = nn.functional
     functions = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
                  "softmax": lambda v: torch.softmax(v, dim=-1),
-                 "log_softmax": lambda v: torch.log_softmax(v, dim=-1)}
+                 "log_softmax": lambda v: torch.log_softmax(v, dim=-1),
+                 "relu6": F.relu6, "hardtanh": lambda v: F.hardtanh(v, layer.low, layer.high),
+                 "leaky_relu": lambda v: F.leaky_relu(v, layer.slope),
+                 "hardsigmoid": F.hardsigmoid, "hardswish": F.hardswish, "abs": torch.abs,
+                 "square": torch.square, "sqrt": torch.sqrt}
     return functions[layer.kind](value)
+
+
+def _combine(layer: Binary | Concat | ChannelSlice | FrameConv1d | FramePad,
+             parts: list[torch.Tensor]) -> torch.Tensor:
+    if isinstance(layer, Binary):
+        return torch.add(*parts) if layer.kind == "add" else torch.mul(*parts)
+    lead = parts[0].shape[:-1]
+    if isinstance(layer, Concat):
+        return torch.cat([p.reshape(*lead, layer.length, -1) for p in parts],
+                         dim=-1).reshape(*lead, -1)
+    if isinstance(layer, ChannelSlice):
+        return parts[0].reshape(*lead, layer.length, -1)[..., layer.start:layer.stop].reshape(
+            *lead, -1)
+    # a frame (L, C) per step -> torch's (N, C, L)
+    frames = parts[0].reshape(-1, layer.length, parts[0].shape[-1] // layer.length)
+    frames = frames.transpose(1, 2)
+    if isinstance(layer, FramePad):
+        fill = {"value": layer.value} if layer.mode == "constant" else {}
+        out = nn.functional.pad(frames, (layer.left, layer.right), mode=layer.mode, **fill)
+    else:
+        conv = nn.Conv1d(layer.in_channels, layer.out_channels, layer.kernel,
+                         stride=layer.stride, dilation=layer.dilation, groups=layer.groups,
+                         bias=layer.bias is not None)
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(layer.weight.data.astype(np.float32)))
+            if layer.bias is not None:
+                conv.bias.copy_(torch.from_numpy(layer.bias.data.astype(np.float32)))
+        out = conv(nn.functional.pad(frames, (layer.pad_left, layer.pad_right)))
+    return out.transpose(1, 2).reshape(*lead, -1)
 
 
 def run(model: Model, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -124,9 +194,24 @@ def run(model: Model, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         initial = {key: (h,) + ((cs[key],) if key in cs else ()) for key, h in hs.items()}
     finals: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
     value = torch.from_numpy(batch.x)
+    values = [value]  # by value index (ir.reads)
+    carried: dict[int, torch.Tensor] = {}  # a Carry layer's value after the last step
     with torch.no_grad():
         for index, layer in enumerate(model.layers):
-            if isinstance(layer, RecurrentLayer):
+            if isinstance(layer, Carry):
+                def apply(j: int, parts: list[torch.Tensor]) -> torch.Tensor:
+                    other = model.layers[j]
+                    if isinstance(other, (Binary, Concat, ChannelSlice, FrameConv1d,
+                                          FramePad)):
+                        return _combine(other, parts)
+                    return _head(other, parts[0])  # type: ignore[arg-type]
+                value, carried[index] = carry_sequence(
+                    model, index, values[0], apply, lambda shape: torch.zeros(shape),
+                    lambda parts: torch.cat(parts, dim=1))
+            elif isinstance(layer, (Binary, Concat, ChannelSlice, FrameConv1d,
+                                    FramePad)):
+                value = _combine(layer, [values[k] for k in reads(model.layers, index)])
+            elif isinstance(layer, RecurrentLayer):
                 value, finals_of = _run_recurrent(layer, index, value, initial)
                 finals.update(finals_of)
             elif isinstance(layer, SelectStep):
@@ -135,11 +220,14 @@ def run(model: Model, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
                         f"the model takes time step {layer.index} but the input has {steps}")
                 value = value[:, layer.index]
             else:
-                value = _head(layer, value)
+                value = _head(layer, values[reads(model.layers, index)[0]])
+            values.append(value)
     outputs = []
     for spec in model.outputs:
         if spec.role in ("sequence", "vector"):
             outputs.append(value.numpy())
+        elif spec.role == "carry_n":
+            outputs.append(carried[model.carries[spec.group][0]].numpy())
         else:
             group = model.groups[spec.group]
             k = 0 if spec.role == "h_n" else 1

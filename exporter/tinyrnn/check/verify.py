@@ -39,15 +39,56 @@ def _where(spec: dict, flat_index: int, shape: tuple[int, ...]) -> dict:
 
 
 def _layer_name(layer: Any, index: int) -> str:
-    from ..ir import Activation, Dense, RecurrentLayer, SelectStep
+    from ..ir import (
+        Activation,
+        Binary,
+        Carry,
+        ChannelSlice,
+        Concat,
+        Conv1d,
+        Dense,
+        Embedding,
+        FrameConv1d,
+        FramePad,
+        Hypot,
+        PadTime,
+        PoolTime,
+        PoolWindow,
+        RecurrentLayer,
+        SelectStep,
+    )
 
     if isinstance(layer, RecurrentLayer):
         return f"layer {index}: {layer.kind} {layer.module or 'rnn'} layer {layer.layer}"
     if isinstance(layer, Dense):
         return f"layer {index}: Linear {layer.name}"
+    if isinstance(layer, Embedding):
+        return f"layer {index}: Embedding {layer.name}"
+    if isinstance(layer, Conv1d):
+        return f"layer {index}: Conv1d {layer.name}"
     if isinstance(layer, Activation):
         return f"layer {index}: {layer.kind}"
-    assert isinstance(layer, SelectStep)
+    if isinstance(layer, PoolWindow):
+        return f"layer {index}: {'MaxPool1d' if layer.kind == 'max' else 'AvgPool1d'} {layer.name}"
+    if isinstance(layer, PadTime):
+        return f"layer {index}: {layer.mode} padding of the time axis {layer.name}".rstrip()
+    if isinstance(layer, FrameConv1d):
+        return f"layer {index}: Conv1d {layer.name} (over each frame)"
+    if isinstance(layer, FramePad):
+        return f"layer {index}: {layer.mode} padding of each frame"
+    if isinstance(layer, Binary):
+        return f"layer {index}: {layer.kind} of values {layer.reads[0]} and {layer.reads[1]}"
+    if isinstance(layer, Concat):
+        return f"layer {index}: cat of values {', '.join(map(str, layer.reads))}"
+    if isinstance(layer, ChannelSlice):
+        return f"layer {index}: channels {layer.start}:{layer.stop}"
+    if isinstance(layer, Carry):
+        return f"layer {index}: carried value"
+    if isinstance(layer, Hypot):
+        return f"layer {index}: magnitude sqrt(a^2 + b^2)"
+    if isinstance(layer, PoolTime):
+        return f"layer {index}: {layer.kind} over time"
+    assert isinstance(layer, SelectStep), type(layer).__name__
     return f"layer {index}: time step {layer.index}"
 
 
@@ -201,8 +242,12 @@ def _verify_integer(manifest, model, inputs, model_dir, model_path) -> dict:
         err = float(np.max(np.abs(value - lf))) if lf.size else 0.0
         name = _layer_name(model.layers[index], index)
         fmt = str(q.out_format(index))
-        entry = dict(index=index, layer=name, format=fmt, sqnr_db=db, max_abs_error=err)
-        lines.append(f"  {name} ({fmt}): SQNR {_fmt_db(db)} dB, max abs error {err:.3g}")
+        bits = q.layer_bits(index)
+        entry = dict(index=index, layer=name, format=fmt, sqnr_db=db, max_abs_error=err,
+                     weight_bits=bits)
+        weights = f", {bits}-bit weights" if bits is not None else ""
+        lines.append(f"  {name} ({fmt}{weights}): SQNR {_fmt_db(db)} dB, max abs error "
+                     f"{err:.3g}")
         states = _states(q, index, manifest["quantization"]["layers"][index], lf,
                          float_numerics)
         if states:

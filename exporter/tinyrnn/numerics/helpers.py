@@ -396,6 +396,136 @@ def relu_q(x: ArrayLike) -> IntArray:
     return np.maximum(_as_int16(x, "x"), 0)
 
 
+def clamp_q(x: ArrayLike, lo: int, hi: int) -> IntArray:
+    """``min(max(x, lo), hi)`` of int32s into int16, ``-2**15 <= lo <= hi < 2**15`` (relu6,
+    hardtanh, hardsigmoid's final clamp). C: ``clamp_q(int32_t x, int32_t lo, int32_t hi)``."""
+    if not -(2**15) <= int(lo) <= int(hi) < 2**15:
+        raise ValueError(f"clamp_q needs -2**15 <= lo <= hi < 2**15, got {lo}, {hi}")
+    return np.clip(_as_int64(x, "x"), int(lo), int(hi))
+
+
+def leaky_q(x: ArrayLike, M: int, n: int) -> IntArray:
+    """leaky_relu of int16s, in their format: ``x`` for ``x >= 0``, else ``requant(x, M, n)``
+    (the slope ``M * 2**-n``). C: ``leaky_q(int16_t x, int32_t M, int n)``."""
+    xa = _as_int16(x, "x")
+    return np.where(xa >= 0, xa, requant(xa, M, n))
+
+
+def sum_time_q(x: ArrayLike, shift: int) -> IntArray:
+    """The sum over axis 1 (time) of int16s, exact in int64, into int16 with ``shift`` fewer
+    fraction bits: ``sat16(rshift_round(sum, shift))``, ``0 <= shift <= 62``.
+    C: ``sum_time_q(x, y, T, n, shift)``."""
+    if not 0 <= int(shift) <= REQUANT_MAX_SHIFT:
+        raise ValueError(f"sum_time_q needs 0 <= shift <= {REQUANT_MAX_SHIFT}, got {shift}")
+    return sat16(rshift_round(_as_int16(x, "x").sum(axis=1), int(shift)))
+
+
+def mean_time_q(x: ArrayLike) -> IntArray:
+    """The mean over axis 1 (time, T steps) of int16s in their format, rounded half up:
+    ``floor((2 sum + T) / (2 T))`` with the exact int64 sum (always within int16).
+    C: ``mean_time_q(x, y, T, n)``."""
+    xa = _as_int16(x, "x")
+    steps = xa.shape[1]
+    return np.floor_divide(2 * xa.sum(axis=1) + steps, 2 * steps)
+
+
+def max_time_q(x: ArrayLike) -> IntArray:
+    """The maximum over axis 1 (time) of int16s. C: ``max_time_q(x, y, T, n)``."""
+    return _as_int16(x, "x").max(axis=1)
+
+
+def pool_windows(steps: int, kernel: int, stride: int, pad: int) -> list[tuple[int, int]]:
+    """The input steps ``[lo, hi)`` inside the sequence that each output step of a pooling
+    window reads (torch's output length ``(T + 2 pad - kernel) // stride + 1``)."""
+    out = (steps + 2 * pad - kernel) // stride + 1 if steps + 2 * pad >= kernel else 0
+    return [(max(t * stride - pad, 0), min(t * stride - pad + kernel, steps))
+            for t in range(out)]
+
+
+def max_pool_q(x: ArrayLike, kernel: int, stride: int, pad: int) -> IntArray:
+    """MaxPool1d over axis 1 (time) of int16s (B, T, n): the maximum of the steps of each
+    window inside the sequence (torch pads with -inf). C: ``max_pool_q(x, y, T, n, kernel,
+    stride, pad)``."""
+    xa = _as_int16(x, "x")
+    return np.stack([xa[:, lo:hi].max(axis=1)
+                     for lo, hi in pool_windows(xa.shape[1], kernel, stride, pad)], axis=1)
+
+
+def avg_pool_q(x: ArrayLike, kernel: int, stride: int, pad: int,
+               count_include_pad: bool) -> IntArray:
+    """AvgPool1d over axis 1 (time) of int16s (B, T, n), in their format: the exact sum of
+    each window's steps inside the sequence divided by ``d`` (``kernel`` with
+    ``count_include_pad``, else the steps summed), rounded half up as :func:`mean_time_q`:
+    ``floor((2 sum + d) / (2 d))``; the sum, ``2 sum + d`` and the result fit int32 for
+    ``kernel < 2**14``. C: ``avg_pool_q(x, y, T, n, kernel, stride, pad, count_include_pad)``."""
+    xa = _as_int16(x, "x")
+    outs = []
+    for lo, hi in pool_windows(xa.shape[1], kernel, stride, pad):
+        d = kernel if count_include_pad else hi - lo
+        outs.append(np.floor_divide(2 * xa[:, lo:hi].sum(axis=1) + d, 2 * d))
+    return np.stack(outs, axis=1)
+
+
+def pad_time_q(x: ArrayLike, left: int, right: int, mode: str, value: int,
+               shift: int) -> IntArray:
+    """Padding of axis 1 (time) of int16s (B, T, n): ``constant`` steps of ``value`` (already
+    in the output format), ``reflect`` or ``replicate``; every step of x moves into the output
+    format, ``shift`` fraction bits fewer: ``rshift_round(x, shift)`` (never saturates).
+    C: ``pad_time_q(x, y, T, n, left, right, mode, value, shift)``."""
+    xa = rshift_round(_as_int16(x, "x"), int(shift))
+    if mode == "constant":
+        return np.pad(xa, ((0, 0), (left, right), (0, 0)), constant_values=int(value))
+    return np.pad(xa, ((0, 0), (left, right), (0, 0)),
+                  mode={"reflect": "reflect", "replicate": "edge"}[mode])
+
+
+def abs_q(x: ArrayLike) -> IntArray:
+    """``|x|`` of int16s, saturating (``|-32768|`` is 32767). C: ``abs_q(int16_t x)``."""
+    return sat16(np.abs(_as_int16(x, "x")))
+
+
+
+SQRT_Q_MAX_SHIFT = 15
+
+
+def sqrt_q(x: ArrayLike, e: int) -> IntArray:
+    """``round_half_up(sqrt(x * 2**e))`` of int16s (0 for ``x <= 0``; torch gives NaN below
+    0), ``0 <= e <= 15``: x in a format of ``xf`` fraction bits gives the root in
+    ``(xf + e) / 2``. Exact: the integer root ``r`` of ``v = x * 2**e`` (< 2**30), plus one
+    when ``v - r**2 > r`` (the root is never exactly ``r + 1/2``), saturated to int16.
+    C: ``sqrt_q(int16_t x, int e)``."""
+    if not 0 <= int(e) <= SQRT_Q_MAX_SHIFT:
+        raise ValueError(f"sqrt_q needs 0 <= e <= {SQRT_Q_MAX_SHIFT}, got {e}")
+    v = np.maximum(_as_int16(x, "x"), 0) << int(e)
+    r = _isqrt(v)
+    return sat16(r + (v - r * r > r))
+
+
+HYPOT_Q_MAX_SHIFT = 15
+
+
+def _isqrt(v: IntArray) -> IntArray:
+    """``floor(sqrt(v))`` of int64s below 2**53, exact (float64 is within one of it there)."""
+    r = np.floor(np.sqrt(v.astype(np.float64))).astype(np.int64)
+    r = np.where(r * r > v, r - 1, r)
+    return np.where((r + 1) * (r + 1) <= v, r + 1, r)
+
+
+def hypot_q(a: ArrayLike, b: ArrayLike, k: int) -> IntArray:
+    """``round_half_up(sqrt(a**2 + b**2) * 2**-k)`` of int16s of one format, ``0 <= k <= 15``
+    (the result has ``k`` fraction bits fewer). Exact: ``s = a**2 + b**2 <= 2**31`` fits a
+    uint32, ``r`` its integer root; ``k = 0`` rounds up when ``s - r**2 > r``, else
+    ``(r + 2**(k-1)) >> k`` (the root's fraction never matters beyond r there); saturated to
+    int16. C: ``hypot_q(int16_t a, int16_t b, int k)``."""
+    if not 0 <= int(k) <= HYPOT_Q_MAX_SHIFT:
+        raise ValueError(f"hypot_q needs 0 <= k <= {HYPOT_Q_MAX_SHIFT}, got {k}")
+    aa, bb = _as_int16(a, "a"), _as_int16(b, "b")
+    total = aa * aa + bb * bb
+    r = _isqrt(total)
+    k = int(k)
+    out = r + (total - r * r > r) if k == 0 else (r + (1 << (k - 1))) >> k
+    return sat16(out)
+
 
 # ----------------------------------------------------------------------------------------------
 # Wide activations: Q3.20 -> sigmoid Q0.15, tanh Q0.30, by table and linear interpolation
@@ -768,7 +898,24 @@ TANH_Q = np.array([1.0, 0.4670649468898773, 0.02584197372198105, 0.0003271383175
 """Denominator coefficients (of t^0..t^4) of :func:`tanh_f`; ``Q(0) = 1``."""
 TANH_MAX_ERROR = 4e-7
 """The worst |tanh_f(v) - tanh(v)| over every float32 ``v`` (``bench/fast_tanh.py``: 3.9e-7
-near |v| = 8.95). sigmoid keeps expf (see :func:`sigmoid_f`)."""
+near |v| = 8.95); also a bound of |sigmoid_f(v) - sigmoid(v)| (1.2e-7, see :func:`sigmoid_f`)."""
+
+SIGMOID_LOW = np.float32(-88.7)
+"""sigmoid_f(v) = 0 below this: e^-v would overflow float32 (expf's limit is 88.72)."""
+SIGMOID_HIGH = np.float32(17.0)
+"""sigmoid_f(v) = 1 above this: e^-17 = 4.1e-8 is below half an ulp of 1."""
+EXP_LOG2E = np.float32(1.4426950408889634)
+EXP_ROUND = np.float32(12582912.0)
+"""1.5 * 2^23: ``(t + EXP_ROUND) - EXP_ROUND`` is t rounded to the nearest integer (|t| < 2^22)."""
+EXP_LN2_HI = np.float32(0.693145751953125)
+"""ln 2 to 16 significant bits: n * EXP_LN2_HI is exact for |n| < 256."""
+EXP_LN2_LO = np.float32(1.4286068203094173e-06)
+"""ln 2 - EXP_LN2_HI."""
+EXP_POLY = np.array([1.0 / math.factorial(k) for k in range(8)], dtype=np.float32)
+"""e^r = sum r^k / k!, k = 0..7 (Horner): the truncation is 5e-9 relative for |r| <= ln 2 / 2."""
+SIGMOID_MAX_RELATIVE_ERROR = 3e-7
+"""The worst |sigmoid_f(v) / sigmoid(v) - 1| over float32 ``v`` >= -88.7 (``bench/fast_tanh.py``:
+2.5e-7, at v = -88.57, where sigmoid is subnormal; about 1.5e-7 elsewhere)."""
 
 
 def _c_float(v: float) -> str:
@@ -792,21 +939,52 @@ def tanh_f(v: np.ndarray) -> np.ndarray:
 
 
 def sigmoid_f(v: np.ndarray) -> np.ndarray:
-    """sigmoid in float32 as the C helper ``sigmoid`` computes it: ``1 / (1 + expf(-v))``.
+    """sigmoid in float32 as the C helper ``sigmoid`` computes it, operation by operation (C99
+    without contraction): ``1 / (1 + e)``, ``e = e^-v = 2^n e^r`` with ``n = round(-v log2 e)``
+    (:data:`EXP_ROUND`), ``r = (-v - n ln2_hi) - n ln2_lo`` and e^r by :data:`EXP_POLY`, 2^n
+    from the exponent bits (as ``2^(n-1) * 2``, so n = 128 rounds to infinity as it should);
+    0 below :data:`SIGMOID_LOW`, 1 above :data:`SIGMOID_HIGH`, NaN stays NaN. No libm call.
 
     Not the rational tanh: a gate's sigmoid multiplies the carried state (``f * c``, ``z * h``),
     so it needs a small *relative* error deep in its negative tail, where ``sigmoid(v)`` is tiny
     and the state may be huge; ``0.5 + 0.5 tanh(v / 2)`` has only an absolute bound there
-    (about 3e-8 instead of, e.g., 1e-30 at v = -69)."""
+    (about 3e-8 instead of, e.g., 1e-30 at v = -69). This form keeps the relative error within
+    :data:`SIGMOID_MAX_RELATIVE_ERROR` down to v = -88.7."""
     v = np.asarray(v, dtype=np.float32)
-    with np.errstate(over="ignore"):
-        return np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
+    with np.errstate(all="ignore"):
+        x = np.clip(-v, -SIGMOID_HIGH, -SIGMOID_LOW)  # the result is replaced outside
+        n = (x * EXP_LOG2E + EXP_ROUND) - EXP_ROUND
+        r = (x - n * EXP_LN2_HI) - n * EXP_LN2_LO
+        p = EXP_POLY[7]
+        for c in EXP_POLY[6::-1]:
+            p = p * r + c
+        scale = ((n.astype(np.int32) + 126) << 23).astype(np.uint32).view(np.float32)
+        e = p * scale * np.float32(2.0)
+        out = np.float32(1.0) / (np.float32(1.0) + e)
+    out = np.where(v > SIGMOID_HIGH, np.float32(1.0), np.where(v >= SIGMOID_LOW, out,
+                                                               np.float32(0.0)))
+    return np.where(np.isnan(v), v, out).astype(np.float32)
+
+
+def embedding_rows(table: np.ndarray, ids: ArrayLike) -> np.ndarray:
+    """``embedding_f``/``embedding_q``: the rows ``table[ids]`` of a (V, d) table; ``ids`` are
+    token ids, which the C's API checked (integers in ``0..V-1``; anything else raises)."""
+    ids = np.asarray(ids)
+    index = ids.astype(np.int64)
+    if not (np.all(index == ids) and np.all((index >= 0) & (index < table.shape[0]))):
+        raise ValueError(f"token ids outside 0..{table.shape[0] - 1} or not integers")
+    return table[index]
 
 
 HELPERS: tuple[Helper, ...] = (
     # float32
     Helper("dot"), Helper("tanh"), Helper("sigmoid"), Helper("relu"),
-    Helper("softmax_f"), Helper("log_softmax_f"), Helper("conv1d_f", ("dot",)),
+    Helper("softmax_f"), Helper("log_softmax_f"), Helper("dot4_f"),
+    Helper("conv_window_f", ("dot", "dot4_f")), Helper("conv1d_f", ("dot", "conv_window_f")),
+    Helper("clamp_f"), Helper("leaky_relu_f"), Helper("hardsigmoid_f", ("clamp_f",)),
+    Helper("hardswish_f", ("hardsigmoid_f",)), Helper("abs_f"), Helper("sqrt_f"),
+    Helper("mean_time_f"), Helper("sum_time_f"), Helper("max_time_f"),
+    Helper("frame_pad_f"), Helper("max_pool_f"), Helper("avg_pool_f"), Helper("embedding_f"),
     # integers
     Helper("dsp"),
     Helper("sat16"), Helper("sat16_i64", ("sat16",)),
@@ -816,6 +994,12 @@ HELPERS: tuple[Helper, ...] = (
     Helper("requant", ("sat16_i64", "rshift_round64")),
     Helper("sat_shift", ("sat16_i64", "rshift_round64")),
     Helper("relu_q"),
+    Helper("clamp_q"), Helper("leaky_q", ("requant",)), Helper("abs_q"), Helper("isqrt32"),
+    Helper("sqrt_q", ("isqrt32",)), Helper("hypot_q", ("isqrt32",)), Helper("frame_pad_q"),
+    Helper("embedding_q"),
+    Helper("sum_time_q", ("sat16_i64", "rshift_round64")), Helper("mean_time_q"),
+    Helper("max_time_q"), Helper("max_pool_q"), Helper("avg_pool_q"),
+    Helper("pad_time_q", ("rshift_round64",)),
     Helper("mmulr", ("dsp",)), Helper("mmlar", ("dsp",), portable=("mmulr",)),
     Helper("mmulr64"),
     Helper("clamp_wide"),
@@ -830,6 +1014,10 @@ HELPERS: tuple[Helper, ...] = (
     Helper("from_float"),
     Helper("dot_w8_acc32"), Helper("dot_w8_acc64"), Helper("dot_w16_acc32"),
     Helper("dot_w16_acc64"),
+    *(Helper(f"conv1d_w{w}_acc{a}", (f"dot_w{w}_acc{a}", "requant"))
+      for w in (8, 16) for a in (32, 64)),
+    Helper("conv1d_x4_w8_acc32", ("dsp", "requant")),
+    Helper("conv1d_x4_w16_acc64", ("dsp", "requant")),
     Helper("exp2_neg_q30", ("rshift_round64",), 4 * TABLE_LEN),
     Helper("exp_sum", ("exp2_neg_q30", "rshift_round64")),
     Helper("max_q"),
@@ -871,6 +1059,14 @@ def numeric_context() -> dict[str, object]:
         tanh_p=[_c_float(v) for v in TANH_P],
         tanh_q=[_c_float(v) for v in TANH_Q],
         tanh_max_error=f"{TANH_MAX_ERROR:.0e}",
+        sigmoid_low=_c_float(SIGMOID_LOW),
+        sigmoid_high=_c_float(SIGMOID_HIGH),
+        exp_log2e=_c_float(EXP_LOG2E),
+        exp_round=_c_float(EXP_ROUND),
+        exp_ln2_hi=_c_float(EXP_LN2_HI),
+        exp_ln2_lo=_c_float(EXP_LN2_LO),
+        exp_poly=[_c_float(v) for v in EXP_POLY],
+        sigmoid_max_relative_error=f"{SIGMOID_MAX_RELATIVE_ERROR:.0e}",
         sigmoid_table=[int(v) for v in SIGMOID_TABLE],
         tanh30_table=[int(v) for v in TANH30_TABLE],
         act_table_len=ACT_TABLE_LEN,

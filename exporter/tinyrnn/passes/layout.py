@@ -45,6 +45,27 @@ def kernel_layout(gates: Sequence[np.ndarray], bits: int) -> np.ndarray:
     return np.ascontiguousarray(w)
 
 
+def conv_layout(weights: np.ndarray, bits: int) -> np.ndarray:
+    """The integer weights of a Conv1d with one group and dilation 1, ``(out, kernel * in)``,
+    as the blocked conv helpers read them: the rows in blocks of 4 output channels (the last
+    block padded with zero rows), per block :func:`kernel_layout` of its 4 rows, i.e.
+    ``(blocks, groups, 4, 4)``: per group of 4 columns (the last one padded with zero columns)
+    one word of 4 weights per channel (int8 in :data:`SXTB16_ORDER`)."""
+    rows = -(-weights.shape[0] // KERNEL_GROUP) * KERNEL_GROUP
+    w = np.zeros((rows, weights.shape[1]), dtype=np.int64)
+    w[:weights.shape[0]] = weights
+    return kernel_layout([w[r::KERNEL_GROUP] for r in range(KERNEL_GROUP)], bits)
+
+
+def decode_conv_layout(blocked: np.ndarray, out: int, cols: int, bits: int) -> np.ndarray:
+    """The inverse of :func:`conv_layout`: ``(out, cols)`` weights, the padding dropped."""
+    order = np.argsort(SXTB16_ORDER) if bits == 8 else np.arange(KERNEL_GROUP)
+    blocks, groups = -(-out // KERNEL_GROUP), padded(cols) // KERNEL_GROUP
+    w = np.asarray(blocked).reshape(blocks, groups, KERNEL_GROUP, KERNEL_GROUP)[..., order]
+    w = w.transpose(0, 2, 1, 3).reshape(blocks * KERNEL_GROUP, groups * KERNEL_GROUP)
+    return w[:out, :cols]
+
+
 def direction_stream(x_gates: Sequence[np.ndarray], h_gates: Sequence[np.ndarray],
                      bits: int) -> np.ndarray:
     """One direction's weights as the C and DSP kernels read them: per unit, the x part's
@@ -122,3 +143,49 @@ def decode_v6m_layout(kernel, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]
                 rows[:, row, column] = data[:, at]
         out.append(rows)
     return out[0], out[1]
+
+
+MVE_CHUNK = 8
+"""Columns one step of an MVE (Helium) kernel reads: one 128-bit vector of 8 int16 activations."""
+
+
+def mve_layout(gates: Sequence[np.ndarray]) -> np.ndarray:
+    """The weights of one input part (x or h) of all gates, in the order the MVE kernels read
+    them (:mod:`tinyrnn.backend.render`, ``kernels.c.j2``: ``mve_kernels``).
+
+    Returns ``(units, chunks, gates, 8)``: for each unit, for each chunk of 8 columns (the last
+    one padded with zero weights), the 8 weights of each gate's row in column order, so one
+    widening vector load (``VLDRB.S16`` or ``VLDRH.S16``) reads one row's chunk. The kernel
+    loads a last partial chunk's activations under a tail predicate (zeros past the end)."""
+    units, cols = gates[0].shape
+    chunks = -(-cols // MVE_CHUNK)
+    w = np.zeros((units, len(gates), chunks * MVE_CHUNK), dtype=np.int64)
+    for g, matrix in enumerate(gates):
+        w[:, g, :cols] = matrix
+    return np.ascontiguousarray(w.reshape(units, len(gates), chunks, MVE_CHUNK)
+                                .transpose(0, 2, 1, 3))
+
+
+def mve_stream(x_gates: Sequence[np.ndarray], h_gates: Sequence[np.ndarray]) -> np.ndarray:
+    """One direction's weights as the MVE kernels read them: per unit, the x part's chunks,
+    then the h part's, ``(units, unit elements)``."""
+    units = x_gates[0].shape[0]
+    return np.concatenate([mve_layout(x_gates).reshape(units, -1),
+                           mve_layout(h_gates).reshape(units, -1)], axis=1)
+
+
+def decode_mve_stream(stream: np.ndarray, G: int, x_cols: int, h_cols: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`mve_stream`: ``(units, G, x_cols)`` and ``(units, G, h_cols)``."""
+    units = stream.shape[0]
+    parts = []
+    start = 0
+    for cols in (x_cols, h_cols):
+        chunks = -(-cols // MVE_CHUNK)
+        size = chunks * G * MVE_CHUNK
+        block = stream[:, start:start + size].reshape(units, chunks, G, MVE_CHUNK)
+        parts.append(block.transpose(0, 2, 1, 3).reshape(units, G, -1)[:, :, :cols])
+        start += size
+    if start != stream.shape[1]:
+        raise ValueError(f"a stream of {stream.shape[1]} weights per unit holds {start}")
+    return parts[0], parts[1]

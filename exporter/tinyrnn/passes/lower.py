@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..backend.dspasm import UnitKernel
+from ..backend.fpuasm import FloatUnitKernel
 from ..backend.plan import (
     ALL,
     Arg,
@@ -56,21 +57,44 @@ from ..backend.plan import (
     Unit,
     UnitSums,
     Var,
+    VectorStage,
+    walk,
 )
 from ..backend.v6masm import V6MUnitKernel
 from ..cells import CellSpec
-from ..errors import TinyRNNError
-from ..ir import Activation, Conv1d, Dense, Model, RecurrentLayer, SelectStep
+from ..ir import (
+    Activation,
+    Binary,
+    Carry,
+    ChannelSlice,
+    Concat,
+    Conv1d,
+    Dense,
+    Embedding,
+    FrameConv1d,
+    FramePad,
+    Hypot,
+    Model,
+    PadTime,
+    PoolTime,
+    PoolWindow,
+    RecurrentLayer,
+    SelectStep,
+    length_rules,
+    reads,
+)
 from ..numerics import helpers as nm
 from ..numerics.folds import Fold, Fold32, Fold64, fold_side, sum_fits_int32
-from .layout import direction_stream, float_stream, padded
+from .layout import conv_layout, direction_stream, float_stream, mve_stream, padded
 
 WEIGHT_CTYPE = {8: "int8_t", 16: "int16_t"}
 ACC_CTYPE = {32: "int32_t", 64: "int64_t"}
 INPUT_LIMIT = 2**15
 """The largest |value| of an int16 activation: the accumulator bounds assume every input."""
 
-__all__ = ["lower", "lower_activation", "lower_conv1d", "lower_dense", "lower_recurrent"]
+__all__ = ["conv_rows4", "lower", "lower_activation", "lower_conv1d", "lower_dense",
+           "lower_embedding", "lower_pad_time", "lower_pool_time", "lower_pool_window",
+           "lower_recurrent"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +204,10 @@ class _Requirements:
     c_kernels: dict[tuple[int, int, int], set[str]] = field(default_factory=dict)
     dsp: set[UnitKernel] = field(default_factory=set)
     v6m: dict[str, V6MUnitKernel] = field(default_factory=dict)
+    fpu: set[FloatUnitKernel] = field(default_factory=set)
     v6m_constants: list[Const] = field(default_factory=list)
+    mve: set[tuple[int, int, int]] = field(default_factory=set)  # (G, bits, acc)
+    mve_helpers: set[str] = field(default_factory=set)  # the vector helpers (VectorStage)
 
 
 def lower_recurrent(p: str, index: int, layer: RecurrentLayer, q, req: _Requirements
@@ -242,7 +269,10 @@ def _float_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
                               compact_sources([b.source for b in biases if b is not None]))
         req.c_kernels.setdefault((G, 32, 32), set()).add("c")
         sides.append(SumSide(f32, bias, 0 if k == 0 else I, cols, cols, f"{p}_mac{G}_f32"))
-    sums = UnitSums(G, 32, f32, w_name, sides[0], sides[1])
+    # cores with an FPU run the float unit kernel of NAME_kernels.S (backend/fpuasm.py)
+    fpu = FloatUnitKernel(G, I, P, sides[0].bias is not None, sides[1].bias is not None)
+    req.fpu.add(fpu)
+    sums = UnitSums(G, 32, f32, w_name, sides[0], sides[1], fpu=fpu.name(p))
     pre: dict[str, Expr] = {}
     for g, gate in enumerate(gates):
         if len(gate.accumulators) == 2:  # a split gate (GRU n): the x and h sums stay apart
@@ -392,19 +422,34 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
             "part, then of the h part, at a stride of 2 bytes per column, two rows to a block "
             f"{'(the last rows of x and h share one) ' if G % 2 else ''}"
             "(backend/v6masm.py); int8_t", frozenset({"v6m"}), symbol=f"{fn}_w"))
-    families = frozenset({"c", "dsp"}) if v6m else ALL
+    # the MVE kernels: one kernel for both parts, so both sums must have one width
+    mve = mve_w = None
+    if sum_sides[0].acc_ctype == sum_sides[1].acc_ctype:
+        acc_bits = 64 if sum_sides[0].acc_ctype == "int64_t" else 32
+        req.mve.add((G, bits, acc_bits))
+        mve = f"{p}_mve{G}_w{bits}_acc{acc_bits}"
+        mve_w = f"{fn}_w_mve"
+        consts.items.insert(0, Const(
+            mve_w, wtype, mve_stream([part.weights for part in sides[0]],
+                                     [part.weights for part in sides[1]]),
+            f"{fn}_w for the MVE kernels: per unit, x columns then h columns in chunks of 8, "
+            f"each chunk the 8 weights of the {'/'.join(names)} rows, padded with zeros "
+            f"(passes/layout.py: mve_layout); {wtype}, per-row scale for each part; from "
+            f"{sources}", frozenset({"mve"}), symbol=f"{fn}_w"))
+    families = ALL - ({"v6m"} if v6m else set()) - ({"mve"} if mve else set())
     consts.items.insert(0, Const(
         f"{fn}_w", wtype, stream,
         f"per unit: {'/'.join(names)} rows interleaved, x columns then h columns, each padded "
         f"to a multiple of 4 with zeros, {order}; {wtype}, per-row scale for each part; from "
         f"{sources}", families))
     # the portable C kernels run where no assembly kernel does
-    used = {"c"} | ({"dsp"} if dsp is None else set()) | ({"v6m"} if v6m is None else set())
+    used = {"c"} | ({"dsp"} if dsp is None else set()) | ({"v6m"} if v6m is None else set()) \
+        | ({"mve"} if mve is None else set())
     for side in sum_sides:
         req.c_kernels[(G, bits, 64 if side.acc_ctype == "int64_t" else 32)] |= used
     block = min(kernel.block, H) if dsp else 1
     sums = UnitSums(G, bits, wtype, f"{fn}_w", sum_sides[0], sum_sides[1], dsp, block,
-                    H % block != 0, v6m, v6m_w, v6m_stride)
+                    H % block != 0, v6m, v6m_w, v6m_stride, mve, mve_w)
 
     # the gate math
     aliases: dict[str, tuple[str, str, str]] = {}
@@ -555,9 +600,12 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
         named.append(out)
         body.append(Store(Unit("h", 0, "int16_t"), value, spec.math[0]))
 
+    vector = None
+    if mve is not None and all(s.acc_ctype == "int32_t" for s in sum_sides):
+        vector = _vector_stage(H, body, [side.bias for side in sum_sides], consts, req)
     loops = [Loop(H, tuple(body), sums,
                   f"the {', '.join(names)} rows of unit j: x part and h part, exact",
-                  tuple(aliases[a] for a in sorted(aliases)))]
+                  tuple(aliases[a] for a in sorted(aliases)), vector)]
     if layer.projected:
         assert qd.proj is not None and direction.w_proj is not None
         w_name = consts.add(f"{fn}_w_proj", wtype, qd.proj.parts[0].weights,
@@ -575,6 +623,196 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
         named=tuple(named),
         prologue=(Copy("xh", 0, "x", I, "int16_t"), Copy("xh", I4, "h", P, "int16_t")),
         loops=tuple(loops), constants=tuple(consts.items))
+
+
+MVE_LANES = 4
+"""Units per block of a :class:`~tinyrnn.backend.plan.VectorStage`: one int32 per lane of a
+128-bit Helium vector."""
+VECTOR_HELPERS = ("load16", "load32", "store16", "store32", "mmulr", "mmlar", "sat24_32",
+                  "sigmoid_wide", "tanh_wide", "mul_q30_hi", "sat_shift", "relu_q", "dot2_q")
+"""The helpers with a Helium form ``v_NAME`` (templates/numerics.c.j2) equal lane by lane."""
+LANE_CTYPES = ("int16_t", "int32_t")
+CTYPE_BITS = {"int16_t": 16, "int32_t": 32}
+
+
+def _vectorizable(e: Expr, known: set[str]) -> bool:
+    """Whether the MVE vector statements compute ``e`` in 32-bit lanes exactly as the scalar C
+    does: int16 and int32 values (an int16 is an int32 lane holding the same number), sums,
+    per-unit constants and vector elements of those types, a cast to int32 (nothing to do),
+    ``+`` and ``*`` in int32 (the C's own type: no wider intermediate) and the helpers of
+    :data:`VECTOR_HELPERS`; ``known`` names the values the vector statements computed."""
+    if isinstance(e, Var):
+        return e.name in known
+    if isinstance(e, (Lane, Row)):
+        return e.ctype == "int32_t"
+    if isinstance(e, Unit):
+        return e.ctype in LANE_CTYPES
+    if isinstance(e, Lit):
+        return e.ctype in ("int32_t", "int")
+    if isinstance(e, Cast):
+        return e.ctype == "int32_t" and e.a.ctype in LANE_CTYPES and _vectorizable(e.a, known)
+    if isinstance(e, Call) and e.fn == "dot2_q":
+        return _dot2_shifts(e) is not None and all(
+            _vectorizable(e.args[k], known) for k in (0, 1, 3, 4))
+    if isinstance(e, Call):
+        return e.fn in VECTOR_HELPERS and all(_vectorizable(a, known) for a in e.args)
+    if isinstance(e, Bin):
+        return (e.op in "+*" and e.ctype == "int32_t" and _vectorizable(e.a, known)
+                and _vectorizable(e.b, known))
+    return False
+
+
+def _dot2_shifts(e: Call) -> tuple[int, int] | None:
+    """``dot2_q(a, b, 2^A, c, d, 2^C, s)`` in 32-bit lanes (``v_dot2_q``: the sum scaled by
+    ``2^(32 - s)``, split at bit 32) takes the shifts ``A + 32 - s`` in 1..31 and
+    ``C + 32 - s`` in 0..16 (``c`` shifted by it stays an int32); None when they fall outside."""
+    ka, kc, shift = (int(a.value) if isinstance(a, Lit) else None for a in
+                     (e.args[2], e.args[5], e.args[6]))
+    if ka is None or kc is None or shift is None or shift > 32:
+        return None
+    up_a, up_c = ka.bit_length() - 1 + 32 - shift, kc.bit_length() - 1 + 32 - shift
+    return (up_a, up_c) if 1 <= up_a <= 31 and 0 <= up_c <= 16 else None
+
+
+def _vector_form(e: Expr, stored: dict | None = None) -> Expr:
+    """``e`` as the vector statements compute it: ``dot2_q`` takes its two shifts
+    (:func:`_dot2_shifts`) in place of the factors and the shift, and an element the vector
+    statements stored before is that stored value (``stored``: (vector, offset) -> Var), not
+    read back from memory (one load less)."""
+    stored = stored or {}
+    if isinstance(e, Unit) and (e.vector, e.offset) in stored:
+        return stored[(e.vector, e.offset)]
+    if isinstance(e, Call):
+        args = tuple(_vector_form(a, stored) for a in e.args)
+        if e.fn == "dot2_q":
+            shifts = _dot2_shifts(e)
+            assert shifts is not None
+            args = (args[0], args[1], args[3], args[4], Lit(shifts[0], "int"),
+                    Lit(shifts[1], "int"))
+        return Call(e.fn, args, e.ctype)
+    if isinstance(e, Bin):
+        return Bin(e.op, _vector_form(e.a, stored), _vector_form(e.b, stored), e.ctype)
+    if isinstance(e, Cast):
+        return Cast(e.ctype, _vector_form(e.a, stored))
+    return e
+
+
+def _vector_stmts(stmts: Sequence) -> tuple:
+    """``stmts`` as the vector statements run them (:func:`_vector_form`); a store of a value
+    of the element's own type first names it (``stored_NAME``) when a later statement reads
+    that element."""
+    out: list = []
+    stored: dict = {}
+    for k, stmt in enumerate(stmts):
+        if isinstance(stmt, Let):
+            out.append(Let(stmt.var, _vector_form(stmt.value, stored), stmt.comment))
+            continue
+        value = _vector_form(stmt.value, stored)
+        key = (stmt.target.vector, stmt.target.offset)
+        if stmt.value.ctype == stmt.target.ctype and any(  # the lane holds what memory will
+                isinstance(e, Unit) and (e.vector, e.offset) == key
+                for later in stmts[k + 1:] for e in walk(later.value)):
+            var = Var(f"stored_{stmt.target.vector}", stmt.target.ctype)
+            out.append(Let(var, value, stmt.comment))
+            value, stored[key] = var, var
+            out.append(Store(stmt.target, value))
+        else:
+            out.append(Store(stmt.target, value, stmt.comment))
+    return tuple(out)
+
+
+def _vector_run(stmts: Sequence, known: set[str]) -> bool:
+    """Whether the vector statements compute all of ``stmts`` in order (``known`` grows by the
+    values they define): lets, and stores to int16 or int32 vector elements."""
+    for stmt in stmts:
+        if isinstance(stmt, Let) and _vectorizable(stmt.value, known):
+            known.add(stmt.var.name)
+        elif not (isinstance(stmt, Store) and stmt.target.ctype in LANE_CTYPES
+                  and _vectorizable(stmt.value, known)):
+            return False
+    return True
+
+
+def _vector_stage(H: int, body: list, biases: list[str | None], consts: _Constants,
+                  req: _Requirements) -> VectorStage | None:
+    """The MVE builds' vector statements of a recurrent loop body (:class:`VectorStage`): its
+    longest head and then its longest tail that :func:`_vector_run` accepts, the tail reading
+    no value of the scalar middle, when the middle reads no unit sum; the per-unit constants
+    they read get a blocked MVE copy, and lose their MVE build when the middle does not read
+    them. The sums' biases (``biases``: of the x and the h parts) are blocked the same way: a
+    block's sums start from them."""
+    known: set[str] = set()
+    prefix = 0
+    while prefix < len(body) and _vector_run(body[prefix:prefix + 1], known):
+        prefix += 1
+    if prefix == 0:
+        return None
+    start = next(k for k in range(prefix, len(body) + 1) if _vector_run(body[k:], set(known)))
+    middle = [e for s in body[prefix:start] for e in walk(s)]
+    if any(isinstance(e, Lane) for e in middle):
+        return None
+    vector = [e for s in body[:prefix] + body[start:] for e in walk(s)]
+    middle_rows = {e.const for e in middle if isinstance(e, Row)}
+    rows: dict[str, str] = {}
+    blocks = -(-H // MVE_LANES)
+    for name in [b for b in biases if b is not None] + [e.const for e in vector
+                                                          if isinstance(e, Row)]:
+        if name not in rows:
+            k = next(i for i, c in enumerate(consts.items) if c.name == name)
+            const = consts.items[k]
+            data = const.data.reshape(H, -1)
+            padded_ = np.zeros((blocks * MVE_LANES, data.shape[1]), dtype=data.dtype)
+            padded_[:H] = data
+            blocked = np.ascontiguousarray(
+                padded_.reshape(blocks, MVE_LANES, -1).transpose(0, 2, 1)).reshape(blocks, -1)
+            rows[name] = f"{name}_v"
+            consts.items.insert(k + 1, Const(
+                rows[name], const.ctype, blocked,
+                f"{const.name} for the MVE vector statements: blocks of {MVE_LANES} units, "
+                f"element [b][{MVE_LANES} g + u] is unit {MVE_LANES} b + u's [g] (zero beyond "
+                f"unit {H - 1})",
+                frozenset({"mve"})))
+            if name not in middle_rows:
+                consts.items[k] = replace(const, families=const.families - {"mve"})
+    outputs = tuple(s.var for s in body[:prefix] if isinstance(s, Let) and any(
+        isinstance(e, Var) and e.name == s.var.name for e in middle))
+    stages = _vector_stmts(body[:prefix]), _vector_stmts(body[start:])
+    lanes = {f"{how}{CTYPE_BITS[t]}" for how, t in
+             [("load", e.ctype) for st in stages[0] + stages[1] for e in walk(st.value)
+              if isinstance(e, Unit)]
+             + [("store", st.target.ctype) for st in stages[0] + stages[1]
+                if isinstance(st, Store)]}
+    helpers = tuple(h for h in VECTOR_HELPERS
+                    if h in lanes or any(isinstance(e, Call) and e.fn == h for e in vector))
+    req.mve_helpers.update(helpers)
+    return VectorStage(MVE_LANES, prefix, len(body) - start, tuple(rows.items()), outputs,
+                       helpers, tuple(rows[b] if b is not None else None for b in biases),
+                       *stages, start > prefix, H)
+
+
+def _scalar_only_helpers(functions: dict[int, list[Function]], req: _Requirements
+                         ) -> tuple[str, ...]:
+    """The helpers that MVE builds never call: those only the vector stages' statements call
+    (their vector forms run instead), unless another statement or helper calls them on a core
+    with the DSP extension (every MVE core has it)."""
+    vector: set[str] = set()
+    scalar: set[str] = set()
+    for fns in functions.values():
+        for fn in fns:
+            for stmt in fn.prologue:
+                scalar |= {e.fn for e in walk(stmt) if isinstance(e, Call)}
+            for lp in fn.loops:
+                v = lp.vector
+                head, tail = (v.prefix, len(lp.body) - v.suffix) if v else (0, len(lp.body))
+                for k, stmt in enumerate(lp.body):
+                    (vector if k < head or k >= tail else scalar).update(
+                        e.fn for e in walk(stmt) if isinstance(e, Call))
+    only = vector - scalar
+    if not only:
+        return ()
+    # MVE cores have the DSP extension: what the rest needs only without it, they never call
+    kept = {h.name for h, portable in nm.helper_guards(req.helpers - only) if not portable}
+    return tuple(h.name for h in nm.helper_closure(req.helpers) if h.name not in kept)
 
 
 def _requant_rows(p: str, fn: str, acc, w_name: str, source: Ptr, target: str,
@@ -610,6 +848,8 @@ def lower_dense(p: str, index: int, layer: Dense, q, req: _Requirements) -> list
     consts = _Constants()
     T = "int16_t" if q is not None else "float"
     what = f"y = W x{' + b' if layer.bias is not None else ''}"
+    if layer.diagonal:
+        return [_lower_diagonal(fn, index, layer, q, req)]
     if q is None:
         w = consts.add(f"{fn}_w", "float", layer.weight.data, f"{layer.weight.source}, float32")
         req.helpers.add("dot")
@@ -635,42 +875,140 @@ def lower_dense(p: str, index: int, layer: Dense, q, req: _Requirements) -> list
         constants=tuple(consts.items))]
 
 
+def _lower_diagonal(fn: str, index: int, layer: Dense, q, req: _Requirements) -> Function:
+    """A Dense layer whose weights are diagonal (:attr:`tinyrnn.ir.Dense.diagonal`): one
+    multiply per feature, ``y[j] = s[j] x[j] + b[j]``. The integers are those of the full
+    matrix (per-row scales, the same accumulator bounds): the zeros add nothing, so the result
+    is the Dense layer's to the bit."""
+    consts = _Constants()
+    n = layer.out_features
+    scale = np.diag(layer.weight.data)
+    what = f"y = s x{' + b' if layer.bias is not None else ''}, per feature"
+    if q is None:
+        T = "float"
+        s = consts.add(f"{fn}_s", "float", scale, f"diagonal of {layer.weight.source}, float32")
+        value: Expr = Bin("*", Row(s, None, "float"), Unit("x", 0, "float"), "float")
+        if layer.bias is not None:
+            b = consts.add(f"{fn}_b", "float", layer.bias.data, f"{layer.bias.source}, float32")
+            value = Bin("+", value, Row(b, None, "float"), "float")
+        body: tuple = (Store(Unit("y", 0, "float"), value, what),)
+        formats = ""
+    else:
+        T = "int16_t"
+        part = q.acc.parts[0]
+        wtype, acc_t = WEIGHT_CTYPE[q.acc.bits], ACC_CTYPE[part.acc_bits]
+        s = consts.add(f"{fn}_s", wtype, np.diag(part.weights),
+                       f"diagonal of {layer.weight.source}, {wtype}, per-row scale")
+        value = Bin("*", Cast(acc_t, Unit("x", 0, "int16_t")), Row(s, None, wtype), acc_t)
+        if part.bias is not None:
+            b = consts.add(f"{fn}_b", acc_t, part.bias,
+                           f"{part.bias_source}, {acc_t} in accumulator units")
+            value = Bin("+", Row(b, None, acc_t), value, acc_t)
+        m = consts.add(f"{fn}_m", "int16_t", part.mult, f"requant multipliers of {part.source}")
+        sh = consts.add(f"{fn}_sh", "uint8_t", part.shift, f"requant shifts of {part.source}")
+        req.helpers.add("requant")
+        total = Var("acc", acc_t)
+        body = (Let(total, value, f"the exact product and bias, {acc_t}"),
+                Store(Unit("y", 0, "int16_t"), call(
+                    "requant", total, Row(m, None, "int16_t"), Row(sh, None, "uint8_t"),
+                    ctype="int16_t"), what))
+        formats = f"; x {q.x}, y {q.out}"
+    return Function(
+        name=fn, kind="dense", layer=index,
+        comment=(f"{layer.name}: {what} ({n} features){formats}",),
+        params=(Param("x", f"const {T} *", "in", n), Param("y", f"{T} *", "out", n)),
+        named=(), prologue=(), loops=(Loop(n, body),), constants=tuple(consts.items))
+def conv_rows4(layer: Conv1d | FrameConv1d, q) -> bool:
+    """Whether an integer Conv1d takes a blocked helper, ``conv1d_x4_w8_acc32`` (SMLAD on the
+    DSP cores) or ``conv1d_x4_w16_acc64`` (SMLALD): int8 weights with int32 sums or int16
+    weights with int64 sums, one group and dilation 1 (so that the taps of an output step
+    inside x are one contiguous run of x and of each weight row), any input channel count and
+    at least 4 output channels (zero rows pad the last block of 4: with 1 to 3 channels they
+    would double to quadruple the weights of a layer whose few outputs cost little anyway)."""
+    return ((q.acc.bits, q.acc.parts[0].acc_bits) in ((8, 32), (16, 64))
+            and layer.groups == 1 and layer.dilation == 1 and layer.out_channels >= 4)
+
+
 def lower_conv1d(p: str, index: int, layer: Conv1d, q, req: _Requirements) -> list[Function]:
-    """A Conv1d once over a whole sequence ``x`` (T, C) -> ``y`` (T, O), float32: the helper
-    ``conv1d_f`` with the weights as (O, kernel, C / groups), so that each tap's channels are
-    one contiguous dot product with one step of x. The length is kept (the frontend refuses
-    other forms); the integer formats are refused before quantization."""
-    if q is not None:
-        raise TinyRNNError(f"{layer.name}: a Conv1d has no integer lowering yet; export in "
-                           "float32")
+    """A Conv1d once over a whole sequence ``x`` (T, C) -> ``y`` (T_out, O): float32, the helper
+    ``conv1d_f``; the integer formats, ``conv1d_w{bits}_acc{32,64}`` (exact sums, one
+    requantization per output, :class:`tinyrnn.passes.quantize.QConv1d`). The weights are
+    (O, kernel, C / groups), so that each tap's channels are one contiguous dot product with
+    one step of x (and, with dilation 1 and one group, all taps one run)."""
     fn = f"{p}_conv{index}"
     consts = _Constants()
-    data = np.ascontiguousarray(layer.weight.data.transpose(0, 2, 1)).reshape(-1)
-    w = consts.add(f"{fn}_w", "float", data,
-                   f"{layer.weight.source} as (out, kernel, in / groups) = "
-                   f"({layer.out_channels}, {layer.kernel}, {layer.weight.shape[1]}), float32")
-    bias: Expr = Lit(0, "const float *", name="NULL")
-    if layer.bias is not None:
-        bias = Ptr(consts.add(f"{fn}_b", "float", layer.bias.data,
-                              f"{layer.bias.source}, float32"))
-    req.helpers.add("conv1d_f")
-    what = (f"y = conv1d(x) over the whole sequence: {layer.in_channels} -> "
-            f"{layer.out_channels} channels, kernel {layer.kernel}, dilation {layer.dilation}, "
-            f"groups {layer.groups}, zero padding {layer.pad_left} left and {layer.pad_right} "
-            "right")
-    args = (Ptr("x"), Ptr("y"), Var("T", "int"), Ptr(w), bias,
-            Lit(layer.in_channels, "int"), Lit(layer.out_channels, "int"),
-            Lit(layer.kernel, "int"), Lit(layer.groups, "int"), Lit(layer.dilation, "int"),
-            Lit(layer.pad_left, "int"))
+    what = (f"y = conv1d(x) over the whole sequence: {_conv_geometry(layer)}")
+    T = "int16_t" if q is not None else "float"
+    helper, args, formats = _conv_call(fn, layer, q, consts, req, Var("T", "int"))
     return [Function(
-        name=fn, kind="conv", layer=index, comment=(f"{layer.name}: {what}",),
-        params=(Param("x", "const float *", "in", layer.in_channels),
-                Param("y", "float *", "out", layer.out_channels),
+        name=fn, kind="conv", layer=index, comment=(f"{layer.name}: {what}{formats}",),
+        params=(Param("x", f"const {T} *", "in", layer.in_channels),
+                Param("y", f"{T} *", "out", layer.out_channels),
                 Param("T", "int ", "steps", 0)),
-        named=(), prologue=(Do(call("conv1d_f", *args, ctype="void"), "every step and channel"),),
+        named=(), prologue=(Do(call(helper, *args, ctype="void"), "every step and channel"),),
         loops=(),
         constants=tuple(consts.items))]
 
+
+def _conv_geometry(layer: Conv1d | FrameConv1d) -> str:
+    return (f"{layer.in_channels} -> {layer.out_channels} channels, kernel {layer.kernel}, "
+            f"stride {layer.stride}, dilation {layer.dilation}, groups {layer.groups}, zero "
+            f"padding {layer.pad_left} left and {layer.pad_right} right")
+
+
+def _conv_call(fn: str, layer: Conv1d | FrameConv1d, q, consts: _Constants, req: _Requirements,
+               steps: Expr) -> tuple[str, tuple, str]:
+    """The helper call of a Conv1d over ``steps`` steps (a sequence's T, or a frame's L as a
+    literal) and its weights: ``(helper, args, formats)``; the helper is required."""
+    shape = f"({layer.out_channels}, {layer.kernel}, {layer.weight.shape[1]})"
+    geometry = (Lit(layer.in_channels, "int"), Lit(layer.out_channels, "int"),
+                Lit(layer.kernel, "int"), Lit(layer.groups, "int"), Lit(layer.dilation, "int"),
+                Lit(layer.stride, "int"), Lit(layer.pad_left, "int"),
+                Lit(layer.pad_right, "int"))
+    if q is None:
+        data = np.ascontiguousarray(layer.weight.data.transpose(0, 2, 1)).reshape(-1)
+        w = consts.add(f"{fn}_w", "float", data,
+                       f"{layer.weight.source} as (out, kernel, in / groups) = {shape}, float32")
+        bias: Expr = Lit(0, "const float *", name="NULL")
+        if layer.bias is not None:
+            bias = Ptr(consts.add(f"{fn}_b", "float", layer.bias.data,
+                                  f"{layer.bias.source}, float32"))
+        helper = "conv1d_f"
+        args: tuple = (Ptr("x"), Ptr("y"), steps, Ptr(w), bias, *geometry)
+        formats = ""
+    else:
+        part = q.acc.parts[0]
+        wtype, acc_t = WEIGHT_CTYPE[q.acc.bits], ACC_CTYPE[part.acc_bits]
+        rows4 = conv_rows4(layer, q)
+        if rows4:
+            order = ("one word per channel, bytes in SXTB16 order 0,2,1,3" if q.acc.bits == 8
+                     else "the 4 weights of each channel")
+            w = consts.add(f"{fn}_w", wtype, conv_layout(part.weights, q.acc.bits).reshape(-1),
+                f"{layer.weight.source} as (out, kernel, in) = {shape} in blocks of 4 output "
+                f"channels (zero rows pad the last): per group of 4 of the kernel x in "
+                f"columns (zero columns pad the last), {order}; {wtype}, per-channel scale")
+        else:
+            w = consts.add(f"{fn}_w", wtype, part.weights.reshape(-1),
+                           f"{layer.weight.source} as (out, kernel, in / groups) = {shape}, "
+                           f"{wtype}, per-channel scale")
+        bias = Lit(0, f"const {acc_t} *", name="NULL")
+        if part.bias is not None:
+            bias = Ptr(consts.add(f"{fn}_b", acc_t, part.bias,
+                                  f"{part.bias_source}, {acc_t} in accumulator units"))
+        m = consts.add(f"{fn}_m", "int16_t", part.mult,
+                       f"requant multipliers of {layer.weight.source}, per channel")
+        sh = consts.add(f"{fn}_s", "uint8_t", part.shift,
+                        f"requant shifts of {layer.weight.source}, per channel")
+        if rows4:  # no groups, no dilation: those geometry arguments drop out
+            helper = f"conv1d_x4_w{q.acc.bits}_acc{part.acc_bits}"
+            args = (Ptr("x"), Ptr("y"), steps, Ptr(w), bias, Ptr(m), Ptr(sh),
+                    *geometry[:3], *geometry[5:])
+        else:
+            helper = f"conv1d_w{q.acc.bits}_acc{part.acc_bits}"
+            args = (Ptr("x"), Ptr("y"), steps, Ptr(w), bias, Ptr(m), Ptr(sh), *geometry)
+        formats = f"; x {q.x}, y {q.out}, exact {acc_t} sums (|sum| <= {part.bound})"
+    req.helpers.add(helper)
+    return helper, args, formats
 
 def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirements
                      ) -> list[Function]:
@@ -688,6 +1026,8 @@ def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirement
             req.helpers.add(f"{kind}_f")
             prologue = (Do(call(f"{kind}_f", Ptr("in"), Ptr("out"), Lit(n, "int"),
                                 ctype="void"), f"{kind} over the last axis"),)
+        elif kind in _FLOAT_POINTWISE:
+            loops = (Loop(n, (Store(y, _float_pointwise(layer, x, req), kind),)),)
         else:
             req.helpers.add(kind)
             loops = (Loop(n, (Store(y, call(kind, x, ctype=T), kind),)),)
@@ -711,6 +1051,9 @@ def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirement
         elif kind == "relu":
             req.helpers.add("relu_q")
             loops = (Loop(n, (Store(y, call("relu_q", x, ctype=T), "relu"),)),)
+        elif kind in _INT_POINTWISE:
+            value, what, named = _int_pointwise(layer, q, x, req)
+            loops = (Loop(n, (Store(y, value, what),)),)
         else:
             wide = widen_int16(x, q.in_shift, req)
             if kind == "sigmoid":
@@ -728,6 +1071,372 @@ def lower_activation(p: str, index: int, layer: Activation, q, req: _Requirement
         comment=(f"{kind} over {n} features{formats}; in and out may be the same buffer",),
         params=(Param("in", f"const {T} *", "in", n), Param("out", f"{T} *", "out", n)),
         named=tuple(named), prologue=prologue, loops=loops, constants=())]
+
+
+def lower_pool_time(p: str, index: int, layer: PoolTime, q, req: _Requirements
+                    ) -> list[Function]:
+    """The mean, sum or max over the whole sequence ``x`` (T, n) into one step ``y`` (n),
+    once per sequence (a ``conv`` op: it reads every step); integers: the exact int64 sum,
+    then the rounded mean, or the sum shifted into its format."""
+    fn = f"{p}_{layer.kind}_time{index}"
+    helper = f"{layer.kind}_time_{'q' if q is not None else 'f'}"
+    req.helpers.add(helper)
+    n = layer.features
+    T = "int16_t" if q is not None else "float"
+    args: tuple = (Ptr("x"), Ptr("y"), Var("T", "int"), Lit(n, "int"))
+    formats = ""
+    if q is not None:
+        formats = f"; x {q.x}, y {q.out}"
+        if layer.kind == "sum":
+            args += (Lit(q.shift, "int"),)
+    return [Function(
+        name=fn, kind="conv", layer=index,
+        comment=(f"y = the {layer.kind} of x over its T steps, {n} features{formats}",),
+        params=(Param("x", f"const {T} *", "in", n), Param("y", f"{T} *", "out", n),
+                Param("T", "int ", "steps", 0)),
+        named=(), prologue=(Do(call(helper, *args, ctype="void"),
+                               f"the {layer.kind} over time"),),
+        loops=(), constants=())]
+
+
+def lower_pool_window(p: str, index: int, layer: PoolWindow, q, req: _Requirements
+                      ) -> list[Function]:
+    """MaxPool1d / AvgPool1d over the whole sequence ``x`` (T, n) -> ``y`` (T_out, n), once per
+    sequence (a ``conv`` op): the helper ``{max,avg}_pool_{f,q}``. Integers keep x's format:
+    the max is exact; the average is the exact int32 sum divided by the window's count,
+    rounded half up (:func:`tinyrnn.numerics.helpers.avg_pool_q`)."""
+    fn = f"{p}_{layer.kind}pool{index}"
+    helper = f"{layer.kind}_pool_{'q' if q is not None else 'f'}"
+    req.helpers.add(helper)
+    n = layer.features
+    T = "int16_t" if q is not None else "float"
+    args: tuple = (Ptr("x"), Ptr("y"), Var("T", "int"), Lit(n, "int"), Lit(layer.kernel, "int"),
+                   Lit(layer.stride, "int"), Lit(layer.pad, "int"))
+    what = (f"y = the {layer.kind} of x over windows of {layer.kernel} steps, stride "
+            f"{layer.stride}, padding {layer.pad}")
+    if layer.kind == "avg":
+        args += (Lit(int(layer.count_include_pad), "int"),)
+        what += (", divided by the kernel" if layer.count_include_pad
+                 else ", divided by the steps inside the sequence")
+    formats = f"; x {q.x}, y {q.out}" if q is not None else ""
+    return [Function(
+        name=fn, kind="conv", layer=index,
+        comment=(f"{layer.name + ': ' if layer.name else ''}{what}, {n} features{formats}",),
+        params=(Param("x", f"const {T} *", "in", n), Param("y", f"{T} *", "out", n),
+                Param("T", "int ", "steps", 0)),
+        named=(), prologue=(Do(call(helper, *args, ctype="void"),
+                               "every window and feature"),),
+        loops=(), constants=())]
+
+
+def lower_pad_time(p: str, index: int, layer: PadTime, q, req: _Requirements
+                   ) -> list[Function]:
+    """Padding of the time axis of the whole sequence ``x`` (T, n) -> ``y`` (T + left + right,
+    n), once per sequence (a ``conv`` op): float32 ``frame_pad_f`` over T positions; integers
+    ``pad_time_q`` (the constant in the output format, the steps shifted into it)."""
+    fn = f"{p}_padtime{index}"
+    n = layer.features
+    mode = Lit(FRAME_PAD_MODES[layer.mode], "int")
+    fill = f" {layer.value!r}" if layer.mode == "constant" else ""
+    if q is None:
+        T, helper, formats = "float", "frame_pad_f", ""
+        args: tuple = (Ptr("x"), Ptr("y"), Var("T", "int"), Lit(n, "int"),
+                       Lit(layer.left, "int"), Lit(layer.right, "int"), mode,
+                       Lit(layer.value, "float"))
+    else:
+        T, helper = "int16_t", "pad_time_q"
+        args = (Ptr("x"), Ptr("y"), Var("T", "int"), Lit(n, "int"), Lit(layer.left, "int"),
+                Lit(layer.right, "int"), mode, Lit(q.value, "int16_t"), Lit(q.shift, "int"))
+        formats = f"; x {q.x}, y {q.out}"
+    req.helpers.add(helper)
+    return [Function(
+        name=fn, kind="conv", layer=index,
+        comment=(f"{layer.name + ': ' if layer.name else ''}y = x padded by {layer.left} steps "
+                 f"left and {layer.right} right ({layer.mode}{fill}), {n} features{formats}",),
+        params=(Param("x", f"const {T} *", "in", n), Param("y", f"{T} *", "out", n),
+                Param("T", "int ", "steps", 0)),
+        named=(), prologue=(Do(call(helper, *args, ctype="void"), layer.mode),),
+        loops=(), constants=())]
+
+
+_FLOAT_POINTWISE = {"relu6", "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs",
+                    "square", "sqrt"}
+_INT_POINTWISE = {"relu6", "hardtanh", "leaky_relu", "hardsigmoid", "hardswish", "abs",
+                  "square", "sqrt"}
+
+
+def _float_pointwise(layer: Activation, x: Expr, req: _Requirements) -> Expr:
+    """The float32 value of one of :data:`_FLOAT_POINTWISE` at ``x``."""
+    kind = layer.kind
+    if kind in ("relu6", "hardtanh"):
+        req.helpers.add("clamp_f")
+        return call("clamp_f", x, Lit(layer.low, "float"), Lit(layer.high, "float"),
+                    ctype="float")
+    if kind == "leaky_relu":
+        req.helpers.add("leaky_relu_f")
+        return call("leaky_relu_f", x, Lit(layer.slope, "float"), ctype="float")
+    if kind == "square":
+        return Bin("*", x, x, "float")
+    helper = f"{kind}_f"
+    req.helpers.add(helper)
+    return call(helper, x, ctype="float")
+
+
+def _int_pointwise(layer: Activation, q, x: Expr, req: _Requirements
+                   ) -> tuple[Expr, str, list[Lit]]:
+    """The int16 value of one of :data:`_INT_POINTWISE` at ``x`` (the quantizer's constants in
+    ``q``: clamp bounds, a multiplier ``M * 2^-n``), what it computes, its named constants."""
+    kind = layer.kind
+    if kind in ("relu6", "hardtanh"):
+        req.helpers.add("clamp_q")
+        lo = _named(q.low, "int32_t", "lo", f"{layer.low!r} in {q.x}")
+        hi = _named(q.high, "int32_t", "hi", f"{layer.high!r} in {q.x}")
+        return (call("clamp_q", Cast("int32_t", x), lo, hi, ctype="int16_t"),
+                f"{kind}: clamp to [{layer.low!r}, {layer.high!r}]", [lo, hi])
+    if kind == "abs":
+        req.helpers.add("abs_q")
+        return call("abs_q", x, ctype="int16_t"), "|x|", []
+    if kind == "sqrt":
+        req.helpers.add("sqrt_q")
+        e = _named(q.shift, "int", "e", f"sqrt(x * 2^e) of x in {q.x} is in {q.out}")
+        return call("sqrt_q", x, e, ctype="int16_t"), "sqrt(x), exact, rounded (0 for x <= 0)", [e]
+    mult = _named(q.mult, "int32_t", "mult", "M of the multiplier M * 2^-n")
+    shift = _named(q.shift, "int", "shift", "... and n")
+    if kind == "leaky_relu":
+        req.helpers.add("leaky_q")
+        return (call("leaky_q", x, mult, shift, ctype="int16_t"),
+                f"leaky_relu: x, or x * {layer.slope!r} below 0", [mult, shift])
+    if kind == "square":
+        req.helpers.add("requant")
+        square = Bin("*", Cast("int32_t", x), Cast("int32_t", x), "int32_t")
+        return (call("requant", square, mult, shift, ctype="int16_t"),
+                f"x * x ({q.x} squared) to {q.out}", [mult, shift])
+    # hardsigmoid in Q0.15: clamp(x / 6 + 1/2, 0, 1); hardswish: x * that, in x's format
+    req.helpers.update({"requant", "clamp_q"})
+    half = Lit(1 << (nm.ACT_OUT.frac - 1), "int32_t")
+    sixth = Bin("+", Cast("int32_t", call("requant", x, mult, shift, ctype="int16_t")), half,
+                "int32_t")
+    hs = call("clamp_q", sixth, Lit(0, "int32_t"), Lit(nm.ACT_OUT.qmax, "int32_t"),
+              ctype="int16_t")
+    if kind == "hardsigmoid":
+        return hs, f"hardsigmoid: clamp(x / 6 + 1/2, 0, 1) in {q.out}", [mult, shift]
+    req.helpers.add("mul_q30")
+    return (call("mul_q30", x, Cast("int32_t", hs), Lit(nm.ACT_OUT.frac, "int"),
+                 ctype="int16_t"),
+            f"hardswish: x * hardsigmoid(x), hardsigmoid in {nm.ACT_OUT}", [mult, shift])
+
+
+# ---------------------------------------------------------------------------------------------
+# Values beyond the chain: residual add/mul, channel slices, cat, frame layers, carried values
+
+
+def _moved(value: Expr, n: int, req: _Requirements) -> Expr:
+    """An int16 ``value`` into a format ``n`` fraction bits coarser (``sat_shift``; nothing
+    for ``n == 0``), as :class:`tinyrnn.passes.quantize.QMulti` says."""
+    if n == 0:
+        return value
+    req.helpers.add("sat_shift")
+    return call("sat_shift", Cast("int32_t", value), Lit(n, "int"), ctype="int16_t")
+
+
+def lower_binary(p: str, index: int, layer: Binary, q, req: _Requirements) -> list[Function]:
+    """``y = a + b`` (or ``a * b``) element-wise; ``y`` may be ``a``'s buffer. Integers: the
+    exact int32 sum of both inputs in the finer format, or the exact product, then one
+    ``sat_shift`` into y's format."""
+    n, op = layer.features, "+" if layer.kind == "add" else "*"
+    T = "int16_t" if q is not None else "float"
+    a, b = Unit("a", 0, T), Unit("b", 0, T)
+    if q is None:
+        value: Expr = Bin(op, a, b, "float")
+        formats, what = "float32", f"a {op} b"
+    else:
+        shifts = q.shifts()
+        req.helpers.add("sat_shift")
+        if layer.kind == "mul":
+            total: Expr = Bin("*", Cast("int32_t", a), Cast("int32_t", b), "int32_t")
+            what = f"a * b ({q.xs[0]} x {q.xs[1]}, exact in int32) to {q.out}"
+        else:
+            ka, kb = ((Bin("*", Cast("int32_t", v), Lit(1 << k, "int32_t"), "int32_t") if k
+                       else Cast("int32_t", v)) for v, k in ((a, shifts[0]), (b, shifts[1])))
+            total = Bin("+", ka, kb, "int32_t")
+            fine = max(q.xs[0].frac, q.xs[1].frac)
+            what = (f"a + b ({q.xs[0]} + {q.xs[1]}, exact in int32 with {fine} fraction bits) "
+                    f"to {q.out}")
+        value = call("sat_shift", total, Lit(shifts[-1], "int"), ctype="int16_t")
+        formats = f"a {q.xs[0]}, b {q.xs[1]}, y {q.out}"
+    return [Function(
+        name=f"{p}_{layer.kind}{index}", kind="multi", layer=index,
+        comment=(f"y = a {op} b over {n} features, {formats}; y and a may be the same buffer",),
+        params=(Param("a", f"const {T} *", "in", n), Param("b", f"const {T} *", "in", n),
+                Param("y", f"{T} *", "out", n)),
+        named=(), prologue=(), loops=(Loop(n, (Store(Unit("y", 0, T), value, what),)),),
+        constants=())]
+
+
+def lower_concat(p: str, index: int, layer: Concat, q, req: _Requirements) -> list[Function]:
+    """``y = cat(x0, x1, ...)`` along the features: one copy loop per part (integers: each
+    part into y's format, the coarsest of theirs)."""
+    T = "int16_t" if q is not None else "float"
+    shifts = q.shifts() if q is not None else (0,) * len(layer.sizes)
+    loops, offset, total = [], 0, sum(layer.sizes)
+    for p_ in range(layer.length):  # a frame's positions, each (channels) of every part
+        for k, size in enumerate(layer.sizes):
+            at = p_ * total + offset
+            moved = f", {q.xs[k]} to {q.out}" if q is not None and shifts[k] else ""
+            loops.append(Loop(size, (Store(Unit("y", at, T),
+                                           _moved(Unit(f"x{k}", p_ * size, T), shifts[k], req),
+                                           f"part {k}: y[{at}:{at + size}]{moved}"),)))
+            offset = (offset + size) % total
+    params = tuple(Param(f"x{k}", f"const {T} *", "in", size * layer.length)
+                   for k, size in enumerate(layer.sizes))
+    formats = f"y {q.out}" if q is not None else "float32"
+    return [Function(
+        name=f"{p}_cat{index}", kind="multi", layer=index,
+        comment=(f"y = cat({', '.join(f'x{k}' for k in range(len(layer.sizes)))}) along the "
+                 f"features: {' + '.join(map(str, layer.sizes))} = {layer.features}, "
+                 f"{formats}",),
+        params=params + (Param("y", f"{T} *", "out", layer.features),),
+        named=(), prologue=(), loops=tuple(loops), constants=())]
+
+
+def lower_channel_slice(p: str, index: int, layer: ChannelSlice, q, req: _Requirements
+                        ) -> list[Function]:
+    """``y = x[start:stop]`` over the features (integers: x's format)."""
+    T = "int16_t" if q is not None else "float"
+    width = layer.stop - layer.start
+    return [Function(
+        name=f"{p}_slice{index}", kind="multi", layer=index,
+        comment=(f"y = x[{layer.start}:{layer.stop}] of {layer.in_features} channels"
+                 + (f" at each of {layer.length} positions" if layer.length > 1 else "")
+                 + (f", {q.out}" if q is not None else ", float32"),),
+        params=(Param("x", f"const {T} *", "in", layer.in_features * layer.length),
+                Param("y", f"{T} *", "out", layer.features)),
+        named=(), prologue=(), loops=tuple(Loop(width, (
+            Store(Unit("y", p_ * width, T),
+                  Unit("x", p_ * layer.in_features + layer.start, T),
+                  f"x[{p_ * layer.in_features + layer.start} + j]"),))
+            for p_ in range(layer.length)),
+        constants=())]
+
+
+def lower_hypot(p: str, index: int, layer: Hypot, q, req: _Requirements) -> list[Function]:
+    """``y = sqrt(a^2 + b^2)`` element-wise (the quantizer's fused magnitude): ``hypot_q``,
+    the exact 32-bit sum of squares and its rounded integer root; float32: ``sqrt_f``."""
+    n = layer.features
+    T = "int16_t" if q is not None else "float"
+    a, b = Unit("a", 0, T), Unit("b", 0, T)
+    named: list[Lit] = []
+    if q is None:
+        req.helpers.add("sqrt_f")
+        value: Expr = call("sqrt_f", Bin("+", Bin("*", a, a, T), Bin("*", b, b, T), T), ctype=T)
+        formats = "float32"
+    else:
+        req.helpers.add("hypot_q")
+        k = _named(q.pad, "int", "k", f"a and b in {q.xs[0]}, y in {q.out}: 2^-k")
+        named.append(k)
+        value = call("hypot_q", a, b, k, ctype=T)
+        formats = f"a and b {q.xs[0]}, y {q.out}, the sum of squares exact in uint32"
+    return [Function(
+        name=f"{p}_hypot{index}", kind="multi", layer=index,
+        comment=(f"y = sqrt(a^2 + b^2) over {n} features, {formats}",),
+        params=(Param("a", f"const {T} *", "in", n), Param("b", f"const {T} *", "in", n),
+                Param("y", f"{T} *", "out", n)),
+        named=tuple(named), prologue=(),
+        loops=(Loop(n, (Store(Unit("y", 0, T), value, "sqrt(a^2 + b^2)"),)),), constants=())]
+
+
+def lower_frame_conv1d(p: str, index: int, layer: FrameConv1d, q, req: _Requirements
+                       ) -> list[Function]:
+    """A Conv1d over one step's frame (L, C) -> (L_out, O): a frame is stored as a sequence is
+    (position-major), so it is the time-axis Conv1d's helper and integers
+    (:func:`lower_conv1d`) with T the frame's L, a literal."""
+    fn = f"{p}_fconv{index}"
+    consts = _Constants()
+    T = "int16_t" if q is not None else "float"
+    helper, args, formats = _conv_call(fn, layer, q, consts, req, Lit(layer.length, "int"))
+    what = (f"y = conv1d(x) over the {layer.length} positions of one frame: "
+            f"{_conv_geometry(layer)}, {layer.out_length} positions out")
+    return [Function(
+        name=fn, kind="frame", layer=index, comment=(f"{layer.name}: {what}{formats}",),
+        params=(Param("x", f"const {T} *", "in", layer.length * layer.in_channels),
+                Param("y", f"{T} *", "out", layer.features)),
+        named=(), prologue=(Do(call(helper, *args, ctype="void"),
+                                "every position and channel"),),
+        loops=(), constants=tuple(consts.items))]
+
+
+FRAME_PAD_MODES = {"constant": 0, "reflect": 1, "replicate": 2}
+"""The ``mode`` argument of the helper ``frame_pad_f``."""
+
+
+def lower_frame_pad(p: str, index: int, layer: FramePad, q, req: _Requirements
+                    ) -> list[Function]:
+    """Padding of one step's frame (L, C) -> (L + left + right, C): ``frame_pad_f``, or
+    ``frame_pad_q`` in x's format with the constant quantized to it."""
+    T = "int16_t" if q is not None else "float"
+    helper = "frame_pad_q" if q is not None else "frame_pad_f"
+    req.helpers.add(helper)
+    fill = f" {layer.value!r}" if layer.mode == "constant" else ""
+    value = Lit(q.pad, "int16_t") if q is not None else Lit(layer.value, "float")
+    if q is not None and layer.mode == "constant":
+        fill += f" ({q.pad} in {q.out})"
+    args = (Ptr("x"), Ptr("y"), Lit(layer.length, "int"), Lit(layer.channels, "int"),
+            Lit(layer.left, "int"), Lit(layer.right, "int"),
+            Lit(FRAME_PAD_MODES[layer.mode], "int"), value)
+    return [Function(
+        name=f"{p}_pad{index}", kind="frame", layer=index,
+        comment=(f"y = x padded by {layer.left} positions left and {layer.right} right "
+                 f"({layer.mode}{fill}): {layer.length} positions of {layer.channels} "
+                 f"channel(s), {q.out if q is not None else 'float32'}",),
+        params=(Param("x", f"const {T} *", "in", layer.length * layer.channels),
+                Param("y", f"{T} *", "out", layer.features)),
+        named=(), prologue=(Do(call(helper, *args, ctype="void"), layer.mode),),
+        loops=(), constants=())]
+
+
+def lower_embedding(p: str, index: int, layer: Embedding, q, req: _Requirements
+                    ) -> list[Function]:
+    """``y = table[x[0]]``: the row of the step's token id (``embedding_f``, or
+    ``embedding_q`` over the int16 table in y's format); the API checked the id
+    (``NAME_ERR_INPUT``). No multiply: 0 MACs."""
+    fn = f"{p}_embed{index}"
+    consts = _Constants()
+    V, D = layer.num_embeddings, layer.features
+    if q is None:
+        T, table, formats = "float", layer.weight.data, "float32"
+    else:
+        T, table, formats = "int16_t", q.table, f"int16 in {q.out}"
+    helper = "embedding_q" if q is not None else "embedding_f"
+    req.helpers.add(helper)
+    t = consts.add(f"{fn}_table", T, np.ascontiguousarray(table).reshape(-1),
+                   f"{layer.weight.source} ({V}, {D}) row-major, {formats}")
+    return [Function(
+        name=fn, kind="dense", layer=index,
+        comment=(f"{layer.name}: y = {layer.name}.weight[id] for the step's token id x[0] "
+                 f"(0..{V - 1}), {D} values, {formats}",),
+        params=(Param("x", f"const {T} *", "in", 1), Param("y", f"{T} *", "out", D)),
+        named=(), prologue=(Do(call(helper, Ptr("x"), Ptr(t), Ptr("y"), Lit(D, "int"),
+                                    ctype="void"), "the id's row"),),
+        loops=(), constants=tuple(consts.items))]
+
+
+def lower_carry(p: str, index: int, layer: Carry, q, req: _Requirements) -> list[Function]:
+    """The end of a step: the carried value's new value ``x`` into its ``NAME_state_t``
+    member ``y`` (read as the Carry layer's output by the next step); integers: one format
+    for both (the quantizer checked)."""
+    n = layer.features
+    T = "int16_t" if q is not None else "float"
+    what = f"{n} int16 in {q.out}" if q is not None else f"{n} floats"
+    return [Function(
+        name=f"{p}_carry{index}", kind="multi", layer=index,
+        comment=(f"the carried value ({what}) for the next step: y = x",),
+        params=(Param("x", f"const {T} *", "in", n), Param("y", f"{T} *", "out", n)),
+        named=(), prologue=(Copy("y", 0, "x", n, T),), loops=(), constants=())]
+
+
+def carry_buffer(index: int) -> str:
+    """The NAME_state_t member holding the value of the Carry layer ``index``."""
+    return f"carry{index}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -823,9 +1532,12 @@ def _args(c: _Call) -> tuple[Arg, ...]:
     """The arguments of a call in its function's parameter order."""
     assert c.fn is not None
     works = iter(c.works)
-    args = [Arg(c.ins[0].buffer)]
+    ins = iter(c.ins)
+    args = [Arg(next(ins).buffer)]
     for param in c.fn.params[1:]:
-        if param.role == "state":
+        if param.role == "in":
+            args.append(Arg(next(ins).buffer))
+        elif param.role == "state":
             args.append(Arg(_state_member(c.fn, param.name)))
         elif param.role == "work":
             args.append(Arg(next(works).buffer))
@@ -863,21 +1575,36 @@ def _time_major(model: Model, functions: dict[int, list[Function]], fixed: bool
     """Unidirectional models: every layer at every step, no sequence buffers."""
     pools = {"scratch": _Pool("scratch")}
     current = _Value(model.input_size, buffer="x_t")
+    values = [current]  # by value index (ir.reads)
     calls: list[_Call] = []
     select_at = pre_result = None
     for index, layer in enumerate(model.layers):
         if isinstance(layer, SelectStep):
             select_at, pre_result = len(calls), current
+            values.append(current)
             continue
+        if isinstance(layer, Carry):  # the state member itself, read in place
+            values.append(_Value(layer.features, buffer=carry_buffer(index)))
+            continue
+        if index not in functions:  # nothing reads it (lower's _unread)
+            values.append(current)
+            continue
+        ins = [values[k] for k in reads(model.layers, index)]
         for fn in functions[index]:
             works = [_Value(p.size, "scratch", role=p.name) for p in fn.param("work")]
             if fn.kind == "cell":
-                calls.append(_Call(fn, [current], None, works))
+                calls.append(_Call(fn, ins, None, works))
                 current = _Value(fn.param("state")[0].size, buffer=_state_member(fn, "h"))
             else:
                 out = _Value(fn.param("out")[0].size, "scratch")
-                calls.append(_Call(fn, [current], out, works, fn.kind == "activation"))
+                calls.append(_Call(fn, ins, out, works, fn.kind == "activation"
+                                   or isinstance(layer, (Binary, Hypot))))
                 current = out
+        values.append(current)
+    for index, new in model.carries:  # after every read of the carried values
+        fn = functions[index][0]
+        calls.append(_Call(fn, [values[new]], _Value(fn.param("out")[0].size,
+                                                     buffer=carry_buffer(index)), []))
     current.last = len(calls)  # the step's result is read after the last call
     if pre_result is None:
         pre_result = current
@@ -894,7 +1621,10 @@ def _time_major(model: Model, functions: dict[int, list[Function]], fixed: bool
         select_width=pre_result.size if select is not None else 0, select_to=None,
         step=tuple(ops), step_result=Arg(current.buffer),
         input_buffer=reserved[0].buffer if fixed else None,
-    ), _state_buffers(model, functions) + pools["scratch"].buffers("scratch")
+    ), _state_buffers(model, functions) + [
+        Buffer(carry_buffer(index), model.layers[index].features,  # type: ignore[union-attr]
+               "a carried value (the forward's argument after x_t)", False)
+        for index, _ in model.carries] + pools["scratch"].buffers("scratch")
 
 
 def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
@@ -902,17 +1632,41 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
     """Bidirectional models and models with a Conv1d: layer by layer over whole sequences of
     NAME_MAX_SEQ_LEN steps (a Conv1d in one call, other layers once per step); the selected step
     is copied into a vector, and the layers after it run once."""
-    steps = model.max_seq_len
+    steps = model.max_seq_len  # of the stage's sequence: a Conv1d may change it
+    first_steps = steps
+    length = 0  # which length the stage has: 0 for T, k after k length-changing convs
     pools = {"seq": _Pool("seq"), "scratch": _Pool("scratch")}
     x = _Value(model.input_size, buffer="x_t")
     current, width = x, model.input_size
+    values, widths = [x], [width]  # by value index (ir.reads)
     calls: list[_Call] = []
     pre_result = selected = None
+    select_width = 0
     for index, layer in enumerate(model.layers):
         if isinstance(layer, SelectStep):
-            pre_result, selected = current, _Value(width, "scratch")
+            pre_result, selected, select_width = current, _Value(width, "scratch"), width
             calls.append(_Call(None, [current], selected, [], meta=dict(width=width)))
             current = selected
+            values.append(current)
+            widths.append(width)
+            continue
+        if index not in functions:  # nothing reads it (lower's _unread)
+            values.append(current)
+            widths.append(width)
+            continue
+        if isinstance(layer, (Binary, Concat, ChannelSlice, Hypot)):
+            fn = functions[index][0]
+            read = reads(model.layers, index)
+            out_w = fn.param("out")[0].size
+            out = _Value((steps if selected is None else 1) * out_w,
+                         "seq" if selected is None else "scratch")
+            calls.append(_Call(fn, [values[k] for k in read], out, [],
+                               isinstance(layer, (Binary, Hypot)), meta=dict(
+                                   steps=length,
+                                   strides=tuple(widths[k] for k in read) + (out_w,))))
+            current, width = out, out_w
+            values.append(current)
+            widths.append(width)
             continue
         pool = "seq" if selected is None else "scratch"
         if isinstance(layer, RecurrentLayer):
@@ -920,25 +1674,44 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             for fn, direction in zip(functions[index], layer.directions):
                 works = [_Value(p.size, "scratch", role=p.name) for p in fn.param("work")]
                 calls.append(_Call(fn, [current], out, works, meta=dict(
-                    reverse=direction.reverse, src_stride=width,
+                    steps=length, reverse=direction.reverse, src_stride=width,
                     dst_offset=layer.state_size if direction.reverse else 0,
                     dst_stride=layer.output_size, out_size=layer.state_size,
                     comment=_title(layer, direction.reverse))))
             current, width = out, layer.output_size
+            values.append(current)
+            widths.append(width)
             continue
         fn = functions[index][0]
         out_w = fn.param("out")[0].size
-        out = _Value((steps if selected is None else 1) * out_w, pool)
-        calls.append(_Call(fn, [current], out, [], fn.kind == "activation",
-                           meta=dict(src_stride=width, dst_stride=out_w)))
+        meta = dict(steps=length, src_stride=width, dst_stride=out_w)
+        rules = length_rules(layer)
+        if rules:  # a length-changing Conv1d, PoolWindow or PadTime
+            steps, length = layer.out_steps(steps), length + len(rules)  # type: ignore[union-attr]
+        one = selected is not None or isinstance(layer, PoolTime)  # a pooling gives one step
+        out = _Value((1 if one else steps) * out_w, pool)
+        source = reads(model.layers, index)[0]
+        meta["src_stride"] = widths[source]
+        calls.append(_Call(fn, [values[source]], out, [], fn.kind == "activation", meta=meta))
         current, width = out, out_w
+        values.append(current)
+        widths.append(width)
     current.last = len(calls)
     if pre_result is None:
         pre_result = current
     reserved = []
-    if fixed:  # the float input converted one step at a time, for the first layer's cells
-        reserved.append(_Value(model.input_size, "scratch", last=max(
-            k for k, c in enumerate(calls) if c.ins and c.ins[0] is x)))
+    step_input = seq_input = None
+    if fixed:  # the float input converted one step at a time (cells, Linear layers) or whole
+        readers = [(k, c.fn is not None and c.fn.kind == "conv") for k, c in enumerate(calls)
+                   if c.ins and c.ins[0] is x]
+        per_step = [k for k, whole in readers if not whole]
+        per_sequence = [k for k, whole in readers if whole]
+        if per_step:
+            step_input = _Value(model.input_size, "scratch", last=max(per_step))
+            reserved.append(step_input)
+        if per_sequence:
+            seq_input = _Value(first_steps * model.input_size, "seq", last=max(per_sequence))
+            reserved.append(seq_input)
     _plan_buffers(calls, pools, reserved)
     ops, post, select_to = [], [], None
     for c in calls:
@@ -951,20 +1724,40 @@ def _layer_major(model: Model, functions: dict[int, list[Function]], fixed: bool
             assert c.out is not None
             op = Op(c.fn.name, _args(c), "cell", c.fn.layer, reverse=m["reverse"],
                     src_stride=m["src_stride"], dst=Arg(c.out.buffer, m["dst_offset"]),
-                    dst_stride=m["dst_stride"], out_size=m["out_size"], comment=m["comment"])
+                    dst_stride=m["dst_stride"], out_size=m["out_size"], comment=m["comment"],
+                    steps=m["steps"])
+        elif c.fn.kind == "multi":
+            op = Op(c.fn.name, _args(c), "multi", c.fn.layer, strides=m["strides"] if
+                    select_to is None else (0,) * len(m["strides"]), steps=m["steps"])
         else:
             op = Op(c.fn.name, _args(c), c.fn.kind, c.fn.layer,
-                    src_stride=m["src_stride"], dst_stride=m["dst_stride"])
+                    src_stride=m["src_stride"], dst_stride=m["dst_stride"], steps=m["steps"])
         (ops if select_to is None else post).append(op)
     select = next((lay.index for lay in model.layers if isinstance(lay, SelectStep)), None)
     return Schedule(
         layer_major=True, pre=tuple(ops), pre_result=Arg(pre_result.buffer), post=tuple(post),
         post_result=Arg(current.buffer), select=select,
-        select_width=pre_result.size // steps if select is not None else 0,
-        select_to=select_to, step=None, step_result=None,
-        input_buffer=reserved[0].buffer if fixed else None,
+        select_width=select_width, select_to=select_to, step=None, step_result=None,
+        lengths=model.length_rules,
+        input_buffer=step_input.buffer if step_input is not None else None,
+        input_sequence=seq_input.buffer if seq_input is not None else None,
     ), (_state_buffers(model, functions) + pools["seq"].buffers(f"scratch: {steps} steps")
         + pools["scratch"].buffers("scratch"))
+
+
+def _add_streaming(model: Model, functions: dict[int, list[Function]], fixed: bool,
+                   schedule: Schedule, buffers: list[Buffer]) -> tuple[Schedule, list[Buffer]]:
+    """A causal conv model's NAME_step beside its layer-major NAME_run (passes/stream.py);
+    other conv models keep none."""
+    from .stream import no_step_reason, streaming_schedule
+    why = no_step_reason(model)
+    if why:
+        return replace(schedule, no_step_why=why), buffers
+    schedule, buffers, added = streaming_schedule(model, functions, fixed, schedule, buffers,
+                                                  _time_major)
+    for fn in added:  # printed after the whole-sequence conv whose arrays it reads
+        functions[fn.layer] = [*functions[fn.layer], fn]
+    return schedule, buffers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -994,14 +1787,32 @@ def _state_rows(model: Model, q, functions: dict[int, list[Function]], group_ind
     return tuple(rows)
 
 
+def _unread(model: Model) -> set[int]:
+    """The layers whose value nothing reads (a fused magnitude's squares and their sum): they
+    are not lowered. The last layer's value is the result; a carry's new value is read."""
+    needed = {len(model.layers)} | {new for _, new in model.carries}
+    needed |= {index + 1 for index, layer in enumerate(model.layers)
+               if isinstance(layer, Carry)}
+    for index in range(len(model.layers) - 1, -1, -1):
+        if index + 1 in needed or isinstance(model.layers[index], (RecurrentLayer, SelectStep)):
+            needed |= set(reads(model.layers, index))
+            needed.add(index + 1)
+    return {index for index in range(len(model.layers)) if index + 1 not in needed}
+
+
 def lower(model: Model, name: str, q=None) -> Plan:
     """The plan of ``model`` (``q``: its :class:`tinyrnn.passes.quantize.QModel` for the integer
     formats, None for float32)."""
     req = _Requirements()
     fixed = q is not None
+    if fixed:  # the quantizer's form of the model (fused magnitudes)
+        model = q.model
     T = "int16_t" if fixed else "float"
     functions: dict[int, list[Function]] = {}
+    unread = _unread(model)
     for index, layer in enumerate(model.layers):
+        if index in unread:
+            continue
         qlayer = q.layers[index] if fixed else None
         if isinstance(layer, RecurrentLayer):
             functions[index] = lower_recurrent(name, index, layer, qlayer, req)
@@ -1011,16 +1822,53 @@ def lower(model: Model, name: str, q=None) -> Plan:
             functions[index] = lower_conv1d(name, index, layer, qlayer, req)
         elif isinstance(layer, Activation):
             functions[index] = lower_activation(name, index, layer, qlayer, req)
-    whole = model.bidirectional or model.convolves
+        elif isinstance(layer, PoolTime):
+            functions[index] = lower_pool_time(name, index, layer, qlayer, req)
+        elif isinstance(layer, Binary):
+            functions[index] = lower_binary(name, index, layer, qlayer, req)
+        elif isinstance(layer, Concat):
+            functions[index] = lower_concat(name, index, layer, qlayer, req)
+        elif isinstance(layer, ChannelSlice):
+            functions[index] = lower_channel_slice(name, index, layer, qlayer, req)
+        elif isinstance(layer, FrameConv1d):
+            functions[index] = lower_frame_conv1d(name, index, layer, qlayer, req)
+        elif isinstance(layer, FramePad):
+            functions[index] = lower_frame_pad(name, index, layer, qlayer, req)
+        elif isinstance(layer, Carry):
+            functions[index] = lower_carry(name, index, layer, qlayer, req)
+        elif isinstance(layer, PoolWindow):
+            functions[index] = lower_pool_window(name, index, layer, qlayer, req)
+        elif isinstance(layer, PadTime):
+            functions[index] = lower_pad_time(name, index, layer, qlayer, req)
+        elif isinstance(layer, Hypot):
+            functions[index] = lower_hypot(name, index, layer, qlayer, req)
+        elif isinstance(layer, Embedding):
+            functions[index] = lower_embedding(name, index, layer, qlayer, req)
+    whole = model.bidirectional or model.convolves or model.pools or model.windows
     schedule, buffers = (_layer_major if whole else _time_major)(model, functions, fixed)
     if model.convolves:
         schedule = replace(schedule, layer_major_why="a Conv1d reads neighbouring steps",
                            no_step_why="a Conv1d needs the whole sequence")
+        schedule, buffers = _add_streaming(model, functions, fixed, schedule, buffers)
+    elif model.windows:
+        schedule = replace(schedule, layer_major_why="a pooling window or a padding of the "
+                           "time axis reads neighbouring steps",
+                           no_step_why="a pooling window or a padding of the time axis needs "
+                           "the whole sequence")
+    elif model.pools:
+        schedule = replace(schedule, layer_major_why="a pooling over time reads every step",
+                           no_step_why="a pooling over time needs the whole sequence")
     outputs = []
     final_frac = q.final_format.frac if fixed else None
     for k, spec in enumerate(model.outputs):
         if spec.role in ("sequence", "vector"):
             outputs.append(Output(k, spec.role, spec.features, frac=final_frac))
+        elif spec.role == "carry_n":
+            index = model.carries[spec.group][0]
+            frac = q.carry_format(spec.group).frac if fixed else None
+            outputs.append(Output(k, spec.role, spec.size, (StateRow(
+                carry_buffer(index), 0, spec.size, "the carried value after the last step",
+                frac),)))
         else:
             rows = _state_rows(model, q, functions, spec.group, 0 if spec.role == "h_n" else 1)
             outputs.append(Output(k, spec.role, spec.size, rows))
@@ -1034,7 +1882,8 @@ def lower(model: Model, name: str, q=None) -> Plan:
             req.helpers.update({"sat16_i64", "rshift_round64"})
     dsp_families = frozenset({"dsp"}) if req.dsp else frozenset()
     v6m_families = frozenset({"v6m"}) if req.v6m else frozenset()
-    kernel_families = frozenset({"c"}) | dsp_families | v6m_families
+    mve_families = frozenset({"mve"}) if req.mve else frozenset()
+    kernel_families = frozenset({"c"}) | dsp_families | v6m_families | mve_families
     c_kernels = tuple(sorted((G, bits, acc, frozenset(fams) & kernel_families)
                              for (G, bits, acc), fams in req.c_kernels.items()))
     return Plan(
@@ -1044,8 +1893,12 @@ def lower(model: Model, name: str, q=None) -> Plan:
         portable_helpers=tuple(h.name for h, only in nm.helper_guards(req.helpers) if only),
         c_kernels=c_kernels, dsp_kernels=tuple(sorted(req.dsp)),
         v6m_kernels=tuple(req.v6m[k] for k in sorted(req.v6m)),
-        v6m_constants=tuple(req.v6m_constants), buffers=tuple(buffers), schedule=schedule,
+        v6m_constants=tuple(req.v6m_constants), mve_kernels=tuple(sorted(req.mve)),
+        mve_helpers=tuple(h for h in VECTOR_HELPERS if h in req.mve_helpers),
+        scalar_only_helpers=_scalar_only_helpers(functions, req),
+        fpu_kernels=tuple(sorted(req.fpu)),
+        buffers=tuple(buffers), schedule=schedule,
         input_size=model.input_size, step_output_size=model.step_output_size,
         max_seq_len=model.max_seq_len if whole else 0,
         input_frac=q.input.frac if fixed else None, final_frac=final_frac,
-        set_state=tuple(set_state), outputs=tuple(outputs))
+        set_state=tuple(set_state), outputs=tuple(outputs), vocab=model.vocab)

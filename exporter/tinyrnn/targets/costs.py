@@ -147,8 +147,8 @@ CORES: dict[str, Core] = {core.name: core for core in (
          "but is not documented to match it), zero wait states; not cycle-accurate"),
 )}
 _NO_EMULATION = {
-    "cortex-m55": "unicorn has no Cortex-M55 (no MVE/Helium); profile --cpu cortex-m7 for a "
-                  "dual-issue instruction count, or run on the board",
+    "cortex-m55": "unicorn has no Cortex-M55 (no MVE/Helium); `tinyrnn profile --cpu "
+                  "cortex-m55` counts its instructions under QEMU -icount instead",
 }
 
 

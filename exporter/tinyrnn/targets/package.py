@@ -279,7 +279,8 @@ def example_inputs(export: Export, inputs: Sequence[np.ndarray] | None = None
 
     ``inputs``: the user's arrays (as for ``run-host``); the first sequence of the batch is
     used. Without them: a deterministic input shaped like the export's example, every value
-    a multiple of 1/16 in [-0.5, 0.5] (exact in float32 and in the integer formats).
+    a multiple of 1/16 in [-0.5, 0.5] (exact in float32 and in the integer formats), or token
+    ids for a model whose input is token ids.
     """
     specs = export.model.interface["forward_inputs"]
     if inputs is None:
@@ -292,6 +293,9 @@ def example_inputs(export: Export, inputs: Sequence[np.ndarray] | None = None
             if spec["role"] == "x":
                 shape[spec["time_axis"]] = max(1, min(steps, max_len))
             k = np.arange(int(np.prod(shape)))
+            if spec.get("vocab"):  # token ids, spread over the vocabulary
+                arrays.append(((7 * k + 3) % int(spec["vocab"])).reshape(shape))
+                continue
             values = ((7 * k + 5 * j + 3) % 17 - 8) / 16.0
             arrays.append(values.reshape(shape).astype(np.float32))
         return arrays

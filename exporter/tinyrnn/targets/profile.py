@@ -46,20 +46,28 @@ from .emulator import Count, Emulator
 from .profile_image import RUN_STEPS, ProfileImage, build_image, static_stack
 
 WARMUP_STEPS = 3       # NAME_step calls before the counted one, so the state is not zero
+QEMU_COUNTED = ("cortex-m55",)
+"""Cores unicorn does not emulate (MVE/Helium): their instructions are counted under QEMU
+(:mod:`tinyrnn.targets.qemucount`)."""
 
 
 # ---------------------------------------------------------------------------------------------
 # Model arithmetic
 
 
-def layer_macs(layer: Mapping[str, Any]) -> int:
-    """Multiply-accumulates of one manifest layer at one time step, all directions."""
+def layer_macs(layer: Mapping[str, Any]) -> float:
+    """Multiply-accumulates of one manifest layer at one time step of its input, all
+    directions. A conv1d with stride s makes one output position per s input steps: its
+    kernel x in / groups x out MACs per position, over s."""
     kind = layer["kind"]
-    if kind == "dense":
-        return int(layer["in_features"]) * int(layer["out_features"])
+    if kind == "dense":  # a diagonal one (a BatchNorm alone) multiplies once per feature
+        return int(layer["out_features"]) * (1 if layer.get("diagonal") else
+                                             int(layer["in_features"]))
     if kind == "conv1d":  # every tap, including the ones over the padding (the C skips those)
-        return (int(layer["out_channels"]) * int(layer["in_channels"]) // int(layer["groups"])
-                * int(layer["kernel"]))
+        return _conv_position_macs(layer) / int(layer["stride"])
+    if kind == "frame_conv1d":  # over the positions of one step's frame, every output
+        return (int(layer["out_length"]) * int(layer["out_channels"])
+                * int(layer["in_channels"]) // int(layer["groups"]) * int(layer["kernel"]))
     if kind not in CELLS:
         return 0
     macs = recurrent_macs(kind, int(layer["input_size"]), int(layer["hidden_size"]),
@@ -67,21 +75,48 @@ def layer_macs(layer: Mapping[str, Any]) -> int:
     return macs * int(layer.get("directions", 1))
 
 
+def _conv_position_macs(layer: Mapping[str, Any]) -> int:
+    """MACs of one output position of a manifest conv1d, the taps over the padding included."""
+    return (int(layer["out_channels"]) * int(layer["in_channels"]) // int(layer["groups"])
+            * int(layer["kernel"]))
+
+
+def conv_out_steps(layer: Mapping[str, Any], steps: int) -> int:
+    """torch's output length of a manifest conv1d over ``steps`` input steps."""
+    left, right = (int(p) for p in layer["padding"])
+    span = int(layer["dilation"]) * (int(layer["kernel"]) - 1) + 1
+    return max(0, (steps + left + right - span) // int(layer["stride"]) + 1)
+
+
 def macs_per_step(manifest: Mapping[str, Any], steps: int | None = None) -> float:
     """MACs of one time step: recurrent layers, and dense layers applied at that step.
 
     With ``steps`` (a whole ``NAME_run`` of that length), a dense layer after the step
     selection runs once per sequence and counts ``1/steps`` per step; without it (the
-    ``NAME_step`` API), the head runs at every step.
+    ``NAME_step`` API), the head runs at every step. A conv1d runs at its output positions
+    only, and the layers after a length-changing conv run over its output's length: with
+    ``steps`` exactly (torch's output length), without it at 1 / stride of the rate before.
     """
     total = 0.0
     selected = False
+    length = steps  # the length of the stage's sequence, when known
+    rate = 1.0  # steps of the stage per input step
     for layer in manifest.get("layers", []):
         if layer["kind"] == "select_step":
             selected = True
             continue
-        macs = layer_macs(layer)
-        total += macs / steps if (selected and steps and layer["kind"] == "dense") else macs
+        if selected and steps and layer["kind"] == "dense":
+            total += layer_macs(layer) / steps
+            continue
+        if layer["kind"] == "conv1d":
+            if steps and length is not None:
+                length = conv_out_steps(layer, length)
+                rate = length / steps
+            else:
+                rate /= int(layer["stride"])
+            total += rate * _conv_position_macs(layer)
+            continue
+        total += rate * layer_macs(layer)
     return total
 
 
@@ -161,13 +196,16 @@ class Profile:
             f"  cycles / step         {cyc}",
             f"  MACs / step           {self.macs_per_step:,.0f}",
             f"  MACs / cycle          {mpc}",
+            f"  MACs / instruction    {d['macs_per_instruction']:.3f} (instructions / MAC "
+            f"{d['instructions_per_mac']:.3f})" if d.get("macs_per_instruction") else "",
+            f"  method                {d['method']}" if d.get("method") else "",
             f"  flash: code           {self.flash_code_bytes:,} B (model "
             f"{d['flash_model_code_bytes']:,} B, C library {d['flash_library_bytes']:,} B)",
             f"  flash: weights        {self.flash_weights_bytes:,} B",
             f"  RAM: state            {self.ram_state_bytes:,} B",
             f"  RAM: scratch          {self.ram_scratch_bytes:,} B",
             f"  RAM: stack            {self.stack_bytes:,} B (measured "
-            f"{d['stack_measured_bytes']:,} B; model code alone, from -fstack-usage: "
+            f"{_num(d['stack_measured_bytes'])} B; model code alone, from -fstack-usage: "
             f"{_num(d.get('stack_static_model_bytes'))} B)",
             f"  RAM: C library        {d['ram_library_bytes']:,} B (newlib's errno and "
             "reentrancy data, when the model calls libm)" if d["ram_library_bytes"] else "",
@@ -204,6 +242,11 @@ def deterministic_input(steps: int, features: int) -> np.ndarray:
     return (0.8 * np.sin(0.9 * k + 0.37 * t + 0.1)).astype(np.float32)
 
 
+def deterministic_ids(steps: int, vocab: int) -> np.ndarray:
+    """The input of a model whose x is token ids: ids spread over the vocabulary, (steps, 1)."""
+    return ((np.arange(steps) * 7919 + 3) % vocab).astype(np.float32)[:, None]
+
+
 def _state_split(model: cross.ExportedModel, state_size: int) -> tuple[int, int]:
     """(state, scratch) bytes of NAME_state_t, split as the manifest does."""
     sizes = model.manifest.get("sizes", {})
@@ -220,6 +263,10 @@ def profile(model_dir: str | Path, cpu: str | None = None, board: str | Board | 
     models (its instruction count and stack), which costs time on slow cores.
     """
     model = cross.ExportedModel.load(model_dir)
+    qemu_board = qemu_counted_board(cpu, board)
+    if qemu_board is not None:
+        with tempfile.TemporaryDirectory(prefix="tinyrnn-profile-") as work:
+            return measure_qemu(build_image(model, qemu_board, work))
     if board is not None:
         chosen = board if isinstance(board, Board) else load_board(board)
         core = resolve_core(chosen.core)
@@ -237,6 +284,104 @@ def profile(model_dir: str | Path, cpu: str | None = None, board: str | Board | 
         return measure(image, core, warmup=warmup, measure_run=measure_run)
 
 
+def _core_name(cpu: str) -> str:
+    name = cpu.strip().lower()
+    return name if name.startswith("cortex-") else "cortex-" + name
+
+
+def qemu_counted_board(cpu: str | None, board: str | Board | None) -> Board | None:
+    """The board to count under QEMU when the core is one of :data:`QEMU_COUNTED`, else None."""
+    if board is not None:
+        chosen = board if isinstance(board, Board) else load_board(board)
+        if chosen.core not in QEMU_COUNTED:
+            return None
+        if cpu is not None and _core_name(cpu) != chosen.core:
+            raise TinyRNNError(f"--cpu {cpu} differs from board {chosen.name}'s core "
+                               f"{chosen.core}; give one of them")
+        return chosen
+    if cpu is None or _core_name(cpu) not in QEMU_COUNTED:
+        return None
+    from .boards import list_boards
+
+    boards = sorted(b.name for b in list_boards()
+                    if b.core == _core_name(cpu) and b.qemu_machine is not None)
+    if not boards:
+        raise TinyRNNError(f"no emulated board in boards/ has a {_core_name(cpu)}")
+    return load_board(boards[0])
+
+
+def _elf_sizes(elf: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """Section sizes and symbol sizes of ``elf``."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    with open(elf, "rb") as handle:
+        parsed = ELFFile(handle)
+        sections = {s.name: int(s["sh_size"]) for s in parsed.iter_sections()}
+        symbols = {sym.name: int(sym["st_size"]) for s in parsed.iter_sections()
+                   if isinstance(s, SymbolTableSection) for sym in s.iter_symbols()}
+    return sections, symbols
+
+
+def measure_qemu(image: ProfileImage) -> Profile:
+    """One time step of ``image``'s model counted under QEMU -icount (a core unicorn lacks):
+    instructions per step, MACs per instruction, flash and RAM from the image; the stack from
+    gcc's -fstack-usage through the model's call graph (no emulator paints it)."""
+    from .qemucount import count_steps
+
+    model = image.model
+    name = model.name
+    max_len = model.interface.get("max_seq_len") or 0
+    if max_len and max_len < RUN_STEPS:
+        raise TinyRNNError(f"{name} was exported for sequences of at most {max_len} steps; the "
+                           f"profile runs {RUN_STEPS}: export with --max-seq-len {RUN_STEPS}")
+    counted = count_steps(image)
+    sections, symbols = _elf_sizes(image.elf)
+    macs = macs_per_step(model.manifest)
+    instructions = round(counted.instructions_per_step)
+    state_size = symbols.get("tinyrnn_profile_state", 0)
+    ram_state, ram_scratch = _state_split(model, state_size)
+    static, external = static_stack(image.callgraph, [f"{name}_step", f"{name}_run"])
+    details: dict[str, Any] = {
+        "method": counted.method,
+        "macs_per_instruction": round(macs / instructions, 4) if instructions else None,
+        "instructions_per_mac": round(instructions / macs, 4) if macs else None,
+        "instructions_per_step_q": (None if counted.instructions_per_step_q is None
+                                    else round(counted.instructions_per_step_q)),
+        "cycles_per_step_q": None,
+        "qemu_ticks": counted.ticks,
+        "qemu_counted_steps": counted.steps,
+        "qemu_instructions_per_tick": round(counted.instructions_per_tick, 4),
+        "qemu_resolution_instructions": round(counted.resolution, 2),
+        "stack_method": "gcc's -fstack-usage worst case through the model's call graph "
+                        "(QEMU does not measure the stack)",
+        "stack_measured_bytes": None,
+        "flash_model_code_bytes": sections.get(".model_text", 0),
+        "flash_library_bytes": sum(sections.get(s, 0) for s in (".text", ".rodata", ".data")),
+        "ram_library_bytes": sections.get(".data", 0) + sections.get(".bss", 0),
+        "ram_hidden_static_bytes": sections.get(".model_data", 0)
+        + sections.get(".model_bss", 0),
+        "state_struct_bytes": state_size,
+        "stack_static_model_bytes": static,
+        "stack_static_excludes": external,
+        "c_library": "newlib-nano, libm, libgcc (arm-none-eabi)",
+    }
+    return Profile(
+        model=name, format=str(model.manifest.get("format", "?")), cpu=image.board.core,
+        board=image.board.name, cpu_flags=tuple(image.board.cpu_flags), bidirectional=False,
+        measured=f"{name}_step x {counted.steps} after {WARMUP_STEPS} steps from reset, "
+                 "under QEMU",
+        instructions_per_step=instructions, cycles_per_step=None,
+        cycles_note="instruction count only, from QEMU -icount: a vector instruction counts "
+                    "once, and the core overlaps its beats with other instructions; no "
+                    "cycle model",
+        macs_per_step=macs,
+        flash_code_bytes=details["flash_model_code_bytes"] + details["flash_library_bytes"],
+        flash_weights_bytes=sections.get(".model_rodata", 0) + sections.get(".model_data", 0),
+        ram_state_bytes=ram_state, ram_scratch_bytes=ram_scratch, stack_bytes=static or 0,
+        details=details)
+
+
 def measure(image: ProfileImage, core: Core, warmup: int, measure_run: bool) -> Profile:
     model = image.model
     name = model.name
@@ -248,6 +393,10 @@ def measure(image: ProfileImage, core: Core, warmup: int, measure_run: bool) -> 
     features = int(interface["input_size"])
     steps = max(RUN_STEPS, warmup + 1)
     x = deterministic_input(steps, features)
+    vocab = next((int(spec.get("vocab", 0)) for spec in interface["forward_inputs"]
+                  if spec["role"] == "x"), 0)
+    if vocab:  # token ids: the C refuses anything else (NAME_ERR_INPUT)
+        x = deterministic_ids(steps, vocab)
     bidirectional = not interface.get("has_step", True)
     max_len = interface.get("max_seq_len") or 0
     if max_len and max_len < RUN_STEPS:
@@ -378,8 +527,9 @@ def register_cli(subparsers: Any) -> None:
         "profile", help="count the instructions (and estimate the M4/M33 cycles) of one time "
         "step under an emulated Cortex-M core; flash and RAM")
     parser.add_argument("dir", type=Path, help="folder written by `tinyrnn export`")
-    parser.add_argument("--cpu", help="core: cortex-m0, m0plus, m3, m4, m7 or m33 (production "
-                        "flags of a board with that core)")
+    parser.add_argument("--cpu", help="core: cortex-m0, m0plus, m3, m4, m7, m33 or m55 (production "
+                        "flags of a board with that core; m55: instructions counted under QEMU "
+                        "-icount)")
     parser.add_argument("--board", help="build with this board's flags instead (see `tinyrnn "
                         "boards`)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

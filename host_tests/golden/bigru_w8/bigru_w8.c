@@ -14,8 +14,9 @@
 typedef char bigru_w8_requires_arithmetic_right_shift[
     ((-1 >> 1) == -1 && ((int32_t)-5 >> 1) == -3 && ((int64_t)-5 >> 1) == -3) ? 1 : -1];
 
-/* The recurrent kernels of this build: the DSP unit kernels of bigru_w8_kernels.S (Cortex-M4/M7/M33/M55), the ARMv6-M
- * unit kernels (Cortex-M0/M0+), or the portable C kernels below (host, Cortex-M3, M23, ARM state). */
+/* The recurrent kernels of this build: the DSP unit kernels of bigru_w8_kernels.S (Cortex-M4/M7/M33), the ARMv6-M unit
+ * kernels (Cortex-M0/M0+), the MVE (Helium) kernels (Cortex-M55/M85: tested before the DSP ones), or the portable C
+ * kernels below (host, Cortex-M3, M23, ARM state). */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define BIGRU_W8_DSP_KERNELS 1
@@ -26,6 +27,11 @@ typedef char bigru_w8_requires_arithmetic_right_shift[
 #define BIGRU_W8_V6M_KERNELS 1
 #else
 #define BIGRU_W8_V6M_KERNELS 0
+#endif
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+#define BIGRU_W8_MVE_KERNELS 1
+#else
+#define BIGRU_W8_MVE_KERNELS 0
 #endif
 
 /* The DSP extension (Cortex-M4, M7, M33, M55): SMMULR, SMMLAR and dual 16-bit multiply-accumulates. Other cores compute
@@ -73,6 +79,7 @@ static inline int32_t tr_sat24(int64_t x)
     return (int32_t)x;
 }
 
+#if !BIGRU_W8_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* sat24 of an int32: the range of the wide pre-activation Q3.20 (one SSAT on ARMv7-M) */
 static inline int32_t tr_sat24_32(int32_t x)
 {
@@ -86,7 +93,9 @@ static inline int32_t tr_sat24_32(int32_t x)
     return x;
 #endif
 }
+#endif
 
+#if !BIGRU_W8_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* mmulr(a, m) = (a * m + 2^31) >> 32: the high word of a 32 x 32 product, rounded half up (SMMULR on the DSP cores).
  * With m + c * 2^32 = M * 2^(32 - n) (numerics/folds.py), c * a + mmulr(a, m) is rshift_round64(a * M, n), exactly. */
 static inline int32_t tr_mmulr(int32_t a, int32_t m)
@@ -112,6 +121,7 @@ static inline int32_t tr_mmulr(int32_t a, int32_t m)
     return (int32_t)(((int64_t)a * m + 0x80000000LL) >> 32);
 #endif
 }
+#endif
 
 /* mmlar(a, m, r) = r + mmulr(a, m) (SMMLAR on the DSP cores); the exporter proved it fits int32 */
 static inline int32_t tr_mmlar(int32_t a, int32_t m, int32_t r)
@@ -137,6 +147,7 @@ static inline int32_t tr_clamp_wide(int32_t u)
 #endif
 }
 
+#if !BIGRU_W8_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* sigmoid_wide(x), x in Q3.20, in Q0.15: T[k] = sigmoid(k / 64) in Q0.15, k = 0..512; u = min(|x|, 8388607),
  * i = u >> 14, f = u & 16383, p = T[i] + rshift_round((T[i+1] - T[i]) * f, 14) (in int32:
  * |(T[i+1] - T[i]) * f| < 2^23); p for x >= 0, 32768 - p for x < 0 */
@@ -185,6 +196,7 @@ static inline int16_t tr_sigmoid_wide(int32_t x)
     p = table[i] + ((((int32_t)table[i + 1] - table[i]) * f + 8192) >> 14);
     return (int16_t)(x < 0 ? 32768 - p : p);
 }
+#endif
 
 /* tanh_wide(x), x in Q3.20, in Q0.30: T[k] = tanh(k / 64) in Q0.30, k = 0..512; u = min(|x|, 8388607), i = u >> 14,
  * f = u & 16383, p = T[i] + rshift_round64((T[i+1] - T[i]) * f, 14); p for x >= 0, -p for x < 0 */
@@ -308,7 +320,7 @@ static inline int16_t tr_from_float(float v, int frac)
     return q > 32767u ? INT16_MAX : (int16_t)q;
 }
 
-#if !BIGRU_W8_DSP_KERNELS && !BIGRU_W8_V6M_KERNELS
+#if !BIGRU_W8_DSP_KERNELS && !BIGRU_W8_V6M_KERNELS && !BIGRU_W8_MVE_KERNELS
 
 /* acc[r] += row r of a block of 3 interleaved weight rows (int8_t) times v, over `groups` groups of 4 columns
  * (passes/layout.py: within a group the bytes are in the order 0, 2, 1, 3), two groups per iteration; returns the next
@@ -353,6 +365,127 @@ static inline const int8_t *bigru_w8_mac3_w8_acc32(const int8_t *w, const int16_
 }
 #endif
 
+#if BIGRU_W8_MVE_KERNELS
+#include <arm_mve.h>
+
+/* acc[r * stride] += row r of a block of 3 weight rows (int8_t) times v over n columns, in chunks of 8 columns: per
+ * chunk the 8 weights of each row in column order, the last chunk padded with zero weights (passes/layout.py:
+ * mve_layout). Per chunk one VLDRH.S16 of 8 activations (a last partial chunk under a VCTP.16 tail predicate: zeros,
+ * nothing read past v + n), then per row one widening VLDRB.S16 of its 8 weights and one VMLADAVA.S16 (8 MACs into a
+ * 32-bit sum) (backend/mveasm.py). Exact: the exporter proved every partial sum fits int32_t, and the instruction adds
+ * the 8 products exactly, wrapping only where a C sum would; returns the next block. */
+static inline const int8_t *bigru_w8_mve3_w8_acc32(const int8_t *w, const int16_t *v, int n, int32_t *acc, int stride)
+{
+    register int32_t a0 __asm__("r4") = acc[0];
+    register int32_t a1 __asm__("r6") = acc[1 * stride];
+    register int32_t a2 __asm__("r8") = acc[2 * stride];
+    const int chunks = n / 8;
+    const int rest = n % 8;
+    __asm__(
+            "wls lr, %[chunks], 2f\n"
+            "1:\n"
+            "vldrh.s16 q0, [%[v]], #16\n\t"
+            "vldrb.s16 q1, [%[w]], #8\n\t"
+            "vldrb.s16 q2, [%[w]], #8\n\t"
+            "vmladava.s16 %[a0], q1, q0\n\t"
+            "vldrb.s16 q1, [%[w]], #8\n\t"
+            "vmladava.s16 %[a1], q2, q0\n\t"
+            "vmladava.s16 %[a2], q1, q0\n\t"
+            "le lr, 1b\n"
+            "2:"
+            : [w] "+l"(w), [v] "+r"(v), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2)
+            : [chunks] "r"(chunks)
+            : "q0", "q1", "q2", "lr", "memory");
+    if (rest > 0) {
+        __asm__(
+                "vctp.16 %[rest]\n\t"
+                "vpst\n\t"
+                "vldrht.s16 q0, [%[v]]\n\t"
+                "vldrb.s16 q1, [%[w]], #8\n\t"
+                "vldrb.s16 q2, [%[w]], #8\n\t"
+                "vmladava.s16 %[a0], q1, q0\n\t"
+                "vldrb.s16 q1, [%[w]], #8\n\t"
+                "vmladava.s16 %[a1], q2, q0\n\t"
+                "vmladava.s16 %[a2], q1, q0"
+                : [w] "+l"(w), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2)
+                : [v] "r"(v), [rest] "r"(rest)
+                : "q0", "q1", "q2", "memory");
+    }
+    acc[0] = a0;
+    acc[1 * stride] = a1;
+    acc[2 * stride] = a2;
+    return w;
+}
+
+/* mmulr lane by lane: VRMULH.S32 is (a * m + 2^31) >> 32, the rounded high word (SMMULR) */
+static inline int32x4_t tr_v_mmulr(int32x4_t a, int32x4_t m)
+{
+    return vrmulhq_s32(a, m);
+}
+
+/* mmlar lane by lane: r + mmulr(a, m) */
+static inline int32x4_t tr_v_mmlar(int32x4_t a, int32x4_t m, int32x4_t r)
+{
+    return vaddq_s32(r, vrmulhq_s32(a, m));
+}
+
+/* sat24_32 lane by lane: a saturating shift left by 8 clamps to int32, the arithmetic shift back to [-2^23, 2^23 -
+ * 1] */
+static inline int32x4_t tr_v_sat24_32(int32x4_t x)
+{
+    return vshrq_n_s32(vqshlq_n_s32(x, 8), 8);
+}
+
+/* sigmoid_wide lane by lane (an int16 result in each int32 lane): the same table and steps, T[i] and T[i+1] by gather
+ * loads, rshift_round(d * f, 14) as a rounding shift right (VRSHR adds 2^13); |x| saturates (VQABS), so even INT32_MIN
+ * clamps to 8388607 */
+static inline int32x4_t tr_v_sigmoid_wide(int32x4_t x)
+{
+    static const int16_t table[513] = {
+        16384, 16512, 16640, 16768, 16896, 17024, 17151, 17279, 17407, 17534, 17661, 17789, 17916, 18042, 18169, 18295,
+        18421, 18547, 18673, 18798, 18923, 19048, 19173, 19297, 19420, 19544, 19667, 19790, 19912, 20034, 20155, 20276,
+        20397, 20517, 20636, 20756, 20874, 20992, 21110, 21227, 21344, 21460, 21575, 21690, 21804, 21918, 22031, 22143,
+        22255, 22367, 22477, 22587, 22696, 22805, 22913, 23021, 23127, 23233, 23338, 23443, 23547, 23650, 23753, 23854,
+        23955, 24056, 24155, 24254, 24352, 24449, 24546, 24642, 24737, 24831, 24925, 25018, 25110, 25201, 25292, 25382,
+        25471, 25559, 25646, 25733, 25819, 25904, 25988, 26072, 26155, 26237, 26318, 26399, 26479, 26558, 26636, 26714,
+        26790, 26866, 26941, 27016, 27090, 27163, 27235, 27306, 27377, 27447, 27516, 27585, 27653, 27720, 27786, 27852,
+        27917, 27981, 28045, 28107, 28169, 28231, 28292, 28352, 28411, 28470, 28528, 28585, 28642, 28698, 28753, 28808,
+        28862, 28915, 28968, 29020, 29072, 29123, 29173, 29223, 29272, 29320, 29368, 29416, 29462, 29509, 29554, 29599,
+        29644, 29687, 29731, 29774, 29816, 29858, 29899, 29939, 29979, 30019, 30058, 30097, 30135, 30172, 30210, 30246,
+        30282, 30318, 30353, 30388, 30422, 30456, 30489, 30522, 30555, 30587, 30618, 30649, 30680, 30711, 30740, 30770,
+        30799, 30828, 30856, 30884, 30912, 30939, 30966, 30992, 31018, 31044, 31069, 31094, 31119, 31143, 31167, 31191,
+        31214, 31237, 31260, 31282, 31304, 31326, 31347, 31368, 31389, 31409, 31430, 31449, 31469, 31488, 31508, 31526,
+        31545, 31563, 31581, 31599, 31616, 31634, 31651, 31667, 31684, 31700, 31716, 31732, 31747, 31763, 31778, 31793,
+        31807, 31822, 31836, 31850, 31864, 31878, 31891, 31904, 31917, 31930, 31943, 31955, 31968, 31980, 31992, 32003,
+        32015, 32026, 32038, 32049, 32060, 32070, 32081, 32091, 32102, 32112, 32122, 32132, 32141, 32151, 32160, 32170,
+        32179, 32188, 32196, 32205, 32214, 32222, 32231, 32239, 32247, 32255, 32263, 32270, 32278, 32285, 32293, 32300,
+        32307, 32314, 32321, 32328, 32335, 32341, 32348, 32354, 32361, 32367, 32373, 32379, 32385, 32391, 32397, 32402,
+        32408, 32414, 32419, 32424, 32430, 32435, 32440, 32445, 32450, 32455, 32460, 32464, 32469, 32474, 32478, 32483,
+        32487, 32491, 32496, 32500, 32504, 32508, 32512, 32516, 32520, 32524, 32527, 32531, 32535, 32538, 32542, 32545,
+        32549, 32552, 32555, 32559, 32562, 32565, 32568, 32571, 32574, 32577, 32580, 32583, 32586, 32589, 32592, 32594,
+        32597, 32600, 32602, 32605, 32607, 32610, 32612, 32615, 32617, 32619, 32622, 32624, 32626, 32628, 32630, 32633,
+        32635, 32637, 32639, 32641, 32643, 32645, 32647, 32648, 32650, 32652, 32654, 32656, 32657, 32659, 32661, 32662,
+        32664, 32666, 32667, 32669, 32670, 32672, 32673, 32675, 32676, 32678, 32679, 32680, 32682, 32683, 32684, 32686,
+        32687, 32688, 32689, 32691, 32692, 32693, 32694, 32695, 32696, 32698, 32699, 32700, 32701, 32702, 32703, 32704,
+        32705, 32706, 32707, 32708, 32709, 32710, 32711, 32711, 32712, 32713, 32714, 32715, 32716, 32716, 32717, 32718,
+        32719, 32720, 32720, 32721, 32722, 32723, 32723, 32724, 32725, 32725, 32726, 32727, 32727, 32728, 32728, 32729,
+        32730, 32730, 32731, 32731, 32732, 32733, 32733, 32734, 32734, 32735, 32735, 32736, 32736, 32737, 32737, 32738,
+        32738, 32739, 32739, 32740, 32740, 32740, 32741, 32741, 32742, 32742, 32742, 32743, 32743, 32744, 32744, 32744,
+        32745, 32745, 32745, 32746, 32746, 32746, 32747, 32747, 32747, 32748, 32748, 32748, 32749, 32749, 32749, 32750,
+        32750, 32750, 32750, 32751, 32751, 32751, 32752, 32752, 32752, 32752, 32753, 32753, 32753, 32753, 32753, 32754,
+        32754, 32754, 32754, 32755, 32755, 32755, 32755, 32755, 32756, 32756, 32756, 32756, 32756, 32756, 32757, 32757,
+        32757
+    };
+    const int32x4_t u = vminq_s32(vqabsq_s32(x), vdupq_n_s32(8388607));
+    const uint32x4_t i = vreinterpretq_u32_s32(vshrq_n_s32(u, 14));
+    const int32x4_t f = vandq_s32(u, vdupq_n_s32(16383));
+    const int32x4_t t0 = vldrhq_gather_shifted_offset_s32(table, i);
+    const int32x4_t t1 = vldrhq_gather_shifted_offset_s32(table + 1, i);
+    const int32x4_t p = vaddq_s32(t0, vrshrq_n_s32(vmulq_s32(vsubq_s32(t1, t0), f), 14));
+    return vpselq_s32(vsubq_s32(vdupq_n_s32(32768), p), p, vcmpltq_n_s32(x, 0));
+}
+#endif
+
 #if BIGRU_W8_DSP_KERNELS
 /* bigru_w8_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit (of each of n units, 2G sums apart,
  * bx and bh moving G per unit, with int8 weights); returns the next unit's weights */
@@ -393,7 +526,7 @@ static const int8_t bigru_w8_l0_rev_w[6][32] = {
 };
 #endif
 
-#if !BIGRU_W8_V6M_KERNELS
+#if !BIGRU_W8_V6M_KERNELS && !BIGRU_W8_MVE_KERNELS
 /* per unit: r/z/n rows interleaved, x columns then h columns, each padded to a multiple of 4 with zeros, bytes of each
  * 4-column group in SXTB16 order 0,2,1,3; int8_t, per-row scale for each part; from rnn.weight_ih_l0[0:18],
  * rnn.weight_hh_l0[0:18] */
@@ -409,29 +542,97 @@ static const int8_t bigru_w8_l0_fwd_w[6][36] = {
     -127, -17, 2, 19, -90, 81, 127, -111, 0, -122, 0, 6, 0, 43, 0, 116, 0, -88, 0 }
 };
 #endif
+#if BIGRU_W8_MVE_KERNELS
+/* bigru_w8_l0_fwd_w for the MVE kernels: per unit, x columns then h columns in chunks of 8, each chunk the 8 weights of
+ * the r/z/n rows, padded with zeros (passes/layout.py: mve_layout); int8_t, per-row scale for each part; from
+ * rnn.weight_ih_l0[0:18], rnn.weight_hh_l0[0:18] */
+static const int8_t bigru_w8_l0_fwd_w[6][48] = {
+    { -127, -101, -55, -121, 0, 0, 0, 0, -127, -124, -82, 40, 0, 0, 0, 0, -19, 127, 72, -55, 0, 0, 0, 0, -69, 2, 93, 52,
+    18, 127, 0, 0, 100, -117, 73, 87, -111, -127, 0, 0, -45, -19, 32, -127, 64, 127, 0, 0 }, { -8, -127, 78, 70, 0, 0,
+    0, 0, -125, -127, -79, 101, 0, 0, 0, 0, -20, 127, 92, 36, 0, 0, 0, 0, 32, 95, -121, -121, -127, 8, 0, 0, -90, -115,
+    114, 119, -19, 127, 0, 0, -91, 125, 19, 127, 112, -110, 0, 0 }, { 31, 127, -16, 98, 0, 0, 0, 0, -102, -127, -123,
+    -70, 0, 0, 0, 0, -55, 127, 65, -68, 0, 0, 0, 0, 122, -126, 57, -127, -96, -49, 0, 0, 36, -125, -116, -61, -127, -58,
+    0, 0, 119, 5, 40, -57, -127, 15, 0, 0 }, { -100, -28, -127, -12, 0, 0, 0, 0, -34, -127, -60, 2, 0, 0, 0, 0, 122, 12,
+    -127, -76, 0, 0, 0, 0, -52, 38, -108, 127, 19, 45, 0, 0, 38, -3, -26, 9, 127, 2, 0, 0, 37, 66, -110, -127, 62, -26,
+    0, 0 }, { -92, 127, 98, 106, 0, 0, 0, 0, 32, -28, -22, -127, 0, 0, 0, 0, -115, -127, 4, -110, 0, 0, 0, 0, -127, 104,
+    -44, -94, 32, 78, 0, 0, 85, -41, -127, 33, 78, 98, 0, 0, -2, -36, 0, 23, -127, 51, 0, 0 }, { 39, -74, 117, -127, 0,
+    0, 0, 0, 95, -45, -127, -45, 0, 0, 0, 0, 82, 69, 33, 127, 0, 0, 0, 0, 35, -115, 61, -127, -111, -122, 0, 0, -124,
+    -17, -127, 2, 6, 43, 0, 0, 19, 81, -90, 127, 116, -88, 0, 0 }
+};
+#endif
+#if !BIGRU_W8_MVE_KERNELS
 /* biases of the x parts, int32_t in accumulator units: rnn.bias_ih_l0[0:6] + rnn.bias_hh_l0[0:6] reset gate,
  * rnn.bias_ih_l0[6:12] + rnn.bias_hh_l0[6:12] update gate, rnn.bias_ih_l0[12:18] new gate */
 static const int32_t bigru_w8_l0_fwd_bx[6][3] = {
     { 221639, 978676, -316878 }, { 636235, 209558, 61560 }, { 150128, -115289, 226050 }, { 909709, -379642, 377805 },
     { 405144, 1321482, 35436 }, { 551798, -1005539, 148930 }
 };
+#endif
+#if BIGRU_W8_MVE_KERNELS
+/* bigru_w8_l0_fwd_bx for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 5) */
+static const int32_t bigru_w8_l0_fwd_bx_v[2][12] = {
+    { 221639, 636235, 150128, 909709, 978676, 209558, -115289, -379642, -316878, 61560, 226050, 377805 }, { 405144,
+    551798, 0, 0, 1321482, -1005539, 0, 0, 35436, 148930, 0, 0 }
+};
+#endif
+#if !BIGRU_W8_MVE_KERNELS
 /* requant of the x parts: k with k + c * 2^32 = M * 2^(32 - n), c * acc + mmulr(acc, k) = rshift_round(acc * M, n) */
 static const int32_t bigru_w8_l0_fwd_mx[6][3] = {
     { -790626304, -2039087104, -1026949120 }, { -1185546240, -1571946496, -1171652608 }, { -1553203200, -1124990976,
     -1354104832 }, { -1143472128, -791150592, -1680998400 }, { -1119748096, -1995571200, -1367605248 }, { -846069760,
     -1878392832, -1382678528 }
 };
+#endif
+#if BIGRU_W8_MVE_KERNELS
+/* bigru_w8_l0_fwd_mx for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 5) */
+static const int32_t bigru_w8_l0_fwd_mx_v[2][12] = {
+    { -790626304, -1185546240, -1553203200, -1143472128, -2039087104, -1571946496, -1124990976, -791150592, -1026949120,
+    -1171652608, -1354104832, -1680998400 }, { -1119748096, -846069760, 0, 0, -1995571200, -1878392832, 0, 0,
+    -1367605248, -1382678528, 0, 0 }
+};
+#endif
+#if !BIGRU_W8_MVE_KERNELS
 static const int32_t bigru_w8_l0_fwd_cx[6][3] = { /* requant of the x parts: c (see bigru_w8_l0_fwd_mx) */
     { 1, 1, 1 }, { 1, 1, 1 }, { 1, 1, 1 }, { 1, 1, 1 }, { 1, 1, 1 }, { 1, 1, 1 }
 };
+#endif
+#if BIGRU_W8_MVE_KERNELS
+/* bigru_w8_l0_fwd_cx for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 5) */
+static const int32_t bigru_w8_l0_fwd_cx_v[2][12] = {
+    { 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1 }, { 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0 }
+};
+#endif
+#if !BIGRU_W8_MVE_KERNELS
 /* biases of the h parts, int32_t in accumulator units: rnn.bias_hh_l0[12:18] */
 static const int32_t bigru_w8_l0_fwd_bh[6][3] = {
     { 0, 0, -2920220 }, { 0, 0, -2846565 }, { 0, 0, 5051337 }, { 0, 0, 1270741 }, { 0, 0, -3140293 }, { 0, 0, -4289987 }
 };
+#endif
+#if BIGRU_W8_MVE_KERNELS
+/* bigru_w8_l0_fwd_bh for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 5) */
+static const int32_t bigru_w8_l0_fwd_bh_v[2][12] = {
+    { 0, 0, 0, 0, 0, 0, 0, 0, -2920220, -2846565, 5051337, 1270741 }, { 0, 0, 0, 0, 0, 0, 0, 0, -3140293, -4289987, 0,
+    0 }
+};
+#endif
+#if !BIGRU_W8_MVE_KERNELS
 static const int32_t bigru_w8_l0_fwd_mh[6][3] = { /* requant of the h parts: k (as bigru_w8_l0_fwd_mx) */
     { 369442816, 335577088, 427950080 }, { 398770176, 414269440, 437125120 }, { 389890048, 440696832, 354123776 },
     { 436895744, 403931136, 427507712 }, { 298450944, 331431936, 408027136 }, { 170942464, 425689088, 321519616 }
 };
+#endif
+#if BIGRU_W8_MVE_KERNELS
+/* bigru_w8_l0_fwd_mh for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 5) */
+static const int32_t bigru_w8_l0_fwd_mh_v[2][12] = {
+    { 369442816, 398770176, 389890048, 436895744, 335577088, 414269440, 440696832, 403931136, 427950080, 437125120,
+    354123776, 427507712 }, { 298450944, 170942464, 0, 0, 331431936, 425689088, 0, 0, 408027136, 321519616, 0, 0 }
+};
+#endif
 /* rnn layer 0, forward direction: one GRU step (torch.nn.GRU). W_* x, W_* h are the gate's rows of weight_ih and
  * weight_hh, b_* its rows of bias_ih and bias_hh.
  * Integers (x Q3.12, h Q0.15): each gate row sums W_x x and W_h h exactly, rescales each into Q3.20 and applies
@@ -444,11 +645,71 @@ static void bigru_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *xh, const int
     const int h_shift = 30; /* Q45 to h's Q0.15 */
     const int32_t one = 32768; /* 1.0 in Q0.15 */
     int j;
-#if BIGRU_W8_DSP_KERNELS
+#if BIGRU_W8_MVE_KERNELS
+    int jb, u;
+#endif
+#if BIGRU_W8_DSP_KERNELS && !BIGRU_W8_MVE_KERNELS
     int32_t sums[4][6]; /* the DSP kernel's sums of 4 units: x parts, then h parts */
 #endif
     memcpy(xh, x, 4 * sizeof(int16_t));
     memcpy(xh + 4, h, 6 * sizeof(int16_t));
+#if BIGRU_W8_MVE_KERNELS
+    /* blocks of 4 units j = jb + u: the sums of each unit (lane u of ax[g] and ah[g]), then statements once for the
+     * block in Helium vectors, one unit per lane (v_NAME computes NAME lane by lane), the others unit by unit */
+    for (jb = 0; jb < 6; jb += 4) {
+        int32_t ax[3][4];
+        int32_t ah[3][4];
+        int32_t vs_r[4];
+        int32_t vs_z[4];
+        int32_t vs_pre_n[4];
+        int32_t vs_pre_nh[4];
+        vstrwq_s32(ax[0], vldrwq_s32(bigru_w8_l0_fwd_bx_v[jb / 4]));
+        vstrwq_s32(ax[1], vldrwq_s32(bigru_w8_l0_fwd_bx_v[jb / 4] + 4));
+        vstrwq_s32(ax[2], vldrwq_s32(bigru_w8_l0_fwd_bx_v[jb / 4] + 8));
+        vstrwq_s32(ah[0], vldrwq_s32(bigru_w8_l0_fwd_bh_v[jb / 4]));
+        vstrwq_s32(ah[1], vldrwq_s32(bigru_w8_l0_fwd_bh_v[jb / 4] + 4));
+        vstrwq_s32(ah[2], vldrwq_s32(bigru_w8_l0_fwd_bh_v[jb / 4] + 8));
+        /* the r, z, n rows of unit j: x part and h part, exact */
+        for (u = 0; u < 4 && jb + u < 6; ++u) {
+            w = bigru_w8_mve3_w8_acc32(w, xh, 4, &ax[0][u], 4);
+            w = bigru_w8_mve3_w8_acc32(w, xh + 4, 6, &ah[0][u], 4);
+        }
+        /* r = sigmoid(W_ir x + b_ir + W_hr h + b_hr): the x and h sums rescaled to Q3.20, r in Q0.15 */
+        const int32x4_t v_r_x = tr_v_mmlar(vldrwq_s32(ax[0]), vldrwq_s32(bigru_w8_l0_fwd_mx_v[jb / 4]),
+                                           vmulq_s32(vldrwq_s32(ax[0]), vldrwq_s32(bigru_w8_l0_fwd_cx_v[jb / 4])));
+        const int32x4_t v_pre_r = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ah[0]), vldrwq_s32(bigru_w8_l0_fwd_mh_v[jb / 4]), v_r_x));
+        const int32x4_t v_r = tr_v_sigmoid_wide(v_pre_r);
+        /* z = sigmoid(W_iz x + b_iz + W_hz h + b_hz): the x and h sums rescaled to Q3.20, z in Q0.15 */
+        const int32x4_t v_z_x = tr_v_mmlar(vldrwq_s32(ax[1]), vldrwq_s32(bigru_w8_l0_fwd_mx_v[jb / 4] + 4),
+                                           vmulq_s32(vldrwq_s32(ax[1]), vldrwq_s32(bigru_w8_l0_fwd_cx_v[jb / 4] + 4)));
+        const int32x4_t v_pre_z = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ah[1]), vldrwq_s32(bigru_w8_l0_fwd_mh_v[jb / 4] + 4), v_z_x));
+        const int32x4_t v_z = tr_v_sigmoid_wide(v_pre_z);
+        /* W_in x + b_in, in Q3.20 */
+        const int32x4_t v_pre_n = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ax[2]), vldrwq_s32(bigru_w8_l0_fwd_mx_v[jb / 4] + 8),
+            vmulq_s32(vldrwq_s32(ax[2]), vldrwq_s32(bigru_w8_l0_fwd_cx_v[jb / 4] + 8))));
+        /* W_hn h + b_hn, in Q3.20 */
+        const int32x4_t v_pre_nh = tr_v_sat24_32(
+ tr_v_mmulr(vldrwq_s32(ah[2]), vldrwq_s32(bigru_w8_l0_fwd_mh_v[jb / 4] + 8)));
+        vstrwq_s32(vs_r, v_r);
+        vstrwq_s32(vs_z, v_z);
+        vstrwq_s32(vs_pre_n, v_pre_n);
+        vstrwq_s32(vs_pre_nh, v_pre_nh);
+        for (u = 0; u < 4 && jb + u < 6; ++u) {
+            const int16_t r = (int16_t)vs_r[u];
+            const int16_t z = (int16_t)vs_z[u];
+            const int32_t pre_n = vs_pre_n[u];
+            const int32_t pre_nh = vs_pre_nh[u];
+            j = jb + u;
+            /* n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): Q0.30 */
+            const int32_t n = tr_tanh_wide(tr_sat24((int64_t)pre_n + tr_rshift_round64((int64_t)r * pre_nh, rn_shift)));
+            /* h = (1 - z) * n + z * h */
+            h[j] = tr_dot2_q(z, xh[4 + j], zh_scale, (int16_t)(one - z), n, zn_scale, h_shift);
+        }
+    }
+#else
     for (j = 0; j < 6; ++j) {
         /* the r, z, n rows of unit j: x part and h part, exact */
 #if BIGRU_W8_DSP_KERNELS
@@ -487,9 +748,10 @@ static void bigru_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *xh, const int
         /* h = (1 - z) * n + z * h */
         h[j] = tr_dot2_q(z, xh[4 + j], zh_scale, (int16_t)(one - z), n, zn_scale, h_shift);
     }
+#endif
 }
 
-#if !BIGRU_W8_V6M_KERNELS
+#if !BIGRU_W8_V6M_KERNELS && !BIGRU_W8_MVE_KERNELS
 /* per unit: r/z/n rows interleaved, x columns then h columns, each padded to a multiple of 4 with zeros, bytes of each
  * 4-column group in SXTB16 order 0,2,1,3; int8_t, per-row scale for each part; from rnn.weight_ih_l0_reverse[0:18],
  * rnn.weight_hh_l0_reverse[0:18] */
@@ -505,6 +767,25 @@ static const int8_t bigru_w8_l0_rev_w[6][36] = {
     110, -30, 5, -21, 127, 29, 7, 27, -118, 0, -113, 0, -114, 0, -127, 0, 124, 0, -18, 0 }
 };
 #endif
+#if BIGRU_W8_MVE_KERNELS
+/* bigru_w8_l0_rev_w for the MVE kernels: per unit, x columns then h columns in chunks of 8, each chunk the 8 weights of
+ * the r/z/n rows, padded with zeros (passes/layout.py: mve_layout); int8_t, per-row scale for each part; from
+ * rnn.weight_ih_l0_reverse[0:18], rnn.weight_hh_l0_reverse[0:18] */
+static const int8_t bigru_w8_l0_rev_w[6][48] = {
+    { 21, -44, 53, 127, 0, 0, 0, 0, 29, 93, -127, -16, 0, 0, 0, 0, -18, -127, -30, 16, 0, 0, 0, 0, 127, 83, -30, 35,
+    -108, -5, 0, 0, 109, -57, 5, 50, -4, -127, 0, 0, -127, -38, -78, 60, 110, -108, 0, 0 }, { -88, -127, 14, 93, 0, 0,
+    0, 0, 74, 126, 47, 127, 0, 0, 0, 0, 13, 127, 69, -64, 0, 0, 0, 0, 117, -57, -127, 111, 55, 94, 0, 0, -43, 59, -127,
+    20, 49, 112, 0, 0, 85, -37, -44, 127, -83, 34, 0, 0 }, { 127, -3, -56, 67, 0, 0, 0, 0, -42, -12, 127, 90, 0, 0, 0,
+    0, -113, -3, -75, -127, 0, 0, 0, 0, -99, -127, -53, -91, 40, -69, 0, 0, -62, 127, 122, 89, -95, -83, 0, 0, 44, 46,
+    -76, 127, -107, -51, 0, 0 }, { 103, -127, -14, 111, 0, 0, 0, 0, 103, -127, -2, -127, 0, 0, 0, 0, -79, -127, 16, -37,
+    0, 0, 0, 0, -51, -127, -68, -123, 13, 106, 0, 0, 25, -127, 0, -119, -102, 28, 0, 0, 127, -29, -52, -115, -126, -103,
+    0, 0 }, { 99, 119, 50, 127, 0, 0, 0, 0, 127, 113, 78, -86, 0, 0, 0, 0, -107, 35, -14, -127, 0, 0, 0, 0, 81, 31,
+    -126, -21, -12, 127, 0, 0, -127, 40, -11, -66, -79, -94, 0, 0, -55, -127, 78, -65, -106, -122, 0, 0 }, { -127, 25,
+    19, 91, 0, 0, 0, 0, -88, -101, 57, 127, 0, 0, 0, 0, 57, -127, -11, 100, 0, 0, 0, 0, 25, 89, 127, -18, -118, -113, 0,
+    0, 110, 5, -30, -21, -114, -127, 0, 0, 127, 7, 29, 27, 124, -18, 0, 0 }
+};
+#endif
+#if !BIGRU_W8_MVE_KERNELS
 /* biases of the x parts, int32_t in accumulator units: rnn.bias_ih_l0_reverse[0:6] + rnn.bias_hh_l0_reverse[0:6] reset
  * gate, rnn.bias_ih_l0_reverse[6:12] + rnn.bias_hh_l0_reverse[6:12] update gate, rnn.bias_ih_l0_reverse[12:18] new
  * gate */
@@ -512,23 +793,71 @@ static const int32_t bigru_w8_l0_rev_bx[6][3] = {
     { -506421, -24173, -501560 }, { -40861, 682734, -596515 }, { -36486, 205753, 271411 }, { -643338, 559117, 550027 },
     { -12090, -143056, -103740 }, { -77124, -915772, 405398 }
 };
+#endif
+#if BIGRU_W8_MVE_KERNELS
+/* bigru_w8_l0_rev_bx for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 5) */
+static const int32_t bigru_w8_l0_rev_bx_v[2][12] = {
+    { -506421, -40861, -36486, -643338, -24173, 682734, 205753, 559117, -501560, -596515, 271411, 550027 }, { -12090,
+    -77124, 0, 0, -143056, -915772, 0, 0, -103740, 405398, 0, 0 }
+};
+#endif
+#if !BIGRU_W8_MVE_KERNELS
 /* requant of the x parts: k with k + c * 2^32 = M * 2^(32 - n), c * acc + mmulr(acc, k) = rshift_round(acc * M, n) */
 static const int32_t bigru_w8_l0_rev_mx[6][3] = {
     { -2070544384, -1193672704, -964427776 }, { -1085145088, -2011299840, 1920663552 }, { -2143551488, -978845696,
     -1484783616 }, { -1250426880, -1223294976, -1053949952 }, { -804913152, -1086193664, -1898971136 }, { -877133824,
     -1397751808, -879493120 }
 };
+#endif
+#if BIGRU_W8_MVE_KERNELS
+/* bigru_w8_l0_rev_mx for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 5) */
+static const int32_t bigru_w8_l0_rev_mx_v[2][12] = {
+    { -2070544384, -1085145088, -2143551488, -1250426880, -1193672704, -2011299840, -978845696, -1223294976, -964427776,
+    1920663552, -1484783616, -1053949952 }, { -804913152, -877133824, 0, 0, -1086193664, -1397751808, 0, 0, -1898971136,
+    -879493120, 0, 0 }
+};
+#endif
+#if !BIGRU_W8_MVE_KERNELS
 static const int32_t bigru_w8_l0_rev_cx[6][3] = { /* requant of the x parts: c (see bigru_w8_l0_rev_mx) */
     { 1, 1, 1 }, { 1, 1, 0 }, { 1, 1, 1 }, { 1, 1, 1 }, { 1, 1, 1 }, { 1, 1, 1 }
 };
+#endif
+#if BIGRU_W8_MVE_KERNELS
+/* bigru_w8_l0_rev_cx for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 5) */
+static const int32_t bigru_w8_l0_rev_cx_v[2][12] = {
+    { 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1 }, { 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0 }
+};
+#endif
+#if !BIGRU_W8_MVE_KERNELS
 /* biases of the h parts, int32_t in accumulator units: rnn.bias_hh_l0_reverse[12:18] */
 static const int32_t bigru_w8_l0_rev_bh[6][3] = {
     { 0, 0, -304058 }, { 0, 0, -596986 }, { 0, 0, -3003451 }, { 0, 0, 3357439 }, { 0, 0, -4142294 }, { 0, 0, 3833133 }
 };
+#endif
+#if BIGRU_W8_MVE_KERNELS
+/* bigru_w8_l0_rev_bh for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 5) */
+static const int32_t bigru_w8_l0_rev_bh_v[2][12] = {
+    { 0, 0, 0, 0, 0, 0, 0, 0, -304058, -596986, -3003451, 3357439 }, { 0, 0, 0, 0, 0, 0, 0, 0, -4142294, 3833133, 0, 0 }
+};
+#endif
+#if !BIGRU_W8_MVE_KERNELS
 static const int32_t bigru_w8_l0_rev_mh[6][3] = { /* requant of the h parts: k (as bigru_w8_l0_rev_mx) */
     { 362840064, 406732800, 340099072 }, { 413024256, 196198400, 427114496 }, { 184893440, 395444224, 378486784 },
     { 312590336, 231882752, 441565184 }, { 326647808, 354942976, 292339712 }, { 382500864, 398721024, 400867328 }
 };
+#endif
+#if BIGRU_W8_MVE_KERNELS
+/* bigru_w8_l0_rev_mh for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 5) */
+static const int32_t bigru_w8_l0_rev_mh_v[2][12] = {
+    { 362840064, 413024256, 184893440, 312590336, 406732800, 196198400, 395444224, 231882752, 340099072, 427114496,
+    378486784, 441565184 }, { 326647808, 382500864, 0, 0, 354942976, 398721024, 0, 0, 292339712, 400867328, 0, 0 }
+};
+#endif
 /* rnn layer 0, reverse direction: one GRU step (torch.nn.GRU). W_* x, W_* h are the gate's rows of weight_ih and
  * weight_hh, b_* its rows of bias_ih and bias_hh.
  * Integers (x Q3.12, h Q0.15): each gate row sums W_x x and W_h h exactly, rescales each into Q3.20 and applies
@@ -541,11 +870,71 @@ static void bigru_w8_l0_rev(const int16_t *x, int16_t *h, int16_t *xh, const int
     const int h_shift = 30; /* Q45 to h's Q0.15 */
     const int32_t one = 32768; /* 1.0 in Q0.15 */
     int j;
-#if BIGRU_W8_DSP_KERNELS
+#if BIGRU_W8_MVE_KERNELS
+    int jb, u;
+#endif
+#if BIGRU_W8_DSP_KERNELS && !BIGRU_W8_MVE_KERNELS
     int32_t sums[4][6]; /* the DSP kernel's sums of 4 units: x parts, then h parts */
 #endif
     memcpy(xh, x, 4 * sizeof(int16_t));
     memcpy(xh + 4, h, 6 * sizeof(int16_t));
+#if BIGRU_W8_MVE_KERNELS
+    /* blocks of 4 units j = jb + u: the sums of each unit (lane u of ax[g] and ah[g]), then statements once for the
+     * block in Helium vectors, one unit per lane (v_NAME computes NAME lane by lane), the others unit by unit */
+    for (jb = 0; jb < 6; jb += 4) {
+        int32_t ax[3][4];
+        int32_t ah[3][4];
+        int32_t vs_r[4];
+        int32_t vs_z[4];
+        int32_t vs_pre_n[4];
+        int32_t vs_pre_nh[4];
+        vstrwq_s32(ax[0], vldrwq_s32(bigru_w8_l0_rev_bx_v[jb / 4]));
+        vstrwq_s32(ax[1], vldrwq_s32(bigru_w8_l0_rev_bx_v[jb / 4] + 4));
+        vstrwq_s32(ax[2], vldrwq_s32(bigru_w8_l0_rev_bx_v[jb / 4] + 8));
+        vstrwq_s32(ah[0], vldrwq_s32(bigru_w8_l0_rev_bh_v[jb / 4]));
+        vstrwq_s32(ah[1], vldrwq_s32(bigru_w8_l0_rev_bh_v[jb / 4] + 4));
+        vstrwq_s32(ah[2], vldrwq_s32(bigru_w8_l0_rev_bh_v[jb / 4] + 8));
+        /* the r, z, n rows of unit j: x part and h part, exact */
+        for (u = 0; u < 4 && jb + u < 6; ++u) {
+            w = bigru_w8_mve3_w8_acc32(w, xh, 4, &ax[0][u], 4);
+            w = bigru_w8_mve3_w8_acc32(w, xh + 4, 6, &ah[0][u], 4);
+        }
+        /* r = sigmoid(W_ir x + b_ir + W_hr h + b_hr): the x and h sums rescaled to Q3.20, r in Q0.15 */
+        const int32x4_t v_r_x = tr_v_mmlar(vldrwq_s32(ax[0]), vldrwq_s32(bigru_w8_l0_rev_mx_v[jb / 4]),
+                                           vmulq_s32(vldrwq_s32(ax[0]), vldrwq_s32(bigru_w8_l0_rev_cx_v[jb / 4])));
+        const int32x4_t v_pre_r = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ah[0]), vldrwq_s32(bigru_w8_l0_rev_mh_v[jb / 4]), v_r_x));
+        const int32x4_t v_r = tr_v_sigmoid_wide(v_pre_r);
+        /* z = sigmoid(W_iz x + b_iz + W_hz h + b_hz): the x and h sums rescaled to Q3.20, z in Q0.15 */
+        const int32x4_t v_z_x = tr_v_mmlar(vldrwq_s32(ax[1]), vldrwq_s32(bigru_w8_l0_rev_mx_v[jb / 4] + 4),
+                                           vmulq_s32(vldrwq_s32(ax[1]), vldrwq_s32(bigru_w8_l0_rev_cx_v[jb / 4] + 4)));
+        const int32x4_t v_pre_z = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ah[1]), vldrwq_s32(bigru_w8_l0_rev_mh_v[jb / 4] + 4), v_z_x));
+        const int32x4_t v_z = tr_v_sigmoid_wide(v_pre_z);
+        /* W_in x + b_in, in Q3.20 */
+        const int32x4_t v_pre_n = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ax[2]), vldrwq_s32(bigru_w8_l0_rev_mx_v[jb / 4] + 8),
+            vmulq_s32(vldrwq_s32(ax[2]), vldrwq_s32(bigru_w8_l0_rev_cx_v[jb / 4] + 8))));
+        /* W_hn h + b_hn, in Q3.20 */
+        const int32x4_t v_pre_nh = tr_v_sat24_32(
+ tr_v_mmulr(vldrwq_s32(ah[2]), vldrwq_s32(bigru_w8_l0_rev_mh_v[jb / 4] + 8)));
+        vstrwq_s32(vs_r, v_r);
+        vstrwq_s32(vs_z, v_z);
+        vstrwq_s32(vs_pre_n, v_pre_n);
+        vstrwq_s32(vs_pre_nh, v_pre_nh);
+        for (u = 0; u < 4 && jb + u < 6; ++u) {
+            const int16_t r = (int16_t)vs_r[u];
+            const int16_t z = (int16_t)vs_z[u];
+            const int32_t pre_n = vs_pre_n[u];
+            const int32_t pre_nh = vs_pre_nh[u];
+            j = jb + u;
+            /* n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): Q0.30 */
+            const int32_t n = tr_tanh_wide(tr_sat24((int64_t)pre_n + tr_rshift_round64((int64_t)r * pre_nh, rn_shift)));
+            /* h = (1 - z) * n + z * h */
+            h[j] = tr_dot2_q(z, xh[4 + j], zh_scale, (int16_t)(one - z), n, zn_scale, h_shift);
+        }
+    }
+#else
     for (j = 0; j < 6; ++j) {
         /* the r, z, n rows of unit j: x part and h part, exact */
 #if BIGRU_W8_DSP_KERNELS
@@ -584,6 +973,7 @@ static void bigru_w8_l0_rev(const int16_t *x, int16_t *h, int16_t *xh, const int
         /* h = (1 - z) * n + z * h */
         h[j] = tr_dot2_q(z, xh[4 + j], zh_scale, (int16_t)(one - z), n, zn_scale, h_shift);
     }
+#endif
 }
 
 void bigru_w8_reset(bigru_w8_state_t *s)
@@ -591,11 +981,31 @@ void bigru_w8_reset(bigru_w8_state_t *s)
     memset(s, 0, sizeof(*s));
 }
 
+/* Helium with floats (Cortex-M55/M85 with the FPU): the conversions below take 4 values per vector */
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 2)
+#include <arm_mve.h>
+#define BIGRU_W8_MVE_FLOAT 1
+#else
+#define BIGRU_W8_MVE_FLOAT 0
+#endif
+
 /* float -> int16 for n values in the format with frac fraction bits (see tr_from_float) */
 static void bigru_w8_load(const float *src, int16_t *dst, size_t n, int frac)
 {
-    size_t k;
-    for (k = 0; k < n; ++k) {
+    size_t k = 0;
+#if BIGRU_W8_MVE_FLOAT
+    /* 4 at once, as from_float: y = v 2^frac (exact: a power of two; too large is infinite), floor(y + 1/2) (round
+     * half up; exact wherever |y| < 2^22, and larger values saturate anyway), to int32 (NaN to 0, saturating), then
+     * sat16 (a saturating shift left by 16 and back); inputs too small to be normal give 0 either way */
+    const uint32_t bits = (uint32_t)(127 + frac) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    for (; k < (n & ~(size_t)3); k += 4) {
+        const float32x4_t y = vrndmq_f32(vaddq_n_f32(vmulq_n_f32(vld1q_f32(src + k), scale), 0.5f));
+        vstrhq_s32(dst + k, vshrq_n_s32(vqshlq_n_s32(vcvtq_s32_f32(y), 16), 16));
+    }
+#endif
+    for (; k < n; ++k) {
         dst[k] = tr_from_float(src[k], frac);
     }
 }
@@ -603,12 +1013,17 @@ static void bigru_w8_load(const float *src, int16_t *dst, size_t n, int frac)
 /* Copy n int16 values to q, or convert them to floats (times scale = 2^-frac) into f. */
 static void bigru_w8_store(const int16_t *src, size_t n, int16_t *q, float *f, size_t offset, float scale)
 {
-    size_t k;
+    size_t k = 0;
     if (q != NULL) {
         memcpy(q + offset, src, n * sizeof(int16_t));
         return;
     }
-    for (k = 0; k < n; ++k) {
+#if BIGRU_W8_MVE_FLOAT
+    for (; k < (n & ~(size_t)3); k += 4) {
+        vst1q_f32(f + offset + k, vmulq_n_f32(vcvtq_f32_s32(vldrhq_s32(src + k)), scale));
+    }
+#endif
+    for (; k < n; ++k) {
         f[offset + k] = (float)src[k] * scale; /* exact: scale is a power of two */
     }
 }

@@ -14,8 +14,9 @@
 typedef char gesture_requires_arithmetic_right_shift[
     ((-1 >> 1) == -1 && ((int32_t)-5 >> 1) == -3 && ((int64_t)-5 >> 1) == -3) ? 1 : -1];
 
-/* The recurrent kernels of this build: the DSP unit kernels of gesture_kernels.S (Cortex-M4/M7/M33/M55), the ARMv6-M
- * unit kernels (Cortex-M0/M0+), or the portable C kernels below (host, Cortex-M3, M23, ARM state). */
+/* The recurrent kernels of this build: the DSP unit kernels of gesture_kernels.S (Cortex-M4/M7/M33), the ARMv6-M unit
+ * kernels (Cortex-M0/M0+), the MVE (Helium) kernels (Cortex-M55/M85: tested before the DSP ones), or the portable C
+ * kernels below (host, Cortex-M3, M23, ARM state). */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define GESTURE_DSP_KERNELS 1
@@ -27,13 +28,20 @@ typedef char gesture_requires_arithmetic_right_shift[
 #else
 #define GESTURE_V6M_KERNELS 0
 #endif
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+#define GESTURE_MVE_KERNELS 1
+#else
+#define GESTURE_MVE_KERNELS 0
+#endif
 
+#if !GESTURE_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* The DSP extension (Cortex-M4, M7, M33, M55): SMMULR, SMMLAR and dual 16-bit multiply-accumulates. Other cores compute
  * the same integers in portable C. */
 #if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define GESTURE_DSP 1
 #else
 #define GESTURE_DSP 0
+#endif
 #endif
 
 /* sat16(x) = min(max(x, -32768), 32767) (one SSAT on ARMv7-M and later) */
@@ -65,6 +73,7 @@ static inline int64_t tr_rshift_round64(int64_t v, int n)
     return v * ((int64_t)1 << -n);
 }
 
+#if !GESTURE_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* sat24 of an int32: the range of the wide pre-activation Q3.20 (one SSAT on ARMv7-M) */
 static inline int32_t tr_sat24_32(int32_t x)
 {
@@ -78,6 +87,7 @@ static inline int32_t tr_sat24_32(int32_t x)
     return x;
 #endif
 }
+#endif
 
 /* requant(acc, M, n) = sat16(rshift_round64(acc * M, n)): acc times M * 2^-n, rounded half up and saturated;
  * |acc| < 2^47, 2^14 <= M < 2^15 and 0 <= n <= 62 keep it inside int64. */
@@ -86,6 +96,7 @@ static inline int16_t tr_requant(int64_t acc, int32_t mult, int shift)
     return tr_sat16_i64(tr_rshift_round64(acc * (int64_t)mult, shift));
 }
 
+#if !GESTURE_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* mmulr(a, m) = (a * m + 2^31) >> 32: the high word of a 32 x 32 product, rounded half up (SMMULR on the DSP cores).
  * With m + c * 2^32 = M * 2^(32 - n) (numerics/folds.py), c * a + mmulr(a, m) is rshift_round64(a * M, n), exactly. */
 static inline int32_t tr_mmulr(int32_t a, int32_t m)
@@ -111,7 +122,9 @@ static inline int32_t tr_mmulr(int32_t a, int32_t m)
     return (int32_t)(((int64_t)a * m + 0x80000000LL) >> 32);
 #endif
 }
+#endif
 
+#if !GESTURE_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* mmlar(a, m, r) = r + mmulr(a, m) (SMMLAR on the DSP cores); the exporter proved it fits int32 */
 static inline int32_t tr_mmlar(int32_t a, int32_t m, int32_t r)
 {
@@ -123,7 +136,9 @@ static inline int32_t tr_mmlar(int32_t a, int32_t m, int32_t r)
     return r + tr_mmulr(a, m);
 #endif
 }
+#endif
 
+#if !GESTURE_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* clamp_wide(u) = min(u, 8388607) for u >= 0 (one USAT on ARMv7-M and later) */
 static inline int32_t tr_clamp_wide(int32_t u)
 {
@@ -135,7 +150,9 @@ static inline int32_t tr_clamp_wide(int32_t u)
     return u > 8388607 ? 8388607 : u;
 #endif
 }
+#endif
 
+#if !GESTURE_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* sigmoid_wide(x), x in Q3.20, in Q0.15: T[k] = sigmoid(k / 64) in Q0.15, k = 0..512; u = min(|x|, 8388607),
  * i = u >> 14, f = u & 16383, p = T[i] + rshift_round((T[i+1] - T[i]) * f, 14) (in int32:
  * |(T[i+1] - T[i]) * f| < 2^23); p for x >= 0, 32768 - p for x < 0 */
@@ -184,7 +201,9 @@ static inline int16_t tr_sigmoid_wide(int32_t x)
     p = table[i] + ((((int32_t)table[i + 1] - table[i]) * f + 8192) >> 14);
     return (int16_t)(x < 0 ? 32768 - p : p);
 }
+#endif
 
+#if !GESTURE_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* tanh_wide(x), x in Q3.20, in Q0.30: T[k] = tanh(k / 64) in Q0.30, k = 0..512; u = min(|x|, 8388607), i = u >> 14,
  * f = u & 16383, p = T[i] + rshift_round64((T[i+1] - T[i]) * f, 14); p for x >= 0, -p for x < 0 */
 static inline int32_t tr_tanh_wide(int32_t x)
@@ -256,13 +275,17 @@ static inline int32_t tr_tanh_wide(int32_t x)
     p = tr_mmlar(((int32_t)table[i + 1] - table[i]) * 2, f << 17, table[i]);
     return x < 0 ? -p : p;
 }
+#endif
 
+#if !GESTURE_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* mul_q30_hi(a, t, up) = sat16(mmulr(a * 2^up, t)) = mul_q30(a, t, 32 - up), 0 <= up <= 16: no 64-bit product */
 static inline int16_t tr_mul_q30_hi(int16_t a, int32_t t, int up)
 {
     return tr_sat16(tr_mmulr((int32_t)((uint32_t)(int32_t)a << up), t));
 }
+#endif
 
+#if !GESTURE_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* mul16x32(c, d) = c * d as int64; on ARMv6-M (no 32 x 32 -> 64 multiply) from two 32-bit ones */
 static inline int64_t tr_mul16x32(int16_t c, int32_t d)
 {
@@ -272,13 +295,16 @@ static inline int64_t tr_mul16x32(int16_t c, int32_t d)
     return (int64_t)c * d;
 #endif
 }
+#endif
 
+#if !GESTURE_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* dot2_q(a, b, ka, c, d, kc, s) = sat16(rshift_round64(a*b*ka + c*d*kc, s)) with int16 a, b, c, a Q0.30 d and powers of
  * two ka <= 2^31, kc <= 2^16: both terms stay below 2^61. */
 static inline int16_t tr_dot2_q(int16_t a, int16_t b, int64_t ka, int16_t c, int32_t d, int64_t kc, int shift)
 {
     return tr_sat16_i64(tr_rshift_round64((int64_t)((int32_t)a * b) * ka + tr_mul16x32(c, d) * kc, shift));
 }
+#endif
 
 /* float -> int16: sat16(floor(v * 2^frac + 1/2)), NaN -> 0, from the IEEE-754 bits with integer operations only: exact,
  * and the same with or without an FPU. v = M * 2^(e - 150), so v * 2^frac = M / 2^s with s = 150 - e - frac
@@ -396,7 +422,7 @@ static inline void tr_softmax_q(const int16_t *in, int16_t *out, int n, int32_t 
     }
 }
 
-#if !GESTURE_DSP_KERNELS && !GESTURE_V6M_KERNELS
+#if !GESTURE_DSP_KERNELS && !GESTURE_V6M_KERNELS && !GESTURE_MVE_KERNELS
 
 /* acc[r] += row r of a block of 4 interleaved weight rows (int8_t) times v, over `groups` groups of 4 columns
  * (passes/layout.py: within a group the bytes are in the order 0, 2, 1, 3), two groups per iteration; returns the next
@@ -443,6 +469,246 @@ static inline const int8_t *gesture_mac4_w8_acc32(const int8_t *w, const int16_t
     acc[2] = a2;
     acc[3] = a3;
     return w;
+}
+#endif
+
+#if GESTURE_MVE_KERNELS
+#include <arm_mve.h>
+
+/* acc[r * stride] += row r of a block of 4 weight rows (int8_t) times v over n columns, in chunks of 8 columns: per
+ * chunk the 8 weights of each row in column order, the last chunk padded with zero weights (passes/layout.py:
+ * mve_layout). Per chunk one VLDRH.S16 of 8 activations (a last partial chunk under a VCTP.16 tail predicate: zeros,
+ * nothing read past v + n), then per row one widening VLDRB.S16 of its 8 weights and one VMLADAVA.S16 (8 MACs into a
+ * 32-bit sum) (backend/mveasm.py). Exact: the exporter proved every partial sum fits int32_t, and the instruction adds
+ * the 8 products exactly, wrapping only where a C sum would; returns the next block. */
+static inline const int8_t *gesture_mve4_w8_acc32(const int8_t *w, const int16_t *v, int n, int32_t *acc, int stride)
+{
+    register int32_t a0 __asm__("r4") = acc[0];
+    register int32_t a1 __asm__("r6") = acc[1 * stride];
+    register int32_t a2 __asm__("r8") = acc[2 * stride];
+    register int32_t a3 __asm__("r10") = acc[3 * stride];
+    const int chunks = n / 8;
+    const int rest = n % 8;
+    __asm__(
+            "wls lr, %[chunks], 2f\n"
+            "1:\n"
+            "vldrh.s16 q0, [%[v]], #16\n\t"
+            "vldrb.s16 q1, [%[w]], #8\n\t"
+            "vldrb.s16 q2, [%[w]], #8\n\t"
+            "vmladava.s16 %[a0], q1, q0\n\t"
+            "vldrb.s16 q1, [%[w]], #8\n\t"
+            "vmladava.s16 %[a1], q2, q0\n\t"
+            "vldrb.s16 q2, [%[w]], #8\n\t"
+            "vmladava.s16 %[a2], q1, q0\n\t"
+            "vmladava.s16 %[a3], q2, q0\n\t"
+            "le lr, 1b\n"
+            "2:"
+            : [w] "+l"(w), [v] "+r"(v), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3)
+            : [chunks] "r"(chunks)
+            : "q0", "q1", "q2", "lr", "memory");
+    if (rest > 0) {
+        __asm__(
+                "vctp.16 %[rest]\n\t"
+                "vpst\n\t"
+                "vldrht.s16 q0, [%[v]]\n\t"
+                "vldrb.s16 q1, [%[w]], #8\n\t"
+                "vldrb.s16 q2, [%[w]], #8\n\t"
+                "vmladava.s16 %[a0], q1, q0\n\t"
+                "vldrb.s16 q1, [%[w]], #8\n\t"
+                "vmladava.s16 %[a1], q2, q0\n\t"
+                "vldrb.s16 q2, [%[w]], #8\n\t"
+                "vmladava.s16 %[a2], q1, q0\n\t"
+                "vmladava.s16 %[a3], q2, q0"
+                : [w] "+l"(w), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3)
+                : [v] "r"(v), [rest] "r"(rest)
+                : "q0", "q1", "q2", "memory");
+    }
+    acc[0] = a0;
+    acc[1 * stride] = a1;
+    acc[2 * stride] = a2;
+    acc[3 * stride] = a3;
+    return w;
+}
+
+/* The 16-bit elements p[0..n) as int32 lanes (zero past them): a full block (n >= 4) in one load, a partial one through
+ * a local copy (no predicated load or store: a predicated VSTRH.32 in gcc 12's code lost lanes under QEMU 7.2, cause
+ * not pinned down) */
+static inline int32x4_t tr_v_load16(const int16_t *p, int n)
+{
+    int16_t t[4] = { 0, 0, 0, 0 };
+    if (n >= 4) return vldrhq_s32(p);
+    memcpy(t, p, (size_t)n * sizeof(*p));
+    return vldrhq_s32(t);
+}
+
+/* Lanes 0..n) of v into the 16-bit elements p[0..n): a full block (n >= 4) in one store, a partial one through a local
+ * copy */
+static inline void tr_v_store16(int16_t *p, int32x4_t v, int n)
+{
+    int16_t t[4];
+    if (n >= 4) {
+        vstrhq_s32(p, v);
+        return;
+    }
+    vstrhq_s32(t, v);
+    memcpy(p, t, (size_t)n * sizeof(*p));
+}
+
+/* mmlar lane by lane: r + mmulr(a, m) */
+static inline int32x4_t tr_v_mmlar(int32x4_t a, int32x4_t m, int32x4_t r)
+{
+    return vaddq_s32(r, vrmulhq_s32(a, m));
+}
+
+/* sat24_32 lane by lane: a saturating shift left by 8 clamps to int32, the arithmetic shift back to [-2^23, 2^23 -
+ * 1] */
+static inline int32x4_t tr_v_sat24_32(int32x4_t x)
+{
+    return vshrq_n_s32(vqshlq_n_s32(x, 8), 8);
+}
+
+/* sigmoid_wide lane by lane (an int16 result in each int32 lane): the same table and steps, T[i] and T[i+1] by gather
+ * loads, rshift_round(d * f, 14) as a rounding shift right (VRSHR adds 2^13); |x| saturates (VQABS), so even INT32_MIN
+ * clamps to 8388607 */
+static inline int32x4_t tr_v_sigmoid_wide(int32x4_t x)
+{
+    static const int16_t table[513] = {
+        16384, 16512, 16640, 16768, 16896, 17024, 17151, 17279, 17407, 17534, 17661, 17789, 17916, 18042, 18169, 18295,
+        18421, 18547, 18673, 18798, 18923, 19048, 19173, 19297, 19420, 19544, 19667, 19790, 19912, 20034, 20155, 20276,
+        20397, 20517, 20636, 20756, 20874, 20992, 21110, 21227, 21344, 21460, 21575, 21690, 21804, 21918, 22031, 22143,
+        22255, 22367, 22477, 22587, 22696, 22805, 22913, 23021, 23127, 23233, 23338, 23443, 23547, 23650, 23753, 23854,
+        23955, 24056, 24155, 24254, 24352, 24449, 24546, 24642, 24737, 24831, 24925, 25018, 25110, 25201, 25292, 25382,
+        25471, 25559, 25646, 25733, 25819, 25904, 25988, 26072, 26155, 26237, 26318, 26399, 26479, 26558, 26636, 26714,
+        26790, 26866, 26941, 27016, 27090, 27163, 27235, 27306, 27377, 27447, 27516, 27585, 27653, 27720, 27786, 27852,
+        27917, 27981, 28045, 28107, 28169, 28231, 28292, 28352, 28411, 28470, 28528, 28585, 28642, 28698, 28753, 28808,
+        28862, 28915, 28968, 29020, 29072, 29123, 29173, 29223, 29272, 29320, 29368, 29416, 29462, 29509, 29554, 29599,
+        29644, 29687, 29731, 29774, 29816, 29858, 29899, 29939, 29979, 30019, 30058, 30097, 30135, 30172, 30210, 30246,
+        30282, 30318, 30353, 30388, 30422, 30456, 30489, 30522, 30555, 30587, 30618, 30649, 30680, 30711, 30740, 30770,
+        30799, 30828, 30856, 30884, 30912, 30939, 30966, 30992, 31018, 31044, 31069, 31094, 31119, 31143, 31167, 31191,
+        31214, 31237, 31260, 31282, 31304, 31326, 31347, 31368, 31389, 31409, 31430, 31449, 31469, 31488, 31508, 31526,
+        31545, 31563, 31581, 31599, 31616, 31634, 31651, 31667, 31684, 31700, 31716, 31732, 31747, 31763, 31778, 31793,
+        31807, 31822, 31836, 31850, 31864, 31878, 31891, 31904, 31917, 31930, 31943, 31955, 31968, 31980, 31992, 32003,
+        32015, 32026, 32038, 32049, 32060, 32070, 32081, 32091, 32102, 32112, 32122, 32132, 32141, 32151, 32160, 32170,
+        32179, 32188, 32196, 32205, 32214, 32222, 32231, 32239, 32247, 32255, 32263, 32270, 32278, 32285, 32293, 32300,
+        32307, 32314, 32321, 32328, 32335, 32341, 32348, 32354, 32361, 32367, 32373, 32379, 32385, 32391, 32397, 32402,
+        32408, 32414, 32419, 32424, 32430, 32435, 32440, 32445, 32450, 32455, 32460, 32464, 32469, 32474, 32478, 32483,
+        32487, 32491, 32496, 32500, 32504, 32508, 32512, 32516, 32520, 32524, 32527, 32531, 32535, 32538, 32542, 32545,
+        32549, 32552, 32555, 32559, 32562, 32565, 32568, 32571, 32574, 32577, 32580, 32583, 32586, 32589, 32592, 32594,
+        32597, 32600, 32602, 32605, 32607, 32610, 32612, 32615, 32617, 32619, 32622, 32624, 32626, 32628, 32630, 32633,
+        32635, 32637, 32639, 32641, 32643, 32645, 32647, 32648, 32650, 32652, 32654, 32656, 32657, 32659, 32661, 32662,
+        32664, 32666, 32667, 32669, 32670, 32672, 32673, 32675, 32676, 32678, 32679, 32680, 32682, 32683, 32684, 32686,
+        32687, 32688, 32689, 32691, 32692, 32693, 32694, 32695, 32696, 32698, 32699, 32700, 32701, 32702, 32703, 32704,
+        32705, 32706, 32707, 32708, 32709, 32710, 32711, 32711, 32712, 32713, 32714, 32715, 32716, 32716, 32717, 32718,
+        32719, 32720, 32720, 32721, 32722, 32723, 32723, 32724, 32725, 32725, 32726, 32727, 32727, 32728, 32728, 32729,
+        32730, 32730, 32731, 32731, 32732, 32733, 32733, 32734, 32734, 32735, 32735, 32736, 32736, 32737, 32737, 32738,
+        32738, 32739, 32739, 32740, 32740, 32740, 32741, 32741, 32742, 32742, 32742, 32743, 32743, 32744, 32744, 32744,
+        32745, 32745, 32745, 32746, 32746, 32746, 32747, 32747, 32747, 32748, 32748, 32748, 32749, 32749, 32749, 32750,
+        32750, 32750, 32750, 32751, 32751, 32751, 32752, 32752, 32752, 32752, 32753, 32753, 32753, 32753, 32753, 32754,
+        32754, 32754, 32754, 32755, 32755, 32755, 32755, 32755, 32756, 32756, 32756, 32756, 32756, 32756, 32757, 32757,
+        32757
+    };
+    const int32x4_t u = vminq_s32(vqabsq_s32(x), vdupq_n_s32(8388607));
+    const uint32x4_t i = vreinterpretq_u32_s32(vshrq_n_s32(u, 14));
+    const int32x4_t f = vandq_s32(u, vdupq_n_s32(16383));
+    const int32x4_t t0 = vldrhq_gather_shifted_offset_s32(table, i);
+    const int32x4_t t1 = vldrhq_gather_shifted_offset_s32(table + 1, i);
+    const int32x4_t p = vaddq_s32(t0, vrshrq_n_s32(vmulq_s32(vsubq_s32(t1, t0), f), 14));
+    return vpselq_s32(vsubq_s32(vdupq_n_s32(32768), p), p, vcmpltq_n_s32(x, 0));
+}
+
+/* tanh_wide lane by lane: the same table and steps, T[i] and T[i+1] by gather loads, the interpolation as mmlar(2 d,
+ * f * 2^17, T[i]) (VRMULH) */
+static inline int32x4_t tr_v_tanh_wide(int32x4_t x)
+{
+    static const int32_t table[513] = {
+        0, 16775851, 33543514, 50294816, 67021619, 83715829, 100369417, 116974433, 133523019, 150007427, 166420030,
+        182753337, 199000008, 215152863, 231204897, 247149288, 262979411, 278688847, 294271390, 309721058, 325032097,
+        340198992, 355216470, 370079506, 384783327, 399323414, 413695509, 427895611, 441919982, 455765145, 469427884,
+        482905241, 496194519, 509293276, 522199322, 534910717, 547425766, 559743014, 571861244, 583779466, 595496917,
+        607013051, 618327534, 629440237, 640351229, 651060770, 661569304, 671877449, 681985995, 691895889, 701608235,
+        711124280, 720445410, 729573140, 738509109, 747255071, 755812887, 764184519, 772372023, 780377540, 788203292,
+        795851574, 803324746, 810625229, 817755498, 824718078, 831515533, 838150469, 844625518, 850943344, 857106631,
+        863118081, 868980407, 874696335, 880268593, 885699910, 890993016, 896150633, 901175474, 906070241, 910837623,
+        915480290, 920000894, 924402065, 928686409, 932856508, 936914916, 940864156, 944706725, 948445085, 952081667,
+        955618867, 959059047, 962404532, 965657614, 968820543, 971895537, 974884771, 977790386, 980614480, 983359117,
+        986026317, 988618065, 991136306, 993582944, 995959846, 998268841, 1000511717, 1002690226, 1004806081,
+        1006860957, 1008856492, 1010794288, 1012675908, 1014502881, 1016276701, 1017998824, 1019670673, 1021293637,
+        1022869072, 1024398298, 1025882605, 1027323250, 1028721460, 1030078428, 1031395319, 1032673268, 1033913380,
+        1035116732, 1036284373, 1037417324, 1038516580, 1039583108, 1040617851, 1041621725, 1042595624, 1043540415,
+        1044456943, 1045346031, 1046208476, 1047045057, 1047856530, 1048643629, 1049407069, 1050147544, 1050865731,
+        1051562285, 1052237845, 1052893030, 1053528442, 1054144667, 1054742274, 1055321814, 1055883826, 1056428829,
+        1056957331, 1057469822, 1057966782, 1058448672, 1058915945, 1059369036, 1059808371, 1060234362, 1060647409,
+        1061047900, 1061436213, 1061812714, 1062177758, 1062531689, 1062874844, 1063207545, 1063530110, 1063842843,
+        1064146042, 1064439994, 1064724980, 1065001270, 1065269127, 1065528808, 1065780559, 1066024621, 1066261228,
+        1066490604, 1066712970, 1066928539, 1067137518, 1067340105, 1067536496, 1067726879, 1067911437, 1068090347,
+        1068263781, 1068431906, 1068594884, 1068752870, 1068906019, 1069054476, 1069198386, 1069337886, 1069473111,
+        1069604193, 1069731257, 1069854425, 1069973818, 1070089550, 1070201734, 1070310477, 1070415885, 1070518060,
+        1070617100, 1070713102, 1070806159, 1070896360, 1070983793, 1071068543, 1071150692, 1071230320, 1071307503,
+        1071382317, 1071454834, 1071525125, 1071593257, 1071659298, 1071723310, 1071785356, 1071845497, 1071903791,
+        1071960295, 1072015063, 1072068148, 1072119603, 1072169477, 1072217818, 1072264675, 1072310092, 1072354113,
+        1072396782, 1072438139, 1072478226, 1072517080, 1072554741, 1072591244, 1072626625, 1072660919, 1072694159,
+        1072726377, 1072757605, 1072787872, 1072817210, 1072845645, 1072873207, 1072899921, 1072925813, 1072950910,
+        1072975235, 1072998813, 1073021665, 1073043815, 1073065284, 1073086092, 1073106261, 1073125810, 1073144757,
+        1073163122, 1073180922, 1073198175, 1073214897, 1073231105, 1073246815, 1073262041, 1073276799, 1073291104,
+        1073304968, 1073318406, 1073331431, 1073344055, 1073356291, 1073368150, 1073379645, 1073390786, 1073401585,
+        1073412051, 1073422196, 1073432028, 1073441558, 1073450795, 1073459748, 1073468426, 1073476836, 1073484988,
+        1073492889, 1073500547, 1073507970, 1073515164, 1073522137, 1073528895, 1073535446, 1073541795, 1073547948,
+        1073553913, 1073559694, 1073565297, 1073570728, 1073575991, 1073581093, 1073586038, 1073590830, 1073595476,
+        1073599978, 1073604342, 1073608572, 1073612671, 1073616644, 1073620496, 1073624228, 1073627846, 1073631353,
+        1073634751, 1073638045, 1073641238, 1073644333, 1073647332, 1073650239, 1073653057, 1073655788, 1073658435,
+        1073661000, 1073663487, 1073665897, 1073668233, 1073670497, 1073672691, 1073674818, 1073676880, 1073678878,
+        1073680815, 1073682692, 1073684511, 1073686274, 1073687983, 1073689640, 1073691245, 1073692801, 1073694309,
+        1073695771, 1073697188, 1073698561, 1073699892, 1073701183, 1073702433, 1073703645, 1073704819, 1073705958,
+        1073707061, 1073708131, 1073709168, 1073710172, 1073711146, 1073712090, 1073713005, 1073713891, 1073714751,
+        1073715584, 1073716391, 1073717174, 1073717932, 1073718667, 1073719379, 1073720070, 1073720739, 1073721388,
+        1073722017, 1073722626, 1073723217, 1073723789, 1073724344, 1073724882, 1073725403, 1073725908, 1073726398,
+        1073726873, 1073727333, 1073727779, 1073728211, 1073728629, 1073729035, 1073729429, 1073729810, 1073730180,
+        1073730538, 1073730885, 1073731222, 1073731548, 1073731864, 1073732171, 1073732468, 1073732756, 1073733035,
+        1073733305, 1073733567, 1073733821, 1073734067, 1073734306, 1073734537, 1073734761, 1073734979, 1073735189,
+        1073735393, 1073735591, 1073735783, 1073735969, 1073736149, 1073736324, 1073736493, 1073736657, 1073736816,
+        1073736970, 1073737119, 1073737264, 1073737404, 1073737540, 1073737672, 1073737800, 1073737924, 1073738044,
+        1073738160, 1073738273, 1073738382, 1073738488, 1073738591, 1073738690, 1073738786, 1073738880, 1073738970,
+        1073739058, 1073739143, 1073739226, 1073739306, 1073739383, 1073739458, 1073739531, 1073739602, 1073739670,
+        1073739736, 1073739801, 1073739863, 1073739923, 1073739982, 1073740038, 1073740093, 1073740146, 1073740198,
+        1073740248, 1073740297, 1073740344, 1073740389, 1073740433, 1073740476, 1073740518, 1073740558, 1073740597,
+        1073740634, 1073740671, 1073740707, 1073740741, 1073740774, 1073740807, 1073740838, 1073740868, 1073740898,
+        1073740926, 1073740954, 1073740980, 1073741006, 1073741032, 1073741056, 1073741080, 1073741103, 1073741125,
+        1073741146, 1073741167, 1073741187, 1073741207, 1073741226, 1073741244, 1073741262, 1073741279, 1073741296,
+        1073741312, 1073741328, 1073741343, 1073741358, 1073741373, 1073741386, 1073741400, 1073741413, 1073741426,
+        1073741438, 1073741450, 1073741461, 1073741472, 1073741483, 1073741494, 1073741504, 1073741514, 1073741523,
+        1073741532, 1073741541, 1073741550, 1073741559, 1073741567, 1073741575, 1073741582
+    };
+    const int32x4_t u = vminq_s32(vqabsq_s32(x), vdupq_n_s32(8388607));
+    const uint32x4_t i = vreinterpretq_u32_s32(vshrq_n_s32(u, 14));
+    const int32x4_t f = vandq_s32(u, vdupq_n_s32(16383));
+    const int32x4_t t0 = vldrwq_gather_shifted_offset_s32(table, i);
+    const int32x4_t t1 = vldrwq_gather_shifted_offset_s32(table + 1, i);
+    const int32x4_t p = vaddq_s32(t0, vrmulhq_s32(vshlq_n_s32(vsubq_s32(t1, t0), 1), vshlq_n_s32(f, 17)));
+    return vpselq_s32(vnegq_s32(p), p, vcmpltq_n_s32(x, 0));
+}
+
+/* mul_q30_hi lane by lane: sat16(mmulr(a * 2^up, t)); a shift left by 8 saturating at int32 and back by 8 is sat24, by
+ * 16 sat16 */
+static inline int32x4_t tr_v_mul_q30_hi(int32x4_t a, int32x4_t t, int32x4_t up)
+{
+    return vshrq_n_s32(vqshlq_n_s32(vrmulhq_s32(vshlq_s32(a, up), t), 16), 16);
+}
+
+/* dot2_q lane by lane, given its shifts up_a = A + 32 - s (1..31) and up_c = C + 32 - s (0..16) for ka = 2^A, kc = 2^C
+ * (passes/lower.py: _dot2_shifts): the sum times 2^(32 - s) is P 2^up_a + (c 2^up_c) d with P = a b; P 2^up_a = Ph
+ * 2^32 + X (Ph = P >> (32 - up_a), X = P << up_a as uint32), (c 2^up_c) d = hi 2^32 + lo (VMULH, VMUL), so the result
+ * is sat16(Ph + hi + floor((X + lo + 2^31) / 2^32)), and that carry is (floor((X + lo) / 2) + 2^30) >> 31: a halving
+ * add and a rounding shift, exact */
+static inline int32x4_t tr_v_dot2_q(int32x4_t a, int32x4_t b, int32x4_t c, int32x4_t d, int32x4_t up_a, int32x4_t up_c)
+{
+    const int32x4_t p = vmulq_s32(a, b);
+    const int32x4_t cc = vshlq_s32(c, up_c);
+    const uint32x4_t x = vreinterpretq_u32_s32(vshlq_s32(p, up_a));
+    const uint32x4_t lo = vreinterpretq_u32_s32(vmulq_s32(cc, d));
+    const int32x4_t carry = vreinterpretq_s32_u32(vrshrq_n_u32(vhaddq_u32(x, lo), 31));
+    const int32x4_t sum = vaddq_s32(vaddq_s32(vshlq_s32(p, vsubq_s32(up_a, vdupq_n_s32(32))), vmulhq_s32(cc, d)),
+                                    carry);
+    return vshrq_n_s32(vqshlq_n_s32(sum, 16), 16);
 }
 #endif
 
@@ -515,7 +781,7 @@ static const int8_t gesture_l0_fwd_w[16][76] = {
 };
 #endif
 
-#if !GESTURE_V6M_KERNELS
+#if !GESTURE_V6M_KERNELS && !GESTURE_MVE_KERNELS
 /* per unit: i/f/g/o rows interleaved, x columns then h columns, each padded to a multiple of 4 with zeros, bytes of
  * each 4-column group in SXTB16 order 0,2,1,3; int8_t, per-row scale for each part; from lstm.weight_ih_l0[0:64],
  * lstm.weight_hh_l0[0:64] */
@@ -575,6 +841,73 @@ static const int8_t gesture_l0_fwd_w[16][80] = {
     89, -55, -108, 79, 8, 77 }
 };
 #endif
+#if GESTURE_MVE_KERNELS
+/* gesture_l0_fwd_w for the MVE kernels: per unit, x columns then h columns in chunks of 8, each chunk the 8 weights of
+ * the i/f/g/o rows, padded with zeros (passes/layout.py: mve_layout); int8_t, per-row scale for each part; from
+ * lstm.weight_ih_l0[0:64], lstm.weight_hh_l0[0:64] */
+static const int8_t gesture_l0_fwd_w[16][96] = {
+    { 127, -109, -48, 0, 0, 0, 0, 0, -38, -14, -127, 0, 0, 0, 0, 0, 102, 53, -127, 0, 0, 0, 0, 0, 102, -75, 127, 0, 0,
+    0, 0, 0, -61, 7, 94, -91, 61, 83, 127, -91, -63, -113, 43, 70, 127, -13, 123, 82, -5, -48, 83, 127, 99, -102, -28,
+    -26, -12, -119, -124, -124, 127, 105, 52, -33, 31, -96, 111, -50, 78, 4, -10, -4, -64, -99, 72, -70, 59, -110, 93,
+    38, 114, -69, -77, 2, -31, 51, 16, -80, 114, -35, 92, -4, -62, -37, -28, -121 }, { 63, -127, 81, 0, 0, 0, 0, 0,
+    -112, 127, -57, 0, 0, 0, 0, 0, -42, 127, -26, 0, 0, 0, 0, 0, 61, 115, 127, 0, 0, 0, 0, 0, 24, 66, 22, 43, -126, 102,
+    122, 116, -15, 61, -94, -29, 1, -77, -34, -57, 96, 82, 29, -119, 62, 87, 37, -51, 42, -43, 65, 90, -22, 69, 28, 95,
+    103, -101, -52, 123, -107, 127, -110, -99, 126, 113, 114, 108, -127, 44, 49, -97, 9, -51, 124, 127, -15, -88, 77,
+    67, -91, -12, -47, 124, -127, -80, 16, 126 }, { -51, 127, 35, 0, 0, 0, 0, 0, 127, 102, -6, 0, 0, 0, 0, 0, 111, 85,
+    -127, 0, 0, 0, 0, 0, -44, 127, -15, 0, 0, 0, 0, 0, 63, -93, -30, 94, 102, 122, -26, -100, 56, -74, 22, 45, 118, -72,
+    -108, 127, 77, -109, 49, -62, -127, -101, 61, 54, 89, -123, -92, 127, 19, -112, -41, 57, 127, -27, -53, 31, -90, 85,
+    81, -102, 58, 67, 49, -49, 83, -120, 19, 62, -127, 82, 111, 110, 82, -23, 97, 113, -27, -101, -81, -68, -5, 51, 63,
+    -64 }, { -56, 127, 23, 0, 0, 0, 0, 0, -127, 116, 59, 0, 0, 0, 0, 0, -113, 127, 7, 0, 0, 0, 0, 0, -5, -127, -87, 0,
+    0, 0, 0, 0, -111, -12, 57, -4, -69, 3, -127, -95, 96, -71, -95, 53, -112, -117, -127, -68, 81, -111, -54, 123, 118,
+    99, -65, -31, -21, -98, 96, 127, 123, 52, -27, -3, -90, 111, 119, -46, 6, 60, 16, -68, -27, -84, -60, -125, 87, -32,
+    -89, 37, -115, -88, 119, -127, -38, 33, -93, 36, 46, -110, 8, -103, -127, -4, -40, -80 }, { 119, -127, -24, 0, 0, 0,
+    0, 0, -126, 127, 119, 0, 0, 0, 0, 0, 127, 38, 60, 0, 0, 0, 0, 0, -104, -76, 127, 0, 0, 0, 0, 0, 75, 80, -8, -16,
+    118, 113, -74, 127, -96, 90, 74, -126, -101, -85, -70, 16, -21, 52, -100, 18, -119, 81, 127, -47, 21, 5, 20, -73,
+    -127, 3, -53, -44, 32, -86, 71, -97, 120, -83, 37, 40, -127, -95, 59, -42, -51, -106, 52, 9, 19, -67, -84, -66, -62,
+    25, -15, 9, 95, 21, 59, -36, -103, 26, -86, 16 }, { -79, 127, -4, 0, 0, 0, 0, 0, 127, -80, -24, 0, 0, 0, 0, 0, 100,
+    127, -89, 0, 0, 0, 0, 0, -56, -127, 65, 0, 0, 0, 0, 0, 35, 121, -60, -61, -126, -6, -69, 6, -57, -90, 31, 40, 65,
+    44, -22, -114, -102, -84, -115, -96, 112, 49, -127, -22, -108, 104, -94, 120, 98, 104, 83, 32, -30, 48, 126, 43,
+    -47, -71, -127, 123, 94, -1, -98, 127, 82, -116, -74, -50, 11, 71, 124, 32, 94, -47, -4, -80, -7, -2, -55, -127,
+    126, 7, 65, 5 }, { 127, 45, -54, 0, 0, 0, 0, 0, -3, 24, -127, 0, 0, 0, 0, 0, 21, 127, 123, 0, 0, 0, 0, 0, 63, 127,
+    -101, 0, 0, 0, 0, 0, -38, 40, 7, -127, 112, 112, 10, -113, -79, 64, -97, 127, -56, 81, 5, -60, 29, 118, 80, 127,
+    -58, -16, 26, 103, 37, -79, -99, 98, 49, 63, -127, 9, -85, 3, -114, -111, -30, -57, 49, -52, 91, -104, -72, 16, 108,
+    -59, -83, -87, -117, -63, 19, -74, 48, -9, -33, 68, -119, -15, -7, -90, -127, 1, 115, 115 }, { -127, -35, -91, 0, 0,
+    0, 0, 0, -127, 97, -42, 0, 0, 0, 0, 0, 109, -127, -126, 0, 0, 0, 0, 0, 76, -127, -78, 0, 0, 0, 0, 0, -17, -49, -118,
+    113, 25, 116, -21, -33, -69, -54, -37, -89, 49, 1, -102, -90, 93, 127, 59, -4, 107, 104, -65, 59, -80, -23, -109,
+    -102, -36, 127, -34, 8, -122, -49, 85, -127, -45, 79, 75, 48, 33, -2, 111, -24, -127, -116, -46, -35, 15, -56, -31,
+    -31, -91, -40, 44, 96, 123, 23, 106, 87, 123, 22, -106, -113 }, { -68, 10, 127, 0, 0, 0, 0, 0, 127, 15, 85, 0, 0, 0,
+    0, 0, -77, 16, 127, 0, 0, 0, 0, 0, -127, -73, -49, 0, 0, 0, 0, 0, -30, -11, -28, -55, 62, -51, -84, 34, 16, -32, 53,
+    -47, 105, 33, -44, 127, 10, -127, 69, -40, 117, -127, -31, 102, -66, 105, 73, 37, -97, -94, 104, -13, -108, -32, 76,
+    56, 127, -102, 1, -44, 36, -97, -79, 89, 65, 111, -11, 100, 57, -65, -114, -1, 51, -109, -110, -2, -127, -16, -31,
+    2, 53, 49, -98, -1 }, { 71, -127, 81, 0, 0, 0, 0, 0, 56, 93, 127, 0, 0, 0, 0, 0, -127, 107, -111, 0, 0, 0, 0, 0,
+    127, 54, 73, 0, 0, 0, 0, 0, -72, -73, 33, 14, -66, -91, -107, 127, 64, 40, -30, 125, 26, -33, -2, 127, -27, 84,
+    -127, -21, -102, -19, -67, 41, -63, 86, 63, 70, 116, 62, -127, 32, -22, -30, -48, -65, -119, -76, 79, 28, 87, -10,
+    127, 57, -69, -118, 75, 121, -110, -103, -74, -115, 83, -19, -73, 92, -87, 17, 1, 126, -87, -125, -34, 20 }, { 37,
+    127, 88, 0, 0, 0, 0, 0, -127, 69, -96, 0, 0, 0, 0, 0, -127, -29, 78, 0, 0, 0, 0, 0, 127, 124, 87, 0, 0, 0, 0, 0,
+    -46, -49, 83, 93, 125, 38, 63, -10, -84, 59, 6, -31, -39, 40, 32, 97, -30, 67, -40, -109, 29, 81, -127, 14, 94, 104,
+    99, 41, -37, -27, -70, 25, -76, -127, 79, -19, 53, 6, -121, -64, 53, 66, 127, 45, 21, -52, 106, 21, 26, 15, -3, -40,
+    -101, 21, -87, -108, -90, 44, 83, 109, -127, 106, -81, -11 }, { -122, -127, -64, 0, 0, 0, 0, 0, -127, 10, -29, 0, 0,
+    0, 0, 0, 127, -85, 30, 0, 0, 0, 0, 0, 5, -112, 127, 0, 0, 0, 0, 0, 37, -27, -127, 46, 5, -42, 53, 28, 85, 127, -29,
+    93, -27, 119, 104, -47, -52, -112, 50, 116, 127, -101, 89, 116, 119, 71, -41, 77, -127, 102, 127, -6, -49, 118, 66,
+    17, -25, -111, 102, -34, 5, -57, -53, -27, -1, -46, -124, -80, 2, 69, 92, 125, 87, 70, -62, -91, 21, -31, -83, -59,
+    -9, -107, -106, 14 }, { 127, -24, 62, 0, 0, 0, 0, 0, 84, -83, -127, 0, 0, 0, 0, 0, 127, 98, 92, 0, 0, 0, 0, 0, -37,
+    -12, -127, 0, 0, 0, 0, 0, -83, 82, 45, 32, -25, -40, 22, 99, -11, -43, 100, 109, 86, 59, -107, 127, -65, 112, -33,
+    5, -127, -6, -38, -88, -89, -74, -1, -72, 126, -49, -76, -36, 18, -60, 127, 3, 101, 31, 115, 74, -118, -44, -95, 48,
+    -112, -66, -85, -83, 105, -110, -19, -10, -123, 82, -43, 61, -111, 70, 117, -78, -51, 127, -98, 37 }, { -60, 127,
+    -55, 0, 0, 0, 0, 0, 127, -26, 98, 0, 0, 0, 0, 0, 127, 113, 46, 0, 0, 0, 0, 0, -27, -89, 127, 0, 0, 0, 0, 0, -72, 99,
+    1, -113, -29, -127, -73, -100, -60, 126, -10, 39, -127, 114, -28, -117, 75, 119, 33, 101, 124, 27, -27, -37, -106,
+    -116, 0, -74, 71, -40, 1, -68, 96, -30, -24, 67, 57, -93, 52, 60, 88, -35, 116, -87, -119, -96, 55, -14, 22, 48,
+    -127, 101, 21, -125, 43, 85, 54, 121, -20, -80, -127, 125, 55, 54 }, { 127, 2, -89, 0, 0, 0, 0, 0, 54, -127, 34, 0,
+    0, 0, 0, 0, -103, -127, -69, 0, 0, 0, 0, 0, -127, -115, -5, 0, 0, 0, 0, 0, -110, 121, -85, -54, -114, 127, 26, 117,
+    -125, 25, -9, 49, -69, -96, 92, -65, 57, 125, 3, -127, 0, 111, -74, 65, 25, 74, 52, 72, 92, 21, 127, 92, 9, 76, -44,
+    -111, 22, -12, -14, -68, 95, 109, -94, -62, 16, -127, 41, -56, 35, -25, 1, 65, -105, 97, 104, 86, -5, -66, 10, 115,
+    93, -60, -31, 59 }, { 123, -127, 70, 0, 0, 0, 0, 0, 46, -127, -90, 0, 0, 0, 0, 0, -24, -127, 76, 0, 0, 0, 0, 0,
+    -127, 84, -90, 0, 0, 0, 0, 0, 3, 37, 47, -104, 62, 13, 89, 91, -58, -101, 61, -83, -104, -34, -73, -127, 127, -6,
+    -90, 6, -37, 45, 108, -70, 50, 127, 65, 42, 31, -125, -49, 14, -102, 124, -127, 74, 9, 61, -70, 78, 53, -50, 92, 92,
+    -83, -76, -46, 77, 5, 124, -101, -22, 123, 89, 37, -55, -93, -117, 90, 45, -108, 8, 79, 77 }
+};
+#endif
+#if !GESTURE_MVE_KERNELS
 /* biases of the x parts, int32_t in accumulator units: lstm.bias_ih_l0[0:64] + lstm.bias_hh_l0[0:64] */
 static const int32_t gesture_l0_fwd_bx[16][4] = {
     { 935138, -59121, -885311, 1226150 }, { -219231, -430768, -14383, -550110 }, { 630214, 859452, 688693, 317221 },
@@ -584,6 +917,19 @@ static const int32_t gesture_l0_fwd_bx[16][4] = {
     -219190 }, { 191967, -397674, 31262, -766287 }, { -340685, -50120, 562442, 8619 }, { 515367, 264359, -781041,
     -120196 }, { 1500712, -127772, -1326036, -848592 }
 };
+#endif
+#if GESTURE_MVE_KERNELS
+/* gesture_l0_fwd_bx for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 15) */
+static const int32_t gesture_l0_fwd_bx_v[4][16] = {
+    { 935138, -219231, 630214, -1631109, -59121, -430768, 859452, -627397, -885311, -14383, 688693, 164948, 1226150,
+    -550110, 317221, 513004 }, { 528050, -1789657, 313407, 676244, -335879, -193252, 192486, -43934, 525247, -129428,
+    369146, -184581, -1017258, 525665, -692863, 1070413 }, { 424138, -204507, 229527, -26874, 386888, -262414, -9980,
+    -288128, -493323, 10730, 359006, 688381, 643575, 441704, -752134, -219190 }, { 191967, -340685, 515367, 1500712,
+    -397674, -50120, 264359, -127772, 31262, 562442, -781041, -1326036, -766287, 8619, -120196, -848592 }
+};
+#endif
+#if !GESTURE_MVE_KERNELS
 /* requant of the x parts: k with k + c * 2^32 = M * 2^(32 - n), c * acc + mmulr(acc, k) = rshift_round(acc * M, n) */
 static const int32_t gesture_l0_fwd_mx[16][4] = {
     { 1115226112, 2080833536, 920682496, 831848448 }, { 2037645312, 1174470656, 1982332928, 1457586176 }, { 1101135872,
@@ -595,11 +941,37 @@ static const int32_t gesture_l0_fwd_mx[16][4] = {
     1864630272 }, { 2123759616, 1575157760, 1538064384, 1988886528 }, { 1623130112, 1622999040, 1817575424,
     1871183872 }, { 1148911616, 1449197568, 1326645248, 1170341888 }
 };
+#endif
+#if GESTURE_MVE_KERNELS
+/* gesture_l0_fwd_mx for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 15) */
+static const int32_t gesture_l0_fwd_mx_v[4][16] = {
+    { 1115226112, 2037645312, 1101135872, 600309760, 2080833536, 1174470656, -2139095040, 1444675584, 920682496,
+    1982332928, 1399062528, 2077556736, 831848448, 1457586176, 2114650112, 2042953728 }, { 843481088, 313720832,
+    1892024320, 1307181056, 1405878272, 1919614976, 1642594304, 1535901696, 1483603968, 2052325376, 1615200256,
+    1566441472, 1538785280, 1617428480, 1401880576, 787939328 }, { 1290272768, 2115829760, 2053046272, 2057895936,
+    1057259520, 1072922624, 2004484096, 1633026048, -2137784320, 1367212032, 2035023872, 2009399296, 1724841984,
+    925564928, -2134638592, 1691484160 }, { 1900609536, 2123759616, 1623130112, 1148911616, 1924136960, 1575157760,
+    1622999040, 1449197568, 1867579392, 1538064384, 1817575424, 1326645248, 1864630272, 1988886528, 1871183872,
+    1170341888 }
+};
+#endif
+#if !GESTURE_MVE_KERNELS
 static const int32_t gesture_l0_fwd_cx[16][4] = { /* requant of the x parts: c (see gesture_l0_fwd_mx) */
     { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0, 1, 0, 0 }, { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0,
     0, 0, 0 }, { 0, 0, 1, 0 }, { 0, 0, 0, 0 }, { 0, 0, 0, 1 }, { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0, 0, 0, 0 }, { 0, 0,
     0, 0 }, { 0, 0, 0, 0 }
 };
+#endif
+#if GESTURE_MVE_KERNELS
+/* gesture_l0_fwd_cx for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 15) */
+static const int32_t gesture_l0_fwd_cx_v[4][16] = {
+    { 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0 }, { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }, { 0, 0, 0,
+    0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0 }, { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+};
+#endif
+#if !GESTURE_MVE_KERNELS
 static const int32_t gesture_l0_fwd_mh[16][4] = { /* requant of the h parts: k (as gesture_l0_fwd_mx) */
     { 264650752, 268181504, 256573440, 259858432 }, { 245448704, 259104768, 261242880, 242843648 }, { 266387456,
     250331136, 237797376, 262324224 }, { 254296064, 243310592, 222060544, 270499840 }, { 264699904, 267534336,
@@ -610,22 +982,100 @@ static const int32_t gesture_l0_fwd_mh[16][4] = { /* requant of the h parts: k (
     255229952, 263872512 }, { 247275520, 255090688, 224452608, 233037824 }, { 266067968, 263028736, 270352384,
     257630208 }
 };
+#endif
+#if GESTURE_MVE_KERNELS
+/* gesture_l0_fwd_mh for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 15) */
+static const int32_t gesture_l0_fwd_mh_v[4][16] = {
+    { 264650752, 245448704, 266387456, 254296064, 268181504, 259104768, 250331136, 243310592, 256573440, 261242880,
+    237797376, 222060544, 259858432, 242843648, 262324224, 270499840 }, { 264699904, 235962368, 172408832, 264986624,
+    267534336, 233316352, 251437056, 219168768, 262799360, 258023424, 269221888, 263159808, 265003008, 248684544,
+    268533760, 262668288 }, { 230326272, 265158656, 265052160, 261259264, 241115136, 265961472, 238665728, 261251072,
+    261996544, 262144000, 263790592, 210264064, 269385728, 270352384, 266665984, 263143424 }, { 268763136, 244203520,
+    247275520, 266067968, 255606784, 268566528, 255090688, 263028736, 252313600, 255229952, 224452608, 270352384,
+    252493824, 263872512, 233037824, 257630208 }
+};
+#endif
 /* lstm layer 0, forward direction: one LSTM step (torch.nn.LSTM). W_* x, W_* h are the gate's rows of weight_ih and
  * weight_hh, b_* its rows of bias_ih and bias_hh.
  * Integers (x Q3.12, h Q0.15, c Q1.14): each gate row sums W_x x and W_h h exactly, rescales each into Q3.20 and
  * applies sigmoid_wide (Q0.15) or tanh_wide (Q0.30); state updates round once into the state's format. */
 static void gesture_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh, const int8_t *w)
 {
+#if !GESTURE_MVE_KERNELS
     const int64_t fc_scale = 65536; /* f * c: Q0.15 x Q1.14 to Q45, 2^16 */
+#endif
+#if !GESTURE_MVE_KERNELS
     const int64_t ig_scale = 1; /* i * g: Q0.15 x Q0.30, already Q45 */
+#endif
+#if !GESTURE_MVE_KERNELS
     const int c_shift = 31; /* Q45 to c's Q1.14 */
+#endif
     const int oc_up = 2; /* o * tanh(c): Q0.15 x Q0.30 to Q0.15 is a shift by 30: a high-word multiply of o * 2^2 */
+#if !GESTURE_MVE_KERNELS
     int j;
-#if GESTURE_DSP_KERNELS
+#endif
+#if GESTURE_MVE_KERNELS
+    int jb, u;
+#endif
+#if GESTURE_DSP_KERNELS && !GESTURE_MVE_KERNELS
     int32_t sums[4][8]; /* the DSP kernel's sums of 4 units: x parts, then h parts */
 #endif
     memcpy(xh, x, 3 * sizeof(int16_t));
     memcpy(xh + 4, h, 16 * sizeof(int16_t));
+#if GESTURE_MVE_KERNELS
+    /* blocks of 4 units j = jb + u: the sums of each unit (lane u of ax[g] and ah[g]), then statements once for the
+     * block in Helium vectors, one unit per lane (v_NAME computes NAME lane by lane) */
+    for (jb = 0; jb < 16; jb += 4) {
+        int32_t ax[4][4];
+        int32_t ah[4][4];
+        vstrwq_s32(ax[0], vldrwq_s32(gesture_l0_fwd_bx_v[jb / 4]));
+        vstrwq_s32(ax[1], vldrwq_s32(gesture_l0_fwd_bx_v[jb / 4] + 4));
+        vstrwq_s32(ax[2], vldrwq_s32(gesture_l0_fwd_bx_v[jb / 4] + 8));
+        vstrwq_s32(ax[3], vldrwq_s32(gesture_l0_fwd_bx_v[jb / 4] + 12));
+        vstrwq_s32(ah[0], vdupq_n_s32(0));
+        vstrwq_s32(ah[1], vdupq_n_s32(0));
+        vstrwq_s32(ah[2], vdupq_n_s32(0));
+        vstrwq_s32(ah[3], vdupq_n_s32(0));
+        /* the i, f, g, o rows of unit j: x part and h part, exact */
+        for (u = 0; u < 4; ++u) {
+            w = gesture_mve4_w8_acc32(w, xh, 3, &ax[0][u], 4);
+            w = gesture_mve4_w8_acc32(w, xh + 4, 16, &ah[0][u], 4);
+        }
+        /* i = sigmoid(W_ii x + b_ii + W_hi h + b_hi): the x and h sums rescaled to Q3.20, i in Q0.15 */
+        const int32x4_t v_i_x = tr_v_mmlar(vldrwq_s32(ax[0]), vldrwq_s32(gesture_l0_fwd_mx_v[jb / 4]),
+                                           vmulq_s32(vldrwq_s32(ax[0]), vldrwq_s32(gesture_l0_fwd_cx_v[jb / 4])));
+        const int32x4_t v_pre_i = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ah[0]), vldrwq_s32(gesture_l0_fwd_mh_v[jb / 4]), v_i_x));
+        const int32x4_t v_i = tr_v_sigmoid_wide(v_pre_i);
+        /* f = sigmoid(W_if x + b_if + W_hf h + b_hf): the x and h sums rescaled to Q3.20, f in Q0.15 */
+        const int32x4_t v_f_x = tr_v_mmlar(vldrwq_s32(ax[1]), vldrwq_s32(gesture_l0_fwd_mx_v[jb / 4] + 4),
+                                           vmulq_s32(vldrwq_s32(ax[1]), vldrwq_s32(gesture_l0_fwd_cx_v[jb / 4] + 4)));
+        const int32x4_t v_pre_f = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ah[1]), vldrwq_s32(gesture_l0_fwd_mh_v[jb / 4] + 4), v_f_x));
+        const int32x4_t v_f = tr_v_sigmoid_wide(v_pre_f);
+        /* g = tanh(W_ig x + b_ig + W_hg h + b_hg): the x and h sums rescaled to Q3.20, g in Q0.30 */
+        const int32x4_t v_g_x = tr_v_mmlar(vldrwq_s32(ax[2]), vldrwq_s32(gesture_l0_fwd_mx_v[jb / 4] + 8),
+                                           vmulq_s32(vldrwq_s32(ax[2]), vldrwq_s32(gesture_l0_fwd_cx_v[jb / 4] + 8)));
+        const int32x4_t v_pre_g = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ah[2]), vldrwq_s32(gesture_l0_fwd_mh_v[jb / 4] + 8), v_g_x));
+        const int32x4_t v_g = tr_v_tanh_wide(v_pre_g);
+        /* o = sigmoid(W_io x + b_io + W_ho h + b_ho): the x and h sums rescaled to Q3.20, o in Q0.15 */
+        const int32x4_t v_o_x = tr_v_mmlar(vldrwq_s32(ax[3]), vldrwq_s32(gesture_l0_fwd_mx_v[jb / 4] + 12),
+                                           vmulq_s32(vldrwq_s32(ax[3]), vldrwq_s32(gesture_l0_fwd_cx_v[jb / 4] + 12)));
+        const int32x4_t v_pre_o = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ah[3]), vldrwq_s32(gesture_l0_fwd_mh_v[jb / 4] + 12), v_o_x));
+        const int32x4_t v_o = tr_v_sigmoid_wide(v_pre_o);
+        /* c = f * c + i * g */
+        const int32x4_t v_stored_c = tr_v_dot2_q(v_f, tr_v_load16(c + jb, 16 - jb), v_i, v_g, vdupq_n_s32(17),
+                                                 vdupq_n_s32(1));
+        tr_v_store16(c + jb, v_stored_c, 16 - jb);
+        /* tanh(c): c from Q1.14 to Q3.20, tanh in Q0.30 */
+        const int32x4_t v_tanh_c = tr_v_tanh_wide(vmulq_s32(v_stored_c, vdupq_n_s32(64)));
+        /* h = o * tanh(c) */
+        tr_v_store16(h + jb, tr_v_mul_q30_hi(v_o, v_tanh_c, vdupq_n_s32(oc_up)), 16 - jb);
+    }
+#else
     for (j = 0; j < 16; ++j) {
         /* the i, f, g, o rows of unit j: x part and h part, exact */
 #if GESTURE_DSP_KERNELS
@@ -670,6 +1120,7 @@ static void gesture_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh
         /* h = o * tanh(c) */
         h[j] = tr_mul_q30_hi(o, tanh_c, oc_up);
     }
+#endif
 }
 
 static const int8_t gesture_dense2_w[4][16] = { /* head.weight, int8_t, per-row scale */
@@ -713,11 +1164,31 @@ void gesture_reset(gesture_state_t *s)
     memset(s, 0, sizeof(*s));
 }
 
+/* Helium with floats (Cortex-M55/M85 with the FPU): the conversions below take 4 values per vector */
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 2)
+#include <arm_mve.h>
+#define GESTURE_MVE_FLOAT 1
+#else
+#define GESTURE_MVE_FLOAT 0
+#endif
+
 /* float -> int16 for n values in the format with frac fraction bits (see tr_from_float) */
 static void gesture_load(const float *src, int16_t *dst, size_t n, int frac)
 {
-    size_t k;
-    for (k = 0; k < n; ++k) {
+    size_t k = 0;
+#if GESTURE_MVE_FLOAT
+    /* 4 at once, as from_float: y = v 2^frac (exact: a power of two; too large is infinite), floor(y + 1/2) (round
+     * half up; exact wherever |y| < 2^22, and larger values saturate anyway), to int32 (NaN to 0, saturating), then
+     * sat16 (a saturating shift left by 16 and back); inputs too small to be normal give 0 either way */
+    const uint32_t bits = (uint32_t)(127 + frac) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    for (; k < (n & ~(size_t)3); k += 4) {
+        const float32x4_t y = vrndmq_f32(vaddq_n_f32(vmulq_n_f32(vld1q_f32(src + k), scale), 0.5f));
+        vstrhq_s32(dst + k, vshrq_n_s32(vqshlq_n_s32(vcvtq_s32_f32(y), 16), 16));
+    }
+#endif
+    for (; k < n; ++k) {
         dst[k] = tr_from_float(src[k], frac);
     }
 }
@@ -725,12 +1196,17 @@ static void gesture_load(const float *src, int16_t *dst, size_t n, int frac)
 /* Copy n int16 values to q, or convert them to floats (times scale = 2^-frac) into f. */
 static void gesture_store(const int16_t *src, size_t n, int16_t *q, float *f, size_t offset, float scale)
 {
-    size_t k;
+    size_t k = 0;
     if (q != NULL) {
         memcpy(q + offset, src, n * sizeof(int16_t));
         return;
     }
-    for (k = 0; k < n; ++k) {
+#if GESTURE_MVE_FLOAT
+    for (; k < (n & ~(size_t)3); k += 4) {
+        vst1q_f32(f + offset + k, vmulq_n_f32(vcvtq_f32_s32(vldrhq_s32(src + k)), scale));
+    }
+#endif
+    for (; k < n; ++k) {
         f[offset + k] = (float)src[k] * scale; /* exact: scale is a power of two */
     }
 }

@@ -14,8 +14,9 @@
 typedef char lstm_w8_requires_arithmetic_right_shift[
     ((-1 >> 1) == -1 && ((int32_t)-5 >> 1) == -3 && ((int64_t)-5 >> 1) == -3) ? 1 : -1];
 
-/* The recurrent kernels of this build: the DSP unit kernels of lstm_w8_kernels.S (Cortex-M4/M7/M33/M55), the ARMv6-M
- * unit kernels (Cortex-M0/M0+), or the portable C kernels below (host, Cortex-M3, M23, ARM state). */
+/* The recurrent kernels of this build: the DSP unit kernels of lstm_w8_kernels.S (Cortex-M4/M7/M33), the ARMv6-M unit
+ * kernels (Cortex-M0/M0+), the MVE (Helium) kernels (Cortex-M55/M85: tested before the DSP ones), or the portable C
+ * kernels below (host, Cortex-M3, M23, ARM state). */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define LSTM_W8_DSP_KERNELS 1
@@ -27,7 +28,13 @@ typedef char lstm_w8_requires_arithmetic_right_shift[
 #else
 #define LSTM_W8_V6M_KERNELS 0
 #endif
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+#define LSTM_W8_MVE_KERNELS 1
+#else
+#define LSTM_W8_MVE_KERNELS 0
+#endif
 
+#if !LSTM_W8_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* The DSP extension (Cortex-M4, M7, M33, M55): SMMULR, SMMLAR and dual 16-bit multiply-accumulates. Other cores compute
  * the same integers in portable C. */
 #if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
@@ -35,7 +42,9 @@ typedef char lstm_w8_requires_arithmetic_right_shift[
 #else
 #define LSTM_W8_DSP 0
 #endif
+#endif
 
+#if !LSTM_W8_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* sat16(x) = min(max(x, -32768), 32767) (one SSAT on ARMv7-M and later) */
 static inline int16_t tr_sat16(int32_t x)
 {
@@ -49,7 +58,9 @@ static inline int16_t tr_sat16(int32_t x)
     return (int16_t)x;
 #endif
 }
+#endif
 
+#if !LSTM_W8_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* sat16 of an int64: sat16 of the low word when x fits int32, else the sign decides */
 static inline int16_t tr_sat16_i64(int64_t x)
 {
@@ -57,14 +68,18 @@ static inline int16_t tr_sat16_i64(int64_t x)
     if ((int64_t)lo == x) return tr_sat16(lo);
     return x < 0 ? INT16_MIN : INT16_MAX;
 }
+#endif
 
+#if !LSTM_W8_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* rshift_round64(v, n) = floor(v / 2^n + 1/2) in int64 (v * 2^-n for n <= 0); |n| <= 62 */
 static inline int64_t tr_rshift_round64(int64_t v, int n)
 {
     if (n > 0) return (v + ((int64_t)1 << (n - 1))) >> n;
     return v * ((int64_t)1 << -n);
 }
+#endif
 
+#if !LSTM_W8_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* sat24 of an int32: the range of the wide pre-activation Q3.20 (one SSAT on ARMv7-M) */
 static inline int32_t tr_sat24_32(int32_t x)
 {
@@ -78,7 +93,9 @@ static inline int32_t tr_sat24_32(int32_t x)
     return x;
 #endif
 }
+#endif
 
+#if !LSTM_W8_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* mmulr(a, m) = (a * m + 2^31) >> 32: the high word of a 32 x 32 product, rounded half up (SMMULR on the DSP cores).
  * With m + c * 2^32 = M * 2^(32 - n) (numerics/folds.py), c * a + mmulr(a, m) is rshift_round64(a * M, n), exactly. */
 static inline int32_t tr_mmulr(int32_t a, int32_t m)
@@ -104,7 +121,9 @@ static inline int32_t tr_mmulr(int32_t a, int32_t m)
     return (int32_t)(((int64_t)a * m + 0x80000000LL) >> 32);
 #endif
 }
+#endif
 
+#if !LSTM_W8_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* mmlar(a, m, r) = r + mmulr(a, m) (SMMLAR on the DSP cores); the exporter proved it fits int32 */
 static inline int32_t tr_mmlar(int32_t a, int32_t m, int32_t r)
 {
@@ -116,7 +135,9 @@ static inline int32_t tr_mmlar(int32_t a, int32_t m, int32_t r)
     return r + tr_mmulr(a, m);
 #endif
 }
+#endif
 
+#if !LSTM_W8_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* clamp_wide(u) = min(u, 8388607) for u >= 0 (one USAT on ARMv7-M and later) */
 static inline int32_t tr_clamp_wide(int32_t u)
 {
@@ -128,7 +149,9 @@ static inline int32_t tr_clamp_wide(int32_t u)
     return u > 8388607 ? 8388607 : u;
 #endif
 }
+#endif
 
+#if !LSTM_W8_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* sigmoid_wide(x), x in Q3.20, in Q0.15: T[k] = sigmoid(k / 64) in Q0.15, k = 0..512; u = min(|x|, 8388607),
  * i = u >> 14, f = u & 16383, p = T[i] + rshift_round((T[i+1] - T[i]) * f, 14) (in int32:
  * |(T[i+1] - T[i]) * f| < 2^23); p for x >= 0, 32768 - p for x < 0 */
@@ -177,7 +200,9 @@ static inline int16_t tr_sigmoid_wide(int32_t x)
     p = table[i] + ((((int32_t)table[i + 1] - table[i]) * f + 8192) >> 14);
     return (int16_t)(x < 0 ? 32768 - p : p);
 }
+#endif
 
+#if !LSTM_W8_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* tanh_wide(x), x in Q3.20, in Q0.30: T[k] = tanh(k / 64) in Q0.30, k = 0..512; u = min(|x|, 8388607), i = u >> 14,
  * f = u & 16383, p = T[i] + rshift_round64((T[i+1] - T[i]) * f, 14); p for x >= 0, -p for x < 0 */
 static inline int32_t tr_tanh_wide(int32_t x)
@@ -249,13 +274,17 @@ static inline int32_t tr_tanh_wide(int32_t x)
     p = tr_mmlar(((int32_t)table[i + 1] - table[i]) * 2, f << 17, table[i]);
     return x < 0 ? -p : p;
 }
+#endif
 
+#if !LSTM_W8_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* mul_q30_hi(a, t, up) = sat16(mmulr(a * 2^up, t)) = mul_q30(a, t, 32 - up), 0 <= up <= 16: no 64-bit product */
 static inline int16_t tr_mul_q30_hi(int16_t a, int32_t t, int up)
 {
     return tr_sat16(tr_mmulr((int32_t)((uint32_t)(int32_t)a << up), t));
 }
+#endif
 
+#if !LSTM_W8_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* mul16x32(c, d) = c * d as int64; on ARMv6-M (no 32 x 32 -> 64 multiply) from two 32-bit ones */
 static inline int64_t tr_mul16x32(int16_t c, int32_t d)
 {
@@ -265,13 +294,16 @@ static inline int64_t tr_mul16x32(int16_t c, int32_t d)
     return (int64_t)c * d;
 #endif
 }
+#endif
 
+#if !LSTM_W8_MVE_KERNELS /* not called on MVE cores: their vector statements call v_ forms */
 /* dot2_q(a, b, ka, c, d, kc, s) = sat16(rshift_round64(a*b*ka + c*d*kc, s)) with int16 a, b, c, a Q0.30 d and powers of
  * two ka <= 2^31, kc <= 2^16: both terms stay below 2^61. */
 static inline int16_t tr_dot2_q(int16_t a, int16_t b, int64_t ka, int16_t c, int32_t d, int64_t kc, int shift)
 {
     return tr_sat16_i64(tr_rshift_round64((int64_t)((int32_t)a * b) * ka + tr_mul16x32(c, d) * kc, shift));
 }
+#endif
 
 /* float -> int16: sat16(floor(v * 2^frac + 1/2)), NaN -> 0, from the IEEE-754 bits with integer operations only: exact,
  * and the same with or without an FPU. v = M * 2^(e - 150), so v * 2^frac = M / 2^s with s = 150 - e - frac
@@ -306,7 +338,7 @@ static inline int16_t tr_from_float(float v, int frac)
     return q > 32767u ? INT16_MAX : (int16_t)q;
 }
 
-#if !LSTM_W8_DSP_KERNELS && !LSTM_W8_V6M_KERNELS
+#if !LSTM_W8_DSP_KERNELS && !LSTM_W8_V6M_KERNELS && !LSTM_W8_MVE_KERNELS
 
 /* acc[r] += row r of a block of 4 interleaved weight rows (int8_t) times v, over `groups` groups of 4 columns
  * (passes/layout.py: within a group the bytes are in the order 0, 2, 1, 3), two groups per iteration; returns the next
@@ -353,6 +385,252 @@ static inline const int8_t *lstm_w8_mac4_w8_acc32(const int8_t *w, const int16_t
     acc[2] = a2;
     acc[3] = a3;
     return w;
+}
+#endif
+
+#if LSTM_W8_MVE_KERNELS
+#include <arm_mve.h>
+
+/* acc[r * stride] += row r of a block of 4 weight rows (int8_t) times v over n columns, in chunks of 8 columns: per
+ * chunk the 8 weights of each row in column order, the last chunk padded with zero weights (passes/layout.py:
+ * mve_layout). Per chunk one VLDRH.S16 of 8 activations (a last partial chunk under a VCTP.16 tail predicate: zeros,
+ * nothing read past v + n), then per row one widening VLDRB.S16 of its 8 weights and one VMLADAVA.S16 (8 MACs into a
+ * 32-bit sum) (backend/mveasm.py). Exact: the exporter proved every partial sum fits int32_t, and the instruction adds
+ * the 8 products exactly, wrapping only where a C sum would; returns the next block. */
+static inline const int8_t *lstm_w8_mve4_w8_acc32(const int8_t *w, const int16_t *v, int n, int32_t *acc, int stride)
+{
+    register int32_t a0 __asm__("r4") = acc[0];
+    register int32_t a1 __asm__("r6") = acc[1 * stride];
+    register int32_t a2 __asm__("r8") = acc[2 * stride];
+    register int32_t a3 __asm__("r10") = acc[3 * stride];
+    const int chunks = n / 8;
+    const int rest = n % 8;
+    __asm__(
+            "wls lr, %[chunks], 2f\n"
+            "1:\n"
+            "vldrh.s16 q0, [%[v]], #16\n\t"
+            "vldrb.s16 q1, [%[w]], #8\n\t"
+            "vldrb.s16 q2, [%[w]], #8\n\t"
+            "vmladava.s16 %[a0], q1, q0\n\t"
+            "vldrb.s16 q1, [%[w]], #8\n\t"
+            "vmladava.s16 %[a1], q2, q0\n\t"
+            "vldrb.s16 q2, [%[w]], #8\n\t"
+            "vmladava.s16 %[a2], q1, q0\n\t"
+            "vmladava.s16 %[a3], q2, q0\n\t"
+            "le lr, 1b\n"
+            "2:"
+            : [w] "+l"(w), [v] "+r"(v), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3)
+            : [chunks] "r"(chunks)
+            : "q0", "q1", "q2", "lr", "memory");
+    if (rest > 0) {
+        __asm__(
+                "vctp.16 %[rest]\n\t"
+                "vpst\n\t"
+                "vldrht.s16 q0, [%[v]]\n\t"
+                "vldrb.s16 q1, [%[w]], #8\n\t"
+                "vldrb.s16 q2, [%[w]], #8\n\t"
+                "vmladava.s16 %[a0], q1, q0\n\t"
+                "vldrb.s16 q1, [%[w]], #8\n\t"
+                "vmladava.s16 %[a1], q2, q0\n\t"
+                "vldrb.s16 q2, [%[w]], #8\n\t"
+                "vmladava.s16 %[a2], q1, q0\n\t"
+                "vmladava.s16 %[a3], q2, q0"
+                : [w] "+l"(w), [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3)
+                : [v] "r"(v), [rest] "r"(rest)
+                : "q0", "q1", "q2", "memory");
+    }
+    acc[0] = a0;
+    acc[1 * stride] = a1;
+    acc[2 * stride] = a2;
+    acc[3 * stride] = a3;
+    return w;
+}
+
+/* The 16-bit elements p[0..n) as int32 lanes (zero past them): a full block (n >= 4) in one load, a partial one through
+ * a local copy (no predicated load or store: a predicated VSTRH.32 in gcc 12's code lost lanes under QEMU 7.2, cause
+ * not pinned down) */
+static inline int32x4_t tr_v_load16(const int16_t *p, int n)
+{
+    int16_t t[4] = { 0, 0, 0, 0 };
+    if (n >= 4) return vldrhq_s32(p);
+    memcpy(t, p, (size_t)n * sizeof(*p));
+    return vldrhq_s32(t);
+}
+
+/* Lanes 0..n) of v into the 16-bit elements p[0..n): a full block (n >= 4) in one store, a partial one through a local
+ * copy */
+static inline void tr_v_store16(int16_t *p, int32x4_t v, int n)
+{
+    int16_t t[4];
+    if (n >= 4) {
+        vstrhq_s32(p, v);
+        return;
+    }
+    vstrhq_s32(t, v);
+    memcpy(p, t, (size_t)n * sizeof(*p));
+}
+
+/* mmulr lane by lane: VRMULH.S32 is (a * m + 2^31) >> 32, the rounded high word (SMMULR) */
+static inline int32x4_t tr_v_mmulr(int32x4_t a, int32x4_t m)
+{
+    return vrmulhq_s32(a, m);
+}
+
+/* mmlar lane by lane: r + mmulr(a, m) */
+static inline int32x4_t tr_v_mmlar(int32x4_t a, int32x4_t m, int32x4_t r)
+{
+    return vaddq_s32(r, vrmulhq_s32(a, m));
+}
+
+/* sat24_32 lane by lane: a saturating shift left by 8 clamps to int32, the arithmetic shift back to [-2^23, 2^23 -
+ * 1] */
+static inline int32x4_t tr_v_sat24_32(int32x4_t x)
+{
+    return vshrq_n_s32(vqshlq_n_s32(x, 8), 8);
+}
+
+/* sigmoid_wide lane by lane (an int16 result in each int32 lane): the same table and steps, T[i] and T[i+1] by gather
+ * loads, rshift_round(d * f, 14) as a rounding shift right (VRSHR adds 2^13); |x| saturates (VQABS), so even INT32_MIN
+ * clamps to 8388607 */
+static inline int32x4_t tr_v_sigmoid_wide(int32x4_t x)
+{
+    static const int16_t table[513] = {
+        16384, 16512, 16640, 16768, 16896, 17024, 17151, 17279, 17407, 17534, 17661, 17789, 17916, 18042, 18169, 18295,
+        18421, 18547, 18673, 18798, 18923, 19048, 19173, 19297, 19420, 19544, 19667, 19790, 19912, 20034, 20155, 20276,
+        20397, 20517, 20636, 20756, 20874, 20992, 21110, 21227, 21344, 21460, 21575, 21690, 21804, 21918, 22031, 22143,
+        22255, 22367, 22477, 22587, 22696, 22805, 22913, 23021, 23127, 23233, 23338, 23443, 23547, 23650, 23753, 23854,
+        23955, 24056, 24155, 24254, 24352, 24449, 24546, 24642, 24737, 24831, 24925, 25018, 25110, 25201, 25292, 25382,
+        25471, 25559, 25646, 25733, 25819, 25904, 25988, 26072, 26155, 26237, 26318, 26399, 26479, 26558, 26636, 26714,
+        26790, 26866, 26941, 27016, 27090, 27163, 27235, 27306, 27377, 27447, 27516, 27585, 27653, 27720, 27786, 27852,
+        27917, 27981, 28045, 28107, 28169, 28231, 28292, 28352, 28411, 28470, 28528, 28585, 28642, 28698, 28753, 28808,
+        28862, 28915, 28968, 29020, 29072, 29123, 29173, 29223, 29272, 29320, 29368, 29416, 29462, 29509, 29554, 29599,
+        29644, 29687, 29731, 29774, 29816, 29858, 29899, 29939, 29979, 30019, 30058, 30097, 30135, 30172, 30210, 30246,
+        30282, 30318, 30353, 30388, 30422, 30456, 30489, 30522, 30555, 30587, 30618, 30649, 30680, 30711, 30740, 30770,
+        30799, 30828, 30856, 30884, 30912, 30939, 30966, 30992, 31018, 31044, 31069, 31094, 31119, 31143, 31167, 31191,
+        31214, 31237, 31260, 31282, 31304, 31326, 31347, 31368, 31389, 31409, 31430, 31449, 31469, 31488, 31508, 31526,
+        31545, 31563, 31581, 31599, 31616, 31634, 31651, 31667, 31684, 31700, 31716, 31732, 31747, 31763, 31778, 31793,
+        31807, 31822, 31836, 31850, 31864, 31878, 31891, 31904, 31917, 31930, 31943, 31955, 31968, 31980, 31992, 32003,
+        32015, 32026, 32038, 32049, 32060, 32070, 32081, 32091, 32102, 32112, 32122, 32132, 32141, 32151, 32160, 32170,
+        32179, 32188, 32196, 32205, 32214, 32222, 32231, 32239, 32247, 32255, 32263, 32270, 32278, 32285, 32293, 32300,
+        32307, 32314, 32321, 32328, 32335, 32341, 32348, 32354, 32361, 32367, 32373, 32379, 32385, 32391, 32397, 32402,
+        32408, 32414, 32419, 32424, 32430, 32435, 32440, 32445, 32450, 32455, 32460, 32464, 32469, 32474, 32478, 32483,
+        32487, 32491, 32496, 32500, 32504, 32508, 32512, 32516, 32520, 32524, 32527, 32531, 32535, 32538, 32542, 32545,
+        32549, 32552, 32555, 32559, 32562, 32565, 32568, 32571, 32574, 32577, 32580, 32583, 32586, 32589, 32592, 32594,
+        32597, 32600, 32602, 32605, 32607, 32610, 32612, 32615, 32617, 32619, 32622, 32624, 32626, 32628, 32630, 32633,
+        32635, 32637, 32639, 32641, 32643, 32645, 32647, 32648, 32650, 32652, 32654, 32656, 32657, 32659, 32661, 32662,
+        32664, 32666, 32667, 32669, 32670, 32672, 32673, 32675, 32676, 32678, 32679, 32680, 32682, 32683, 32684, 32686,
+        32687, 32688, 32689, 32691, 32692, 32693, 32694, 32695, 32696, 32698, 32699, 32700, 32701, 32702, 32703, 32704,
+        32705, 32706, 32707, 32708, 32709, 32710, 32711, 32711, 32712, 32713, 32714, 32715, 32716, 32716, 32717, 32718,
+        32719, 32720, 32720, 32721, 32722, 32723, 32723, 32724, 32725, 32725, 32726, 32727, 32727, 32728, 32728, 32729,
+        32730, 32730, 32731, 32731, 32732, 32733, 32733, 32734, 32734, 32735, 32735, 32736, 32736, 32737, 32737, 32738,
+        32738, 32739, 32739, 32740, 32740, 32740, 32741, 32741, 32742, 32742, 32742, 32743, 32743, 32744, 32744, 32744,
+        32745, 32745, 32745, 32746, 32746, 32746, 32747, 32747, 32747, 32748, 32748, 32748, 32749, 32749, 32749, 32750,
+        32750, 32750, 32750, 32751, 32751, 32751, 32752, 32752, 32752, 32752, 32753, 32753, 32753, 32753, 32753, 32754,
+        32754, 32754, 32754, 32755, 32755, 32755, 32755, 32755, 32756, 32756, 32756, 32756, 32756, 32756, 32757, 32757,
+        32757
+    };
+    const int32x4_t u = vminq_s32(vqabsq_s32(x), vdupq_n_s32(8388607));
+    const uint32x4_t i = vreinterpretq_u32_s32(vshrq_n_s32(u, 14));
+    const int32x4_t f = vandq_s32(u, vdupq_n_s32(16383));
+    const int32x4_t t0 = vldrhq_gather_shifted_offset_s32(table, i);
+    const int32x4_t t1 = vldrhq_gather_shifted_offset_s32(table + 1, i);
+    const int32x4_t p = vaddq_s32(t0, vrshrq_n_s32(vmulq_s32(vsubq_s32(t1, t0), f), 14));
+    return vpselq_s32(vsubq_s32(vdupq_n_s32(32768), p), p, vcmpltq_n_s32(x, 0));
+}
+
+/* tanh_wide lane by lane: the same table and steps, T[i] and T[i+1] by gather loads, the interpolation as mmlar(2 d,
+ * f * 2^17, T[i]) (VRMULH) */
+static inline int32x4_t tr_v_tanh_wide(int32x4_t x)
+{
+    static const int32_t table[513] = {
+        0, 16775851, 33543514, 50294816, 67021619, 83715829, 100369417, 116974433, 133523019, 150007427, 166420030,
+        182753337, 199000008, 215152863, 231204897, 247149288, 262979411, 278688847, 294271390, 309721058, 325032097,
+        340198992, 355216470, 370079506, 384783327, 399323414, 413695509, 427895611, 441919982, 455765145, 469427884,
+        482905241, 496194519, 509293276, 522199322, 534910717, 547425766, 559743014, 571861244, 583779466, 595496917,
+        607013051, 618327534, 629440237, 640351229, 651060770, 661569304, 671877449, 681985995, 691895889, 701608235,
+        711124280, 720445410, 729573140, 738509109, 747255071, 755812887, 764184519, 772372023, 780377540, 788203292,
+        795851574, 803324746, 810625229, 817755498, 824718078, 831515533, 838150469, 844625518, 850943344, 857106631,
+        863118081, 868980407, 874696335, 880268593, 885699910, 890993016, 896150633, 901175474, 906070241, 910837623,
+        915480290, 920000894, 924402065, 928686409, 932856508, 936914916, 940864156, 944706725, 948445085, 952081667,
+        955618867, 959059047, 962404532, 965657614, 968820543, 971895537, 974884771, 977790386, 980614480, 983359117,
+        986026317, 988618065, 991136306, 993582944, 995959846, 998268841, 1000511717, 1002690226, 1004806081,
+        1006860957, 1008856492, 1010794288, 1012675908, 1014502881, 1016276701, 1017998824, 1019670673, 1021293637,
+        1022869072, 1024398298, 1025882605, 1027323250, 1028721460, 1030078428, 1031395319, 1032673268, 1033913380,
+        1035116732, 1036284373, 1037417324, 1038516580, 1039583108, 1040617851, 1041621725, 1042595624, 1043540415,
+        1044456943, 1045346031, 1046208476, 1047045057, 1047856530, 1048643629, 1049407069, 1050147544, 1050865731,
+        1051562285, 1052237845, 1052893030, 1053528442, 1054144667, 1054742274, 1055321814, 1055883826, 1056428829,
+        1056957331, 1057469822, 1057966782, 1058448672, 1058915945, 1059369036, 1059808371, 1060234362, 1060647409,
+        1061047900, 1061436213, 1061812714, 1062177758, 1062531689, 1062874844, 1063207545, 1063530110, 1063842843,
+        1064146042, 1064439994, 1064724980, 1065001270, 1065269127, 1065528808, 1065780559, 1066024621, 1066261228,
+        1066490604, 1066712970, 1066928539, 1067137518, 1067340105, 1067536496, 1067726879, 1067911437, 1068090347,
+        1068263781, 1068431906, 1068594884, 1068752870, 1068906019, 1069054476, 1069198386, 1069337886, 1069473111,
+        1069604193, 1069731257, 1069854425, 1069973818, 1070089550, 1070201734, 1070310477, 1070415885, 1070518060,
+        1070617100, 1070713102, 1070806159, 1070896360, 1070983793, 1071068543, 1071150692, 1071230320, 1071307503,
+        1071382317, 1071454834, 1071525125, 1071593257, 1071659298, 1071723310, 1071785356, 1071845497, 1071903791,
+        1071960295, 1072015063, 1072068148, 1072119603, 1072169477, 1072217818, 1072264675, 1072310092, 1072354113,
+        1072396782, 1072438139, 1072478226, 1072517080, 1072554741, 1072591244, 1072626625, 1072660919, 1072694159,
+        1072726377, 1072757605, 1072787872, 1072817210, 1072845645, 1072873207, 1072899921, 1072925813, 1072950910,
+        1072975235, 1072998813, 1073021665, 1073043815, 1073065284, 1073086092, 1073106261, 1073125810, 1073144757,
+        1073163122, 1073180922, 1073198175, 1073214897, 1073231105, 1073246815, 1073262041, 1073276799, 1073291104,
+        1073304968, 1073318406, 1073331431, 1073344055, 1073356291, 1073368150, 1073379645, 1073390786, 1073401585,
+        1073412051, 1073422196, 1073432028, 1073441558, 1073450795, 1073459748, 1073468426, 1073476836, 1073484988,
+        1073492889, 1073500547, 1073507970, 1073515164, 1073522137, 1073528895, 1073535446, 1073541795, 1073547948,
+        1073553913, 1073559694, 1073565297, 1073570728, 1073575991, 1073581093, 1073586038, 1073590830, 1073595476,
+        1073599978, 1073604342, 1073608572, 1073612671, 1073616644, 1073620496, 1073624228, 1073627846, 1073631353,
+        1073634751, 1073638045, 1073641238, 1073644333, 1073647332, 1073650239, 1073653057, 1073655788, 1073658435,
+        1073661000, 1073663487, 1073665897, 1073668233, 1073670497, 1073672691, 1073674818, 1073676880, 1073678878,
+        1073680815, 1073682692, 1073684511, 1073686274, 1073687983, 1073689640, 1073691245, 1073692801, 1073694309,
+        1073695771, 1073697188, 1073698561, 1073699892, 1073701183, 1073702433, 1073703645, 1073704819, 1073705958,
+        1073707061, 1073708131, 1073709168, 1073710172, 1073711146, 1073712090, 1073713005, 1073713891, 1073714751,
+        1073715584, 1073716391, 1073717174, 1073717932, 1073718667, 1073719379, 1073720070, 1073720739, 1073721388,
+        1073722017, 1073722626, 1073723217, 1073723789, 1073724344, 1073724882, 1073725403, 1073725908, 1073726398,
+        1073726873, 1073727333, 1073727779, 1073728211, 1073728629, 1073729035, 1073729429, 1073729810, 1073730180,
+        1073730538, 1073730885, 1073731222, 1073731548, 1073731864, 1073732171, 1073732468, 1073732756, 1073733035,
+        1073733305, 1073733567, 1073733821, 1073734067, 1073734306, 1073734537, 1073734761, 1073734979, 1073735189,
+        1073735393, 1073735591, 1073735783, 1073735969, 1073736149, 1073736324, 1073736493, 1073736657, 1073736816,
+        1073736970, 1073737119, 1073737264, 1073737404, 1073737540, 1073737672, 1073737800, 1073737924, 1073738044,
+        1073738160, 1073738273, 1073738382, 1073738488, 1073738591, 1073738690, 1073738786, 1073738880, 1073738970,
+        1073739058, 1073739143, 1073739226, 1073739306, 1073739383, 1073739458, 1073739531, 1073739602, 1073739670,
+        1073739736, 1073739801, 1073739863, 1073739923, 1073739982, 1073740038, 1073740093, 1073740146, 1073740198,
+        1073740248, 1073740297, 1073740344, 1073740389, 1073740433, 1073740476, 1073740518, 1073740558, 1073740597,
+        1073740634, 1073740671, 1073740707, 1073740741, 1073740774, 1073740807, 1073740838, 1073740868, 1073740898,
+        1073740926, 1073740954, 1073740980, 1073741006, 1073741032, 1073741056, 1073741080, 1073741103, 1073741125,
+        1073741146, 1073741167, 1073741187, 1073741207, 1073741226, 1073741244, 1073741262, 1073741279, 1073741296,
+        1073741312, 1073741328, 1073741343, 1073741358, 1073741373, 1073741386, 1073741400, 1073741413, 1073741426,
+        1073741438, 1073741450, 1073741461, 1073741472, 1073741483, 1073741494, 1073741504, 1073741514, 1073741523,
+        1073741532, 1073741541, 1073741550, 1073741559, 1073741567, 1073741575, 1073741582
+    };
+    const int32x4_t u = vminq_s32(vqabsq_s32(x), vdupq_n_s32(8388607));
+    const uint32x4_t i = vreinterpretq_u32_s32(vshrq_n_s32(u, 14));
+    const int32x4_t f = vandq_s32(u, vdupq_n_s32(16383));
+    const int32x4_t t0 = vldrwq_gather_shifted_offset_s32(table, i);
+    const int32x4_t t1 = vldrwq_gather_shifted_offset_s32(table + 1, i);
+    const int32x4_t p = vaddq_s32(t0, vrmulhq_s32(vshlq_n_s32(vsubq_s32(t1, t0), 1), vshlq_n_s32(f, 17)));
+    return vpselq_s32(vnegq_s32(p), p, vcmpltq_n_s32(x, 0));
+}
+
+/* mul_q30_hi lane by lane: sat16(mmulr(a * 2^up, t)); a shift left by 8 saturating at int32 and back by 8 is sat24, by
+ * 16 sat16 */
+static inline int32x4_t tr_v_mul_q30_hi(int32x4_t a, int32x4_t t, int32x4_t up)
+{
+    return vshrq_n_s32(vqshlq_n_s32(vrmulhq_s32(vshlq_s32(a, up), t), 16), 16);
+}
+
+/* dot2_q lane by lane, given its shifts up_a = A + 32 - s (1..31) and up_c = C + 32 - s (0..16) for ka = 2^A, kc = 2^C
+ * (passes/lower.py: _dot2_shifts): the sum times 2^(32 - s) is P 2^up_a + (c 2^up_c) d with P = a b; P 2^up_a = Ph
+ * 2^32 + X (Ph = P >> (32 - up_a), X = P << up_a as uint32), (c 2^up_c) d = hi 2^32 + lo (VMULH, VMUL), so the result
+ * is sat16(Ph + hi + floor((X + lo + 2^31) / 2^32)), and that carry is (floor((X + lo) / 2) + 2^30) >> 31: a halving
+ * add and a rounding shift, exact */
+static inline int32x4_t tr_v_dot2_q(int32x4_t a, int32x4_t b, int32x4_t c, int32x4_t d, int32x4_t up_a, int32x4_t up_c)
+{
+    const int32x4_t p = vmulq_s32(a, b);
+    const int32x4_t cc = vshlq_s32(c, up_c);
+    const uint32x4_t x = vreinterpretq_u32_s32(vshlq_s32(p, up_a));
+    const uint32x4_t lo = vreinterpretq_u32_s32(vmulq_s32(cc, d));
+    const int32x4_t carry = vreinterpretq_s32_u32(vrshrq_n_u32(vhaddq_u32(x, lo), 31));
+    const int32x4_t sum = vaddq_s32(vaddq_s32(vshlq_s32(p, vsubq_s32(up_a, vdupq_n_s32(32))), vmulhq_s32(cc, d)),
+                                    carry);
+    return vshrq_n_s32(vqshlq_n_s32(sum, 16), 16);
 }
 #endif
 
@@ -418,7 +696,7 @@ static const int8_t lstm_w8_l1_fwd_w[8][64] = {
 };
 #endif
 
-#if !LSTM_W8_V6M_KERNELS
+#if !LSTM_W8_V6M_KERNELS && !LSTM_W8_MVE_KERNELS
 /* per unit: i/f/g/o rows interleaved, x columns then h columns, each padded to a multiple of 4 with zeros, bytes of
  * each 4-column group in SXTB16 order 0,2,1,3; int8_t, per-row scale for each part; from rnn.weight_ih_l0[0:32],
  * rnn.weight_hh_l0[0:32] */
@@ -445,12 +723,52 @@ static const int8_t lstm_w8_l0_fwd_w[8][64] = {
     -78, 3, 126, -75, 27, -127, 7, 127, -94, 99, 90, 54, -123, -32, -75, -81, 98, 16, -27, -10, -30, -39 }
 };
 #endif
+#if LSTM_W8_MVE_KERNELS
+/* lstm_w8_l0_fwd_w for the MVE kernels: per unit, x columns then h columns in chunks of 8, each chunk the 8 weights of
+ * the i/f/g/o rows, padded with zeros (passes/layout.py: mve_layout); int8_t, per-row scale for each part; from
+ * rnn.weight_ih_l0[0:32], rnn.weight_hh_l0[0:32] */
+static const int8_t lstm_w8_l0_fwd_w[8][64] = {
+    { 68, -71, 82, -15, 127, 0, 0, 0, -43, -127, 58, 53, 27, 0, 0, 0, 108, -16, -127, 31, 55, 0, 0, 0, 107, 65, -127,
+    109, 96, 0, 0, 0, -86, 90, 11, -127, 6, 83, -76, -6, -14, -66, -61, 127, 76, -75, 6, 30, 99, -81, -83, 15, 4, -55,
+    127, -109, -127, 0, 127, 77, 61, -85, 124, -72 }, { 34, -16, -116, 33, -127, 0, 0, 0, 127, 110, 11, 27, 20, 0, 0, 0,
+    -91, -19, 88, -127, -108, 0, 0, 0, -94, -47, 89, -127, -115, 0, 0, 0, -70, -111, -80, 14, 91, -26, -127, -1, 64,
+    -14, -127, -7, -67, -81, -120, -118, 92, 82, -39, 60, -28, -127, 112, -44, 127, -114, -68, -42, 23, 75, 30, -52 },
+    { 20, 10, -34, 127, 10, 0, 0, 0, 94, 119, 127, 102, -43, 0, 0, 0, -17, -127, 111, 15, 108, 0, 0, 0, -97, 44, -58,
+    -127, 55, 0, 0, 0, -127, 9, 108, 62, -89, -32, 58, 40, -63, 53, -113, -127, 114, 48, 74, 58, -19, 127, 126, -96,
+    -34, 73, 80, -95, -127, -47, -76, -96, 99, 22, -86, 76 }, { 55, 56, -78, -51, 127, 0, 0, 0, -6, -28, 80, 15, 127, 0,
+    0, 0, 88, -127, -103, -113, -53, 0, 0, 0, 66, 49, -112, 127, -10, 0, 0, 0, -127, -79, -48, 50, 121, 60, 51, -115,
+    -52, -85, -92, -9, 34, -127, -104, 76, -121, 70, -113, 120, -127, -97, 65, 91, -121, -106, -17, 118, 92, -121, -127,
+    61 }, { -127, -9, -10, 92, -12, 0, 0, 0, 67, -113, 39, 127, 117, 0, 0, 0, -48, -21, -127, 55, 74, 0, 0, 0, -127,
+    -20, 87, 61, -1, 0, 0, 0, 107, 59, -53, -80, 47, -90, 67, 127, 18, 94, 127, 87, -30, -63, 40, 116, -48, -80, 53, 44,
+    35, -127, -42, -51, -13, 18, 5, -127, -30, -57, -31, 112 }, { 59, -11, -125, -127, -109, 0, 0, 0, -2, 45, -127, -43,
+    66, 0, 0, 0, 41, 82, 97, -127, 19, 0, 0, 0, 90, -117, 89, 127, -78, 0, 0, 0, -98, -93, -62, -127, -17, 92, 56, -48,
+    -127, 36, -102, -105, 48, 67, 45, 39, 1, 115, -93, -2, 49, 72, -127, 5, -120, 12, 126, -115, 46, 127, 72, 69 },
+    { -127, -91, 33, 92, 7, 0, 0, 0, -127, 121, -92, 44, -5, 0, 0, 0, 127, -99, -61, -7, -85, 0, 0, 0, 32, -24, -127,
+    -1, -50, 0, 0, 0, -20, -68, -127, -43, 11, -80, -118, 46, -43, 3, -127, -94, 3, -33, -22, 82, 111, -92, 88, -20,
+    127, -121, 25, 102, -50, 54, 15, 127, -126, 68, -80, -118 }, { -106, 102, -89, -51, -127, 0, 0, 0, 24, 13, -127,
+    -29, -86, 0, 0, 0, -27, -21, 127, -9, 77, 0, 0, 0, -117, -100, 3, 127, 49, 0, 0, 0, 20, -43, 38, 127, 7, -94, 127,
+    99, 66, -37, -58, -127, 90, -123, 54, -32, 112, -78, -127, 3, -75, 98, -81, 16, 126, 27, -75, -127, -27, -30, -10,
+    -39 }
+};
+#endif
+#if !LSTM_W8_MVE_KERNELS
 /* biases of the x parts, int32_t in accumulator units: rnn.bias_ih_l0[0:32] + rnn.bias_hh_l0[0:32] */
 static const int32_t lstm_w8_l0_fwd_bx[8][4] = {
     { -783494, 85633, 530553, 125895 }, { 1482, -464806, -672372, -558896 }, { -588757, -32891, -194602, 176153 },
     { 56873, 542143, 172841, 194320 }, { 326174, -101232, 47353, -983111 }, { -1162190, 801150, -442123, 156728 },
     { 511366, -989322, -874421, 720540 }, { -116233, 310816, -387524, 256954 }
 };
+#endif
+#if LSTM_W8_MVE_KERNELS
+/* lstm_w8_l0_fwd_bx for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 7) */
+static const int32_t lstm_w8_l0_fwd_bx_v[2][16] = {
+    { -783494, 1482, -588757, 56873, 85633, -464806, -32891, 542143, 530553, -672372, -194602, 172841, 125895, -558896,
+    176153, 194320 }, { 326174, -1162190, 511366, -116233, -101232, 801150, -989322, 310816, 47353, -442123, -874421,
+    -387524, -983111, 156728, 720540, 256954 }
+};
+#endif
+#if !LSTM_W8_MVE_KERNELS
 /* requant of the x parts: k with k + c * 2^32 = M * 2^(32 - n), c * acc + mmulr(acc, k) = rshift_round(acc * M, n) */
 static const int32_t lstm_w8_l0_fwd_mx[8][4] = {
     { 1307574272, -1458700288, -1247150080, -1633026048 }, { -1585053696, 1502871552, 1904541696, -1319501824 },
@@ -458,32 +776,128 @@ static const int32_t lstm_w8_l0_fwd_mx[8][4] = {
     { -1296826368, -1353842688, -1333788672, -1381629952 }, { 1734868992, -1423704064, -1273364480, -1256587264 },
     { -1514405888, -1506541568, -1455685632, -1711013888 }, { 1677983744, -1433534464, -1567752192, -1457258496 }
 };
+#endif
+#if LSTM_W8_MVE_KERNELS
+/* lstm_w8_l0_fwd_mx for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 7) */
+static const int32_t lstm_w8_l0_fwd_mx_v[2][16] = {
+    { 1307574272, -1585053696, -1792016384, -1351221248, -1458700288, 1502871552, -2096758784, -1461977088, -1247150080,
+    1904541696, -2145386496, -1936064512, -1633026048, -1319501824, -1565130752, -1314521088 }, { -1296826368,
+    1734868992, -1514405888, 1677983744, -1353842688, -1423704064, -1506541568, -1433534464, -1333788672, -1273364480,
+    -1455685632, -1567752192, -1381629952, -1256587264, -1711013888, -1457258496 }
+};
+#endif
+#if !LSTM_W8_MVE_KERNELS
 static const int32_t lstm_w8_l0_fwd_cx[8][4] = { /* requant of the x parts: c (see lstm_w8_l0_fwd_mx) */
     { 0, 1, 1, 1 }, { 1, 0, 0, 1 }, { 1, 1, 1, 1 }, { 1, 1, 1, 1 }, { 1, 1, 1, 1 }, { 0, 1, 1, 1 }, { 1, 1, 1, 1 }, { 0,
     1, 1, 1 }
 };
+#endif
+#if LSTM_W8_MVE_KERNELS
+/* lstm_w8_l0_fwd_cx for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 7) */
+static const int32_t lstm_w8_l0_fwd_cx_v[2][16] = {
+    { 0, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1 }, { 1, 0, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1 }
+};
+#endif
+#if !LSTM_W8_MVE_KERNELS
 static const int32_t lstm_w8_l0_fwd_mh[8][4] = { /* requant of the h parts: k (as lstm_w8_l0_fwd_mx) */
     { 373866496, 333627392, 382140416, 335446016 }, { 344096768, 200253440, 287555584, 351748096 }, { 332775424,
     363905024, 374915072, 304742400 }, { 359399424, 358400000, 292831232, 269877248 }, { 292618240, 340803584,
     352813056, 273907712 }, { 327581696, 366821376, 378978304, 379158528 }, { 308854784, 337854464, 344408064,
     370262016 }, { 353812480, 276840448, 312754176, 359088128 }
 };
+#endif
+#if LSTM_W8_MVE_KERNELS
+/* lstm_w8_l0_fwd_mh for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 7) */
+static const int32_t lstm_w8_l0_fwd_mh_v[2][16] = {
+    { 373866496, 344096768, 332775424, 359399424, 333627392, 200253440, 363905024, 358400000, 382140416, 287555584,
+    374915072, 292831232, 335446016, 351748096, 304742400, 269877248 }, { 292618240, 327581696, 308854784, 353812480,
+    340803584, 366821376, 337854464, 276840448, 352813056, 378978304, 344408064, 312754176, 273907712, 379158528,
+    370262016, 359088128 }
+};
+#endif
 /* rnn layer 0, forward direction: one LSTM step (torch.nn.LSTM). W_* x, W_* h are the gate's rows of weight_ih and
  * weight_hh, b_* its rows of bias_ih and bias_hh.
  * Integers (x Q3.12, h Q0.15, c Q2.13): each gate row sums W_x x and W_h h exactly, rescales each into Q3.20 and
  * applies sigmoid_wide (Q0.15) or tanh_wide (Q0.30); state updates round once into the state's format. */
 static void lstm_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh, const int8_t *w)
 {
+#if !LSTM_W8_MVE_KERNELS
     const int64_t fc_scale = 131072; /* f * c: Q0.15 x Q2.13 to Q45, 2^17 */
+#endif
+#if !LSTM_W8_MVE_KERNELS
     const int64_t ig_scale = 1; /* i * g: Q0.15 x Q0.30, already Q45 */
+#endif
+#if !LSTM_W8_MVE_KERNELS
     const int c_shift = 32; /* Q45 to c's Q2.13 */
+#endif
     const int oc_up = 2; /* o * tanh(c): Q0.15 x Q0.30 to Q0.15 is a shift by 30: a high-word multiply of o * 2^2 */
+#if !LSTM_W8_MVE_KERNELS
     int j;
-#if LSTM_W8_DSP_KERNELS
+#endif
+#if LSTM_W8_MVE_KERNELS
+    int jb, u;
+#endif
+#if LSTM_W8_DSP_KERNELS && !LSTM_W8_MVE_KERNELS
     int32_t sums[4][8]; /* the DSP kernel's sums of 4 units: x parts, then h parts */
 #endif
     memcpy(xh, x, 5 * sizeof(int16_t));
     memcpy(xh + 8, h, 8 * sizeof(int16_t));
+#if LSTM_W8_MVE_KERNELS
+    /* blocks of 4 units j = jb + u: the sums of each unit (lane u of ax[g] and ah[g]), then statements once for the
+     * block in Helium vectors, one unit per lane (v_NAME computes NAME lane by lane) */
+    for (jb = 0; jb < 8; jb += 4) {
+        int32_t ax[4][4];
+        int32_t ah[4][4];
+        vstrwq_s32(ax[0], vldrwq_s32(lstm_w8_l0_fwd_bx_v[jb / 4]));
+        vstrwq_s32(ax[1], vldrwq_s32(lstm_w8_l0_fwd_bx_v[jb / 4] + 4));
+        vstrwq_s32(ax[2], vldrwq_s32(lstm_w8_l0_fwd_bx_v[jb / 4] + 8));
+        vstrwq_s32(ax[3], vldrwq_s32(lstm_w8_l0_fwd_bx_v[jb / 4] + 12));
+        vstrwq_s32(ah[0], vdupq_n_s32(0));
+        vstrwq_s32(ah[1], vdupq_n_s32(0));
+        vstrwq_s32(ah[2], vdupq_n_s32(0));
+        vstrwq_s32(ah[3], vdupq_n_s32(0));
+        /* the i, f, g, o rows of unit j: x part and h part, exact */
+        for (u = 0; u < 4; ++u) {
+            w = lstm_w8_mve4_w8_acc32(w, xh, 5, &ax[0][u], 4);
+            w = lstm_w8_mve4_w8_acc32(w, xh + 8, 8, &ah[0][u], 4);
+        }
+        /* i = sigmoid(W_ii x + b_ii + W_hi h + b_hi): the x and h sums rescaled to Q3.20, i in Q0.15 */
+        const int32x4_t v_i_x = tr_v_mmlar(vldrwq_s32(ax[0]), vldrwq_s32(lstm_w8_l0_fwd_mx_v[jb / 4]),
+                                           vmulq_s32(vldrwq_s32(ax[0]), vldrwq_s32(lstm_w8_l0_fwd_cx_v[jb / 4])));
+        const int32x4_t v_pre_i = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ah[0]), vldrwq_s32(lstm_w8_l0_fwd_mh_v[jb / 4]), v_i_x));
+        const int32x4_t v_i = tr_v_sigmoid_wide(v_pre_i);
+        /* f = sigmoid(W_if x + b_if + W_hf h + b_hf): the x and h sums rescaled to Q3.20, f in Q0.15 */
+        const int32x4_t v_f_x = tr_v_mmlar(vldrwq_s32(ax[1]), vldrwq_s32(lstm_w8_l0_fwd_mx_v[jb / 4] + 4),
+                                           vmulq_s32(vldrwq_s32(ax[1]), vldrwq_s32(lstm_w8_l0_fwd_cx_v[jb / 4] + 4)));
+        const int32x4_t v_pre_f = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ah[1]), vldrwq_s32(lstm_w8_l0_fwd_mh_v[jb / 4] + 4), v_f_x));
+        const int32x4_t v_f = tr_v_sigmoid_wide(v_pre_f);
+        /* g = tanh(W_ig x + b_ig + W_hg h + b_hg): the x and h sums rescaled to Q3.20, g in Q0.30 */
+        const int32x4_t v_g_x = tr_v_mmlar(vldrwq_s32(ax[2]), vldrwq_s32(lstm_w8_l0_fwd_mx_v[jb / 4] + 8),
+                                           vmulq_s32(vldrwq_s32(ax[2]), vldrwq_s32(lstm_w8_l0_fwd_cx_v[jb / 4] + 8)));
+        const int32x4_t v_pre_g = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ah[2]), vldrwq_s32(lstm_w8_l0_fwd_mh_v[jb / 4] + 8), v_g_x));
+        const int32x4_t v_g = tr_v_tanh_wide(v_pre_g);
+        /* o = sigmoid(W_io x + b_io + W_ho h + b_ho): the x and h sums rescaled to Q3.20, o in Q0.15 */
+        const int32x4_t v_o_x = tr_v_mmlar(vldrwq_s32(ax[3]), vldrwq_s32(lstm_w8_l0_fwd_mx_v[jb / 4] + 12),
+                                           vmulq_s32(vldrwq_s32(ax[3]), vldrwq_s32(lstm_w8_l0_fwd_cx_v[jb / 4] + 12)));
+        const int32x4_t v_pre_o = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ah[3]), vldrwq_s32(lstm_w8_l0_fwd_mh_v[jb / 4] + 12), v_o_x));
+        const int32x4_t v_o = tr_v_sigmoid_wide(v_pre_o);
+        /* c = f * c + i * g */
+        const int32x4_t v_stored_c = tr_v_dot2_q(v_f, tr_v_load16(c + jb, 8 - jb), v_i, v_g, vdupq_n_s32(17),
+                                                 vdupq_n_s32(0));
+        tr_v_store16(c + jb, v_stored_c, 8 - jb);
+        /* tanh(c): c from Q2.13 to Q3.20, tanh in Q0.30 */
+        const int32x4_t v_tanh_c = tr_v_tanh_wide(vmulq_s32(v_stored_c, vdupq_n_s32(128)));
+        /* h = o * tanh(c) */
+        tr_v_store16(h + jb, tr_v_mul_q30_hi(v_o, v_tanh_c, vdupq_n_s32(oc_up)), 8 - jb);
+    }
+#else
     for (j = 0; j < 8; ++j) {
         /* the i, f, g, o rows of unit j: x part and h part, exact */
 #if LSTM_W8_DSP_KERNELS
@@ -528,9 +942,10 @@ static void lstm_w8_l0_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh
         /* h = o * tanh(c) */
         h[j] = tr_mul_q30_hi(o, tanh_c, oc_up);
     }
+#endif
 }
 
-#if !LSTM_W8_V6M_KERNELS
+#if !LSTM_W8_V6M_KERNELS && !LSTM_W8_MVE_KERNELS
 /* per unit: i/f/g/o rows interleaved, x columns then h columns, each padded to a multiple of 4 with zeros, bytes of
  * each 4-column group in SXTB16 order 0,2,1,3; int8_t, per-row scale for each part; from rnn.weight_ih_l1[0:32],
  * rnn.weight_hh_l1[0:32] */
@@ -559,12 +974,53 @@ static const int8_t lstm_w8_l1_fwd_w[8][64] = {
     -47, -107, -127, -86, 39, -107, -1, -53, -121, 83, 9, -47, -75, 112, 25 }
 };
 #endif
+#if LSTM_W8_MVE_KERNELS
+/* lstm_w8_l1_fwd_w for the MVE kernels: per unit, x columns then h columns in chunks of 8, each chunk the 8 weights of
+ * the i/f/g/o rows, padded with zeros (passes/layout.py: mve_layout); int8_t, per-row scale for each part; from
+ * rnn.weight_ih_l1[0:32], rnn.weight_hh_l1[0:32] */
+static const int8_t lstm_w8_l1_fwd_w[8][64] = {
+    { -5, 127, 40, 106, -108, 73, 106, 63, -41, 94, 61, 83, 127, 90, -65, 21, -65, 21, -122, -110, 33, 40, -55, 127, 80,
+    69, 104, 88, -106, 61, 25, -127, 55, -101, -127, -51, 29, 35, -78, -33, -29, 127, -116, -74, -113, -60, 89, 86, -40,
+    -127, 113, -35, 49, -104, -105, 86, 127, 49, 88, -82, 11, -120, 59, -2 }, { -19, 116, -63, 46, -127, -96, -118, -99,
+    127, 103, -117, -1, 69, 56, -2, -13, -74, -127, 42, 100, -111, 54, 58, 91, 86, 81, -88, -5, 66, 35, 127, -103, -31,
+    -127, 3, -13, -107, -68, 97, 50, 126, 48, 110, -59, -57, -116, -127, 29, -124, 5, 27, 27, -127, 92, -13, 56, 99,
+    -40, -85, 127, 124, 77, -99, -89 }, { -54, -119, -93, -70, 63, 127, 71, -59, 60, -62, 94, -113, -127, 17, 26, 46,
+    21, -127, -123, 110, 71, 125, 71, 37, -13, -125, 127, -69, 64, 77, -37, -78, -108, 48, -127, -75, 20, -13, -83, 21,
+    -26, -104, -22, -127, 78, 92, -17, -6, 117, -114, 18, 61, -59, 102, 127, -85, -32, -123, 43, 100, 122, -49, -107,
+    -127 }, { -80, 71, -82, -112, -54, 127, 111, -115, -97, 42, -127, 74, 95, -73, 26, 95, -35, 48, 56, -81, -2, -127,
+    60, -20, 106, 127, -16, -15, 111, 11, -73, 72, 29, 103, -29, 127, 86, -55, 104, -71, 19, 27, 14, -120, -64, 105,
+    -35, 127, -23, 45, -66, -127, 123, -16, 90, 57, -1, 127, -26, 117, -25, -104, 33, -51 }, { 127, -71, -56, -121, 109,
+    103, 124, 39, -30, 75, -123, 49, 58, 34, -127, 6, -127, 102, -44, -118, -17, -103, 19, 62, -127, 24, -97, -5, -46,
+    -58, -54, 35, 28, 51, 5, 47, 63, -127, 78, 50, -42, 120, 88, -84, -113, 61, -109, 127, -13, -90, 41, -79, 47, -127,
+    -22, -48, -52, 127, -81, -115, 118, -10, -20, -61 }, { -50, 75, -33, -121, -70, 73, -116, -127, 107, -127, 48, -73,
+    -80, -109, 81, 120, 7, 5, -25, 109, 124, 2, -127, 71, 36, -108, 127, 84, -104, 125, -23, -84, -68, 110, 31, -97,
+    127, 59, 94, 23, -127, 83, -7, 34, 118, 119, -34, -64, -113, -127, -59, -51, 74, 75, -92, -56, -57, -82, -4, -52,
+    127, -15, 30, -76 }, { 119, -107, 29, 126, 33, -16, 48, 127, -127, 117, 86, 32, 106, 32, 25, 99, 63, 75, -59, 68,
+    121, 106, -127, 19, 64, 31, -60, 50, 51, 59, -92, -127, 39, 26, 127, 122, 49, 0, -96, 75, 35, -10, -102, -127, -90,
+    93, 5, 14, 114, -112, -31, 49, -125, -127, 65, -67, 9, -49, 1, -116, -55, -3, 127, -39 }, { -111, 75, -62, -99, -8,
+    98, -127, -36, -11, 100, -11, 124, 13, -53, -22, -127, -127, -127, -102, 61, 100, -111, -30, 48, -18, -122, 27,
+    -127, -23, 101, -88, -31, -82, 12, 95, -59, -13, -107, -47, -127, -88, -76, 46, 127, -86, -107, 39, -1, 127, 101,
+    122, -110, -53, 83, -121, 9, 101, 127, -112, -1, -47, 112, -75, 25 }
+};
+#endif
+#if !LSTM_W8_MVE_KERNELS
 /* biases of the x parts, int32_t in accumulator units: rnn.bias_ih_l1[0:32] + rnn.bias_hh_l1[0:32] */
 static const int32_t lstm_w8_l1_fwd_bx[8][4] = {
     { -4417682, -3221216, -1792583, -1506744 }, { -4050146, 176504, 3666856, -3123301 }, { 4783485, -7508201, 2019356,
     -881753 }, { -2360035, 657954, -955564, 3643563 }, { 1066452, 1817403, -9163417, -3502593 }, { 1773562, -6552320,
     -2222644, 581910 }, { 990292, 1124614, 4066279, -241872 }, { 1442696, 673316, 1490315, 2602469 }
 };
+#endif
+#if LSTM_W8_MVE_KERNELS
+/* lstm_w8_l1_fwd_bx for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 7) */
+static const int32_t lstm_w8_l1_fwd_bx_v[2][16] = {
+    { -4417682, -4050146, 4783485, -2360035, -3221216, 176504, -7508201, 657954, -1792583, 3666856, 2019356, -955564,
+    -1506744, -3123301, -881753, 3643563 }, { 1066452, 1773562, 990292, 1442696, 1817403, -6552320, 1124614, 673316,
+    -9163417, -2222644, 4066279, 1490315, -3502593, 581910, -241872, 2602469 }
+};
+#endif
+#if !LSTM_W8_MVE_KERNELS
 /* requant of the x parts: k with k + c * 2^32 = M * 2^(32 - n), c * acc + mmulr(acc, k) = rshift_round(acc * M, n) */
 static const int32_t lstm_w8_l1_fwd_mx[8][4] = {
     { 354795520, 295469056, 360906752, 315785216 }, { 379420672, 290897920, 224714752, 366460928 }, { 355860480,
@@ -572,28 +1028,111 @@ static const int32_t lstm_w8_l1_fwd_mx[8][4] = {
     280559616, 362446848 }, { 379994112, 291373056, 319848448, 369213440 }, { 370589696, 324993024, 303955968,
     332759040 }, { 312672256, 338034688, 323272704, 372424704 }
 };
+#endif
+#if LSTM_W8_MVE_KERNELS
+/* lstm_w8_l1_fwd_mx for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 7) */
+static const int32_t lstm_w8_l1_fwd_mx_v[2][16] = {
+    { 354795520, 379420672, 355860480, 356106240, 295469056, 290897920, 329957376, 321175552, 360906752, 224714752,
+    367558656, 375373824, 315785216, 366460928, 381616128, 379092992 }, { 371441664, 379994112, 370589696, 312672256,
+    251019264, 291373056, 324993024, 338034688, 280559616, 319848448, 303955968, 323272704, 362446848, 369213440,
+    332759040, 372424704 }
+};
+#endif
+#if !LSTM_W8_MVE_KERNELS
 static const int32_t lstm_w8_l1_fwd_mh[8][4] = { /* requant of the h parts: k (as lstm_w8_l1_fwd_mx) */
     { 362397696, 343261184, 379846656, 270794752 }, { 366313472, 381517824, 300646400, 316047360 }, { 379633664,
     343932928, 311803904, 329302016 }, { 352862208, 180502528, 381583360, 344784896 }, { 346128384, 373473280,
     318291968, 380092416 }, { 349421568, 343195648, 315293696, 380731392 }, { 347045888, 378175488, 360136704,
     227155968 }, { 309100544, 298336256, 322404352, 342933504 }
 };
+#endif
+#if LSTM_W8_MVE_KERNELS
+/* lstm_w8_l1_fwd_mh for the MVE vector statements: blocks of 4 units, element [b][4 g + u] is unit 4 b + u's [g] (zero
+ * beyond unit 7) */
+static const int32_t lstm_w8_l1_fwd_mh_v[2][16] = {
+    { 362397696, 366313472, 379633664, 352862208, 343261184, 381517824, 343932928, 180502528, 379846656, 300646400,
+    311803904, 381583360, 270794752, 316047360, 329302016, 344784896 }, { 346128384, 349421568, 347045888, 309100544,
+    373473280, 343195648, 378175488, 298336256, 318291968, 315293696, 360136704, 322404352, 380092416, 380731392,
+    227155968, 342933504 }
+};
+#endif
 /* rnn layer 1, forward direction: one LSTM step (torch.nn.LSTM). W_* x, W_* h are the gate's rows of weight_ih and
  * weight_hh, b_* its rows of bias_ih and bias_hh.
  * Integers (x Q0.15, h Q0.15, c Q1.14): each gate row sums W_x x and W_h h exactly, rescales each into Q3.20 and
  * applies sigmoid_wide (Q0.15) or tanh_wide (Q0.30); state updates round once into the state's format. */
 static void lstm_w8_l1_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh, const int8_t *w)
 {
+#if !LSTM_W8_MVE_KERNELS
     const int64_t fc_scale = 65536; /* f * c: Q0.15 x Q1.14 to Q45, 2^16 */
+#endif
+#if !LSTM_W8_MVE_KERNELS
     const int64_t ig_scale = 1; /* i * g: Q0.15 x Q0.30, already Q45 */
+#endif
+#if !LSTM_W8_MVE_KERNELS
     const int c_shift = 31; /* Q45 to c's Q1.14 */
+#endif
     const int oc_up = 2; /* o * tanh(c): Q0.15 x Q0.30 to Q0.15 is a shift by 30: a high-word multiply of o * 2^2 */
+#if !LSTM_W8_MVE_KERNELS
     int j;
-#if LSTM_W8_DSP_KERNELS
+#endif
+#if LSTM_W8_MVE_KERNELS
+    int jb, u;
+#endif
+#if LSTM_W8_DSP_KERNELS && !LSTM_W8_MVE_KERNELS
     int32_t sums[4][8]; /* the DSP kernel's sums of 4 units: x parts, then h parts */
 #endif
     memcpy(xh, x, 8 * sizeof(int16_t));
     memcpy(xh + 8, h, 8 * sizeof(int16_t));
+#if LSTM_W8_MVE_KERNELS
+    /* blocks of 4 units j = jb + u: the sums of each unit (lane u of ax[g] and ah[g]), then statements once for the
+     * block in Helium vectors, one unit per lane (v_NAME computes NAME lane by lane) */
+    for (jb = 0; jb < 8; jb += 4) {
+        int32_t ax[4][4];
+        int32_t ah[4][4];
+        vstrwq_s32(ax[0], vldrwq_s32(lstm_w8_l1_fwd_bx_v[jb / 4]));
+        vstrwq_s32(ax[1], vldrwq_s32(lstm_w8_l1_fwd_bx_v[jb / 4] + 4));
+        vstrwq_s32(ax[2], vldrwq_s32(lstm_w8_l1_fwd_bx_v[jb / 4] + 8));
+        vstrwq_s32(ax[3], vldrwq_s32(lstm_w8_l1_fwd_bx_v[jb / 4] + 12));
+        vstrwq_s32(ah[0], vdupq_n_s32(0));
+        vstrwq_s32(ah[1], vdupq_n_s32(0));
+        vstrwq_s32(ah[2], vdupq_n_s32(0));
+        vstrwq_s32(ah[3], vdupq_n_s32(0));
+        /* the i, f, g, o rows of unit j: x part and h part, exact */
+        for (u = 0; u < 4; ++u) {
+            w = lstm_w8_mve4_w8_acc32(w, xh, 8, &ax[0][u], 4);
+            w = lstm_w8_mve4_w8_acc32(w, xh + 8, 8, &ah[0][u], 4);
+        }
+        /* i = sigmoid(W_ii x + b_ii + W_hi h + b_hi): the x and h sums rescaled to Q3.20, i in Q0.15 */
+        const int32x4_t v_i_x = tr_v_mmulr(vldrwq_s32(ax[0]), vldrwq_s32(lstm_w8_l1_fwd_mx_v[jb / 4]));
+        const int32x4_t v_pre_i = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ah[0]), vldrwq_s32(lstm_w8_l1_fwd_mh_v[jb / 4]), v_i_x));
+        const int32x4_t v_i = tr_v_sigmoid_wide(v_pre_i);
+        /* f = sigmoid(W_if x + b_if + W_hf h + b_hf): the x and h sums rescaled to Q3.20, f in Q0.15 */
+        const int32x4_t v_f_x = tr_v_mmulr(vldrwq_s32(ax[1]), vldrwq_s32(lstm_w8_l1_fwd_mx_v[jb / 4] + 4));
+        const int32x4_t v_pre_f = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ah[1]), vldrwq_s32(lstm_w8_l1_fwd_mh_v[jb / 4] + 4), v_f_x));
+        const int32x4_t v_f = tr_v_sigmoid_wide(v_pre_f);
+        /* g = tanh(W_ig x + b_ig + W_hg h + b_hg): the x and h sums rescaled to Q3.20, g in Q0.30 */
+        const int32x4_t v_g_x = tr_v_mmulr(vldrwq_s32(ax[2]), vldrwq_s32(lstm_w8_l1_fwd_mx_v[jb / 4] + 8));
+        const int32x4_t v_pre_g = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ah[2]), vldrwq_s32(lstm_w8_l1_fwd_mh_v[jb / 4] + 8), v_g_x));
+        const int32x4_t v_g = tr_v_tanh_wide(v_pre_g);
+        /* o = sigmoid(W_io x + b_io + W_ho h + b_ho): the x and h sums rescaled to Q3.20, o in Q0.15 */
+        const int32x4_t v_o_x = tr_v_mmulr(vldrwq_s32(ax[3]), vldrwq_s32(lstm_w8_l1_fwd_mx_v[jb / 4] + 12));
+        const int32x4_t v_pre_o = tr_v_sat24_32(
+ tr_v_mmlar(vldrwq_s32(ah[3]), vldrwq_s32(lstm_w8_l1_fwd_mh_v[jb / 4] + 12), v_o_x));
+        const int32x4_t v_o = tr_v_sigmoid_wide(v_pre_o);
+        /* c = f * c + i * g */
+        const int32x4_t v_stored_c = tr_v_dot2_q(v_f, tr_v_load16(c + jb, 8 - jb), v_i, v_g, vdupq_n_s32(17),
+                                                 vdupq_n_s32(1));
+        tr_v_store16(c + jb, v_stored_c, 8 - jb);
+        /* tanh(c): c from Q1.14 to Q3.20, tanh in Q0.30 */
+        const int32x4_t v_tanh_c = tr_v_tanh_wide(vmulq_s32(v_stored_c, vdupq_n_s32(64)));
+        /* h = o * tanh(c) */
+        tr_v_store16(h + jb, tr_v_mul_q30_hi(v_o, v_tanh_c, vdupq_n_s32(oc_up)), 8 - jb);
+    }
+#else
     for (j = 0; j < 8; ++j) {
         /* the i, f, g, o rows of unit j: x part and h part, exact */
 #if LSTM_W8_DSP_KERNELS
@@ -637,6 +1176,7 @@ static void lstm_w8_l1_fwd(const int16_t *x, int16_t *h, int16_t *c, int16_t *xh
         /* h = o * tanh(c) */
         h[j] = tr_mul_q30_hi(o, tanh_c, oc_up);
     }
+#endif
 }
 
 void lstm_w8_reset(lstm_w8_state_t *s)
@@ -644,11 +1184,31 @@ void lstm_w8_reset(lstm_w8_state_t *s)
     memset(s, 0, sizeof(*s));
 }
 
+/* Helium with floats (Cortex-M55/M85 with the FPU): the conversions below take 4 values per vector */
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 2)
+#include <arm_mve.h>
+#define LSTM_W8_MVE_FLOAT 1
+#else
+#define LSTM_W8_MVE_FLOAT 0
+#endif
+
 /* float -> int16 for n values in the format with frac fraction bits (see tr_from_float) */
 static void lstm_w8_load(const float *src, int16_t *dst, size_t n, int frac)
 {
-    size_t k;
-    for (k = 0; k < n; ++k) {
+    size_t k = 0;
+#if LSTM_W8_MVE_FLOAT
+    /* 4 at once, as from_float: y = v 2^frac (exact: a power of two; too large is infinite), floor(y + 1/2) (round
+     * half up; exact wherever |y| < 2^22, and larger values saturate anyway), to int32 (NaN to 0, saturating), then
+     * sat16 (a saturating shift left by 16 and back); inputs too small to be normal give 0 either way */
+    const uint32_t bits = (uint32_t)(127 + frac) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    for (; k < (n & ~(size_t)3); k += 4) {
+        const float32x4_t y = vrndmq_f32(vaddq_n_f32(vmulq_n_f32(vld1q_f32(src + k), scale), 0.5f));
+        vstrhq_s32(dst + k, vshrq_n_s32(vqshlq_n_s32(vcvtq_s32_f32(y), 16), 16));
+    }
+#endif
+    for (; k < n; ++k) {
         dst[k] = tr_from_float(src[k], frac);
     }
 }
@@ -656,12 +1216,17 @@ static void lstm_w8_load(const float *src, int16_t *dst, size_t n, int frac)
 /* Copy n int16 values to q, or convert them to floats (times scale = 2^-frac) into f. */
 static void lstm_w8_store(const int16_t *src, size_t n, int16_t *q, float *f, size_t offset, float scale)
 {
-    size_t k;
+    size_t k = 0;
     if (q != NULL) {
         memcpy(q + offset, src, n * sizeof(int16_t));
         return;
     }
-    for (k = 0; k < n; ++k) {
+#if LSTM_W8_MVE_FLOAT
+    for (; k < (n & ~(size_t)3); k += 4) {
+        vst1q_f32(f + offset + k, vmulq_n_f32(vcvtq_f32_s32(vldrhq_s32(src + k)), scale));
+    }
+#endif
+    for (; k < n; ++k) {
         f[offset + k] = (float)src[k] * scale; /* exact: scale is a power of two */
     }
 }

@@ -14,13 +14,19 @@
 typedef char rnn_relu_w16_requires_arithmetic_right_shift[
     ((-1 >> 1) == -1 && ((int32_t)-5 >> 1) == -3 && ((int64_t)-5 >> 1) == -3) ? 1 : -1];
 
-/* The recurrent kernels of this build: the DSP unit kernels of rnn_relu_w16_kernels.S (Cortex-M4/M7/M33/M55), or the
- * portable C kernels below (host, Cortex-M3, M23, ARM state). */
+/* The recurrent kernels of this build: the DSP unit kernels of rnn_relu_w16_kernels.S (Cortex-M4/M7/M33), the MVE
+ * (Helium) kernels (Cortex-M55/M85: tested before the DSP ones), or the portable C kernels below (host, Cortex-M3, M23,
+ * ARM state). */
 #if defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_PROFILE) && __ARM_ARCH_PROFILE == 'M' \
     && defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #define RNN_RELU_W16_DSP_KERNELS 1
 #else
 #define RNN_RELU_W16_DSP_KERNELS 0
+#endif
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 1)
+#define RNN_RELU_W16_MVE_KERNELS 1
+#else
+#define RNN_RELU_W16_MVE_KERNELS 0
 #endif
 
 /* sat16(x) = min(max(x, -32768), 32767) (one SSAT on ARMv7-M and later) */
@@ -120,7 +126,7 @@ static inline int16_t tr_from_float(float v, int frac)
     return q > 32767u ? INT16_MAX : (int16_t)q;
 }
 
-#if !RNN_RELU_W16_DSP_KERNELS
+#if !RNN_RELU_W16_DSP_KERNELS && !RNN_RELU_W16_MVE_KERNELS
 
 /* acc[r] += row r of a block of 1 interleaved weight rows (int16_t) times v, over `groups` groups of 4 columns
  * (passes/layout.py), two groups per iteration; returns the next block. Exact: the exporter proved every partial sum
@@ -164,6 +170,48 @@ static inline const int16_t *rnn_relu_w16_mac1_w16_acc64(const int16_t *w, const
 }
 #endif
 
+#if RNN_RELU_W16_MVE_KERNELS
+
+/* acc[r * stride] += row r of a block of 1 weight rows (int16_t) times v over n columns, in chunks of 8 columns: per
+ * chunk the 8 weights of each row in column order, the last chunk padded with zero weights (passes/layout.py:
+ * mve_layout). Per chunk one VLDRH.S16 of 8 activations (a last partial chunk under a VCTP.16 tail predicate: zeros,
+ * nothing read past v + n), then per row one VLDRH.S16 of its 8 weights and one VMLALDAVA.S16 (8 MACs into a 64-bit
+ * sum) (backend/mveasm.py). Exact: the exporter proved every partial sum fits int64_t, and the instruction adds the 8
+ * products exactly, wrapping only where a C sum would; returns the next block. */
+static inline const int16_t *rnn_relu_w16_mve1_w16_acc64(const int16_t *w, const int16_t *v, int n, int64_t *acc,
+                                                         int stride)
+{
+    register int64_t a0 __asm__("r4") = acc[0];
+    const int chunks = n / 8;
+    const int rest = n % 8;
+    (void)stride; /* one row: no second sum to place */
+    __asm__(
+            "wls lr, %[chunks], 2f\n"
+            "1:\n"
+            "vldrh.s16 q0, [%[v]], #16\n\t"
+            "vldrh.s16 q1, [%[w]], #16\n\t"
+            "vmlaldava.s16 %Q[a0], %R[a0], q1, q0\n\t"
+            "le lr, 1b\n"
+            "2:"
+            : [w] "+r"(w), [v] "+r"(v), [a0] "+r"(a0)
+            : [chunks] "r"(chunks)
+            : "q0", "q1", "lr", "memory");
+    if (rest > 0) {
+        __asm__(
+                "vctp.16 %[rest]\n\t"
+                "vpst\n\t"
+                "vldrht.s16 q0, [%[v]]\n\t"
+                "vldrh.s16 q1, [%[w]], #16\n\t"
+                "vmlaldava.s16 %Q[a0], %R[a0], q1, q0"
+                : [w] "+r"(w), [a0] "+r"(a0)
+                : [v] "r"(v), [rest] "r"(rest)
+                : "q0", "q1", "memory");
+    }
+    acc[0] = a0;
+    return w;
+}
+#endif
+
 #if RNN_RELU_W16_DSP_KERNELS
 /* rnn_relu_w16_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit (of each of n units, 2G sums
  * apart, bx and bh moving G per unit, with int8 weights); returns the next unit's weights */
@@ -171,6 +219,7 @@ const int16_t *rnn_relu_w16_unit1_w16_x2_h2_bx(const int16_t *w, const int16_t *
                                                const int64_t *bh);
 #endif
 
+#if !RNN_RELU_W16_MVE_KERNELS
 /* per unit: h rows interleaved, x columns then h columns, each padded to a multiple of 4 with zeros, 4-column groups;
  * int16_t, per-row scale for each part; from rnn.weight_ih_l0[0:8], rnn.weight_hh_l0[0:8] */
 static const int16_t rnn_relu_w16_l0_fwd_w[8][16] = {
@@ -183,6 +232,22 @@ static const int16_t rnn_relu_w16_l0_fwd_w[8][16] = {
     0, 0, -24503, -32767, 10317, 16962, 19928, 23918, 30714, -14504 }, { -22978, -15851, 27800, 32767, 10720, 0, 0, 0,
     -32767, 16497, 32495, -24537, -16958, 28843, 26311, -3222 }
 };
+#endif
+#if RNN_RELU_W16_MVE_KERNELS
+/* rnn_relu_w16_l0_fwd_w for the MVE kernels: per unit, x columns then h columns in chunks of 8, each chunk the 8
+ * weights of the h rows, padded with zeros (passes/layout.py: mve_layout); int16_t, per-row scale for each part; from
+ * rnn.weight_ih_l0[0:8], rnn.weight_hh_l0[0:8] */
+static const int16_t rnn_relu_w16_l0_fwd_w[8][16] = {
+    { 3965, 3929, -27164, -19282, -32767, 0, 0, 0, 11482, 27693, 32767, -23647, -15379, 31480, 20195, -17543 },
+    { -30649, 32767, 27463, 7883, 31537, 0, 0, 0, -11138, 31855, -20559, 21116, 19047, -31480, -32767, 10897 },
+    { -13920, -21921, 32767, -2036, 7299, 0, 0, 0, 16689, 30150, 4192, 23075, -24173, 20303, -32767, 22158 }, { 20989,
+    18710, -20330, -13731, -32767, 0, 0, 0, 4057, 23117, 14783, -25890, 389, 4734, 5380, -32767 }, { 1693, -13779, 8254,
+    1788, 32767, 0, 0, 0, -19437, -18127, -20917, 32767, 21768, 15845, -11536, -31222 }, { 3181, 18508, 11654, 32767,
+    -15353, 0, 0, 0, 7547, 32767, 15783, -28632, -3144, 1440, 22507, 14982 }, { 29594, 25421, -14146, 21726, 32767, 0,
+    0, 0, -24503, -32767, 10317, 16962, 19928, 23918, 30714, -14504 }, { -22978, -15851, 27800, 32767, 10720, 0, 0, 0,
+    -32767, 16497, 32495, -24537, -16958, 28843, 26311, -3222 }
+};
+#endif
 /* biases of the x parts, int64_t in accumulator units: rnn.bias_ih_l0[0:8] + rnn.bias_hh_l0[0:8] */
 static const int64_t rnn_relu_w16_l0_fwd_bx[8][1] = {
     { -185013577 }, { 11603846 }, { -139568921 }, { 33424389 }, { -11508704 }, { -88802156 }, { 116359730 },
@@ -208,7 +273,12 @@ static void rnn_relu_w16_l0_fwd(const int16_t *x, int16_t *h, int16_t *xh, const
     memcpy(xh + 8, h, 8 * sizeof(int16_t));
     for (j = 0; j < 8; ++j) {
         /* the h rows of unit j: x part and h part, exact */
-#if RNN_RELU_W16_DSP_KERNELS
+#if RNN_RELU_W16_MVE_KERNELS
+        int64_t ax[1] = { rnn_relu_w16_l0_fwd_bx[j][0] };
+        int64_t ah[1] = { 0 };
+        w = rnn_relu_w16_mve1_w16_acc64(w, xh, 5, ax, 1);
+        w = rnn_relu_w16_mve1_w16_acc64(w, xh + 8, 8, ah, 1);
+#elif RNN_RELU_W16_DSP_KERNELS
         int64_t ax[2];
         const int64_t *const ah = ax + 1;
         w = rnn_relu_w16_unit1_w16_x2_h2_bx(w, xh, ax, rnn_relu_w16_l0_fwd_bx[j], NULL);
@@ -233,11 +303,31 @@ void rnn_relu_w16_reset(rnn_relu_w16_state_t *s)
     memset(s, 0, sizeof(*s));
 }
 
+/* Helium with floats (Cortex-M55/M85 with the FPU): the conversions below take 4 values per vector */
+#if defined(__ARM_FEATURE_MVE) && (__ARM_FEATURE_MVE & 2)
+#include <arm_mve.h>
+#define RNN_RELU_W16_MVE_FLOAT 1
+#else
+#define RNN_RELU_W16_MVE_FLOAT 0
+#endif
+
 /* float -> int16 for n values in the format with frac fraction bits (see tr_from_float) */
 static void rnn_relu_w16_load(const float *src, int16_t *dst, size_t n, int frac)
 {
-    size_t k;
-    for (k = 0; k < n; ++k) {
+    size_t k = 0;
+#if RNN_RELU_W16_MVE_FLOAT
+    /* 4 at once, as from_float: y = v 2^frac (exact: a power of two; too large is infinite), floor(y + 1/2) (round
+     * half up; exact wherever |y| < 2^22, and larger values saturate anyway), to int32 (NaN to 0, saturating), then
+     * sat16 (a saturating shift left by 16 and back); inputs too small to be normal give 0 either way */
+    const uint32_t bits = (uint32_t)(127 + frac) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    for (; k < (n & ~(size_t)3); k += 4) {
+        const float32x4_t y = vrndmq_f32(vaddq_n_f32(vmulq_n_f32(vld1q_f32(src + k), scale), 0.5f));
+        vstrhq_s32(dst + k, vshrq_n_s32(vqshlq_n_s32(vcvtq_s32_f32(y), 16), 16));
+    }
+#endif
+    for (; k < n; ++k) {
         dst[k] = tr_from_float(src[k], frac);
     }
 }
@@ -245,12 +335,17 @@ static void rnn_relu_w16_load(const float *src, int16_t *dst, size_t n, int frac
 /* Copy n int16 values to q, or convert them to floats (times scale = 2^-frac) into f. */
 static void rnn_relu_w16_store(const int16_t *src, size_t n, int16_t *q, float *f, size_t offset, float scale)
 {
-    size_t k;
+    size_t k = 0;
     if (q != NULL) {
         memcpy(q + offset, src, n * sizeof(int16_t));
         return;
     }
-    for (k = 0; k < n; ++k) {
+#if RNN_RELU_W16_MVE_FLOAT
+    for (; k < (n & ~(size_t)3); k += 4) {
+        vst1q_f32(f + offset + k, vmulq_n_f32(vcvtq_f32_s32(vldrhq_s32(src + k)), scale));
+    }
+#endif
+    for (; k < n; ++k) {
         f[offset + k] = (float)src[k] * scale; /* exact: scale is a power of two */
     }
 }
