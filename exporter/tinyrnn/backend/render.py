@@ -320,7 +320,8 @@ def numeric_context_text() -> dict:
     """:func:`tinyrnn.numerics.helpers.numeric_context` with the tables formatted as
     initializers."""
     q = numeric_context()
-    for key in ("sigmoid_table", "tanh30_table", "exp2_table", "log2_table"):
+    for key in ("sigmoid_table", "tanh30_table", "exp2_table", "log2_table", "sigmoid_packed",
+                "tanh30_pairs"):
         q[f"{key}_text"] = initializer(np.asarray(q[key]), "int32_t", indent=8)
     return q
 
