@@ -1025,7 +1025,7 @@ HELPERS: tuple[Helper, ...] = (
     Helper("mmulr64"),
     Helper("clamp_wide"),
     # the DSP cores' packed tables, the larger (portable builds: 2 and 4 bytes per point)
-    Helper("sigmoid_wide", ("clamp_wide",), SIGMOID_PACKED.size * 4),
+    Helper("sigmoid_wide", ("clamp_wide", "dsp"), SIGMOID_PACKED.size * 4),
     Helper("tanh_wide", ("clamp_wide", "mmlar"), TANH30_PAIRS.size * 4),
     Helper("mul_q30", ("sat16_i64", "rshift_round64")),
     Helper("mul_q30_hi", ("sat16", "mmulr")),
