@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "exporter"))
 
 import tinyrnn  # noqa: E402
 from tinyrnn import api  # noqa: E402
-from tinyrnn.backend.dspasm import steady_cycles  # noqa: E402
+from tinyrnn.backend.dspasm import UNROLL_SPEED, UnitKernel, steady_cycles  # noqa: E402
 from tinyrnn.backend.fpuasm import kernel_units  # noqa: E402
 from tinyrnn.backend.fpuasm import steady_cycles as float_steady_cycles  # noqa: E402
 from tinyrnn.backend.mveasm import MveKernel  # noqa: E402
@@ -322,8 +322,10 @@ def kernel_floor(cell: str, input_size: int, hidden: int, fmt: str, cpu: str) ->
         units = kernel_units(G, hidden)
         return round(hidden * (float_steady_cycles(G, input_size, units)
                                + float_steady_cycles(G, hidden, units)))
-    groups = padded(input_size) // 4 + padded(hidden) // 4
-    return hidden * steady_cycles(G, 8 if fmt == "w8a16" else 16, groups)
+    bits = 8 if fmt == "w8a16" else 16
+    xg, hg = padded(input_size) // 4, padded(hidden) // 4
+    kernel = UnitKernel(G, xg, hg, True, True, bits)
+    return hidden * steady_cycles(G, bits, xg + hg, kernel.pass_units(UNROLL_SPEED))
 
 
 def targets(cost: list[dict[str, Any]], work: Path) -> list[dict[str, Any]]:
@@ -696,14 +698,15 @@ def write_report(out: Path, env: dict[str, str], formats: Sequence[str],
             "same method** (unicorn block counts + the static Cortex-M4 table, gcc 12.2 -O2; the "
             "figures quoted in issue 6, not re-measured here). *Kernel floor*: what the "
             "matrix-vector kernels alone cost at their steady rate, before loop, call and "
-            "per-unit work (`tinyrnn.backend.dspasm.steady_cycles`: 3 + 5G cycles per group of 4 "
-            "columns for int8 weights, 11 per 2-row pass for int16; for float32 "
-            "`tinyrnn.backend.fpuasm.steady_cycles`, 3 + (1 + 4b) / (4bUG) + 1 / (4G) per MAC "
-            "for U units per call; "
-            "the ARMv6-M kernel's 3 + 2/G "
-            "instructions per MAC, 4.5 for one row): the 14 registers of the M4 limit a block to "
-            "4 rows, so 2 activation loads and a load-use cycle come on top of the bound's LDR + "
-            "2 SXTB16 + 2 SMLAD. *Where the cycles go*: the M4 estimate per function of the "
+            "per-unit work (`tinyrnn.backend.dspasm.steady_cycles`: per group of 4 columns "
+            "for int8 weights 23 cycles per LSTM unit, 17 per GRU unit and 5.75 per RNN unit "
+            "where passes of 2 and 4 units share the activation loads, 11 per 2-row pass for "
+            "int16; for float32 `tinyrnn.backend.fpuasm.steady_cycles`, "
+            "3 + (1 + 4b) / (4bUG) + 1 / (4G) per MAC for U units per call; the ARMv6-M "
+            "kernel's 3 + 2/G instructions "
+            "per MAC, 4.5 for one row): the 14 registers of the M4 limit a pass to 4 to 6 rows, "
+            "so 2 activation loads and a load-use cycle per burst come on top of the bound's "
+            "LDR + 2 SXTB16 + 2 SMLAD. *Where the cycles go*: the M4 estimate per function of the "
             "counted step (`NAME_unit*` the generated assembly kernels; `NAME_lK_fwd` the "
             "per-unit work: requantization, sigmoid/tanh, cell update; `NAME_load` the float "
             "API's input conversion; for the Cortex-M0 instructions per MAC). *int16 API*: the "

@@ -20,7 +20,7 @@ import torch
 import tinyrnn
 from models import Case, assert_board_equals_host, build, flat_numpy
 from tinyrnn.api import FORMATS
-from tinyrnn.backend.dspasm import UNROLL_SPEED
+from tinyrnn.backend.dspasm import UNROLL_SPEED, part_unroll
 from tinyrnn.cli import main as cli_main
 from tinyrnn.errors import TinyRNNError
 from tinyrnn.io import assemble_outputs, split_inputs
@@ -203,17 +203,25 @@ def test_dsp_boards_run_the_assembly_unit_kernels(board: str, board_run):
 
 # Sizes that run the unit kernels' counted loops (two or more iterations of 8 groups of 4
 # columns, with and without a rest), a part whose offset needs MOVW (I = 520 at 16 bits), and
-# every G; the small BOARD_CASES only reach the straight-line code.
-LARGE_DSP = [("lstm", 64, 64, True, "w8a16"), ("lstm", 37, 70, False, "w16a16"),
-             ("gru", 64, 33, False, "w8a16"), ("gru", 40, 72, True, "w16a16"),
+# every G; the small BOARD_CASES only reach the straight-line code. The int8 kernels compute
+# 4 units per call, in straight code GRU and RNN units in passes of 2 and 4 units
+# (dspasm.PASS_UNITS): H = 35 leaves a last call of a pass and a single unit (GRU 64/35),
+# H = 30 one of two single units (RNN 40/30), H = 33 one unit in the loops (GRU 96/33).
+LARGE_DSP = [("lstm", 64, 96, True, "w8a16"), ("lstm", 37, 70, False, "w16a16"),
+             ("gru", 64, 35, False, "w8a16"), ("gru", 96, 33, True, "w8a16"),
+             ("gru", 40, 72, True, "w16a16"), ("rnn", 40, 30, True, "w8a16"),
              ("rnn", 65, 64, True, "w8a16"), ("lstm", 520, 8, True, "w16a16")]
 
 
 @pytest.mark.parametrize("board", ["mps2-an386", "mps3-an547"])
 def test_large_models_run_the_dsp_kernel_loops_bit_exact(board, tmp_path):
     # the speed build's loops: 2+ iterations with and without a rest, in x parts and h parts
-    parts = [(k, divmod(padded(n) // 4, UNROLL_SPEED)) for k, i, h, _, _ in LARGE_DSP
-             for n in (i, h)]
+    parts = []
+    for k, i, h, _, fmt in LARGE_DSP:
+        bits = 8 if fmt == "w8a16" else 16
+        for n in (i, h):
+            groups = padded(n) // 4
+            parts.append((k, divmod(groups, part_unroll(groups, UNROLL_SPEED, bits))))
     assert {(k, rest > 0) for k, (it, rest) in parts if it >= 2} >= \
         {("lstm", False), ("lstm", True), ("gru", False), ("gru", True), ("rnn", True)}
     assert_board_equals_host(board, LARGE_DSP, tmp_path, "_unit")

@@ -357,6 +357,21 @@ def test_wide_activations_follow_the_rule() -> None:
     assert fp.tanh_wide(x).tolist() == [p if v >= 0 else -p for v, p in zip(x, tanh)]
 
 
+def test_dsp_packed_activation_tables() -> None:
+    """The DSP cores' steps of sigmoid_wide and tanh_wide (numerics.c.j2) for every |x|: the
+    packed word's halves read as SMLAD reads them (signed 16-bit), T 2^14 + D f + 2^13 shifted
+    right by 14; mmlar of the tanh pair with f * 2^17 (the C's (u << 18) >> 1 as uint32).
+    Every 5th |x| and the last one."""
+    u = np.append(np.arange(0, fp.WIDE_MAX + 1, 5, dtype=np.int64), fp.WIDE_MAX)
+    i, f = u >> 14, u & (2**14 - 1)
+    w = fp.SIGMOID_PACKED[i]
+    lo, hi = ((w & 0xFFFF) ^ 0x8000) - 0x8000, (((w >> 16) & 0xFFFF) ^ 0x8000) - 0x8000
+    assert np.array_equal((lo * 2**14 + hi * f + 2**13) >> 14, fp.sigmoid_wide(u))
+    pair = fp.TANH30_PAIRS[i]
+    f17 = ((u << 18) & 0xFFFFFFFF) >> 1
+    assert np.array_equal(fp.mmlar(pair[:, 1], f17, pair[:, 0]), fp.tanh_wide(u))
+
+
 def test_wide_activation_error_exhaustive(wide) -> None:
     s, t = wide
     v = fp.ACT_WIDE.dequantize(ALL_WIDE)

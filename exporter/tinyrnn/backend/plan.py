@@ -294,6 +294,8 @@ class UnitSums:
     x: SumSide
     h: SumSide
     dsp: str | None = None  # symbol of the DSP unit kernel (NAME_kernels.S)
+    dsp_block: int = 1  # units per call of the DSP unit kernel (at most dspasm.BLOCK_UNITS)
+    dsp_ragged: bool = False  # the last call has fewer units (H % dsp_block != 0)
     v6m: str | None = None  # symbol of the ARMv6-M unit kernel
     v6m_weights: str | None = None  # its copy of the weights
     v6m_stride: int = 0  # bytes per unit of that copy

@@ -225,14 +225,16 @@ def _kernels_view(plan: Plan) -> dict:
     assembly = []
     if plan.dsp_kernels:
         assembly.append(dict(macro=f"{P}_DSP_KERNELS", doc=(
-            "NAME_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit; "
+            "NAME_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit "
+            "(of each of n units, 2G sums apart, bx and bh moving G per unit, with int8 weights); "
             "returns the next unit's weights").replace("NAME", p),
             kernels=[dict(prototype=(
                 f"const {'int8_t' if u.bits == 8 else 'int16_t'} *{u.name(p)}("
                 f"const {'int8_t' if u.bits == 8 else 'int16_t'} *w, const int16_t *xh, "
                 f"{'int32_t' if u.bits == 8 else 'int64_t'} *acc, "
                 f"const {'int32_t' if u.bits == 8 else 'int64_t'} *bx, "
-                f"const {'int32_t' if u.bits == 8 else 'int64_t'} *bh)"))
+                f"const {'int32_t' if u.bits == 8 else 'int64_t'} *bh"
+                f"{', int n' if u.block > 1 else ''})"))
                 for u in plan.dsp_kernels], constants=[]))
     if plan.v6m_kernels:
         assembly.append(dict(macro=f"{P}_V6M_KERNELS", doc=(
@@ -308,7 +310,8 @@ def numeric_context_text() -> dict:
     """:func:`tinyrnn.numerics.helpers.numeric_context` with the tables formatted as
     initializers."""
     q = numeric_context()
-    for key in ("sigmoid_table", "tanh30_table", "exp2_table", "log2_table"):
+    for key in ("sigmoid_table", "tanh30_table", "exp2_table", "log2_table", "sigmoid_packed",
+                "tanh30_pairs"):
         q[f"{key}_text"] = initializer(np.asarray(q[key]), "int32_t", indent=8)
     return q
 

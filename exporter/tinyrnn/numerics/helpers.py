@@ -617,6 +617,27 @@ def tanh_wide(x: np.ndarray) -> np.ndarray:
     return np.where(neg, -p, p)
 
 
+def _sigmoid_packed() -> np.ndarray:
+    t = SIGMOID_TABLE
+    d = t[1:] - t[:-1]
+    if not ((0 <= t[:-1]) & (t[:-1] < 2**15) & (-(2**15) <= d) & (d < 2**15)).all():
+        raise AssertionError("the sigmoid table no longer packs into 16-bit halves")
+    return d * 2**16 + t[:-1]
+
+
+SIGMOID_PACKED = _sigmoid_packed()
+""":data:`SIGMOID_TABLE` one word per segment for DSP cores, ``(T[i+1] - T[i]) * 2**16 + T[i]``
+(C: ``sigmoid_wide``'s ``packed``): one load gives both halves, and one SMLAD of the word with
+``f * 2**16 + 2**14`` plus ``2**13`` is ``T[i] 2**14 + (T[i+1] - T[i]) f + 2**13``, the same
+interpolation as :func:`sigmoid_wide`."""
+SIGMOID_PACKED.setflags(write=False)
+
+TANH30_PAIRS = np.stack([TANH30_TABLE[:-1], 2 * (TANH30_TABLE[1:] - TANH30_TABLE[:-1])], axis=1)
+""":data:`TANH30_TABLE` as ``(T[i], 2 (T[i+1] - T[i]))`` per segment for DSP cores (C:
+``tanh_wide``'s ``pairs``, one LDRD), the operands of its ``mmlar``."""
+TANH30_PAIRS.setflags(write=False)
+
+
 def mul_q30(a: np.ndarray, t: np.ndarray, shift: int) -> np.ndarray:
     """``sat16(rshift_round(a * t, shift))`` for int16 ``a`` and a Q0.30 int32 ``t``
     (C: ``mul_q30``); ``|a * t| < 2**45``, exact in int64."""
@@ -1038,8 +1059,9 @@ HELPERS: tuple[Helper, ...] = (
     Helper("mmulr", ("dsp",)), Helper("mmlar", ("dsp",), portable=("mmulr",)),
     Helper("mmulr64"),
     Helper("clamp_wide"),
-    Helper("sigmoid_wide", ("clamp_wide",), 2 * ACT_TABLE_LEN),
-    Helper("tanh_wide", ("clamp_wide", "mmlar"), 4 * ACT_TABLE_LEN),
+    # the DSP cores' packed tables, the larger (portable builds: 2 and 4 bytes per point)
+    Helper("sigmoid_wide", ("clamp_wide", "dsp"), SIGMOID_PACKED.size * 4),
+    Helper("tanh_wide", ("clamp_wide", "mmlar"), TANH30_PAIRS.size * 4),
     Helper("mul_q30", ("sat16_i64", "rshift_round64")),
     Helper("mul_q30_hi", ("sat16", "mmulr")),
     Helper("mul16x32"),
@@ -1105,6 +1127,8 @@ def numeric_context() -> dict[str, object]:
         sigmoid_max_relative_error=f"{SIGMOID_MAX_RELATIVE_ERROR:.0e}",
         sigmoid_table=[int(v) for v in SIGMOID_TABLE],
         tanh30_table=[int(v) for v in TANH30_TABLE],
+        sigmoid_packed=[int(v) for v in SIGMOID_PACKED],
+        tanh30_pairs=[[int(v) for v in pair] for pair in TANH30_PAIRS],
         act_table_len=ACT_TABLE_LEN,
         act_table_last=ACT_TABLE_LEN - 1,
         wide_max=WIDE_MAX,
@@ -1113,6 +1137,7 @@ def numeric_context() -> dict[str, object]:
         wide_segment_shift=WIDE_SEGMENT_SHIFT,
         wide_segment_mask=(1 << WIDE_SEGMENT_SHIFT) - 1,
         wide_segment_half=1 << (WIDE_SEGMENT_SHIFT - 1),
+        wide_segment_one=1 << WIDE_SEGMENT_SHIFT,
         tanh_interp_shift=31 - WIDE_SEGMENT_SHIFT,
         usat_bits=ACT_WIDE.bits - 1,
         act_one=ACT_ONE,

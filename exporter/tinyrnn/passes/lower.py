@@ -467,8 +467,9 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
         | ({"mve"} if mve is None else set())
     for side in sum_sides:
         req.c_kernels[(G, bits, 64 if side.acc_ctype == "int64_t" else 32)] |= used
-    sums = UnitSums(G, bits, wtype, f"{fn}_w", sum_sides[0], sum_sides[1], dsp, v6m, v6m_w,
-                    v6m_stride, mve, mve_w)
+    block = min(kernel.block, H) if dsp else 1
+    sums = UnitSums(G, bits, wtype, f"{fn}_w", sum_sides[0], sum_sides[1], dsp, block,
+                    H % block != 0, v6m, v6m_w, v6m_stride, mve, mve_w)
 
     # the gate math
     aliases: dict[str, tuple[str, str, str]] = {}
@@ -584,20 +585,34 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
         named.append(value.args[2])  # type: ignore[arg-type]
         body.append(Store(target, value, spec.math[5]))
     elif spec.family == "gru":
-        rn = _named(q.rn_shift, "int", "rn_shift", f"r * (W_hn h + b_hn): Q0.15 x "
-                                                   f"{nm.ACT_WIDE} back to {nm.ACT_WIDE}")
         zh = _named(q.zh_mul, "int64_t", "zh_scale", f"z * h: Q0.15 x {q.h} to Q45")
         zn = _named(q.zn_mul, "int64_t", "zn_scale", "(1 - z) * n: Q0.15 x Q0.30, already Q45")
         hs = _named(q.h_shift, "int", "h_shift", f"Q45 to h's {q.h}")
         one = _named(q.one, "int32_t", "one", "1.0 in Q0.15")
-        named += [rn, zh, zn, hs, one]
-        req.helpers.update({"tanh_wide", "sat24", "rshift_round64", "dot2_q"})
+        req.helpers.update({"tanh_wide", "dot2_q"})
         nx, nh = (pre_vars[name] for name in spec.gate("n").accumulators)
         n = Var("n", "int32_t")
-        body.append(Let(n, call("tanh_wide", call("sat24", Bin(
-            "+", Cast("int64_t", nx), call("rshift_round64", Bin(
-                "*", Cast("int64_t", act["r"]), nh, "int64_t"), rn, ctype="int64_t"),
-            "int64_t"), ctype="int32_t"), ctype="int32_t"), f"{spec.math[2]}: Q0.30"))
+        if q.rn_shift in RN_HI_SHIFTS:
+            # rshift_round(r * nh, s) = mmulr(r * 2^16, nh * 2^(16 - s)): |r| <= 2^15 and
+            # |nh| < 2^23, so both factors fit int32; nx + it lies below 2^24 (one SSAT)
+            rn = _named(1 << (16 - q.rn_shift), "int32_t", "rn_scale", f"r * (W_hn h + b_hn): "
+                        f"Q0.15 x {nm.ACT_WIDE} back to {nm.ACT_WIDE} is a shift by {q.rn_shift}: "
+                        "a high-word multiply of r * 2^16 and (W_hn h + b_hn) times this")
+            req.helpers.update({"sat24_32", "mmlar"})
+            pre = call("sat24_32", call("mmlar", Bin(
+                "*", Cast("int32_t", act["r"]), Lit(1 << 16, "int32_t"), "int32_t"),
+                Bin("*", nh, rn, "int32_t"), nx,
+                ctype="int32_t"), ctype="int32_t")
+        else:
+            rn = _named(q.rn_shift, "int", "rn_shift", f"r * (W_hn h + b_hn): Q0.15 x "
+                                                       f"{nm.ACT_WIDE} back to {nm.ACT_WIDE}")
+            req.helpers.update({"sat24", "rshift_round64"})
+            pre = call("sat24", Bin(
+                "+", Cast("int64_t", nx), call("rshift_round64", Bin(
+                    "*", Cast("int64_t", act["r"]), nh, "int64_t"), rn, ctype="int64_t"),
+                "int64_t"), ctype="int32_t")
+        named += [rn, zh, zn, hs, one]
+        body.append(Let(n, call("tanh_wide", pre, ctype="int32_t"), f"{spec.math[2]}: Q0.30"))
         body.append(Store(Unit("h", 0, "int16_t"), call(
             "dot2_q", act["z"], Unit("xh", I4, "int16_t"), zh,
             Cast("int16_t", Bin("-", one, act["z"], "int32_t")), n, zn, hs, ctype="int16_t"),
@@ -644,6 +659,9 @@ def _fixed_cell(p: str, index: int, layer: RecurrentLayer, d: int, q, req: _Requ
         loops=tuple(loops), constants=tuple(consts.items))
 
 
+RN_HI_SHIFTS = range(8, 17)
+"""The shifts s of the GRU's r * (W_hn h + b_hn) computed as one high-word multiply-accumulate
+(``mmlar``): r * 2^16 and the 24-bit sum * 2^(16 - s) both fit int32."""
 MVE_LANES = 4
 """Units per block of a :class:`~tinyrnn.backend.plan.VectorStage`: one int32 per lane of a
 128-bit Helium vector."""

@@ -30,8 +30,43 @@
     smlad r6, r12, r9, r6
     .endm
 
-/* The sums of the 3 gate rows of one unit over [x, h]: acc[0..3) = bx + W_x x (1 groups of 4 columns), acc[3..6) = bh +
- * W_h h (2 groups); returns the next unit's weights.
+    .macro w8_pass3x2_stride36
+    ldr r10, [r1], #4
+    ldr r11, [r1], #4
+    ldr r12, [r0], #4
+    ldr lr, [r0], #4
+    ldr r2, [r0], #4
+    sxtb16 r3, r12
+    sxtb16 r12, r12, ror #8
+    smlad r4, r3, r10, r4
+    smlad r4, r12, r11, r4
+    sxtb16 r3, lr
+    sxtb16 lr, lr, ror #8
+    smlad r5, r3, r10, r5
+    smlad r5, lr, r11, r5
+    sxtb16 r3, r2
+    sxtb16 r2, r2, ror #8
+    smlad r6, r3, r10, r6
+    smlad r6, r2, r11, r6
+    ldr r12, [r0, #24]
+    ldr lr, [r0, #28]
+    ldr r2, [r0, #32]
+    sxtb16 r3, r12
+    sxtb16 r12, r12, ror #8
+    smlad r7, r3, r10, r7
+    smlad r7, r12, r11, r7
+    sxtb16 r3, lr
+    sxtb16 lr, lr, ror #8
+    smlad r8, r3, r10, r8
+    smlad r8, lr, r11, r8
+    sxtb16 r3, r2
+    sxtb16 r2, r2, ror #8
+    smlad r9, r3, r10, r9
+    smlad r9, r2, r11, r9
+    .endm
+
+/* The sums of the 3 gate rows of n units over [x, h]: for unit u, acc[6u..6u + 3) = bx + W_x x (1 groups of 4 columns),
+ * acc[6u + 3..6(u + 1)) = bh + W_h h (2 groups); returns the next unit's weights.
  * Per group: 2 + 3 loads back to back, then per row SXTB16, SXTB16 ROR 8 and two SMLAD. Exact: every partial sum fits
  * 32 bits. */
     .section .text.bigru_w8_unit3_x1_h2_bx_bh,"ax",%progbits
@@ -40,28 +75,93 @@
     .thumb_func
     .p2align 2
 bigru_w8_unit3_x1_h2_bx_bh:
-    push {r2, r4-r11, lr}
-    ldm r3, {r4, r5, r6}
-    w8_group3
-    ldr r2, [sp]
-    stm r2, {r4, r5, r6}
-    ldr r3, [sp, #40]
-    ldm r3, {r4, r5, r6}
+    push {r1-r11, lr}
+    ldr r4, [sp, #52]
+    movs r3, #24
+    mul r4, r4, r3
+    add r4, r4, r2
+    str r4, [sp, #52]
 #if defined(__OPTIMIZE_SIZE__)
+#else
+6:
+    ldr r3, [sp, #52]
+    sub r3, r3, r2
+    cmp r3, #48
+    blt 7f
+    str r2, [sp, #4]
+    ldr r3, [sp, #8]
+    ldm r3!, {r4, r5, r6, r7, r8, r9}
+    str r3, [sp, #8]
+    ldr r1, [sp]
+    w8_pass3x2_stride36
+    ldr r3, [sp, #4]
+    str r4, [r3, #0]
+    str r5, [r3, #4]
+    str r6, [r3, #8]
+    str r7, [r3, #24]
+    str r8, [r3, #28]
+    str r9, [r3, #32]
+    ldr r3, [sp, #48]
+    ldm r3!, {r4, r5, r6, r7, r8, r9}
+    str r3, [sp, #48]
+    .rept 2
+    w8_pass3x2_stride36
+    .endr
+    ldr r3, [sp, #4]
+    str r4, [r3, #12]
+    str r5, [r3, #16]
+    str r6, [r3, #20]
+    str r7, [r3, #36]
+    str r8, [r3, #40]
+    str r9, [r3, #44]
+    add r2, r3, #48
+    addw r0, r0, #36
+    b 6b
+7:
+    ldr r3, [sp, #52]
+    cmp r2, r3
+    beq 8f
+#endif
+3:
+    ldr r3, [sp, #8]
+    ldm r3!, {r4, r5, r6}
+    str r3, [sp, #8]
+    ldr r1, [sp]
+    w8_group3
+#if defined(__OPTIMIZE_SIZE__)
+    ldr r2, [sp, #4]
+#else
+#endif
+    stm r2!, {r4, r5, r6}
+    ldr r3, [sp, #48]
+    ldm r3!, {r4, r5, r6}
+    str r3, [sp, #48]
+#if defined(__OPTIMIZE_SIZE__)
+    str r2, [sp, #4]
     movs r2, #2
 2:
     w8_group3
     subs r2, r2, #1
     bne 2b
+    ldr r2, [sp, #4]
 #else
     .rept 2
     w8_group3
     .endr
 #endif
-    ldr r2, [sp]
-    add r2, r2, #12
-    stm r2, {r4, r5, r6}
-    pop {r2, r4-r11,pc}
+    stm r2!, {r4, r5, r6}
+#if defined(__OPTIMIZE_SIZE__)
+    str r2, [sp, #4]
+#else
+#endif
+    ldr r3, [sp, #52]
+    cmp r2, r3
+    bne 3b
+#if defined(__OPTIMIZE_SIZE__)
+#else
+8:
+#endif
+    pop {r1-r11,pc}
     .size bigru_w8_unit3_x1_h2_bx_bh, . - bigru_w8_unit3_x1_h2_bx_bh
 #elif defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_6M__)
     .syntax unified

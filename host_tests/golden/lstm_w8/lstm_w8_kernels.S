@@ -35,8 +35,33 @@
     smlad r7, lr, r9, r7
     .endm
 
-/* The sums of the 4 gate rows of one unit over [x, h]: acc[0..4) = bx + W_x x (2 groups of 4 columns), acc[4..8) = bh +
- * W_h h (2 groups); returns the next unit's weights.
+    .macro w8_group4_first
+    ldr r8, [r1], #4
+    ldr r9, [r1], #4
+    ldr r10, [r0], #4
+    ldr r11, [r0], #4
+    ldr r12, [r0], #4
+    ldr lr, [r0], #4
+    sxtb16 r3, r10
+    sxtb16 r10, r10, ror #8
+    smuad r4, r3, r8
+    smlad r4, r10, r9, r4
+    sxtb16 r3, r11
+    sxtb16 r11, r11, ror #8
+    smuad r5, r3, r8
+    smlad r5, r11, r9, r5
+    sxtb16 r3, r12
+    sxtb16 r12, r12, ror #8
+    smuad r6, r3, r8
+    smlad r6, r12, r9, r6
+    sxtb16 r3, lr
+    sxtb16 lr, lr, ror #8
+    smuad r7, r3, r8
+    smlad r7, lr, r9, r7
+    .endm
+
+/* The sums of the 4 gate rows of n units over [x, h]: for unit u, acc[8u..8u + 4) = bx + W_x x (2 groups of 4 columns),
+ * acc[8u + 4..8(u + 1)) = bh + W_h h (2 groups); returns the next unit's weights.
  * Per group: 2 + 4 loads back to back, then per row SXTB16, SXTB16 ROR 8 and two SMLAD. Exact: every partial sum fits
  * 32 bits. */
     .section .text.lstm_w8_unit4_x2_h2_bx,"ax",%progbits
@@ -45,40 +70,55 @@
     .thumb_func
     .p2align 2
 lstm_w8_unit4_x2_h2_bx:
-    push {r2, r4-r11, lr}
-    ldm r3, {r4, r5, r6, r7}
+    push {r1-r11, lr}
+    ldr r4, [sp, #52]
+    movs r3, #32
+    mul r4, r4, r3
+    add r4, r4, r2
+    str r4, [sp, #52]
+3:
+    ldr r3, [sp, #8]
+    ldm r3!, {r4, r5, r6, r7}
+    str r3, [sp, #8]
+    ldr r1, [sp]
 #if defined(__OPTIMIZE_SIZE__)
     movs r2, #2
 1:
-    w8_group4
-    subs r2, r2, #1
-    bne 1b
 #else
     .rept 2
     w8_group4
     .endr
+    stm r2!, {r4, r5, r6, r7}
+    w8_group4_first
 #endif
-    ldr r2, [sp]
-    stm r2, {r4, r5, r6, r7}
+    w8_group4
+#if defined(__OPTIMIZE_SIZE__)
+    subs r2, r2, #1
+    bne 1b
+    ldr r2, [sp, #4]
+#else
+#endif
+    stm r2!, {r4, r5, r6, r7}
+#if defined(__OPTIMIZE_SIZE__)
     movs r4, #0
     movs r5, #0
     movs r6, #0
     movs r7, #0
-#if defined(__OPTIMIZE_SIZE__)
+    str r2, [sp, #4]
     movs r2, #2
 2:
     w8_group4
     subs r2, r2, #1
     bne 2b
+    ldr r2, [sp, #4]
+    stm r2!, {r4, r5, r6, r7}
+    str r2, [sp, #4]
 #else
-    .rept 2
-    w8_group4
-    .endr
 #endif
-    ldr r2, [sp]
-    add r2, r2, #16
-    stm r2, {r4, r5, r6, r7}
-    pop {r2, r4-r11,pc}
+    ldr r3, [sp, #52]
+    cmp r2, r3
+    bne 3b
+    pop {r1-r11,pc}
     .size lstm_w8_unit4_x2_h2_bx, . - lstm_w8_unit4_x2_h2_bx
 #elif defined(__GNUC__) && defined(__thumb__) && defined(__ARM_ARCH_6M__)
     .syntax unified

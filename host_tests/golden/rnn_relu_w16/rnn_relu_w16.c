@@ -213,8 +213,8 @@ static inline const int16_t *rnn_relu_w16_mve1_w16_acc64(const int16_t *w, const
 #endif
 
 #if RNN_RELU_W16_DSP_KERNELS
-/* rnn_relu_w16_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit; returns the next unit's
- * weights */
+/* rnn_relu_w16_kernels.S: acc[0..G) = bx + W_x x, acc[G..2G) = bh + W_h h of one unit (of each of n units, 2G sums
+ * apart, bx and bh moving G per unit, with int8 weights); returns the next unit's weights */
 const int16_t *rnn_relu_w16_unit1_w16_x2_h2_bx(const int16_t *w, const int16_t *xh, int64_t *acc, const int64_t *bx,
                                                const int64_t *bh);
 #endif
