@@ -157,7 +157,8 @@ static inline int32_t tr_clamp_wide(int32_t u)
  * |(T[i+1] - T[i]) * f| < 2^23); p for x >= 0, 32768 - p for x < 0 */
 static inline int16_t tr_sigmoid_wide(int32_t x)
 {
-#if LSTM_W8_DSP
+    /* DSP cores read packed words (2 KiB); -Os builds keep the 1 KiB table of the #else */
+#if LSTM_W8_DSP && !defined(__OPTIMIZE_SIZE__)
     /* the same p with one word per segment, W[i] = (T[i+1] - T[i]) * 2^16 + T[i] (0 <= T[i] < 2^15; one LDR):
      * SMLAD(W[i], f * 2^16 + 2^14, 2^13) = T[i] 2^14 + (T[i+1] - T[i]) f + 2^13, then >> 14 */
     static const int32_t packed[512] = {
@@ -260,7 +261,8 @@ static inline int16_t tr_sigmoid_wide(int32_t x)
  * f = u & 16383, p = T[i] + rshift_round64((T[i+1] - T[i]) * f, 14); p for x >= 0, -p for x < 0 */
 static inline int32_t tr_tanh_wide(int32_t x)
 {
-#if LSTM_W8_DSP
+    /* DSP cores read pairs (4 KiB); -Os builds keep the 2 KiB table of the #else */
+#if LSTM_W8_DSP && !defined(__OPTIMIZE_SIZE__)
     /* the same steps with the pair (T[i], 2 (T[i+1] - T[i])) of each segment side by side (one address, no
      * subtraction) */
     static const int32_t pairs[512][2] = {
