@@ -108,25 +108,16 @@ def captured(case: Case) -> tuple[nn.Module, tuple, object]:
     quantized and IR tests share them, across pytest-xdist's worker processes too (see
     :func:`_shared_archive`)."""
     if case.id not in _CAPTURED:
-        from tinyrnn.frontend.reader import archive_bytes, read_captured
+        from tinyrnn.frontend.reader import read_captured
 
         model, args = build(case)
-        data = _shared_archive(case, lambda: archive_bytes(_trace(case)))
-        _CAPTURED[case.id] = (model, args, read_captured(data))
+        _CAPTURED[case.id] = (model, args, read_captured(_shared_archive(case)))
     return _CAPTURED[case.id]
 
 
 def traced(case: Case):
     """The torch.export ExportedProgram behind :func:`captured`, traced once in this process
-    (the tests that call it run the ExportedProgram itself); its archive joins the session's."""
-    from tinyrnn.frontend.reader import archive_bytes
-
-    exported = _trace(case)
-    _shared_archive(case, lambda: archive_bytes(exported))
-    return exported
-
-
-def _trace(case: Case):
+    (the tests that call it run the ExportedProgram itself)."""
     if case.id not in _TRACED:
         from tinyrnn.frontend.reader import trace
 
@@ -139,26 +130,28 @@ SHARED_CAPTURES = "TINYRNN_TEST_CAPTURES"
 captured archives (set by host_tests/conftest.py for the session)."""
 
 
-def _shared_archive(case: Case, make) -> bytes:
-    """The archive of ``case``'s capture: read from the session's shared folder when a worker
-    process already wrote it, else made with ``make()`` and written there (under a per-case
-    lock, so two workers never trace the same case at once). torch.export is deterministic
-    over the case's seeded model, and only this session's own archives are read back (the
-    folder is made and deleted by the session), so sharing changes what a test sees no more
-    than tracing again would; it saves about 0.45 s per case and reader."""
+def _shared_archive(case: Case) -> bytes:
+    """The archive of ``case``'s capture (:func:`traced`, saved): read from the session's shared
+    folder when a worker process already wrote it, else traced here and written there (under a
+    per-case lock, so two workers never trace the same case at once). torch.export is
+    deterministic over the case's seeded model, and only this session's own archives are read
+    back (the folder is made and deleted by the session), so sharing changes what a test sees
+    no more than tracing again would; it saves a trace (0.15 to 0.45 s) per case and reader."""
     import fcntl
     import os
     from pathlib import Path
 
+    from tinyrnn.frontend.reader import archive_bytes
+
     folder = os.environ.get(SHARED_CAPTURES)
     if not folder:
-        return make()
+        return archive_bytes(traced(case))
     path = Path(folder) / f"{case.id}.pt2"
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
             return path.read_bytes()
-        data = make()
+        data = archive_bytes(traced(case))
         part = path.with_suffix(".part")
         part.write_bytes(data)
         part.replace(path)

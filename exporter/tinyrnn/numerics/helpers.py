@@ -1059,7 +1059,8 @@ HELPERS: tuple[Helper, ...] = (
     Helper("mmulr", ("dsp",)), Helper("mmlar", ("dsp",), portable=("mmulr",)),
     Helper("mmulr64"),
     Helper("clamp_wide"),
-    # the DSP cores' packed tables, the larger (portable builds: 2 and 4 bytes per point)
+    # the DSP cores' packed tables at -O2, the larger (portable and -Os builds: 2 and 4 bytes
+    # per point)
     Helper("sigmoid_wide", ("clamp_wide", "dsp"), SIGMOID_PACKED.size * 4),
     Helper("tanh_wide", ("clamp_wide", "mmlar"), TANH30_PAIRS.size * 4),
     Helper("mul_q30", ("sat16_i64", "rshift_round64")),
